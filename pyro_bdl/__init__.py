@@ -1,0 +1,37 @@
+"""pyro_bdl: Bayesian deep learning on Pyro.
+
+Lift any ``torch.nn.Module`` into a Pyro model with priors on its weights and a (tempered)
+likelihood, run inference with one call, and predict by Bayesian model averaging::
+
+    import pyro_bdl as bdl
+    model = bdl.BayesianModel(net, prior=bdl.priors.FanInGaussian(1.0),
+                              likelihood=bdl.likelihoods.Gaussian(scale=0.1))
+    post = bdl.fit(model, x, y, method="nuts", num_samples=500, warmup=500)
+    pred = post.predict(x_test)          # pred.mean, pred.variance, pred.quantile(0.9), pred.log_prob(y)
+"""
+from . import data, likelihoods, metrics, priors, tempering
+from .inference import fit, methods
+from .lifting import BayesianModel, LiftedNetwork, lift
+from .posterior import GuidePosterior, Posterior, SamplesPosterior
+from .predictive import BMAPredictive
+from .weights import WeightLayout
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BayesianModel",
+    "LiftedNetwork",
+    "lift",
+    "fit",
+    "methods",
+    "Posterior",
+    "SamplesPosterior",
+    "GuidePosterior",
+    "BMAPredictive",
+    "WeightLayout",
+    "priors",
+    "data",
+    "metrics",
+    "likelihoods",
+    "tempering",
+]

@@ -1,0 +1,44 @@
+"""Checkpoints for long runs: written atomically, so an interrupted run resumes from the last one.
+
+A checkpoint is a dict of tensors and plain Python values (``torch.save``). ``save`` writes a
+temporary file beside the target and renames it over the target, so a crash never leaves a
+half-written checkpoint; ``load`` returns ``None`` when there is none yet.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Dict, Optional
+
+import torch
+
+
+def save(path: str, state: Dict[str, Any]) -> None:
+    """Atomically write ``state`` to ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".ckpt")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load(path: Optional[str]) -> Optional[Dict[str, Any]]:
+    """The checkpoint at ``path``, or ``None`` if ``path`` is None or does not exist yet."""
+    if path is None or not os.path.exists(path):
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def rng_state() -> Dict[str, Any]:
+    """torch's global RNG state, to store in a checkpoint."""
+    return {"torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])

@@ -1,0 +1,61 @@
+"""``fit``: the one entry point for inference."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Optional
+
+import pyro
+import torch
+
+from ..lifting import BayesianModel
+from ..posterior import Posterior
+from .data import FitData
+from .registry import METHODS
+
+_COMMON = ("seed", "progress")
+
+
+def fit(model: BayesianModel, x: Any, y: Optional[torch.Tensor] = None, *, method: str = "svi", seed: int = 0,
+        progress: Optional[bool] = None, batch_size: Optional[int] = None, temperature: Optional[float] = None,
+        **options: Any) -> Posterior:
+    """Run inference for ``model`` on data and return its :class:`~pyro_bdl.posterior.Posterior`.
+
+    Args:
+        model: a :class:`~pyro_bdl.BayesianModel`.
+        x, y: training inputs and targets as tensors, or ``x`` a ``DataLoader`` of ``(x, y)`` batches.
+        method: one of :func:`methods` — ``"svi"``, ``"map"``, ``"nuts"``, ``"hmc"`` and those added
+            by the other inference modules.
+        seed: every method is reproducible given the seed.
+        progress: progress bars (default: only on a terminal).
+        batch_size: minibatch size for tensor data (methods that use minibatches).
+        temperature: override the model's temperature T for this fit.
+        **options: method options; see the method's function (e.g. :func:`pyro_bdl.inference.svi.fit_svi`).
+
+    Every check (data shapes, labels, NaN/inf, T, method and option names) runs before any work.
+    """
+    if not isinstance(model, BayesianModel):
+        raise TypeError(f"fit needs a pyro_bdl.BayesianModel, got {type(model).__name__}; wrap your network: "
+                        "BayesianModel(net, prior=..., likelihood=...)")
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; available methods: {', '.join(sorted(METHODS))}")
+    fn = METHODS[method]
+    accepted = [p for p in inspect.signature(fn).parameters if p not in ("model", "data") + _COMMON]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(f"method {method!r} got unknown option(s) {unknown}; its options are {accepted}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if temperature is not None:
+        model = model.with_temperature(temperature)
+    data = FitData(model, x, y, batch_size=batch_size)
+    pyro.set_rng_seed(seed)
+    posterior = fn(model, data, seed=seed, progress=progress, **options)
+    posterior.info.setdefault("seed", seed)
+    posterior.info.setdefault("temperature", model.temperature)
+    posterior.info.setdefault("tempering", model.tempering)
+    return posterior
+
+
+def methods() -> list:
+    """Names of the available inference methods."""
+    return sorted(METHODS)

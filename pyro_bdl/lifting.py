@@ -1,0 +1,303 @@
+"""Lifting: any ``torch.nn.Module`` becomes a Pyro model with priors on its weights.
+
+Every Bayesian parameter is a ``pyro.sample`` site named by its module path (``"0.weight"``,
+``"encoder.conv1.bias"``), optionally behind a prefix. Buffers (BatchNorm statistics) and
+parameters matched by ``deterministic`` patterns stay fixed at their current values (e.g. a
+pretrained feature extractor under a Bayesian last layer).
+
+The network is evaluated with ``torch.func.functional_call``; a batch of S weight draws
+(any leading dims on the weight tensors) is evaluated at once with ``torch.func.vmap``,
+never a Python loop.
+
+Two ways to use it:
+
+* :class:`BayesianModel` — a ready model ``model(x, y=None, dataset_size=None)`` with prior,
+  likelihood and temperature, which :func:`pyro_bdl.fit` takes;
+* :func:`lift` — a :class:`LiftedNetwork` to call inside your own Pyro model, so priors
+  (and hyperpriors) are declared in ordinary Pyro code.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+import math
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+from torch import nn
+from torch.func import functional_call, vmap
+
+from . import tempering
+from .likelihoods import OBS_SITE, Likelihood
+from .priors import Gaussian, resolve_prior
+from .tempering import check_temperature as tempering_check
+from .weights import Weights, WeightLayout
+
+Patterns = Union[None, str, Sequence[str]]
+
+
+def _as_patterns(patterns: Patterns) -> Tuple[str, ...]:
+    if patterns is None:
+        return ()
+    if isinstance(patterns, str):
+        return (patterns,)
+    return tuple(patterns)
+
+
+class LiftedNetwork:
+    """A network whose parameters are Pyro sample sites.
+
+    Args:
+        net: the network; it is switched to eval mode (dropout off, BatchNorm running
+            statistics used) so that it is a deterministic function of its weights.
+        prior: a prior for every Bayesian parameter (see :mod:`pyro_bdl.priors`), or a function
+            returning one that is called inside the model (hierarchical priors).
+        deterministic: glob patterns of parameter names kept fixed (``"features.*"``).
+        bayesian: glob patterns of the parameters that are Bayesian (default: all);
+            ``bayesian="head.*"`` is the same as making everything else deterministic.
+        prefix: prepended to site names (``prefix + "." + name``) when several networks share a model.
+    """
+
+    def __init__(self, net: nn.Module, prior: Any = None, deterministic: Patterns = None,
+                 bayesian: Patterns = None, prefix: str = ""):
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"expected a torch.nn.Module, got {type(net).__name__}")
+        self.net = net.eval()
+        self.prior = Gaussian(0.0, 1.0) if prior is None else prior
+        if not callable(self.prior) or isinstance(self.prior, type):
+            resolve_prior(self.prior)  # a bad prior fails here, not mid-inference
+        det, bay = _as_patterns(deterministic), _as_patterns(bayesian)
+        self.prefix = prefix
+        self.param_names: List[str] = []  # Bayesian, in registration order
+        self.fixed_names: List[str] = []
+        for name, _ in net.named_parameters():
+            keep = any(fnmatch.fnmatchcase(name, p) for p in det) or (bay and not any(fnmatch.fnmatchcase(name, p) for p in bay))
+            (self.fixed_names if keep else self.param_names).append(name)
+        if not self.param_names:
+            raise ValueError("no Bayesian parameters left: the deterministic/bayesian patterns matched every "
+                             f"parameter of the network ({[n for n, _ in net.named_parameters()]}).")
+        for pattern in det + bay:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n, _ in net.named_parameters()):
+                raise ValueError(f"pattern {pattern!r} matches no parameter; parameters are "
+                                 f"{[n for n, _ in net.named_parameters()]}")
+
+    # -- names and shapes ---------------------------------------------------------------
+    def site_name(self, param_name: str) -> str:
+        """The Pyro site name of a parameter: its module path, behind the prefix if any."""
+        return f"{self.prefix}.{param_name}" if self.prefix else param_name
+
+    @property
+    def sites(self) -> List[str]:
+        """Site names of the Bayesian parameters, in the network's registration order."""
+        return [self.site_name(n) for n in self.param_names]
+
+    @property
+    def layout(self) -> WeightLayout:
+        params = dict(self.net.named_parameters())
+        return WeightLayout(tuple(self.sites), tuple(params[n].shape for n in self.param_names))
+
+    def owner(self, param_name: str) -> nn.Module:
+        """The leaf module that owns a parameter (priors may depend on its type or fan-in)."""
+        path = param_name.rsplit(".", 1)[0] if "." in param_name else ""
+        return self.net.get_submodule(path)
+
+    def initial_weights(self) -> Weights:
+        """The network's current parameter values, keyed by site name (a copy)."""
+        params = dict(self.net.named_parameters())
+        return {self.site_name(n): params[n].detach().clone() for n in self.param_names}
+
+    # -- Pyro ---------------------------------------------------------------------------
+    def sample_weights(self) -> Weights:
+        """Draw every Bayesian parameter from its prior as a ``pyro.sample`` site."""
+        prior = resolve_prior(self.prior)
+        params = dict(self.net.named_parameters())
+        weights = {}
+        for name in self.param_names:
+            d = prior.distribution(self.site_name(name), params[name].detach(), self.owner(name))
+            weights[self.site_name(name)] = pyro.sample(self.site_name(name), d)
+        return weights
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Sample the weights and evaluate the network: ``f(x; w)`` with ``w ~ prior``."""
+        return self.forward(self.sample_weights(), x)
+
+    # -- evaluation ---------------------------------------------------------------------
+    def _fixed_tensors(self) -> Dict[str, torch.Tensor]:
+        params = dict(self.net.named_parameters())
+        fixed = {n: params[n].detach() for n in self.fixed_names}
+        fixed.update(dict(self.net.named_buffers()))
+        return fixed
+
+    def batch_shape(self, weights: Weights) -> torch.Size:
+        """Leading (draw) dims shared by the weight tensors, beyond each parameter's own shape."""
+        params = dict(self.net.named_parameters())
+        shapes = []
+        for name in self.param_names:
+            value, pshape = weights[self.site_name(name)], params[name].shape
+            if tuple(value.shape[value.dim() - len(pshape):]) != tuple(pshape) or value.dim() < len(pshape):
+                raise ValueError(f"weight {self.site_name(name)!r} has shape {tuple(value.shape)}, expected "
+                                 f"(..., {', '.join(map(str, pshape))})")
+            shapes.append(value.shape[: value.dim() - len(pshape)])
+        return torch.broadcast_shapes(*shapes)
+
+    def forward(self, weights: Weights, x: torch.Tensor) -> torch.Tensor:
+        """Evaluate ``f(x; w)``; weights with leading dims ``S`` give outputs ``(*S, B, out)``.
+
+        Many draws are evaluated in one vectorised call (``torch.func.vmap``).
+        """
+        fixed = self._fixed_tensors()
+        batch = self.batch_shape(weights)
+        named = {n: weights[self.site_name(n)] for n in self.param_names}
+        if len(batch) == 0:
+            return functional_call(self.net, {**fixed, **named}, (x,))
+        params = dict(self.net.named_parameters())
+        flat = {n: w.expand(*batch, *params[n].shape).reshape(-1, *params[n].shape) for n, w in named.items()}
+
+        def one(w: Dict[str, torch.Tensor]) -> torch.Tensor:
+            return functional_call(self.net, {**fixed, **w}, (x,))
+
+        out = vmap(one)(flat)
+        return out.reshape(*batch, *out.shape[1:])
+
+
+def lift(net: nn.Module, prior: Any = None, deterministic: Patterns = None, bayesian: Patterns = None,
+         prefix: str = "") -> LiftedNetwork:
+    """Lift ``net`` for use inside your own Pyro model.
+
+    Example — a hierarchical prior declared in Pyro code::
+
+        def model(x, y=None):
+            s = pyro.sample("prior_scale", dist.LogNormal(0.0, 1.0))
+            f = bdl.lift(net, prior=bdl.priors.Gaussian(0.0, s))
+            out = f(x)                      # samples "0.weight", "0.bias", ... then evaluates
+            with pyro.plate("data", len(x)):
+                pyro.sample("obs", dist.Normal(out.squeeze(-1), 0.1), obs=y)
+    """
+    return LiftedNetwork(net, prior=prior, deterministic=deterministic, bayesian=bayesian, prefix=prefix)
+
+
+def latent_sites(trace) -> Dict[str, dict]:
+    """The latent sample sites of a Pyro trace (no observations, no plate subsample sites)."""
+    return {name: site for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)}
+
+
+class BayesianModel:
+    """A Bayesian neural network as a Pyro model: priors, likelihood and temperature.
+
+    The model is p_T(w | D) ∝ (∏ᵢ p(yᵢ | f(xᵢ; w)) · p(w))^(1/T) (``tempering="posterior"``)
+    or p(D | w)^(1/T) p(w) (``tempering="likelihood"``), see :mod:`pyro_bdl.tempering`.
+
+    Call it as any Pyro model: ``model(x, y=None, dataset_size=None)``; with a minibatch of a
+    larger data set pass ``dataset_size=N`` so the likelihood is scaled by N/B.
+    Sites: one per Bayesian parameter (named by module path), the likelihood's latent
+    parameters (``"noise_scale"`` when learned), any hyperprior sites, and ``"obs"``.
+
+    Args:
+        net: the ``torch.nn.Module``.
+        prior: see :mod:`pyro_bdl.priors`; default iid N(0, 1).
+        likelihood: see :mod:`pyro_bdl.likelihoods`; required.
+        temperature: T > 0 (1 is Bayes, < 1 cold).
+        tempering: ``"posterior"`` or ``"likelihood"``.
+        deterministic, bayesian, prefix: see :class:`LiftedNetwork`.
+    """
+
+    def __init__(self, net: nn.Module, prior: Any = None, likelihood: Optional[Likelihood] = None,
+                 temperature: float = 1.0, tempering: str = "posterior", deterministic: Patterns = None,
+                 bayesian: Patterns = None, prefix: str = ""):
+        if likelihood is None:
+            raise ValueError("BayesianModel needs a likelihood, e.g. likelihood=pyro_bdl.likelihoods.Gaussian(scale=0.1) "
+                             "for regression or pyro_bdl.likelihoods.Categorical() for classification.")
+        if not isinstance(likelihood, Likelihood):
+            raise TypeError(f"likelihood must be a pyro_bdl.likelihoods.Likelihood, got {type(likelihood).__name__}")
+        self.network = LiftedNetwork(net, prior=prior, deterministic=deterministic, bayesian=bayesian, prefix=prefix)
+        self.likelihood = likelihood
+        self.tempering = tempering
+        self.temperature = tempering_check(temperature, tempering)
+
+    # -- convenience --------------------------------------------------------------------
+    @property
+    def net(self) -> nn.Module:
+        return self.network.net
+
+    @property
+    def weight_sites(self) -> List[str]:
+        return self.network.sites
+
+    @property
+    def likelihood_sites(self) -> Tuple[str, ...]:
+        return tuple(self.likelihood.param_sites)
+
+    @property
+    def layout(self) -> WeightLayout:
+        return self.network.layout
+
+    def with_temperature(self, temperature: float, tempering: Optional[str] = None) -> "BayesianModel":
+        """A copy at another temperature (the network is shared, not copied)."""
+        new = copy.copy(self)
+        new.tempering = self.tempering if tempering is None else tempering
+        new.temperature = tempering_check(temperature, new.tempering)
+        return new
+
+    def forward(self, weights: Weights, x: torch.Tensor) -> torch.Tensor:
+        """Network output for given weights (vectorised over leading draw dims)."""
+        return self.network.forward(weights, x)
+
+    # -- the Pyro model -----------------------------------------------------------------
+    def __call__(self, x: torch.Tensor, y: Optional[torch.Tensor] = None,
+                 dataset_size: Optional[int] = None) -> torch.Tensor:
+        T, mode = self.temperature, self.tempering
+        with tempering.tempered_prior(T, mode):
+            weights = self.network.sample_weights()
+            lik_params = self.likelihood.sample_params()
+        out = self.network.forward(weights, x)
+        batch = self.network.batch_shape(weights)
+        if len(batch) and batch[-1] == 1:
+            # Vectorised inference (Predictive(parallel=True), vectorised particles) puts draw dims
+            # left of the data plate (dim -1); the weights' dim -1 is that plate's singleton.
+            out = out.squeeze(-3)
+        with tempering.tempered_likelihood(T, mode):
+            self.likelihood(out, y, dataset_size=dataset_size, params=lik_params)
+        return out
+
+    def log_joint(self, values: Dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                  dataset_size: Optional[int] = None) -> torch.Tensor:
+        """The tempered log joint at ``values`` on a (mini)batch: the Pyro trace's log density.
+
+        log p̃ = s_prior · log p(w) + (1/T) · (N/B) · Σ_{i∈batch} log p(yᵢ | xᵢ, w), with
+        s_prior = 1/T (posterior tempering) or 1 (likelihood tempering). Differentiable in ``values``.
+        Gradient-based samplers and optimisers (MAP, SWAG, SG-MCMC) all use this one function.
+        """
+        conditioned = poutine.condition(self, data=values)
+        trace = poutine.trace(conditioned).get_trace(x, y, dataset_size)
+        missing = [name for name, site in latent_sites(trace).items() if name not in values]
+        if missing:
+            raise ValueError(f"log_joint needs values for every latent site; missing {missing}")
+        return trace.log_prob_sum()
+
+    def prior_sample(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """One draw of every latent site (weights, likelihood and hyperprior sites) from the prior."""
+        with poutine.block(), torch.no_grad():
+            trace = poutine.trace(self).get_trace(x[:1])
+        return {name: site["value"] for name, site in latent_sites(trace).items() if name != OBS_SITE}
+
+    def latent_shapes(self, x: torch.Tensor) -> Dict[str, torch.Size]:
+        """Names and shapes of every latent site (weights, likelihood and hyperprior sites)."""
+        return {name: value.shape for name, value in self.prior_sample(x).items()}
+
+    def initial_values(self) -> Dict[str, torch.Tensor]:
+        """A natural starting point: the network's current weights (and σ = prior median if learned)."""
+        values = self.network.initial_weights()
+        for site in self.likelihood_sites:
+            prior = getattr(self.likelihood, "scale_prior", None)
+            values[site] = prior.icdf(torch.tensor(0.5)) if prior is not None else torch.tensor(1.0)
+        return values
+
+    def __repr__(self) -> str:
+        return (f"BayesianModel(net={type(self.net).__name__}, prior={self.network.prior!r}, likelihood={self.likelihood!r}, "
+                f"temperature={self.temperature}, tempering={self.tempering!r}, sites={len(self.weight_sites)})")
+
+
