@@ -104,9 +104,23 @@ class LiftedNetwork:
         path = param_name.rsplit(".", 1)[0] if "." in param_name else ""
         return self.net.get_submodule(path)
 
-    def initial_weights(self) -> Weights:
-        """The network's current parameter values, keyed by site name (a copy)."""
-        params = dict(self.net.named_parameters())
+    def initial_weights(self, seed: Optional[int] = None) -> Weights:
+        """Starting weights keyed by site name (copies).
+
+        ``seed=None``: the network's current values. With a seed: a fresh draw of the layers'
+        own default initialisation (``reset_parameters``) on a copy of the network, so
+        independent members (ensembles, Multi-SWAG) start from different points without
+        touching ``net``. Deterministic parameters always keep their current values.
+        """
+        net = self.net
+        if seed is not None:
+            net = copy.deepcopy(self.net)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                for module in net.modules():
+                    if hasattr(module, "reset_parameters"):
+                        module.reset_parameters()
+        params = dict(net.named_parameters())
         return {self.site_name(n): params[n].detach().clone() for n in self.param_names}
 
     # -- Pyro ---------------------------------------------------------------------------
@@ -288,9 +302,10 @@ class BayesianModel:
         """Names and shapes of every latent site (weights, likelihood and hyperprior sites)."""
         return {name: value.shape for name, value in self.prior_sample(x).items()}
 
-    def initial_values(self) -> Dict[str, torch.Tensor]:
-        """A natural starting point: the network's current weights (and σ = prior median if learned)."""
-        values = self.network.initial_weights()
+    def initial_values(self, seed: Optional[int] = None) -> Dict[str, torch.Tensor]:
+        """A natural starting point: the network's weights (``seed``: a fresh default initialisation,
+        see :meth:`LiftedNetwork.initial_weights`) and, if learned, σ at its prior median."""
+        values = self.network.initial_weights(seed)
         for site in self.likelihood_sites:
             prior = getattr(self.likelihood, "scale_prior", None)
             values[site] = prior.icdf(torch.tensor(0.5)) if prior is not None else torch.tensor(1.0)

@@ -1,7 +1,7 @@
 """Training data for :func:`pyro_bdl.fit`: tensors or a DataLoader, seen as minibatches or in full."""
 from __future__ import annotations
 
-from typing import Iterator, Optional, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -17,10 +17,18 @@ class FitData:
 
     ``dataset_size`` is N, the number of training points, which every minibatch method passes
     to the model so that the likelihood of B points is scaled by N/B.
+
+    ``augment(x, generator) -> x`` (optional) transforms the inputs of every minibatch drawn by
+    :meth:`epoch` / :meth:`steps` (data augmentation, e.g. random pixel shifts); :meth:`full`
+    always returns the data as given.
     """
 
-    def __init__(self, model: BayesianModel, x, y=None, batch_size: Optional[int] = None):
+    def __init__(self, model: BayesianModel, x, y=None, batch_size: Optional[int] = None,
+                 augment: Optional[Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor]] = None):
         self.model = model
+        if augment is not None and not callable(augment):
+            raise TypeError(f"augment must be a function (x, generator) -> x, got {type(augment).__name__}")
+        self.augment = augment
         if isinstance(x, DataLoader):
             if y is not None:
                 raise TypeError("pass either a DataLoader or tensors x, y, not both")
@@ -64,7 +72,11 @@ class FitData:
         return check_data(self.model, batch[0], batch[1])
 
     def epoch(self, generator: Optional[torch.Generator] = None) -> Iterator[Batch]:
-        """One pass over the data in minibatches (one full batch when not minibatched)."""
+        """One pass over the data in minibatches (one full batch when not minibatched), augmented if asked."""
+        for xb, yb in self._raw_epoch(generator):
+            yield (self.augment(xb, generator) if self.augment is not None else xb), yb
+
+    def _raw_epoch(self, generator: Optional[torch.Generator]) -> Iterator[Batch]:
         if self.loader is None:
             yield self.full()
             return

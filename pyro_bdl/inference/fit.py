@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pyro
 import torch
@@ -17,7 +17,7 @@ _COMMON = ("seed", "progress")
 
 def fit(model: BayesianModel, x: Any, y: Optional[torch.Tensor] = None, *, method: str = "svi", seed: int = 0,
         progress: Optional[bool] = None, batch_size: Optional[int] = None, temperature: Optional[float] = None,
-        **options: Any) -> Posterior:
+        augment: Optional[Callable] = None, **options: Any) -> Posterior:
     """Run inference for ``model`` on data and return its :class:`~pyro_bdl.posterior.Posterior`.
 
     Args:
@@ -29,6 +29,7 @@ def fit(model: BayesianModel, x: Any, y: Optional[torch.Tensor] = None, *, metho
         progress: progress bars (default: only on a terminal).
         batch_size: minibatch size for tensor data (methods that use minibatches).
         temperature: override the model's temperature T for this fit.
+        augment: ``augment(x, generator) -> x`` applied to every training minibatch (data augmentation).
         **options: method options; see the method's function (e.g. :func:`pyro_bdl.inference.svi.fit_svi`).
 
     Every check (data shapes, labels, NaN/inf, T, method and option names) runs before any work.
@@ -47,7 +48,7 @@ def fit(model: BayesianModel, x: Any, y: Optional[torch.Tensor] = None, *, metho
         raise TypeError(f"seed must be an int, got {seed!r}")
     if temperature is not None:
         model = model.with_temperature(temperature)
-    data = FitData(model, x, y, batch_size=batch_size)
+    data = FitData(model, x, y, batch_size=batch_size, augment=augment)
     pyro.set_rng_seed(seed)
     posterior = fn(model, data, seed=seed, progress=progress, **options)
     posterior.info.setdefault("seed", seed)
