@@ -9,7 +9,7 @@ likelihood, run inference with one call, and predict by Bayesian model averaging
     post = bdl.fit(model, x, y, method="nuts", num_samples=500, warmup=500)
     pred = post.predict(x_test)          # pred.mean, pred.variance, pred.quantile(0.9), pred.log_prob(y)
 """
-from . import data, likelihoods, metrics, priors, tempering
+from . import data, likelihoods, metrics, networks, priors, tempering
 from .inference import fit, methods
 from .lifting import BayesianModel, LiftedNetwork, lift
 from .posterior import GuidePosterior, Posterior, SamplesPosterior
@@ -17,6 +17,8 @@ from .predictive import BMAPredictive
 from .weights import WeightLayout
 
 __version__ = "0.1.0"
+
+from . import studies  # noqa: E402  (after the core it builds on)
 
 __all__ = [
     "BayesianModel",
@@ -34,4 +36,6 @@ __all__ = [
     "metrics",
     "likelihoods",
     "tempering",
+    "networks",
+    "studies",
 ]
