@@ -283,17 +283,17 @@ def _parse(raw: Mapping[str, Any], source: str, default_name: str) -> StudyConfi
             problems.append(f"[data] {err}")
 
     # [model]
+    model_problems_before = len(problems)
     network = get("model", "network")
     hidden = get("model", "hidden")
     activation = get("model", "activation")
     network_options = get("model", "network_options")
-    factory = None
     if not isinstance(network, str):
         problems.append(f"[model] network must be 'mlp' or an import path 'package.module:factory', got {network!r}")
         network = "mlp"
     elif network != "mlp":
         try:
-            factory = resolve_factory(network)
+            resolve_factory(network)
         except ValueError as err:
             problems.append(f"[model] {err}")
     if network == "mlp":
@@ -331,7 +331,7 @@ def _parse(raw: Mapping[str, Any], source: str, default_name: str) -> StudyConfi
             problems.append(f"[model] noise_scale must be a positive number (or left out to learn it), got {noise_scale!r}")
         elif dataset is not None and dataset.task != "regression":
             problems.append(f"[model] noise_scale is for regression; {data_name!r} is a classification data set")
-    if dataset is not None and (network != "mlp" and factory is not None or network == "mlp"):
+    if dataset is not None and len(problems) == model_problems_before:  # build it only if all else is right
         try:
             check_network(network, tuple(hidden), activation, dict(network_options), dataset)
         except (ValueError, TypeError) as err:

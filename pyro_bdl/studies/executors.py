@@ -5,7 +5,8 @@ Every executor takes cell specs and yields ``(spec, record, error)`` as each cel
 the moment it arrives, in the driver process, so a cluster needs no shared file system.
 
 * :class:`LocalExecutor` — ``workers=1``: one cell after another in this process (the default);
-  ``workers=N``: a pool of N spawned processes.
+  ``workers=N``: a pool of N spawned processes (from a script, keep the study under
+  ``if __name__ == "__main__":``, as for any spawned process pool).
 * :class:`RayExecutor` — each cell a Ray task with its CPU/GPU request
   (``pip install pyro_bdl[ray]``); ``address="auto"`` joins a running cluster, ``None`` starts
   a local Ray instance (or uses the one already initialised in this process).
@@ -16,6 +17,7 @@ import multiprocessing
 import os
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .cells import run_cell
@@ -71,7 +73,12 @@ class LocalExecutor(Executor):
                     spec = pending.pop(future)
                     try:
                         record, error = future.result()
-                    except Exception:  # noqa: BLE001 — a worker that died (killed, out of memory)
+                    except BrokenProcessPool:
+                        record, error = None, traceback.format_exc() + (
+                            "BrokenProcessPool: a worker process died: killed, out of memory, or started from a "
+                            "script whose study code is not under `if __name__ == \"__main__\":` (needed with "
+                            "workers > 1)")
+                    except Exception:  # noqa: BLE001
                         record, error = None, traceback.format_exc()
                     yield spec, record, error
         finally:
