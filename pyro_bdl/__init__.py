@@ -8,6 +8,9 @@ likelihood, run inference with one call, and predict by Bayesian model averaging
                               likelihood=bdl.likelihoods.Gaussian(scale=0.1))
     post = bdl.fit(model, x, y, method="nuts", num_samples=500, warmup=500)
     pred = post.predict(x_test)          # pred.mean, pred.variance, pred.quantile(0.9), pred.log_prob(y)
+
+Temperature / cold-posterior studies over a grid of T × method × seed × augmentation:
+``bdl.studies.TemperatureStudy("study.toml").run()`` or ``pyro-bdl study study.toml``.
 """
 from . import data, likelihoods, metrics, networks, priors, tempering
 from .inference import fit, methods

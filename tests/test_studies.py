@@ -252,3 +252,11 @@ def test_shift_images_flips_only_when_asked():
     assert torch.equal(bdl.data.shift_images(x, g, image_shape=(4, 4), max_shift=0), x)
     with pytest.raises(ValueError, match="rows of 8×8=64 pixels"):
         bdl.data.shift_images(torch.zeros(3, 10))
+
+
+def test_cli_example_and_report_only(tmp_path, capsys):
+    out = tmp_path / "quick"
+    assert cli.main(["study", "--example", "quickstart", "--report-only", "--out", str(out)]) == 0
+    assert "0 of 12 cells" in (out / "report.md").read_text()
+    assert cli.main(["study", "--example", "nope"]) == 2
+    assert "no example study 'nope'; examples: quickstart" in capsys.readouterr().err
