@@ -195,6 +195,28 @@ def test_chains_independent_and_reproducible():
     assert a.info["draw_steps"].tolist() == [30, 40, 50, 60]
 
 
+def test_learned_noise_site_is_sampled_in_its_support():
+    x, y = blr_data()
+    torch.manual_seed(0)
+    model = bdl.BayesianModel(torch.nn.Linear(2, 1), likelihood=bdl.likelihoods.Gaussian(scale=None))
+    post = bdl.fit(model, x, y, method="sgld", lr=5e-4, epochs=200, burnin=160, batch_size=B, progress=False)
+    noise = post.samples["noise_scale"]
+    assert noise.shape == (1, 40) and (noise > 0).all()
+    assert 0.3 < float(noise[0, -20:].mean()) < 0.8  # the data's noise is σ = 0.5
+
+
+@pytest.mark.slow
+def test_csgmcmc_draws_match_blr_posterior():
+    """With many short cycles, the draws at the ends of the sampling stages (small steps, noise on)
+    are close to exact posterior draws."""
+    x, y = blr_data()
+    lam = curvature()
+    post = bdl.fit(blr_model(), x, y, method="csgmcmc", lr=0.3 / lam, per_datapoint=False, cycles=60,
+                   exploration=0.5, samples_per_cycle=5, epochs=6000, batch_size=B, seed=3, progress=False)
+    assert post.samples["bias"].shape == (1, 300, 1)
+    assert_matches(post, *blr_posterior(x, y))
+
+
 # -- checkpoints -----------------------------------------------------------------------------------
 class Interrupted(Exception):
     pass

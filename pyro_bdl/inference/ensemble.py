@@ -57,7 +57,8 @@ def fit_ensemble(model: BayesianModel, data: FitData, *, seed: int, progress: Op
         workers: processes training members in parallel (1: one after another in this process).
         checkpoint: file where finished members are saved; rerunning resumes (module docs).
 
-    ``info["losses"]`` holds each member's loss per step, ``(M, steps)``.
+    ``info["losses"]`` holds each member's loss per step, ``(M, steps)``; ``sample_stats["loss"]``
+    each member's final loss, ``(M, 1)``.
     """
     if isinstance(num_models, bool) or not isinstance(num_models, int) or num_models < 1:
         raise ValueError(f"num_models must be a positive integer, got {num_models!r}")
@@ -91,5 +92,5 @@ def fit_ensemble(model: BayesianModel, data: FitData, *, seed: int, progress: Op
     order = range(num_models)
     samples = {k: torch.stack([members[m][0][k] for m in order]).unsqueeze(1) for k in members[0][0]}
     losses = torch.tensor([members[m][1] for m in order])
-    return SamplesPosterior(model, samples, "ensemble",
+    return SamplesPosterior(model, samples, "ensemble", sample_stats={"loss": losses[:, -1:]},
                             info={"num_models": num_models, "losses": losses, "member_seeds": [seed + m for m in order]})

@@ -59,6 +59,7 @@ checkpoint returns its posterior at once.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -338,9 +339,11 @@ def _initial_theta(objective: Objective, model: BayesianModel, init: Union[str, 
 
 
 def _fingerprint(method: str, config: Dict[str, Any], model: BayesianModel, data: FitData,
-                 objective: Objective, seed: int, init) -> Dict[str, Any]:
-    init_key = "values" if isinstance(init, dict) else init
-    return {"method": method, **config, "seed": seed, "init": init_key, "temperature": model.temperature,
+                 objective: Objective, seed: int, theta0: torch.Tensor) -> Dict[str, Any]:
+    """What identifies a run, so a checkpoint is only resumed by the same run (``theta0``, the first
+    chain's start, stands for ``init`` whatever its form)."""
+    start = hashlib.sha1(theta0.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+    return {"method": method, **config, "seed": seed, "start": start, "temperature": model.temperature,
             "tempering": model.tempering, "dataset_size": data.dataset_size, "num_batches": data.num_batches,
             "sites": list(objective.layout.names), "size": objective.size}
 
@@ -350,7 +353,8 @@ def sample(model: BayesianModel, data: FitData, *, method: str, plan: Plan, dyna
            config: Dict[str, Any]) -> SamplesPosterior:
     """Run ``num_chains`` independent chains of ``plan`` and collect them in a :class:`SamplesPosterior`."""
     objective = Objective(model, _example_inputs(data))
-    fingerprint = _fingerprint(method, config, model, data, objective, seed, init)
+    fingerprint = _fingerprint(method, config, model, data, objective, seed,
+                               _initial_theta(objective, model, init, seed))
     saved = ckpt.load(checkpoint)
     if saved is not None:
         if saved.get("fingerprint") != fingerprint:
