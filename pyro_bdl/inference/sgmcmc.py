@@ -53,9 +53,11 @@ U_T of the step that produced the draw). ``info`` holds the per-step ``step_size
 ``sampling_stage`` ``(K,)``.
 
 **Checkpoints.** With ``checkpoint=path`` the run state (θ, momentum, draws, random number
-generators) is written atomically every ``checkpoint_every`` epochs; calling ``fit`` again with
-the same arguments resumes from it and gives bit-identical results; a finished run's
-checkpoint returns its posterior at once.
+generators, including torch's global one and the DataLoader's) is written atomically every
+``checkpoint_every`` epochs; calling ``fit`` again with the same arguments resumes from it and
+gives bit-identical results; a finished run's checkpoint returns its posterior at once. A
+checkpoint of another run (other options, seed, temperature, data size or starting point) is
+refused with a ``ValueError``.
 """
 from __future__ import annotations
 
@@ -489,7 +491,7 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
 
     α_k = α₀/2 · [cos(π · mod(k − 1, ⌈K/M⌉) / ⌈K/M⌉) + 1] over K = epochs × batches steps; in the
     first fraction β of each cycle the inner update runs without noise (optimisation), in the rest
-    with noise √(2α_kT) (× √α for SGHMC), and ``samples_per_cycle`` draws per cycle are kept from the
+    with noise √(2ε_kT) (ε_k = α_k/N per data point; × √α for SGHMC), and ``samples_per_cycle`` draws per cycle are kept from the
     sampling stage (see :func:`cyclical_draw_steps`).
 
     Args:
