@@ -56,6 +56,17 @@ class BMAPredictive:
 
     # -- moments ------------------------------------------------------------------------
     @property
+    def draw_means(self) -> torch.Tensor:
+        """E[y | x, w_s] for every draw, ``(S, B, ...)``: the function-space value of each draw
+        (regression: the predicted mean; classification: the class probabilities, ``(S, B, C)``,
+        or the probability of class 1, ``(S, B)``, for Bernoulli). Unlike logits or weights it is
+        identifiable, so convergence diagnostics use it; :attr:`mean` is its average over draws."""
+        base = _base(self.component)
+        if self.kind == "classification":
+            return base.probs
+        return self.component.mean
+
+    @property
     def probs(self) -> torch.Tensor:
         """Classification: BMA class probabilities, the mean over draws of p(y | x, w_s). ``(B, C)`` or ``(B,)`` (Bernoulli)."""
         if self.kind != "classification":
