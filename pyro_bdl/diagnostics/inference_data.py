@@ -101,7 +101,8 @@ def _from_dict(groups: Dict[str, Dict[str, np.ndarray]], dims: Dict[str, List[st
     groups = {k: v for k, v in groups.items() if v}
     params = inspect.signature(az.from_dict).parameters
     if "posterior" in params:  # ArviZ < 1
-        return az.from_dict(**groups, dims=dims, attrs=attrs)
+        group_attrs = {f"{g}_attrs": dict(attrs) for g in ("posterior", "sample_stats") if g in groups}
+        return az.from_dict(**groups, dims=dims, attrs=attrs, **group_attrs)
     return az.from_dict(groups, dims=dims, attrs=attrs)  # pragma: no cover - ArviZ 1.x (Python >= 3.12)
 
 
