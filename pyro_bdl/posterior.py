@@ -104,7 +104,8 @@ class Posterior:
         Groups: posterior (every latent site, chains as in :meth:`draws_by_chain`, plus the
         function-space ``prediction`` E[y | x, w] when ``x`` is given), posterior_predictive and
         log_likelihood at ``x`` (``y`` needed for the latter), observed_data, constant_data and,
-        for samplers, sample_stats. See :func:`pyro_bdl.diagnostics.to_arviz`.
+        for samplers, sample_stats. ``num_samples`` draws are taken from posteriors that sample on
+        demand (guides); stored draws (MCMC) are used as they are. See :func:`pyro_bdl.diagnostics.to_arviz`.
         """
         from .diagnostics import to_arviz
 
