@@ -103,7 +103,9 @@ def _from_dict(groups: Dict[str, Dict[str, np.ndarray]], dims: Dict[str, List[st
     if "posterior" in params:  # ArviZ < 1
         group_attrs = {f"{g}_attrs": dict(attrs) for g in ("posterior", "sample_stats") if g in groups}
         return az.from_dict(**groups, dims=dims, attrs=attrs, **group_attrs)
-    return az.from_dict(groups, dims=dims, attrs=attrs)  # pragma: no cover - ArviZ 1.x (Python >= 3.12)
+    # ArviZ 1.x (arviz_base, Python >= 3.12): attributes per group, "/" for the whole tree.
+    group_attrs = {g: dict(attrs) for g in ("posterior", "sample_stats") if g in groups}
+    return az.from_dict(groups, dims=dims, attrs={"/": attrs, **group_attrs})  # pragma: no cover
 
 
 @torch.no_grad()
