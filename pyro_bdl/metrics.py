@@ -229,7 +229,8 @@ def total_variation(pred_a: Predictive, pred_b: Predictive, num_points: int = 10
     a_reg = isinstance(pred_a, BMAPredictive) and pred_a.kind == "regression"
     b_reg = isinstance(pred_b, BMAPredictive) and pred_b.kind == "regression"
     if a_reg != b_reg:
-        raise ValueError("total_variation needs two predictives of the same kind (both regression or both classification)")
+        raise ValueError("total_variation needs two predictives of the same kind "
+                         "(both regression or both classification)")
     if not a_reg:
         pa, pb = _class_probs(pred_a), _class_probs(pred_b)
         _same_shape(pa, pb)

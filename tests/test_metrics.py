@@ -152,8 +152,9 @@ def test_total_variation_regression_matches_closed_form():
     expected = (2 * normal.cdf(mu / 2) - 1).mean()  # TV(N(0,1), N(μ,1)) = 2Φ(μ/2) − 1
     assert m.total_variation(a, b) == pytest.approx(float(expected), abs=1e-4)
     # a two-component mixture against itself, and draw order does not matter
-    mix = gaussian_bma(torch.tensor([[0.0], [2.0]], dtype=torch.float64), torch.tensor([[1.0], [0.3]], dtype=torch.float64))
-    mix_flipped = gaussian_bma(torch.tensor([[2.0], [0.0]], dtype=torch.float64), torch.tensor([[0.3], [1.0]], dtype=torch.float64))
+    f64 = dict(dtype=torch.float64)
+    mix = gaussian_bma(torch.tensor([[0.0], [2.0]], **f64), torch.tensor([[1.0], [0.3]], **f64))
+    mix_flipped = gaussian_bma(torch.tensor([[2.0], [0.0]], **f64), torch.tensor([[0.3], [1.0]], **f64))
     assert m.total_variation(mix, mix_flipped) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="classification predictives"):
         m.agreement(a, b)

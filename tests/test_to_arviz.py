@@ -26,6 +26,7 @@ SMALL_OPTIONS = {
     "hmc": [dict(num_samples=20, warmup=20, num_chains=2, num_steps=4)],
 }
 
+GROUPS = ("posterior", "posterior_predictive", "log_likelihood", "observed_data", "constant_data")
 CASES = [(name, opts) for name in bdl.methods() for opts in SMALL_OPTIONS.get(name, [])]
 
 
@@ -54,7 +55,7 @@ def test_to_arviz_and_arviz_functions_run_for_every_method(method, options):
     C, D = next(iter(draws.values())).shape[:2]
 
     idata = post.to_arviz(x=x, y=y, num_samples=50)
-    assert {"posterior", "posterior_predictive", "log_likelihood", "observed_data", "constant_data"} <= set(idata.groups())
+    assert set(GROUPS) <= set(idata.groups())
     assert dict(idata.posterior.sizes)["chain"] == C and dict(idata.posterior.sizes)["draw"] == D
     assert set(draws) | {"prediction"} == set(idata.posterior.data_vars)
     assert idata.posterior["0.weight"].dims == ("chain", "draw", "0.out", "0.in")
@@ -127,3 +128,21 @@ def test_weight_dims_are_named_after_the_layers():
     assert weight_dims(model, "net.2.weight", torch.Size([2, 144])) == ["net.2.out", "net.2.in"]
     assert weight_dims(model, "noise_scale", torch.Size([])) == []
     assert weight_dims(model, "hyper", torch.Size([3])) == ["hyper_dim_0"]
+
+
+def test_arviz_1x_from_dict_form_is_used_when_available(monkeypatch):
+    """ArviZ 1.x's from_dict takes one dict of groups and per-group attrs; the adapter must speak it."""
+    seen = {}
+
+    def from_dict_1x(data, *, dims=None, attrs=None):
+        seen.update(data=data, dims=dims, attrs=attrs)
+        return "datatree"
+
+    monkeypatch.setattr(az, "from_dict", from_dict_1x)
+    model, x, y = small_problem()
+    post = bdl.fit(model, x, y, method="map", num_steps=5, progress=False)
+    assert post.to_arviz(x=x, y=y) == "datatree"
+    assert set(GROUPS) == set(seen["data"])
+    assert seen["data"]["log_likelihood"]["obs"].shape == (1, 1, len(x))
+    assert seen["attrs"]["/"]["method"] == "map" and seen["attrs"]["posterior"]["inference_library"] == "pyro_bdl"
+    assert seen["dims"]["0.weight"] == ["0.out", "0.in"]

@@ -35,7 +35,7 @@ from pyro_bdl.cli import mlp  # noqa: E402
 
 def main(full: bool = False, out_dir: str = "tutorials/figures") -> Dict[str, object]:
     os.makedirs(out_dir, exist_ok=True)
-    settings = (dict(hidden=16, train_size=None, num_samples=400, warmup=400, max_tree_depth=8) if full else
+    settings = (dict(hidden=8, train_size=None, num_samples=300, warmup=300, max_tree_depth=7) if full else
                 dict(hidden=4, train_size=60, num_samples=40, warmup=40, max_tree_depth=4))
 
     # -- data and model -------------------------------------------------------------------------

@@ -248,9 +248,9 @@ def _flag(table, rhat_threshold, ess_threshold, within_threshold, warn) -> None:
         lines.append(f"R-hat and ESS are undefined at {_list(rhat.index[undefined])}: too few draws per chain "
                      "(a point estimate such as MAP has one) or predictions that never change.")
     if modes.any():
-        lines.append(f"R-hat > {rhat_threshold} at {_list(rhat.index[modes])} while every chain's within-chain R-hat is "
-                     f"<= {within_threshold}: each chain is stationary but the chains sit in different modes and "
-                     "predict differently there (Sommer et al. 2024). Pooling them averages over modes the "
+        lines.append(f"R-hat > {rhat_threshold} at {_list(rhat.index[modes])} while every chain's within-chain "
+                     f"R-hat is <= {within_threshold}: each chain is stationary but the chains sit in different "
+                     "modes and predict differently there (Sommer et al. 2024). Pooling them averages over modes the "
                      "sampler cannot cross; run more chains to weigh the modes, or report per-chain results.")
     if not_mixing.any():
         lines.append(f"R-hat > {rhat_threshold} at {_list(rhat.index[not_mixing])} with within-chain R-hat > "

@@ -41,7 +41,8 @@ def arviz():
     try:
         import arviz as az
     except ImportError:  # pragma: no cover - arviz is in the test extra
-        raise ImportError("ArviZ is needed for diagnostics: pip install pyro_bdl[arviz] (or pip install arviz)") from None
+        raise ImportError("ArviZ is needed for diagnostics: pip install pyro_bdl[arviz] "
+                          "(or pip install arviz)") from None
     return az
 
 
