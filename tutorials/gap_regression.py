@@ -60,11 +60,13 @@ def user_pyro_model(net: torch.nn.Module):
 def main(full: bool = False, out_dir: str = "tutorials/figures") -> dict:
     os.makedirs(out_dir, exist_ok=True)
     data = bdl.data.gap_regression(n=80 if full else 40)
-    width = 50 if full else 20
+    width = 50 if full else 10
     settings = {
         "map": dict(num_steps=3000 if full else 800, lr=0.02),
         "svi": dict(num_steps=6000 if full else 1500, lr=0.02, num_particles=4),
-        "nuts": dict(num_samples=500 if full else 100, warmup=500 if full else 100, num_chains=2 if full else 1),
+        # small: a capped tree depth keeps the test quick; the full run lets NUTS build its trees
+        "nuts": dict(num_samples=500 if full else 60, warmup=500 if full else 60, num_chains=2 if full else 1,
+                     max_tree_depth=10 if full else 5, init="map"),
     }
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
     results = {}
@@ -87,8 +89,9 @@ def main(full: bool = False, out_dir: str = "tutorials/figures") -> dict:
     # The same network in a user's own Pyro model, run with Pyro's NUTS directly.
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(1, width), torch.nn.Tanh(), torch.nn.Linear(width, 1))
-    mcmc = pyro.infer.MCMC(pyro.infer.NUTS(user_pyro_model(net)), num_samples=50 if not full else 300,
-                           warmup_steps=50 if not full else 300, disable_progbar=not full)
+    kernel = pyro.infer.NUTS(user_pyro_model(net), max_tree_depth=10 if full else 4)
+    mcmc = pyro.infer.MCMC(kernel, num_samples=300 if full else 30, warmup_steps=300 if full else 30,
+                           disable_progbar=not full)
     mcmc.run(data.x_train, data.y_train)
     results["user_model_prior_scale"] = float(mcmc.get_samples()["prior_scale"].mean())
     for method, r in results.items():
