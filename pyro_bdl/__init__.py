@@ -8,11 +8,14 @@ likelihood, run inference with one call, and predict by Bayesian model averaging
                               likelihood=bdl.likelihoods.Gaussian(scale=0.1))
     post = bdl.fit(model, x, y, method="nuts", num_samples=500, warmup=500)
     pred = post.predict(x_test)          # pred.mean, pred.variance, pred.quantile(0.9), pred.log_prob(y)
+    bdl.metrics.evaluate(post, x_test, y_test)
+    idata = post.to_arviz(x=x_test, y=y_test)            # ArviZ InferenceData
+    bdl.diagnostics.summary(post, x=x_test)              # function-space R-hat / ESS
 
 Temperature / cold-posterior studies over a grid of T × method × seed × augmentation:
 ``bdl.studies.TemperatureStudy("study.toml").run()`` or ``pyro-bdl study study.toml``.
 """
-from . import data, likelihoods, metrics, networks, priors, tempering
+from . import data, diagnostics, likelihoods, metrics, networks, plots, priors, tempering
 from .inference import fit, methods
 from .lifting import BayesianModel, LiftedNetwork, lift
 from .posterior import GuidePosterior, Posterior, SamplesPosterior
@@ -37,6 +40,8 @@ __all__ = [
     "priors",
     "data",
     "metrics",
+    "diagnostics",
+    "plots",
     "likelihoods",
     "tempering",
     "networks",

@@ -78,14 +78,23 @@ def augmentation(spec: Dict[str, Any]):
     if not spec["augment"]:
         return None
     d = spec["data"]
-    raw = datasets.load_dataset(d["name"], test_fraction=d["test_fraction"], seed=d["split_seed"],
-                                train_size=d["train_size"], standardize=False)
-    x = raw.x_train.double()
-    mean, std = x.mean(0), x.std(0, unbiased=False)
-    std[std == 0] = 1.0
+    kwargs = dict(test_fraction=d["test_fraction"], seed=d["split_seed"], train_size=d["train_size"])
+    mean, std = standardisation(datasets.load_dataset(d["name"], standardize=False, **kwargs).x_train,
+                                datasets.load_dataset(d["name"], **kwargs).x_train)
+    return functools.partial(datasets.shift_images, mean=mean, std=std, max_shift=d["max_shift"],
+                             **AUGMENTATIONS[d["name"]])
+
+
+def standardisation(raw: torch.Tensor, standardised: torch.Tensor):
+    """Per-feature ``(mean, std)`` with ``standardised = (raw − mean) / std``, recovered from the two
+    versions of the same rows, so it holds for whatever standardisation :func:`load_dataset` uses
+    (per pixel for digits, one global scale for MNIST). Constant features get std 1."""
+    raw, z = raw.double(), standardised.double()
+    z_sd = z.std(0, unbiased=False)
+    std = torch.where(z_sd > 0, raw.std(0, unbiased=False) / z_sd.clamp_min(1e-300), torch.ones_like(z_sd))
+    mean = raw.mean(0) - std * z.mean(0)
     dtype = torch.get_default_dtype()
-    return functools.partial(datasets.shift_images, mean=mean.to(dtype), std=std.to(dtype),
-                             max_shift=d["max_shift"], **AUGMENTATIONS[d["name"]])
+    return mean.to(dtype), std.to(dtype)
 
 
 def diagnostics(post) -> Dict[str, float]:

@@ -72,8 +72,10 @@ from ..tempering import TEMPERING_MODES
 PRIORS = ("gaussian", "fan_in", "laplace", "student_t")
 
 #: Data sets with a natural augmentation: keyword arguments of :func:`pyro_bdl.data.shift_images`.
+#: Every image data set (``pyro_bdl.data.IMAGE_SHAPES``) gets random shifts; no flips, since the bundled
+#: image sets are handwritten digits (a mirrored 2 is no 2).
 AUGMENTATIONS: Dict[str, Dict[str, Any]] = {
-    "digits": {"image_shape": (8, 8), "flip": False},  # 8×8 digits: shifts, no flips (a mirrored 2 is no 2)
+    name: {"image_shape": tuple(shape), "flip": False} for name, shape in datasets.IMAGE_SHAPES.items()
 }
 
 _MISSING = object()
