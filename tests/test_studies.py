@@ -151,9 +151,12 @@ BAD = {
     "zero temperature": (lambda c: c["grid"].update(temperature=[0.0, 1.0]), r"\[grid\] temperature 0.0 is not a number > 0"),
     "negative temperature": (lambda c: c["grid"].update(temperature=[-1, 1.0]), r"\[grid\] temperature -1 is not a number > 0"),
     "empty seeds": (lambda c: c["grid"].update(seeds=[]), r"\[grid\] seeds must be a non-empty list"),
-    "unknown method": (lambda c: c["inference"].update(methods=["map", "mcmc"]), r"unknown method 'mcmc'; available methods: .*map"),
+    "unknown method": (lambda c: c["inference"].update(methods=["map", "laplace_approx"]),
+                       r"unknown method 'laplace_approx'; available methods: .*map"),
+    "misspelt method": (lambda c: c["inference"].update(methods=["map", "sghmcc"]),
+                        r"unknown method 'sghmcc'; did you mean 'sghmc'"),
     "no methods": (lambda c: c["inference"].update(methods=[]), r"\[inference\] methods must be a non-empty list"),
-    "unknown data set": (lambda c: c["data"].update(name="mnist"), r"\[data\] name: unknown data set 'mnist'; bundled data sets: .*digits"),
+    "unknown data set": (lambda c: c["data"].update(name="cifar10"), r"\[data\] name: unknown data set 'cifar10'; bundled data sets: .*digits"),
     "missing module": (lambda c: c["model"].update(network="no_such_pkg.nets:make", hidden=None) or c["model"].pop("hidden"),
                        r"cannot import module 'no_such_pkg.nets'"),
     "missing factory": (lambda c: c["model"].update(network="pyro_bdl.networks:resnet") or c["model"].pop("hidden"),
@@ -196,7 +199,7 @@ def test_bad_toml_fails_on_the_command_line_before_anything_runs(tmp_path, capsy
 
 
 def test_all_problems_are_listed_together():
-    cfg = _broken(lambda c: (c["grid"].update(temperature=[0.0]), c["data"].update(name="mnist"),
+    cfg = _broken(lambda c: (c["grid"].update(temperature=[0.0]), c["data"].update(name="cifar10"),
                              c["inference"].update(epoch=2)))
     with pytest.raises(StudyConfigError) as info:
         StudyConfig.from_dict(cfg)

@@ -24,8 +24,11 @@ def test_cold_posterior_tutorial_runs_the_study_and_plots_nll_and_accuracy_vs_T(
     assert (df["accuracy"] > 0.6).all()
     s = result["summary"].set_index(["method", "augment", "temperature"])
     # augmentation reached the fits: the augmented runs trained on other inputs
-    assert abs(s.loc[("svi", True, 1.0), "nll_mean"] - s.loc[("svi", False, 1.0), "nll_mean"]) > 1e-3
-    # the temperature reached SVI (tempered ELBO), while the MAP mode does not depend on T
+    for method in ("sghmc", "svi"):
+        assert abs(s.loc[(method, True, 1.0), "nll_mean"] - s.loc[(method, False, 1.0), "nll_mean"]) > 1e-3
+    # the temperature reached both: SGHMC samples p_T (its noise scales with √T), SVI's ELBO is tempered
     assert s.loc[("svi", True, 0.01), "nll_mean"] != s.loc[("svi", True, 1.0), "nll_mean"]
-    assert abs(s.loc[("map", False, 0.01), "nll_mean"] - s.loc[("map", False, 1.0), "nll_mean"]) < 1e-3
-    assert set(result["cold_effect"]) == {("svi", False), ("svi", True), ("map", False), ("map", True)}
+    effect = result["cold_effect"]
+    assert set(effect) == {("sghmc", False), ("sghmc", True), ("svi", False), ("svi", True)}
+    # at this size the cold SGHMC posterior predicts clearly better than the T = 1 one (by ≈ 0.15 nats)
+    assert effect[("sghmc", False)] > 0.05 and effect[("sghmc", True)] > 0.05
