@@ -24,7 +24,7 @@ import torch
 
 from .. import checkpoint, likelihoods, metrics, priors
 from .. import data as datasets
-from ..inference import fit
+from ..inference import fit, method_options
 from ..lifting import BayesianModel
 from ..posterior import SamplesPosterior
 from .config import AUGMENTATIONS, StudyConfig, build_network
@@ -101,6 +101,10 @@ def diagnostics(post) -> Dict[str, float]:
     """Scalar diagnostics a posterior carries: sampler statistics (divergences summed, the rest
     averaged over draws), the final training loss, and numeric entries of ``post.info``."""
     out: Dict[str, float] = {}
+    try:  # info entries that echo the method's own options are settings, not diagnostics
+        settings = set(method_options(post.method))
+    except ValueError:
+        settings = set()
     if isinstance(post, SamplesPosterior):
         out["num_chains"] = post.num_chains
         out["num_draws"] = post.num_draws
@@ -109,7 +113,7 @@ def diagnostics(post) -> Dict[str, float]:
             out[("num_" if name == "diverging" else "mean_") + name] = float(
                 value.sum() if name == "diverging" else value.mean())
     for name, value in post.info.items():
-        if name in ("seed", "temperature"):
+        if name in ("seed", "temperature") or name in settings:
             continue
         if name == "losses" and len(value):
             out["final_loss"] = float(np.mean(value[-max(1, len(value) // 20):]))  # last 5% of steps
