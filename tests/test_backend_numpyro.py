@@ -241,7 +241,7 @@ def test_hmc_posterior_interface_and_reproducible(tmp_path):
 
 
 @pytest.mark.slow
-def test_dict_init_partial_and_map_init():
+def test_partial_dict_init():
     torch.manual_seed(0)
     x, y = blr_problem()
     model = bdl.BayesianModel(nn.Linear(2, 1), likelihood=L.Gaussian(scale=None))

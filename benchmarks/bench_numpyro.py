@@ -1,0 +1,150 @@
+"""NUTS speed: pyro_bdl's NumPyro backend vs its Pyro backend vs the same model hand-written in NumPyro.
+
+Reference problem (issue 3): a network with one hidden layer of 20 tanh units, 100 training
+points, N(0, 1) priors on every weight and bias, Gaussian noise σ = 0.1. The figure of merit
+is effective samples per second of the *predictions* f(x*) at 20 test inputs (function
+space is not scrambled by the permutation symmetry of the weights): the minimum bulk ESS
+over those 20 inputs divided by the wall time of the whole fit, compilation included;
+compilation time is reported separately (and ESS/s without it).
+
+The Pyro backend is very slow on this problem (every NUTS step takes up to 1023 leapfrog
+steps, each a Python-level torch evaluation), so it runs with a bounded budget: one chain
+with fewer warmup steps and draws (``--pyro-warmup``/``--pyro-samples``). ESS per second is
+still comparable; its ESS estimate is noisier.
+
+    python benchmarks/bench_numpyro.py            # 4 chains x (500 + 500), Pyro 1 x (50 + 50)
+    python benchmarks/bench_numpyro.py --full     # 4 chains x (1000 + 1000), Pyro 1 x (100 + 100)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Dict
+
+import numpy as np
+import torch
+
+import pyro_bdl as bdl
+from pyro_bdl.inference.numpyro_mcmc import compile_timer
+
+HIDDEN, N_TRAIN, N_TEST, NOISE = 20, 100, 20, 0.1
+
+
+def problem(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(N_TRAIN, 1, generator=g) * 4 - 2
+    y = torch.sin(2 * x[:, 0]) + 0.5 * x[:, 0] + NOISE * torch.randn(N_TRAIN, generator=g)
+    x_test = torch.linspace(-2.5, 2.5, N_TEST).unsqueeze(-1)
+    return x, y, x_test
+
+
+def bayesian_model(seed: int = 0) -> bdl.BayesianModel:
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(1, HIDDEN), torch.nn.Tanh(), torch.nn.Linear(HIDDEN, 1))
+    return bdl.BayesianModel(net, prior=bdl.priors.Gaussian(0.0, 1.0), likelihood=bdl.likelihoods.Gaussian(NOISE))
+
+
+def min_bulk_ess(f: np.ndarray) -> float:
+    """``f``: predictions of shape (chains, draws, inputs) -> the minimum bulk ESS over the inputs."""
+    import arviz as az
+
+    return float(min(az.ess(np.ascontiguousarray(f[..., i]), method="bulk") for i in range(f.shape[-1])))
+
+
+def run_pyro_bdl(backend: str, chains: int, warmup: int, samples: int, seed: int) -> Dict[str, float]:
+    x, y, x_test = problem()
+    model = bayesian_model()
+    start = time.perf_counter()
+    post = bdl.fit(model, x, y, method="nuts", backend=backend, num_chains=chains, warmup=warmup,
+                   num_samples=samples, seed=seed, progress=False)
+    wall = time.perf_counter() - start
+    with torch.no_grad():
+        f = model.forward({k: post.samples[k] for k in model.weight_sites}, x_test)[..., 0].numpy()
+    steps = post.sample_stats["num_steps"].double().mean().item()
+    return {"wall": wall, "compile": float(post.info.get("compile_time", 0.0)), "ess": min_bulk_ess(f),
+            "chains": chains, "warmup": warmup, "samples": samples, "steps": steps,
+            "divergences": int(post.sample_stats["diverging"].sum())}
+
+
+def run_handwritten(chains: int, warmup: int, samples: int, seed: int) -> Dict[str, float]:
+    import jax
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.infer import MCMC, NUTS
+
+    x, y, x_test = problem()
+    xj, yj = jnp.asarray(x.numpy()), jnp.asarray(y.numpy())
+
+    def model(x, y):
+        w1 = numpyro.sample("w1", dist.Normal(0.0, 1.0).expand([HIDDEN, 1]).to_event(2))
+        b1 = numpyro.sample("b1", dist.Normal(0.0, 1.0).expand([HIDDEN]).to_event(1))
+        w2 = numpyro.sample("w2", dist.Normal(0.0, 1.0).expand([1, HIDDEN]).to_event(2))
+        b2 = numpyro.sample("b2", dist.Normal(0.0, 1.0).expand([1]).to_event(1))
+        out = jnp.tanh(x @ w1.T + b1) @ w2.T + b2
+        with numpyro.plate("data", x.shape[0]):
+            numpyro.sample("obs", dist.Normal(out[:, 0], NOISE), obs=y)
+
+    mcmc = MCMC(NUTS(model), num_warmup=warmup, num_samples=samples, num_chains=chains, chain_method="sequential",
+                progress_bar=False)
+    start = time.perf_counter()
+    with compile_timer() as compile_seconds:
+        mcmc.run(jax.random.PRNGKey(seed), xj, yj, extra_fields=("num_steps", "diverging"))
+        s = mcmc.get_samples(group_by_chain=True)
+        jax.block_until_ready(s)
+    wall = time.perf_counter() - start
+    xt = np.asarray(x_test.numpy())
+    h = np.tanh(np.einsum("ti,cshi->csth", xt, np.asarray(s["w1"])) + np.asarray(s["b1"])[:, :, None, :])
+    f = np.einsum("csth,csoh->csto", h, np.asarray(s["w2"]))[..., 0] + np.asarray(s["b2"])[:, :, None, 0]
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    return {"wall": wall, "compile": compile_seconds[0], "ess": min_bulk_ess(f), "chains": chains, "warmup": warmup,
+            "samples": samples, "steps": float(np.mean(extra["num_steps"])),
+            "divergences": int(np.sum(extra["diverging"]))}
+
+
+def table(results: Dict[str, Dict[str, float]]) -> str:
+    base = results["pyro_bdl, backend='pyro'"]["ess"] / results["pyro_bdl, backend='pyro'"]["wall"]
+    hand = results["hand-written NumPyro"]["ess"] / results["hand-written NumPyro"]["wall"]
+    lines = ["| run | chains × (warmup + draws) | mean leapfrog steps | divergences | wall s | compile s | "
+             "min bulk ESS (20 f(x*)) | ESS/s | ESS/s excl. compile | × Pyro backend | × hand-written |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        rate = r["ess"] / r["wall"]
+        rate_run = r["ess"] / max(r["wall"] - r["compile"], 1e-9)
+        lines.append(f"| {name} | {r['chains']} × ({r['warmup']} + {r['samples']}) | {r['steps']:.0f} | "
+                     f"{r['divergences']} | {r['wall']:.1f} | {r['compile']:.1f} | {r['ess']:.0f} | {rate:.3g} | "
+                     f"{rate_run:.3g} | {rate / base:.1f} | {rate / hand:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> Dict[str, Dict[str, float]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--full", action="store_true", help="4 × (1000 + 1000) NumPyro draws, Pyro 1 × (100 + 100)")
+    parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--samples", type=int, default=None)
+    parser.add_argument("--pyro-warmup", type=int, default=None)
+    parser.add_argument("--pyro-samples", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    n = args.warmup or (1000 if args.full else 500)
+    s = args.samples or (1000 if args.full else 500)
+    pw = args.pyro_warmup or (100 if args.full else 50)
+    ps = args.pyro_samples or (100 if args.full else 50)
+
+    results = {}
+    print("hand-written NumPyro ...", file=sys.stderr, flush=True)
+    results["hand-written NumPyro"] = run_handwritten(args.chains, n, s, args.seed)
+    print("pyro_bdl, backend='numpyro' ...", file=sys.stderr, flush=True)
+    results["pyro_bdl, backend='numpyro'"] = run_pyro_bdl("numpyro", args.chains, n, s, args.seed)
+    print(f"pyro_bdl, backend='pyro' (bounded: 1 chain × ({pw} + {ps})) ...", file=sys.stderr, flush=True)
+    results["pyro_bdl, backend='pyro'"] = run_pyro_bdl("pyro", 1, pw, ps, args.seed)
+    print(f"\nReference BNN: 1-{HIDDEN}-1 tanh, {N_TRAIN} points, N(0,1) priors, noise {NOISE}; "
+          f"ESS of f(x*) at {N_TEST} test inputs; NUTS (target accept 0.8, max tree depth 10).\n")
+    print(table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
