@@ -8,6 +8,9 @@ likelihood, run inference with one call, and predict by Bayesian model averaging
                               likelihood=bdl.likelihoods.Gaussian(scale=0.1))
     post = bdl.fit(model, x, y, method="nuts", num_samples=500, warmup=500)
     pred = post.predict(x_test)          # pred.mean, pred.variance, pred.quantile(0.9), pred.log_prob(y)
+
+``fit(..., method="nuts", backend="numpyro")`` runs NumPyro's compiled NUTS on a JAX translation of
+the network; :mod:`pyro_bdl.backends` (``bdl.backends.to_jax``, imported on first use) holds it.
 """
 from . import data, likelihoods, metrics, priors, tempering
 from .inference import fit, methods
@@ -17,6 +20,16 @@ from .predictive import BMAPredictive
 from .weights import WeightLayout
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # ``bdl.backends`` (the NumPyro/JAX backend) is imported on first use: it imports JAX.
+    if name == "backends":
+        import importlib
+
+        return importlib.import_module(".backends", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BayesianModel",

@@ -174,7 +174,8 @@ def fit_nuts(model: BayesianModel, data: FitData, *, seed: int, progress: Option
             or a dict of initial values.
         target_accept, max_tree_depth, step_size: NUTS settings (step size is adapted).
         jit_compile: trace the potential with the PyTorch JIT (Pyro backend only).
-        chain_method: NumPyro backend only: ``"sequential"`` (default), ``"vectorized"`` or ``"parallel"``.
+        chain_method: NumPyro backend only: ``"sequential"`` (default; one compiled sampler, chain
+            after chain) or ``"vectorized"`` (all chains in one vmapped program, in lockstep).
     """
     return _dispatch(model, data, "nuts", backend, chain_method, jit_compile,
                      kernel_options=dict(target_accept_prob=target_accept, max_tree_depth=max_tree_depth,

@@ -195,7 +195,8 @@ def run_numpyro_mcmc(model: BayesianModel, data: FitData, kernel_name: str, *, s
                                    init_params, chain_method, progress)
     wall = time.perf_counter() - start
 
-    samples = {site: torch.from_numpy(np.array(raw[site])) for site in nmodel.sites}
+    dtype = torch.get_default_dtype()  # JAX computes in float32 unless x64 is enabled; match torch's default
+    samples = {site: torch.from_numpy(np.array(raw[site])).to(dtype) for site in nmodel.sites}
     num_steps = torch.from_numpy(extra["num_steps"].astype(np.int64))
     sample_stats = {
         "diverging": torch.from_numpy(extra["diverging"].astype(bool)),
