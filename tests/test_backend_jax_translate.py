@@ -46,6 +46,31 @@ class ConvResidual(nn.Module):
         return F.relu(x + self.bn(self.conv(x)))
 
 
+class Functional(nn.Module):
+    """Tensor methods and torch functions commonly met in custom forwards."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.conv = nn.Conv1d(2, 2, 3)
+
+    def forward(self, x):
+        h = self.fc(x)
+        a, b = h.chunk(2, dim=-1)
+        c, d = torch.split(h, [2, 4], dim=1)
+        m = torch.max(h, dim=1, keepdim=True)[0]
+        e = torch.einsum("bi,bj->bij", a, b).flatten(1)
+        p = F.pad(c, (1, 2), value=0.5)
+        q = h.unsqueeze(1).expand(-1, 2, -1)
+        r = self.conv(q).permute(0, 2, 1).reshape(x.size(0), -1)
+        s = torch.where(h > 0, h, 0.1 * h).clamp(-1, 1)
+        t = s.masked_fill(s < -0.5, 0.0)
+        u = h.where(h > 0.2, -h)
+        return torch.cat([e.sum(-1, keepdim=True), p, r, t, u, m, d.std(dim=1, keepdim=True),
+                          torch.logsumexp(h, dim=1, keepdim=True), F.softmax(h, dim=-1), F.normalize(h, dim=1),
+                          h.mean(dim=(0,), keepdim=True).expand_as(h), torch.stack([a, b], dim=-1).amax(-1)], dim=1)
+
+
 def mlp_all_activations():
     return nn.Sequential(
         nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.LeakyReLU(0.2), nn.ELU(0.7), nn.Linear(8, 8), nn.GELU(),
@@ -81,6 +106,7 @@ ZOO = {
     "cnn1d": (cnn1d, (4, 2, 40)),
     "residual": (lambda: nn.Sequential(ResidualBlock(6), nn.ReLU(), ResidualBlock(6), nn.Linear(6, 1)), (9, 6)),
     "norms": (normalised_mlp, (8, 5)),
+    "functional": (Functional, (5, 6)),
 }
 
 

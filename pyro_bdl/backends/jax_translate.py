@@ -709,6 +709,7 @@ _METHODS.update({
     "detach": lambda x: lax.stop_gradient(x), "float": _astype(jnp.float32), "double": _astype(jnp.float64),
     "half": _astype(jnp.float16), "long": _astype(jnp.int32), "int": _astype(jnp.int32), "bool": _astype(bool),
     "to": _to, "type_as": _type_as, "__getitem__": operator.getitem,
+    "where": lambda x, condition, y: jnp.where(condition, x, y),  # x.where(c, y) is torch.where(c, x, y)
     **{f"__{op}__": getattr(operator, op) for op in ("add", "sub", "mul", "truediv", "matmul", "neg", "pow")},
     **{f"__r{op}__": (lambda f: lambda x, o: f(o, x))(getattr(operator, op))
        for op in ("add", "sub", "mul", "truediv", "matmul", "pow")},

@@ -18,7 +18,6 @@ Pyro model (network outputs and log joint at the first chain's starting point).
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from typing import Any, Dict, Iterator, List, Optional
 
