@@ -52,7 +52,7 @@ def main(full: bool = False, out_dir: str = "tutorials/figures") -> Dict[str, Di
     depth = 10 if full else 6
     settings = {
         "numpyro": dict(num_chains=4 if full else 2, warmup=1000 if full else 100, num_samples=1000 if full else 100),
-        "pyro": dict(num_chains=2 if full else 1, warmup=200 if full else 30, num_samples=200 if full else 30),
+        "pyro": dict(num_chains=1, warmup=100 if full else 30, num_samples=100 if full else 30),
     }
     x_grid = data.x_test
     probe = torch.linspace(-2.8, 2.8, 8).unsqueeze(-1)  # where ESS of the predictions is measured
