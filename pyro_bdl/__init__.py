@@ -9,10 +9,11 @@ likelihood, run inference with one call, and predict by Bayesian model averaging
     post = bdl.fit(model, x, y, method="nuts", num_samples=500, warmup=500)
     pred = post.predict(x_test)          # pred.mean, pred.variance, pred.quantile(0.9), pred.log_prob(y)
 """
-from . import data, likelihoods, metrics, priors, tempering
-from .inference import fit, methods
+from .inference import fit, methods  # first: the SWAG guide and the swag method import each other's modules
+from . import batchnorm, data, guides, likelihoods, metrics, priors, tempering
 from .lifting import BayesianModel, LiftedNetwork, lift
-from .posterior import GuidePosterior, Posterior, SamplesPosterior
+from .inference.swag import SWAGPosterior
+from .posterior import GuidePosterior, MixturePosterior, Posterior, SamplesPosterior
 from .predictive import BMAPredictive
 from .weights import WeightLayout
 
@@ -27,9 +28,13 @@ __all__ = [
     "Posterior",
     "SamplesPosterior",
     "GuidePosterior",
+    "MixturePosterior",
+    "SWAGPosterior",
     "BMAPredictive",
     "WeightLayout",
     "priors",
+    "guides",
+    "batchnorm",
     "data",
     "metrics",
     "likelihoods",
