@@ -403,3 +403,16 @@ def test_multiswag_members_in_processes_equal_sequential_members():
     for a, b in zip(sequential.members, parallel.members):
         for k, v in a.moments().items():
             assert torch.equal(v, b.moments()[k]), k
+
+
+def test_multiswag_checkpoints_every_member(tmp_path):
+    x, y = toy_classification()
+    model = bdl.BayesianModel(small_classifier(), likelihood=bdl.likelihoods.Categorical())
+    kw = dict(method="multiswag", num_models=2, batch_size=20, epochs=4, swa_start=2, lr=0.05, rank=3, seed=0,
+              progress=False)
+    path = tmp_path / "multi.pt"
+    first = bdl.fit(model, x, y, checkpoint=str(path), **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["multi.member0.pt", "multi.member1.pt"]
+    again = bdl.fit(model, x, y, checkpoint=str(path), **kw)  # finished members are read back, not retrained
+    for a, b in zip(first.members, again.members):
+        assert torch.equal(a.guide.mean, b.guide.mean) and a.info["losses"] == b.info["losses"]

@@ -10,7 +10,7 @@ objective log p̃(D, w(θ)) + log|det ∂w/∂θ|. After each epoch past ``swa_s
 * the running mean θ̄ = (1/n) Σ θ_i and second moment (1/n) Σ θ_i² (kept as Welford's sum of
   squared deviations, which equals n·(mean of θ² − θ̄²) without its cancellation error);
 * the deviation matrix D (k × P) of the last k ≤ K snapshots, rows D_i = θ_i − θ̄_i with θ̄_i
-  the running mean just after θ_i was added (the paper's D̂).
+  the running mean just after θ_i was added (the paper's D̂), kept in a ring buffer.
 
 The SWAG posterior is then the Gaussian
 
@@ -246,14 +246,19 @@ class SWAG(AutoGuide):
     def deviations(self) -> torch.Tensor:
         """D, the last k = min(n, K) deviations θ_i − θ̄_i in collection order, shape ``(k, P)``."""
         self._require_setup()
-        return self.swa_deviations[: min(self.num_snapshots, self.rank)]
+        n = self.num_snapshots
+        if n <= self.rank:
+            return self.swa_deviations[:n]
+        # Stored as a ring: snapshot i (1-based) lives in row (i − 1) mod K; the oldest kept is n − K + 1.
+        return torch.roll(self.swa_deviations, -(n % self.rank), dims=0)
 
     @torch.no_grad()
     def collect(self, theta: Optional[torch.Tensor] = None) -> None:
         """Record a snapshot: the current iterate (default) or a given flat θ of shape ``(P,)``.
 
-        θ̄ ← θ̄ + (θ − θ̄)/n;  S ← S + (θ − θ̄_old)(θ − θ̄_new);  D gets θ − θ̄_new as its newest row
-        (the oldest row is dropped once K rows are stored). O(K·P) time and memory.
+        θ̄ ← θ̄ + (θ − θ̄)/n;  S ← S + (θ − θ̄_old)(θ − θ̄_new);  D gets θ − θ̄_new as its newest row,
+        replacing the oldest once K rows are stored (a ring buffer, so no rows are moved).
+        O(P) time per snapshot, O(K·P) memory.
         """
         self._require_setup()
         theta = (self.loc if theta is None else torch.as_tensor(theta)).detach().reshape(-1).to(self.swa_mean.dtype)
@@ -264,11 +269,7 @@ class SWAG(AutoGuide):
         self.swa_mean.add_(delta / n)
         deviation = theta - self.swa_mean
         self.swa_sq_dev.add_(delta * deviation)
-        if n <= self.rank:
-            self.swa_deviations[n - 1] = deviation
-        else:
-            self.swa_deviations[:-1] = self.swa_deviations[1:].clone()
-            self.swa_deviations[-1] = deviation
+        self.swa_deviations[(n - 1) % self.rank] = deviation
         self.swa_count.add_(1)
 
     # -- the posterior --------------------------------------------------------------------
