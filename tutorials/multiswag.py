@@ -19,6 +19,15 @@ Three posteriors, all from SGD-trained networks of the same size:
 We compare their predictive bands and their test NLL, 90%-interval coverage and mean
 predictive standard deviation inside the training range and in the extrapolation region.
 
+What it shows (default size): inside the training range all three fit and are calibrated
+(NLL ≈ 0.27–0.33, coverage ≈ 0.9). Beyond it every network flattens out while the truth keeps
+rising, so all three are overconfident there — the honest lesson of the planetary example:
+no posterior over a network makes far extrapolation safe. Among them, Multi-SWAG widens its
+band the most (its epistemic sd roughly doubles) and has the best NLL and coverage out of the
+training range; the deep ensemble's members, each trained to convergence, agree closely, so
+its band barely widens and its extrapolation NLL is about twice Multi-SWAG's. A single SWAG
+run sits in between: its Gaussian describes one basin only.
+
 Run ``python tutorials/multiswag.py`` (small, ~30 s) or ``--full`` (M = 10, longer training).
 """
 from __future__ import annotations
@@ -81,11 +90,12 @@ def main(full: bool = False, out_dir: str = "tutorials/figures") -> dict:
     torch.set_num_threads(1)
     M = 10 if full else 3
     n, hidden = (200, 50) if full else (100, 32)
-    epochs, swa_start = (300, 200) if full else (120, 80)
+    epochs, swa_start = (400, 300) if full else (200, 150)
     num_samples = 30  # per SWAG posterior; Multi-SWAG gets 30 per member
     x, y, x_test, y_test = make_data(n)
     model = make_model(hidden)
-    swag_options = dict(batch_size=20, epochs=epochs, swa_start=swa_start, lr=0.01, swa_lr=0.01, momentum=0.9,
+    # A constant learning rate small enough for the per-data-point objective (curvature ~ 1/NOISE²).
+    swag_options = dict(batch_size=20, epochs=epochs, swa_start=swa_start, lr=0.003, swa_lr=0.003, momentum=0.9,
                         rank=20, progress=False)
 
     swag = bdl.fit(model, x, y, method="swag", init="fresh", seed=0, **swag_options)
