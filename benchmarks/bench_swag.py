@@ -120,7 +120,7 @@ def main(argv=None) -> dict:
     print("state_over_P = SWAG state / P numbers = K + 2 (K = 20): memory O(K·P)")
     out = {"cost": cost}
     if "--digits" in argv:
-        for i, (lr, swa_lr) in enumerate([(0.05, 0.01), (0.3, 0.3)]):
+        for i, (lr, swa_lr) in enumerate([(0.05, 0.01), (0.1, 0.1)]):
             print(f"\nDigits (MLP 64-100-10, batch 64, 60 epochs, swa_start 40, K = 20, lr {lr}, swa_lr {swa_lr}; "
                   "450 test images)")
             out[f"digits_lr{lr}"] = rows = digits_table(lr, swa_lr, include_map=i == 0)

@@ -416,3 +416,19 @@ def test_multiswag_checkpoints_every_member(tmp_path):
     again = bdl.fit(model, x, y, checkpoint=str(path), **kw)  # finished members are read back, not retrained
     for a, b in zip(first.members, again.members):
         assert torch.equal(a.guide.mean, b.guide.mean) and a.info["losses"] == b.info["losses"]
+
+
+@pytest.mark.slow
+def test_digits_multiswag_beats_swag_and_map():
+    # The digits table of benchmarks/bench_swag.py (issue settings: lr 0.05, swa_lr 0.01, 60 epochs, M = 5).
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    from bench_swag import digits_table
+
+    rows = {r["method"].split(" (")[0]: r for r in digits_table()}
+    assert all(r["accuracy"] > 0.95 for r in rows.values())
+    multi = rows["Multi-SWAG"]["nll"]
+    assert multi <= rows["SWAG"]["nll"] and multi <= rows["MAP"]["nll"] and multi <= rows["SGD final iterate"]["nll"]
+    assert rows["SWAG"]["nll"] <= rows["SWA"]["nll"] + 1e-3  # the covariance does not hurt the SWA mean

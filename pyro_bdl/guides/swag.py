@@ -24,7 +24,12 @@ term) and ``"swa"`` (a point mass at θ̄, stochastic weight averaging, Izmailov
 
 Once snapshots exist, calls made without gradient tracking (``pyro.infer.Predictive`` runs
 the guide under ``torch.no_grad()``) draw from q; calls with gradients (SVI steps) stay the
-point mass at the iterate, so training can go on between collections.
+point mass at the iterate, so training can go on between collections. (So does
+``SVI.evaluate_loss``, which runs without gradients: after collection it scores a SWAG draw.)
+
+A network with BatchNorm predicts with its stored statistics under plain ``Predictive``;
+:meth:`pyro_bdl.SWAGPosterior.predict` (what ``fit(method="swag")`` returns) recomputes them
+for every draw (:mod:`pyro_bdl.batchnorm`).
 """
 from __future__ import annotations
 
