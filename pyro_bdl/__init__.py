@@ -8,9 +8,12 @@ likelihood, run inference with one call, and predict by Bayesian model averaging
                               likelihood=bdl.likelihoods.Gaussian(scale=0.1))
     post = bdl.fit(model, x, y, method="nuts", num_samples=500, warmup=500)
     pred = post.predict(x_test)          # pred.mean, pred.variance, pred.quantile(0.9), pred.log_prob(y)
+    bdl.metrics.evaluate(post, x_test, y_test)
+    idata = post.to_arviz(x=x_test, y=y_test)            # ArviZ InferenceData
+    bdl.diagnostics.summary(post, x=x_test)              # function-space R-hat / ESS
 """
 from .inference import fit, methods  # first: the SWAG guide and the swag method import each other's modules
-from . import batchnorm, data, guides, likelihoods, metrics, priors, tempering
+from . import batchnorm, data, diagnostics, guides, likelihoods, metrics, plots, priors, tempering
 from .lifting import BayesianModel, LiftedNetwork, lift
 from .inference.swag import SWAGPosterior
 from .posterior import GuidePosterior, MixturePosterior, Posterior, SamplesPosterior
@@ -37,6 +40,8 @@ __all__ = [
     "batchnorm",
     "data",
     "metrics",
+    "diagnostics",
+    "plots",
     "likelihoods",
     "tempering",
 ]

@@ -14,7 +14,7 @@ Kinds of posterior:
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import pyro
 import torch
@@ -61,13 +61,13 @@ class Posterior:
     def _predict_draws(self, num_samples: Optional[int], seed: Optional[int]) -> Weights:
         return self.sample(100 if num_samples is None else num_samples, seed=seed)
 
-    def _prediction_inputs(self, num_samples: Optional[int], seed: Optional[int]) -> Tuple[Weights, Optional[Weights]]:
-        """The draws :meth:`predict` averages over and their per-draw network buffers.
+    def _buffers_for(self, draws: Weights) -> Optional[Dict[str, torch.Tensor]]:
+        """Per-draw values of network buffers for ``draws``, or ``None`` for the network's stored ones.
 
-        Buffers are ``None`` (the network's stored ones) unless a posterior recomputes them per
-        draw, e.g. BatchNorm statistics for SWAG draws (:mod:`pyro_bdl.batchnorm`).
+        Posteriors over networks with BatchNorm override this to recompute each draw's
+        statistics (SWAG, :mod:`pyro_bdl.batchnorm`).
         """
-        return self._predict_draws(num_samples, seed), None
+        return None
 
     def draws_by_chain(self, num_samples: int = 100, seed: Optional[int] = 0) -> Weights:
         """Draws grouped as ``{site: (chains, draws, *shape)}`` for diagnostics (ArviZ).
@@ -89,7 +89,16 @@ class Posterior:
         from .validation import check_inputs
 
         x = check_inputs(self.model, x)
-        draws, buffers = self._prediction_inputs(num_samples, seed)
+        return self.predictive_for(self._predict_draws(num_samples, seed), x, batch_size=batch_size)
+
+    @torch.no_grad()
+    def predictive_for(self, draws: Weights, x: torch.Tensor, batch_size: Optional[int] = None) -> BMAPredictive:
+        """The Bayesian model average over given draws ``{site: (S, *shape)}`` at inputs ``x``.
+
+        :meth:`predict` and the diagnostics (:mod:`pyro_bdl.diagnostics`, which need the
+        per-draw components chain by chain) both go through here.
+        """
+        buffers = self._buffers_for(draws)
         weights = {k: draws[k] for k in self.model.weight_sites}
         chunks = [x] if batch_size is None else torch.split(x, batch_size)
         outputs = torch.cat([self.model.forward(weights, xb, buffers) for xb in chunks], dim=-2)
@@ -97,6 +106,20 @@ class Posterior:
         lik = {k: draws[k].reshape(draws[k].shape[0], 1) for k in self.model.likelihood_sites}
         component = self.model.likelihood.distribution(outputs, lik)
         return BMAPredictive(component, outputs, self.model.likelihood.kind)
+
+    def to_arviz(self, x: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None,
+                 num_samples: int = 100, seed: Optional[int] = 0, **kwargs: Any):
+        """This posterior as an ``arviz.InferenceData`` (needs ``arviz``: ``pip install pyro_bdl[arviz]``).
+
+        Groups: posterior (every latent site, chains as in :meth:`draws_by_chain`, plus the
+        function-space ``prediction`` E[y | x, w] when ``x`` is given), posterior_predictive and
+        log_likelihood at ``x`` (``y`` needed for the latter), observed_data, constant_data and,
+        for samplers, sample_stats. ``num_samples`` draws are taken from posteriors that sample on
+        demand (guides); stored draws (MCMC) are used as they are. See :func:`pyro_bdl.diagnostics.to_arviz`.
+        """
+        from .diagnostics import to_arviz
+
+        return to_arviz(self, x=x, y=y, num_samples=num_samples, seed=seed, **kwargs)
 
     # -- persistence --------------------------------------------------------------------
     def save(self, path: str) -> None:
@@ -253,15 +276,13 @@ class MixturePosterior(Posterior):
                              "draws_by_chain needs equal chain lengths")
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
-    def _prediction_inputs(self, num_samples, seed):
-        # Every member contributes its share (members decide how, e.g. with per-draw BatchNorm statistics).
+    def _predict_draws(self, num_samples, seed):
         # ``None``: every member's own default (all stored draws, or 100 for a sampler).
         counts = [None] * self.num_members if num_samples is None else self._counts(num_samples)
         with seeded(seed):
-            parts = [m._prediction_inputs(c, None) for m, c in zip(self.members, counts) if c != 0]
-        draws = {k: torch.cat([d[k] for d, _ in parts]) for k in parts[0][0]}
-        if all(b is None for _, b in parts):
-            return draws, None
-        if any(b is None for _, b in parts):
-            raise ValueError("mixture members disagree on per-draw buffers")
-        return draws, {k: torch.cat([b[k] for _, b in parts]) for k in parts[0][1]}
+            parts = [m._predict_draws(c, None) for m, c in zip(self.members, counts) if c != 0]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def _buffers_for(self, draws):
+        # Members share the model and its training data, so any of them recomputes buffers for any draws.
+        return self.members[0]._buffers_for(draws)

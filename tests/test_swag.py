@@ -332,7 +332,8 @@ def test_batchnorm_statistics_are_recomputed_per_draw():
     for k, v in net.named_buffers():  # training used batch statistics, the network's buffers are untouched
         assert torch.equal(v, before[k]), k
     assert post.bn_inputs is not None and post.bn_batch_size == 16
-    draws, buffers = post._prediction_inputs(4, seed=0)
+    draws = post._predict_draws(4, seed=0)
+    buffers = post._buffers_for(draws)
     assert set(buffers) == {"1.running_mean", "1.running_var"} and buffers["1.running_mean"].shape == (4, 16)
     assert not torch.allclose(buffers["1.running_mean"][0], buffers["1.running_mean"][1])
     reference = _reference_bn_outputs(net, draws, x, 16, x[:10])
@@ -432,3 +433,18 @@ def test_digits_multiswag_beats_swag_and_map():
     multi = rows["Multi-SWAG"]["nll"]
     assert multi <= rows["SWAG"]["nll"] and multi <= rows["MAP"]["nll"] and multi <= rows["SGD final iterate"]["nll"]
     assert rows["SWAG"]["nll"] <= rows["SWA"]["nll"] + 1e-3  # the covariance does not hurt the SWA mean
+
+
+def test_multiswag_diagnostics_see_one_chain_per_member():
+    pytest.importorskip("arviz")
+    x, y = toy_classification(n=64)
+    model = bdl.BayesianModel(small_classifier(batchnorm=True), likelihood=bdl.likelihoods.Categorical())
+    post = bdl.fit(model, x, y, method="multiswag", num_models=2, batch_size=16, epochs=4, swa_start=2, lr=0.05,
+                   rank=3, seed=0, progress=False)
+    idata = post.to_arviz(x=x[:5], y=y[:5], num_samples=6)
+    assert idata.posterior.sizes["chain"] == 2 and idata.posterior.sizes["draw"] == 6
+    # Diagnostics evaluate draws through predictive_for, so BatchNorm statistics are per draw there too.
+    draws = {k: v[1] for k, v in post.draws_by_chain(6).items()}
+    direct = post.predictive_for(draws, x[:5]).outputs
+    reference = _reference_bn_outputs(model.net, draws, x, 16, x[:5])
+    torch.testing.assert_close(direct, reference, rtol=1e-4, atol=1e-4)

@@ -132,8 +132,7 @@ def _backend(backend: str) -> None:
 @register("nuts")
 def fit_nuts(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], num_samples: int = 500,
              warmup: int = 500, num_chains: int = 1, backend: str = "pyro", init: Any = "prior",
-             target_accept: float = 0.8, max_tree_depth: int = 10, step_size: float = 1.0,
-             jit_compile: bool = False) -> SamplesPosterior:
+             target_accept: float = 0.8, max_tree_depth: int = 10, step_size: float = 1.0) -> SamplesPosterior:
     """No-U-Turn sampler (Hoffman & Gelman 2014) on the full-batch tempered posterior.
 
     Args:
@@ -143,20 +142,21 @@ def fit_nuts(model: BayesianModel, data: FitData, *, seed: int, progress: Option
         init: ``"prior"`` (a prior draw per chain), ``"net"`` (the network's weights), ``"map"``,
             or a dict of initial values.
         target_accept, max_tree_depth, step_size: NUTS settings (step size is adapted).
-        jit_compile: trace the potential with the PyTorch JIT.
+
+    Pyro's ``jit_compile`` is not offered: the TorchScript tracer cannot trace
+    ``torch.func.functional_call``. For speed use the NumPyro backend.
     """
     _backend(backend)
     return run_mcmc(model, data, "nuts", seed=seed, progress=progress, num_samples=num_samples, warmup=warmup,
                     num_chains=num_chains, init=init,
                     kernel_options=dict(target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
-                                        step_size=step_size, jit_compile=jit_compile, ignore_jit_warnings=True))
+                                        step_size=step_size))
 
 
 @register("hmc")
 def fit_hmc(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], num_samples: int = 500,
             warmup: int = 500, num_chains: int = 1, backend: str = "pyro", init: Any = "prior",
-            num_steps: int = 16, step_size: float = 0.1, target_accept: float = 0.8,
-            jit_compile: bool = False) -> SamplesPosterior:
+            num_steps: int = 16, step_size: float = 0.1, target_accept: float = 0.8) -> SamplesPosterior:
     """Hamiltonian Monte Carlo with ``num_steps`` leapfrog steps per transition (Neal 2011).
 
     The step size is adapted during warmup (trajectory length scales with it); other
@@ -166,4 +166,4 @@ def fit_hmc(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
     return run_mcmc(model, data, "hmc", seed=seed, progress=progress, num_samples=num_samples, warmup=warmup,
                     num_chains=num_chains, init=init,
                     kernel_options=dict(num_steps=num_steps, step_size=step_size, target_accept_prob=target_accept,
-                                        jit_compile=jit_compile, ignore_jit_warnings=True))
+                                        ))

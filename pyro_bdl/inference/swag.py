@@ -112,12 +112,11 @@ class SWAGPosterior(Posterior):
         n = 100 if num_samples is None else num_samples
         return self.sample(1 if self.variant == "swa" else n, seed=seed)  # SWA: every draw is θ̄
 
-    def _prediction_inputs(self, num_samples, seed):
-        draws = self._predict_draws(num_samples, seed)
-        if self.bn_inputs is None:
-            return draws, None
+    def _buffers_for(self, draws: Weights) -> Optional[Dict[str, torch.Tensor]]:
+        if self.bn_inputs is None:  # no BatchNorm: the network's (unused) buffers, no extra pass
+            return None
         weights = {k: draws[k] for k in self.model.weight_sites}
-        return draws, batchnorm.recompute(self.model.network, weights, self.bn_inputs, self.bn_batch_size)
+        return batchnorm.recompute(self.model.network, weights, self.bn_inputs, self.bn_batch_size)
 
     def moments(self) -> Dict[str, torch.Tensor]:
         """The collected moments over the flat θ (layout ``guide.objective.layout``):
