@@ -420,7 +420,7 @@ def test_multiswag_checkpoints_every_member(tmp_path):
 
 
 @pytest.mark.slow
-def test_digits_multiswag_beats_swag_and_map():
+def test_digits_multiswag_beats_single_swag_runs():
     # The digits table of benchmarks/bench_swag.py (issue settings: lr 0.05, swa_lr 0.01, 60 epochs, M = 5).
     import os
     import sys
@@ -428,10 +428,11 @@ def test_digits_multiswag_beats_swag_and_map():
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
     from bench_swag import digits_table
 
-    rows = {r["method"].split(" (")[0]: r for r in digits_table()}
+    rows = {r["method"].split(" (")[0].split(",")[0]: r for r in digits_table()}
     assert all(r["accuracy"] > 0.95 for r in rows.values())
     multi = rows["Multi-SWAG"]["nll"]
-    assert multi <= rows["SWAG"]["nll"] and multi <= rows["MAP"]["nll"] and multi <= rows["SGD final iterate"]["nll"]
+    # Single-run rows are means over the five SWAG runs inside Multi-SWAG.
+    assert multi < rows["SWAG"]["nll"] and multi < rows["SGD final iterate"]["nll"]
     assert rows["SWAG"]["nll"] <= rows["SWA"]["nll"] + 1e-3  # the covariance does not hurt the SWA mean
 
 
