@@ -15,10 +15,11 @@ likelihood, run inference with one call, and predict by Bayesian model averaging
 ``fit(..., method="nuts", backend="numpyro")`` runs NumPyro's compiled NUTS on a JAX translation of
 the network; :mod:`pyro_bdl.backends` (``bdl.backends.to_jax``, imported on first use) holds it.
 """
-from . import data, diagnostics, likelihoods, metrics, plots, priors, tempering
-from .inference import fit, methods
+from .inference import fit, methods  # first: the SWAG guide and the swag method import each other's modules
+from . import batchnorm, data, diagnostics, guides, likelihoods, metrics, plots, priors, tempering
 from .lifting import BayesianModel, LiftedNetwork, lift
-from .posterior import GuidePosterior, Posterior, SamplesPosterior
+from .inference.swag import SWAGPosterior
+from .posterior import GuidePosterior, MixturePosterior, Posterior, SamplesPosterior
 from .predictive import BMAPredictive
 from .weights import WeightLayout
 
@@ -43,9 +44,13 @@ __all__ = [
     "Posterior",
     "SamplesPosterior",
     "GuidePosterior",
+    "MixturePosterior",
+    "SWAGPosterior",
     "BMAPredictive",
     "WeightLayout",
     "priors",
+    "guides",
+    "batchnorm",
     "data",
     "metrics",
     "diagnostics",
