@@ -14,14 +14,17 @@ likelihood, run inference with one call, and predict by Bayesian model averaging
 
 ``fit(..., method="nuts", backend="numpyro")`` runs NumPyro's compiled NUTS on a JAX translation of
 the network; :mod:`pyro_bdl.backends` (``bdl.backends.to_jax``, imported on first use) holds it.
+Temperature / cold-posterior studies over a grid of T × method × seed × augmentation:
+``bdl.studies.TemperatureStudy("study.toml").run()`` or ``pyro-bdl study study.toml``.
 """
 from .inference import fit, methods  # first: the SWAG guide and the swag method import each other's modules
-from . import batchnorm, data, diagnostics, guides, likelihoods, metrics, plots, priors, tempering
+from . import batchnorm, data, diagnostics, guides, likelihoods, metrics, networks, plots, priors, tempering
 from .lifting import BayesianModel, LiftedNetwork, lift
 from .inference.swag import SWAGPosterior
 from .posterior import GuidePosterior, MixturePosterior, Posterior, SamplesPosterior
 from .predictive import BMAPredictive
 from .weights import WeightLayout
+from . import studies  # noqa: E402  (after the core it builds on)
 
 __version__ = "0.1.0"
 
@@ -33,7 +36,6 @@ def __getattr__(name: str):
 
         return importlib.import_module(".backends", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 __all__ = [
     "BayesianModel",
@@ -57,4 +59,6 @@ __all__ = [
     "plots",
     "likelihoods",
     "tempering",
+    "networks",
+    "studies",
 ]
