@@ -8,8 +8,14 @@ likelihood, run inference with one call, and predict by Bayesian model averaging
                               likelihood=bdl.likelihoods.Gaussian(scale=0.1))
     post = bdl.fit(model, x, y, method="nuts", num_samples=500, warmup=500)
     pred = post.predict(x_test)          # pred.mean, pred.variance, pred.quantile(0.9), pred.log_prob(y)
+    bdl.metrics.evaluate(post, x_test, y_test)
+    idata = post.to_arviz(x=x_test, y=y_test)            # ArviZ InferenceData
+    bdl.diagnostics.summary(post, x=x_test)              # function-space R-hat / ESS
+
+``fit(..., method="nuts", backend="numpyro")`` runs NumPyro's compiled NUTS on a JAX translation of
+the network; :mod:`pyro_bdl.backends` (``bdl.backends.to_jax``, imported on first use) holds it.
 """
-from . import data, likelihoods, metrics, priors, tempering
+from . import data, diagnostics, likelihoods, metrics, plots, priors, tempering
 from .inference import fit, methods
 from .lifting import BayesianModel, LiftedNetwork, lift
 from .posterior import GuidePosterior, Posterior, SamplesPosterior
@@ -17,6 +23,16 @@ from .predictive import BMAPredictive
 from .weights import WeightLayout
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # ``bdl.backends`` (the NumPyro/JAX backend) is imported on first use: it imports JAX.
+    if name == "backends":
+        import importlib
+
+        return importlib.import_module(".backends", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BayesianModel",
@@ -32,6 +48,8 @@ __all__ = [
     "priors",
     "data",
     "metrics",
+    "diagnostics",
+    "plots",
     "likelihoods",
     "tempering",
 ]

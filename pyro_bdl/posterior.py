@@ -80,7 +80,15 @@ class Posterior:
         from .validation import check_inputs
 
         x = check_inputs(self.model, x)
-        draws = self._predict_draws(num_samples, seed)
+        return self.predictive_for(self._predict_draws(num_samples, seed), x, batch_size=batch_size)
+
+    @torch.no_grad()
+    def predictive_for(self, draws: Weights, x: torch.Tensor, batch_size: Optional[int] = None) -> BMAPredictive:
+        """The Bayesian model average over given draws ``{site: (S, *shape)}`` at inputs ``x``.
+
+        :meth:`predict` and the diagnostics (:mod:`pyro_bdl.diagnostics`, which need the
+        per-draw components chain by chain) both go through here.
+        """
         weights = {k: draws[k] for k in self.model.weight_sites}
         chunks = [x] if batch_size is None else torch.split(x, batch_size)
         outputs = torch.cat([self.model.forward(weights, xb) for xb in chunks], dim=-2)
@@ -88,6 +96,20 @@ class Posterior:
         lik = {k: draws[k].reshape(draws[k].shape[0], 1) for k in self.model.likelihood_sites}
         component = self.model.likelihood.distribution(outputs, lik)
         return BMAPredictive(component, outputs, self.model.likelihood.kind)
+
+    def to_arviz(self, x: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None,
+                 num_samples: int = 100, seed: Optional[int] = 0, **kwargs: Any):
+        """This posterior as an ``arviz.InferenceData`` (needs ``arviz``: ``pip install pyro_bdl[arviz]``).
+
+        Groups: posterior (every latent site, chains as in :meth:`draws_by_chain`, plus the
+        function-space ``prediction`` E[y | x, w] when ``x`` is given), posterior_predictive and
+        log_likelihood at ``x`` (``y`` needed for the latter), observed_data, constant_data and,
+        for samplers, sample_stats. ``num_samples`` draws are taken from posteriors that sample on
+        demand (guides); stored draws (MCMC) are used as they are. See :func:`pyro_bdl.diagnostics.to_arviz`.
+        """
+        from .diagnostics import to_arviz
+
+        return to_arviz(self, x=x, y=y, num_samples=num_samples, seed=seed, **kwargs)
 
     # -- persistence --------------------------------------------------------------------
     def save(self, path: str) -> None:

@@ -56,6 +56,20 @@ class BMAPredictive:
 
     # -- moments ------------------------------------------------------------------------
     @property
+    def draw_means(self) -> torch.Tensor:
+        """E[y | x, w_s] for every draw, ``(S, B, ...)``: the function-space value of each draw
+        (regression: the predicted location — the mean, or for Student-t, whose mean may not
+        exist, its location; classification: the class probabilities ``(S, B, C)``, or the
+        probability of class 1 ``(S, B)`` for Bernoulli). Unlike logits or weights it is
+        identifiable, so convergence diagnostics use it."""
+        base = _base(self.component)
+        if self.kind == "classification":
+            return base.probs
+        if isinstance(base, dist.StudentT):
+            return base.loc.expand(self.component.batch_shape + self.component.event_shape)
+        return self.component.mean
+
+    @property
     def probs(self) -> torch.Tensor:
         """Classification: BMA class probabilities, the mean over draws of p(y | x, w_s). ``(B, C)`` or ``(B,)`` (Bernoulli)."""
         if self.kind != "classification":

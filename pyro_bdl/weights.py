@@ -61,7 +61,7 @@ class WeightLayout:
         batch = flat.shape[:-1]
         out: Weights = {}
         for name, shape, chunk in zip(self.names, self.shapes, flat.split(list(self.numels), dim=-1)):
-            out[name] = chunk.reshape(*batch, *shape)
+            out[name] = chunk.reshape((*batch, *shape))  # a tuple: scalar sites have shape ()
         return out
 
 

@@ -1,6 +1,8 @@
 """Inference: :func:`fit` dispatches to one module per family of methods."""
-from . import mcmc, svi  # noqa: F401  (registers the methods)
+from . import ensemble, mcmc, sgmcmc, svi  # noqa: F401  (registers the methods)
 from .fit import fit, methods
 from .registry import METHODS, register
+from .sgmcmc import cyclical_draw_steps, cyclical_schedule, sampling_stage, sghmc_step, sgld_step
 
-__all__ = ["fit", "methods", "register", "METHODS"]
+__all__ = ["fit", "methods", "register", "METHODS", "cyclical_schedule", "sampling_stage", "cyclical_draw_steps",
+           "sgld_step", "sghmc_step"]

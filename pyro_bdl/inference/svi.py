@@ -19,7 +19,7 @@ decay from ``lr`` to ``lr * lr_decay`` over the run.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import pyro
 import torch
@@ -121,14 +121,22 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
 @register("map")
 def fit_map(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool],
             num_steps: Optional[int] = None, epochs: Optional[int] = None, lr: float = 0.01,
-            lr_decay: float = 0.1) -> SamplesPosterior:
+            lr_decay: float = 0.1, init: Optional[Dict[str, torch.Tensor]] = None) -> SamplesPosterior:
     """Maximum a posteriori weights, argmax_w log p̃(D, w), with an AutoDelta guide and Adam.
+
+    ``init``: starting values ``{site: tensor}`` (default :meth:`BayesianModel.initial_values`,
+    the network's weights); sites left out start there too. Deep-ensemble members pass
+    ``model.initial_values(seed=...)``, a fresh default initialisation each.
 
     Returns a posterior with one chain of one draw, so ``predict`` gives the plug-in predictive.
     """
     steps = resolve_steps(data, num_steps, epochs, default=2000)
+    if init is not None and not isinstance(init, dict):
+        raise TypeError(f"init must be a dict of initial values {{site: tensor}}, got {type(init).__name__}")
+    start = model.initial_values()
+    start.update({k: torch.as_tensor(v) for k, v in (init or {}).items()})
     with pyro.settings.context(module_local_params=True):
-        g = AutoDelta(model, init_loc_fn=init_to_value(values=model.initial_values()))
+        g = AutoDelta(model, init_loc_fn=init_to_value(values=start))
     losses = optimise(model, g, data, steps, lr, lr_decay, 1, seed, progress, "map")
     x0, _ = next(iter(data.epoch()))
     with torch.no_grad(), pyro.settings.context(module_local_params=True):

@@ -36,16 +36,16 @@ class Prior:
 def as_hyper(value: Any, shape: torch.Size) -> torch.Tensor:
     """A hyperparameter as a tensor that broadcasts against a parameter of ``shape``.
 
-    Scalars stay scalars. A tensor whose trailing dims equal ``shape`` is per-entry. Any other
-    tensor (e.g. a hyperprior sample of batch shape ``(S, 1)`` under vectorised inference) gets
-    ``len(shape)`` singleton dims appended so its dims stay batch dims.
+    Scalars stay scalars. A tensor of exactly ``shape`` is per-entry. Any other tensor (e.g. a
+    hyperprior sample of batch shape ``(S, 1)`` under vectorised inference) gets ``len(shape)``
+    singleton dims appended so its dims stay batch dims.
     """
     if not torch.is_tensor(value):
         value = torch.as_tensor(value, dtype=torch.get_default_dtype())
     k = len(shape)
     if value.dim() == 0 or k == 0:
         return value
-    if value.dim() >= k and tuple(value.shape[value.dim() - k:]) == tuple(shape):
+    if tuple(value.shape) == tuple(shape):
         return value
     return value.reshape(value.shape + (1,) * k)
 

@@ -1,0 +1,135 @@
+"""pyro_bdl's overhead over the same model hand-written in plain Pyro.
+
+For a 2-layer tanh MLP (8 → 50 → 1, N(0, 1) priors, Gaussian noise 0.1, 200 points) it times,
+side by side in one run and interleaved to share the machine's noise:
+
+* one SVI step (mean-field AutoNormal, Trace_ELBO, Adam): ``bdl.fit(method="svi")`` vs a plain
+  ``pyro.infer.SVI`` loop;
+* one NUTS draw: ``bdl.fit(method="nuts")`` vs ``pyro.infer.MCMC(NUTS(plain_model))``, and the
+  cost of one potential-energy gradient (a leapfrog step), which does not depend on tree sizes.
+
+Target (issue 2): pyro_bdl ≤ 1.2× plain Pyro. Run: ``python benchmarks/bench_overhead.py``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import MCMC, NUTS, SVI, Trace_ELBO
+from pyro.infer.autoguide import AutoNormal, init_to_value
+from pyro.infer.mcmc.util import initialize_model
+
+import pyro_bdl as bdl
+
+D, H, N = 8, 50, 200
+
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, D, generator=g)
+    y = torch.tanh(x[:, 0]) - x[:, 1] + 0.1 * torch.randn(N, generator=g)
+    return x, y
+
+
+def net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(D, H), torch.nn.Tanh(), torch.nn.Linear(H, 1))
+
+
+def plain_model(x, y=None):
+    w1 = pyro.sample("0.weight", dist.Normal(0.0, 1.0).expand([H, D]).to_event(2))
+    b1 = pyro.sample("0.bias", dist.Normal(0.0, 1.0).expand([H]).to_event(1))
+    w2 = pyro.sample("2.weight", dist.Normal(0.0, 1.0).expand([1, H]).to_event(2))
+    b2 = pyro.sample("2.bias", dist.Normal(0.0, 1.0).expand([1]).to_event(1))
+    out = (torch.tanh(x @ w1.T + b1) @ w2.T + b2).squeeze(-1)
+    with pyro.plate("data", len(x)):
+        pyro.sample("obs", dist.Normal(out, 0.1), obs=y)
+
+
+def bdl_model():
+    return bdl.BayesianModel(net(), prior=bdl.priors.Gaussian(0.0, 1.0), likelihood=bdl.likelihoods.Gaussian(0.1))
+
+
+def init_values():
+    return {k: v.detach().clone() for k, v in net().named_parameters()}
+
+
+def svi_plain(x, y, steps):
+    pyro.clear_param_store()
+    guide = AutoNormal(plain_model, init_loc_fn=init_to_value(values=init_values()), init_scale=0.01)
+    svi = SVI(plain_model, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+    svi.step(x, y)
+    t = time.perf_counter()
+    for _ in range(steps):
+        svi.step(x, y)
+    return (time.perf_counter() - t) / steps
+
+
+def svi_bdl(x, y, steps):
+    # fit() includes its own set-up; time two runs and take the difference per extra step.
+    model = bdl_model()
+    t0 = time.perf_counter()
+    bdl.fit(model, x, y, method="svi", num_steps=1, progress=False)
+    t1 = time.perf_counter()
+    bdl.fit(model, x, y, method="svi", num_steps=steps + 1, progress=False)
+    t2 = time.perf_counter()
+    return ((t2 - t1) - (t1 - t0)) / steps
+
+
+def nuts_plain(x, y, samples, warmup):
+    pyro.set_rng_seed(0)
+    mcmc = MCMC(NUTS(plain_model, init_strategy=init_to_value(values=init_values())), num_samples=samples,
+                warmup_steps=warmup, disable_progbar=True)
+    t = time.perf_counter()
+    mcmc.run(x, y)
+    return (time.perf_counter() - t) / (samples + warmup)
+
+
+def nuts_bdl(x, y, samples, warmup):
+    t = time.perf_counter()
+    bdl.fit(bdl_model(), x, y, method="nuts", num_samples=samples, warmup=warmup, init="net", progress=False)
+    return (time.perf_counter() - t) / (samples + warmup)
+
+
+def grad_time(model, args, reps):
+    pyro.set_rng_seed(0)
+    params, potential_fn, _, _ = initialize_model(model, model_args=args)
+    z = {k: v.clone().requires_grad_() for k, v in params.items()}
+    for _ in range(5):
+        torch.autograd.grad(potential_fn(z), list(z.values()))
+    t = time.perf_counter()
+    for _ in range(reps):
+        torch.autograd.grad(potential_fn(z), list(z.values()))
+    return (time.perf_counter() - t) / reps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--svi-steps", type=int, default=300)
+    parser.add_argument("--nuts-samples", type=int, default=60)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    x, y = data()
+    rows = {k: ([], []) for k in ("SVI step", "NUTS draw", "potential gradient")}
+    for _ in range(args.repeats):  # interleave the two so machine noise hits both alike
+        rows["SVI step"][0].append(svi_plain(x, y, args.svi_steps))
+        rows["SVI step"][1].append(svi_bdl(x, y, args.svi_steps))
+        rows["NUTS draw"][0].append(nuts_plain(x, y, args.nuts_samples, args.nuts_samples))
+        rows["NUTS draw"][1].append(nuts_bdl(x, y, args.nuts_samples, args.nuts_samples))
+        rows["potential gradient"][0].append(grad_time(plain_model, (x, y), 300))
+        rows["potential gradient"][1].append(grad_time(bdl_model(), (x, y, None), 300))
+    print(f"2-layer MLP {D}-{H}-1, N={N}; median of {args.repeats} interleaved repeats, 1 torch thread")
+    print(f"{'operation':20s} {'plain Pyro (ms)':>16s} {'pyro_bdl (ms)':>14s} {'ratio':>7s}")
+    for name, (plain, ours) in rows.items():
+        p, o = statistics.median(plain) * 1e3, statistics.median(ours) * 1e3
+        print(f"{name:20s} {p:16.3f} {o:14.3f} {o / p:7.2f}")
+    print("target: ratio <= 1.20")
+
+
+if __name__ == "__main__":
+    main()

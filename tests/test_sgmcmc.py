@@ -1,0 +1,286 @@
+"""SGLD, SGHMC and cyclical SG-MCMC: against the closed-form Bayesian linear regression posterior,
+the cyclical schedule and stages against Zhang et al.'s formula, chains, seeds and resume."""
+import math
+
+import pytest
+import torch
+
+import pyro_bdl as bdl
+from pyro_bdl import checkpoint
+from pyro_bdl.inference import cyclical_draw_steps, cyclical_schedule, sampling_stage, sghmc_step, sgld_step
+
+SIGMA, S, N, B = 0.5, 1.0, 64, 32  # noise std, prior std, data points, minibatch (N/B = 2)
+
+
+# -- Bayesian linear regression, closed form --------------------------------------------------
+def blr_data(seed=0):
+    """Inputs with centred, orthogonal columns of squared norm N, so the posterior precision
+    Φᵀ Φ / σ² + I / s² (Φ = [x, 1]) is a multiple of I and every direction mixes at one rate."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, 2, generator=g, dtype=torch.float64)
+    q, _ = torch.linalg.qr(x - x.mean(0))
+    x = (q * math.sqrt(N)).float()
+    y = x @ torch.tensor([1.0, -0.5]) + 0.3 + SIGMA * torch.randn(N, generator=g)
+    return x, y
+
+
+def blr_posterior(x, y, temperature=1.0, tempering="posterior"):
+    """Mean and covariance of w = (weight₁, weight₂, bias) under N(0, s²I) prior and known noise σ.
+
+    Posterior tempering: covariance × T, same mean. Likelihood tempering: noise variance σ²T."""
+    phi = torch.cat([x, torch.ones(len(x), 1)], 1).double()
+    noise_var = SIGMA ** 2 * (temperature if tempering == "likelihood" else 1.0)
+    precision = phi.T @ phi / noise_var + torch.eye(3, dtype=torch.float64) / S ** 2
+    cov = torch.linalg.inv(precision)
+    mean = cov @ phi.T @ y.double() / noise_var
+    return mean, cov * (temperature if tempering == "posterior" else 1.0)
+
+
+def blr_model(temperature=1.0, tempering="posterior"):
+    torch.manual_seed(0)
+    return bdl.BayesianModel(torch.nn.Linear(2, 1), prior=bdl.priors.Gaussian(0.0, S),
+                             likelihood=bdl.likelihoods.Gaussian(scale=SIGMA), temperature=temperature,
+                             tempering=tempering)
+
+
+def flat_draws(post):
+    w = post.samples["weight"]
+    return torch.cat([w.reshape(*w.shape[:2], 2), post.samples["bias"]], -1).reshape(-1, 3).double()
+
+
+def whitened_moments(post, mean, cov):
+    """Mean and covariance of L⁻¹(w − μ) for Σ = LLᵀ: 0 and I for exact draws."""
+    L = torch.linalg.cholesky(cov)
+    z = torch.linalg.solve_triangular(L, (flat_draws(post) - mean).T, upper=False).T
+    m = z.mean(0)
+    return m, (z - m).T @ (z - m) / len(z)
+
+
+def assert_matches(post, mean, cov):
+    """Draws match N(mean, cov): whitened mean ≈ 0 and whitened covariance ≈ I.
+
+    A missing factor 2 in the noise halves the covariance (ratio 0.5), a missing N/B doubles it
+    here (N/B = 2), a wrong temperature scales it by 10: the bands [0.85, 1.25] on the average
+    variance and [0.65, 1.55] per direction catch all three, while leaving room for Monte Carlo
+    error (~5%) and the O(ε) bias of the discretised dynamics (≲ 10% at the step sizes used)."""
+    m, c = whitened_moments(post, mean, cov)
+    ratio = float(torch.diagonal(c).mean())
+    eig = torch.linalg.eigvalsh(c)
+    assert m.abs().max() < 0.35, f"whitened mean {m}"
+    assert 0.85 < ratio < 1.25, f"average variance ratio {ratio:.3f}, eigenvalues {eig}"
+    assert eig.min() > 0.65 and eig.max() < 1.55, f"whitened covariance eigenvalues {eig}"
+
+
+def curvature(temperature=1.0, tempering="posterior"):
+    """λ, the (single) eigenvalue of the Hessian of V = T·U_T, which sets the step size."""
+    x, y = blr_data()
+    _, cov = blr_posterior(x, y, temperature, tempering)
+    return float(torch.linalg.eigvalsh(torch.linalg.inv(cov) * temperature).max())
+
+
+# -- statistical checks ------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["sgld", "sghmc"])
+def test_matches_blr_posterior(method):
+    x, y = blr_data()
+    lam = curvature()
+    # ελ = 0.1 (SGLD) / 0.02 with friction 0.2 (SGHMC): both mix within ~10 steps.
+    opts = dict(lr=0.1 / lam) if method == "sgld" else dict(lr=0.02 / lam, momentum_decay=0.2)
+    post = bdl.fit(blr_model(), x, y, method=method, batch_size=B, epochs=1500, burnin=100, seed=1,
+                   progress=False, **opts)
+    assert post.samples["weight"].shape == (1, 1400, 1, 2)
+    assert_matches(post, *blr_posterior(x, y))
+
+
+@pytest.mark.parametrize("method,tempering", [("sgld", "posterior"), ("sghmc", "likelihood")])
+def test_cold_posterior_covariance(method, tempering):
+    """T = 0.1: posterior tempering scales the covariance by T; likelihood tempering uses σ²T.
+    The SGHMC run reads lr per data point (ε = lr/N), which must give the same dynamics."""
+    T = 0.1
+    x, y = blr_data()
+    lam = curvature(T, tempering)
+    opts = (dict(lr=0.1 / lam) if method == "sgld"
+            else dict(lr=0.02 / lam * N, per_datapoint=True, momentum_decay=0.2))
+    post = bdl.fit(blr_model(tempering=tempering), x, y, method=method, batch_size=B, epochs=1500, burnin=100,
+                   seed=2, temperature=T, progress=False, **opts)
+    assert post.info["temperature"] == T
+    assert_matches(post, *blr_posterior(x, y, T, tempering))
+
+
+# -- update rules and schedules ------------------------------------------------------------------
+def test_update_rules():
+    theta, grad, xi = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 1.0]), torch.tensor([0.3, -0.7])
+    eps, T, a = 0.01, 0.5, 0.1
+    assert torch.allclose(sgld_step(theta, grad, eps, T, xi), theta - eps * grad + math.sqrt(2 * eps * T) * xi)
+    v0 = torch.tensor([0.2, 0.1])
+    th, v = sghmc_step(theta, v0, grad, eps, a, T, xi)
+    v_expected = (1 - a) * v0 - eps * grad + math.sqrt(2 * a * eps * T) * xi
+    assert torch.allclose(v, v_expected) and torch.allclose(th, theta + v_expected)
+    # no noise (T → 0 or exploration): plain SGD / SGD with momentum 1 − α
+    assert torch.allclose(sgld_step(theta, grad, eps, T, None), theta - eps * grad)
+    th, v = sghmc_step(theta, v0, grad, eps, a, T, None)
+    assert torch.allclose(th, theta + (1 - a) * v0 - eps * grad)
+
+
+def test_cyclical_schedule_equals_formula():
+    K, M, a0 = 10, 3, 0.5  # L = ⌈10/3⌉ = 4
+    L = 4
+    expected = [a0 / 2 * (math.cos(math.pi * ((k - 1) % L) / L) + 1) for k in range(1, K + 1)]
+    assert torch.allclose(cyclical_schedule(a0, K, M), torch.tensor(expected, dtype=torch.float64))
+    assert cyclical_schedule(a0, K, M)[[0, 4, 8]].tolist() == [a0, a0, a0]  # every cycle restarts at α₀
+    stage = sampling_stage(K, M, 0.5)  # r_k = 0, .25, .5, .75, 0, ...
+    assert stage.tolist() == [False, False, True, True] * 2 + [False, False]
+
+
+def test_draw_steps_only_in_sampling_stage():
+    K, M, beta, spc = 200, 4, 0.8, 3
+    steps = cyclical_draw_steps(K, M, beta, spc)
+    L = math.ceil(K / M)
+    r = [((k - 1) % L) / L for k in steps.tolist()]
+    assert len(steps) == M * spc
+    assert all(ri >= beta for ri in r), "a draw was collected during exploration"
+    assert steps.tolist()[spc - 1::spc] == [L * (c + 1) for c in range(M)]  # the last draw ends each cycle
+    assert [(s - 1) // L for s in steps.tolist()] == sorted([c for c in range(M)] * spc)  # spc per cycle
+    with pytest.raises(ValueError, match="sampling step"):
+        cyclical_draw_steps(20, 4, 0.9, 3)  # 5-step cycles have 1 sampling step
+
+
+def test_csgmcmc_run_collects_in_sampling_stage_and_explores_without_noise():
+    """Full-batch data and the same start: two seeds follow the same (noise-free) path during the
+    exploration stage of the first cycle and split as soon as noise enters in the sampling stage."""
+    x, y = blr_data()
+    model = blr_model()
+    runs = [bdl.fit(model, x, y, method="csgmcmc", lr=0.5, cycles=2, exploration=0.5, samples_per_cycle=2,
+                    epochs=20, init="net", seed=s, progress=False) for s in (0, 1)]
+    info = runs[0].info
+    K = 20
+    stage = sampling_stage(K, 2, 0.5)
+    assert torch.equal(info["sampling_stage"], stage)
+    assert torch.allclose(info["step_size"], cyclical_schedule(0.5, K, 2).float())
+    assert info["draw_steps"].tolist() == [8, 10, 18, 20]
+    assert stage[info["draw_steps"] - 1].all()
+    assert runs[0].samples["bias"].shape == (1, 4, 1)
+    assert torch.allclose(runs[0].sample_stats["step_size"], info["step_size"][info["draw_steps"] - 1])
+    loss0, loss1 = info["loss"][0], runs[1].info["loss"][0]
+    # steps 1..5 explore (k = 6 is the first noisy update, whose loss shows at step 7)
+    assert torch.equal(loss0[:6], loss1[:6])
+    assert not torch.equal(loss0[6:], loss1[6:])
+
+
+def test_csgmcmc_sghmc_inner_and_chains():
+    x, y = blr_data()
+    post = bdl.fit(blr_model(), x, y, method="csgmcmc", sampler="sghmc", lr=0.05, momentum_decay=0.2, cycles=2,
+                   samples_per_cycle=2, epochs=100, batch_size=B, num_chains=2, seed=3, progress=False)
+    assert post.samples["weight"].shape == (2, 4, 1, 2)
+    assert post.draws_by_chain()["weight"].shape == (2, 4, 1, 2)
+    assert not torch.equal(post.samples["weight"][0], post.samples["weight"][1])
+    assert post.sample_stats["loss"].shape == (2, 4) and post.info["loss"].shape == (2, 200)
+    # the draws are near the posterior after a short annealed run
+    x_, y_ = blr_data()
+    mean, _ = blr_posterior(x_, y_)
+    assert (flat_draws(post).mean(0) - mean).abs().max() < 0.1
+
+
+def test_chains_independent_and_reproducible():
+    x, y = blr_data()
+    kw = dict(method="sgld", lr=1e-4, epochs=30, burnin=10, thin=5, batch_size=B, num_chains=2, progress=False)
+    a = bdl.fit(blr_model(), x, y, seed=4, **kw)
+    b = bdl.fit(blr_model(), x, y, seed=4, **kw)
+    c = bdl.fit(blr_model(), x, y, seed=5, **kw)
+    assert a.samples["weight"].shape == (2, 4, 1, 2)  # draws after epochs 15, 20, 25, 30
+    assert a.sample_stats["step_size"].shape == (2, 4)
+    assert torch.equal(a.samples["weight"], b.samples["weight"])
+    assert not torch.equal(a.samples["weight"][0], a.samples["weight"][1])
+    # chain 1 of seed 4 is chain 0 of seed 5 (chain c uses seed + c)
+    assert torch.equal(a.samples["weight"][1], c.samples["weight"][0])
+    assert a.info["draw_steps"].tolist() == [30, 40, 50, 60]
+
+
+def test_learned_noise_site_is_sampled_in_its_support():
+    x, y = blr_data()
+    torch.manual_seed(0)
+    model = bdl.BayesianModel(torch.nn.Linear(2, 1), likelihood=bdl.likelihoods.Gaussian(scale=None))
+    post = bdl.fit(model, x, y, method="sgld", lr=5e-4, epochs=200, burnin=160, batch_size=B, progress=False)
+    noise = post.samples["noise_scale"]
+    assert noise.shape == (1, 40) and (noise > 0).all()
+    assert 0.3 < float(noise[0, -20:].mean()) < 0.8  # the data's noise is σ = 0.5
+
+
+@pytest.mark.slow
+def test_csgmcmc_draws_match_blr_posterior():
+    """With many short cycles, the draws at the ends of the sampling stages (small steps, noise on)
+    are close to exact posterior draws."""
+    x, y = blr_data()
+    lam = curvature()
+    post = bdl.fit(blr_model(), x, y, method="csgmcmc", lr=0.3 / lam, per_datapoint=False, cycles=60,
+                   exploration=0.5, samples_per_cycle=5, epochs=6000, batch_size=B, seed=3, progress=False)
+    assert post.samples["bias"].shape == (1, 300, 1)
+    assert_matches(post, *blr_posterior(x, y))
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_after(monkeypatch, saves):
+    """Make the run die right after its ``saves``-th checkpoint, as a killed process would."""
+    real, count = checkpoint.save, {"n": 0}
+
+    def save(path, state):
+        real(path, state)
+        count["n"] += 1
+        if count["n"] == saves:
+            raise Interrupted
+
+    monkeypatch.setattr(checkpoint, "save", save)
+    return lambda: monkeypatch.setattr(checkpoint, "save", real)
+
+
+@pytest.mark.parametrize("method,opts", [
+    ("sghmc", dict(lr=1e-4, epochs=12, burnin=4, thin=2, num_chains=2)),
+    ("csgmcmc", dict(lr=0.5, cycles=2, epochs=12, exploration=0.5, samples_per_cycle=2)),
+])
+def test_resume_after_interrupt_is_identical(tmp_path, monkeypatch, method, opts):
+    x, y = blr_data()
+    # a user DataLoader shuffling with the global RNG, so the resume must restore it too
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=B, shuffle=True)
+    torch.manual_seed(0)
+    full = bdl.fit(blr_model(), loader, method=method, seed=7, progress=False, **opts)
+    path = str(tmp_path / "run.ckpt")
+    restore = interrupt_after(monkeypatch, saves=15 if method == "sghmc" else 5)  # chain 2 / mid-chain
+    torch.manual_seed(0)
+    with pytest.raises(Interrupted):
+        bdl.fit(blr_model(), loader, method=method, seed=7, progress=False, checkpoint=path, **opts)
+    restore()
+    torch.manual_seed(123)  # whatever happened in between
+    resumed = bdl.fit(blr_model(), loader, method=method, seed=7, progress=False, checkpoint=path, **opts)
+    for site in full.samples:
+        assert torch.equal(full.samples[site], resumed.samples[site])
+    assert torch.equal(full.info["loss"], resumed.info["loss"])
+    assert torch.equal(full.sample_stats["loss"], resumed.sample_stats["loss"])
+    # a finished checkpoint returns the same posterior at once; other options are refused
+    again = bdl.fit(blr_model(), loader, method=method, seed=7, progress=False, checkpoint=path, **opts)
+    assert torch.equal(again.samples["weight"], full.samples["weight"])
+    with pytest.raises(ValueError, match="another run"):
+        bdl.fit(blr_model(), loader, method=method, seed=8, progress=False, checkpoint=path, **opts)
+
+
+# -- bad input ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method,opts,match", [
+    ("sgld", dict(lr=-1.0), "lr"),
+    ("sgld", dict(epochs=10, burnin=10), "no draws"),
+    ("sgld", dict(thin=0), "thin"),
+    ("sgld", dict(init="prior"), "init"),
+    ("sghmc", dict(momentum_decay=1.5), "momentum_decay"),
+    ("csgmcmc", dict(exploration=1.0), "exploration"),
+    ("csgmcmc", dict(sampler="nuts"), "sampler"),
+    ("csgmcmc", dict(epochs=10, cycles=4, samples_per_cycle=3), "sampling step"),
+    ("csgmcmc", dict(num_chains=0), "num_chains"),
+])
+def test_bad_options_fail_before_work(method, opts, match, monkeypatch):
+    import pyro_bdl.inference.sgmcmc as sg
+
+    monkeypatch.setattr(sg, "run_chain", lambda *a, **k: pytest.fail("work started"))
+    x, y = blr_data()
+    with pytest.raises(ValueError, match=match):
+        bdl.fit(blr_model(), x, y, method=method, progress=False, **opts)
