@@ -137,8 +137,27 @@ class LiftedNetwork:
         return weights
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Sample the weights and evaluate the network: ``f(x; w)`` with ``w ~ prior``."""
-        return self.forward(self.sample_weights(), x)
+        """Sample the weights and evaluate the network: ``f(x; w)`` with ``w ~ prior``.
+
+        Under vectorised inference (``Predictive(parallel=True)``, vectorised particles) the
+        weights carry draw dims from plates left of the model's own plates, e.g. ``(S, 1)``;
+        the output is ``(S, B, out)``, aligned with those plates (see :meth:`plate_aligned`).
+        """
+        weights = self.sample_weights()
+        return self.plate_aligned(self.forward(weights, x), weights)
+
+    def plate_aligned(self, out: torch.Tensor, weights: Weights) -> torch.Tensor:
+        """Drop the trailing singleton draw dims of ``out`` (shape ``(*draw, B, out)``).
+
+        Weights sampled outside the data plate get a singleton in each plate dim to their
+        right; those dims belong to the data, so ``(S, 1, B, out)`` becomes ``(S, B, out)``
+        and the draw dims line up with the vectorisation plate.
+        """
+        batch = list(self.batch_shape(weights))
+        while batch and batch[-1] == 1:
+            batch.pop()
+            out = out.squeeze(-3)
+        return out
 
     # -- evaluation ---------------------------------------------------------------------
     def _fixed_tensors(self) -> Dict[str, torch.Tensor]:
@@ -300,12 +319,7 @@ class BayesianModel:
         with tempering.tempered_prior(T, mode):
             weights = self.network.sample_weights()
             lik_params = self.likelihood.sample_params()
-        out = self.network.forward(weights, x)
-        batch = self.network.batch_shape(weights)
-        if len(batch) and batch[-1] == 1:
-            # Vectorised inference (Predictive(parallel=True), vectorised particles) puts draw dims
-            # left of the data plate (dim -1); the weights' dim -1 is that plate's singleton.
-            out = out.squeeze(-3)
+        out = self.network.plate_aligned(self.network.forward(weights, x), weights)
         with tempering.tempered_likelihood(T, mode):
             self.likelihood(out, y, dataset_size=dataset_size, params=lik_params)
         return out
