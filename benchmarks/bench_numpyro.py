@@ -85,7 +85,7 @@ def handwritten_model(x, y):
         numpyro.sample("obs", dist.Normal(out[:, 0], NOISE), obs=y)
 
 
-def gradient_cost(repeats: int = 5, evals: int = 2000) -> Dict[str, float]:
+def gradient_cost(repeats: int = 10, evals: int = 1000) -> Dict[str, float]:
     """Microseconds per jitted potential-and-gradient evaluation, best of ``repeats`` interleaved timings.
 
     Isolates the cost of one leapfrog step's model work (what NUTS repeats ~10⁶ times here) from
@@ -205,7 +205,7 @@ def main(argv=None) -> Dict[str, Any]:
           f"ESS of f(x*) at {N_TEST} test inputs; NUTS (target accept 0.8, max tree depth 10); "
           f"NumPyro rows: best wall time of {args.repeats} interleaved runs.\n")
     print(table(results))
-    print("\n| potential + gradient, jitted | µs per evaluation (best of 5 × 2000) |\n|---|---|")
+    print("\n| potential + gradient, jitted | µs per evaluation (best of 10 × 1000) |\n|---|---|")
     for name, us in cost.items():
         print(f"| {name} | {us:.1f} |")
     results["gradient_cost_us"] = cost

@@ -27,3 +27,4 @@ def test_tutorial_backends(tmp_path):
         assert r["rmse_test_on_data"] < 0.3, r
     # same model, same posterior: the predictive means agree where the data pin them down
     assert results["comparison"]["max_mean_diff_on_data"] < 0.25, results["comparison"]
+    assert results["numpyro"]["ms_per_leapfrog_step"] > 0 and results["pyro"]["ms_per_leapfrog_step"] > 0

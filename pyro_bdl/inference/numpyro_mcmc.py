@@ -2,9 +2,9 @@
 
 The torch network is translated once into a JAX function and the model into a NumPyro
 model with the same sites and the same tempered log density
-(:class:`~pyro_bdl.backends.NumPyroModel`); ``numpyro.infer.MCMC`` then runs NUTS
-(Hoffman & Gelman 2014) or HMC (Neal 2011) with step-size and diagonal mass-matrix
-adaptation during warmup, compiled by XLA. The samples come back as torch tensors keyed by
+(:class:`~pyro_bdl.backends.NumPyroModel`); NumPyro's NUTS (Hoffman & Gelman 2014) or HMC
+(Neal 2011) kernel then runs with step-size (dual averaging) and diagonal mass-matrix
+adaptation during warmup, the whole chain compiled by XLA once (:func:`sample_chains`). The samples come back as torch tensors keyed by
 the Pyro site names, shape ``(chains, draws, ...)``, in a
 :class:`~pyro_bdl.posterior.SamplesPosterior`, with the per-draw statistics of the Pyro
 backend: ``diverging``, ``accept_prob`` (of that transition), ``step_size``, ``num_steps``
