@@ -26,6 +26,13 @@ class Prior:
     """Base class: ``distribution(name, param, module)`` gives the prior of one parameter."""
 
     def distribution(self, name: str, param: torch.Tensor, module: nn.Module) -> dist.Distribution:
+        """The prior p(w) of parameter ``name``: a distribution with ``event_shape == param.shape``.
+
+        Args:
+            name: the site name (module path, e.g. ``"0.weight"``).
+            param: the parameter's current value (its shape and dtype are the template).
+            module: the leaf module that owns it (for layer-dependent priors, e.g. fan-in).
+        """
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -102,6 +109,7 @@ class PerParameter(Prior):
         self.default = as_prior(default) if default is not None else Gaussian(0.0, 1.0)
 
     def select(self, name: str, module: nn.Module) -> Prior:
+        """The first rule matching ``name`` (a glob) or ``module`` (a layer type), else the default."""
         for key, prior in self.rules:
             if isinstance(key, str) and fnmatch.fnmatchcase(name, key):
                 return prior
