@@ -163,3 +163,18 @@ def test_priors_per_parameter_and_fan_in():
     assert t2.nodes["0.weight"]["fn"].event_shape == (16, 4)
     with pytest.raises(TypeError, match="cannot use"):
         bdl.BayesianModel(net, prior=3.0, likelihood=bdl.likelihoods.Categorical())
+
+
+def test_fan_in_gaussian_keeps_a_hyperprior_scale_differentiable():
+    """A tensor scale (a hyperprior draw) stays a tensor: log p(w | σ) has a gradient in σ."""
+    import torch
+
+    from pyro_bdl.priors import FanInGaussian
+
+    scale = torch.tensor(0.7, requires_grad=True)
+    w = torch.randn(5, 4)
+    d = FanInGaussian(scale=scale).distribution("0.weight", w, torch.nn.Linear(4, 5))
+    d.log_prob(w).backward()
+    # d/dσ Σ log N(w; 0, σ²/4) = -n/σ + Σ w² · 4 / σ³
+    expected = -w.numel() / 0.7 + (w ** 2).sum() * 4 / 0.7 ** 3
+    assert torch.allclose(scale.grad, expected, rtol=1e-5)
