@@ -8,24 +8,31 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 
 
-def save(path: str, state: Dict[str, Any]) -> None:
-    """Atomically write ``state`` to ``path``."""
+def atomic_write(path: str, write: Callable[[str], None], suffix: str = ".tmp") -> None:
+    """Create ``path`` atomically: ``write(tmp)`` fills a temporary file beside it, which is then
+    renamed over ``path`` (``os.replace``), so readers see the old file or the whole new one,
+    never a half-written one; on any failure the temporary file is removed."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".ckpt")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
     os.close(fd)
     try:
-        torch.save(state, tmp)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def save(path: str, state: Dict[str, Any]) -> None:
+    """Atomically write ``state`` to ``path``."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp), suffix=".ckpt")
 
 
 def load(path: Optional[str]) -> Optional[Dict[str, Any]]:

@@ -1,6 +1,10 @@
 """The ``pyro-bdl`` command line.
 
-``pyro-bdl fit`` fits a Bayesian MLP to a bundled data set and prints its test metrics.
+* ``pyro-bdl fit`` fits a Bayesian MLP to a bundled data set and prints its test metrics.
+* ``pyro-bdl study study.toml`` runs a temperature / cold-posterior study (see
+  :mod:`pyro_bdl.studies`): every cell of temperature × method × seed × augmentation, saved as it
+  finishes, then ``results.csv``, plots of each metric against T and ``report.md`` in the output
+  folder. ``pyro-bdl study --example quickstart`` runs the study shipped with pyro_bdl.
 """
 from __future__ import annotations
 
@@ -16,19 +20,7 @@ from . import data as datasets
 from . import likelihoods, metrics, priors
 from .inference import fit, methods
 from .lifting import BayesianModel
-
-
-def mlp(in_dim: int, hidden: List[int], out_dim: int, activation: str = "tanh") -> torch.nn.Sequential:
-    """A fully connected network ``in_dim → hidden... → out_dim`` with tanh or ReLU units."""
-    acts = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
-    if activation not in acts:
-        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(acts)}")
-    layers, width = [], in_dim
-    for h in hidden:
-        layers += [torch.nn.Linear(width, h), acts[activation]()]
-        width = h
-    layers.append(torch.nn.Linear(width, out_dim))
-    return torch.nn.Sequential(*layers)
+from .networks import mlp  # noqa: F401  (re-exported: pyro_bdl.cli.mlp)
 
 
 def _fit_command(args: argparse.Namespace) -> int:
@@ -53,6 +45,34 @@ def _fit_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_command(args: argparse.Namespace) -> int:
+    from . import studies
+
+    if (args.config is None) == (args.example is None):
+        raise ValueError("give a study config file or --example NAME (not both); "
+                         f"examples: {', '.join(_examples())}")
+    path = args.config if args.config is not None else studies.example_config(args.example)
+    study = studies.TemperatureStudy(path, output_dir=args.out, executor=args.executor, workers=args.workers,
+                                     address=args.address, progress=not args.quiet)
+    if args.report_only:
+        df = study.report()
+        print(f"rebuilt the report of {len(df)} of {len(study.specs)} cells in {study.output_dir}")
+        return 0
+    try:
+        study.run()
+    except studies.StudyError as err:
+        print(f"pyro-bdl: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _examples() -> List[str]:
+    import os
+
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+    return sorted(f[:-5] for f in os.listdir(here) if f.endswith(".toml")) if os.path.isdir(here) else []
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyro-bdl", description="Bayesian deep learning on Pyro.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--options", default="", help='method options as JSON, e.g. \'{"num_steps": 3000}\'')
     p.add_argument("--save", default=None, help="write the posterior to this file")
     p.set_defaults(func=_fit_command)
+
+    p = sub.add_parser("study", help="run a temperature / cold-posterior study from a TOML config",
+                       description="Run every cell (temperature × method × seed × augmentation) of a study, "
+                                   "skipping cells already finished in the output folder, then write results.csv, "
+                                   "plots of each metric vs T and report.md there.")
+    p.add_argument("config", nargs="?", default=None, help="the study's TOML file")
+    p.add_argument("--example", default=None, help=f"run a study shipped with pyro_bdl ({', '.join(_examples())})")
+    p.add_argument("--out", default=None, help="output folder (overrides [output] dir)")
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local (default) or ray (pip install 'pyro_bdl[ray]')")
+    p.add_argument("--workers", type=int, default=1, help="local executor: processes running cells at once")
+    p.add_argument("--address", default=None, help="ray executor: cluster address, e.g. auto (default: local Ray)")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the table, plots and report")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=_study_command)
     return parser
 
 

@@ -18,10 +18,11 @@ Two ways to use it:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import math
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import pyro
 import torch
@@ -157,23 +158,55 @@ class LiftedNetwork:
             shapes.append(value.shape[: value.dim() - len(pshape)])
         return torch.broadcast_shapes(*shapes)
 
-    def forward(self, weights: Weights, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, weights: Weights, x: torch.Tensor,
+                buffers: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
         """Evaluate ``f(x; w)``; weights with leading dims ``S`` give outputs ``(*S, B, out)``.
 
         Many draws are evaluated in one vectorised call (``torch.func.vmap``).
+        ``buffers`` (optional) gives per-draw values of some of the network's buffers, keyed by
+        buffer name with the weights' leading dims (e.g. BatchNorm statistics recomputed for each
+        draw, see :mod:`pyro_bdl.batchnorm`); the other buffers keep their stored values.
         """
         fixed = self._fixed_tensors()
         batch = self.batch_shape(weights)
         named = {n: weights[self.site_name(n)] for n in self.param_names}
+        buffers = dict(buffers or {})
+        own = dict(self.net.named_buffers())
+        for name, value in buffers.items():
+            if name not in own:
+                raise ValueError(f"{name!r} is not a buffer of the network; buffers are {sorted(own)}")
+            if tuple(value.shape) != (*batch, *own[name].shape):
+                raise ValueError(f"buffer {name!r} has shape {tuple(value.shape)}, expected "
+                                 f"{(*batch, *own[name].shape)} (the weights' draw dims, then the buffer's shape)")
         if len(batch) == 0:
-            return functional_call(self.net, {**fixed, **named}, (x,))
+            return functional_call(self.net, {**fixed, **named, **buffers}, (x,))
         flat = {n: w.expand(*batch, *self._values[n].shape).reshape(-1, *self._values[n].shape) for n, w in named.items()}
+        flat_buffers = {n: b.reshape(-1, *own[n].shape) for n, b in buffers.items()}
 
-        def one(w: Dict[str, torch.Tensor]) -> torch.Tensor:
-            return functional_call(self.net, {**fixed, **w}, (x,))
+        def one(w: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> torch.Tensor:
+            return functional_call(self.net, {**fixed, **w, **b}, (x,))
 
-        out = vmap(one)(flat)
+        out = vmap(one)(flat, flat_buffers)
         return out.reshape(*batch, *out.shape[1:])
+
+    @contextlib.contextmanager
+    def batch_statistics(self) -> Iterator[None]:
+        """Within this context BatchNorm layers normalise with each batch's own statistics.
+
+        This is how a network with BatchNorm is trained by SGD (train-mode BatchNorm); the
+        stored running statistics are neither used nor updated, so the network is unchanged
+        afterwards. Outside it, the network runs in eval mode (stored statistics). A no-op for
+        networks without BatchNorm.
+        """
+        norms = [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved = [(m.training, m.track_running_stats) for m in norms]
+        try:
+            for m in norms:
+                m.training, m.track_running_stats = True, False
+            yield
+        finally:
+            for m, (training, track) in zip(norms, saved):
+                m.training, m.track_running_stats = training, track
 
 
 def lift(net: nn.Module, prior: Any = None, deterministic: Patterns = None, bayesian: Patterns = None,
@@ -259,9 +292,11 @@ class BayesianModel:
         new.temperature = tempering_check(temperature, new.tempering)
         return new
 
-    def forward(self, weights: Weights, x: torch.Tensor) -> torch.Tensor:
-        """Network output for given weights (vectorised over leading draw dims)."""
-        return self.network.forward(weights, x)
+    def forward(self, weights: Weights, x: torch.Tensor,
+                buffers: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
+        """Network output for given weights (vectorised over leading draw dims); ``buffers``:
+        optional per-draw buffer values, see :meth:`LiftedNetwork.forward`."""
+        return self.network.forward(weights, x, buffers)
 
     # -- the Pyro model -----------------------------------------------------------------
     def __call__(self, x: torch.Tensor, y: Optional[torch.Tensor] = None,

@@ -40,7 +40,7 @@ def fit(model: BayesianModel, x: Any, y: Optional[torch.Tensor] = None, *, metho
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"unknown method {method!r}; available methods: {', '.join(sorted(METHODS))}")
     fn = METHODS[method]
-    accepted = [p for p in inspect.signature(fn).parameters if p not in ("model", "data") + _COMMON]
+    accepted = method_options(method)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise TypeError(f"method {method!r} got unknown option(s) {unknown}; its options are {accepted}")
@@ -55,6 +55,13 @@ def fit(model: BayesianModel, x: Any, y: Optional[torch.Tensor] = None, *, metho
     posterior.info.setdefault("temperature", model.temperature)
     posterior.info.setdefault("tempering", model.tempering)
     return posterior
+
+
+def method_options(method: str) -> list:
+    """Names of the options ``fit(..., method=method, **options)`` accepts (its function's keywords)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; available methods: {', '.join(sorted(METHODS))}")
+    return [p for p in inspect.signature(METHODS[method]).parameters if p not in ("model", "data") + _COMMON]
 
 
 def methods() -> list:

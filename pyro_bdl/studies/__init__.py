@@ -1,0 +1,59 @@
+"""Temperature / cold-posterior studies: one config, a grid of fits, a tidy table and plots.
+
+A study runs every cell of temperature × method × seed × data augmentation — each cell one
+:func:`pyro_bdl.fit` plus a test-set evaluation — locally (sequentially or in a process pool) or
+as Ray tasks, saves each cell as it finishes, and rebuilds ``results.csv``, plots of each metric
+against T and a markdown report from the saved cells. From the shell: ``pyro-bdl study study.toml``;
+from Python::
+
+    import pyro_bdl as bdl
+    table = bdl.studies.TemperatureStudy("study.toml").run()
+
+Background: Wenzel et al. (2020), "How good is the Bayes posterior in deep neural networks really?"
+(the cold posterior effect); Izmailov et al. (2021), "What are Bayesian neural network posteriors
+really like?" (data augmentation as a cause).
+"""
+from .cells import cell_key, cell_specs, read_cells, run_cell, write_cell
+from .config import (AUGMENTATIONS, DataConfig, InferenceConfig, ModelConfig, StudyConfig, StudyConfigError,
+                     load_config)
+from .executors import LocalExecutor, RayExecutor, make_executor
+from .report import plot_metric, results_table, summarise, write_report
+from .study import StudyError, TemperatureStudy, run_study
+
+
+def example_config(name: str) -> str:
+    """The path of a config shipped with pyro_bdl (``pyro_bdl/configs/<name>.toml``)."""
+    import os
+
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    available = sorted(f[:-5] for f in os.listdir(here) if f.endswith(".toml")) if os.path.isdir(here) else []
+    if name not in available:
+        raise ValueError(f"no example study {name!r}; examples: {', '.join(available)}")
+    return os.path.join(here, f"{name}.toml")
+
+
+__all__ = [
+    "TemperatureStudy",
+    "StudyConfig",
+    "StudyConfigError",
+    "StudyError",
+    "DataConfig",
+    "ModelConfig",
+    "InferenceConfig",
+    "load_config",
+    "run_study",
+    "cell_specs",
+    "cell_key",
+    "run_cell",
+    "write_cell",
+    "read_cells",
+    "LocalExecutor",
+    "RayExecutor",
+    "make_executor",
+    "results_table",
+    "summarise",
+    "plot_metric",
+    "write_report",
+    "example_config",
+    "AUGMENTATIONS",
+]
