@@ -255,6 +255,7 @@ class MixturePosterior(Posterior):
 
     @property
     def num_members(self) -> int:
+        """Number of mixture members (e.g. Multi-SWAG's SWAG posteriors)."""
         return len(self.members)
 
     def _counts(self, num_samples: int) -> List[int]:
