@@ -264,3 +264,24 @@ def test_rff_network_works_in_inference():
     assert ((b > 0) & (b < 2 * math.pi)).all()
     with pytest.raises(ValueError, match="lengthscale"):
         rff_network(2, 8, lengthscale=[1.0, 2.0, 3.0])
+
+
+# -- the NumPyro backend translates fitted and RFF priors (fixed Normal / Uniform), refuses hierarchical ones --
+def test_numpyro_backend_translates_functional_and_rff_priors(fitted_tanh):
+    pytest.importorskip("jax")
+    pytest.importorskip("numpyro")
+    from pyro_bdl.backends import NumPyroModel
+
+    net, _, prior = fitted_tanh
+    x = torch.linspace(-2, 2, 12).unsqueeze(-1)
+    y = torch.sin(2 * x).squeeze(-1)
+    rff_net, rff_prior = rff_network(1, 16, lengthscale=0.5)
+    for n, p in ((net, prior), (rff_net, rff_prior)):
+        model = bdl.BayesianModel(n, prior=p, likelihood=bdl.likelihoods.Gaussian(scale=0.1), temperature=0.5)
+        values = model.prior_sample(x)
+        NumPyroModel(model).verify(values, x, y)  # same outputs and the same tempered log joint as Pyro
+    hier = FunctionalPrior(prior.scales, hyper_scales={k: 0.1 for k in prior.scales}, shapes=prior.shapes)
+    for p in (hier, {"*.bias": hier}):
+        model = bdl.BayesianModel(net, prior=p, likelihood=bdl.likelihoods.Gaussian(scale=0.1))
+        with pytest.raises(ValueError, match="hierarchical.*backend='pyro'"):
+            bdl.fit(model, x, y, method="nuts", backend="numpyro", progress=False)

@@ -141,12 +141,13 @@ def check_translatable(model: BayesianModel) -> None:
     """Raise ``ValueError``/``TypeError`` if ``model`` cannot run on the NumPyro backend (before any work)."""
     if not isinstance(model, BayesianModel):
         raise TypeError(f"expected a pyro_bdl.BayesianModel, got {type(model).__name__}")
-    if _is_function_prior(model.network.prior):
+    prior = model.network.prior
+    if _is_function_prior(prior) or resolve_prior(prior).hierarchical:
         raise ValueError(
-            "the NumPyro backend cannot translate a prior given as a Python function (a hierarchical prior that "
-            "draws pyro.sample hyperparameters): its Pyro code cannot run inside JAX. Use backend='pyro' for "
-            "hierarchical priors, or give a fixed prior (pyro_bdl.priors.Gaussian, FanInGaussian, a per-parameter "
-            "dict, ...).")
+            "the NumPyro backend cannot translate a hierarchical prior (a function, or a prior such as "
+            "FunctionalPrior.fit(..., hierarchical=True), that draws pyro.sample hyperparameters): its Pyro code "
+            "cannot run inside JAX. Use backend='pyro' for hierarchical priors, or give a fixed prior "
+            "(pyro_bdl.priors.Gaussian, FanInGaussian, a non-hierarchical FunctionalPrior, a per-parameter dict, ...).")
     if type(model.likelihood) not in _LIKELIHOODS:
         raise ValueError(f"the NumPyro backend translates the likelihoods "
                          f"{[c.__name__ for c in _LIKELIHOODS]} of pyro_bdl.likelihoods, not "

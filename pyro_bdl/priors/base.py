@@ -25,6 +25,11 @@ from torch import nn
 class Prior:
     """Base class: ``distribution(name, param, module)`` gives the prior of one parameter."""
 
+    #: True when :meth:`distribution` itself draws hyperparameters with ``pyro.sample`` (a hierarchical
+    #: prior such as ``FunctionalPrior(..., hyper_scales=...)``): it then only makes sense inside a Pyro
+    #: model trace, and backends that translate fixed distributions (NumPyro) must refuse it.
+    hierarchical: bool = False
+
     def distribution(self, name: str, param: torch.Tensor, module: nn.Module) -> dist.Distribution:
         """The prior p(w) of parameter ``name``: a distribution with ``event_shape == param.shape``.
 
@@ -107,6 +112,10 @@ class PerParameter(Prior):
             if not isinstance(key, (str, type)):
                 raise TypeError(f"prior rule keys must be glob strings or nn.Module types, got {key!r}")
         self.default = as_prior(default) if default is not None else Gaussian(0.0, 1.0)
+
+    @property
+    def hierarchical(self) -> bool:
+        return self.default.hierarchical or any(prior.hierarchical for _, prior in self.rules)
 
     def select(self, name: str, module: nn.Module) -> Prior:
         """The first rule matching ``name`` (a glob) or ``module`` (a layer type), else the default."""
