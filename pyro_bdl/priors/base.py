@@ -115,6 +115,7 @@ class PerParameter(Prior):
 
     @property
     def hierarchical(self) -> bool:
+        """True when any rule's prior (or the default) draws hyperparameters itself (see :class:`Prior`)."""
         return self.default.hierarchical or any(prior.hierarchical for _, prior in self.rules)
 
     def select(self, name: str, module: nn.Module) -> Prior:
