@@ -100,6 +100,7 @@ class LiftedNetwork:
 
     @property
     def layout(self) -> WeightLayout:
+        """The :class:`~pyro_bdl.weights.WeightLayout` of the Bayesian sites (flatten/unflatten)."""
         return WeightLayout(tuple(self.sites), tuple(self._values[n].shape for n in self.param_names))
 
     def owner(self, param_name: str) -> nn.Module:
@@ -285,18 +286,22 @@ class BayesianModel:
     # -- convenience --------------------------------------------------------------------
     @property
     def net(self) -> nn.Module:
+        """The wrapped ``torch.nn.Module`` (its parameters are the prior's templates, not the draws)."""
         return self.network.net
 
     @property
     def weight_sites(self) -> List[str]:
+        """Names of the Bayesian weight sites, one per parameter, by module path (``"0.weight"``)."""
         return self.network.sites
 
     @property
     def likelihood_sites(self) -> Tuple[str, ...]:
+        """Latent sites of the likelihood (``("noise_scale",)`` when it learns its noise, else empty)."""
         return tuple(self.likelihood.param_sites)
 
     @property
     def layout(self) -> WeightLayout:
+        """The :class:`~pyro_bdl.weights.WeightLayout` of the weight sites."""
         return self.network.layout
 
     def with_temperature(self, temperature: float, tempering: Optional[str] = None) -> "BayesianModel":

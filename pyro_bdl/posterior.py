@@ -158,10 +158,12 @@ class SamplesPosterior(Posterior):
 
     @property
     def num_chains(self) -> int:
+        """Number of chains (independent runs: MCMC chains, ensemble members, ...)."""
         return next(iter(self.samples.values())).shape[0]
 
     @property
     def num_draws(self) -> int:
+        """Number of draws per chain."""
         return next(iter(self.samples.values())).shape[1]
 
     def draws_by_chain(self, num_samples: Optional[int] = None, seed: Optional[int] = 0) -> Weights:
@@ -253,6 +255,7 @@ class MixturePosterior(Posterior):
 
     @property
     def num_members(self) -> int:
+        """Number of mixture members (e.g. Multi-SWAG's SWAG posteriors)."""
         return len(self.members)
 
     def _counts(self, num_samples: int) -> List[int]:

@@ -181,3 +181,18 @@ def test_lift_in_a_user_model_works_with_vectorised_predictive():
     # replaying given draws, vectorised, gives each draw's own network output
     draws = {k: v for k, v in out.items() if k != "obs"}
     assert Predictive(user_model, posterior_samples=draws, parallel=True)(x)["obs"].shape == (50, 40)
+
+
+def test_fan_in_gaussian_keeps_a_hyperprior_scale_differentiable():
+    """A tensor scale (a hyperprior draw) stays a tensor: log p(w | σ) has a gradient in σ."""
+    import torch
+
+    from pyro_bdl.priors import FanInGaussian
+
+    scale = torch.tensor(0.7, requires_grad=True)
+    w = torch.randn(5, 4)
+    d = FanInGaussian(scale=scale).distribution("0.weight", w, torch.nn.Linear(4, 5))
+    d.log_prob(w).backward()
+    # d/dσ Σ log N(w; 0, σ²/4) = -n/σ + Σ w² · 4 / σ³
+    expected = -w.numel() / 0.7 + (w ** 2).sum() * 4 / 0.7 ** 3
+    assert torch.allclose(scale.grad, expected, rtol=1e-5)

@@ -84,6 +84,7 @@ class SWAGNormal(dist.TorchDistribution):
 
     @property
     def rank(self) -> int:
+        """K, the number of deviation columns kept for the low-rank covariance (0 before any are collected)."""
         return 0 if self.deviations is None else self.deviations.shape[0]
 
     @property

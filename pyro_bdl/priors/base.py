@@ -31,6 +31,13 @@ class Prior:
     hierarchical: bool = False
 
     def distribution(self, name: str, param: torch.Tensor, module: nn.Module) -> dist.Distribution:
+        """The prior p(w) of parameter ``name``: a distribution with ``event_shape == param.shape``.
+
+        Args:
+            name: the site name (module path, e.g. ``"0.weight"``).
+            param: the parameter's current value (its shape and dtype are the template).
+            module: the leaf module that owns it (for layer-dependent priors, e.g. fan-in).
+        """
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -108,9 +115,11 @@ class PerParameter(Prior):
 
     @property
     def hierarchical(self) -> bool:
+        """True when any rule's prior (or the default) draws hyperparameters itself (see :class:`Prior`)."""
         return self.default.hierarchical or any(prior.hierarchical for _, prior in self.rules)
 
     def select(self, name: str, module: nn.Module) -> Prior:
+        """The first rule matching ``name`` (a glob) or ``module`` (a layer type), else the default."""
         for key, prior in self.rules:
             if isinstance(key, str) and fnmatch.fnmatchcase(name, key):
                 return prior

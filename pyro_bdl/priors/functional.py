@@ -75,6 +75,7 @@ class Box:
         self.low, self.high, self.dim = low_t, high_t, dim
 
     def sample(self, num_points: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``num_points`` measurement inputs drawn uniformly from the box: x = low + (high - low) ⊙ u, u ~ U[0, 1]^d."""
         u = torch.rand(num_points, self.dim, generator=generator)
         return self.low + (self.high - self.low) * u
 
@@ -258,10 +259,12 @@ class FunctionalPrior(Prior):
 
     @property
     def hierarchical(self) -> bool:
+        """Whether the scales have a hyperprior, σ_l ~ LogNormal(log s_l, τ_l²)."""
         return self.hyper_scales is not None
 
     @property
     def sites(self) -> list:
+        """The parameter sites the prior was fitted for (one loc and scale each)."""
         return list(self.scales)
 
     def distribution(self, name: str, param: torch.Tensor, module: nn.Module) -> dist.Distribution:
@@ -428,6 +431,7 @@ class FunctionalPrior(Prior):
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> "FunctionalPrior":
+        """Rebuild a fitted prior from the state dict that :meth:`save` writes."""
         if not isinstance(state, Mapping) or state.get("format") != FORMAT:
             raise ValueError("not a FunctionalPrior state (written by FunctionalPrior.save)")
         if state["version"] > FORMAT_VERSION:

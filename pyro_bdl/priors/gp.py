@@ -169,6 +169,7 @@ class FunctionSampler:
         self.name = name or getattr(fn, "__name__", "sampler")
 
     def sample(self, x: torch.Tensor, num_samples: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``num_samples`` function draws at the rows of ``x`` from the wrapped sampler: shape ``(num_samples, n)``."""
         x = _as_rows(x)
         _check_count(num_samples, "num_samples")
         out = torch.as_tensor(self.fn(x, num_samples, generator))
