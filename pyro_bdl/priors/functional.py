@@ -163,14 +163,6 @@ def prior_predictive(net: nn.Module, prior: Any, x: torch.Tensor, num_samples: i
         return lifted.forward(weights, x)
 
 
-def _flat_draws(out: torch.Tensor, num_samples: int) -> torch.Tensor:
-    return out.reshape(num_samples, -1)
-
-
-def _num_outputs(out: torch.Tensor, num_samples: int, num_points: int) -> int:
-    return max(1, out[0].numel() // num_points) if out.shape[0] == num_samples else 1
-
-
 def _distance(name: str, f: torch.Tensor, g: torch.Tensor, seed: int) -> float:
     if name == "gaussian_w2":
         return float(gaussian_w2(f, g))
@@ -194,7 +186,9 @@ def function_distance(net: nn.Module, prior: Any, target: Any, inputs: Any, num_
     compared with each other (the GP-vs-GP *floor*: no prior can do better with that many draws).
 
     Returns ``{"distance": mean distance, "floor": mean floor}`` (``distance``: ``"gaussian_w2"``,
-    ``"mmd"`` (unbiased MMD²), or ``"dual_w1"``).
+    ``"mmd"`` (unbiased MMD²), or ``"dual_w1"``). With a tensor of inputs and ``num_points=None`` every
+    repeat uses all its rows (then only the draws are fresh). W2 estimates from a few hundred draws vary
+    by ±30% between input sets: average a few repeats.
     """
     target = as_target(target)
     _check_count(num_repeats, "num_repeats")
@@ -207,8 +201,8 @@ def function_distance(net: nn.Module, prior: Any, target: Any, inputs: Any, num_
         weights = sample_prior_weights(lifted, num_samples, seed=int(torch.randint(2 ** 31, (1,), generator=g)))
         with torch.no_grad():
             out = lifted.forward(weights, x)
-        outs = _num_outputs(out, num_samples, x.shape[0])
-        f = _flat_draws(out, num_samples)
+        outs = max(1, out[0].numel() // x.shape[0])  # network outputs per input row
+        f = out.reshape(num_samples, -1)
         t1 = target_draws(target, x, num_samples, outs, g)
         t2 = target_draws(target, x, num_samples, outs, g)
         dists.append(_distance(distance, f, t1, seed + r))
