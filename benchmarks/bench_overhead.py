@@ -5,7 +5,8 @@ side by side in one run and interleaved to share the machine's noise:
 
 * one SVI step (mean-field AutoNormal, Trace_ELBO, Adam): ``bdl.fit(method="svi")`` vs a plain
   ``pyro.infer.SVI`` loop;
-* one NUTS draw: ``bdl.fit(method="nuts")`` vs ``pyro.infer.MCMC(NUTS(plain_model))``, and the
+* one NUTS draw (tree depth capped at 6 on both sides): ``bdl.fit(method="nuts")`` vs
+  ``pyro.infer.MCMC(NUTS(plain_model))``, and the
   cost of one potential-energy gradient (a leapfrog step), which does not depend on tree sizes.
 
 Target (issue 2): pyro_bdl ≤ 1.2× plain Pyro. Run: ``python benchmarks/bench_overhead.py``.
@@ -26,6 +27,7 @@ from pyro.infer.mcmc.util import initialize_model
 import pyro_bdl as bdl
 
 D, H, N = 8, 50, 200
+TREE_DEPTH = 6  # the same cap on both sides keeps the NUTS rows short and comparable
 
 
 def data():
@@ -82,8 +84,8 @@ def svi_bdl(x, y, steps):
 
 def nuts_plain(x, y, samples, warmup):
     pyro.set_rng_seed(0)
-    mcmc = MCMC(NUTS(plain_model, init_strategy=init_to_value(values=init_values())), num_samples=samples,
-                warmup_steps=warmup, disable_progbar=True)
+    kernel = NUTS(plain_model, init_strategy=init_to_value(values=init_values()), max_tree_depth=TREE_DEPTH)
+    mcmc = MCMC(kernel, num_samples=samples, warmup_steps=warmup, disable_progbar=True)
     t = time.perf_counter()
     mcmc.run(x, y)
     return (time.perf_counter() - t) / (samples + warmup)
@@ -91,7 +93,8 @@ def nuts_plain(x, y, samples, warmup):
 
 def nuts_bdl(x, y, samples, warmup):
     t = time.perf_counter()
-    bdl.fit(bdl_model(), x, y, method="nuts", num_samples=samples, warmup=warmup, init="net", progress=False)
+    bdl.fit(bdl_model(), x, y, method="nuts", num_samples=samples, warmup=warmup, init="net",
+            max_tree_depth=TREE_DEPTH, progress=False)
     return (time.perf_counter() - t) / (samples + warmup)
 
 
@@ -111,7 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--svi-steps", type=int, default=300)
-    parser.add_argument("--nuts-samples", type=int, default=60)
+    parser.add_argument("--nuts-samples", type=int, default=30)
     args = parser.parse_args()
     torch.set_num_threads(1)
     x, y = data()

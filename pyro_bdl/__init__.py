@@ -12,19 +12,30 @@ likelihood, run inference with one call, and predict by Bayesian model averaging
     idata = post.to_arviz(x=x_test, y=y_test)            # ArviZ InferenceData
     bdl.diagnostics.summary(post, x=x_test)              # function-space R-hat / ESS
 
+``fit(..., method="nuts", backend="numpyro")`` runs NumPyro's compiled NUTS on a JAX translation of
+the network; :mod:`pyro_bdl.backends` (``bdl.backends.to_jax``, imported on first use) holds it.
 Temperature / cold-posterior studies over a grid of T × method × seed × augmentation:
 ``bdl.studies.TemperatureStudy("study.toml").run()`` or ``pyro-bdl study study.toml``.
 """
-from . import data, diagnostics, likelihoods, metrics, networks, plots, priors, tempering
-from .inference import fit, methods
+from .inference import fit, methods  # first: the SWAG guide and the swag method import each other's modules
+from . import batchnorm, data, diagnostics, guides, likelihoods, metrics, networks, plots, priors, tempering
 from .lifting import BayesianModel, LiftedNetwork, lift
-from .posterior import GuidePosterior, Posterior, SamplesPosterior
+from .inference.swag import SWAGPosterior
+from .posterior import GuidePosterior, MixturePosterior, Posterior, SamplesPosterior
 from .predictive import BMAPredictive
 from .weights import WeightLayout
+from . import studies  # noqa: E402  (after the core it builds on)
 
 __version__ = "0.1.0"
 
-from . import studies  # noqa: E402  (after the core it builds on)
+
+def __getattr__(name: str):
+    # ``bdl.backends`` (the NumPyro/JAX backend) is imported on first use: it imports JAX.
+    if name == "backends":
+        import importlib
+
+        return importlib.import_module(".backends", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "BayesianModel",
@@ -35,9 +46,13 @@ __all__ = [
     "Posterior",
     "SamplesPosterior",
     "GuidePosterior",
+    "MixturePosterior",
+    "SWAGPosterior",
     "BMAPredictive",
     "WeightLayout",
     "priors",
+    "guides",
+    "batchnorm",
     "data",
     "metrics",
     "diagnostics",

@@ -52,6 +52,7 @@ class Dataset:
 
     @property
     def num_features(self) -> int:
+        """Number of input features, ``x_train.shape[1]``."""
         return self.x_train.shape[1]
 
     @property

@@ -18,10 +18,11 @@ Two ways to use it:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import math
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import pyro
 import torch
@@ -99,6 +100,7 @@ class LiftedNetwork:
 
     @property
     def layout(self) -> WeightLayout:
+        """The :class:`~pyro_bdl.weights.WeightLayout` of the Bayesian sites (flatten/unflatten)."""
         return WeightLayout(tuple(self.sites), tuple(self._values[n].shape for n in self.param_names))
 
     def owner(self, param_name: str) -> nn.Module:
@@ -136,8 +138,27 @@ class LiftedNetwork:
         return weights
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Sample the weights and evaluate the network: ``f(x; w)`` with ``w ~ prior``."""
-        return self.forward(self.sample_weights(), x)
+        """Sample the weights and evaluate the network: ``f(x; w)`` with ``w ~ prior``.
+
+        Under vectorised inference (``Predictive(parallel=True)``, vectorised particles) the
+        weights carry draw dims from plates left of the model's own plates, e.g. ``(S, 1)``;
+        the output is ``(S, B, out)``, aligned with those plates (see :meth:`plate_aligned`).
+        """
+        weights = self.sample_weights()
+        return self.plate_aligned(self.forward(weights, x), weights)
+
+    def plate_aligned(self, out: torch.Tensor, weights: Weights) -> torch.Tensor:
+        """Drop the trailing singleton draw dims of ``out`` (shape ``(*draw, B, out)``).
+
+        Weights sampled outside the data plate get a singleton in each plate dim to their
+        right; those dims belong to the data, so ``(S, 1, B, out)`` becomes ``(S, B, out)``
+        and the draw dims line up with the vectorisation plate.
+        """
+        batch = list(self.batch_shape(weights))
+        while batch and batch[-1] == 1:
+            batch.pop()
+            out = out.squeeze(-3)
+        return out
 
     # -- evaluation ---------------------------------------------------------------------
     def _fixed_tensors(self) -> Dict[str, torch.Tensor]:
@@ -156,23 +177,55 @@ class LiftedNetwork:
             shapes.append(value.shape[: value.dim() - len(pshape)])
         return torch.broadcast_shapes(*shapes)
 
-    def forward(self, weights: Weights, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, weights: Weights, x: torch.Tensor,
+                buffers: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
         """Evaluate ``f(x; w)``; weights with leading dims ``S`` give outputs ``(*S, B, out)``.
 
         Many draws are evaluated in one vectorised call (``torch.func.vmap``).
+        ``buffers`` (optional) gives per-draw values of some of the network's buffers, keyed by
+        buffer name with the weights' leading dims (e.g. BatchNorm statistics recomputed for each
+        draw, see :mod:`pyro_bdl.batchnorm`); the other buffers keep their stored values.
         """
         fixed = self._fixed_tensors()
         batch = self.batch_shape(weights)
         named = {n: weights[self.site_name(n)] for n in self.param_names}
+        buffers = dict(buffers or {})
+        own = dict(self.net.named_buffers())
+        for name, value in buffers.items():
+            if name not in own:
+                raise ValueError(f"{name!r} is not a buffer of the network; buffers are {sorted(own)}")
+            if tuple(value.shape) != (*batch, *own[name].shape):
+                raise ValueError(f"buffer {name!r} has shape {tuple(value.shape)}, expected "
+                                 f"{(*batch, *own[name].shape)} (the weights' draw dims, then the buffer's shape)")
         if len(batch) == 0:
-            return functional_call(self.net, {**fixed, **named}, (x,))
+            return functional_call(self.net, {**fixed, **named, **buffers}, (x,))
         flat = {n: w.expand(*batch, *self._values[n].shape).reshape(-1, *self._values[n].shape) for n, w in named.items()}
+        flat_buffers = {n: b.reshape(-1, *own[n].shape) for n, b in buffers.items()}
 
-        def one(w: Dict[str, torch.Tensor]) -> torch.Tensor:
-            return functional_call(self.net, {**fixed, **w}, (x,))
+        def one(w: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> torch.Tensor:
+            return functional_call(self.net, {**fixed, **w, **b}, (x,))
 
-        out = vmap(one)(flat)
+        out = vmap(one)(flat, flat_buffers)
         return out.reshape(*batch, *out.shape[1:])
+
+    @contextlib.contextmanager
+    def batch_statistics(self) -> Iterator[None]:
+        """Within this context BatchNorm layers normalise with each batch's own statistics.
+
+        This is how a network with BatchNorm is trained by SGD (train-mode BatchNorm); the
+        stored running statistics are neither used nor updated, so the network is unchanged
+        afterwards. Outside it, the network runs in eval mode (stored statistics). A no-op for
+        networks without BatchNorm.
+        """
+        norms = [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved = [(m.training, m.track_running_stats) for m in norms]
+        try:
+            for m in norms:
+                m.training, m.track_running_stats = True, False
+            yield
+        finally:
+            for m, (training, track) in zip(norms, saved):
+                m.training, m.track_running_stats = training, track
 
 
 def lift(net: nn.Module, prior: Any = None, deterministic: Patterns = None, bayesian: Patterns = None,
@@ -233,18 +286,22 @@ class BayesianModel:
     # -- convenience --------------------------------------------------------------------
     @property
     def net(self) -> nn.Module:
+        """The wrapped ``torch.nn.Module`` (its parameters are the prior's templates, not the draws)."""
         return self.network.net
 
     @property
     def weight_sites(self) -> List[str]:
+        """Names of the Bayesian weight sites, one per parameter, by module path (``"0.weight"``)."""
         return self.network.sites
 
     @property
     def likelihood_sites(self) -> Tuple[str, ...]:
+        """Latent sites of the likelihood (``("noise_scale",)`` when it learns its noise, else empty)."""
         return tuple(self.likelihood.param_sites)
 
     @property
     def layout(self) -> WeightLayout:
+        """The :class:`~pyro_bdl.weights.WeightLayout` of the weight sites."""
         return self.network.layout
 
     def with_temperature(self, temperature: float, tempering: Optional[str] = None) -> "BayesianModel":
@@ -254,9 +311,11 @@ class BayesianModel:
         new.temperature = tempering_check(temperature, new.tempering)
         return new
 
-    def forward(self, weights: Weights, x: torch.Tensor) -> torch.Tensor:
-        """Network output for given weights (vectorised over leading draw dims)."""
-        return self.network.forward(weights, x)
+    def forward(self, weights: Weights, x: torch.Tensor,
+                buffers: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
+        """Network output for given weights (vectorised over leading draw dims); ``buffers``:
+        optional per-draw buffer values, see :meth:`LiftedNetwork.forward`."""
+        return self.network.forward(weights, x, buffers)
 
     # -- the Pyro model -----------------------------------------------------------------
     def __call__(self, x: torch.Tensor, y: Optional[torch.Tensor] = None,
@@ -265,12 +324,7 @@ class BayesianModel:
         with tempering.tempered_prior(T, mode):
             weights = self.network.sample_weights()
             lik_params = self.likelihood.sample_params()
-        out = self.network.forward(weights, x)
-        batch = self.network.batch_shape(weights)
-        if len(batch) and batch[-1] == 1:
-            # Vectorised inference (Predictive(parallel=True), vectorised particles) puts draw dims
-            # left of the data plate (dim -1); the weights' dim -1 is that plate's singleton.
-            out = out.squeeze(-3)
+        out = self.network.plate_aligned(self.network.forward(weights, x), weights)
         with tempering.tempered_likelihood(T, mode):
             self.likelihood(out, y, dataset_size=dataset_size, params=lik_params)
         return out

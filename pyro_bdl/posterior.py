@@ -8,12 +8,13 @@ Kinds of posterior:
 
 * :class:`SamplesPosterior` — stored draws with a chain dimension ``(chains, draws, ...)``:
   MCMC, SG-MCMC, MAP (one chain of one draw), deep ensembles (one chain per member);
-* :class:`GuidePosterior` — a trained Pyro guide that draws as many samples as asked (SVI).
+* :class:`GuidePosterior` — a trained Pyro guide that draws as many samples as asked (SVI);
+* :class:`MixturePosterior` — an equal-weight mixture of independent posteriors (Multi-SWAG).
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import pyro
 import torch
@@ -60,6 +61,14 @@ class Posterior:
     def _predict_draws(self, num_samples: Optional[int], seed: Optional[int]) -> Weights:
         return self.sample(100 if num_samples is None else num_samples, seed=seed)
 
+    def _buffers_for(self, draws: Weights) -> Optional[Dict[str, torch.Tensor]]:
+        """Per-draw values of network buffers for ``draws``, or ``None`` for the network's stored ones.
+
+        Posteriors over networks with BatchNorm override this to recompute each draw's
+        statistics (SWAG, :mod:`pyro_bdl.batchnorm`).
+        """
+        return None
+
     def draws_by_chain(self, num_samples: int = 100, seed: Optional[int] = 0) -> Weights:
         """Draws grouped as ``{site: (chains, draws, *shape)}`` for diagnostics (ArviZ).
 
@@ -89,9 +98,10 @@ class Posterior:
         :meth:`predict` and the diagnostics (:mod:`pyro_bdl.diagnostics`, which need the
         per-draw components chain by chain) both go through here.
         """
+        buffers = self._buffers_for(draws)
         weights = {k: draws[k] for k in self.model.weight_sites}
         chunks = [x] if batch_size is None else torch.split(x, batch_size)
-        outputs = torch.cat([self.model.forward(weights, xb) for xb in chunks], dim=-2)
+        outputs = torch.cat([self.model.forward(weights, xb, buffers) for xb in chunks], dim=-2)
         # Likelihood parameters are per draw: give them a singleton data dim to align with (S, B).
         lik = {k: draws[k].reshape(draws[k].shape[0], 1) for k in self.model.likelihood_sites}
         component = self.model.likelihood.distribution(outputs, lik)
@@ -148,10 +158,12 @@ class SamplesPosterior(Posterior):
 
     @property
     def num_chains(self) -> int:
+        """Number of chains (independent runs: MCMC chains, ensemble members, ...)."""
         return next(iter(self.samples.values())).shape[0]
 
     @property
     def num_draws(self) -> int:
+        """Number of draws per chain."""
         return next(iter(self.samples.values())).shape[1]
 
     def draws_by_chain(self, num_samples: Optional[int] = None, seed: Optional[int] = 0) -> Weights:
@@ -206,3 +218,74 @@ class GuidePosterior(Posterior):
             value = trace.nodes[name]["value"]
             out[name] = value.reshape(num_samples, *shape)
         return out
+
+
+class MixturePosterior(Posterior):
+    """The equal-weight mixture (1/M) Σ_m q_m(w) of M independent posteriors.
+
+    Multi-SWAG (Wilson & Izmailov 2020) is a mixture of SWAG Gaussians fitted from different
+    initialisations, one per basin of attraction. Its predictive distribution is the Bayesian
+    model average over all members' draws,
+
+        p(y | x, D) ≈ (1/M) Σ_m (1/S_m) Σ_s p(y | x, w_ms),   w_ms ~ q_m,
+
+    i.e. the members' predictive probabilities averaged (classification) or their Gaussian
+    mixtures pooled into one mixture (regression), through :class:`~pyro_bdl.predictive.BMAPredictive`.
+
+    ``sample(n)`` splits the n draws evenly over the members (the first ``n mod M`` members get
+    one more), member by member; ``draws_by_chain`` gives each member as its own chain(s), so
+    diagnostics see the spread between basins.
+
+    Args:
+        members: posteriors of the same model (e.g. :class:`~pyro_bdl.inference.swag.SWAGPosterior`).
+        method: the method name recorded on the mixture.
+    """
+
+    def __init__(self, members: Sequence[Posterior], method: str = "mixture", info: Optional[Dict[str, Any]] = None):
+        members = list(members)
+        if not members:
+            raise ValueError("a MixturePosterior needs at least one member posterior")
+        bad = [type(m).__name__ for m in members if not isinstance(m, Posterior)]
+        if bad:
+            raise TypeError(f"mixture members must be pyro_bdl Posteriors, got {bad}")
+        if any(m.model is not members[0].model for m in members):
+            raise ValueError("all mixture members must be posteriors of the same model object")
+        super().__init__(members[0].model, method, info)
+        self.members = members
+
+    @property
+    def num_members(self) -> int:
+        """Number of mixture members (e.g. Multi-SWAG's SWAG posteriors)."""
+        return len(self.members)
+
+    def _counts(self, num_samples: int) -> List[int]:
+        M = self.num_members
+        return [num_samples // M + (1 if m < num_samples % M else 0) for m in range(M)]
+
+    def sample(self, num_samples: int, seed: Optional[int] = None) -> Weights:
+        """``num_samples`` draws, split evenly over the members, in member order."""
+        with seeded(seed):
+            parts = [m.sample(c) for m, c in zip(self.members, self._counts(num_samples)) if c > 0]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def draws_by_chain(self, num_samples: int = 100, seed: Optional[int] = 0) -> Weights:
+        """Each member's chains side by side: ``{site: (chains, draws, *shape)}`` (one chain per
+        SWAG member; ``num_samples`` draws each)."""
+        with seeded(seed):
+            parts = [m.draws_by_chain(num_samples, seed=None) for m in self.members]
+        draws = {p[next(iter(p))].shape[1] for p in parts}
+        if len(draws) != 1:
+            raise ValueError(f"members have different numbers of draws per chain ({sorted(draws)}); "
+                             "draws_by_chain needs equal chain lengths")
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def _predict_draws(self, num_samples, seed):
+        # ``None``: every member's own default (all stored draws, or 100 for a sampler).
+        counts = [None] * self.num_members if num_samples is None else self._counts(num_samples)
+        with seeded(seed):
+            parts = [m._predict_draws(c, None) for m, c in zip(self.members, counts) if c != 0]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def _buffers_for(self, draws):
+        # Members share the model and its training data, so any of them recomputes buffers for any draws.
+        return self.members[0]._buffers_for(draws)

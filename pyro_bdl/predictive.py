@@ -52,6 +52,7 @@ class BMAPredictive:
 
     @property
     def num_samples(self) -> int:
+        """S, the number of posterior draws the predictive averages over."""
         return self.component.batch_shape[0]
 
     # -- moments ------------------------------------------------------------------------
@@ -103,6 +104,7 @@ class BMAPredictive:
 
     @property
     def stddev(self) -> torch.Tensor:
+        """Predictive standard deviation, sqrt(Var[y | x, D]) (aleatoric + epistemic)."""
         return self.variance.sqrt()
 
     # -- densities ----------------------------------------------------------------------

@@ -29,12 +29,14 @@ class WeightLayout:
 
     @classmethod
     def from_weights(cls, weights: Mapping[str, torch.Tensor], batch_ndim: int = 0) -> "WeightLayout":
+        """The layout of ``{site: tensor}``, ignoring the first ``batch_ndim`` (draw) dims of each tensor."""
         names = tuple(weights)
         shapes = tuple(torch.Size(weights[n].shape[batch_ndim:]) for n in names)
         return cls(names, shapes)
 
     @property
     def numels(self) -> Tuple[int, ...]:
+        """Number of entries of each site, in layout order."""
         return tuple(math.prod(s) for s in self.shapes)
 
     @property

@@ -163,3 +163,36 @@ def test_priors_per_parameter_and_fan_in():
     assert t2.nodes["0.weight"]["fn"].event_shape == (16, 4)
     with pytest.raises(TypeError, match="cannot use"):
         bdl.BayesianModel(net, prior=3.0, likelihood=bdl.likelihoods.Categorical())
+
+
+def test_lift_in_a_user_model_works_with_vectorised_predictive():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1))
+
+    def user_model(x, y=None):
+        s = pyro.sample("prior_scale", dist.LogNormal(0.0, 0.5))
+        out = bdl.lift(net, prior=bdl.priors.Gaussian(0.0, s))(x).squeeze(-1)
+        with pyro.plate("data", len(x)):
+            pyro.sample("obs", dist.Normal(out, 0.1), obs=y)
+
+    x = torch.randn(40, 1)
+    out = Predictive(user_model, num_samples=50, parallel=True)(x)
+    assert out["obs"].shape == (50, 40)
+    # replaying given draws, vectorised, gives each draw's own network output
+    draws = {k: v for k, v in out.items() if k != "obs"}
+    assert Predictive(user_model, posterior_samples=draws, parallel=True)(x)["obs"].shape == (50, 40)
+
+
+def test_fan_in_gaussian_keeps_a_hyperprior_scale_differentiable():
+    """A tensor scale (a hyperprior draw) stays a tensor: log p(w | σ) has a gradient in σ."""
+    import torch
+
+    from pyro_bdl.priors import FanInGaussian
+
+    scale = torch.tensor(0.7, requires_grad=True)
+    w = torch.randn(5, 4)
+    d = FanInGaussian(scale=scale).distribution("0.weight", w, torch.nn.Linear(4, 5))
+    d.log_prob(w).backward()
+    # d/dσ Σ log N(w; 0, σ²/4) = -n/σ + Σ w² · 4 / σ³
+    expected = -w.numel() / 0.7 + (w ** 2).sum() * 4 / 0.7 ** 3
+    assert torch.allclose(scale.grad, expected, rtol=1e-5)

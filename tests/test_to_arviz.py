@@ -28,6 +28,8 @@ SMALL_OPTIONS = {
     "sghmc": [dict(lr=1e-3, epochs=6, burnin=2, num_chains=2)],
     "csgmcmc": [dict(lr=0.05, epochs=20, cycles=2, exploration=0.5, samples_per_cycle=2, num_chains=2)],
     "ensemble": [dict(num_models=3, num_steps=30)],
+    "swag": [dict(batch_size=8, epochs=6, swa_start=3, lr=0.01, rank=3)],
+    "multiswag": [dict(num_models=2, batch_size=8, epochs=6, swa_start=3, lr=0.01, rank=3)],
 }
 
 GROUPS = ("posterior", "posterior_predictive", "log_likelihood", "observed_data", "constant_data")

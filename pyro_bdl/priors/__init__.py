@@ -1,6 +1,16 @@
-"""Priors over network weights (see :mod:`pyro_bdl.priors.base` for the protocol)."""
+"""Priors over network weights (see :mod:`pyro_bdl.priors.base` for the protocol).
+
+Function-informed priors (:mod:`pyro_bdl.priors.functional`): :class:`FunctionalPrior` fits
+per-layer Gaussian scales so that the network's prior over functions matches a target
+:class:`GP` (Tran et al. 2022); :func:`rff_network` is an architecture + prior whose prior over
+functions is an RBF GP without fitting; :func:`prior_predictive` draws functions from any prior.
+"""
 from .base import DistributionPrior, PerParameter, Prior, as_prior, fan_in, resolve_prior
 from .standard import FanInGaussian, Gaussian, Laplace, StudentT
+from .gp import GP, KERNELS, FunctionSampler, as_target
+from .wasserstein import WassersteinCritic, dual_w1, gaussian_w2, gaussian_w2_moments, mmd, sqrtm_psd
+from .functional import Box, FunctionalPrior, function_distance, measurement_sampler, prior_predictive, sample_prior_weights
+from .rff import Cosine, rff_network
 
 __all__ = [
     "Prior",
@@ -13,4 +23,23 @@ __all__ = [
     "as_prior",
     "resolve_prior",
     "fan_in",
+    # function-informed priors
+    "FunctionalPrior",
+    "GP",
+    "KERNELS",
+    "FunctionSampler",
+    "as_target",
+    "Box",
+    "measurement_sampler",
+    "prior_predictive",
+    "sample_prior_weights",
+    "function_distance",
+    "rff_network",
+    "Cosine",
+    "gaussian_w2",
+    "gaussian_w2_moments",
+    "sqrtm_psd",
+    "mmd",
+    "dual_w1",
+    "WassersteinCritic",
 ]

@@ -25,7 +25,19 @@ from torch import nn
 class Prior:
     """Base class: ``distribution(name, param, module)`` gives the prior of one parameter."""
 
+    #: True when :meth:`distribution` itself draws hyperparameters with ``pyro.sample`` (a hierarchical
+    #: prior such as ``FunctionalPrior(..., hyper_scales=...)``): it then only makes sense inside a Pyro
+    #: model trace, and backends that translate fixed distributions (NumPyro) must refuse it.
+    hierarchical: bool = False
+
     def distribution(self, name: str, param: torch.Tensor, module: nn.Module) -> dist.Distribution:
+        """The prior p(w) of parameter ``name``: a distribution with ``event_shape == param.shape``.
+
+        Args:
+            name: the site name (module path, e.g. ``"0.weight"``).
+            param: the parameter's current value (its shape and dtype are the template).
+            module: the leaf module that owns it (for layer-dependent priors, e.g. fan-in).
+        """
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -101,7 +113,13 @@ class PerParameter(Prior):
                 raise TypeError(f"prior rule keys must be glob strings or nn.Module types, got {key!r}")
         self.default = as_prior(default) if default is not None else Gaussian(0.0, 1.0)
 
+    @property
+    def hierarchical(self) -> bool:
+        """True when any rule's prior (or the default) draws hyperparameters itself (see :class:`Prior`)."""
+        return self.default.hierarchical or any(prior.hierarchical for _, prior in self.rules)
+
     def select(self, name: str, module: nn.Module) -> Prior:
+        """The first rule matching ``name`` (a glob) or ``module`` (a layer type), else the default."""
         for key, prior in self.rules:
             if isinstance(key, str) and fnmatch.fnmatchcase(name, key):
                 return prior

@@ -41,14 +41,18 @@ class FanInGaussian(Prior):
         self.scale = scale
         self.bias_scale = bias_scale
 
-    def std(self, name: str, param: torch.Tensor) -> float:
+    def std(self, name: str, param: torch.Tensor) -> torch.Tensor:
+        """The prior std of ``param``: ``scale / sqrt(fan_in)`` for weights, ``bias_scale`` for 1-D parameters.
+
+        A tensor ``scale`` (a hyperprior draw) stays a tensor, so gradients and batch dims flow through it.
+        """
         if param.dim() >= 2:
-            return float(self.scale) / fan_in(param, name) ** 0.5
-        return float(self.scale if self.bias_scale is None else self.bias_scale)
+            return as_hyper(self.scale, param.shape) / fan_in(param, name) ** 0.5
+        return as_hyper(self.scale if self.bias_scale is None else self.bias_scale, param.shape)
 
     def distribution(self, name, param, module):
         shape = param.shape
-        return elementwise(dist.Normal(torch.zeros(()), torch.tensor(self.std(name, param))), shape)
+        return elementwise(dist.Normal(torch.zeros(()), self.std(name, param)), shape)
 
 
 class Laplace(Prior):

@@ -165,10 +165,12 @@ class StudyConfig:
 
     @property
     def num_cells(self) -> int:
+        """Cells in the grid: |temperatures| × |methods| × |seeds| × |augmentation settings|."""
         return len(self.temperatures) * len(self.inference.methods) * len(self.seeds) * len(self.data.augment)
 
     @staticmethod
     def from_toml(path: str) -> "StudyConfig":
+        """Read and validate a study TOML file (:func:`load_config`)."""
         return load_config(path)
 
     @staticmethod

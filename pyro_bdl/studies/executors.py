@@ -40,9 +40,11 @@ class Executor:
     """Runs cell specs; :meth:`run` yields ``(spec, record, error)`` in order of completion."""
 
     def run(self, specs: Sequence[Dict[str, Any]]) -> Iterator[Result]:
+        """Run the cells ``specs``, yielding ``(spec, record, error)`` as each finishes (in any order)."""
         raise NotImplementedError
 
     def describe(self) -> str:
+        """A one-line description of where the cells run, for the study's log."""
         return type(self).__name__
 
 
