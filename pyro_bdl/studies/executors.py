@@ -57,9 +57,11 @@ class LocalExecutor(Executor):
         self.workers = workers
 
     def describe(self) -> str:
+        """``"sequential, in this process"`` or ``"local pool of N processes"``."""
         return "sequential, in this process" if self.workers == 1 else f"local pool of {self.workers} processes"
 
     def run(self, specs: Sequence[Dict[str, Any]]) -> Iterator[Result]:
+        """Run the cells here one by one, or in the pool; yield ``(spec, record, error)`` as each finishes."""
         if self.workers == 1 or len(specs) <= 1:
             for spec in specs:
                 record, error = run_cell_safely(spec)
@@ -116,10 +118,13 @@ class RayExecutor(Executor):
         self.init_kwargs = dict(init_kwargs or {})
 
     def describe(self) -> str:
+        """The cluster address and the per-cell resource request."""
         where = self.address or "local Ray instance"
         return f"Ray ({where}), {self.cpus_per_cell} CPU / {self.gpus_per_cell} GPU per cell"
 
     def run(self, specs: Sequence[Dict[str, Any]]) -> Iterator[Result]:
+        """Submit one task per cell, yield ``(spec, record, error)`` as tasks finish (``ray.wait``);
+        on interruption the unfinished tasks are cancelled, and a Ray started here is shut down."""
         import ray
 
         started = False
