@@ -190,7 +190,8 @@ class LiftedNetwork:
         batch = self.batch_shape(weights)
         named = {n: weights[self.site_name(n)] for n in self.param_names}
         buffers = dict(buffers or {})
-        own = dict(self.net.named_buffers())
+        # Per-draw buffers are rare (SWAG with BatchNorm); the usual call skips listing and checking them.
+        own = dict(self.net.named_buffers()) if buffers else {}
         for name, value in buffers.items():
             if name not in own:
                 raise ValueError(f"{name!r} is not a buffer of the network; buffers are {sorted(own)}")
