@@ -129,6 +129,7 @@ EMA_DECAY = 0.99
 
 
 def init_moments(theta: torch.Tensor) -> GradientMoments:
+    """Empty moments for a chain at ``theta``."""
     z = torch.zeros_like(theta)
     return GradientMoments(z, z.clone(), 0, 0, z.clone(), 0)
 
