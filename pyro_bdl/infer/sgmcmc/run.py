@@ -40,8 +40,6 @@ class Dynamics:
     friction: float = 1.0
     preconditioner: Optional[str] = None
     noise_correction: bool = False
-    # cSG-MCMC: reset the moment means at the start of every cycle's warm-up
-    per_cycle: bool = False
 
 
 def _start_chain(theta0: torch.Tensor, seed: int) -> Dict[str, Any]:
