@@ -111,7 +111,8 @@ class Objective:
     def _verify(self, x: torch.Tensor, y: torch.Tensor, dataset_size: Optional[int]) -> None:
         """Check the compiled density against the Pyro trace at a random point (once, on the first batch)."""
         with torch.no_grad(), seeded(0):
-            theta = self.initial() + 0.1 * torch.randn(self.size)  # a random point near the start
+            start = self.initial()
+            theta = start + 0.1 * torch.randn(self.size, dtype=start.dtype, device=start.device)  # near the start
             values = self.constrain(theta)[0]
             compiled = float(self._compiled_log_joint(values, x, y, dataset_size))
             traced = float(self.model.log_joint(values, x, y, dataset_size))
