@@ -28,6 +28,7 @@ import math
 import os
 import random
 import tempfile
+import warnings
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import numpy as np
@@ -127,10 +128,12 @@ def read(path: Any, fmt: str, what: str, resave: str) -> Dict[str, Any]:
     if os.path.getsize(path) == 0:
         raise ValueError(f"{path} is empty (0 bytes): not a {what} file; it may be from a crashed copy — {resave}")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files; we refuse them anyway
+            warnings.simplefilter("ignore", UserWarning)
+            blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - every unreadable file gets one clear message
         text = str(err)
-        if "Weights only load failed" in text or "Unsupported global" in text or "weights_only" in text:
+        if "GLOBAL" in text or "Unsupported global" in text or "Unsupported class" in text or "reduce" in text:
             if "pyro_bdl" in text:
                 raise ValueError(
                     f"{path} is a {what} file in pyro_bdl's old pickle format, which can run code when read and "
