@@ -21,15 +21,17 @@ identical fingerprint; any other is refused with a message naming the fields tha
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
 import math
 import os
 import random
+import socket
 import tempfile
 import warnings
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -84,6 +86,68 @@ def remove_stale_temporaries(directory: str) -> List[str]:
                 except FileNotFoundError:
                     pass
     return removed
+
+
+class FolderLocked(RuntimeError):
+    """Another live process holds the lock on a folder (see :func:`folder_lock`)."""
+
+
+@contextlib.contextmanager
+def folder_lock(directory: str, what: str = "run") -> Iterator[None]:
+    """Hold ``<directory>/.lock`` (holder's PID and host) while the block runs.
+
+    A second process asking for the same folder gets :class:`FolderLocked` naming the holder. A
+    lock left by a process that no longer exists on this host (killed) is taken over. The lock
+    is an ``O_EXCL``-created file, so two processes never both get it.
+    """
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, ".lock")
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if holder is not None and _alive(holder):
+                raise FolderLocked(
+                    f"another {what} (PID {holder['pid']} on {holder['host']}) is using {directory}; wait for it to "
+                    f"finish or choose another output folder (if that process is gone, delete {path})") from None
+            try:  # the holder is dead (or the file unreadable): take the lock over
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    else:
+        raise FolderLocked(f"could not take the lock {path}; another process keeps taking it")
+    try:
+        yield
+    finally:
+        if _lock_holder(path) == me:
+            os.remove(path)
+
+
+def _lock_holder(path: str) -> Optional[Dict[str, Any]]:
+    try:
+        with open(path) as f:
+            holder = json.load(f)
+        return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(holder: Dict[str, Any]) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return True  # another machine's process: we cannot tell, so respect it
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def check_plain(value: Any, where: str = "state") -> None:

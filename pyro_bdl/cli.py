@@ -19,6 +19,7 @@ import torch
 from . import data as datasets
 from . import likelihoods, metrics, priors
 from .inference import fit, methods
+from .checkpoint import FolderLocked
 from .lifting import BayesianModel
 from .networks import mlp  # noqa: F401  (re-exported: pyro_bdl.cli.mlp)
 
@@ -60,7 +61,7 @@ def _study_command(args: argparse.Namespace) -> int:
         return 0
     try:
         study.run()
-    except studies.StudyError as err:
+    except (studies.StudyError, FolderLocked) as err:
         print(f"pyro-bdl: {err}", file=sys.stderr)
         return 1
     return 0

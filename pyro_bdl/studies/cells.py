@@ -67,6 +67,16 @@ def cell_path(out_dir: str, spec: Dict[str, Any]) -> str:
     return os.path.join(out_dir, "cells", cell_key(spec) + ".json")
 
 
+def cell_fit_options(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """The cell's ``fit`` options, with a ``checkpoint`` path made the cell's own
+    (``run.ckpt`` -> ``run.<cell key>.ckpt``), so no cell ever resumes another cell's run."""
+    options = dict(spec["fit"])
+    if options.get("checkpoint") is not None:
+        root, ext = os.path.splitext(os.fspath(options["checkpoint"]))
+        options["checkpoint"] = f"{root}.{cell_key(spec)}{ext}"
+    return options
+
+
 def _prior(name: str, scale: float):
     return {"gaussian": lambda: priors.Gaussian(0.0, scale), "fan_in": lambda: priors.FanInGaussian(scale),
             "laplace": lambda: priors.Laplace(0.0, scale), "student_t": lambda: priors.StudentT(3.0, 0.0, scale)}[name]()
@@ -154,7 +164,7 @@ def _run(spec: Dict[str, Any]) -> Dict[str, Any]:
                           temperature=spec["temperature"], tempering=m["tempering"])
     t0 = time.perf_counter()
     post = fit(model, ds.x_train, ds.y_train, method=spec["method"], seed=spec["seed"], progress=False,
-               augment=augmentation(spec), **spec["fit"])
+               augment=augmentation(spec), **cell_fit_options(spec))
     t1 = time.perf_counter()
     scores = metrics.evaluate(post, ds.x_test, ds.y_test, num_samples=spec["predict_samples"], seed=spec["seed"])
     t2 = time.perf_counter()

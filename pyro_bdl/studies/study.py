@@ -110,7 +110,17 @@ class TemperatureStudy:
 
         Cells that raise are reported (and listed in ``report.md``) after the others have run;
         then :class:`StudyError` is raised unless ``raise_on_failure=False``.
+
+        The run holds ``<output_dir>/.lock``: a second study on the same folder stops at once with
+        :class:`~pyro_bdl.checkpoint.FolderLocked` (a lock left by a killed run is taken over), and
+        temporary ``.tmp-*`` files a killed run left behind are removed first.
         """
+        with checkpoint.folder_lock(self.output_dir, "study"):
+            # Under the lock no other study writes here: temporaries are leftovers of a killed run.
+            checkpoint.remove_stale_temporaries(self.output_dir)
+            return self._run(raise_on_failure)
+
+    def _run(self, raise_on_failure: bool) -> pd.DataFrame:
         todo = self.pending()
         total = len(self.specs)
         os.makedirs(os.path.join(self.output_dir, "cells"), exist_ok=True)
