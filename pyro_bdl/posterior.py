@@ -14,19 +14,21 @@ Kinds of posterior:
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pyro
 import torch
 from pyro import poutine
+from pyro.infer.autoguide import AutoDelta, AutoLowRankMultivariateNormal, AutoMultivariateNormal, AutoNormal
 
-from . import checkpoint
+from . import posterior_io
 from .lifting import BayesianModel
 from .predictive import BMAPredictive
 from .weights import Weights
 
-FORMAT = "pyro_bdl.posterior"
-FORMAT_VERSION = 1
+FORMAT = posterior_io.FORMAT
+# Guides a saved SVI posterior can be rebuilt with by name (any other needs ``load(..., guide=...)``).
+_AUTOGUIDES = {g.__name__: g for g in (AutoNormal, AutoLowRankMultivariateNormal, AutoMultivariateNormal, AutoDelta)}
 
 
 @contextlib.contextmanager
@@ -38,6 +40,14 @@ def seeded(seed: Optional[int]) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+def prototype_inputs(guide: Any) -> Tuple[List[Any], Dict[str, Any]]:
+    """The model arguments an autoguide was set up with (its prototype trace), tensors cut to their
+    first row: enough to set up a fresh guide of the same shapes when a posterior is loaded."""
+    inputs = guide.prototype_trace.nodes["_INPUT"]
+    cut = (lambda v: v[:1] if torch.is_tensor(v) and v.dim() > 0 else v)
+    return [cut(a) for a in inputs["args"]], {k: cut(v) for k, v in inputs["kwargs"].items()}
 
 
 class Posterior:
@@ -122,19 +132,62 @@ class Posterior:
         return to_arviz(self, x=x, y=y, num_samples=num_samples, seed=seed, **kwargs)
 
     # -- persistence --------------------------------------------------------------------
-    def save(self, path: str) -> None:
-        """Write the posterior (model, network, draws or guide) to ``path`` atomically."""
-        checkpoint.save(path, {"format": FORMAT, "version": FORMAT_VERSION, "posterior": self})
+    kind: Optional[str] = None  # the name saved files use for the class (subclasses that can be saved set it)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("kind"):
+            posterior_io.KINDS[cls.kind] = cls
+
+    def save(self, path: str, factory: Optional[str] = None) -> None:
+        """Write the posterior to ``path`` atomically, as tensors plus plain data (no pickled objects,
+        so loading it can never run code): the draws or guide/SWAG state, the network's
+        ``state_dict``, ``info``, and a description of the model that :meth:`load` checks.
+
+        Args:
+            factory: optional ``"package.module:function"`` returning the
+                :class:`~pyro_bdl.BayesianModel` (or its network); recorded so that
+                ``Posterior.load(path, factory=True)`` can rebuild the model. Not imported now.
+        """
+        if self.kind is None:
+            raise TypeError(f"{type(self).__name__} does not define how it is saved (set `kind` and "
+                            "implement _to_state/_from_state)")
+        posterior_io.save_posterior(self, path, factory)
 
     @staticmethod
-    def load(path: str) -> "Posterior":
-        """Read a posterior written by :meth:`save`. The file is a pickle: load only files you trust."""
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a pyro_bdl posterior file (written by Posterior.save)")
-        if blob["version"] > FORMAT_VERSION:
-            raise ValueError(f"{path} was written by a newer pyro_bdl (format {blob['version']}); upgrade pyro_bdl")
-        return blob["posterior"]
+    def load(path: str, model: Optional[BayesianModel] = None, *, net: Optional[torch.nn.Module] = None,
+             prior: Any = None, likelihood: Any = None, factory: Any = None,
+             guide: Optional[torch.nn.Module] = None) -> "Posterior":
+        """Read a posterior written by :meth:`save`; nothing in the file is executed.
+
+        The file holds tensors, so the model comes from you, one of:
+
+        * ``model=``: the :class:`~pyro_bdl.BayesianModel` built as when saving (same network
+          class, prior, likelihood, temperature); it is checked against the saved description and
+          its network gets the saved weights and buffers (in place);
+        * ``net=`` with ``likelihood=`` (and ``prior=`` unless it was the default): the model is
+          built from them with the saved temperature, tempering and Bayesian parameters;
+        * ``factory=True``: import and call the ``"package.module:function"`` recorded by
+          ``save(path, factory=...)`` (or pass that string) — this runs that code, so only for
+          factories you trust.
+
+        ``guide=``: for an SVI posterior of a custom guide class, a fresh instance of it (the
+        built-in autoguides are rebuilt by themselves).
+
+        Raises ``ValueError`` naming the file and the problem for an empty, truncated, foreign,
+        crafted or old-format file, and for a model that does not match the saved one.
+        """
+        return posterior_io.load_posterior(path, model, net=net, prior=prior, likelihood=likelihood,
+                                           factory=factory, guide=guide)
+
+    def _to_state(self) -> Dict[str, Any]:
+        """The posterior's own tensors and plain data (what :meth:`_from_state` rebuilds from)."""
+        raise NotImplementedError
+
+    @classmethod
+    def _from_state(cls, model: BayesianModel, state: Dict[str, Any], *, method: str, info: Dict[str, Any],
+                    guide: Optional[torch.nn.Module] = None) -> "Posterior":
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(method={self.method!r}, model={self.model!r})"
@@ -155,6 +208,15 @@ class SamplesPosterior(Posterior):
             raise ValueError(f"all sites need the same (chains, draws) dims, got {shapes}")
         self.samples = {k: v.detach() for k, v in samples.items()}
         self.sample_stats = {k: torch.as_tensor(v) for k, v in (sample_stats or {}).items()}
+
+    kind = "samples"
+
+    def _to_state(self) -> Dict[str, Any]:
+        return {"samples": dict(self.samples), "sample_stats": dict(self.sample_stats)}
+
+    @classmethod
+    def _from_state(cls, model, state, *, method, info, guide=None):
+        return cls(model, state["samples"], method, sample_stats=state["sample_stats"], info=info)
 
     @property
     def num_chains(self) -> int:
@@ -207,6 +269,30 @@ class GuidePosterior(Posterior):
         self.guide = guide
         self.example_x = example_x[:1].detach().clone()
 
+    kind = "guide"
+
+    def _to_state(self) -> Dict[str, Any]:
+        g = self.guide
+        name = type(g).__name__
+        args = {"rank": g.rank} if isinstance(g, AutoLowRankMultivariateNormal) else {}
+        setup_args, setup_kwargs = prototype_inputs(g)
+        return {"guide": name if type(g) in _AUTOGUIDES.values() else f"{type(g).__module__}.{type(g).__qualname__}",
+                "guide_args": args, "params": dict(g.state_dict()), "example_x": self.example_x,
+                "setup_args": setup_args, "setup_kwargs": setup_kwargs}
+
+    @classmethod
+    def _from_state(cls, model, state, *, method, info, guide=None):
+        if guide is None and state["guide"] not in _AUTOGUIDES:
+            raise ValueError(f"this posterior was fitted with the custom guide {state['guide']}; pass a fresh "
+                             "instance of it: Posterior.load(path, model=..., guide=MyGuide(model)), created "
+                             "under pyro.settings.context(module_local_params=True) as fit does")
+        with torch.no_grad(), pyro.settings.context(module_local_params=True), poutine.block():
+            if guide is None:
+                guide = _AUTOGUIDES[state["guide"]](model, **state["guide_args"])
+            guide(*state["setup_args"], **state["setup_kwargs"])  # creates the parameters; the saved values replace them
+        guide.load_state_dict(state["params"])
+        return cls(model, guide, method, state["example_x"], info=info)
+
     @torch.no_grad()
     def sample(self, num_samples: int, seed: Optional[int] = None) -> Weights:
         shapes = self.model.latent_shapes(self.example_x)
@@ -240,6 +326,18 @@ class MixturePosterior(Posterior):
         members: posteriors of the same model (e.g. :class:`~pyro_bdl.inference.swag.SWAGPosterior`).
         method: the method name recorded on the mixture.
     """
+
+    kind = "mixture"
+
+    def _to_state(self) -> Dict[str, Any]:
+        return {"members": [{"kind": m.kind, "method": m.method, "info": posterior_io.plain(m.info),
+                             "state": m._to_state()} for m in self.members]}
+
+    @classmethod
+    def _from_state(cls, model, state, *, method, info, guide=None):
+        members = [posterior_io.KINDS[m["kind"]]._from_state(model, m["state"], method=m["method"], info=m["info"])
+                   for m in state["members"]]
+        return cls(members, method, info=info)
 
     def __init__(self, members: Sequence[Posterior], method: str = "mixture", info: Optional[Dict[str, Any]] = None):
         members = list(members)

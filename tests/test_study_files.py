@@ -88,6 +88,7 @@ def _alive(pid):
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"), reason="needs Linux /proc")
 def test_pool_workers_exit_when_the_driver_is_killed(tmp_path):
     out = tmp_path / "run"

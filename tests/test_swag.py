@@ -242,7 +242,7 @@ def test_fit_swag_reproducible_save_load_and_variants(tmp_path):
     assert diag.variant == "diagonal" and post.variant == "swag"
     path = tmp_path / "swag.pt"
     post.save(str(path))
-    loaded = bdl.Posterior.load(str(path))
+    loaded = bdl.Posterior.load(str(path), model=post.model)
     for k, v in post.moments().items():
         assert torch.equal(v, loaded.moments()[k])
     torch.testing.assert_close(loaded.predict(x, num_samples=10, seed=0).probs, pred.probs)
