@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pyro_bdl as bdl
-from pyro_bdl import checkpoint
+from pyro_bdl._util import checkpoint, io
 
 METHODS = {
     "sgld": dict(lr=1e-3, epochs=3, batch_size=10),
@@ -140,5 +140,5 @@ def test_stale_temporaries_are_removed(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / ".tmp-abc.png").write_bytes(b"half")
     (tmp_path / "keep.csv").write_text("x")
-    assert checkpoint.remove_stale_temporaries(str(tmp_path)) == [str(tmp_path / "sub" / ".tmp-abc.png")]
+    assert io.remove_stale_temporaries(str(tmp_path)) == [str(tmp_path / "sub" / ".tmp-abc.png")]
     assert (tmp_path / "keep.csv").exists()

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import pyro_bdl as bdl
-from pyro_bdl.predictive import BMAPredictive
+from pyro_bdl.posterior.predictive import BMAPredictive
 
 from posterior_factory import make_model
 

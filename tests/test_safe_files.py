@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pyro_bdl as bdl
-from pyro_bdl import checkpoint, posterior_io
+from pyro_bdl.posterior import io as posterior_io
 
 from posterior_factory import make_model
 from test_checkpoint import Payload
@@ -25,7 +25,7 @@ def saved(tmp_path_factory):
 @pytest.mark.parametrize("where", ["state", "info", "header"])
 def test_crafted_posterior_is_refused_without_running_code(tmp_path, where):
     marker = tmp_path / "pwned"
-    blob = {"format": posterior_io.FORMAT, "version": checkpoint.FORMAT_VERSION, "kind": "samples", "method": "map",
+    blob = {"format": posterior_io.FORMAT, "version": posterior_io.FORMAT_VERSION, "kind": "samples", "method": "map",
             "model": "{}", "factory": None, "network": {}, "info": {}, "state": {}}
     blob[where if where != "header" else "format"] = Payload(marker)
     torch.save(blob, tmp_path / "post.pt")
@@ -38,7 +38,7 @@ def test_crafted_functional_prior_is_refused_without_running_code(tmp_path):
     marker = tmp_path / "pwned"
     torch.save({"format": "pyro_bdl.functional_prior", "version": 1, "sites": Payload(marker)}, tmp_path / "p.pt")
     with pytest.raises(ValueError, match="FunctionalPrior"):
-        bdl.priors.FunctionalPrior.load(str(tmp_path / "p.pt"))
+        bdl.function_priors.FunctionalPrior.load(str(tmp_path / "p.pt"))
     assert not marker.exists()
 
 

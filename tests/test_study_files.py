@@ -10,7 +10,7 @@ import time
 import pandas as pd
 import pytest
 
-from pyro_bdl import checkpoint
+from pyro_bdl._util import io
 from pyro_bdl.studies import TemperatureStudy
 
 from test_studies import HERE, ROOT, cell_files, tiny, write_toml
@@ -29,7 +29,7 @@ def test_second_study_on_a_folder_is_stopped_and_a_dead_lock_taken_over(tmp_path
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (out / ".lock").write_text(json.dumps({"pid": alive.pid, "host": os.uname().nodename}))
-        with pytest.raises(checkpoint.FolderLocked, match=f"PID {alive.pid}.*{out}"):
+        with pytest.raises(io.FolderLocked, match=f"PID {alive.pid}.*{out}"):
             TemperatureStudy(one_cell(out), progress=False).run()
         assert cell_files(out) == []
     finally:
@@ -41,10 +41,10 @@ def test_second_study_on_a_folder_is_stopped_and_a_dead_lock_taken_over(tmp_path
 
 
 def test_lock_is_exclusive_within_a_process(tmp_path):
-    with checkpoint.folder_lock(str(tmp_path)):
+    with io.folder_lock(str(tmp_path)):
         assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
-        with pytest.raises(checkpoint.FolderLocked, match="another run"):
-            with checkpoint.folder_lock(str(tmp_path)):
+        with pytest.raises(io.FolderLocked, match="another run"):
+            with io.folder_lock(str(tmp_path)):
                 pass
     assert not (tmp_path / ".lock").exists()
 
