@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
+from ..._util.checks import check_float, check_int
 from ...model.bayesian_model import BayesianModel
 from ...posterior.samples import SamplesPosterior
 from ..data import FitData
@@ -76,14 +77,31 @@ def fit_nuts(model: BayesianModel, data: FitData, *, seed: int, progress: Option
 @register("hmc")
 def fit_hmc(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], num_samples: int = 500,
             warmup: int = 500, num_chains: int = 1, backend: str = "pyro", init: Any = "prior",
-            num_steps: int = 16, step_size: float = 0.1, target_accept: float = 0.8,
-            chain_method: Optional[str] = None) -> SamplesPosterior:
-    """Hamiltonian Monte Carlo with ``num_steps`` leapfrog steps per transition (Neal 2011).
+            num_steps: Optional[int] = None, trajectory_length: Optional[float] = None, step_size: float = 0.1,
+            target_accept: float = 0.8, chain_method: Optional[str] = None) -> SamplesPosterior:
+    """Hamiltonian Monte Carlo (Neal 2011): each transition simulates the dynamics for L leapfrog
+    steps of size ε and accepts with probability min(1, exp(H(w, r) − H(w', r'))).
 
-    The step size is adapted during warmup (trajectory length scales with it); other
-    arguments (``backend="numpyro"`` included) as for :func:`fit_nuts`.
+    Args:
+        num_steps: L, exactly this many leapfrog steps per transition (default 16) on both
+            backends; the step size ε is adapted during warmup (dual averaging), so the
+            trajectory length ε·L changes with it.
+        trajectory_length: instead of ``num_steps``, keep the trajectory length λ = ε·L fixed and
+            take L = max(1, ⌊λ / ε⌋) steps for the adapted ε (Pyro's and Stan's convention).
+            Give one of the two, not both.
+        step_size: the initial ε (adapted during warmup).
+
+    Other arguments (``backend="numpyro"`` included) as for :func:`fit_nuts`.
     """
+    if num_steps is not None and trajectory_length is not None:
+        raise ValueError("give num_steps (a fixed number of leapfrog steps) or trajectory_length (a fixed "
+                         "step_size × num_steps, the number of steps following the adapted step size), not both")
+    if trajectory_length is None:
+        num_steps = check_int(16 if num_steps is None else num_steps, "num_steps", 1)
+    else:
+        trajectory_length = check_float(trajectory_length, "trajectory_length", positive=True)
     return _dispatch(model, data, "hmc", backend, chain_method,
-                     kernel_options=dict(num_steps=num_steps, step_size=step_size, target_accept_prob=target_accept),
+                     kernel_options=dict(num_steps=num_steps, trajectory_length=trajectory_length, step_size=step_size,
+                                         target_accept_prob=target_accept),
                      seed=seed, progress=progress, num_samples=num_samples, warmup=warmup, num_chains=num_chains,
                      init=init)
