@@ -18,13 +18,38 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from . import io as posterior_io
+from .._util.checks import check_float, check_int
 from ..model.bayesian_model import BayesianModel
 from ..model.inputs import check_inputs
 from ..model.layout import Weights
 from .arviz import to_arviz
-from .predictive import BMAPredictive
+from .predictive import BMAPredictive, ChunkedBMAPredictive
 
 FORMAT = posterior_io.FORMAT
+DEFAULT_MEMORY_BUDGET = 2 ** 30  # bytes one chunk of predict's forward pass may take (1 GiB)
+
+
+def bytes_per_input(net: torch.nn.Module, x: torch.Tensor, num_draws: int) -> float:
+    """Estimated memory of one input row in a forward pass of ``num_draws`` draws: the sizes of
+    every module's output for one row (a probe forward pass with forward hooks) plus the input,
+    times S, the element size, and 3 for what the likelihood and the reductions add (outputs,
+    normalised logits, probabilities)."""
+    total = [x[:1].numel()]
+
+    def hook(module, inputs, output):
+        for t in output if isinstance(output, (tuple, list)) else (output,):
+            if torch.is_tensor(t):
+                total[0] += t.numel()
+
+    handles = [m.register_forward_hook(hook) for m in net.modules()]
+    try:
+        net(x[:1])
+    except Exception:  # noqa: BLE001 - a network that cannot run alone: estimate from its parameters
+        total[0] = x[:1].numel() + sum(p.shape[0] for p in net.parameters() if p.dim() > 0)
+    finally:
+        for h in handles:
+            h.remove()
+    return 3.0 * num_draws * total[0] * x.element_size()
 
 
 def prototype_inputs(guide: Any) -> Tuple[List[Any], Dict[str, Any]]:
@@ -74,31 +99,56 @@ class Posterior:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, num_samples: Optional[int] = None, seed: Optional[int] = 0,
-                batch_size: Optional[int] = None) -> BMAPredictive:
+                batch_size: Optional[int] = None, memory_budget: Optional[float] = None) -> BMAPredictive:
         """The Bayesian model average at inputs ``x``: p(y | x, D) ≈ (1/S) Σ_s p(y | x, w_s).
 
-        All S draws are evaluated in one vectorised call per input chunk (``batch_size`` rows
-        at a time; default all). ``num_samples=None`` uses every stored draw (sample-based
-        posteriors) or 100 draws (guides).
+        All S draws are evaluated in one vectorised call per chunk of inputs. By default the
+        chunks are sized so that one chunk's forward pass (S draws × rows × the network's
+        activations) stays within ``memory_budget`` bytes (default
+        :data:`DEFAULT_MEMORY_BUDGET`, 1 GiB); ``batch_size`` fixes the rows per chunk instead.
+        When more than one chunk is needed the result is a
+        :class:`~pyro_bdl.posterior.predictive.ChunkedBMAPredictive`, whose mean, variance,
+        probabilities, ``log_prob``, quantiles and samples stream over the chunks, so memory
+        stays O(budget + B) however many inputs and draws. ``num_samples=None`` uses every
+        stored draw (sample-based posteriors) or 100 draws (guides).
         """
         x = check_inputs(self.model, x)
-        return self.predictive_for(self._predict_draws(num_samples, seed), x, batch_size=batch_size)
+        return self.predictive_for(self._predict_draws(num_samples, seed), x, batch_size=batch_size,
+                                   memory_budget=memory_budget)
 
     @torch.no_grad()
-    def predictive_for(self, draws: Weights, x: torch.Tensor, batch_size: Optional[int] = None) -> BMAPredictive:
-        """The Bayesian model average over given draws ``{site: (S, *shape)}`` at inputs ``x``.
+    def predictive_for(self, draws: Weights, x: torch.Tensor, batch_size: Optional[int] = None,
+                       memory_budget: Optional[float] = None) -> BMAPredictive:
+        """The Bayesian model average over given draws ``{site: (S, *shape)}`` at inputs ``x``
+        (chunked as in :meth:`predict`).
 
         :meth:`predict` and the diagnostics (:mod:`pyro_bdl.diagnostics`, which need the
         per-draw components chain by chain) both go through here.
         """
         buffers = self._buffers_for(draws)
         weights = {k: draws[k] for k in self.model.weight_sites}
-        chunks = [x] if batch_size is None else torch.split(x, batch_size)
-        outputs = torch.cat([self.model.forward(weights, xb, buffers) for xb in chunks], dim=-2)
+        num_draws = next(iter(draws.values())).shape[0] if draws else 1
         # Likelihood parameters are per draw: give them a singleton data dim to align with (S, B).
         lik = {k: draws[k].reshape(draws[k].shape[0], 1) for k in self.model.likelihood_sites}
-        component = self.model.likelihood.distribution(outputs, lik)
-        return BMAPredictive(component, outputs, self.model.likelihood.kind)
+        kind = self.model.likelihood.kind
+
+        def forward(a: int, b: int) -> torch.Tensor:
+            return self.model.forward(weights, x[a:b], buffers)
+
+        def build(outputs: torch.Tensor):
+            return self.model.likelihood.distribution(outputs, lik)
+
+        n = x.shape[0]
+        if batch_size is not None:
+            rows = check_int(batch_size, "batch_size", 1)
+        else:
+            budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else check_float(
+                memory_budget, "memory_budget", positive=True)
+            rows = max(1, int(budget // bytes_per_input(self.model.net, x, num_draws)))
+        if rows >= n:
+            outputs = forward(0, n)
+            return BMAPredictive(build(outputs), outputs, kind)
+        return ChunkedBMAPredictive(forward, build, n, rows, num_draws, forward(0, 1).shape[-1], kind)
 
     def to_arviz(self, x: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None,
                  num_samples: int = 100, seed: Optional[int] = 0, **kwargs: Any):
