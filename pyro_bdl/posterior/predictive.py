@@ -213,14 +213,17 @@ class ChunkedBMAPredictive(BMAPredictive):
 
     @property
     def num_samples(self) -> int:
+        """S, the number of draws."""
         return self._num_samples
 
     @property
     def num_inputs(self) -> int:
+        """B, the number of inputs."""
         return self._num_inputs
 
     @property
     def output_dim(self) -> int:
+        """The network's output width."""
         return self._output_dim
 
     def _chunk(self, a: int, b: int) -> BMAPredictive:
@@ -256,44 +259,55 @@ class ChunkedBMAPredictive(BMAPredictive):
 
     @property
     def draw_means(self) -> torch.Tensor:
+        """E[y | x, w_s] per draw ``(S, B, ...)`` (kept whole: O(S · B))."""
         return self._over(lambda p: p.draw_means, dim=1)
 
     @property
     def probs(self) -> torch.Tensor:
+        """BMA class probabilities, streamed over chunks."""
         return self._over(lambda p: p.probs)
 
     @property
     def mean(self) -> torch.Tensor:
+        """E[y | x, D], streamed over chunks."""
         return self._over(lambda p: p.mean)
 
     @property
     def variance(self) -> torch.Tensor:
+        """Var[y | x, D] (aleatoric + epistemic), streamed over chunks."""
         return self._over(lambda p: p.variance)
 
     @property
     def aleatoric_variance(self) -> torch.Tensor:
+        """E_s[Var(y | x, w_s)], streamed over chunks."""
         return self._over(lambda p: p.aleatoric_variance)
 
     @property
     def epistemic_variance(self) -> torch.Tensor:
+        """Var_s[E(y | x, w_s)], streamed over chunks."""
         return self._over(lambda p: p.epistemic_variance)
 
     def log_prob(self, y: torch.Tensor) -> torch.Tensor:
+        """log p(y | x, D) per input, streamed over chunks."""
         return self._over(lambda p, yb: p.log_prob(yb), arg=torch.as_tensor(y))
 
     def cdf(self, value: torch.Tensor) -> torch.Tensor:
+        """Mixture CDF at ``value`` (per input or broadcast), streamed over chunks."""
         self._require_regression("cdf")
         return self._over(lambda p, v: p.cdf(v), arg=torch.as_tensor(value))
 
     def quantile(self, q: Union[float, Sequence[float], torch.Tensor], iters: int = 60) -> torch.Tensor:
+        """Mixture quantiles by bisection, chunk by chunk."""
         self._require_regression("quantile")
         qs = torch.as_tensor(q)
         return self._over(lambda p: p.quantile(q, iters), dim=qs.dim())
 
     def entropy(self) -> torch.Tensor:
+        """Entropy of the BMA class probabilities, streamed over chunks."""
         return self._over(lambda p: p.entropy())
 
     def sample(self, sample_shape: Sequence[int] = (), generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Draws y ~ p(y | x, D), chunk by chunk."""
         shape = torch.Size(sample_shape)
         return self._over(lambda p: p.sample(shape, generator=generator), dim=len(shape))
 
