@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import pyro_bdl as bdl
+from pyro_bdl.posterior.base import DEFAULT_MEMORY_BUDGET
 from pyro_bdl.posterior.predictive import ChunkedBMAPredictive
 
 
@@ -21,8 +22,9 @@ def fitted(kind):
 def test_chunked_summaries_equal_the_whole(kind):
     post, x, y = fitted(kind)
     whole = post.predict(x, num_samples=30, seed=1)
-    chunked = post.predict(x, num_samples=30, seed=1, memory_budget=1.0)  # forces one row per chunk
-    assert isinstance(chunked, ChunkedBMAPredictive) and chunked.rows == 1
+    assert post.predict(x, num_samples=30, memory_budget=1.0).rows == 1  # a tiny budget: one row, one draw
+    chunked = post.predict(x, num_samples=30, seed=1, batch_size=8, memory_budget=1.0)
+    assert isinstance(chunked, ChunkedBMAPredictive) and chunked.rows == 8 and chunked.draws_per_block == 1
     assert not isinstance(whole, ChunkedBMAPredictive)
     close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # noqa: E731
     close(chunked.mean, whole.mean)
@@ -55,7 +57,20 @@ def test_batch_size_fixes_the_chunk_rows_and_bad_values_are_refused():
 
 
 def test_default_budget_chunks_large_predictions():
-    post, x, _ = fitted("regression")
-    big = x.repeat(2000, 1)  # 80k inputs × 200 draws × ~50 activations ≫ 1 GiB all at once
+    post, x, _ = fitted("classification")
+    big = x.repeat(10000, 1)  # 400k inputs × 200 draws × 3 classes: ~2.9 GB of per-draw results at once
     pred = post.predict(big, num_samples=200)
     assert isinstance(pred, ChunkedBMAPredictive) and pred.rows < big.shape[0]
+    assert 3 * 200 * 3 * 4 * pred.rows <= DEFAULT_MEMORY_BUDGET / 2
+
+
+def test_draws_are_blocked_when_one_row_of_all_draws_does_not_fit():
+    post, x, y = fitted("classification")
+    whole = post.predict(x, num_samples=30, seed=1)
+    # rows fixed at all 40 inputs: the activations of 30 draws exceed the budget, so draws go in blocks
+    blocked = post.predict(x, num_samples=30, seed=1, batch_size=40, memory_budget=40 * 40 * 4 * 2 * 7)
+    assert not isinstance(blocked, ChunkedBMAPredictive)
+    torch.testing.assert_close(blocked.outputs, whole.outputs, rtol=1e-5, atol=1e-6)
+    chunked = post.predict(x, num_samples=30, seed=1, batch_size=10, memory_budget=1.0)
+    assert chunked.rows == 10 and chunked.draws_per_block == 1
+    torch.testing.assert_close(chunked.log_prob(y), whole.log_prob(y), rtol=1e-5, atol=1e-6)

@@ -29,11 +29,10 @@ FORMAT = posterior_io.FORMAT
 DEFAULT_MEMORY_BUDGET = 2 ** 30  # bytes one chunk of predict's forward pass may take (1 GiB)
 
 
-def bytes_per_input(net: torch.nn.Module, x: torch.Tensor, num_draws: int) -> float:
-    """Estimated memory of one input row in a forward pass of ``num_draws`` draws: the sizes of
-    every module's output for one row (a probe forward pass with forward hooks) plus the input,
-    times S, the element size, and 3 for what the likelihood and the reductions add (outputs,
-    normalised logits, probabilities)."""
+def activation_sizes(net: torch.nn.Module, x: torch.Tensor) -> Tuple[int, int]:
+    """``(activations, outputs)``: numbers of elements one input row takes in one draw's forward
+    pass — the input plus every module's output (a probe pass with forward hooks) — and in the
+    network's output. A network that cannot run alone is estimated from its parameter shapes."""
     total = [x[:1].numel()]
 
     def hook(module, inputs, output):
@@ -43,15 +42,33 @@ def bytes_per_input(net: torch.nn.Module, x: torch.Tensor, num_draws: int) -> fl
 
     handles = [m.register_forward_hook(hook) for m in net.modules()]
     try:
-        net(x[:1])
-    except Exception:  # noqa: BLE001 - a network that cannot run alone: estimate from its parameters
-        total[0] = x[:1].numel() + sum(p.shape[0] for p in net.parameters() if p.dim() > 0)
+        out = net(x[:1])
+        out_size = out.numel() if torch.is_tensor(out) else 1
+    except Exception:  # noqa: BLE001 - estimate from the parameters instead
+        shapes = [p.shape[0] for p in net.parameters() if p.dim() > 0]
+        total[0], out_size = x[:1].numel() + sum(shapes), (shapes[-1] if shapes else 1)
     finally:
         for h in handles:
             h.remove()
-    return 3.0 * num_draws * total[0] * x.element_size()
+    return total[0], out_size
 
 
+def chunk_sizes(net: torch.nn.Module, x: torch.Tensor, num_draws: int, budget: float,
+                rows: Optional[int] = None) -> Tuple[int, int]:
+    """``(rows, draws)`` per chunk of predict's forward pass within ``budget`` bytes.
+
+    Half the budget holds a chunk's per-draw results (outputs, normalised logits, probabilities:
+    3 × S × rows × output size), which the summaries need for all S draws at once; the other half
+    the activations of a block of draws on those rows (draws × rows × activation size), so the
+    draws are evaluated a block at a time when all of them do not fit. ``rows`` fixes the first.
+    """
+    acts, outs = activation_sizes(net, x)
+    size = x.element_size()
+    if rows is None:
+        rows = int((budget / 2) // (3 * num_draws * outs * size))
+    rows = max(1, min(rows, x.shape[0]))
+    draws = max(1, min(num_draws, int((budget / 2) // (rows * acts * size))))
+    return rows, draws
 def prototype_inputs(guide: Any) -> Tuple[List[Any], Dict[str, Any]]:
     """The model arguments an autoguide was set up with (its prototype trace), tensors cut to their
     first row: enough to set up a fresh guide of the same shapes when a posterior is loaded."""
@@ -102,10 +119,10 @@ class Posterior:
                 batch_size: Optional[int] = None, memory_budget: Optional[float] = None) -> BMAPredictive:
         """The Bayesian model average at inputs ``x``: p(y | x, D) ≈ (1/S) Σ_s p(y | x, w_s).
 
-        All S draws are evaluated in one vectorised call per chunk of inputs. By default the
-        chunks are sized so that one chunk's forward pass (S draws × rows × the network's
-        activations) stays within ``memory_budget`` bytes (default
-        :data:`DEFAULT_MEMORY_BUDGET`, 1 GiB); ``batch_size`` fixes the rows per chunk instead.
+        The draws are evaluated in vectorised calls over chunks of inputs and, when all S draws
+        on a chunk do not fit, blocks of draws, sized by :func:`chunk_sizes` so that the pass stays
+        within ``memory_budget`` bytes (default :data:`DEFAULT_MEMORY_BUDGET`, 1 GiB);
+        ``batch_size`` fixes the rows per chunk instead.
         When more than one chunk is needed the result is a
         :class:`~pyro_bdl.posterior.predictive.ChunkedBMAPredictive`, whose mean, variance,
         probabilities, ``log_prob``, quantiles and samples stream over the chunks, so memory
@@ -132,23 +149,28 @@ class Posterior:
         lik = {k: draws[k].reshape(draws[k].shape[0], 1) for k in self.model.likelihood_sites}
         kind = self.model.likelihood.kind
 
+        n = x.shape[0]
+        budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else check_float(
+            memory_budget, "memory_budget", positive=True)
+        rows, block = chunk_sizes(self.model.net, x, num_draws, budget,
+                                  None if batch_size is None else check_int(batch_size, "batch_size", 1))
+
         def forward(a: int, b: int) -> torch.Tensor:
-            return self.model.forward(weights, x[a:b], buffers)
+            # All draws on rows a:b, a block of draws at a time (concatenated: the same outputs).
+            parts = []
+            for s in range(0, num_draws, block):
+                w = {k: v[s:s + block] for k, v in weights.items()} if block < num_draws else weights
+                bufs = buffers if buffers is None or block >= num_draws else {k: v[s:s + block] for k, v in buffers.items()}
+                parts.append(self.model.forward(w, x[a:b], bufs))
+            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
         def build(outputs: torch.Tensor):
             return self.model.likelihood.distribution(outputs, lik)
 
-        n = x.shape[0]
-        if batch_size is not None:
-            rows = check_int(batch_size, "batch_size", 1)
-        else:
-            budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else check_float(
-                memory_budget, "memory_budget", positive=True)
-            rows = max(1, int(budget // bytes_per_input(self.model.net, x, num_draws)))
         if rows >= n:
             outputs = forward(0, n)
             return BMAPredictive(build(outputs), outputs, kind)
-        return ChunkedBMAPredictive(forward, build, n, rows, num_draws, forward(0, 1).shape[-1], kind)
+        return ChunkedBMAPredictive(forward, build, n, rows, num_draws, forward(0, 1).shape[-1], kind, block)
 
     def to_arviz(self, x: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None,
                  num_samples: int = 100, seed: Optional[int] = 0, **kwargs: Any):

@@ -198,11 +198,14 @@ class ChunkedBMAPredictive(BMAPredictive):
         rows: inputs per chunk.
         num_samples, output_dim, kind: S, the network's output width, ``"regression"`` /
             ``"classification"``.
+        draws_per_block: how many draws ``forward`` evaluates at once (a record, for reports).
     """
 
     def __init__(self, forward: Callable[[int, int], torch.Tensor], build: Callable[[torch.Tensor], dist.Distribution],
-                 num_inputs: int, rows: int, num_samples: int, output_dim: int, kind: str):
+                 num_inputs: int, rows: int, num_samples: int, output_dim: int, kind: str,
+                 draws_per_block: Optional[int] = None):
         self._forward = forward
+        self.draws_per_block = num_samples if draws_per_block is None else draws_per_block
         self._build = build
         self._num_inputs = num_inputs
         self.rows = max(1, int(rows))
@@ -313,7 +316,7 @@ class ChunkedBMAPredictive(BMAPredictive):
 
     def __repr__(self) -> str:
         return (f"ChunkedBMAPredictive(kind={self.kind!r}, num_samples={self.num_samples}, "
-                f"batch={self.num_inputs}, rows_per_chunk={self.rows})")
+                f"batch={self.num_inputs}, rows_per_chunk={self.rows}, draws_per_block={self.draws_per_block})")
 
 
 def _rows(value: torch.Tensor, a: int, b: int, n: int) -> torch.Tensor:
