@@ -44,6 +44,8 @@ def _setup(n_inputs: int, n_draws: int):
 
 
 def _run(which: str, n_inputs: int, n_draws: int) -> dict:
+    from pyro_bdl.posterior.base import DEFAULT_MEMORY_BUDGET, chunk_sizes
+
     torch.set_num_threads(1)
     post, x, y, draws = _setup(n_inputs, n_draws)
     start = time.perf_counter()
@@ -51,7 +53,7 @@ def _run(which: str, n_inputs: int, n_draws: int) -> dict:
         pred = post.predict(x, num_samples=n_draws)
         probs = pred.probs
         nll = -pred.log_prob(y).mean()
-        rows = getattr(pred, "rows", n_inputs)
+        rows, block = chunk_sizes(post.model.net, x, n_draws, DEFAULT_MEMORY_BUDGET)  # what predict used
     else:
         w = {k: v[0] for k, v in draws.items()}
         probs = torch.zeros(n_inputs, CLASSES)
@@ -63,11 +65,12 @@ def _run(which: str, n_inputs: int, n_draws: int) -> dict:
                 probs += logp.exp() / n_draws
                 lse = torch.logaddexp(lse, logp.gather(1, y[:, None])[:, 0])
         nll = -(lse - math.log(n_draws)).mean()
-        rows = n_inputs
+        rows, block = n_inputs, 1
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
     return {"which": which, "seconds": seconds, "peak_gib": peak, "nll": float(nll),
-            "probs_sum": float(probs.sum()), "rows_per_chunk": rows}
+            "probs_sum": float(probs.sum()), "rows_per_chunk": rows,
+            "draws_per_block": block}
 
 
 def main() -> None:
@@ -82,7 +85,7 @@ def main() -> None:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
     print(f"predict: {args.inputs} inputs × {args.draws} draws, MLP {IN}-{HIDDEN}-{CLASSES}, 1 thread")
-    print(f"{'':20s}{'time (s)':>10s}{'peak RSS (GiB)':>16s}{'rows/chunk':>12s}{'NLL':>10s}")
+    print(f"{'':20s}{'time (s)':>10s}{'peak RSS (GiB)':>16s}{'rows/chunk':>12s}{'draws/block':>13s}{'NLL':>10s}")
     results = []
     for which in ("pyro_bdl", "hand-written"):
         out = subprocess.run([sys.executable, __file__, "--child", which, "--inputs", str(args.inputs),
@@ -90,7 +93,9 @@ def main() -> None:
         r = json.loads(out.stdout.strip().splitlines()[-1])
         results.append(r)
         name = "pyro_bdl predict" if which == "pyro_bdl" else "hand-written loop"
-        print(f"{name:20s}{r['seconds']:>10.1f}{r['peak_gib']:>16.2f}{r['rows_per_chunk']:>12d}{r['nll']:>10.4f}")
+        block = str(r["draws_per_block"])
+        print(f"{name:20s}{r['seconds']:>10.1f}{r['peak_gib']:>16.2f}{r['rows_per_chunk']:>12d}{block:>13s}"
+              f"{r['nll']:>10.4f}")
     assert abs(results[0]["nll"] - results[1]["nll"]) < 1e-3, "the two disagree"
 
 
