@@ -2,7 +2,7 @@
 
 * ``sample(n)`` — n weight draws ``{site: (n, *shape)}``;
 * ``predict(x, num_samples)`` — the Bayesian model average (:class:`~pyro_bdl.posterior.predictive.BMAPredictive`);
-* ``save(path)`` / ``Posterior.load(path)`` — a file that reloads in a fresh process.
+* ``save(path)`` / ``Posterior.load(path, model=...)`` — tensors plus plain data that reload in a fresh process (:mod:`pyro_bdl.posterior.io`);
 
 Kinds of posterior:
 
