@@ -1,4 +1,6 @@
 """``method="hmc"`` takes exactly the leapfrog steps it is asked for (or keeps a trajectory length when asked)."""
+import math
+
 import pytest
 import torch
 
@@ -22,12 +24,14 @@ def test_hmc_takes_exactly_num_steps(step_size):
     assert not torch.isclose(post.sample_stats["step_size"][0, 0], torch.tensor(step_size))  # it did adapt
 
 
-def test_trajectory_length_is_the_named_alternative():
+@pytest.mark.parametrize("length", [0.5, None])  # None: the default, π/2
+def test_trajectory_length_is_the_named_alternative_and_the_default(length):
     model, x, y = blr()
-    post = bdl.fit(model, x, y, method="hmc", trajectory_length=0.5, step_size=0.01, warmup=30, num_samples=10,
-                   progress=False)
+    opts = {} if length is None else {"trajectory_length": length}
+    post = bdl.fit(model, x, y, method="hmc", step_size=0.01, warmup=30, num_samples=10, progress=False, **opts)
     steps, eps = post.sample_stats["num_steps"], post.sample_stats["step_size"]
-    assert torch.equal(steps, torch.clamp((0.5 / eps).floor(), min=1).long().to(steps.dtype))
+    lam = math.pi / 2 if length is None else length
+    assert torch.equal(steps, torch.clamp((lam / eps).floor(), min=1).long().to(steps.dtype))
     with pytest.raises(ValueError, match="not both"):
         bdl.fit(model, x, y, method="hmc", num_steps=5, trajectory_length=0.5, progress=False)
     with pytest.raises(ValueError, match="num_steps"):
