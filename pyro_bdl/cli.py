@@ -22,6 +22,7 @@ from .model import likelihoods
 from .evaluate import metrics
 from . import priors, studies
 from .infer import fit, methods
+from ._util.io import FolderLocked
 from .model.bayesian_model import BayesianModel
 from .examples.networks import mlp
 
@@ -61,7 +62,7 @@ def _study_command(args: argparse.Namespace) -> int:
         return 0
     try:
         study.run()
-    except studies.StudyError as err:
+    except (studies.StudyError, FolderLocked) as err:
         print(f"pyro-bdl: {err}", file=sys.stderr)
         return 1
     return 0

@@ -233,8 +233,8 @@ def interrupt_after(monkeypatch, saves):
     """Make the run die right after its ``saves``-th checkpoint, as a killed process would."""
     real, count = checkpoint.save, {"n": 0}
 
-    def save(path, state):
-        real(path, state)
+    def save(path, fp, state):
+        real(path, fp, state)
         count["n"] += 1
         if count["n"] == saves:
             raise Interrupted

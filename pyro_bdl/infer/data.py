@@ -30,6 +30,7 @@ class FitData:
         if augment is not None and not callable(augment):
             raise TypeError(f"augment must be a function (x, generator) -> x, got {type(augment).__name__}")
         self.augment = augment
+        self.user_loader = isinstance(x, DataLoader)  # the data come from the user's loader, not tensors
         if isinstance(x, DataLoader):
             if y is not None:
                 raise TypeError("pass either a DataLoader or tensors x, y, not both")

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 import pandas as pd
 
-from .._util import checkpoint
+from .._util import io
 from .cells import cell_key, cell_path, cell_specs, read_cell, read_cells, write_cell
 from .config import StudyConfig, load_config
 from .executors import Executor, make_executor
@@ -103,14 +103,24 @@ class TemperatureStudy:
             with open(tmp, "w") as f:
                 f.write(blob)
 
-        checkpoint.atomic_write(path, write, suffix=".json")
+        io.atomic_write(path, write, suffix=".json")
 
     def run(self, raise_on_failure: bool = True) -> pd.DataFrame:
         """Run the unfinished cells and return the full table (see the class docstring).
 
         Cells that raise are reported (and listed in ``report.md``) after the others have run;
         then :class:`StudyError` is raised unless ``raise_on_failure=False``.
+
+        The run holds ``<output_dir>/.lock``: a second study on the same folder stops at once with
+        :class:`~pyro_bdl._util.io.FolderLocked` (a lock left by a killed run is taken over), and
+        temporary ``.tmp-*`` files a killed run left behind are removed first.
         """
+        with io.folder_lock(self.output_dir, "study"):
+            # Under the lock no other study writes here: temporaries are leftovers of a killed run.
+            io.remove_stale_temporaries(self.output_dir)
+            return self._run(raise_on_failure)
+
+    def _run(self, raise_on_failure: bool) -> pd.DataFrame:
         todo = self.pending()
         total = len(self.specs)
         os.makedirs(os.path.join(self.output_dir, "cells"), exist_ok=True)

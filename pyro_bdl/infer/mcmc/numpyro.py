@@ -189,7 +189,7 @@ def run_numpyro_mcmc(model: BayesianModel, data: FitData, kernel_name: str, *, s
     if kernel_name == "nuts":
         kernel = NUTS(nmodel, init_strategy=strategy, **kernel_options)
     else:  # a fixed number of leapfrog steps, as in Pyro (NumPyro's default trajectory_length would override it)
-        kernel = HMC(nmodel, init_strategy=strategy, trajectory_length=None, **kernel_options)
+        kernel = HMC(nmodel, init_strategy=strategy, **kernel_options)  # num_steps fixed, or trajectory_length
     start = time.perf_counter()
     with compile_timer() as compile_seconds:
         raw, extra = sample_chains(kernel, (xj, yj), jax.random.PRNGKey(seed), num_chains, warmup, num_samples,
