@@ -5,13 +5,13 @@ preconditioner and the step-size units.
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Dict, Optional, Union
 
 import torch
 from torch.utils.data import RandomSampler
 
+from ..._util.checks import check_float, check_int
 from ...model.bayesian_model import BayesianModel
 from ...posterior.samples import SamplesPosterior
 from ..data import FitData
@@ -31,23 +31,10 @@ DEFAULT_FRICTION = {"fisher": 0.01, "rmsprop": 0.05, None: 0.05}
 EXPLORE_LR = 0.01
 
 
-def _int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        kind = "positive" if minimum == 1 else f">= {minimum}"
-        raise ValueError(f"{name} must be an integer {kind}, got {value!r}")
-    return value
-
-
-def _positive(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
 def _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every) -> None:
-    _int(epochs, "epochs", 1)
-    _int(num_chains, "num_chains", 1)
-    _int(checkpoint_every, "checkpoint_every", 1)
+    check_int(epochs, "epochs", 1)
+    check_int(num_chains, "num_chains", 1)
+    check_int(checkpoint_every, "checkpoint_every", 1)
     if not isinstance(per_datapoint, bool):
         raise TypeError(f"per_datapoint must be True or False, got {per_datapoint!r}")
     if not (isinstance(init, dict) or init in INITS):
@@ -90,9 +77,13 @@ def _noise_correction(value, data: FitData) -> bool:
 
 
 def _example_burnin(epochs: int, burnin: Optional[int], thin: int, adaptive: bool) -> int:
-    burnin = epochs // 4 if burnin is None else burnin
-    _int(burnin, "burnin", 1 if adaptive else 0)
-    _int(thin, "thin", 1)
+    if burnin is None:  # the adaptive kernel measures the gradients in its burn-in: at least one epoch
+        burnin = max(epochs // 4, 1 if adaptive and epochs > 1 else 0)
+    check_int(burnin, "burnin", 0)
+    if adaptive and burnin < 1:
+        raise ValueError("the adaptive kernel needs burnin >= 1 epoch (it measures the gradient scale there); "
+                         f"pass burnin=1 or more (epochs={epochs}), or preconditioner=None for the plain kernel")
+    check_int(thin, "thin", 1)
     if burnin + thin > epochs:
         raise ValueError(f"burnin={burnin} and thin={thin} leave no draws in {epochs} epochs; "
                          "draws are taken after every thin-th epoch past the burn-in")
@@ -105,8 +96,8 @@ def _constant_run(method: str, model, data, *, seed, progress, lr, epochs, burni
     _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every)
     preconditioner = _preconditioner(preconditioner, per_datapoint)
     adaptive = preconditioner is not None
-    lr = _positive(DEFAULT_LR[(preconditioner, method)] if lr is None else lr, "lr")
-    explore_lr = _positive(EXPLORE_LR if explore_lr is None else explore_lr, "explore_lr")
+    lr = check_float(DEFAULT_LR[(preconditioner, method)] if lr is None else lr, "lr", positive=True)
+    explore_lr = check_float(EXPLORE_LR if explore_lr is None else explore_lr, "explore_lr", positive=True)
     burnin = _example_burnin(epochs, burnin, thin, adaptive)
     friction = 1.0 if method == "sgld" else _momentum_decay(momentum_decay, preconditioner)
     S = data.num_batches
@@ -237,10 +228,10 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
     preconditioner = _preconditioner(preconditioner, per_datapoint)
     adaptive = preconditioner is not None
     default_lr = DEFAULT_LR[(preconditioner, sampler)] if adaptive else DEFAULT_LR[(None, "csgmcmc")]
-    lr = _positive(default_lr if lr is None else lr, "lr")
-    explore_lr = _positive(EXPLORE_LR if explore_lr is None else explore_lr, "explore_lr")
-    _int(cycles, "cycles", 1)
-    _int(samples_per_cycle, "samples_per_cycle", 1)
+    lr = check_float(default_lr if lr is None else lr, "lr", positive=True)
+    explore_lr = check_float(EXPLORE_LR if explore_lr is None else explore_lr, "explore_lr", positive=True)
+    check_int(cycles, "cycles", 1)
+    check_int(samples_per_cycle, "samples_per_cycle", 1)
     if isinstance(exploration, bool) or not isinstance(exploration, (int, float)) or not 0 <= exploration < 1:
         raise ValueError(f"exploration (the fraction β of each cycle spent optimising) must lie in [0, 1), "
                          f"got {exploration!r}")

@@ -228,9 +228,8 @@ def _fingerprint(method: str, config: Dict[str, Any], model: BayesianModel, data
     """What identifies a run, so a checkpoint is only resumed by the same run (``theta0``, the first
     chain's start, stands for ``init`` whatever its form)."""
     start = hashlib.sha1(theta0.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
-    return {"method": method, **config, "seed": seed, "start": start, "temperature": model.temperature,
-            "tempering": model.tempering, "dataset_size": data.dataset_size, "num_batches": data.num_batches,
-            "sites": list(objective.layout.names), "size": objective.size}
+    return ckpt.fingerprint(model, data, method, config, seed, start=start, sites=list(objective.layout.names),
+                            size=objective.size)
 
 
 def chain_seeds(seed: int, num_chains: int) -> List[int]:
@@ -247,13 +246,8 @@ def sample(model: BayesianModel, data: FitData, *, method: str, plan: Plan, dyna
     seeds = chain_seeds(seed, num_chains)
     fingerprint = _fingerprint(method, config, model, data, objective, seed,
                                _initial_theta(objective, model, init, seeds[0]))
-    saved = ckpt.load(checkpoint)
+    saved = ckpt.load(checkpoint, fingerprint)
     if saved is not None:
-        if saved.get("fingerprint") != fingerprint:
-            diff = sorted(k for k in set(fingerprint) | set(saved.get("fingerprint", {}))
-                          if fingerprint.get(k) != saved.get("fingerprint", {}).get(k))
-            raise ValueError(f"the checkpoint {checkpoint} belongs to another run (differs in {diff}); "
-                             "delete it or pass another checkpoint path")
         _restore_rng(data, saved["rng"])
         finished: List[Dict[str, Any]] = saved["finished"]
         current = saved["current"]
@@ -261,8 +255,7 @@ def sample(model: BayesianModel, data: FitData, *, method: str, plan: Plan, dyna
         finished, current = [], None
 
     def save(state):
-        ckpt.save(checkpoint, {"fingerprint": fingerprint, "finished": finished, "current": state,
-                               "rng": _rng_snapshot(data)})
+        ckpt.save(checkpoint, fingerprint, {"finished": finished, "current": state, "rng": _rng_snapshot(data)})
 
     with progress_bars.bar(num_chains * plan.epochs, method, progress) as bar:
         bar.update(len(finished) * plan.epochs + (current["epoch"] if current is not None else 0))
