@@ -6,8 +6,10 @@ parameters matched by ``deterministic`` patterns stay fixed at their current val
 pretrained feature extractor under a Bayesian last layer).
 
 The network is evaluated with ``torch.func.functional_call``; a batch of S weight draws
-(any leading dims on the weight tensors) is evaluated at once with ``torch.func.vmap``,
-never a Python loop.
+(any leading dims on the weight tensors) is evaluated at once with ``torch.func.vmap``.
+Networks with operations vmap cannot batch (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``: ``aten::lstm``
+has no batching rule) fall back to a loop over the draws, decided once per network
+(:attr:`LiftedNetwork.vectorised`), with the same results.
 
 Two ways to use it:
 
@@ -61,6 +63,10 @@ class LiftedNetwork:
             ``bayesian="head.*"`` is the same as making everything else deterministic.
         prefix: prepended to site names (``prefix + "." + name``) when several networks share a model.
     """
+
+    #: How draws are evaluated: True (``torch.func.vmap``), False (a loop over draws, for networks
+    #: whose operations vmap cannot batch, e.g. ``nn.LSTM``), None until the first call with draws.
+    vectorised: Optional[bool] = None
 
     def __init__(self, net: nn.Module, prior: Any = None, deterministic: Patterns = None,
                  bayesian: Patterns = None, prefix: str = ""):
@@ -181,7 +187,8 @@ class LiftedNetwork:
                 buffers: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
         """Evaluate ``f(x; w)``; weights with leading dims ``S`` give outputs ``(*S, B, out)``.
 
-        Many draws are evaluated in one vectorised call (``torch.func.vmap``).
+        Many draws are evaluated in one vectorised call (``torch.func.vmap``), or one draw at a
+        time for networks vmap cannot batch (see :attr:`vectorised`).
         ``buffers`` (optional) gives per-draw values of some of the network's buffers, keyed by
         buffer name with the weights' leading dims (e.g. BatchNorm statistics recomputed for each
         draw, see :mod:`pyro_bdl.batchnorm`); the other buffers keep their stored values.
@@ -206,8 +213,39 @@ class LiftedNetwork:
         def one(w: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> torch.Tensor:
             return functional_call(self.net, {**fixed, **w, **b}, (x,))
 
-        out = vmap(one)(flat, flat_buffers)
+        out = self._over_draws(one, flat, flat_buffers)
         return out.reshape(*batch, *out.shape[1:])
+
+    def _over_draws(self, one, flat: Dict[str, torch.Tensor], flat_buffers: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """``one`` at each of the S draws on the leading dim of ``flat``, stacked: ``(S, ...)``.
+
+        ``torch.func.vmap`` when the network's operations have batching rules; otherwise (e.g.
+        ``nn.LSTM``/``GRU``/``RNN``: ``aten::lstm`` has none) a loop over the draws, with the same
+        results. Which one is decided once per network, at the first call with draws, and cached
+        (:attr:`vectorised`): a network whose vmap fails but whose loop works falls back for good,
+        while an error that the loop hits too (a wrong input shape) is raised as it is, undecided.
+        """
+        if self.vectorised is not False:
+            try:
+                out = vmap(one)(flat, flat_buffers)
+                self.vectorised = True
+                return out
+            except RuntimeError as vmap_error:
+                if self.vectorised:  # vmap worked for this network before: a real error
+                    raise
+                try:
+                    out = self._loop(one, flat, flat_buffers)
+                except Exception:
+                    raise vmap_error from None
+                self.vectorised = False
+                return out
+        return self._loop(one, flat, flat_buffers)
+
+    @staticmethod
+    def _loop(one, flat: Dict[str, torch.Tensor], flat_buffers: Dict[str, torch.Tensor]) -> torch.Tensor:
+        num_draws = next(iter(flat.values())).shape[0]
+        return torch.stack([one({n: w[s] for n, w in flat.items()}, {n: b[s] for n, b in flat_buffers.items()})
+                            for s in range(num_draws)])
 
     @contextlib.contextmanager
     def batch_statistics(self) -> Iterator[None]:
