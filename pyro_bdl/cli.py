@@ -106,12 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 failed cells, 2 bad input, 130 Ctrl-C)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, TypeError) as err:
         print(f"pyro-bdl: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:
+        # 130 = 128 + SIGINT, the shell's convention; no traceback for a user's Ctrl-C.
+        print(f"pyro-bdl: {err or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover
