@@ -324,9 +324,7 @@ def _momentum_decay(value) -> float:
 
 
 def _example_inputs(data: FitData) -> torch.Tensor:
-    if data.loader is None:
-        return data.full()[0][:2]
-    return next(iter(data.loader))[0][:2]
+    return data.example_x(2)
 
 
 def _initial_theta(objective: Objective, model: BayesianModel, init: Union[str, Dict[str, torch.Tensor]],

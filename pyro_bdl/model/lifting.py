@@ -33,6 +33,7 @@ from torch.func import functional_call, vmap
 
 from .._util.random import seeded
 from ..priors import Gaussian, resolve_prior
+from .inputs import Inputs, as_args
 from .layout import Weights, WeightLayout
 
 Patterns = Union[None, str, Sequence[str]]
@@ -138,7 +139,7 @@ class LiftedNetwork:
             weights[self.site_name(name)] = pyro.sample(self.site_name(name), d)
         return weights
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: Inputs) -> torch.Tensor:
         """Sample the weights and evaluate the network: ``f(x; w)`` with ``w ~ prior``.
 
         Under vectorised inference (``Predictive(parallel=True)``, vectorised particles) the
@@ -178,7 +179,7 @@ class LiftedNetwork:
             shapes.append(value.shape[: value.dim() - len(pshape)])
         return torch.broadcast_shapes(*shapes)
 
-    def forward(self, weights: Weights, x: torch.Tensor,
+    def forward(self, weights: Weights, x: Inputs,
                 buffers: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
         """Evaluate ``f(x; w)``; weights with leading dims ``S`` give outputs ``(*S, B, out)``.
 
@@ -201,12 +202,12 @@ class LiftedNetwork:
                 raise ValueError(f"buffer {name!r} has shape {tuple(value.shape)}, expected "
                                  f"{(*batch, *own[name].shape)} (the weights' draw dims, then the buffer's shape)")
         if len(batch) == 0:
-            return functional_call(self.net, {**fixed, **named, **buffers}, (x,))
+            return functional_call(self.net, {**fixed, **named, **buffers}, as_args(x))
         flat = {n: w.expand(*batch, *self._values[n].shape).reshape(-1, *self._values[n].shape) for n, w in named.items()}
         flat_buffers = {n: b.reshape(-1, *own[n].shape) for n, b in buffers.items()}
 
         def one(w: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> torch.Tensor:
-            return functional_call(self.net, {**fixed, **w, **b}, (x,))
+            return functional_call(self.net, {**fixed, **w, **b}, as_args(x))
 
         out = self._over_draws(one, flat, flat_buffers)
         return out.reshape(*batch, *out.shape[1:])

@@ -19,7 +19,8 @@ import torch
 
 from .._util import checkpoint
 from ..model.bayesian_model import BayesianModel
-from ..model.inputs import check_inputs
+from .._util.checks import check_int, check_seed
+from ..model.inputs import Inputs, check_inputs, split_rows
 from ..model.layout import Weights
 from .arviz import to_arviz
 from .predictive import BMAPredictive
@@ -66,19 +67,24 @@ class Posterior:
         return {k: v.unsqueeze(0) for k, v in self.sample(num_samples, seed=seed).items()}
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, num_samples: Optional[int] = None, seed: Optional[int] = 0,
+    def predict(self, x: Inputs, num_samples: Optional[int] = None, seed: Optional[int] = 0,
                 batch_size: Optional[int] = None) -> BMAPredictive:
         """The Bayesian model average at inputs ``x``: p(y | x, D) ≈ (1/S) Σ_s p(y | x, w_s).
 
         All S draws are evaluated in one vectorised call per input chunk (``batch_size`` rows
         at a time; default all). ``num_samples=None`` uses every stored draw (sample-based
-        posteriors) or 100 draws (guides).
+        posteriors) or 100 draws (guides). ``x`` is an input batch as given to :func:`~pyro_bdl.fit`
+        (a tensor, or a tuple of tensors for a multi-input network, see :mod:`pyro_bdl.model.inputs`).
         """
-        x = check_inputs(self.model, x)
+        check_int(num_samples, "num_samples (posterior draws to average; None: the default)", 1, allow_none=True)
+        check_int(batch_size, "batch_size (rows of x per vectorised call; None: all)", 1, allow_none=True)
+        if seed is not None:
+            check_seed(seed)
+        x = check_inputs(self.model, x, run=True)
         return self.predictive_for(self._predict_draws(num_samples, seed), x, batch_size=batch_size)
 
     @torch.no_grad()
-    def predictive_for(self, draws: Weights, x: torch.Tensor, batch_size: Optional[int] = None) -> BMAPredictive:
+    def predictive_for(self, draws: Weights, x: Inputs, batch_size: Optional[int] = None) -> BMAPredictive:
         """The Bayesian model average over given draws ``{site: (S, *shape)}`` at inputs ``x``.
 
         :meth:`predict` and the diagnostics (:mod:`pyro_bdl.diagnostics`, which need the
@@ -86,7 +92,7 @@ class Posterior:
         """
         buffers = self._buffers_for(draws)
         weights = {k: draws[k] for k in self.model.weight_sites}
-        chunks = [x] if batch_size is None else torch.split(x, batch_size)
+        chunks = [x] if batch_size is None else split_rows(x, batch_size)
         outputs = torch.cat([self.model.forward(weights, xb, buffers) for xb in chunks], dim=-2)
         # Likelihood parameters are per draw: give them a singleton data dim to align with (S, B).
         lik = {k: draws[k].reshape(draws[k].shape[0], 1) for k in self.model.likelihood_sites}

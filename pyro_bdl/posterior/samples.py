@@ -9,6 +9,7 @@ from pyro import poutine
 
 from .._util.random import seeded
 from ..model.bayesian_model import BayesianModel
+from ..model.inputs import map_inputs, take_rows
 from ..model.layout import Weights
 from .base import Posterior
 
@@ -78,7 +79,7 @@ class GuidePosterior(Posterior):
                  info: Optional[Dict[str, Any]] = None):
         super().__init__(model, method, info)
         self.guide = guide
-        self.example_x = example_x[:1].detach().clone()
+        self.example_x = map_inputs(lambda t: t.detach().clone(), take_rows(example_x, slice(0, 1)))
 
     @torch.no_grad()
     def sample(self, num_samples: int, seed: Optional[int] = None) -> Weights:
