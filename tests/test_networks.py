@@ -221,3 +221,24 @@ def test_numpyro_backend_refuses_multi_input_networks_clearly():
     model = bdl.BayesianModel(TwoInputs(), likelihood=bdl.likelihoods.Gaussian(scale=0.5))
     with pytest.raises(ValueError, match="backend='numpyro' translates networks with one input.*backend='pyro'"):
         bdl.fit(model, (x1, x2), y, method="nuts", backend="numpyro", num_samples=2, warmup=2)
+
+
+class Attention(nn.Module):
+    def __init__(self, d=8):
+        super().__init__()
+        self.mha = nn.MultiheadAttention(d, 2, batch_first=True)
+        self.head = nn.Linear(d, 1)
+
+    def forward(self, x):
+        a, _ = self.mha(x, x, x)
+        return self.head(a.mean(1))
+
+
+def test_swag_diverging_on_attention_ends_in_the_library_message_naming_lr():
+    """At SWAG's default lr this attention net diverges; the weights go NaN inside a distribution's
+    argument check (a raw Pyro ValueError before): now the divergence message naming lr."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 5, 8)
+    model = bdl.BayesianModel(Attention(), likelihood=bdl.likelihoods.Gaussian(scale=None))
+    with pytest.raises(FloatingPointError, match=r"diverged.*lower lr \(now 0.05\)"):
+        bdl.fit(model, x, x.sum((1, 2)), method="swag", epochs=10, progress=False)
