@@ -32,7 +32,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .._util.random import seeded
-from ..priors import Gaussian, resolve_prior
+from ..priors import Gaussian, PerParameter, resolve_prior
 from .inputs import Inputs, as_args
 from .layout import Weights, WeightLayout
 
@@ -83,13 +83,22 @@ class LiftedNetwork:
         for name, _ in net.named_parameters():
             keep = any(fnmatch.fnmatchcase(name, p) for p in det) or (bay and not any(fnmatch.fnmatchcase(name, p) for p in bay))
             (self.fixed_names if keep else self.param_names).append(name)
+        names = [n for n, _ in net.named_parameters()]
+        for kind, patterns in (("deterministic", det), ("bayesian", bay)):
+            for pattern in patterns:
+                if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                    raise ValueError(f"{kind} pattern {pattern!r} matches no parameter; the network's parameters are "
+                                     f"{names} (globs match whole names, e.g. '0.*' or '*.bias')")
         if not self.param_names:
-            raise ValueError("no Bayesian parameters left: the deterministic/bayesian patterns matched every "
-                             f"parameter of the network ({[n for n, _ in net.named_parameters()]}).")
-        for pattern in det + bay:
-            if not any(fnmatch.fnmatchcase(n, pattern) for n, _ in net.named_parameters()):
-                raise ValueError(f"pattern {pattern!r} matches no parameter; parameters are "
-                                 f"{[n for n, _ in net.named_parameters()]}")
+            matched = [f"{kind}={list(patterns)} matched {[n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]}"
+                       for kind, patterns in (("deterministic", det), ("bayesian", bay)) if patterns]
+            raise ValueError(f"no Bayesian parameters left: {'; '.join(matched)}, which leaves none of the network's "
+                             f"parameters {names} Bayesian. Loosen deterministic= or widen bayesian=.")
+        resolved = self.prior if not callable(self.prior) or isinstance(self.prior, type) else None
+        if resolved is not None:
+            rules = resolve_prior(resolved)
+            if isinstance(rules, PerParameter):  # a {glob: prior} dict: every glob must match a Bayesian site
+                rules.check_rules([(self.site_name(n), self.owner(n)) for n in self.param_names])
 
     # -- names and shapes ---------------------------------------------------------------
     def site_name(self, param_name: str) -> str:
