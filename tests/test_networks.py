@@ -242,3 +242,18 @@ def test_swag_diverging_on_attention_ends_in_the_library_message_naming_lr():
     model = bdl.BayesianModel(Attention(), likelihood=bdl.likelihoods.Gaussian(scale=None))
     with pytest.raises(FloatingPointError, match=r"diverged.*lower lr \(now 0.05\)"):
         bdl.fit(model, x, x.sum((1, 2)), method="swag", epochs=10, progress=False)
+
+
+def test_two_input_network_through_diagnostics_and_arviz():
+    pytest.importorskip("arviz")
+    from pyro_bdl.evaluate.diagnostics.convergence import summary
+
+    torch.manual_seed(0)
+    x1, x2, y = _pairs()
+    model = bdl.BayesianModel(TwoInputs(), likelihood=bdl.likelihoods.Gaussian(scale=0.5))
+    post = bdl.fit(model, (x1, x2), y, method="sgld", epochs=20, num_chains=2, progress=False)
+    table = summary(post, (x1[:4], x2[:4]), warn=False)
+    assert list(table.index) == [f"prediction[{i}]" for i in range(4)]
+    idata = post.to_arviz(x=(x1, x2), y=y)
+    assert idata.constant_data["x"].shape == (12, 3) and idata.constant_data["x_1"].shape == (12, 2)
+    assert idata.log_likelihood["obs"].shape[-1] == 12
