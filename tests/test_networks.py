@@ -136,6 +136,23 @@ def test_two_inputs_with_batch_size_see_every_row_once_per_epoch():
     assert isinstance(full_x, tuple) and len(full_x) == 2 and full_x[0].shape == (10, 3)
 
 
+def test_a_users_loader_of_pairs_stays_a_loader_after_full():
+    """full() concatenates a user's loader; later epochs still come from that loader, as tuples."""
+    from pyro_bdl.infer.data import FitData
+
+    x1, x2, y = _pairs(10)
+    model = bdl.BayesianModel(TwoInputs(), likelihood=bdl.likelihoods.Gaussian(scale=0.5))
+    data = FitData(model, DataLoader(Pairs(x1, x2, y), batch_size=4))
+    (a, b), full_y = data.full()
+    assert a.shape == (10, 3) and b.shape == (10, 2) and full_y.shape == (10,)
+    for generator in (None, torch.Generator().manual_seed(0)):
+        batches = list(data.epoch(generator))
+        assert [len(yb) for _, yb in batches] == [4, 4, 2]  # the loader's own batches, in its order
+        (a0, b0), y0 = batches[0]
+        torch.testing.assert_close(a0, x1[:4])
+        torch.testing.assert_close(b0, x2[:4])
+
+
 def test_loop_over_draws_gives_the_vmap_numbers():
     """Where both work, the fallback loop and vmap agree; the choice is made once and cached."""
     torch.manual_seed(0)

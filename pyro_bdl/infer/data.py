@@ -54,11 +54,13 @@ class FitData:
             except TypeError:
                 raise ValueError("the DataLoader's dataset must have a length (fit needs N to scale minibatches)") from None
             self._x = self._y = None
+            self._own_loader = False
         else:
             self._x, self._y = check_data(model, x, y)
             self.dataset_size = num_rows(self._x)
             check_int(batch_size, "batch_size", 1, allow_none=True)
             self.loader = None
+            self._own_loader = True  # when there is a loader, it is ours, over the tensors above
             if batch_size is not None and batch_size < self.dataset_size:
                 self.loader = DataLoader(TensorDataset(*as_args(self._x), self._y), batch_size=batch_size, shuffle=True)
 
@@ -94,7 +96,7 @@ class FitData:
             raise ValueError(f"the DataLoader yields a {what}; {LOADER_BATCHES}")
 
     def _checked(self, batch) -> Batch:
-        if self._x is not None and is_multi(self._x):  # our own TensorDataset(x1, x2, ..., y)
+        if self._own_loader and is_multi(self._x):  # our own TensorDataset(x1, x2, ..., y)
             return tuple(batch[:-1]), batch[-1]
         self._batch_parts(batch)
         return check_data(self.model, batch[0], batch[1])
@@ -108,7 +110,7 @@ class FitData:
         if self.loader is None:
             yield self.full()
             return
-        if generator is not None and self._x is not None:
+        if generator is not None and self._own_loader:
             # our own loader: shuffle with the fit's seeded generator for reproducibility
             perm = torch.randperm(self.dataset_size, generator=generator)
             bs = self.loader.batch_size
