@@ -26,6 +26,7 @@ import torch
 
 from ...model.inputs import Inputs, check_inputs
 from ...posterior.arviz import PREDICTION, arviz
+from ...posterior.base import Posterior
 from ..._util.checks import check_int, check_seed
 
 
@@ -216,8 +217,6 @@ def summary(posterior, x: Optional[Inputs] = None, *, weights: bool = False, num
         a ``pandas.DataFrame`` indexed by quantity.
     """
     import pandas as pd
-
-    from ...posterior.base import Posterior
 
     if not isinstance(posterior, Posterior):
         raise TypeError(f"summary needs a posterior returned by pyro_bdl.fit (a pyro_bdl.Posterior), got "
