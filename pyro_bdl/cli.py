@@ -28,12 +28,13 @@ from .examples.networks import mlp
 
 #: Options the ``fit`` command uses unless ``--options`` sets them: a command-line fit of the bundled
 #: data sets should take about a minute, where the library's defaults aim at final results
-#: (5 ensemble members × 2000 steps, 500 + 500 NUTS draws with trees of depth 10). Measured
-#: figures: notes/issue-18-networks.md. ``--options`` overrides any of them.
+#: (5 ensemble members × 2000 steps, 500 + 500 NUTS draws with trees of depth 10; a BNN's NUTS
+#: transitions hit the depth limit, so they cost 2^depth gradients each). Measured figures:
+#: notes/issue-18-networks.md. ``--options`` overrides any of them.
 CLI_DEFAULTS = {
     "ensemble": {"num_models": 5, "num_steps": 500},
     "multiswag": {"num_models": 3},
-    "nuts": {"num_samples": 200, "warmup": 200, "max_tree_depth": 6},
+    "nuts": {"num_samples": 150, "warmup": 150, "max_tree_depth": 5},
     "hmc": {"num_samples": 200, "warmup": 200, "num_steps": 16},
 }
 
