@@ -39,6 +39,7 @@ from pyro.infer.autoguide import init_to_value
 
 from .._util import checkpoint as checkpoints
 from .._util import progress as progress_bars
+from .._util.checks import is_invalid_parameter_error
 from ..guides.swag import SWAG
 from ..model import batchnorm
 from ..model.bayesian_model import BayesianModel
@@ -124,8 +125,15 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
             total, count = 0.0, 0
             for xb, yb in data.epoch(generator):
                 opt.zero_grad(set_to_none=True)
-                with norm_mode():
-                    loss = objective.potential(theta, xb, yb, N) / N
+                try:
+                    with norm_mode():
+                        loss = objective.potential(theta, xb, yb, N) / N
+                except ValueError as err:
+                    if not is_invalid_parameter_error(err):
+                        raise
+                    raise FloatingPointError(f"SWAG diverged in epoch {epoch}: the weights became NaN or inf (a "
+                                             f"distribution got invalid parameters); lower lr (now {rate:g}) or check "
+                                             "the data scale") from None
                 loss.backward()
                 opt.step()
                 value = loss.item()

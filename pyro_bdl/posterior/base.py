@@ -18,9 +18,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from . import io as posterior_io
-from .._util.checks import check_float, check_int
+from .._util.checks import check_float, check_int, check_seed
 from ..model.bayesian_model import BayesianModel
-from ..model.inputs import check_inputs
+from ..model.inputs import Inputs, as_args, check_inputs, num_rows, take_rows
 from ..model.layout import Weights
 from .arviz import to_arviz
 from .predictive import BMAPredictive, ChunkedBMAPredictive
@@ -29,11 +29,12 @@ FORMAT = posterior_io.FORMAT
 DEFAULT_MEMORY_BUDGET = 2 ** 30  # bytes one chunk of predict's forward pass may take (1 GiB)
 
 
-def activation_sizes(net: torch.nn.Module, x: torch.Tensor) -> Tuple[int, int]:
+def activation_sizes(net: torch.nn.Module, x: Inputs) -> Tuple[int, int]:
     """``(activations, outputs)``: numbers of elements one input row takes in one draw's forward
     pass — the input plus every module's output (a probe pass with forward hooks) — and in the
     network's output. A network that cannot run alone is estimated from its parameter shapes."""
-    total = [x[:1].numel()]
+    first = as_args(take_rows(x, slice(0, 1)))
+    total = [sum(t.numel() for t in first)]
 
     def hook(module, inputs, output):
         for t in output if isinstance(output, (tuple, list)) else (output,):
@@ -42,18 +43,18 @@ def activation_sizes(net: torch.nn.Module, x: torch.Tensor) -> Tuple[int, int]:
 
     handles = [m.register_forward_hook(hook) for m in net.modules()]
     try:
-        out = net(x[:1])
+        out = net(*first)
         out_size = out.numel() if torch.is_tensor(out) else 1
     except Exception:  # noqa: BLE001 - estimate from the parameters instead
         shapes = [p.shape[0] for p in net.parameters() if p.dim() > 0]
-        total[0], out_size = x[:1].numel() + sum(shapes), (shapes[-1] if shapes else 1)
+        total[0], out_size = sum(t.numel() for t in first) + sum(shapes), (shapes[-1] if shapes else 1)
     finally:
         for h in handles:
             h.remove()
     return total[0], out_size
 
 
-def chunk_sizes(net: torch.nn.Module, x: torch.Tensor, num_draws: int, budget: float,
+def chunk_sizes(net: torch.nn.Module, x: Inputs, num_draws: int, budget: float,
                 rows: Optional[int] = None) -> Tuple[int, int]:
     """``(rows, draws)`` per chunk of predict's forward pass within ``budget`` bytes.
 
@@ -63,12 +64,14 @@ def chunk_sizes(net: torch.nn.Module, x: torch.Tensor, num_draws: int, budget: f
     draws are evaluated a block at a time when all of them do not fit. ``rows`` fixes the first.
     """
     acts, outs = activation_sizes(net, x)
-    size = x.element_size()
+    size = max(t.element_size() for t in as_args(x))
     if rows is None:
         rows = int((budget / 2) // (3 * num_draws * outs * size))
-    rows = max(1, min(rows, x.shape[0]))
+    rows = max(1, min(rows, num_rows(x)))
     draws = max(1, min(num_draws, int((budget / 2) // (rows * acts * size))))
     return rows, draws
+
+
 def prototype_inputs(guide: Any) -> Tuple[List[Any], Dict[str, Any]]:
     """The model arguments an autoguide was set up with (its prototype trace), tensors cut to their
     first row: enough to set up a fresh guide of the same shapes when a posterior is loaded."""
@@ -115,26 +118,32 @@ class Posterior:
         return {k: v.unsqueeze(0) for k, v in self.sample(num_samples, seed=seed).items()}
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, num_samples: Optional[int] = None, seed: Optional[int] = 0,
+    def predict(self, x: Inputs, num_samples: Optional[int] = None, seed: Optional[int] = 0,
                 batch_size: Optional[int] = None, memory_budget: Optional[float] = None) -> BMAPredictive:
         """The Bayesian model average at inputs ``x``: p(y | x, D) ≈ (1/S) Σ_s p(y | x, w_s).
 
-        The draws are evaluated in vectorised calls over chunks of inputs and, when all S draws
-        on a chunk do not fit, blocks of draws, sized by :func:`chunk_sizes` so that the pass stays
-        within ``memory_budget`` bytes (default :data:`DEFAULT_MEMORY_BUDGET`, 1 GiB);
-        ``batch_size`` fixes the rows per chunk instead.
+        ``x`` is an input batch as given to :func:`~pyro_bdl.fit` (a tensor, or a tuple of tensors for
+        a multi-input network, see :mod:`pyro_bdl.model.inputs`). The draws are evaluated in
+        vectorised calls over chunks of inputs and, when all S draws on a chunk do not fit, blocks of
+        draws, sized by :func:`chunk_sizes` so that the pass stays within ``memory_budget`` bytes
+        (default :data:`DEFAULT_MEMORY_BUDGET`, 1 GiB); ``batch_size`` fixes the rows per chunk instead.
         When more than one chunk is needed the result is a
         :class:`~pyro_bdl.posterior.predictive.ChunkedBMAPredictive`, whose mean, variance,
         probabilities, ``log_prob``, quantiles and samples stream over the chunks, so memory
         stays O(budget + B) however many inputs and draws. ``num_samples=None`` uses every
         stored draw (sample-based posteriors) or 100 draws (guides).
         """
-        x = check_inputs(self.model, x)
+        check_int(num_samples, "num_samples (posterior draws to average; None: the default)", 1, allow_none=True)
+        check_int(batch_size, "batch_size (rows of x per vectorised call; None: sized by memory_budget)", 1,
+                  allow_none=True)
+        if seed is not None:
+            check_seed(seed)
+        x = check_inputs(self.model, x, run=True)
         return self.predictive_for(self._predict_draws(num_samples, seed), x, batch_size=batch_size,
                                    memory_budget=memory_budget)
 
     @torch.no_grad()
-    def predictive_for(self, draws: Weights, x: torch.Tensor, batch_size: Optional[int] = None,
+    def predictive_for(self, draws: Weights, x: Inputs, batch_size: Optional[int] = None,
                        memory_budget: Optional[float] = None) -> BMAPredictive:
         """The Bayesian model average over given draws ``{site: (S, *shape)}`` at inputs ``x``
         (chunked as in :meth:`predict`).
@@ -149,7 +158,7 @@ class Posterior:
         lik = {k: draws[k].reshape(draws[k].shape[0], 1) for k in self.model.likelihood_sites}
         kind = self.model.likelihood.kind
 
-        n = x.shape[0]
+        n = num_rows(x)
         budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else check_float(
             memory_budget, "memory_budget", positive=True)
         rows, block = chunk_sizes(self.model.net, x, num_draws, budget,
@@ -161,7 +170,7 @@ class Posterior:
             for s in range(0, num_draws, block):
                 w = {k: v[s:s + block] for k, v in weights.items()} if block < num_draws else weights
                 bufs = buffers if buffers is None or block >= num_draws else {k: v[s:s + block] for k, v in buffers.items()}
-                parts.append(self.model.forward(w, x[a:b], bufs))
+                parts.append(self.model.forward(w, take_rows(x, slice(a, b)), bufs))
             return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
         def build(outputs: torch.Tensor):

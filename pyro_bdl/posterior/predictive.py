@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional, Sequence, Union
 
+import numpy as np
 import pyro.distributions as dist
 import torch
 
@@ -119,7 +120,11 @@ class BMAPredictive:
 
     # -- densities ----------------------------------------------------------------------
     def log_prob(self, y: torch.Tensor) -> torch.Tensor:
-        """log p(y | x, D) = logsumexp_s log p(y | x, w_s) − log S, per data point ``(B,)``."""
+        """log p(y | x, D) = logsumexp_s log p(y | x, w_s) − log S, per data point ``(B,)``.
+
+        ``y`` holds one target per input row given to ``predict``: shape :attr:`target_shape`.
+        """
+        y = self._check_targets(y, "log_prob")
         lp = self.component.log_prob(y)
         return torch.logsumexp(lp, dim=0) - math.log(self.num_samples)
 
@@ -172,6 +177,39 @@ class BMAPredictive:
         pick = torch.randint(self.num_samples, (n,), generator=generator)
         out = ys[torch.arange(n), pick]
         return out.reshape(*shape, *out.shape[1:])
+
+    @property
+    def target_shape(self) -> torch.Size:
+        """The shape of targets ``y`` for :meth:`log_prob`: ``(B,)`` for one output, ``(B, D)`` for D."""
+        return self.component.batch_shape[1:] + self.component.event_shape
+
+    def _check_targets(self, y, what: str) -> torch.Tensor:
+        if not torch.is_tensor(y):
+            if not isinstance(y, np.ndarray):
+                raise TypeError(f"{what} needs y as a torch.Tensor (or numpy array), got {type(y).__name__}; "
+                                "convert it with torch.as_tensor(y)")
+            y = torch.from_numpy(y)
+        expected = tuple(self.target_shape)
+        if tuple(y.shape) != expected:
+            B = expected[0]
+            rows = f"{y.shape[0]} targets" if y.dim() else "a scalar"
+            raise ValueError(f"{what}: y has shape {tuple(y.shape)} but this predictive is over {B} inputs and needs "
+                             f"y of shape {expected}{f' ({rows} given)' if not y.dim() or y.shape[0] != B else ''}; "
+                             "pass the targets of exactly the x given to predict, in the same order.")
+        if self.kind == "classification":
+            if y.is_floating_point() and not torch.equal(y, y.round()):
+                raise ValueError(f"{what}: classification targets must be class labels (integers), got fractional values")
+            if isinstance(_base(self.component), dist.Categorical):
+                C = _base(self.component).probs.shape[-1]
+                if ((y < 0) | (y >= C)).any():
+                    raise ValueError(f"{what}: class labels must lie in 0..{C - 1}, got values from {int(y.min())} "
+                                     f"to {int(y.max())}")
+                y = y.long()
+            else:
+                y = y.to(self.outputs.dtype)
+        else:
+            y = y.to(self.outputs.dtype)
+        return y
 
     def _require_regression(self, what: str) -> None:
         if self.kind != "regression":

@@ -10,6 +10,7 @@ from pyro.infer.autoguide import AutoDelta, AutoLowRankMultivariateNormal, AutoM
 
 from .._util.random import seeded
 from ..model.bayesian_model import BayesianModel
+from ..model.inputs import map_inputs, take_rows
 from ..model.layout import Weights
 from .base import Posterior, prototype_inputs
 
@@ -91,7 +92,7 @@ class GuidePosterior(Posterior):
                  info: Optional[Dict[str, Any]] = None):
         super().__init__(model, method, info)
         self.guide = guide
-        self.example_x = example_x[:1].detach().clone()
+        self.example_x = map_inputs(lambda t: t.detach().clone(), take_rows(example_x, slice(0, 1)))
 
     kind = "guide"
 

@@ -18,7 +18,7 @@ from .config import (AUGMENTATIONS, DataConfig, InferenceConfig, ModelConfig, St
                      load_config)
 from .executors import LocalExecutor, RayExecutor, make_executor
 from .report import plot_metric, results_table, summarise, write_report
-from .study import StudyError, TemperatureStudy, run_study
+from .study import StudyError, StudyInterrupted, TemperatureStudy, run_study
 from ..examples.bundled import example_config, example_configs
 
 
@@ -27,6 +27,7 @@ __all__ = [
     "StudyConfig",
     "StudyConfigError",
     "StudyError",
+    "StudyInterrupted",
     "DataConfig",
     "ModelConfig",
     "InferenceConfig",

@@ -87,6 +87,7 @@ class LocalExecutor(Executor):
         ctx = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(max_workers=min(self.workers, len(specs)), mp_context=ctx,
                                    initializer=_exit_with_driver, initargs=(os.getpid(),))
+        finished = False
         try:
             pending = {pool.submit(run_cell_safely, spec): spec for spec in specs}
             while pending:
@@ -103,8 +104,13 @@ class LocalExecutor(Executor):
                     except Exception:  # noqa: BLE001
                         record, error = None, traceback.format_exc()
                     yield spec, record, error
+            finished = True
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if not finished:
+                # Ctrl-C (or the caller stopped early): end the running cells now instead of waiting for them.
+                for process in list((getattr(pool, "_processes", None) or {}).values()):
+                    process.terminate()
+            pool.shutdown(wait=finished, cancel_futures=True)
 
 
 def _pyro_bdl_root() -> str:

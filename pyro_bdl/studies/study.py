@@ -24,6 +24,19 @@ class StudyError(RuntimeError):
         super().__init__(f"{len(failed)} of {total} cells failed (the others are saved; rerun to retry):\n{lines}")
 
 
+class StudyInterrupted(KeyboardInterrupt):
+    """The run was interrupted (Ctrl-C); the cells finished so far are saved and a rerun resumes.
+
+    A ``KeyboardInterrupt``, so code that stops on Ctrl-C still stops; ``finished`` and ``total``
+    count the study's saved cells and all its cells.
+    """
+
+    def __init__(self, finished: int, total: int):
+        self.finished, self.total = finished, total
+        super().__init__(f"interrupted after {finished} of {total} cells; rerun the same command to resume "
+                         "(finished cells are saved and skipped)")
+
+
 class TemperatureStudy:
     """A temperature / cold-posterior study: every cell of temperature × method × seed × augmentation
     is one :func:`pyro_bdl.fit` plus a test-set evaluation (Wenzel et al. 2020; Izmailov et al. 2021).
@@ -114,6 +127,10 @@ class TemperatureStudy:
         The run holds ``<output_dir>/.lock``: a second study on the same folder stops at once with
         :class:`~pyro_bdl._util.io.FolderLocked` (a lock left by a killed run is taken over), and
         temporary ``.tmp-*`` files a killed run left behind are removed first.
+
+        Ctrl-C stops the run: the cells in progress are dropped (nothing half-written: each cell
+        file is written atomically) and :class:`StudyInterrupted` says how many cells are saved;
+        a rerun skips those and numbers the rest on from there (``[k+1/n]``).
         """
         with io.folder_lock(self.output_dir, "study"):
             # Under the lock no other study writes here: temporaries are leftovers of a killed run.
@@ -123,6 +140,7 @@ class TemperatureStudy:
     def _run(self, raise_on_failure: bool) -> pd.DataFrame:
         todo = self.pending()
         total = len(self.specs)
+        already = total - len(todo)
         os.makedirs(os.path.join(self.output_dir, "cells"), exist_ok=True)
         self._write_config()
         self._log(f"study {self.config.name!r}: {total} cells ({len(self.config.temperatures)} temperatures × "
@@ -134,19 +152,27 @@ class TemperatureStudy:
         if todo:
             self._log(f"  running {len(todo)} cells: {self.executor.describe()}")
         start = time.perf_counter()
-        for done, (spec, record, error) in enumerate(self.executor.run(todo), 1):
-            key = cell_key(spec)
-            head = (f"[{done}/{len(todo)}] {spec['method']} T={spec['temperature']:g} seed={spec['seed']} "
-                    f"augment={spec['augment']}")
-            if record is None:
-                failed[key] = error or ""
-                last = (error or "").strip().splitlines()[-1:] or ["?"]
-                self._log(f"{head}: FAILED ({last[0]})")
-                continue
-            write_cell(self.output_dir, record)
-            scores = "  ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items())
-            self._log(f"{head}: {scores}  ({record['fit_seconds']:.1f} s fit, "
-                      f"{time.perf_counter() - start:.0f} s elapsed)")
+        saved = already
+        cells = self.executor.run(todo)
+        try:
+            # Cells are numbered over the whole study, so a resumed run goes on from [already + 1/total].
+            for done, (spec, record, error) in enumerate(cells, already + 1):
+                key = cell_key(spec)
+                head = (f"[{done}/{total}] {spec['method']} T={spec['temperature']:g} seed={spec['seed']} "
+                        f"augment={spec['augment']}")
+                if record is None:
+                    failed[key] = error or ""
+                    last = (error or "").strip().splitlines()[-1:] or ["?"]
+                    self._log(f"{head}: FAILED ({last[0]})")
+                    continue
+                write_cell(self.output_dir, record)
+                saved += 1
+                scores = "  ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items())
+                self._log(f"{head}: {scores}  ({record['fit_seconds']:.1f} s fit, "
+                          f"{time.perf_counter() - start:.0f} s elapsed)")
+        except KeyboardInterrupt:
+            cells.close()  # stop the executor's workers before reporting
+            raise StudyInterrupted(saved, total) from None
         df = self.report(failed)
         self._log(f"  table: {os.path.join(self.output_dir, 'results.csv')}; plots: "
                   f"{os.path.join(self.output_dir, 'plots')}; report: {os.path.join(self.output_dir, 'report.md')}")
@@ -166,4 +192,4 @@ def run_study(config: Union[StudyConfig, Mapping[str, Any], str], **kwargs: Any)
     return TemperatureStudy(config, **kwargs).run()
 
 
-__all__ = ["TemperatureStudy", "StudyError", "run_study"]
+__all__ = ["TemperatureStudy", "StudyError", "StudyInterrupted", "run_study"]

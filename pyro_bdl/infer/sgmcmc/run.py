@@ -16,6 +16,7 @@ from ...evaluate.diagnostics import sampler as temps
 from ...model.bayesian_model import BayesianModel
 from ...posterior.samples import SamplesPosterior
 from ..data import FitData
+from ...model.inputs import num_rows, take_rows
 from ...model.potential import Objective
 from . import kernels as K
 from .schedules import EXPLORE, SAMPLE, WARMUP, Plan, window_resets
@@ -71,13 +72,13 @@ def _restore_rng(data: FitData, snap: Dict[str, Any]) -> None:
 def _gradient(objective: Objective, theta, xb, yb, N: int, split: bool):
     """(U, ∇U, B̂ of ∇U or None) on a minibatch; ``split`` estimates the gradient noise from two halves."""
     with pyro.validation_enabled(False):
-        m = len(xb)
+        m = num_rows(xb)
         if not split or m < 2:
             u, g = objective.grad(theta, xb, yb, N)
             return u, g, (torch.zeros_like(g) if m == N else None)
         h = m // 2
-        u1, g1 = objective.grad(theta, xb[:h], yb[:h], N)
-        u2, g2 = objective.grad(theta, xb[h:], yb[h:], N)
+        u1, g1 = objective.grad(theta, take_rows(xb, slice(None, h)), yb[:h], N)
+        u2, g2 = objective.grad(theta, take_rows(xb, slice(h, None)), yb[h:], N)
     u = (h * u1 + (m - h) * u2) / m
     g = (h * g1 + (m - h) * g2) / m
     return u, g, K.split_batch_noise(g1, g2, h, m - h, N)
@@ -207,9 +208,7 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
 
 
 def _example_inputs(data: FitData) -> torch.Tensor:
-    if data.loader is None:
-        return data.full()[0][:2]
-    return next(iter(data.loader))[0][:2]
+    return data.example_x(2)
 
 
 def _initial_theta(objective: Objective, model: BayesianModel, init: Union[str, Dict[str, torch.Tensor]],
