@@ -119,7 +119,9 @@ def data_description(data: Any) -> Dict[str, Any]:
                            "augment": None if data.augment is None else describe(data.augment)}
     if not getattr(data, "user_loader", loader is not None and data._x is None):
         x, y = data.full()
-        out.update(x=list(x.shape), y=list(y.shape), hash=tensor_hash(x, y))
+        xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)  # a multi-input batch is a tuple of tensors
+        out.update(x=[list(t.shape) for t in xs] if len(xs) > 1 else list(xs[0].shape), y=list(y.shape),
+                   hash=tensor_hash(*xs, y))
         return out
     dataset = data.loader.dataset
     tensors = getattr(dataset, "tensors", None)
@@ -131,12 +133,21 @@ def data_description(data: Any) -> Dict[str, Any]:
         h = hashlib.sha256()
         for i in range(len(dataset)):
             item = dataset[i]
-            for t in item if isinstance(item, (tuple, list)) else (item,):
+            for t in _leaves(item):
                 h.update(tensor_hash(torch.as_tensor(t)).encode())
     random.setstate(py_state)
     np.random.set_state(np_state)
     out.update(hash=h.hexdigest())
     return out
+
+
+def _leaves(item: Any):
+    """The tensors of a dataset item, nested tuples included (``((x1, x2), y)``)."""
+    if isinstance(item, (tuple, list)):
+        for part in item:
+            yield from _leaves(part)
+    else:
+        yield item
 
 
 def fingerprint(model: Any, data: Any, method: str, options: Mapping[str, Any], seed: int,
