@@ -36,7 +36,7 @@ from .. import likelihoods as L
 from .. import tempering
 from ..lifting import BayesianModel
 from ..priors.base import Prior, resolve_prior
-from .jax_translate import JaxNetwork, as_jax_array, to_jax
+from .jax import JaxNetwork, as_jax_array, to_jax
 
 __all__ = ["NumPyroModel", "to_numpyro_distribution", "check_translatable"]
 
