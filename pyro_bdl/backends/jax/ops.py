@@ -242,16 +242,52 @@ def _pool_geometry(shape, nd, kernel_size, stride, padding, dilation, ceil_mode)
     return k, s, p, d, extra
 
 
+def _windows(x, nd: int, k, s, d, pads, fill, pad=jnp.pad):
+    """The pooling windows of ``x`` (last ``nd`` dims) as a list of strided views, one per window offset.
+
+    Window ``j`` of the output covers ``x_padded[j*s + o*d]`` for the offsets ``o`` in ``range(k)``;
+    view ``o`` holds that element for every ``j``. A reduction over the views (max, sum) is the
+    pooled output, written with pad + strided slices only, so it linearises (``jax.jvp``,
+    ``jax.linearize``), where ``lax.reduce_window`` with a generic reducer does not.
+    """
+    lead = x.ndim - nd
+    if any(a or b for a, b in pads):
+        x = pad(x, [(0, 0)] * lead + list(pads), constant_values=fill)
+    sizes = [(L - di * (ki - 1) - 1) // si + 1 for L, ki, si, di in zip(x.shape[lead:], k, s, d)]
+    views = []
+    for offset in np.ndindex(*k):
+        idx = tuple(slice(o * di, o * di + (n - 1) * si + 1, si) for o, di, si, n in zip(offset, d, s, sizes))
+        views.append(x[(Ellipsis,) + idx])
+    return views
+
+
+def _tiles(x, nd: int, k):
+    """``x`` with each of its last ``nd`` dims ``L`` split into ``(L // k, k)``: non-overlapping windows."""
+    lead = x.ndim - nd
+    shape = x.shape[:lead]
+    for L, ki in zip(x.shape[lead:], k):
+        shape += (L // ki, ki)
+    return x.reshape(shape), tuple(lead + 2 * i + 1 for i in range(nd))
+
+
+def _non_overlapping(x, nd, k, s, p, d, extra) -> bool:
+    return (tuple(s) == tuple(k) and all(di == 1 for di in d) and not any(p) and not any(extra)
+            and all(L % ki == 0 for L, ki in zip(x.shape[-nd:], k)))
+
+
 def max_pool(nd: int):
     def max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
         if return_indices:
             raise Unsupported("max pooling with return_indices=True")
-        lead = x.ndim - nd
         k, s, p, d, extra = _pool_geometry(x.shape, nd, kernel_size, stride, padding, dilation, ceil_mode)
-        init = jnp.array(-jnp.inf, dtype=x.dtype)
-        return lax.reduce_window(x, init, lax.max, (1,) * lead + k, (1,) * lead + s,
-                                 [(0, 0)] * lead + [(pi, pi + e) for pi, e in zip(p, extra)],
-                                 window_dilation=(1,) * lead + d)
+        if _non_overlapping(x, nd, k, s, p, d, extra):  # the common MaxPool2d(2): one reshape + max
+            tiles, axes = _tiles(x, nd, k)
+            return jnp.max(tiles, axis=axes)
+        views = _windows(x, nd, k, s, d, [(pi, pi + e) for pi, e in zip(p, extra)], -jnp.inf)
+        out = views[0]
+        for v in views[1:]:
+            out = jnp.maximum(out, v)
+        return out
 
     return max_pool
 
@@ -259,24 +295,26 @@ def max_pool(nd: int):
 def avg_pool(nd: int):
     def avg_pool(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                  divisor_override=None):
-        lead = x.ndim - nd
         k, s, p, d, extra = _pool_geometry(x.shape, nd, kernel_size, stride, padding, 1, ceil_mode)
-        window, strides = (1,) * lead + k, (1,) * lead + s
-        pads = [(0, 0)] * lead + [(pi, pi + e) for pi, e in zip(p, extra)]
-        zero = jnp.array(0, dtype=x.dtype)
-        total = lax.reduce_window(x, zero, lax.add, window, strides, pads)
+        if _non_overlapping(x, nd, k, s, p, d, extra):
+            tiles, axes = _tiles(x, nd, k)
+            return jnp.sum(tiles, axis=axes) / (divisor_override or math.prod(k))
+        views = _windows(x, nd, k, s, d, [(pi, pi + e) for pi, e in zip(p, extra)], 0.0)
+        total = views[0]
+        for v in views[1:]:
+            total = total + v
         if divisor_override:
             return total / divisor_override
-        # Divisor per window: torch counts the zero padding (count_include_pad) but never the
-        # extra right margin that ceil_mode adds.
-        mask = jnp.ones(x.shape[lead:], dtype=x.dtype)
+        # Divisor per window (a constant of the shapes): torch counts the zero padding
+        # (count_include_pad) but never the extra right margin that ceil_mode adds.
+        mask = np.ones(x.shape[-nd:])
         if count_include_pad:
-            mask = jnp.pad(mask, [(pi, pi) for pi in p], constant_values=1)
+            mask = np.pad(mask, [(pi, pi) for pi in p], constant_values=1.0)
             mask_pads = [(0, e) for e in extra]
         else:
             mask_pads = [(pi, pi + e) for pi, e in zip(p, extra)]
-        count = lax.reduce_window(mask, zero, lax.add, k, s, mask_pads)
-        return total / count
+        count = sum(_windows(mask, nd, k, s, d, mask_pads, 0.0, pad=np.pad))
+        return total / jnp.asarray(count, dtype=x.dtype)
 
     return avg_pool
 
