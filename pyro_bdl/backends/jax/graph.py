@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import jax.numpy as jnp
+import torch
 from torch import fx, nn
 
 from .ops import Unsupported, UnsupportedOperationError, as_jax_array
@@ -18,7 +19,9 @@ from .tables import FUNCTIONS, METHODS, MODULES, function_name
 
 __all__ = ["to_jax", "JaxNetwork"]
 
-_REMEDY = ("backend='pyro' still works with this network (it runs torch directly); for the NumPyro backend, "
+# Only what is true of the Pyro backend whatever the network: it evaluates torch itself, so it needs no
+# translation (whether every layer also batches under its vmap-based evaluation is its own matter).
+_REMEDY = ("backend='pyro' runs the torch network itself and needs no JAX translation; for the NumPyro backend, "
            "rewrite that part with supported operations (pyro_bdl.backends.supported_operations()).")
 
 
@@ -67,6 +70,10 @@ class JaxNetwork:
     (or a torch tensor) shaped as the torch network's input. The function is pure, so it
     can be ``jax.jit``-ed, differentiated and ``jax.vmap``-ed over parameter draws.
 
+    :attr:`structure_key` is a hashable description of the network without its values (the
+    graph, each layer's configuration, parameter and constant shapes): the NumPyro backend
+    caches compiled programs by it, with the parameters and :attr:`constants` as arguments.
+
     Build it with :func:`to_jax`.
     """
 
@@ -88,6 +95,13 @@ class JaxNetwork:
             if name not in free and t is not None:
                 self.constants[name] = as_jax_array(t)
         self._nodes = list(graph.nodes)
+        for node in self._nodes:  # plain tensor attributes read by the forward are constants too
+            if node.op == "get_attr" and self._alias.get(node.target, node.target) not in self.constants \
+                    and node.target not in free:
+                value = _get_attr(root, node.target)
+                if torch.is_tensor(value):
+                    self.constants[node.target] = as_jax_array(value)
+        self.structure_key = _structure_key(graph, self._modules, self.param_names, net, self.constants)
         placeholders = [n for n in self._nodes if n.op == "placeholder"]
         if not placeholders:
             raise UnsupportedOperationError("the network's forward takes no input")
@@ -127,9 +141,7 @@ class JaxNetwork:
             try:
                 if op == "get_attr":
                     v = self._value(node.target, values)
-                    if v is None:  # a plain tensor attribute (a constant of the forward)
-                        v = as_jax_array(_get_attr(self._root, node.target))
-                    env[node] = v
+                    env[node] = _get_attr(self._root, node.target) if v is None else v  # a non-tensor attribute
                 elif op == "call_module":
                     prefix = node.target + "." if node.target else ""
                     env[node] = MODULES[type(self._modules[node.target])](
@@ -148,6 +160,26 @@ class JaxNetwork:
 
     def __repr__(self) -> str:
         return f"JaxNetwork(params={list(self.param_names)}, constants={list(self.constants)})"
+
+
+def _structure_key(graph: fx.Graph, modules: Mapping[str, nn.Module], param_names: Sequence[str], net: nn.Module,
+                   constants: Mapping[str, Any]) -> Tuple:
+    """Everything a compiled program of the network depends on except the parameter and constant values.
+
+    The graph's text (operations, their order, and every Python constant of the forward), each
+    leaf layer's type and configuration (public attributes: stride, eps, ...; tensors excluded),
+    and the names, shapes and dtypes of the free parameters and the constants. Two networks with
+    equal keys compile to the same XLA program.
+    """
+    shapes = {n: (tuple(t.shape), str(t.dtype)) for n, t in net.named_parameters()}
+    leaves = []
+    for path, m in modules.items():
+        if type(m) in MODULES:
+            config = sorted((k, repr(v)) for k, v in vars(m).items()
+                            if not k.startswith("_") and not torch.is_tensor(v) and not isinstance(v, nn.Module))
+            leaves.append((path, f"{type(m).__module__}.{type(m).__qualname__}", tuple(config)))
+    return (str(graph), tuple(leaves), tuple((n, shapes[n]) for n in param_names),
+            tuple((n, tuple(v.shape), str(v.dtype)) for n, v in constants.items()))
 
 
 def _get_attr(root: nn.Module, target: str) -> Any:
@@ -173,7 +205,7 @@ def to_jax(net: nn.Module, params: Optional[Iterable[str]] = None) -> JaxNetwork
     Raises:
         UnsupportedOperationError: (a ``ValueError``) an operation has no translation or the
             forward cannot be captured as a graph (data-dependent Python control flow); the
-            message names the operation and the module path. ``backend="pyro"`` still works.
+            message names the operation and the module path. ``backend="pyro"`` needs no translation.
 
     Example::
 
