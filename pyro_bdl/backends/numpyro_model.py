@@ -351,7 +351,8 @@ class NumPyroModel:
             if not np.isfinite(lp):
                 inside = bool(jnp.all(d.support(v)))
                 why = ("the value lies outside the support of its prior" if not inside else
-                       f"its prior {type(d).__name__} has log density {lp} there (a degenerate prior: check its scale)")
+                       f"its prior {type(d).__name__} has log density {lp} there (a prior scale far below the "
+                       f"value's size overflows float32: log N(w | 0, s) ≈ -w²/2s²; check the prior's scale)")
                 return (f"site {site!r}: {why}. Start elsewhere (init='prior' draws from the prior; a dict init must "
                         f"lie inside each prior's support) or fix the prior.")
         jv = {k: as_jax_array(v) for k, v in values.items()}

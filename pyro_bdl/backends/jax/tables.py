@@ -157,7 +157,7 @@ def supported_operations() -> Dict[str, list]:
     return {
         "modules": sorted(f"torch.nn.{m.__name__}" for m in MODULES),
         "functions": sorted({function_name(f) for f in FUNCTIONS}),
-        "methods": sorted(k for k in METHODS if not k.startswith("__")),
+        "methods": sorted(k for k in METHODS if not k.startswith("__") and hasattr(torch.Tensor, k)),
     }
 
 
