@@ -135,6 +135,11 @@ def _check_same_density(pairs: Dict[str, Tuple[torch.distributions.Distribution,
     got = _log_probs({w: nd for w, (_, nd) in pairs.items()}, values)
     for what, lp_torch in expected.items():
         lp_jax = float(got[what])
+        if not np.isfinite(lp_torch):  # the distribution itself, not its translation, is at fault
+            raise ValueError(f"the {type(pairs[what][0]).__name__} distribution of {what} has log density {lp_torch} "
+                             f"at a draw from itself in torch: its parameters are degenerate in "
+                             f"{torch.get_default_dtype()} (e.g. a scale below ~1e-19 squares to 0 in float32); "
+                             "use a larger scale (or float64)")
         if not abs(lp_torch - lp_jax) <= 1e-4 * max(1.0, abs(lp_torch)):
             raise ValueError(f"the NumPyro translation of the {type(pairs[what][0]).__name__} distribution of {what} has "
                              f"a different log density ({lp_jax} vs {lp_torch} in torch). {_REMEDY}")

@@ -83,13 +83,13 @@ def optimise(model: BayesianModel, guide, data: FitData, num_steps: int, lr: flo
             for i, (xb, yb) in enumerate(data.steps(num_steps, generator)):
                 opt.zero_grad()
                 loss = loss_fn(xb, yb, N)
+                if i == 0 and not math.isfinite(loss.item()):  # before any update: the start is at fault, not lr
+                    raise FloatingPointError(_nonfinite_start(model, guide, xb, yb, N, loss.item()))
                 loss.backward()
                 opt.step()
                 sched.step()
                 value = loss.item()
                 if not math.isfinite(value):
-                    if i == 0:  # before any update: the starting point, not the step size, is at fault
-                        raise FloatingPointError(_nonfinite_start(model, guide, xb, yb, N, value))
                     raise FloatingPointError(
                         f"the loss became {value} at step {i}; lower lr (now {lr}) or check the data scale")
                 losses.append(value)
