@@ -15,8 +15,19 @@ steps, each a Python-level torch evaluation), so it runs with a bounded budget: 
 with fewer warmup steps and draws (``--pyro-warmup``/``--pyro-samples``). ESS per second is
 still comparable; its ESS estimate is noisier.
 
-    python benchmarks/bench_numpyro.py            # 4 chains x (500 + 500), Pyro 1 x (50 + 50)
+Fixed cost (issue 16), two more tables, compile time reported apart:
+
+* ``single``: one short chain (200 + 200 by default) on a cold start — pyro_bdl's first fit
+  of the network (its program cache emptied) vs a fresh hand-written ``MCMC``; target ≤ 1.3×.
+* ``sweep``: 6 temperatures × 3 seeds of one network, each a short chain — pyro_bdl (compiles
+  once, every later fit reuses the program) vs the same sweep hand-written: a new ``MCMC`` per
+  cell (what a script does), and one ``MCMC(..., jit_model_args=True)`` reused with T as a
+  model argument (NumPyro's own way to avoid recompiling); target: faster than hand-written.
+
+    python benchmarks/bench_numpyro.py            # all tables: 4 chains x (500 + 500), Pyro 1 x (50 + 50), ...
     python benchmarks/bench_numpyro.py --full     # 4 chains x (1000 + 1000), Pyro 1 x (100 + 100)
+    python benchmarks/bench_numpyro.py --tables single,sweep    # only the fixed-cost tables
+    python benchmarks/bench_numpyro.py --device gpu             # on a CUDA JAX (jax[cuda12])
 """
 from __future__ import annotations
 
@@ -29,7 +40,7 @@ import numpy as np
 import torch
 
 import pyro_bdl as bdl
-from pyro_bdl.infer.mcmc.numpyro import compile_timer
+from pyro_bdl.infer.mcmc.numpyro import compile_timer, program_cache
 
 HIDDEN, N_TRAIN, N_TEST, NOISE = 20, 100, 20, 0.1
 
@@ -42,10 +53,11 @@ def problem(seed: int = 0):
     return x, y, x_test
 
 
-def bayesian_model(seed: int = 0) -> bdl.BayesianModel:
+def bayesian_model(seed: int = 0, temperature: float = 1.0) -> bdl.BayesianModel:
     torch.manual_seed(seed)
     net = torch.nn.Sequential(torch.nn.Linear(1, HIDDEN), torch.nn.Tanh(), torch.nn.Linear(HIDDEN, 1))
-    return bdl.BayesianModel(net, prior=bdl.priors.Gaussian(0.0, 1.0), likelihood=bdl.likelihoods.Gaussian(NOISE))
+    return bdl.BayesianModel(net, prior=bdl.priors.Gaussian(0.0, 1.0), likelihood=bdl.likelihoods.Gaussian(NOISE),
+                             temperature=temperature)
 
 
 def min_bulk_ess(f: np.ndarray) -> float:
@@ -150,6 +162,106 @@ def run_handwritten(chains: int, warmup: int, samples: int, seed: int, chain_met
             "divergences": int(np.sum(extra["diverging"]))}
 
 
+def handwritten_tempered(x, y, T=1.0):
+    """The reference BNN under posterior tempering p(w)^(1/T) p(D|w)^(1/T), written directly in NumPyro."""
+    import numpyro
+
+    with numpyro.handlers.scale(scale=1.0 / T):
+        handwritten_model(x, y)
+
+
+def _timed(fn):
+    start, cpu = time.perf_counter(), time.process_time()
+    with compile_timer() as compile_seconds:
+        out = fn()
+    return time.perf_counter() - start, time.process_time() - cpu, compile_seconds[0], out
+
+
+def single_chain(warmup: int, samples: int, seed: int) -> Dict[str, Dict[str, float]]:
+    """One short chain from a cold start: pyro_bdl's first fit of the network vs a fresh hand-written MCMC."""
+    import jax
+    import jax.numpy as jnp
+    from numpyro.infer import MCMC, NUTS
+
+    x, y, _ = problem()
+    xj, yj = jnp.asarray(x.numpy()), jnp.asarray(y.numpy())
+
+    def ours():
+        program_cache().clear()
+        post = bdl.fit(bayesian_model(), x, y, method="nuts", backend="numpyro", warmup=warmup, num_samples=samples,
+                       seed=seed, progress=False)
+        return float(post.sample_stats["num_steps"].double().mean())
+
+    def hand():
+        mcmc = MCMC(NUTS(handwritten_model), num_warmup=warmup, num_samples=samples, progress_bar=False)
+        mcmc.run(jax.random.PRNGKey(seed), xj, yj, extra_fields=("num_steps",))
+        jax.block_until_ready(mcmc.get_samples())
+        return float(np.mean(mcmc.get_extra_fields()["num_steps"]))
+
+    return {"pyro_bdl, backend='numpyro' (first fit)": ours, "hand-written NumPyro MCMC": hand}
+
+
+def sweep(warmup: int, samples: int, temperatures, seeds) -> Dict[str, Any]:
+    """The same 6 x 3 cells three ways; each callable runs the whole sweep."""
+    import jax
+    import jax.numpy as jnp
+    from numpyro.infer import MCMC, NUTS
+
+    x, y, _ = problem()
+    xj, yj = jnp.asarray(x.numpy()), jnp.asarray(y.numpy())
+    cells = [(T, s) for T in temperatures for s in seeds]
+
+    def ours():
+        program_cache().clear()
+        steps = []
+        for T, s in cells:
+            post = bdl.fit(bayesian_model(temperature=T), x, y, method="nuts", backend="numpyro", warmup=warmup, num_samples=samples, seed=s,
+                           progress=False)
+            steps.append(float(post.sample_stats["num_steps"].double().mean()))
+        return float(np.mean(steps))
+
+    def hand_fresh():
+        steps = []
+        for T, s in cells:
+            mcmc = MCMC(NUTS(handwritten_tempered), num_warmup=warmup, num_samples=samples, progress_bar=False)
+            mcmc.run(jax.random.PRNGKey(s), xj, yj, T, extra_fields=("num_steps",))
+            jax.block_until_ready(mcmc.get_samples())
+            steps.append(float(np.mean(mcmc.get_extra_fields()["num_steps"])))
+        return float(np.mean(steps))
+
+    def hand_reused():
+        steps = []
+        mcmc = MCMC(NUTS(handwritten_tempered), num_warmup=warmup, num_samples=samples, progress_bar=False,
+                    jit_model_args=True)
+        for T, s in cells:
+            mcmc.run(jax.random.PRNGKey(s), xj, yj, jnp.asarray(T), extra_fields=("num_steps",))
+            jax.block_until_ready(mcmc.get_samples())
+            steps.append(float(np.mean(mcmc.get_extra_fields()["num_steps"])))
+        return float(np.mean(steps))
+
+    return {"pyro_bdl, backend='numpyro'": ours, "hand-written, a new MCMC per cell": hand_fresh,
+            "hand-written, one MCMC (jit_model_args=True)": hand_reused}
+
+
+def fixed_cost_table(title: str, runs: Dict[str, Any], repeats: int) -> str:
+    """Run each callable ``repeats`` times interleaved, keep the fastest; markdown table with ratios to the best
+    hand-written run."""
+    best: Dict[str, tuple] = {}
+    for r in range(repeats):
+        for name, run in runs.items():
+            print(f"{title}: {name} (run {r + 1}/{repeats}) ...", file=sys.stderr, flush=True)
+            wall, cpu, compile_s, steps = _timed(run)
+            if name not in best or wall < best[name][0]:
+                best[name] = (wall, cpu, compile_s, steps)
+    hand = min(v[0] for k, v in best.items() if k.startswith("hand-written"))
+    lines = [f"**{title}**", "", "| run | wall s | CPU s | compile s | wall excl. compile s | mean leapfrog steps | "
+             "× best hand-written (wall) |", "|---|---|---|---|---|---|---|"]
+    for name, (wall, cpu, compile_s, steps) in best.items():
+        lines.append(f"| {name} | {wall:.2f} | {cpu:.2f} | {compile_s:.2f} | {wall - compile_s:.2f} | {steps:.0f} | "
+                     f"{wall / hand:.2f} |")
+    return "\n".join(lines)
+
+
 def table(results: Dict[str, Dict[str, float]]) -> str:
     """Markdown table; ratios are of ESS/s (compilation included), against the Pyro backend and the faster
     hand-written NumPyro run."""
@@ -172,19 +284,62 @@ def table(results: Dict[str, Dict[str, float]]) -> str:
 def main(argv=None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--full", action="store_true", help="4 × (1000 + 1000) NumPyro draws, Pyro 1 × (100 + 100)")
+    parser.add_argument("--tables", default="reference,single,sweep",
+                        help="comma-separated: reference (ESS/s, 4 chains), single (one short chain), sweep (6 T × 3 seeds)")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default=None,
+                        help="JAX device to run on (default: JAX's default backend); gpu needs a CUDA jaxlib")
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--samples", type=int, default=None)
     parser.add_argument("--pyro-warmup", type=int, default=None)
     parser.add_argument("--pyro-samples", type=int, default=None)
+    parser.add_argument("--single-draws", type=int, default=200, help="warmup = draws of the single-chain table")
+    parser.add_argument("--sweep-draws", type=int, default=100, help="warmup = draws of each sweep cell")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2, help="interleaved repeats of the NumPyro runs (best kept)")
     args = parser.parse_args(argv)
+    import jax
+
+    if args.device is not None:
+        try:
+            device = jax.devices(args.device)[0]
+        except RuntimeError as err:
+            parser.error(f"--device {args.device}: JAX has no such backend here ({err}); its devices are "
+                         f"{jax.devices()}. For a GPU install a CUDA jaxlib (pip install 'jax[cuda12]').")
+        with jax.default_device(device):
+            return _main(args, str(device))
+    return _main(args, str(jax.devices()[0]))
+
+
+def _main(args, device: str) -> Dict[str, Any]:
+    tables = set(args.tables.split(","))
+    unknown = tables - {"reference", "single", "sweep"}
+    if unknown:
+        raise SystemExit(f"unknown --tables {sorted(unknown)}; choose from reference, single, sweep")
+    out: Dict[str, Any] = {"device": device}
+    print(f"JAX device: {device}\n")
+    if "single" in tables:
+        n = args.single_draws
+        text = fixed_cost_table(f"One short chain, cold start: 1 × ({n} + {n}) NUTS", single_chain(n, n, args.seed),
+                                args.repeats)
+        print(text + "\n")
+        out["single"] = text
+    if "sweep" in tables:
+        n = args.sweep_draws
+        runs = sweep(n, n, temperatures=(0.1, 0.3, 0.5, 1.0, 2.0, 5.0), seeds=(0, 1, 2))
+        text = fixed_cost_table(f"Temperature sweep: 6 T × 3 seeds, each 1 × ({n} + {n}) NUTS", runs, 1)
+        print(text + "\n")
+        out["sweep"] = text
+    if "reference" in tables:
+        out.update(reference(args))
+    return out
+
+
+def reference(args) -> Dict[str, Any]:
     n = args.warmup or (1000 if args.full else 500)
     s = args.samples or (1000 if args.full else 500)
     pw = args.pyro_warmup or (100 if args.full else 50)
     ps = args.pyro_samples or (100 if args.full else 50)
-
     # NumPyro runs are repeated, interleaved, and the fastest wall time of each is kept: on a shared machine the
     # load changes during the benchmark, and the best of interleaved runs compares like with like.
     runs = {f"hand-written NumPyro, chain_method={m!r}": (lambda m=m: run_handwritten(args.chains, n, s, args.seed, m))

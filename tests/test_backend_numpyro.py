@@ -184,19 +184,71 @@ def blr_model(sigma, alpha, T, mode):
                              temperature=T, tempering=mode)
 
 
-def test_blr_closed_form_cold_posterior():
+class _CompileCounter:
+    """Counts XLA compilations (jax.monitoring events) inside the block."""
+
+    def __enter__(self):
+        self.count = 0
+
+        def listen(event, duration, **kwargs):
+            if event == "/jax/core/compile/backend_compile_duration":
+                self.count += 1
+
+        self._listen = listen
+        jax.monitoring.register_event_duration_secs_listener(listen)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listen)
+
+
+def test_blr_closed_form_cold_posterior_compiled_once():
+    """T and the prior scale are run-time arguments: fits at other values reuse the program and are still exact."""
     torch.manual_seed(0)
     x, y = blr_problem()
-    sigma, alpha, T = 0.5, 1.0, 0.5
-    post = bdl.fit(blr_model(sigma, alpha, T, "posterior"), x, y, method="nuts", backend="numpyro", num_chains=2,
-                   num_samples=1000, warmup=300, seed=0, progress=False)
-    check_blr(post, x, y, sigma, alpha, T, "posterior")
+    sigma = 0.5
+    kw = dict(method="nuts", backend="numpyro", num_chains=2, num_samples=1000, warmup=300, progress=False)
+    numpyro_mcmc.program_cache().clear()
+    first = bdl.fit(blr_model(sigma, 1.0, 1.0, "posterior"), x, y, seed=0, **kw)
+    assert first.info["compile_time"] > 0 and not first.info["program_cached"]
+    check_blr(first, x, y, sigma, 1.0, 1.0, "posterior")
+    for alpha, T, mode, seed in [(1.0, 0.5, "posterior", 1), (0.6, 2.0, "likelihood", 2)]:
+        with _CompileCounter() as compiles:
+            post = bdl.fit(blr_model(sigma, alpha, T, mode), x, y, seed=seed, **kw)
+        assert compiles.count == 0 and post.info["program_cached"], (T, compiles.count)
+        check_blr(post, x, y, sigma, alpha, T, mode)
     assert set(post.sample_stats) == STATS
     assert post.sample_stats["diverging"].shape == (2, 1000) and not post.sample_stats["diverging"].any()
-    assert post.info["backend"] == "numpyro" and post.info["compile_time"] > 0
-    # Tolerances catch a wrong temperature: the T = 1 posterior is √2 wider.
+    assert post.info["backend"] == "numpyro" and post.info["device"] == "cpu"
+    # Tolerances catch a wrong temperature: at T = 2 (likelihood tempering) the T = 1 posterior is √2 narrower.
     with pytest.raises(AssertionError):
-        check_blr(post, x, y, sigma, alpha, 1.0, "posterior")
+        check_blr(post, x, y, sigma, 0.6, 1.0, mode)
+    # The cached program gives exactly what a freshly compiled one gives.
+    numpyro_mcmc.program_cache().clear()
+    fresh = bdl.fit(blr_model(sigma, 0.6, 2.0, "likelihood"), x, y, seed=2, **kw)
+    assert not fresh.info["program_cached"]
+    for k in post.samples:
+        assert torch.equal(post.samples[k], fresh.samples[k]), k
+    assert torch.equal(post.sample_stats["num_steps"], fresh.sample_stats["num_steps"])
+
+
+def test_network_constants_are_arguments_not_baked_in():
+    """Two networks of one structure with different fixed weights share a program but not their values."""
+    x = torch.randn(12, 2)
+    y = torch.randn(12)
+    kw = dict(method="hmc", backend="numpyro", num_samples=3, warmup=2, num_steps=2, seed=0, init="net",
+              progress=False)
+    outs = []
+    for scale in (1.0, 3.0):
+        torch.manual_seed(0)
+        net = mlp()
+        with torch.no_grad():
+            net[0].weight.mul_(scale)
+        model = bdl.BayesianModel(net, likelihood=L.Gaussian(0.5), deterministic="0.*")
+        post = bdl.fit(model, x, y, **kw)
+        outs.append(post)
+    assert outs[1].info["program_cached"]
+    assert not torch.equal(outs[0].samples["2.weight"], outs[1].samples["2.weight"])
 
 
 @pytest.mark.slow
@@ -280,3 +332,44 @@ def test_backends_agree_on_small_bnn():
     z = np.abs(m1 - m2) / np.sqrt(e1 ** 2 + e2 ** 2)
     assert np.all(z < 4), z
     assert np.all(np.abs(s1 / s2 - 1) < 0.3), (s1, s2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Every listed operation samples: pooling inside NUTS; errors that name the real cause
+# ----------------------------------------------------------------------------------------------
+def test_cnn_with_pooling_samples():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # non-overlapping: reshape + max
+                        nn.AvgPool2d(3, stride=1, padding=1), nn.MaxPool2d(2, stride=1),  # overlapping windows
+                        nn.AvgPool2d(2), nn.Flatten(), nn.Linear(2, 2))
+    x = torch.randn(8, 1, 6, 6)
+    y = torch.randint(0, 2, (8,))
+    model = bdl.BayesianModel(net, prior=P.Gaussian(0.0, 1.0), likelihood=L.Categorical())
+    post = bdl.fit(model, x, y, method="nuts", backend="numpyro", num_samples=10, warmup=10, max_tree_depth=3,
+                   seed=0, progress=False)
+    w = post.samples["0.weight"]
+    assert w.shape == (1, 10, 2, 1, 3, 3) and torch.isfinite(w).all()
+    assert (w[0, 1:] != w[0, :-1]).any()  # the chain moves
+    assert torch.isfinite(post.predict(x[:2]).probs).all()
+
+
+def test_nonfinite_start_names_the_site_not_the_translation():
+    x, y = torch.randn(10, 2), torch.randn(10)
+    model = bdl.BayesianModel(nn.Linear(2, 1), prior=dist.Uniform(-1.0, 1.0), likelihood=L.Gaussian(0.5))
+    start = {"weight": torch.full((1, 2), 5.0), "bias": torch.zeros(1)}
+    with pytest.raises(ValueError, match=r"not finite at the starting point.*'weight'.*outside the support") as err:
+        bdl.fit(model, x, y, method="nuts", backend="numpyro", init=start, progress=False)
+    assert "report" not in str(err.value) and "translation" not in str(err.value)
+
+
+def test_tiny_prior_scale_blames_the_prior():
+    """A prior scale of 1e-30 is degenerate in float32 (its square underflows): the error names the prior, not
+    lr or the translation (NumPyro backend; MAP, which NUTS's init='map' runs)."""
+    x, y = torch.randn(10, 2), torch.randn(10)
+    torch.manual_seed(0)
+    model = bdl.BayesianModel(nn.Linear(2, 1), prior=P.Gaussian(0.0, 1e-30), likelihood=L.Gaussian(0.5))
+    with pytest.raises(ValueError, match=r"parameter 'weight' has log density nan at a draw from itself.*scale") as err:
+        bdl.fit(model, x, y, method="nuts", backend="numpyro", init="net", num_samples=5, warmup=5, progress=False)
+    assert "report" not in str(err.value) and "translation" not in str(err.value)
+    with pytest.raises(FloatingPointError, match=r"step 0.*learning rate is not the cause.*'weight'.*prior's scale"):
+        bdl.fit(model, x, y, method="map", num_steps=5, progress=False)

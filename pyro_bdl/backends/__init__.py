@@ -11,7 +11,7 @@ pyro_bdl[jax]``).
 * :class:`UnsupportedOperationError` — raised (a ``ValueError``) for anything else;
 * :class:`NumPyroModel` — the Bayesian model as a NumPyro model; :func:`to_numpyro_distribution`.
 """
-from .jax_translate import JaxNetwork, UnsupportedOperationError, as_jax_array, supported_operations, to_jax
+from .jax import JaxNetwork, UnsupportedOperationError, as_jax_array, supported_operations, to_jax
 from .numpyro_model import NumPyroModel, check_translatable, to_numpyro_distribution
 
 __all__ = [

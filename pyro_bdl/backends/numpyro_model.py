@@ -38,7 +38,7 @@ from ..model import tempering
 from ..model.bayesian_model import BayesianModel
 from ..priors.base import Prior
 from ..priors.combinators import resolve_prior
-from .jax_translate import JaxNetwork, as_jax_array, to_jax
+from .jax import JaxNetwork, as_jax_array, to_jax
 
 __all__ = ["NumPyroModel", "to_numpyro_distribution", "check_translatable"]
 
@@ -115,6 +115,12 @@ def _translate(d: Any, what: str) -> ndist.Distribution:
                      f"supported families: {sorted(c.__name__ for c in _FAMILIES)} (with .expand/.to_event). {_REMEDY}")
 
 
+@jax.jit
+def _log_probs(dists: Dict[str, ndist.Distribution], values: Dict[str, jnp.ndarray]) -> Dict[str, jnp.ndarray]:
+    # Module level, so JAX compiles it once per structure (distributions are pytrees), not once per call.
+    return {w: jnp.sum(dists[w].log_prob(values[w])) for w in values}
+
+
 def _check_same_density(pairs: Dict[str, Tuple[torch.distributions.Distribution, ndist.Distribution]]) -> None:
     """Compare torch and NumPyro log densities of each ``{what: (d, nd)}`` pair at a draw of ``d`` (one jitted call)."""
     values, expected = {}, {}
@@ -126,9 +132,14 @@ def _check_same_density(pairs: Dict[str, Tuple[torch.distributions.Distribution,
             value = d.sample()
             expected[what] = float(d.log_prob(value).sum())
         values[what] = as_jax_array(value)
-    got = jax.jit(lambda v: {w: jnp.sum(pairs[w][1].log_prob(v[w])) for w in v})(values)
+    got = _log_probs({w: nd for w, (_, nd) in pairs.items()}, values)
     for what, lp_torch in expected.items():
         lp_jax = float(got[what])
+        if not np.isfinite(lp_torch):  # the distribution itself, not its translation, is at fault
+            raise ValueError(f"the {type(pairs[what][0]).__name__} distribution of {what} has log density {lp_torch} "
+                             f"at a draw from itself in torch: its parameters are degenerate in "
+                             f"{torch.get_default_dtype()} (e.g. a scale below ~1e-19 squares to 0 in float32); "
+                             "use a larger scale (or float64)")
         if not abs(lp_torch - lp_jax) <= 1e-4 * max(1.0, abs(lp_torch)):
             raise ValueError(f"the NumPyro translation of the {type(pairs[what][0]).__name__} distribution of {what} has "
                              f"a different log density ({lp_jax} vs {lp_torch} in torch). {_REMEDY}")
@@ -159,7 +170,8 @@ _LIKELIHOODS = (L.Gaussian, L.StudentT, L.Categorical, L.Bernoulli)
 
 
 class _Likelihood:
-    """NumPyro version of a :mod:`pyro_bdl.likelihoods` likelihood (same parametrisation)."""
+    """NumPyro version of a :mod:`pyro_bdl.likelihoods` likelihood: same link (the likelihood's own
+    ``_loc_scale``), same sites. The learned noise's prior is a run-time argument (:attr:`noise_prior`)."""
 
     def __init__(self, lik: L.Likelihood):
         self.lik = lik
@@ -170,10 +182,15 @@ class _Likelihood:
             self.noise_prior = to_numpyro_distribution(lik.scale_prior, what, check=False)
             self.translated[what] = (lik.scale_prior, self.noise_prior)
 
-    def sample_params(self) -> Dict[str, jnp.ndarray]:
-        if self.noise_prior is None:
+    @property
+    def structure_key(self) -> Tuple:
+        """What the compiled model bakes in: the family and its options (fixed scale, df, ...)."""
+        return (type(self.lik).__qualname__, repr(self.lik))
+
+    def sample_params(self, noise_prior: Optional[ndist.Distribution]) -> Dict[str, jnp.ndarray]:
+        if noise_prior is None:
             return {}
-        return {self.lik.noise_site: numpyro.sample(self.lik.noise_site, self.noise_prior)}
+        return {self.lik.noise_site: numpyro.sample(self.lik.noise_site, noise_prior)}
 
     def distribution(self, output: jnp.ndarray, params: Dict[str, jnp.ndarray]) -> ndist.Distribution:
         lik = self.lik
@@ -181,26 +198,20 @@ class _Likelihood:
             return ndist.Categorical(logits=output)
         if isinstance(lik, L.Bernoulli):
             return ndist.Bernoulli(logits=output[..., 0])
-        if lik.heteroskedastic:  # mean and raw-scale columns, σ = softplus(raw) + min_scale
-            d = output.shape[-1] // 2
-            loc, scale = output[..., :d], jax.nn.softplus(output[..., d:]) + lik.min_scale
-        else:
-            loc = output
-            scale = params[lik.noise_site] if lik.learned else jnp.asarray(lik.scale, dtype=output.dtype)
-        vector = loc.shape[-1] > 1
-        if not vector:
-            loc = loc[..., 0]
-            scale = scale[..., 0] if jnp.ndim(scale) > 0 else scale
+        loc, scale = lik._loc_scale(output, params, softplus=jax.nn.softplus)
         base = ndist.Normal(loc, scale) if isinstance(lik, L.Gaussian) else ndist.StudentT(lik.df, loc, scale)
-        return base.to_event(1) if vector else base
+        return lik._event(base, loc, output)
 
-    def __call__(self, output: jnp.ndarray, y: Optional[jnp.ndarray], dataset_size: Optional[int],
+    def __call__(self, output: jnp.ndarray, y: Optional[jnp.ndarray], data_scale: Any,
                  params: Dict[str, jnp.ndarray]) -> jnp.ndarray:
-        batch = output.shape[-2]
         d = self.distribution(output, params)
-        size = batch if dataset_size is None else int(dataset_size)
-        with numpyro.plate(L.DATA_PLATE, batch, dim=-1), numpyro.handlers.scale(scale=size / batch):
+        with numpyro.plate(L.DATA_PLATE, output.shape[-2], dim=-1), numpyro.handlers.scale(scale=data_scale):
             return numpyro.sample(L.OBS_SITE, d, obs=y)
+
+
+def data_scale(dataset_size: Optional[int], batch: int) -> float:
+    """N/B: the factor on the minibatch log likelihood (1 for the full data)."""
+    return 1.0 if dataset_size is None else int(dataset_size) / batch
 
 
 class NumPyroModel:
@@ -209,6 +220,15 @@ class NumPyroModel:
     Same site names, same distributions, same temperature and tempering mode, hence the same
     tempered log joint (:meth:`log_joint`) as the Pyro model. ``x`` and ``y`` are JAX/numpy
     arrays (or torch tensors); ``y`` as the likelihood's ``check_targets`` returns it.
+
+    The model is split into structure and values, so that one compiled program serves every
+    model with the same structure: :meth:`model_fn` ``(args, x, y, data_scale)`` is the NumPyro
+    model with every value a run-time argument — :attr:`args` holds the prior distributions
+    (NumPyro distributions are JAX pytrees: their parameters are leaves), the learned noise's
+    prior, the tempering factors ``prior_scale`` and ``likelihood_scale``, and the network's
+    constants (fixed parameters, BatchNorm statistics) — and :attr:`structure_key` describes
+    everything the program bakes in (network graph and layer configuration, sites, likelihood
+    family and options, shapes).
 
     Raises ``ValueError`` (before any work) for what cannot be translated: a hierarchical
     prior given as a function, a distribution family or likelihood without a NumPyro
@@ -240,20 +260,39 @@ class NumPyroModel:
         """Latent sites: the weights (Pyro order) and the likelihood's parameters."""
         return tuple(self.priors) + tuple(self.model.likelihood_sites)
 
-    def forward(self, weights: Dict[str, jnp.ndarray], x: jnp.ndarray) -> jnp.ndarray:
-        """Network output for one set of weights keyed by site name."""
-        return self.net({name: weights[site] for site, (name, _) in self.priors.items()}, x)
+    @property
+    def args(self) -> Dict[str, Any]:
+        """The run-time arguments of :meth:`model_fn`: every value the log density depends on (a pytree)."""
+        dtype = jnp.result_type(float)
+        return {"priors": {site: d for site, (_, d) in self.priors.items()}, "noise_prior": self.likelihood.noise_prior,
+                "prior_scale": jnp.asarray(self.prior_scale, dtype),
+                "likelihood_scale": jnp.asarray(self.likelihood_scale, dtype), "constants": dict(self.net.constants)}
 
-    def __call__(self, x: Any, y: Any = None, dataset_size: Optional[int] = None) -> jnp.ndarray:
+    @property
+    def structure_key(self) -> Tuple:
+        """Hashable: equal keys mean :meth:`model_fn` traces to the same program for args of the same structure."""
+        return (self.net.structure_key, tuple((s, n) for s, (n, _) in self.priors.items()), self.likelihood.structure_key)
+
+    def forward(self, weights: Dict[str, jnp.ndarray], x: jnp.ndarray,
+                constants: Optional[Dict[str, jnp.ndarray]] = None) -> jnp.ndarray:
+        """Network output for one set of weights keyed by site name (``constants``: default the network's)."""
+        values = {name: weights[site] for site, (name, _) in self.priors.items()}
+        return self.net({**(self.net.constants if constants is None else constants), **values}, x)
+
+    def model_fn(self, args: Dict[str, Any], x: Any, y: Any = None, data_scale: Any = 1.0) -> jnp.ndarray:
+        """The NumPyro model with its values as arguments (:attr:`args`); ``data_scale`` is N/B."""
         x = as_jax_array(x)
         y = None if y is None else as_jax_array(y)
-        with numpyro.handlers.scale(scale=self.prior_scale):
-            weights = {site: numpyro.sample(site, d) for site, (_, d) in self.priors.items()}
-            lik_params = self.likelihood.sample_params()
-        out = self.forward(weights, x)
-        with numpyro.handlers.scale(scale=self.likelihood_scale):
-            self.likelihood(out, y, dataset_size, lik_params)
+        with numpyro.handlers.scale(scale=args["prior_scale"]):
+            weights = {site: numpyro.sample(site, args["priors"][site]) for site in self.priors}
+            lik_params = self.likelihood.sample_params(args["noise_prior"])
+        out = self.forward(weights, x, args["constants"])
+        with numpyro.handlers.scale(scale=args["likelihood_scale"]):
+            self.likelihood(out, y, data_scale, lik_params)
         return out
+
+    def __call__(self, x: Any, y: Any = None, dataset_size: Optional[int] = None) -> jnp.ndarray:
+        return self.model_fn(self.args, x, y, data_scale(dataset_size, jnp.shape(x)[0]))
 
     def log_joint(self, values: Dict[str, Any], x: Any, y: Any, dataset_size: Optional[int] = None) -> jnp.ndarray:
         """The tempered log joint at ``values`` (``{site: array}``): NumPyro's ``log_density`` of this model.
@@ -267,30 +306,68 @@ class NumPyroModel:
         lp, _ = log_density(self, (x, y, dataset_size), {}, values)
         return lp
 
-    def verify(self, values: Dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> None:
-        """Check the translation at ``values`` against the Pyro model: network outputs on a few rows and the log joint.
+    def verify(self, values: Dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+               computed: Optional[Tuple[Any, Any]] = None) -> None:
+        """Check the translation at ``values`` against the Pyro model: network outputs on 8 rows and the log joint.
 
-        Raises ``ValueError`` if they disagree beyond float32 rounding (a translation bug:
-        please report it; ``backend="pyro"`` is unaffected).
+        ``computed``: the JAX side ``(outputs on x[:8], log joint)`` when the caller already has
+        them (the NumPyro sampler computes them in its compiled initialisation); otherwise
+        they are computed here. Raises ``ValueError`` if they disagree beyond float32 rounding
+        (a translation bug: please report it; ``backend="pyro"`` is unaffected), or if the log
+        joint is not finite there (naming the site whose log density is not finite).
         """
         rows = x[:8]
+        weights = {s: values[s] for s in self.priors}
+        if computed is None:
+            jv = {k: as_jax_array(v) for k, v in values.items()}
+            computed = (self.forward({s: jv[s] for s in self.priors}, as_jax_array(rows)),
+                        self.log_joint(jv, as_jax_array(x), as_jax_array(y)))
+        out_jax, lp_jax = np.asarray(computed[0]), float(computed[1])
         with torch.no_grad():
-            weights = {s: values[s] for s in self.priors}
             out_torch = self.model.forward(weights, rows).numpy()
-        out_jax = np.asarray(jax.jit(self.forward)({k: as_jax_array(v) for k, v in weights.items()}, as_jax_array(rows)))
+            lp_torch = float(self.model.log_joint(values, x, y))
         if out_jax.shape != out_torch.shape or not np.all(
                 np.abs(out_jax - out_torch) <= 1e-3 * (1.0 + np.abs(out_torch).max())):
             raise ValueError(
                 "the JAX translation of the network disagrees with torch (max abs difference "
                 f"{np.abs(out_jax - out_torch).max() if out_jax.shape == out_torch.shape else 'shape ' + str(out_jax.shape)}"
                 f" on shape {out_torch.shape}). Please report this; {_REMEDY}")
-        with torch.no_grad():
-            lp_torch = float(self.model.log_joint(values, x, y))
-        lp_jax = float(jax.jit(self.log_joint)({k: as_jax_array(v) for k, v in values.items()}, as_jax_array(x),
-                                               as_jax_array(y)))
+        if not (np.isfinite(lp_torch) and np.isfinite(lp_jax)):
+            raise ValueError(f"the log density is {lp_torch} (Pyro) / {lp_jax} (NumPyro) at the starting point: "
+                             f"{self.explain_nonfinite(values, x, y)}")
         if not abs(lp_torch - lp_jax) <= 1e-4 * max(1.0, abs(lp_torch)):
             raise ValueError(f"the NumPyro model's log joint ({lp_jax}) differs from the Pyro model's ({lp_torch}). "
                              f"Please report this; {_REMEDY}")
+
+    def explain_nonfinite(self, values: Dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> str:
+        """Which term of the log joint is not finite at ``values``, and what to do (for error messages).
+
+        Looks at each prior site (is the value in its prior's support? is its prior's density
+        finite there?), then the network output, then the likelihood.
+        """
+        dists = {site: d for site, (_, d) in self.priors.items()}
+        if self.likelihood.noise_prior is not None:
+            dists[self.model.likelihood.noise_site] = self.likelihood.noise_prior
+        for site, d in dists.items():
+            if site not in values:
+                continue
+            v = as_jax_array(values[site])
+            lp = float(jnp.sum(d.log_prob(v)))
+            if not np.isfinite(lp):
+                inside = bool(jnp.all(d.support(v)))
+                why = ("the value lies outside the support of its prior" if not inside else
+                       f"its prior {type(d).__name__} has log density {lp} there (a prior scale far below the "
+                       f"value's size overflows float32: log N(w | 0, s) ≈ -w²/2s²; check the prior's scale)")
+                return (f"site {site!r}: {why}. Start elsewhere (init='prior' draws from the prior; a dict init must "
+                        f"lie inside each prior's support) or fix the prior.")
+        jv = {k: as_jax_array(v) for k, v in values.items()}
+        out = np.asarray(self.forward({s: jv[s] for s in self.priors}, as_jax_array(x)))
+        if not np.all(np.isfinite(out)):
+            return ("the network output is not finite there (overflowing weights or inputs); standardise the inputs "
+                    "or start from smaller weights (init='prior' with a narrower prior, or init='net').")
+        return ("the likelihood of the data is not finite there (e.g. a noise scale at 0, labels outside the "
+                "likelihood's support, or outputs far from the data); check the data and the likelihood, or start "
+                "elsewhere (init='map').")
 
     def __repr__(self) -> str:
         return f"NumPyroModel({self.model!r})"

@@ -23,10 +23,12 @@ from typing import Any, Dict, Optional, Union
 
 import pyro
 import torch
+from pyro import poutine
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import (AutoDelta, AutoLowRankMultivariateNormal, AutoMultivariateNormal, AutoNormal,
                                   init_to_value)
 
+from ..model.sites import OBS_SITE
 from ..model.bayesian_model import BayesianModel
 from ..posterior.samples import GuidePosterior, SamplesPosterior
 from .._util import progress as progress_bars
@@ -89,6 +91,8 @@ def optimise(model: BayesianModel, guide, data: FitData, num_steps: int, lr: flo
                     raise FloatingPointError(f"the optimisation diverged at step {i}: the weights became NaN or inf "
                                              f"(a distribution got invalid parameters); lower lr (now {lr}) or check "
                                              "the data scale") from None
+                if i == 0 and not math.isfinite(loss.item()):  # before any update: the start is at fault, not lr
+                    raise FloatingPointError(_nonfinite_start(model, guide, xb, yb, N, loss.item()))
                 loss.backward()
                 opt.step()
                 sched.step()
@@ -101,6 +105,22 @@ def optimise(model: BayesianModel, guide, data: FitData, num_steps: int, lr: flo
                     bar.set_postfix(loss=f"{value:.4g}")
                 bar.update()
     return losses
+
+
+def _nonfinite_start(model: BayesianModel, guide, x: torch.Tensor, y: torch.Tensor, N: int, value: float) -> str:
+    """Why the loss is not finite at step 0: the sites whose log density is not finite at the guide's first draw."""
+    with torch.no_grad(), poutine.block():
+        guide_trace = poutine.trace(guide).get_trace(x, y, N)
+        trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y, N)
+        trace.compute_log_prob()
+    bad = [name for name, site in trace.nodes.items()
+           if site["type"] == "sample" and not torch.isfinite(site["log_prob_sum"])]
+    where = (f"the log density of site(s) {bad} is not finite there" if bad else "the log joint is not finite there")
+    hint = ("; a prior scale far below the weights' size overflows float32 (log N(w | 0, s) ≈ -w²/2s²): "
+            "check the prior's scale" if bad and all(b != OBS_SITE for b in bad) else
+            "; check the likelihood (noise scale, labels) and the data")
+    return (f"the loss is {value} at the starting point (step 0, before any update), so the learning rate is not "
+            f"the cause: {where}{hint}.")
 
 
 @register("svi")

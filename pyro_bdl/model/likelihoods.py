@@ -102,23 +102,29 @@ class _LocScale(Likelihood):
             return {}
         return {self.noise_site: pyro.sample(self.noise_site, self.scale_prior)}
 
-    def _loc_scale(self, output: torch.Tensor, params: Optional[Params]):
+    def _loc_scale(self, output, params: Optional[Params], softplus=F.softplus):
+        """Location and scale of p(y | f) from the network output: the one definition of this link.
+
+        Written with indexing only, so ``output`` may be a torch tensor or a JAX array (the NumPyro
+        backend passes ``softplus=jax.nn.softplus``): heteroskedastic σ = softplus(raw) + min_scale,
+        learned σ from ``params``, or the fixed scale.
+        """
         if self.heteroskedastic:
             d = output.shape[-1] // 2
             loc, raw = output[..., :d], output[..., d:]
-            scale = F.softplus(raw) + self.min_scale
+            scale = softplus(raw) + self.min_scale
         else:
             loc = output
             if self.learned:
                 if not params or self.noise_site not in params:
                     raise ValueError(f"learned noise needs the {self.noise_site!r} sample")
                 scale = params[self.noise_site]
-                scale = scale.unsqueeze(-1) if scale.dim() > 0 else scale  # align with the output column dim
+                scale = scale[..., None] if scale.ndim > 0 else scale  # align with the output column dim
             else:
-                scale = torch.tensor(self.scale, dtype=output.dtype)
+                scale = torch.tensor(self.scale, dtype=output.dtype) if torch.is_tensor(output) else self.scale
         if loc.shape[-1] == 1:  # scalar targets
-            loc = loc.squeeze(-1)
-            scale = scale.squeeze(-1) if scale.dim() > 0 else scale
+            loc = loc[..., 0]
+            scale = scale[..., 0] if getattr(scale, "ndim", 0) > 0 else scale
         return loc, scale
 
     def _target_dim(self, out_dim: int) -> int:
