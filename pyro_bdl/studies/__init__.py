@@ -13,23 +13,31 @@ Background: Wenzel et al. (2020), "How good is the Bayes posterior in deep neura
 (the cold posterior effect); Izmailov et al. (2021), "What are Bayesian neural network posteriors
 really like?" (data augmentation as a cause).
 """
-from .cells import cell_key, cell_specs, read_cells, run_cell, write_cell
-from .config import (AUGMENTATIONS, DataConfig, InferenceConfig, ModelConfig, StudyConfig, StudyConfigError,
-                     load_config)
+import os
+from typing import List
+
+from .cells import cell_key, cell_specs, read_cells, reference_diagnostics, reference_specs, run_cell, write_cell
+from .config import (AUGMENTATIONS, SCHEMA, DataConfig, EvaluationConfig, InferenceConfig, ModelConfig,
+                     ReferenceConfig, StudyConfig, StudyConfigError, check_network, load_config)
 from .executors import LocalExecutor, RayExecutor, make_executor
-from .report import plot_metric, results_table, summarise, write_report
+from .report import (comparison_table, plot_agreement, plot_metric, plot_shift, results_table, summarise,
+                     write_report)
 from .study import StudyError, TemperatureStudy, run_study
+
+_EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def example_names() -> List[str]:
+    """The names of the study configs shipped with pyro_bdl (``pyro-bdl study --example NAME``)."""
+    return sorted(f[:-5] for f in os.listdir(_EXAMPLES) if f.endswith(".toml")) if os.path.isdir(_EXAMPLES) else []
 
 
 def example_config(name: str) -> str:
     """The path of a config shipped with pyro_bdl (``pyro_bdl/configs/<name>.toml``)."""
-    import os
-
-    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-    available = sorted(f[:-5] for f in os.listdir(here) if f.endswith(".toml")) if os.path.isdir(here) else []
+    available = example_names()
     if name not in available:
         raise ValueError(f"no example study {name!r}; examples: {', '.join(available)}")
-    return os.path.join(here, f"{name}.toml")
+    return os.path.join(_EXAMPLES, f"{name}.toml")
 
 
 __all__ = [
@@ -40,10 +48,16 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "InferenceConfig",
+    "ReferenceConfig",
+    "EvaluationConfig",
+    "SCHEMA",
+    "check_network",
     "load_config",
     "run_study",
     "cell_specs",
     "cell_key",
+    "reference_specs",
+    "reference_diagnostics",
     "run_cell",
     "write_cell",
     "read_cells",
@@ -53,7 +67,11 @@ __all__ = [
     "results_table",
     "summarise",
     "plot_metric",
+    "plot_agreement",
+    "plot_shift",
+    "comparison_table",
     "write_report",
     "example_config",
+    "example_names",
     "AUGMENTATIONS",
 ]
