@@ -13,9 +13,6 @@ Background: Wenzel et al. (2020), "How good is the Bayes posterior in deep neura
 (the cold posterior effect); Izmailov et al. (2021), "What are Bayesian neural network posteriors
 really like?" (data augmentation as a cause).
 """
-import os
-from typing import List
-
 from .cells import cell_key, cell_specs, read_cells, reference_diagnostics, reference_specs, run_cell, write_cell
 from .config import (AUGMENTATIONS, SCHEMA, DataConfig, EvaluationConfig, InferenceConfig, ModelConfig,
                      ReferenceConfig, StudyConfig, StudyConfigError, check_network, load_config)
@@ -23,21 +20,7 @@ from .executors import LocalExecutor, RayExecutor, make_executor
 from .report import (comparison_table, plot_agreement, plot_metric, plot_shift, results_table, summarise,
                      write_report)
 from .study import StudyError, TemperatureStudy, run_study
-
-_EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-
-
-def example_names() -> List[str]:
-    """The names of the study configs shipped with pyro_bdl (``pyro-bdl study --example NAME``)."""
-    return sorted(f[:-5] for f in os.listdir(_EXAMPLES) if f.endswith(".toml")) if os.path.isdir(_EXAMPLES) else []
-
-
-def example_config(name: str) -> str:
-    """The path of a config shipped with pyro_bdl (``pyro_bdl/configs/<name>.toml``)."""
-    available = example_names()
-    if name not in available:
-        raise ValueError(f"no example study {name!r}; examples: {', '.join(available)}")
-    return os.path.join(_EXAMPLES, f"{name}.toml")
+from ..examples.bundled import example_config, example_configs
 
 
 __all__ = [
@@ -72,6 +55,6 @@ __all__ = [
     "comparison_table",
     "write_report",
     "example_config",
-    "example_names",
+    "example_configs",
     "AUGMENTATIONS",
 ]

@@ -28,13 +28,18 @@ import numpy as np
 import pyro
 import torch
 
-from .. import checkpoint, likelihoods, metrics, priors
-from .. import data as datasets
-from ..inference import fit, method_options
-from ..lifting import BayesianModel
-from ..diagnostics.convergence import prediction_draws
-from ..diagnostics.convergence import summary as diagnostics_summary
-from ..posterior import SamplesPosterior
+from .._util.random import seeded
+from .._version import __version__
+from .._util import checkpoint
+from ..model import likelihoods
+from ..evaluate import metrics
+from .. import priors
+from ..examples import datasets
+from ..infer import fit, method_options
+from ..model.bayesian_model import BayesianModel
+from ..posterior.samples import SamplesPosterior
+from ..evaluate.diagnostics.convergence import prediction_draws
+from ..evaluate.diagnostics.convergence import summary as diagnostics_summary
 from .config import AUGMENTATIONS, StudyConfig, build_network
 
 CELL_FORMAT = "pyro_bdl.study_cell"
@@ -181,8 +186,7 @@ def run_cell(spec: Dict[str, Any]) -> Dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(int(spec.get("threads") or threads))
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(spec["seed"])
+        with seeded(spec["seed"]):
             record = _run(spec)
     finally:
         torch.set_num_threads(threads)
@@ -274,7 +278,6 @@ def reference_diagnostics(post, x: torch.Tensor, num_samples: Optional[int], see
 
 
 def _run(spec: Dict[str, Any]) -> Dict[str, Any]:
-    from .. import __version__
 
     m = spec["model"]
     data = cell_data(spec["data"])

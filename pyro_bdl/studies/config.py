@@ -87,10 +87,10 @@ except ModuleNotFoundError:  # Python 3.10
 
 import torch
 
-from .. import data as datasets
-from ..inference import method_options, methods
-from ..networks import ACTIVATIONS, mlp, resolve_factory
-from ..tempering import TEMPERING_MODES
+from ..examples import datasets
+from ..infer import method_options, methods
+from ..examples.networks import ACTIVATIONS, mlp, resolve_factory
+from ..model.tempering import TEMPERING_MODES
 from .schema import (REQUIRED, Invalid, Key, Section, boolean, choice, import_path, integer, list_of, number,
                      read_sections, string, table, unknown)
 

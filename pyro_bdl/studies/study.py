@@ -9,9 +9,9 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 import pandas as pd
 
-from .. import checkpoint
+from .._util import checkpoint
 from .cells import cell_key, cell_path, cell_specs, read_cell, read_cells, write_cell
-from ..diagnostics.convergence import ConvergenceWarning
+from ..evaluate.diagnostics.convergence import ConvergenceWarning
 from .config import StudyConfig, check_network, load_config
 from .executors import Executor, make_executor
 from .report import results_table, write_report
