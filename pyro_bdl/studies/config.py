@@ -43,6 +43,8 @@ Every section and key, with its default (the schema itself is :data:`SCHEMA`, bu
     seed = 0                              # the reference's seed (one reference per T and augmentation)
     predict_samples = 1000                # draws in its model average (default: every draw it kept)
     rhat_threshold = 1.01                 # max function-space R-hat above which it is "not converged"
+    diagnostic_inputs = 100               # R-hat / ESS on the class probabilities at the first 100
+                                          # test inputs (default 100; all of them: a large number)
 
     [evaluation]                          # optional: accuracy and NLL under covariate shift
     corruptions = ["gaussian_noise", "shift"]   # any of pyro_bdl.data.CORRUPTIONS
@@ -159,6 +161,7 @@ SCHEMA: Tuple[Section, ...] = (
         Key("seed", integer(0), 0),
         Key("predict_samples", integer(1), None, "default: every draw it kept"),
         Key("rhat_threshold", number(1.0, what="a number >= 1"), 1.01),
+        Key("diagnostic_inputs", integer(2), 100, "test inputs of its function-space R-hat / ESS"),
     ), open=True, doc="the reference posterior and its method's options"),
     Section("evaluation", (
         Key("corruptions", list_of(choice(datasets.CORRUPTIONS), "corruption kinds"), REQUIRED),
@@ -242,7 +245,8 @@ class ReferenceConfig:
 
     ``options`` go to ``pyro_bdl.fit`` (for nuts/hmc: ``backend="numpyro"``, ``num_chains=4``
     unless set); ``predict_samples`` None means every kept draw; the reference counts as
-    converged when its largest function-space R-hat on the test inputs is <= ``rhat_threshold``.
+    converged when its largest function-space R-hat on the first ``diagnostic_inputs`` test inputs
+    is <= ``rhat_threshold``.
     """
 
     method: str = "nuts"
@@ -250,6 +254,7 @@ class ReferenceConfig:
     seed: int = 0
     predict_samples: Optional[int] = None
     rhat_threshold: float = 1.01
+    diagnostic_inputs: int = 100
 
     @property
     def uses_augmentation(self) -> bool:
@@ -432,7 +437,8 @@ def _check_reference(ref: Dict[str, Any], read, data: Dict[str, Any], dataset,
     if dataset is not None and dataset.task != "classification":
         problems.append(f"[reference] compares top-class agreement and total variation of class probabilities; "
                         f"{dataset.name!r} is a regression data set. Leave out [reference] or use a classification set")
-    return ReferenceConfig(method, options, ref["seed"], ref["predict_samples"], ref["rhat_threshold"])
+    return ReferenceConfig(method, options, ref["seed"], ref["predict_samples"], ref["rhat_threshold"],
+                           ref["diagnostic_inputs"])
 
 
 def _check_evaluation(ev: Dict[str, Any], read, data: Dict[str, Any], problems: List[str]) -> Optional[EvaluationConfig]:
