@@ -119,6 +119,7 @@ def test_a_killed_study_resumes_without_rerunning_the_reference(tmp_path, monkey
     rerun finds the reference's file, leaves it alone and compares the other cells with it."""
     out = tmp_path / "run"
     cfg = tiny_reference(out, network="study_nets:gated_mlp")
+    cfg["reference"].update(num_chains=2, warmup=30, num_samples=30)  # resume mechanics, not convergence
     path = write_toml(tmp_path / "study.toml", cfg)
     env = dict(os.environ, STUDY_GATE_DIR=str(out),
                PYTHONPATH=os.pathsep.join([ROOT, HERE] + [os.environ.get("PYTHONPATH", "")]))
@@ -297,3 +298,15 @@ def test_pca_features_are_whitened_on_train_and_project_other_inputs_the_same_wa
     assert first.var() > other.var()
     with pytest.raises(ValueError, match="pca needs 1 <= k <= 64"):
         bdl.data.pca_features(ds, 65)
+
+
+def test_the_config_docstring_documents_every_key_of_the_schema():
+    from pyro_bdl.studies import config as config_module
+
+    doc = config_module.__doc__
+    for section in bdl.studies.SCHEMA:
+        assert f"[{section.name}]" in doc, section.name
+        body = doc.split(f"[{section.name}]", 1)[1]
+        for key in section.keys:
+            documented = f"{key.name} =" in body or f"[{section.name}.{key.name}." in doc  # a sub-table
+            assert documented, f"[{section.name}] {key.name} is not in pyro_bdl.studies.config's docstring"

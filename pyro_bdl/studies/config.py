@@ -330,10 +330,10 @@ def parse(raw: Mapping[str, Any], source: str = "the study config", default_name
     problems: List[str] = []
     read = read_sections(raw, SCHEMA, problems)
     v = read.values
-    dataset = _check_data(v["data"], read, problems)
+    dataset = _check_data(v["data"], problems)
     model = _check_model(v["model"], read, dataset, problems)
-    inference = _check_inference(v["inference"], read, problems)
-    reference = _check_reference(v["reference"], read, v["data"], dataset, problems)
+    inference = _check_inference(v["inference"], problems)
+    reference = _check_reference(v["reference"], read, dataset, problems)
     evaluation = _check_evaluation(v["evaluation"], read, v["data"], problems)
     temperatures = v["grid"]["temperature"] or ()
     name = v["study"]["name"] or default_name
@@ -350,7 +350,7 @@ def parse(raw: Mapping[str, Any], source: str = "the study config", default_name
         reference=reference, evaluation=evaluation)
 
 
-def _check_data(d: Dict[str, Any], read, problems: List[str]) -> Optional["datasets.Dataset"]:
+def _check_data(d: Dict[str, Any], problems: List[str]) -> Optional["datasets.Dataset"]:
     if d["name"] is None:
         return None
     if any(d["augment"]) and d["name"] not in AUGMENTATIONS:
@@ -404,7 +404,7 @@ def _check_options(method: str, options: Any, where: str, problems: List[str],
     return {k: v for k, v in options.items() if k in accepted}
 
 
-def _check_inference(inf: Dict[str, Any], read, problems: List[str]) -> InferenceConfig:
+def _check_inference(inf: Dict[str, Any], problems: List[str]) -> InferenceConfig:
     known = methods()
     listed = list(inf["methods"] or ())
     for m in listed:
@@ -424,8 +424,7 @@ def _check_inference(inf: Dict[str, Any], read, problems: List[str]) -> Inferenc
     return InferenceConfig(tuple(method_list), inf["epochs"], inf["batch_size"], inf["predict_samples"], options)
 
 
-def _check_reference(ref: Dict[str, Any], read, data: Dict[str, Any], dataset,
-                     problems: List[str]) -> Optional[ReferenceConfig]:
+def _check_reference(ref: Dict[str, Any], read, dataset, problems: List[str]) -> Optional[ReferenceConfig]:
     if "reference" not in read.present:
         return None
     method = ref["method"]

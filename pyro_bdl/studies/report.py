@@ -303,9 +303,11 @@ def comparison_table(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     if flags is not None:
         marked = [bool(flags.get((a, meth, t), False)) for a, meth, t in zip(out["augment"], out["method"],
                                                                             out["temperature"])]
+        itself = [str(meth).startswith("reference (") for meth in out["method"]]
         for m in COMPARISON_METRICS:
             if m in out:
-                out[m] = [v + " (!)" if flag else v for v, flag in zip(out[m], marked)]
+                out[m] = ["(itself)" if ref else v + " (!)" if flag else v
+                          for v, flag, ref in zip(out[m], marked, itself)]
     return out.rename(columns={"total_variation": "TV"})
 
 
@@ -417,7 +419,8 @@ def write_report(df: pd.DataFrame, out_dir: str, title: str = "Temperature study
                   f"network: {first['network']} {first['hidden']}; prior: {first['prior']} (scale {first['prior_scale']}); "
                   f"tempering: {first['tempering']}. Methods: {', '.join(sorted(df['method'].unique()))}; "
                   f"seeds: {', '.join(map(str, sorted(df['seed'].unique())))}.", ""]
-        metrics = [m for m in metric_columns(df) if m not in shift_columns(df)]
+        metrics = [m for m in metric_columns(df) if m not in shift_columns(df)
+                   and (m not in COMPARISON_METRICS or df["temperature"].nunique() > 1)]  # else: in the table
         for metric in metrics:
             path = os.path.join(out_dir, "plots", f"{metric}_vs_T.png")
             os.makedirs(os.path.dirname(path), exist_ok=True)
