@@ -199,6 +199,8 @@ BAD = {
                                  r"\[reference\] unknown option 'num_samples'"),
     "unknown reference method": (lambda c: c["reference"].update(method="hmcc"),
                                  r"\[reference\] method must be one of .*nuts.*; did you mean 'hmc'"),
+    "option of the wrong type": (lambda c: c["reference"].update(num_chains="four"),
+                                 r"\[reference\] num_chains must be an integer \(nuts's default is 1\), got 'four'"),
     "bad R-hat threshold": (lambda c: c["reference"].update(rhat_threshold=0.99),
                             r"\[reference\] rhat_threshold must be a number >= 1, got 0.99"),
     "reference not a table": (lambda c: c.update(reference="nuts"), r"\[reference\] must be a table of keys"),

@@ -77,6 +77,7 @@ raise one :class:`StudyConfigError` that lists every problem, one line each;
 """
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -91,6 +92,7 @@ import torch
 
 from ..examples import datasets
 from ..infer import method_options, methods
+from ..infer.registry import METHODS
 from ..examples.networks import ACTIVATIONS, mlp, resolve_factory
 from ..model.tempering import TEMPERING_MODES
 from .schema import (REQUIRED, Invalid, Key, Section, boolean, choice, import_path, integer, list_of, number,
@@ -398,10 +400,32 @@ def _check_options(method: str, options: Any, where: str, problems: List[str],
         problems.append(f"{where} must be a table of options, got {options!r}")
         return {}
     accepted = list(method_options(method)) + list(extra)
-    for key in options:
+    defaults = {name: p.default for name, p in inspect.signature(METHODS[method]).parameters.items()}
+    defaults.update({k: 1 for k in PER_METHOD_SETTINGS})  # epochs, batch_size: integers
+    for key, value in options.items():
         if key not in accepted:
             problems.append(unknown(key, accepted, where, "option"))
+            continue
+        expected = _type_of(defaults.get(key))
+        if expected is not None:
+            try:
+                expected[0](value)
+            except Invalid as err:
+                problems.append(f"{where} {key} must be {err} ({method}'s default is {defaults[key]!r}), "
+                                f"got {value!r}")
     return {k: v for k, v in options.items() if k in accepted}
+
+
+def _type_of(default: Any):
+    """The check matching an option's default value (bool, int or float), or None (anything goes:
+    strings and None defaults often take other types too, e.g. ``init`` a dict)."""
+    if isinstance(default, bool):
+        return (boolean,)
+    if isinstance(default, int):
+        return (integer(),)
+    if isinstance(default, float):
+        return (number(),)
+    return None
 
 
 def _check_inference(inf: Dict[str, Any], problems: List[str]) -> InferenceConfig:
