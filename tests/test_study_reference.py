@@ -312,3 +312,16 @@ def test_the_config_docstring_documents_every_key_of_the_schema():
         for key in section.keys:
             documented = f"{key.name} =" in body or f"[{section.name}.{key.name}." in doc  # a sub-table
             assert documented, f"[{section.name}] {key.name} is not in pyro_bdl.studies.config's docstring"
+
+
+def test_cell_diagnostics_read_tensor_losses_of_ensembles():
+    """Ensembles keep their losses as a (members, steps) tensor; the final loss is the mean of the last 5 %."""
+    from types import SimpleNamespace
+
+    from pyro_bdl.studies.cells import diagnostics
+
+    losses = torch.stack([torch.linspace(10, 1, 100), torch.linspace(20, 3, 100)])
+    post = SimpleNamespace(method="ensemble", info={"losses": losses, "seed": 0})
+    assert diagnostics(post)["final_loss"] == pytest.approx(float(losses[:, -5:].mean()))
+    post = SimpleNamespace(method="map", info={"losses": [3.0, 2.0, 1.0]})
+    assert diagnostics(post)["final_loss"] == 1.0

@@ -169,8 +169,11 @@ def diagnostics(post) -> Dict[str, float]:
     for name, value in post.info.items():
         if name in ("seed", "temperature") or name in settings:
             continue
-        if name == "losses" and len(value):
-            out["final_loss"] = float(np.mean(value[-max(1, len(value) // 20):]))  # last 5% of steps
+        if name == "losses":
+            # a list or a tensor, (steps,) or (members, steps) for ensembles: the last 5 % of steps
+            losses = np.asarray(value.detach().cpu() if torch.is_tensor(value) else value, dtype=float)
+            if losses.size:
+                out["final_loss"] = float(losses[..., -max(1, losses.shape[-1] // 20):].mean())
         elif isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
             out[name] = float(value)
     return out
