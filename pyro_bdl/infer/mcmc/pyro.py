@@ -1,18 +1,8 @@
-"""NUTS and HMC on the (tempered) posterior, full batch.
+"""The Pyro backend of NUTS/HMC: Pyro's kernels on the torch network, one chain after another.
 
-HMC simulates Hamiltonian dynamics for H(w, r) = −log p̃(D, w) + ½ rᵀM⁻¹r with a leapfrog
-integrator and a Metropolis correction (Neal 2011); NUTS (Hoffman & Gelman 2014) picks the
-trajectory length adaptively. Step size (dual averaging) and a diagonal mass matrix are
-adapted during warmup. The potential is the negative log density of the Pyro trace of
-:class:`~pyro_bdl.BayesianModel`, so temperature enters as ``poutine.scale`` (1/T).
-
-``backend="numpyro"`` translates the network to JAX and runs NumPyro's compiled kernels
-(:mod:`pyro_bdl.infer.mcmc.numpyro`). ``backend="pyro"`` runs Pyro's kernels on the torch
-network. Chains run one after another
-with seeds ``seed, seed + 1, ...``, each from its own initial point, so they are independent
-and reproducible. Per-draw statistics are recorded for diagnostics: ``diverging``,
-``accept_prob``, ``step_size``, ``num_steps`` (leapfrog steps), ``tree_depth`` and
-``energy`` (the Hamiltonian at the start of the transition).
+Each chain starts from its own initial point (:func:`~pyro_bdl.infer.mcmc.init.initial_point`); the kernels
+record per-transition statistics for diagnostics: ``diverging``, ``accept_prob``, ``step_size``,
+``num_steps`` (leapfrog steps), ``tree_depth`` and ``energy`` (the Hamiltonian at the start of the transition).
 """
 from __future__ import annotations
 
