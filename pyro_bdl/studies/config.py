@@ -95,7 +95,7 @@ from ..infer import method_options, methods
 from ..infer.registry import METHODS
 from ..examples.networks import ACTIVATIONS, mlp, resolve_factory
 from ..model.tempering import TEMPERING_MODES
-from .schema import (REQUIRED, Invalid, Key, Section, boolean, choice, import_path, integer, list_of, number,
+from .schema import (REQUIRED, Check, Invalid, Key, Section, boolean, choice, import_path, integer, list_of, number,
                      read_sections, string, table, unknown)
 
 PRIORS = ("gaussian", "fan_in", "laplace", "student_t")
@@ -406,25 +406,25 @@ def _check_options(method: str, options: Any, where: str, problems: List[str],
         if key not in accepted:
             problems.append(unknown(key, accepted, where, "option"))
             continue
-        expected = _type_of(defaults.get(key))
-        if expected is not None:
+        check = _check_like(defaults.get(key))
+        if check is not None:
             try:
-                expected[0](value)
+                check(value)
             except Invalid as err:
                 problems.append(f"{where} {key} must be {err} ({method}'s default is {defaults[key]!r}), "
                                 f"got {value!r}")
     return {k: v for k, v in options.items() if k in accepted}
 
 
-def _type_of(default: Any):
+def _check_like(default: Any) -> Optional[Check]:
     """The check matching an option's default value (bool, int or float), or None (anything goes:
     strings and None defaults often take other types too, e.g. ``init`` a dict)."""
     if isinstance(default, bool):
-        return (boolean,)
+        return boolean
     if isinstance(default, int):
-        return (integer(),)
+        return integer()
     if isinstance(default, float):
-        return (number(),)
+        return number()
     return None
 
 
@@ -452,7 +452,7 @@ def _check_reference(ref: Dict[str, Any], read, dataset, problems: List[str]) ->
     if "reference" not in read.present:
         return None
     method = ref["method"]
-    if method is None or method not in methods():  # already reported by the schema
+    if "method" in read.failed["reference"]:  # reported by the schema; its options cannot be checked
         return None
     extra = ("batch_size",) if "epochs" in method_options(method) else ()
     options = dict(REFERENCE_DEFAULTS.get(method, {}))

@@ -21,7 +21,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 
 class Invalid(ValueError):
-    """A value that fails its key's check; the message says what was expected ("a positive integer")."""
+    """A value that fails its key's check; the message says what was expected ("a positive integer"),
+    ``hint`` (optional) what to do ("did you mean 'hmc'?")."""
+
+    def __init__(self, expected: str, hint: str = ""):
+        super().__init__(expected)
+        self.hint = hint
 
 
 class _Required:
@@ -125,8 +130,8 @@ def choice(options: Callable[[], Sequence[str]] | Sequence[str], what: str = "")
         if v in known:
             return v
         close = difflib.get_close_matches(str(v), known, n=1) if isinstance(v, str) else []
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise Invalid(f"one of {', '.join(map(str, sorted(known)))}" + (f" ({what})" if what else "") + hint)
+        raise Invalid(f"one of {', '.join(map(str, sorted(known)))}" + (f" ({what})" if what else ""),
+                      f"did you mean {close[0]!r}?" if close else "")
     return check
 
 
@@ -157,7 +162,7 @@ def list_of(item: Check, what: str, *, scalar_ok: bool = True, unique: bool = Tr
             try:
                 out.append(item(entry))
             except Invalid as err:
-                raise Invalid(f"a non-empty list of {what} ({entry!r} is not {err})") from None
+                raise Invalid(f"a non-empty list of {what} ({entry!r} is not {err})", err.hint) from None
         if unique and len(set(out)) != len(out):
             raise Invalid(f"a list of {what} with no value twice")
         return tuple(out)
@@ -189,13 +194,14 @@ def unknown(key: str, known: Sequence[str], where: str, what: str = "key") -> st
 class Read:
     """What :func:`read_sections` found: ``values[section][key]`` (clean, defaults filled; a key
     whose value failed its check holds its default, so later checks can go on), ``present``
-    (sections in the file), ``given[section]`` (keys the file sets) and ``extra[section]``
-    (unchecked keys of open sections)."""
+    (sections in the file), ``given[section]`` (keys the file sets), ``failed[section]`` (keys
+    whose value failed its check) and ``extra[section]`` (unchecked keys of open sections)."""
 
     values: Dict[str, Dict[str, Any]]
     present: Tuple[str, ...]
     given: Dict[str, Tuple[str, ...]]
     extra: Dict[str, Dict[str, Any]]
+    failed: Dict[str, Tuple[str, ...]]
 
 
 def read_sections(raw: Any, schema: Sequence[Section], problems: List[str]) -> Read:
@@ -210,6 +216,7 @@ def read_sections(raw: Any, schema: Sequence[Section], problems: List[str]) -> R
     values: Dict[str, Dict[str, Any]] = {}
     given: Dict[str, Tuple[str, ...]] = {}
     extra: Dict[str, Dict[str, Any]] = {}
+    failed: Dict[str, Tuple[str, ...]] = {}
     present = []
     for section in schema:
         body = raw.get(section.name, None)
@@ -228,6 +235,7 @@ def read_sections(raw: Any, schema: Sequence[Section], problems: List[str]) -> R
             for k in extra[section.name]:
                 problems.append(unknown(k, list(known), f"[{section.name}]"))
         out: Dict[str, Any] = {}
+        bad: List[str] = []
         for key in section.keys:
             if key.name not in body:
                 if key.default is REQUIRED:
@@ -240,11 +248,14 @@ def read_sections(raw: Any, schema: Sequence[Section], problems: List[str]) -> R
             try:
                 out[key.name] = key.check(body[key.name])
             except Invalid as err:
-                problems.append(f"[{section.name}] {key.name} must be {err}, got {body[key.name]!r}")
+                problems.append(f"[{section.name}] {key.name} must be {err}, got {body[key.name]!r}"
+                                + (f"; {err.hint}" if err.hint else ""))
                 out[key.name] = None if key.default is REQUIRED else key.default
+                bad.append(key.name)
         values[section.name] = out
         given[section.name] = tuple(k for k in body if k in known)
-    return Read(values, tuple(present), given, extra)
+        failed[section.name] = tuple(bad)
+    return Read(values, tuple(present), given, extra, failed)
 
 
 def describe(schema: Sequence[Section]) -> str:
@@ -260,5 +271,5 @@ def describe(schema: Sequence[Section]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Key", "Section", "REQUIRED", "Invalid", "read_sections", "describe", "unknown", "integer", "number",
+__all__ = ["Key", "Section", "Read", "Check", "REQUIRED", "Invalid", "read_sections", "describe", "unknown", "integer", "number",
            "string", "choice", "boolean", "table", "list_of", "import_path"]
