@@ -432,9 +432,10 @@ def write_report(df: pd.DataFrame, out_dir: str, title: str = "Temperature study
             paths["plots"][metric] = path
         lines += reference_section(df)
         lines += _comparison_section(df, out_dir, paths)
-        lines += ["## Cold-posterior summary", ""] + cold_posterior_summary(df, "nll")
-        if "accuracy" in metrics:
-            lines += cold_posterior_summary(df, "accuracy")
+        if df["temperature"].nunique() > 1:  # one temperature: nothing to summarise across T
+            lines += ["## Cold-posterior summary", ""] + cold_posterior_summary(df, "nll")
+            if "accuracy" in metrics:
+                lines += cold_posterior_summary(df, "accuracy")
         for metric in metrics:
             lines += ["", f"## {metric} (mean ± sd over seeds)", "",
                       _markdown_table(metric_grid(df[df[metric].notna()], metric)), "",
