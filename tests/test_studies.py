@@ -256,4 +256,4 @@ def test_cli_example_and_report_only(tmp_path, capsys):
     assert cli.main(["study", "--example", "quickstart", "--report-only", "--out", str(out)]) == 0
     assert "0 of 12 cells" in (out / "report.md").read_text()
     assert cli.main(["study", "--example", "nope"]) == 2
-    assert "no example study 'nope'; examples: quickstart" in capsys.readouterr().err
+    assert "no example study 'nope'; examples: posteriors, quickstart" in capsys.readouterr().err
