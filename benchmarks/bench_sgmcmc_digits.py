@@ -31,9 +31,11 @@ import pyro_bdl as bdl
 from pyro_bdl.examples.networks import mlp
 
 SAMPLERS = {
-    "sgld": dict(method="sgld", lr=1e-4, epochs=200, burnin=50, thin=1),
-    "sghmc": dict(method="sghmc", lr=1e-4, momentum_decay=0.05, epochs=200, burnin=50, thin=1),
-    "csgmcmc": dict(method="csgmcmc", lr=0.5, cycles=4, exploration=0.8, samples_per_cycle=3, epochs=200),
+    # the plain kernels with the papers' step sizes (preconditioner=None)
+    "sgld": dict(method="sgld", lr=1e-4, epochs=200, burnin=50, thin=1, preconditioner=None),
+    "sghmc": dict(method="sghmc", lr=1e-4, momentum_decay=0.05, epochs=200, burnin=50, thin=1, preconditioner=None),
+    "csgmcmc": dict(method="csgmcmc", lr=0.5, cycles=4, exploration=0.8, samples_per_cycle=3, epochs=200,
+                    preconditioner=None, sampler="sgld"),
 }
 METHODS = {
     "map": dict(method="map", epochs=100, lr=0.01),

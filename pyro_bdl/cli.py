@@ -22,18 +22,53 @@ from .model import likelihoods
 from .evaluate import metrics
 from . import priors, studies
 from .infer import fit, methods
+from ._util.io import FolderLocked
 from .model.bayesian_model import BayesianModel
 from .examples.networks import mlp
 
 
+#: Options the ``fit`` command uses unless ``--options`` sets them: a command-line fit of the bundled
+#: data sets should take about a minute, where the library's defaults aim at final results
+#: (5 ensemble members × 2000 steps, 500 + 500 NUTS draws with trees of depth 10; a BNN's NUTS
+#: transitions hit the depth limit, so they cost 2^depth gradients each). Measured figures:
+#: notes/issue-18-networks.md. ``--options`` overrides any of them.
+CLI_DEFAULTS = {
+    "ensemble": {"num_models": 5, "num_steps": 500},
+    "multiswag": {"num_models": 3},
+    "nuts": {"num_samples": 150, "warmup": 150, "max_tree_depth": 5},
+    "hmc": {"num_samples": 200, "warmup": 200, "num_steps": 16},
+}
+
+OPTIONS_HELP = ('method options as a JSON object, e.g. \'{"num_steps": 3000, "lr": 0.01}\' (quote it for the shell); '
+                "they override the command's own defaults: " +
+                "; ".join(f"{m}: {json.dumps(o)}" for m, o in CLI_DEFAULTS.items()))
+
+
+def parse_options(text: str) -> dict:
+    """``--options`` as a dict, or a ValueError that says it wants JSON and shows an example."""
+    if not text:
+        return {}
+    example = '--options \'{"num_steps": 3000, "lr": 0.01}\''
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--options must be a JSON object, e.g. {example}; could not read {text!r} as JSON "
+                         f"({err.msg} at character {err.pos}). Keys are option names in double quotes.") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"--options must be a JSON object (name: value pairs in braces), e.g. {example}; "
+                         f"got {type(options).__name__} {text!r}")
+    return options
+
+
 def _fit_command(args: argparse.Namespace) -> int:
+    options = parse_options(args.options)  # before any work
     torch.manual_seed(args.seed)
     ds = datasets.load_dataset(args.data, seed=args.seed, train_size=args.train_size)
     net = mlp(ds.num_features, args.hidden, ds.output_dim)
     lik = likelihoods.Categorical() if ds.task == "classification" else likelihoods.Gaussian(scale=None)
     model = BayesianModel(net, prior=priors.Gaussian(0.0, args.prior_scale), likelihood=lik,
                           temperature=args.temperature)
-    options = json.loads(args.options) if args.options else {}
+    options = {**CLI_DEFAULTS.get(args.method, {}), **options}
     start = time.perf_counter()
     post = fit(model, ds.x_train, ds.y_train, method=args.method, seed=args.seed, progress=None, **options)
     seconds = time.perf_counter() - start
@@ -61,7 +96,7 @@ def _study_command(args: argparse.Namespace) -> int:
         return 0
     try:
         study.run()
-    except studies.StudyError as err:
+    except (studies.StudyError, FolderLocked) as err:
         print(f"pyro-bdl: {err}", file=sys.stderr)
         return 1
     return 0
@@ -71,14 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyro-bdl", description="Bayesian deep learning on Pyro.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("fit", help="fit a Bayesian MLP to a bundled data set and print test metrics")
-    p.add_argument("--data", default="diabetes", choices=sorted(datasets.DATASETS))
-    p.add_argument("--method", default="svi", help=f"inference method ({', '.join(methods())})")
-    p.add_argument("--hidden", type=int, nargs="*", default=[50])
-    p.add_argument("--prior-scale", type=float, default=1.0)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--train-size", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--options", default="", help='method options as JSON, e.g. \'{"num_steps": 3000}\'')
+    p.add_argument("--data", default="diabetes", choices=sorted(datasets.DATASETS),
+                   help="bundled data set (default: diabetes; classification: digits, wine, breast_cancer)")
+    p.add_argument("--method", default="svi", help=f"inference method ({', '.join(methods())}; default: svi)")
+    p.add_argument("--hidden", type=int, nargs="*", default=[50], metavar="UNITS",
+                   help="hidden layer widths of the MLP, e.g. --hidden 50 50 (default: 50; none: a linear model)")
+    p.add_argument("--prior-scale", type=float, default=1.0,
+                   help="standard deviation σ of the iid Gaussian prior N(0, σ²) on every weight (default: 1)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="posterior temperature T: 1 is Bayes, < 1 a cold posterior (default: 1)")
+    p.add_argument("--train-size", type=int, default=None, help="use only this many training points (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data split, initialisation and inference (default: 0)")
+    p.add_argument("--options", default="", help=OPTIONS_HELP)
     p.add_argument("--save", default=None, help="write the posterior to this file")
     p.set_defaults(func=_fit_command)
 
@@ -100,12 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 failed cells, 2 bad input, 130 Ctrl-C)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, TypeError) as err:
         print(f"pyro-bdl: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:
+        # 130 = 128 + SIGINT, the shell's convention; no traceback for a user's Ctrl-C.
+        print(f"pyro-bdl: {err or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -231,7 +231,7 @@ def test_hmc_posterior_interface_and_reproducible(tmp_path):
     assert pred.mean.shape == (3,) and torch.isfinite(pred.variance).all()
     path = tmp_path / "post.pt"
     post.save(str(path))
-    again = bdl.Posterior.load(str(path))
+    again = bdl.Posterior.load(str(path), model=model)
     torch.testing.assert_close(again.predict(x[:3]).mean, pred.mean)
     # the chains start at the same point but are different chains
     assert not torch.equal(post.samples["0.weight"][0], post.samples["0.weight"][1])

@@ -67,8 +67,8 @@ def test_resume_trains_only_missing_members(tmp_path, monkeypatch):
     path = str(tmp_path / "ens.ckpt")
     real = checkpoint.save
 
-    def die_after_first(p, state):
-        real(p, state)
+    def die_after_first(p, fp, state):
+        real(p, fp, state)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(checkpoint, "save", die_after_first)

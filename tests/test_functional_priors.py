@@ -182,7 +182,7 @@ def test_fitted_prior_save_load_and_use_in_fit(fitted_tanh, tmp_path):
     model = bdl.BayesianModel(net, prior=loaded, likelihood=bdl.likelihoods.Gaussian(scale=0.1))
     post = bdl.fit(model, x, y, method="svi", num_steps=60, seed=0, progress=False)
     assert torch.isfinite(post.predict(x, num_samples=10).mean).all()
-    with pytest.raises(ValueError, match="not a FunctionalPrior"):
+    with pytest.raises(ValueError, match="not a readable FunctionalPrior"):
         (tmp_path / "junk.pt").write_bytes(b"junk")
         FunctionalPrior.load(str(tmp_path / "junk.pt"))
     with pytest.raises(ValueError, match="fitted for"):

@@ -1,4 +1,5 @@
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -11,40 +12,51 @@ from torch import nn
 import pyro_bdl as bdl
 from pyro_bdl.posterior.predictive import BMAPredictive
 
+from posterior_factory import make_model
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
 
 def _fit(method, **kw):
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(2, 6), nn.Tanh(), nn.Linear(6, 1))
-    model = bdl.BayesianModel(net, likelihood=bdl.likelihoods.Gaussian(scale=None))
-    x = torch.randn(25, 2)
-    y = x[:, 0] - x[:, 1] + 0.1 * torch.randn(25)
-    return bdl.fit(model, x, y, method=method, progress=False, **kw), x
+    x = torch.randn(25, 2, generator=torch.Generator().manual_seed(1))
+    y = x[:, 0] - x[:, 1] + 0.1 * torch.randn(25, generator=torch.Generator().manual_seed(2))
+    return bdl.fit(make_model(), x, y, method=method, progress=False, **kw), x
 
 
 @pytest.mark.parametrize("method,kw", [("map", {"num_steps": 30}), ("svi", {"num_steps": 30, "guide": "lowrank"}),
                                        ("nuts", {"num_samples": 10, "warmup": 10})])
 def test_save_load_in_fresh_process_predicts_identically(tmp_path, method, kw):
+    """The file records the factory; a fresh process rebuilds the model from it when asked."""
     post, x = _fit(method, **kw)
     path = tmp_path / "post.pt"
-    post.save(str(path))
+    post.save(str(path), factory="posterior_factory:make_model")
     torch.save(x, tmp_path / "x.pt")
     here = post.predict(x, num_samples=20, seed=5)
     script = textwrap.dedent(f"""
-        import torch, pyro_bdl as bdl
-        post = bdl.Posterior.load({str(path)!r})
+        import sys, torch
+        sys.path.insert(0, {HERE!r})
+        import pyro_bdl as bdl
+        post = bdl.Posterior.load({str(path)!r}, factory=True)
         pred = post.predict(torch.load({str(tmp_path / 'x.pt')!r}), num_samples=20, seed=5)
         torch.save((pred.mean, pred.variance), {str(tmp_path / 'out.pt')!r})
     """)
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=str(tmp_path.parent))
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT)
     mean, var = torch.load(tmp_path / "out.pt")
     assert torch.equal(mean, here.mean) and torch.equal(var, here.variance)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    # the same from the user's model, or from the network and likelihood
+    for again in (bdl.Posterior.load(str(path), model=make_model()),
+                  bdl.Posterior.load(str(path), net=make_model().net,
+                                     likelihood=bdl.likelihoods.Gaussian(scale=None))):
+        assert type(again) is type(post) and again.method == method
+        assert torch.equal(again.predict(x, num_samples=20, seed=5).mean, here.mean)
 
 
 def test_load_rejects_other_files(tmp_path):
     torch.save({"a": 1}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="not a pyro_bdl posterior"):
-        bdl.Posterior.load(str(tmp_path / "x.pt"))
+        bdl.Posterior.load(str(tmp_path / "x.pt"), model=make_model())
 
 
 def test_sampling_is_reproducible_and_shaped():

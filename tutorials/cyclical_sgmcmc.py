@@ -45,6 +45,7 @@ def main(full: bool = False, out_dir: str = "tutorials/figures") -> dict:
     # SGHMC inside: momentum carries the sampler along the flat directions of the posterior.
     # lr is per data point (ε = lr / N), the convention of Zhang et al.
     post = bdl.fit(model, data.x_train, data.y_train, method="csgmcmc", sampler="sghmc", momentum_decay=0.1,
+                   preconditioner=None,  # Zhang et al.'s plain rule with their per-data-point lr
                    lr=1e-3, cycles=cycles, exploration=0.7, samples_per_cycle=samples_per_cycle, epochs=epochs,
                    batch_size=20, seed=0, progress=None)
 

@@ -24,6 +24,13 @@ def check_finite(t: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} contains NaN or inf (first at index {bad}); drop or impute those rows before fitting.")
 
 
+def is_invalid_parameter_error(err: BaseException) -> bool:
+    """True for a distribution's argument check failing ("Expected parameter loc ... to satisfy the
+    constraint Real(), but found invalid values"). Raised inside training, it means the weights went
+    NaN/inf (the optimiser diverged): callers translate it into their divergence message naming lr."""
+    return isinstance(err, ValueError) and "but found invalid values" in str(err)
+
+
 def check_int(value: Any, name: str, minimum: int = 1, allow_none: bool = False) -> Optional[int]:
     """``value`` as an int ≥ ``minimum`` (bools refused: ``True`` is not a count), or ``None`` if allowed."""
     if value is None and allow_none:

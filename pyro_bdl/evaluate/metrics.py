@@ -308,7 +308,7 @@ def evaluate(posterior, x: torch.Tensor, y: torch.Tensor, num_samples: Optional[
     ``coverage_90``, ``crps``.
     """
     pred = posterior.predict(x, num_samples=num_samples, seed=seed)
-    y = posterior.model.likelihood.check_targets(torch.as_tensor(y), pred.outputs.shape[-1])
+    y = posterior.model.likelihood.check_targets(torch.as_tensor(y), pred.output_dim)
     if pred.kind == "classification":
         out = {"accuracy": accuracy(pred, y), "nll": nll(pred, y), "brier": brier(pred, y), "ece": ece(pred, y)}
         if x_ood is not None:

@@ -37,7 +37,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from .._util import checkpoint
+from .._util import io
 from .._util import progress as progress_bars
 from .._util.random import seeded
 from ..model.lifting import LiftedNetwork
@@ -364,16 +364,14 @@ class FunctionalPrior(Prior):
                    None if state["shapes"] is None else dict(zip(sites, state["shapes"])), state["report"])
 
     def save(self, path: str) -> None:
-        """Write the prior to ``path`` atomically (plain data; loads with ``torch.load(weights_only=True)``)."""
-        checkpoint.save(path, self.state())
+        """Write the prior to ``path`` atomically: plain data only, so loading it never runs code."""
+        io.write(path, self.state())
 
     @classmethod
     def load(cls, path: str) -> "FunctionalPrior":
-        """Read a prior written by :meth:`save`."""
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
-            raise ValueError(f"{path} is not a FunctionalPrior file (written by FunctionalPrior.save): {err}") from None
+        """Read a prior written by :meth:`save` without running anything from the file (a crafted,
+        empty, truncated or foreign file raises ``ValueError`` naming the file and the problem)."""
+        state = io.read(path, FORMAT, FORMAT_VERSION, "FunctionalPrior", "fit the prior again and save it")
         try:
             return cls.from_state(state)
         except ValueError as err:

@@ -184,8 +184,9 @@ class SWAG(AutoGuide):
                              f"plates {sorted(self._prototype_frames)}; keep per-data-point latents out of the model "
                              "or use an SVI guide for them.")
         x = args[0] if args else kwargs.get("x")
-        if not torch.is_tensor(x):
-            raise TypeError("SWAG needs the model's inputs as its first argument (model(x, ...)) to set up")
+        if not (torch.is_tensor(x) or (isinstance(x, tuple) and x and all(torch.is_tensor(t) for t in x))):
+            raise TypeError("SWAG needs the model's inputs (a tensor, or a tuple of tensors for a multi-input network) "
+                            "as its first argument (model(x, ...)) to set up")
         self.objective = Objective(self.model, x)
         init = self.init_loc_fn
         if init is None:

@@ -1,4 +1,9 @@
-"""Training data for :func:`pyro_bdl.fit`: tensors or a DataLoader, seen as minibatches or in full."""
+"""Training data for :func:`pyro_bdl.fit`: tensors or a DataLoader, seen as minibatches or in full.
+
+Inputs are what :mod:`pyro_bdl.model.inputs` calls an input batch: one tensor, or a tuple of
+tensors for a network whose ``forward`` takes several (``forward(x1, x2)``); a DataLoader then
+yields ``((x1, x2), y)`` batches.
+"""
 from __future__ import annotations
 
 from typing import Callable, Iterator, Optional, Tuple
@@ -7,10 +12,13 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..model.bayesian_model import BayesianModel
-from ..model.inputs import check_data
+from ..model.inputs import Inputs, as_args, cat_rows, check_data, is_multi, num_rows, take_rows
 from .._util.checks import check_int
 
-Batch = Tuple[torch.Tensor, torch.Tensor]
+Batch = Tuple[Inputs, torch.Tensor]
+
+LOADER_BATCHES = ("the DataLoader must yield (x, y) batches, x a tensor or a tuple of tensors (x1, x2) for a "
+                  "network whose forward takes several inputs, e.g. a dataset whose items are ((x1, x2), y)")
 
 
 class FitData:
@@ -30,6 +38,7 @@ class FitData:
         if augment is not None and not callable(augment):
             raise TypeError(f"augment must be a function (x, generator) -> x, got {type(augment).__name__}")
         self.augment = augment
+        self.user_loader = isinstance(x, DataLoader)  # the data come from the user's loader, not tensors
         if isinstance(x, DataLoader):
             if y is not None:
                 raise TypeError("pass either a DataLoader or tensors x, y, not both")
@@ -37,21 +46,24 @@ class FitData:
                 raise TypeError("batch_size is set by the DataLoader; do not pass it to fit as well")
             self.loader = x
             first = next(iter(x), None)
-            if first is None or len(first) != 2:
-                raise ValueError("the DataLoader must yield (x, y) batches and must not be empty")
+            if first is None:
+                raise ValueError(f"the DataLoader is empty; {LOADER_BATCHES}")
+            self._batch_parts(first)
             check_data(model, first[0], first[1])
             try:
                 self.dataset_size = len(x.dataset)
             except TypeError:
                 raise ValueError("the DataLoader's dataset must have a length (fit needs N to scale minibatches)") from None
             self._x = self._y = None
+            self._own_loader = False
         else:
             self._x, self._y = check_data(model, x, y)
-            self.dataset_size = self._x.shape[0]
+            self.dataset_size = num_rows(self._x)
             check_int(batch_size, "batch_size", 1, allow_none=True)
             self.loader = None
+            self._own_loader = True  # when there is a loader, it is ours, over the tensors above
             if batch_size is not None and batch_size < self.dataset_size:
-                self.loader = DataLoader(TensorDataset(self._x, self._y), batch_size=batch_size, shuffle=True)
+                self.loader = DataLoader(TensorDataset(*as_args(self._x), self._y), batch_size=batch_size, shuffle=True)
 
     @property
     def minibatched(self) -> bool:
@@ -62,13 +74,32 @@ class FitData:
         return len(self.loader) if self.loader is not None else 1
 
     def full(self) -> Batch:
-        """The whole data set as two tensors (concatenating the loader's batches if need be)."""
+        """The whole data set as ``(x, y)`` (concatenating the loader's batches if need be)."""
         if self._x is None:
             xs, ys = zip(*[self._checked(b) for b in self.loader])
-            self._x, self._y = torch.cat(xs), torch.cat(ys)
+            self._x, self._y = cat_rows(xs), torch.cat(ys)
         return self._x, self._y
 
+    def example_x(self, rows: int = 2) -> Inputs:
+        """The first ``rows`` training inputs (to discover sites and shapes without touching all the data)."""
+        x = self._x if self._x is not None else self._checked(next(iter(self.loader)))[0]
+        return take_rows(x, slice(0, rows))
+
+    @staticmethod
+    def _batch_parts(batch) -> None:
+        if isinstance(batch, dict):
+            raise TypeError(f"the DataLoader yields dicts (keys {sorted(map(str, batch))}); dict batches are not "
+                            f"supported: {LOADER_BATCHES}. Wrap the dataset so that its items are ((x1, x2), y) "
+                            "in the order of forward's arguments (docs: Multi-input networks).")
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            what = f"{type(batch).__name__} of length {len(batch)}" if isinstance(batch, (tuple, list)) else \
+                type(batch).__name__
+            raise ValueError(f"the DataLoader yields a {what}; {LOADER_BATCHES}")
+
     def _checked(self, batch) -> Batch:
+        if self._own_loader and is_multi(self._x):  # our own TensorDataset(x1, x2, ..., y)
+            return tuple(batch[:-1]), batch[-1]
+        self._batch_parts(batch)
         return check_data(self.model, batch[0], batch[1])
 
     def epoch(self, generator: Optional[torch.Generator] = None) -> Iterator[Batch]:
@@ -80,13 +111,13 @@ class FitData:
         if self.loader is None:
             yield self.full()
             return
-        if generator is not None and self._x is not None:
+        if generator is not None and self._own_loader:
             # our own loader: shuffle with the fit's seeded generator for reproducibility
             perm = torch.randperm(self.dataset_size, generator=generator)
             bs = self.loader.batch_size
             for i in range(0, self.dataset_size, bs):
                 idx = perm[i:i + bs]
-                yield self._x[idx], self._y[idx]
+                yield take_rows(self._x, idx), self._y[idx]
             return
         for batch in self.loader:
             yield self._checked(batch)

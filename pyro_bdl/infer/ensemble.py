@@ -17,7 +17,6 @@ member is saved; a rerun with the same arguments trains only the missing ones.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, List, Optional, Tuple
 
 import pyro
@@ -63,18 +62,14 @@ def fit_ensemble(model: BayesianModel, data: FitData, *, seed: int, progress: Op
     """
     check_int(num_models, 'num_models', 1)
     check_int(workers, 'workers', 1)
-    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
-        raise TypeError(f"checkpoint must be a file path, got {type(checkpoint).__name__}")
+    checkpoint = ckpt.check_path(checkpoint)
     options = {"num_steps": num_steps, "epochs": epochs, "lr": lr, "lr_decay": lr_decay}
     resolve_steps(data, num_steps, epochs, default=2000)  # bad step counts fail before any work
-    fingerprint = {"method": "ensemble", **options, "seed": seed, "temperature": model.temperature,
-                   "tempering": model.tempering, "dataset_size": data.dataset_size}
-    saved = ckpt.load(checkpoint)
-    members: Dict[int, Tuple[Dict[str, torch.Tensor], List[float]]] = {}
-    if saved is not None:
-        if saved.get("fingerprint") != fingerprint:
-            raise ValueError(f"the checkpoint {checkpoint} belongs to another run; delete it or pass another path")
-        members = saved["members"]
+    fingerprint = ckpt.fingerprint(model, data, "ensemble", dict(options, num_models=num_models), seed)
+    saved = ckpt.load(checkpoint, fingerprint)
+    # Member indices are stored as strings (plain-data keys); weights and losses as saved.
+    members: Dict[int, Tuple[Dict[str, torch.Tensor], List[float]]] = {} if saved is None else {
+        int(m): (weights, list(losses)) for m, (weights, losses) in saved["members"].items()}
     pending = [m for m in range(num_models) if m not in members]
     member_progress = progress if workers == 1 else False
     with progress_bars.bar(num_models, "ensemble", progress) as bar:
@@ -86,7 +81,7 @@ def fit_ensemble(model: BayesianModel, data: FitData, *, seed: int, progress: Op
                                   workers=workers)
             members.update(zip(group, results))
             if checkpoint is not None:
-                ckpt.save(checkpoint, {"fingerprint": fingerprint, "members": members})
+                ckpt.save(checkpoint, fingerprint, {"members": {str(m): list(v) for m, v in members.items()}})
             bar.update(len(group))
     order = range(num_models)
     samples = {k: torch.stack([members[m][0][k] for m in order]).unsqueeze(1) for k in members[0][0]}

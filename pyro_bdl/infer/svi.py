@@ -30,6 +30,7 @@ from pyro.infer.autoguide import (AutoDelta, AutoLowRankMultivariateNormal, Auto
 from ..model.bayesian_model import BayesianModel
 from ..posterior.samples import GuidePosterior, SamplesPosterior
 from .._util import progress as progress_bars
+from .._util.checks import is_invalid_parameter_error
 from .data import FitData
 from .registry import register
 
@@ -80,7 +81,14 @@ def optimise(model: BayesianModel, guide, data: FitData, num_steps: int, lr: flo
         with progress_bars.bar(num_steps, desc, progress) as bar:
             for i, (xb, yb) in enumerate(data.steps(num_steps, generator)):
                 opt.zero_grad()
-                loss = loss_fn(xb, yb, N)
+                try:
+                    loss = loss_fn(xb, yb, N)
+                except ValueError as err:
+                    if not is_invalid_parameter_error(err):
+                        raise
+                    raise FloatingPointError(f"the optimisation diverged at step {i}: the weights became NaN or inf "
+                                             f"(a distribution got invalid parameters); lower lr (now {lr}) or check "
+                                             "the data scale") from None
                 loss.backward()
                 opt.step()
                 sched.step()

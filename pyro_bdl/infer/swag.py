@@ -39,6 +39,7 @@ from pyro.infer.autoguide import init_to_value
 
 from .._util import checkpoint as checkpoints
 from .._util import progress as progress_bars
+from .._util.checks import is_invalid_parameter_error
 from ..guides.swag import SWAG
 from ..model import batchnorm
 from ..model.bayesian_model import BayesianModel
@@ -76,11 +77,6 @@ def _loader_generator(data: FitData) -> Optional[torch.Generator]:
     return getattr(data.loader, "generator", None) if data.loader is not None and data._x is None else None
 
 
-def _config(guide: SWAG, data: FitData, **settings) -> Dict[str, Any]:
-    return {"num_parameters": guide.num_parameters, "dataset_size": data.dataset_size,
-            "num_batches": data.num_batches, "rank": guide.rank, **settings}
-
-
 def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: float, swa_lr: float,
                momentum: float, seed: int, progress: Optional[bool] = None, checkpoint: Optional[str] = None,
                collect: bool = True, desc: str = "swag") -> Dict[str, List[float]]:
@@ -103,16 +99,14 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
     opt = torch.optim.SGD([theta], lr=lr, momentum=momentum)
     generator = torch.Generator().manual_seed(seed)
     loader_gen = _loader_generator(data)
-    config = _config(guide, data, epochs=epochs, swa_start=swa_start, lr=lr, swa_lr=swa_lr, momentum=momentum,
-                     seed=seed, collect=collect)
+    fingerprint = checkpoints.fingerprint(
+        model, data, CHECKPOINT_KIND, dict(epochs=epochs, swa_start=swa_start, lr=lr, swa_lr=swa_lr, momentum=momentum,
+                                           collect=collect, rank=guide.rank),
+        seed, start=checkpoints.tensor_hash(theta), num_parameters=guide.num_parameters)
     history: Dict[str, List[float]] = {"loss": [], "lr": []}
     start = 0
-    state = checkpoints.load(checkpoint)
+    state = checkpoints.load(checkpoint, fingerprint)
     if state is not None:
-        if state.get("kind") != CHECKPOINT_KIND or state.get("config") != config:
-            diff = sorted(k for k in config if (state.get("config") or {}).get(k) != config[k])
-            raise ValueError(f"checkpoint {checkpoint!r} belongs to a different run (differs in {diff or 'kind'}); "
-                             "delete it or pass another checkpoint path")
         guide.load_state_dict(state["guide"])
         opt.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
@@ -131,8 +125,15 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
             total, count = 0.0, 0
             for xb, yb in data.epoch(generator):
                 opt.zero_grad(set_to_none=True)
-                with norm_mode():
-                    loss = objective.potential(theta, xb, yb, N) / N
+                try:
+                    with norm_mode():
+                        loss = objective.potential(theta, xb, yb, N) / N
+                except ValueError as err:
+                    if not is_invalid_parameter_error(err):
+                        raise
+                    raise FloatingPointError(f"SWAG diverged in epoch {epoch}: the weights became NaN or inf (a "
+                                             f"distribution got invalid parameters); lower lr (now {rate:g}) or check "
+                                             "the data scale") from None
                 loss.backward()
                 opt.step()
                 value = loss.item()
@@ -145,8 +146,8 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
             history["loss"].append(total / count)
             history["lr"].append(rate)
             if checkpoint is not None:
-                checkpoints.save(checkpoint, {
-                    "kind": CHECKPOINT_KIND, "config": config, "epoch": epoch + 1, "guide": guide.state_dict(),
+                checkpoints.save(checkpoint, fingerprint, {
+                    "epoch": epoch + 1, "guide": dict(guide.state_dict()),
                     "optimizer": opt.state_dict(), "generator": generator.get_state(), "rng": checkpoints.rng_state(),
                     "loader_generator": None if loader_gen is None else loader_gen.get_state(), "history": history})
             bar.set_postfix(loss=f"{total / count:.4g}", lr=f"{rate:.3g}")
@@ -182,10 +183,7 @@ def _initial_values(model: BayesianModel, init: Any, seed: int) -> Dict[str, tor
                      "initialisation) or a dict of initial values")
 
 
-def _check_checkpoint(checkpoint: Any) -> Optional[str]:
-    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
-        raise TypeError(f"checkpoint must be a file path, got {type(checkpoint).__name__}")
-    return None if checkpoint is None else os.fspath(checkpoint)
+_check_checkpoint = checkpoints.check_path
 
 
 def _run_swag(model: BayesianModel, data: FitData, seed: int, progress: Optional[bool], init: Any,

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from .inputs import Inputs, as_args, num_rows, split_rows
 from .layout import Weights
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
@@ -43,7 +44,7 @@ def _buffer_names(layers: Dict[str, nn.Module]) -> List[str]:
 
 
 @torch.no_grad()
-def recompute(network, weights: Weights, x: torch.Tensor, batch_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
+def recompute(network, weights: Weights, x: Inputs, batch_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
     """Running statistics of every BatchNorm layer for each of S weight draws.
 
     Args:
@@ -74,15 +75,19 @@ def recompute(network, weights: Weights, x: torch.Tensor, batch_size: Optional[i
     params = dict(net.named_parameters())
     draws = {n: weights[network.site_name(n)].expand(S, *params[n].shape) for n in network.param_names}
 
-    def one(w: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor], xb: torch.Tensor) -> torch.Tensor:
-        return functional_call(net, {**fixed, **w, **b}, (xb,))
+    def one(w: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor], xb: Inputs) -> torch.Tensor:
+        return functional_call(net, {**fixed, **w, **b}, as_args(xb))
 
     saved = [(m.training, m.momentum) for m in layers.values()]
     try:
-        for j, xb in enumerate(x.split(batch_size or x.shape[0])):
+        for j, xb in enumerate(split_rows(x, batch_size or num_rows(x))):
             for m in layers.values():
                 m.training, m.momentum = True, 1.0 / (j + 1)  # cumulative average over batches
-            vmap(one, in_dims=(0, 0, None))(draws, stats, xb)  # updates ``stats`` in place
+            if network.vectorised is False:  # a network vmap cannot batch (see LiftedNetwork.vectorised)
+                for s in range(S):
+                    one({n: w[s] for n, w in draws.items()}, {n: b[s] for n, b in stats.items()}, xb)
+            else:
+                vmap(one, in_dims=(0, 0, None))(draws, stats, xb)  # updates ``stats`` in place
     finally:
         for m, (training, momentum) in zip(layers.values(), saved):
             m.training, m.momentum = training, momentum

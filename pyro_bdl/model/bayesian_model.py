@@ -9,6 +9,7 @@ from pyro import poutine
 from torch import nn
 
 from . import tempering
+from .inputs import take_rows
 from .layout import Weights, WeightLayout
 from .lifting import LiftedNetwork, Patterns, latent_sites
 from .likelihoods import Likelihood
@@ -113,7 +114,7 @@ class BayesianModel:
     def prior_sample(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """One draw of every latent site (weights, likelihood and hyperprior sites) from the prior."""
         with poutine.block(), torch.no_grad():
-            trace = poutine.trace(self).get_trace(x[:1])
+            trace = poutine.trace(self).get_trace(take_rows(x, slice(0, 1)))
         return {name: site["value"] for name, site in latent_sites(trace).items() if name != OBS_SITE}
 
     def latent_shapes(self, x: torch.Tensor) -> Dict[str, torch.Size]:

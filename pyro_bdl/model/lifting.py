@@ -6,8 +6,10 @@ parameters matched by ``deterministic`` patterns stay fixed at their current val
 pretrained feature extractor under a Bayesian last layer).
 
 The network is evaluated with ``torch.func.functional_call``; a batch of S weight draws
-(any leading dims on the weight tensors) is evaluated at once with ``torch.func.vmap``,
-never a Python loop.
+(any leading dims on the weight tensors) is evaluated at once with ``torch.func.vmap``.
+Networks with operations vmap cannot batch (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``: ``aten::lstm``
+has no batching rule) fall back to a loop over the draws, decided once per network
+(:attr:`LiftedNetwork.vectorised`), with the same results.
 
 Two ways to use it:
 
@@ -30,7 +32,8 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .._util.random import seeded
-from ..priors import Gaussian, resolve_prior
+from ..priors import Gaussian, PerParameter, resolve_prior
+from .inputs import Inputs, as_args
 from .layout import Weights, WeightLayout
 
 Patterns = Union[None, str, Sequence[str]]
@@ -58,6 +61,10 @@ class LiftedNetwork:
         prefix: prepended to site names (``prefix + "." + name``) when several networks share a model.
     """
 
+    #: How draws are evaluated: True (``torch.func.vmap``), False (a loop over draws, for networks
+    #: whose operations vmap cannot batch, e.g. ``nn.LSTM``), None until the first call with draws.
+    vectorised: Optional[bool] = None
+
     def __init__(self, net: nn.Module, prior: Any = None, deterministic: Patterns = None,
                  bayesian: Patterns = None, prefix: str = ""):
         if not isinstance(net, nn.Module):
@@ -76,13 +83,22 @@ class LiftedNetwork:
         for name, _ in net.named_parameters():
             keep = any(fnmatch.fnmatchcase(name, p) for p in det) or (bay and not any(fnmatch.fnmatchcase(name, p) for p in bay))
             (self.fixed_names if keep else self.param_names).append(name)
+        names = [n for n, _ in net.named_parameters()]
+        for kind, patterns in (("deterministic", det), ("bayesian", bay)):
+            for pattern in patterns:
+                if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                    raise ValueError(f"{kind} pattern {pattern!r} matches no parameter; the network's parameters are "
+                                     f"{names} (globs match whole names, e.g. '0.*' or '*.bias')")
         if not self.param_names:
-            raise ValueError("no Bayesian parameters left: the deterministic/bayesian patterns matched every "
-                             f"parameter of the network ({[n for n, _ in net.named_parameters()]}).")
-        for pattern in det + bay:
-            if not any(fnmatch.fnmatchcase(n, pattern) for n, _ in net.named_parameters()):
-                raise ValueError(f"pattern {pattern!r} matches no parameter; parameters are "
-                                 f"{[n for n, _ in net.named_parameters()]}")
+            matched = [f"{kind}={list(patterns)} matched {[n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]}"
+                       for kind, patterns in (("deterministic", det), ("bayesian", bay)) if patterns]
+            raise ValueError(f"no Bayesian parameters left: {'; '.join(matched)}, which leaves none of the network's "
+                             f"parameters {names} Bayesian. Loosen deterministic= or widen bayesian=.")
+        resolved = self.prior if not callable(self.prior) or isinstance(self.prior, type) else None
+        if resolved is not None:
+            rules = resolve_prior(resolved)
+            if isinstance(rules, PerParameter):  # a {glob: prior} dict: every glob must match a Bayesian site
+                rules.check_rules([(self.site_name(n), self.owner(n)) for n in self.param_names])
 
     # -- names and shapes ---------------------------------------------------------------
     def site_name(self, param_name: str) -> str:
@@ -132,7 +148,7 @@ class LiftedNetwork:
             weights[self.site_name(name)] = pyro.sample(self.site_name(name), d)
         return weights
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: Inputs) -> torch.Tensor:
         """Sample the weights and evaluate the network: ``f(x; w)`` with ``w ~ prior``.
 
         Under vectorised inference (``Predictive(parallel=True)``, vectorised particles) the
@@ -172,11 +188,12 @@ class LiftedNetwork:
             shapes.append(value.shape[: value.dim() - len(pshape)])
         return torch.broadcast_shapes(*shapes)
 
-    def forward(self, weights: Weights, x: torch.Tensor,
+    def forward(self, weights: Weights, x: Inputs,
                 buffers: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
         """Evaluate ``f(x; w)``; weights with leading dims ``S`` give outputs ``(*S, B, out)``.
 
-        Many draws are evaluated in one vectorised call (``torch.func.vmap``).
+        Many draws are evaluated in one vectorised call (``torch.func.vmap``), or one draw at a
+        time for networks vmap cannot batch (see :attr:`vectorised`).
         ``buffers`` (optional) gives per-draw values of some of the network's buffers, keyed by
         buffer name with the weights' leading dims (e.g. BatchNorm statistics recomputed for each
         draw, see :mod:`pyro_bdl.batchnorm`); the other buffers keep their stored values.
@@ -194,15 +211,46 @@ class LiftedNetwork:
                 raise ValueError(f"buffer {name!r} has shape {tuple(value.shape)}, expected "
                                  f"{(*batch, *own[name].shape)} (the weights' draw dims, then the buffer's shape)")
         if len(batch) == 0:
-            return functional_call(self.net, {**fixed, **named, **buffers}, (x,))
+            return functional_call(self.net, {**fixed, **named, **buffers}, as_args(x))
         flat = {n: w.expand(*batch, *self._values[n].shape).reshape(-1, *self._values[n].shape) for n, w in named.items()}
         flat_buffers = {n: b.reshape(-1, *own[n].shape) for n, b in buffers.items()}
 
         def one(w: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> torch.Tensor:
-            return functional_call(self.net, {**fixed, **w, **b}, (x,))
+            return functional_call(self.net, {**fixed, **w, **b}, as_args(x))
 
-        out = vmap(one)(flat, flat_buffers)
+        out = self._over_draws(one, flat, flat_buffers)
         return out.reshape(*batch, *out.shape[1:])
+
+    def _over_draws(self, one, flat: Dict[str, torch.Tensor], flat_buffers: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """``one`` at each of the S draws on the leading dim of ``flat``, stacked: ``(S, ...)``.
+
+        ``torch.func.vmap`` when the network's operations have batching rules; otherwise (e.g.
+        ``nn.LSTM``/``GRU``/``RNN``: ``aten::lstm`` has none) a loop over the draws, with the same
+        results. Which one is decided once per network, at the first call with draws, and cached
+        (:attr:`vectorised`): a network whose vmap fails but whose loop works falls back for good,
+        while an error that the loop hits too (a wrong input shape) is raised as it is, undecided.
+        """
+        if self.vectorised is not False:
+            try:
+                out = vmap(one)(flat, flat_buffers)
+                self.vectorised = True
+                return out
+            except RuntimeError as vmap_error:
+                if self.vectorised:  # vmap worked for this network before: a real error
+                    raise
+                try:
+                    out = self._loop(one, flat, flat_buffers)
+                except Exception:
+                    raise vmap_error from None
+                self.vectorised = False
+                return out
+        return self._loop(one, flat, flat_buffers)
+
+    @staticmethod
+    def _loop(one, flat: Dict[str, torch.Tensor], flat_buffers: Dict[str, torch.Tensor]) -> torch.Tensor:
+        num_draws = next(iter(flat.values())).shape[0]
+        return torch.stack([one({n: w[s] for n, w in flat.items()}, {n: b[s] for n, b in flat_buffers.items()})
+                            for s in range(num_draws)])
 
     @contextlib.contextmanager
     def batch_statistics(self) -> Iterator[None]:

@@ -38,6 +38,7 @@ from torch.distributions import biject_to
 from torch.distributions.transforms import identity_transform
 
 from .bayesian_model import BayesianModel
+from .inputs import take_rows
 from .lifting import latent_sites
 from .._util.random import seeded
 from ..priors.base import Prior
@@ -60,7 +61,7 @@ class Objective:
     def __init__(self, model: BayesianModel, example_x: torch.Tensor, compiled: Optional[bool] = None):
         self.model = model
         with poutine.block(), torch.no_grad():
-            trace = poutine.trace(model).get_trace(example_x[:1])
+            trace = poutine.trace(model).get_trace(take_rows(example_x, slice(0, 1)))
         sites = {n: s for n, s in latent_sites(trace).items() if n != OBS_SITE}
         self.transforms = {n: biject_to(s["fn"].support) for n, s in sites.items()}
         shapes = {n: self.transforms[n].inv(s["value"]).shape for n, s in sites.items()}

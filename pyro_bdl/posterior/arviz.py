@@ -22,7 +22,7 @@ from .._version import __version__
 from ..model.sites import DATA_PLATE, OBS_SITE
 from .._util.random import seeded
 from .._util.checks import as_tensor
-from ..model.inputs import check_inputs
+from ..model.inputs import as_args, check_inputs, num_rows
 
 # pyro_bdl's sampler statistics → ArviZ's conventional sample_stats names.
 SAMPLE_STATS_NAMES = {
@@ -154,7 +154,7 @@ def to_arviz(posterior, x: Optional[torch.Tensor] = None, y: Optional[torch.Tens
         dims[site] = weight_dims(model, site, value.shape[2:])
 
     if x is not None:
-        x = check_inputs(model, x)
+        x = check_inputs(model, x, run=True)
         flat = {k: v.reshape(C * D, *v.shape[2:]) for k, v in draws.items()}
         pred = posterior.predictive_for(flat, x, batch_size=batch_size)
         if PREDICTION in draws:
@@ -167,12 +167,15 @@ def to_arviz(posterior, x: Optional[torch.Tensor] = None, y: Optional[torch.Tens
             y_rep = pred.component.sample()
         groups["posterior_predictive"][OBS] = _numpy(y_rep.reshape(C, D, *y_rep.shape[1:]))
         dims[OBS] = [DATA_DIM] + _value_dims(y_rep.dim() - 2, "regression")
-        groups["constant_data"]["x"] = _numpy(x)
-        dims["x"] = [DATA_DIM] + (["feature"] if x.dim() == 2 else [f"x_dim_{i}" for i in range(x.dim() - 1)])
+        for i, part in enumerate(as_args(x)):  # a multi-input network's inputs as x, x_1, x_2, ...
+            name = "x" if i == 0 else f"x_{i}"
+            groups["constant_data"][name] = _numpy(part)
+            dims[name] = [DATA_DIM] + (["feature" if i == 0 else f"{name}_feature"] if part.dim() == 2 else
+                                       [f"{name}_dim_{j}" for j in range(part.dim() - 1)])
         if y is not None:
             y = model.likelihood.check_targets(as_tensor(y, "y"), pred.outputs.shape[-1])
-            if y.shape[0] != x.shape[0]:
-                raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}; they must pair up row by row")
+            if y.shape[0] != num_rows(x):
+                raise ValueError(f"x has {num_rows(x)} rows but y has {y.shape[0]}; they must pair up row by row")
             loglik = pred.component.log_prob(y)  # (S, B): the untempered pointwise log likelihood
             groups["log_likelihood"][OBS] = _numpy(loglik.reshape(C, D, -1))
             groups["observed_data"][OBS] = _numpy(y)

@@ -7,6 +7,7 @@ import torch
 
 from .._util.random import seeded
 from ..model.layout import Weights
+from . import io as posterior_io
 from .base import Posterior
 
 
@@ -30,6 +31,18 @@ class MixturePosterior(Posterior):
         members: posteriors of the same model (e.g. :class:`~pyro_bdl.posterior.swag.SWAGPosterior`).
         method: the method name recorded on the mixture.
     """
+
+    kind = "mixture"
+
+    def _to_state(self) -> Dict[str, Any]:
+        return {"members": [{"kind": m.kind, "method": m.method, "info": posterior_io.plain(m.info),
+                             "state": m._to_state()} for m in self.members]}
+
+    @classmethod
+    def _from_state(cls, model, state, *, method, info, guide=None):
+        members = [posterior_io.KINDS[m["kind"]]._from_state(model, m["state"], method=m["method"], info=m["info"])
+                   for m in state["members"]]
+        return cls(members, method, info=info)
 
     def __init__(self, members: Sequence[Posterior], method: str = "mixture", info: Optional[Dict[str, Any]] = None):
         members = list(members)

@@ -12,8 +12,9 @@ gives the mixture's mean, variance (law of total variance), probabilities, log d
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
+import numpy as np
 import pyro.distributions as dist
 import torch
 
@@ -54,6 +55,16 @@ class BMAPredictive:
     def num_samples(self) -> int:
         """S, the number of posterior draws the predictive averages over."""
         return self.component.batch_shape[0]
+
+    @property
+    def num_inputs(self) -> int:
+        """B, the number of inputs."""
+        return self.component.batch_shape[1]
+
+    @property
+    def output_dim(self) -> int:
+        """The network's output width (the last dimension of :attr:`outputs`)."""
+        return self.outputs.shape[-1]
 
     # -- moments ------------------------------------------------------------------------
     @property
@@ -109,7 +120,11 @@ class BMAPredictive:
 
     # -- densities ----------------------------------------------------------------------
     def log_prob(self, y: torch.Tensor) -> torch.Tensor:
-        """log p(y | x, D) = logsumexp_s log p(y | x, w_s) − log S, per data point ``(B,)``."""
+        """log p(y | x, D) = logsumexp_s log p(y | x, w_s) − log S, per data point ``(B,)``.
+
+        ``y`` holds one target per input row given to ``predict``: shape :attr:`target_shape`.
+        """
+        y = self._check_targets(y, "log_prob")
         lp = self.component.log_prob(y)
         return torch.logsumexp(lp, dim=0) - math.log(self.num_samples)
 
@@ -163,9 +178,185 @@ class BMAPredictive:
         out = ys[torch.arange(n), pick]
         return out.reshape(*shape, *out.shape[1:])
 
+    @property
+    def target_shape(self) -> torch.Size:
+        """The shape of targets ``y`` for :meth:`log_prob`: ``(B,)`` for one output, ``(B, D)`` for D."""
+        return self.component.batch_shape[1:] + self.component.event_shape
+
+    def _check_targets(self, y, what: str) -> torch.Tensor:
+        if not torch.is_tensor(y):
+            if not isinstance(y, np.ndarray):
+                raise TypeError(f"{what} needs y as a torch.Tensor (or numpy array), got {type(y).__name__}; "
+                                "convert it with torch.as_tensor(y)")
+            y = torch.from_numpy(y)
+        expected = tuple(self.target_shape)
+        if tuple(y.shape) != expected:
+            B = expected[0]
+            rows = f"{y.shape[0]} targets" if y.dim() else "a scalar"
+            raise ValueError(f"{what}: y has shape {tuple(y.shape)} but this predictive is over {B} inputs and needs "
+                             f"y of shape {expected}{f' ({rows} given)' if not y.dim() or y.shape[0] != B else ''}; "
+                             "pass the targets of exactly the x given to predict, in the same order.")
+        if self.kind == "classification":
+            if y.is_floating_point() and not torch.equal(y, y.round()):
+                raise ValueError(f"{what}: classification targets must be class labels (integers), got fractional values")
+            if isinstance(_base(self.component), dist.Categorical):
+                C = _base(self.component).probs.shape[-1]
+                if ((y < 0) | (y >= C)).any():
+                    raise ValueError(f"{what}: class labels must lie in 0..{C - 1}, got values from {int(y.min())} "
+                                     f"to {int(y.max())}")
+                y = y.long()
+            else:
+                y = y.to(self.outputs.dtype)
+        else:
+            y = y.to(self.outputs.dtype)
+        return y
+
     def _require_regression(self, what: str) -> None:
         if self.kind != "regression":
             raise AttributeError(f"{what} is defined for regression likelihoods; use probs for classification")
 
     def __repr__(self) -> str:
         return f"BMAPredictive(kind={self.kind!r}, num_samples={self.num_samples}, batch={tuple(self.component.batch_shape[1:])})"
+
+
+class ChunkedBMAPredictive(BMAPredictive):
+    """The same Bayesian model average, computed a chunk of inputs at a time to bound memory.
+
+    ``forward(start, stop)`` returns the outputs ``(S, stop − start, out_dim)`` of all S draws on
+    inputs ``start:stop``, and ``build(outputs)`` their component distributions. Every summary — mean, variance, probabilities,
+    ``log_prob``, ``cdf``, quantiles, entropy, samples — is computed chunk by chunk and only the
+    per-input results, of size O(B), are kept; the S × B components exist one chunk at a time.
+    :attr:`component`, :attr:`outputs` and :attr:`draw_means` are per-draw, O(S · B): asking for
+    them evaluates every chunk and keeps it all.
+
+    Args:
+        forward: ``(start, stop) -> outputs`` for those inputs.
+        build: ``outputs -> component`` (the likelihood's distribution, batch shape ``(S, rows)``).
+        num_inputs: B.
+        rows: inputs per chunk.
+        num_samples, output_dim, kind: S, the network's output width, ``"regression"`` /
+            ``"classification"``.
+        draws_per_block: how many draws ``forward`` evaluates at once (a record, for reports).
+    """
+
+    def __init__(self, forward: Callable[[int, int], torch.Tensor], build: Callable[[torch.Tensor], dist.Distribution],
+                 num_inputs: int, rows: int, num_samples: int, output_dim: int, kind: str,
+                 draws_per_block: Optional[int] = None):
+        self._forward = forward
+        self.draws_per_block = num_samples if draws_per_block is None else draws_per_block
+        self._build = build
+        self._num_inputs = num_inputs
+        self.rows = max(1, int(rows))
+        self._num_samples = num_samples
+        self._output_dim = output_dim
+        self.kind = kind
+        self._full: Optional[BMAPredictive] = None
+
+    @property
+    def num_samples(self) -> int:
+        """S, the number of draws."""
+        return self._num_samples
+
+    @property
+    def num_inputs(self) -> int:
+        """B, the number of inputs."""
+        return self._num_inputs
+
+    @property
+    def output_dim(self) -> int:
+        """The network's output width."""
+        return self._output_dim
+
+    def _chunk(self, a: int, b: int) -> BMAPredictive:
+        outputs = self._forward(a, b)
+        return BMAPredictive(self._build(outputs), outputs, self.kind)
+
+    def _spans(self):
+        return [(a, min(a + self.rows, self._num_inputs)) for a in range(0, self._num_inputs, self.rows)]
+
+    def _over(self, fn, dim: int = 0, arg: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``fn(chunk predictive[, arg rows])`` for every chunk, concatenated along ``dim``."""
+        parts = []
+        for a, b in self._spans():
+            pred = self._chunk(a, b)
+            parts.append(fn(pred) if arg is None else fn(pred, _rows(arg, a, b, self._num_inputs)))
+        return torch.cat(parts, dim)
+
+    def _materialised(self) -> BMAPredictive:
+        if self._full is None:
+            outputs = torch.cat([self._forward(a, b) for a, b in self._spans()], dim=-2)
+            self._full = BMAPredictive(self._build(outputs), outputs, self.kind)
+        return self._full
+
+    @property
+    def component(self) -> dist.Distribution:  # type: ignore[override]
+        """p(y | x, w_s) for all draws and inputs, ``(S, B)``: materialised (O(S · B) memory)."""
+        return self._materialised().component
+
+    @property
+    def outputs(self) -> torch.Tensor:  # type: ignore[override]
+        """The raw outputs ``(S, B, out_dim)``: materialised (O(S · B) memory)."""
+        return self._materialised().outputs
+
+    @property
+    def draw_means(self) -> torch.Tensor:
+        """E[y | x, w_s] per draw ``(S, B, ...)`` (kept whole: O(S · B))."""
+        return self._over(lambda p: p.draw_means, dim=1)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """BMA class probabilities, streamed over chunks."""
+        return self._over(lambda p: p.probs)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """E[y | x, D], streamed over chunks."""
+        return self._over(lambda p: p.mean)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Var[y | x, D] (aleatoric + epistemic), streamed over chunks."""
+        return self._over(lambda p: p.variance)
+
+    @property
+    def aleatoric_variance(self) -> torch.Tensor:
+        """E_s[Var(y | x, w_s)], streamed over chunks."""
+        return self._over(lambda p: p.aleatoric_variance)
+
+    @property
+    def epistemic_variance(self) -> torch.Tensor:
+        """Var_s[E(y | x, w_s)], streamed over chunks."""
+        return self._over(lambda p: p.epistemic_variance)
+
+    def log_prob(self, y: torch.Tensor) -> torch.Tensor:
+        """log p(y | x, D) per input, streamed over chunks."""
+        return self._over(lambda p, yb: p.log_prob(yb), arg=torch.as_tensor(y))
+
+    def cdf(self, value: torch.Tensor) -> torch.Tensor:
+        """Mixture CDF at ``value`` (per input or broadcast), streamed over chunks."""
+        self._require_regression("cdf")
+        return self._over(lambda p, v: p.cdf(v), arg=torch.as_tensor(value))
+
+    def quantile(self, q: Union[float, Sequence[float], torch.Tensor], iters: int = 60) -> torch.Tensor:
+        """Mixture quantiles by bisection, chunk by chunk."""
+        self._require_regression("quantile")
+        qs = torch.as_tensor(q)
+        return self._over(lambda p: p.quantile(q, iters), dim=qs.dim())
+
+    def entropy(self) -> torch.Tensor:
+        """Entropy of the BMA class probabilities, streamed over chunks."""
+        return self._over(lambda p: p.entropy())
+
+    def sample(self, sample_shape: Sequence[int] = (), generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Draws y ~ p(y | x, D), chunk by chunk."""
+        shape = torch.Size(sample_shape)
+        return self._over(lambda p: p.sample(shape, generator=generator), dim=len(shape))
+
+    def __repr__(self) -> str:
+        return (f"ChunkedBMAPredictive(kind={self.kind!r}, num_samples={self.num_samples}, "
+                f"batch={self.num_inputs}, rows_per_chunk={self.rows}, draws_per_block={self.draws_per_block})")
+
+
+def _rows(value: torch.Tensor, a: int, b: int, n: int) -> torch.Tensor:
+    # Per-input arguments (targets y, cdf points) are cut like the inputs; scalars broadcast.
+    return value[a:b] if value.dim() > 0 and value.shape[0] == n else value

@@ -6,11 +6,16 @@ from typing import Any, Dict, Optional
 import pyro
 import torch
 from pyro import poutine
+from pyro.infer.autoguide import AutoDelta, AutoLowRankMultivariateNormal, AutoMultivariateNormal, AutoNormal
 
 from .._util.random import seeded
 from ..model.bayesian_model import BayesianModel
+from ..model.inputs import map_inputs, take_rows
 from ..model.layout import Weights
-from .base import Posterior
+from .base import Posterior, prototype_inputs
+
+# Guides a saved SVI posterior can be rebuilt with by name (any other needs ``load(..., guide=...)``).
+_AUTOGUIDES = {g.__name__: g for g in (AutoNormal, AutoLowRankMultivariateNormal, AutoMultivariateNormal, AutoDelta)}
 
 
 class SamplesPosterior(Posterior):
@@ -28,6 +33,15 @@ class SamplesPosterior(Posterior):
             raise ValueError(f"all sites need the same (chains, draws) dims, got {shapes}")
         self.samples = {k: v.detach() for k, v in samples.items()}
         self.sample_stats = {k: torch.as_tensor(v) for k, v in (sample_stats or {}).items()}
+
+    kind = "samples"
+
+    def _to_state(self) -> Dict[str, Any]:
+        return {"samples": dict(self.samples), "sample_stats": dict(self.sample_stats)}
+
+    @classmethod
+    def _from_state(cls, model, state, *, method, info, guide=None):
+        return cls(model, state["samples"], method, sample_stats=state["sample_stats"], info=info)
 
     @property
     def num_chains(self) -> int:
@@ -78,7 +92,31 @@ class GuidePosterior(Posterior):
                  info: Optional[Dict[str, Any]] = None):
         super().__init__(model, method, info)
         self.guide = guide
-        self.example_x = example_x[:1].detach().clone()
+        self.example_x = map_inputs(lambda t: t.detach().clone(), take_rows(example_x, slice(0, 1)))
+
+    kind = "guide"
+
+    def _to_state(self) -> Dict[str, Any]:
+        g = self.guide
+        name = type(g).__name__
+        args = {"rank": g.rank} if isinstance(g, AutoLowRankMultivariateNormal) else {}
+        setup_args, setup_kwargs = prototype_inputs(g)
+        return {"guide": name if type(g) in _AUTOGUIDES.values() else f"{type(g).__module__}.{type(g).__qualname__}",
+                "guide_args": args, "params": dict(g.state_dict()), "example_x": self.example_x,
+                "setup_args": setup_args, "setup_kwargs": setup_kwargs}
+
+    @classmethod
+    def _from_state(cls, model, state, *, method, info, guide=None):
+        if guide is None and state["guide"] not in _AUTOGUIDES:
+            raise ValueError(f"this posterior was fitted with the custom guide {state['guide']}; pass a fresh "
+                             "instance of it: Posterior.load(path, model=..., guide=MyGuide(model)), created "
+                             "under pyro.settings.context(module_local_params=True) as fit does")
+        with torch.no_grad(), pyro.settings.context(module_local_params=True), poutine.block():
+            if guide is None:
+                guide = _AUTOGUIDES[state["guide"]](model, **state["guide_args"])
+            guide(*state["setup_args"], **state["setup_kwargs"])  # creates the parameters; the saved values replace them
+        guide.load_state_dict(state["params"])
+        return cls(model, guide, method, state["example_x"], info=info)
 
     @torch.no_grad()
     def sample(self, num_samples: int, seed: Optional[int] = None) -> Weights:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Dict, Optional
 
+import pyro
 import torch
 
 from .._util.random import seeded
@@ -11,7 +12,7 @@ from ..guides.swag import SWAG, check_scale, check_variant
 from ..model import batchnorm
 from ..model.bayesian_model import BayesianModel
 from ..model.layout import Weights
-from .base import Posterior
+from .base import Posterior, prototype_inputs
 
 
 class SWAGPosterior(Posterior):
@@ -38,6 +39,25 @@ class SWAGPosterior(Posterior):
         self.scale = check_scale(guide.scale if scale is None else scale)
         self.bn_inputs = bn_inputs
         self.bn_batch_size = bn_batch_size
+
+    kind = "swag"
+
+    def _to_state(self) -> Dict[str, Any]:
+        g = self.guide
+        args, kwargs = prototype_inputs(g)
+        return {"guide_args": {"rank": g.rank, "scale": g.scale, "variant": g.variant, "var_clamp": g.var_clamp},
+                "setup_args": args, "setup_kwargs": kwargs, "guide_state": dict(g.state_dict()),
+                "variant": self.variant, "scale": self.scale, "bn_inputs": self.bn_inputs,
+                "bn_batch_size": self.bn_batch_size}
+
+    @classmethod
+    def _from_state(cls, model, state, *, method, info, guide=None):
+        guide = SWAG(model, **state["guide_args"])
+        with pyro.settings.context(module_local_params=True):
+            guide.setup(*state["setup_args"], **state["setup_kwargs"])
+        guide.load_state_dict(state["guide_state"])
+        return cls(model, guide, method, variant=state["variant"], scale=state["scale"], bn_inputs=state["bn_inputs"],
+                   bn_batch_size=state["bn_batch_size"], info=info)
 
     def with_variant(self, variant: Optional[str] = None, scale: Optional[float] = None) -> "SWAGPosterior":
         """The same moments sampled as ``variant`` (``"swag"``, ``"diagonal"``, ``"swa"``) and/or another ``scale``."""

@@ -74,6 +74,22 @@ class PerParameter(Prior):
     def distribution(self, name, param, module):
         return self.select(name, module).distribution(name, param, module)
 
+    def check_rules(self, params: Sequence[Tuple[str, nn.Module]]) -> None:
+        """Every rule must match one of ``params`` (``(site name, owning module)`` of the Bayesian
+        parameters): a glob or layer type that matches nothing is a typo or a rule for another
+        network, and silently falling back to ``default`` would hide it (as strict as ``bayesian=``)."""
+        names = [name for name, _ in params]
+        for key, _ in self.rules:
+            if isinstance(key, str):
+                hit = any(fnmatch.fnmatchcase(name, key) for name in names)
+            else:
+                hit = any(isinstance(module, key) for _, module in params)
+            if not hit:
+                what = f"glob {key!r}" if isinstance(key, str) else f"layer type {key.__name__}"
+                raise ValueError(f"prior rule {what} matches no Bayesian parameter of the network; its Bayesian "
+                                 f"parameters are {names}. Fix the pattern (globs match whole site names, e.g. "
+                                 "'0.*' or '*.bias') or drop the rule.")
+
 
 def as_prior(obj: Any) -> Prior:
     """Coerce a :class:`Prior`, a Pyro distribution or a ``{pattern: prior}`` mapping to a Prior."""

@@ -19,7 +19,7 @@ from .config import (AUGMENTATIONS, SCHEMA, DataConfig, EvaluationConfig, Infere
 from .executors import LocalExecutor, RayExecutor, make_executor
 from .report import (comparison_table, plot_agreement, plot_metric, plot_shift, results_table, summarise,
                      write_report)
-from .study import StudyError, TemperatureStudy, run_study
+from .study import StudyError, StudyInterrupted, TemperatureStudy, run_study
 from ..examples.bundled import example_config, example_configs
 
 
@@ -28,6 +28,7 @@ __all__ = [
     "StudyConfig",
     "StudyConfigError",
     "StudyError",
+    "StudyInterrupted",
     "DataConfig",
     "ModelConfig",
     "InferenceConfig",

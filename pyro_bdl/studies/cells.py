@@ -30,7 +30,7 @@ import torch
 
 from .._util.random import seeded
 from .._version import __version__
-from .._util import checkpoint
+from .._util import io
 from ..model import likelihoods
 from ..evaluate import metrics
 from .. import priors
@@ -119,6 +119,16 @@ def cell_key(spec: Dict[str, Any]) -> str:
 
 def cell_path(out_dir: str, spec: Dict[str, Any]) -> str:
     return os.path.join(out_dir, "cells", cell_key(spec) + ".json")
+
+
+def cell_fit_options(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """The cell's ``fit`` options, with a ``checkpoint`` path made the cell's own
+    (``run.ckpt`` -> ``run.<cell key>.ckpt``), so no cell ever resumes another cell's run."""
+    options = dict(spec["fit"])
+    if options.get("checkpoint") is not None:
+        root, ext = os.path.splitext(os.fspath(options["checkpoint"]))
+        options["checkpoint"] = f"{root}.{cell_key(spec)}{ext}"
+    return options
 
 
 def _prior(name: str, scale: float):
@@ -294,7 +304,7 @@ def _run(spec: Dict[str, Any]) -> Dict[str, Any]:
                           temperature=spec["temperature"], tempering=m["tempering"])
     t0 = time.perf_counter()
     post = fit(model, ds.x_train, ds.y_train, method=spec["method"], seed=spec["seed"], progress=False,
-               augment=augmentation(spec), **spec["fit"])
+               augment=augmentation(spec), **cell_fit_options(spec))
     t1 = time.perf_counter()
     num_samples = spec["predict_samples"]
     scores = metrics.evaluate(post, ds.x_test, ds.y_test, num_samples=num_samples, seed=spec["seed"])
@@ -326,7 +336,7 @@ def write_cell(out_dir: str, record: Dict[str, Any]) -> str:
             f.flush()
             os.fsync(f.fileno())
 
-    checkpoint.atomic_write(path, write, suffix=".json")
+    io.atomic_write(path, write, suffix=".json")
     return path
 
 

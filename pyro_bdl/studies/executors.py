@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -35,6 +37,21 @@ def run_cell_safely(spec: Dict[str, Any]) -> Tuple[Optional[Dict[str, Any]], Opt
         return run_cell(spec), None
     except Exception:  # noqa: BLE001 — one failed cell must not lose the others
         return None, traceback.format_exc()
+
+
+def _exit_with_driver(driver_pid: int, interval: float = 0.5) -> None:
+    """Pool-worker initializer: a daemon thread ends this worker as soon as its driver is gone.
+
+    A pool worker otherwise waits forever for work from a driver that was killed (SIGKILL leaves no
+    chance to shut the pool down); once every worker has exited, multiprocessing's resource tracker
+    sees its pipe close and exits too."""
+    def watch() -> None:
+        while True:
+            if os.getppid() != driver_pid:  # re-parented: the driver died
+                os._exit(1)
+            time.sleep(interval)
+
+    threading.Thread(target=watch, name="pyro_bdl-driver-watch", daemon=True).start()
 
 
 class Executor:
@@ -68,7 +85,9 @@ class LocalExecutor(Executor):
                 yield spec, record, error
             return
         ctx = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(max_workers=min(self.workers, len(specs)), mp_context=ctx)
+        pool = ProcessPoolExecutor(max_workers=min(self.workers, len(specs)), mp_context=ctx,
+                                   initializer=_exit_with_driver, initargs=(os.getpid(),))
+        finished = False
         try:
             pending = {pool.submit(run_cell_safely, spec): spec for spec in specs}
             while pending:
@@ -85,8 +104,13 @@ class LocalExecutor(Executor):
                     except Exception:  # noqa: BLE001
                         record, error = None, traceback.format_exc()
                     yield spec, record, error
+            finished = True
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if not finished:
+                # Ctrl-C (or the caller stopped early): end the running cells now instead of waiting for them.
+                for process in list((getattr(pool, "_processes", None) or {}).values()):
+                    process.terminate()
+            pool.shutdown(wait=finished, cancel_futures=True)
 
 
 def _pyro_bdl_root() -> str:

@@ -26,7 +26,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .._util import checkpoint
+from .._util import io
 
 CLASSIFICATION_METRICS = ("accuracy", "nll", "ece", "brier")
 REGRESSION_METRICS = ("rmse", "nll", "coverage_90", "crps")
@@ -170,7 +170,7 @@ def plot_metric(df: pd.DataFrame, metric: str, path: Optional[str] = None, ax=No
         fig.suptitle(title)
     fig.tight_layout()
     if path is not None:
-        checkpoint.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), suffix=".png")
+        io.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), suffix=".png")
         plt.close(fig)
     return fig
 
@@ -189,7 +189,7 @@ def _save(fig, path: Optional[str]) -> None:
     if path is not None:
         import matplotlib.pyplot as plt
 
-        checkpoint.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), suffix=".png")
+        io.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), suffix=".png")
         plt.close(fig)
 
 
@@ -411,7 +411,7 @@ def write_report(df: pd.DataFrame, out_dir: str, title: str = "Temperature study
     """
     os.makedirs(out_dir, exist_ok=True)
     csv_path = os.path.join(out_dir, "results.csv")
-    checkpoint.atomic_write(csv_path, lambda tmp: df.to_csv(tmp, index=False), suffix=".csv")
+    io.atomic_write(csv_path, lambda tmp: df.to_csv(tmp, index=False), suffix=".csv")
     paths: Dict[str, Any] = {"csv": csv_path, "plots": {}, "report": os.path.join(out_dir, "report.md")}
     lines = [f"# {title}", ""]
     n = len(df)
@@ -453,5 +453,5 @@ def write_report(df: pd.DataFrame, out_dir: str, title: str = "Temperature study
         with open(tmp, "w") as f:
             f.write(text)
 
-    checkpoint.atomic_write(paths["report"], write, suffix=".md")
+    io.atomic_write(paths["report"], write, suffix=".md")
     return paths

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 import pandas as pd
 
-from .._util import checkpoint
+from .._util import io
 from .cells import cell_key, cell_path, cell_specs, read_cell, read_cells, write_cell
 from ..evaluate.diagnostics.convergence import ConvergenceWarning
 from .config import StudyConfig, check_network, load_config
@@ -24,6 +24,19 @@ class StudyError(RuntimeError):
         self.failed = dict(failed)
         lines = "\n".join(f"  - {k}: {v.strip().splitlines()[-1] if v.strip() else '?'}" for k, v in failed.items())
         super().__init__(f"{len(failed)} of {total} cells failed (the others are saved; rerun to retry):\n{lines}")
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """The run was interrupted (Ctrl-C); the cells finished so far are saved and a rerun resumes.
+
+    A ``KeyboardInterrupt``, so code that stops on Ctrl-C still stops; ``finished`` and ``total``
+    count the study's saved cells and all its cells.
+    """
+
+    def __init__(self, finished: int, total: int):
+        self.finished, self.total = finished, total
+        super().__init__(f"interrupted after {finished} of {total} cells; rerun the same command to resume "
+                         "(finished cells are saved and skipped)")
 
 
 class TemperatureStudy:
@@ -105,7 +118,7 @@ class TemperatureStudy:
             with open(tmp, "w") as f:
                 f.write(blob)
 
-        checkpoint.atomic_write(path, write, suffix=".json")
+        io.atomic_write(path, write, suffix=".json")
 
     def _reference_figures(self, record: Dict[str, Any]) -> None:
         """Log a reference cell's convergence figures; warn loudly (always, progress or not) when it
@@ -127,11 +140,26 @@ class TemperatureStudy:
 
         Cells that raise are reported (and listed in ``report.md``) after the others have run;
         then :class:`StudyError` is raised unless ``raise_on_failure=False``.
+
+        The run holds ``<output_dir>/.lock``: a second study on the same folder stops at once with
+        :class:`~pyro_bdl._util.io.FolderLocked` (a lock left by a killed run is taken over), and
+        temporary ``.tmp-*`` files a killed run left behind are removed first.
+
+        Ctrl-C stops the run: the cells in progress are dropped (nothing half-written: each cell
+        file is written atomically) and :class:`StudyInterrupted` says how many cells are saved;
+        a rerun skips those and numbers the rest on from there (``[k+1/n]``).
         """
+        if self.pending():
+            check_network(self.config)  # imports the network factory: before any file is written
+        with io.folder_lock(self.output_dir, "study"):
+            # Under the lock no other study writes here: temporaries are leftovers of a killed run.
+            io.remove_stale_temporaries(self.output_dir)
+            return self._run(raise_on_failure)
+
+    def _run(self, raise_on_failure: bool) -> pd.DataFrame:
         todo = self.pending()
         total = len(self.specs)
-        if todo:
-            check_network(self.config)  # imports the network factory: before any file is written
+        already = total - len(todo)
         os.makedirs(os.path.join(self.output_dir, "cells"), exist_ok=True)
         self._write_config()
         n_ref = sum(s.get("role") == "reference" for s in self.specs)
@@ -145,21 +173,30 @@ class TemperatureStudy:
         if todo:
             self._log(f"  running {len(todo)} cells: {self.executor.describe()}")
         start = time.perf_counter()
-        for done, (spec, record, error) in enumerate(self.executor.run(todo), 1):
-            key = cell_key(spec)
-            head = (f"[{done}/{len(todo)}] {'reference ' if spec.get('role') == 'reference' else ''}{spec['method']} T={spec['temperature']:g} seed={spec['seed']} "
-                    f"augment={spec['augment']}")
-            if record is None:
-                failed[key] = error or ""
-                last = (error or "").strip().splitlines()[-1:] or ["?"]
-                self._log(f"{head}: FAILED ({last[0]})")
-                continue
-            write_cell(self.output_dir, record)
-            if "reference" in record:
-                self._reference_figures(record)
-            scores = "  ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items())
-            self._log(f"{head}: {scores}  ({record['fit_seconds']:.1f} s fit, "
-                      f"{time.perf_counter() - start:.0f} s elapsed)")
+        saved = already
+        cells = self.executor.run(todo)
+        try:
+            # Cells are numbered over the whole study, so a resumed run goes on from [already + 1/total].
+            for done, (spec, record, error) in enumerate(cells, already + 1):
+                key = cell_key(spec)
+                head = (f"[{done}/{total}] {'reference ' if spec.get('role') == 'reference' else ''}"
+                        f"{spec['method']} T={spec['temperature']:g} seed={spec['seed']} "
+                        f"augment={spec['augment']}")
+                if record is None:
+                    failed[key] = error or ""
+                    last = (error or "").strip().splitlines()[-1:] or ["?"]
+                    self._log(f"{head}: FAILED ({last[0]})")
+                    continue
+                write_cell(self.output_dir, record)
+                saved += 1
+                if "reference" in record:
+                    self._reference_figures(record)
+                scores = "  ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items())
+                self._log(f"{head}: {scores}  ({record['fit_seconds']:.1f} s fit, "
+                          f"{time.perf_counter() - start:.0f} s elapsed)")
+        except KeyboardInterrupt:
+            cells.close()  # stop the executor's workers before reporting
+            raise StudyInterrupted(saved, total) from None
         df = self.report(failed)
         self._log(f"  table: {os.path.join(self.output_dir, 'results.csv')}; plots: "
                   f"{os.path.join(self.output_dir, 'plots')}; report: {os.path.join(self.output_dir, 'report.md')}")
@@ -179,4 +216,4 @@ def run_study(config: Union[StudyConfig, Mapping[str, Any], str], **kwargs: Any)
     return TemperatureStudy(config, **kwargs).run()
 
 
-__all__ = ["TemperatureStudy", "StudyError", "run_study"]
+__all__ = ["TemperatureStudy", "StudyError", "StudyInterrupted", "run_study"]

@@ -16,8 +16,10 @@ and reproducible. Per-draw statistics are recorded for diagnostics: ``diverging`
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Optional
 
+from ..._util.checks import check_float, check_int
 from ...model.bayesian_model import BayesianModel
 from ...posterior.samples import SamplesPosterior
 from ..data import FitData
@@ -25,6 +27,8 @@ from ..registry import register
 from .init import check_run
 from .numpyro import run_numpyro_mcmc
 from .pyro import run_mcmc
+
+DEFAULT_TRAJECTORY_LENGTH = math.pi / 2  # HMC's λ = ε·L when neither num_steps nor trajectory_length is given
 
 
 BACKENDS = ("pyro", "numpyro")
@@ -76,14 +80,36 @@ def fit_nuts(model: BayesianModel, data: FitData, *, seed: int, progress: Option
 @register("hmc")
 def fit_hmc(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], num_samples: int = 500,
             warmup: int = 500, num_chains: int = 1, backend: str = "pyro", init: Any = "prior",
-            num_steps: int = 16, step_size: float = 0.1, target_accept: float = 0.8,
-            chain_method: Optional[str] = None) -> SamplesPosterior:
-    """Hamiltonian Monte Carlo with ``num_steps`` leapfrog steps per transition (Neal 2011).
+            num_steps: Optional[int] = None, trajectory_length: Optional[float] = None, step_size: float = 0.1,
+            target_accept: float = 0.8, chain_method: Optional[str] = None) -> SamplesPosterior:
+    """Hamiltonian Monte Carlo (Neal 2011): each transition simulates the dynamics for L leapfrog
+    steps of size ε and accepts with probability min(1, exp(H(w, r) − H(w', r'))).
 
-    The step size is adapted during warmup (trajectory length scales with it); other
-    arguments (``backend="numpyro"`` included) as for :func:`fit_nuts`.
+    The trajectory is set by one of two options (giving both is an error):
+
+    Args:
+        num_steps: L, exactly this many leapfrog steps per transition on both backends, whatever
+            the step size adaptation does (so the trajectory length ε·L changes with ε).
+        trajectory_length: λ = ε·L kept fixed, with L = max(1, ⌊λ / ε⌋) steps for the adapted ε.
+            Default (when ``num_steps`` is not given either) :data:`DEFAULT_TRAJECTORY_LENGTH`
+            = π/2: with the adapted (diagonal) mass matrix the posterior is roughly whitened, and
+            a quarter period of a unit Gaussian's dynamics maps position to momentum, so
+            successive draws decorrelate fastest (Neal 2011, on choosing the trajectory length);
+            a fixed L instead can land near a multiple of the period and mix badly.
+        step_size: the initial ε (adapted during warmup by dual averaging towards ``target_accept``).
+
+    Other arguments (``backend="numpyro"`` included) as for :func:`fit_nuts`.
     """
+    if num_steps is not None and trajectory_length is not None:
+        raise ValueError("give num_steps (a fixed number of leapfrog steps) or trajectory_length (a fixed "
+                         "step_size × num_steps, the number of steps following the adapted step size), not both")
+    if num_steps is not None:
+        num_steps = check_int(num_steps, "num_steps", 1)
+    else:
+        trajectory_length = check_float(DEFAULT_TRAJECTORY_LENGTH if trajectory_length is None else trajectory_length,
+                                        "trajectory_length", positive=True)
     return _dispatch(model, data, "hmc", backend, chain_method,
-                     kernel_options=dict(num_steps=num_steps, step_size=step_size, target_accept_prob=target_accept),
+                     kernel_options=dict(num_steps=num_steps, trajectory_length=trajectory_length, step_size=step_size,
+                                         target_accept_prob=target_accept),
                      seed=seed, progress=progress, num_samples=num_samples, warmup=warmup, num_chains=num_chains,
                      init=init)

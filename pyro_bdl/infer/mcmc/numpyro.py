@@ -26,6 +26,7 @@ import torch
 
 from ..._util import progress as progress_bars
 from ...model.bayesian_model import BayesianModel
+from ...model.inputs import is_multi
 from ...posterior.samples import SamplesPosterior
 from ..data import FitData
 from .init import INITS, initial_point
@@ -165,6 +166,9 @@ def run_numpyro_mcmc(model: BayesianModel, data: FitData, kernel_name: str, *, s
         raise ImportError(f"backend='numpyro' needs jax and numpyro ({err}); pip install pyro_bdl[jax]") from err
 
     x, y = data.full()
+    if is_multi(x):
+        raise ValueError(f"backend='numpyro' translates networks with one input tensor; this one takes {len(x)} "
+                         "(x is a tuple): use backend='pyro' (the default), which runs any torch network")
     nmodel = NumPyroModel(model)  # every translation error is raised here, before any sampling
     shapes = model.latent_shapes(x)
     xj, yj = as_jax_array(x), as_jax_array(y)
@@ -189,7 +193,7 @@ def run_numpyro_mcmc(model: BayesianModel, data: FitData, kernel_name: str, *, s
     if kernel_name == "nuts":
         kernel = NUTS(nmodel, init_strategy=strategy, **kernel_options)
     else:  # a fixed number of leapfrog steps, as in Pyro (NumPyro's default trajectory_length would override it)
-        kernel = HMC(nmodel, init_strategy=strategy, trajectory_length=None, **kernel_options)
+        kernel = HMC(nmodel, init_strategy=strategy, **kernel_options)  # num_steps fixed, or trajectory_length
     start = time.perf_counter()
     with compile_timer() as compile_seconds:
         raw, extra = sample_chains(kernel, (xj, yj), jax.random.PRNGKey(seed), num_chains, warmup, num_samples,

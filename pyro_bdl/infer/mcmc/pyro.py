@@ -62,7 +62,24 @@ class RecordingNUTS(_Recording, NUTS):
 
 
 class RecordingHMC(_Recording, HMC):
-    pass
+    """Pyro's HMC taking exactly ``num_steps`` leapfrog steps per transition.
+
+    Pyro's own HMC turns ``num_steps`` into a fixed trajectory length step_size × num_steps and
+    takes ⌊length / step_size⌋ steps for the *adapted* step size — 80 to 640 steps for
+    ``num_steps=5`` when adaptation shrinks the step size. Here the count stays as asked unless a
+    ``trajectory_length`` is given instead.
+    """
+
+    def __init__(self, *args: Any, num_steps: Optional[int] = None, trajectory_length: Optional[float] = None,
+                 **kwargs: Any):
+        super().__init__(*args, num_steps=num_steps, trajectory_length=trajectory_length, **kwargs)
+        self._fixed_steps = num_steps if trajectory_length is None else None
+
+    @property
+    def num_steps(self) -> int:
+        if self._fixed_steps is not None:
+            return self._fixed_steps
+        return max(1, int(self.trajectory_length / self.step_size))
 
 
 def run_mcmc(model: BayesianModel, data: FitData, kernel_name: str, *, seed: int, progress: Optional[bool],

@@ -1,0 +1,87 @@
+"""Does every method sample the tempered posterior p_T it claims? Variance ratio vs T.
+
+    python benchmarks/bench_tempering.py                 # all sections, small runs (~5 min on 1 core)
+    python benchmarks/bench_tempering.py --epochs 600    # longer SG-MCMC runs
+
+Section "SG-MCMC on regression": Bayesian linear regression with minibatches (closed-form
+tempered posterior, tests/blr.py) on two problems of different size and curvature; for each
+method at its DEFAULT options and, side by side, the plain kernel (``preconditioner=None``
+SGHMC with the old default lr=1e-4, the baseline), the ratio Var(draws) / (T · exact variance)
+averaged over coordinates (1 is right), its worst coordinate, and the mean error in posterior
+sds. Each section is one function; other sections (other methods, the digits NLL-vs-T table)
+add their own function and a line in ``main``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # this checkout, not an installed copy
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+import pyro_bdl as bdl  # noqa: E402
+from blr import as_matrix, make_blr  # noqa: E402
+
+TEMPERATURES = (1.0, 0.1, 0.01)
+PROBLEMS = {"N=64, d=2, σ=0.5, B=16": dict(n=64, d=2, seed=1, batch=16),
+            "N=256, d=3, σ=0.2, B=32": dict(n=256, d=3, seed=2, noise=0.2, batch=32)}
+
+
+def _ratio(post, blr, T):
+    draws = as_matrix(post.flat_samples())
+    mean, cov = blr.posterior(T)
+    ratio = draws.var(0) / cov.diag()
+    z = ((draws.mean(0) - mean) / cov.diag().sqrt()).abs().max()
+    return float(ratio.mean()), float((ratio.log().abs()).max().exp()), float(z)
+
+
+def _row(cells, widths):
+    return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
+
+
+def sgmcmc_regression(epochs: int = 150, chains: int = 2) -> None:
+    """Variance ratio vs T for sgld / sghmc / csgmcmc at defaults and the plain-kernel baseline."""
+    variants = {"sgld": dict(method="sgld"), "sghmc": dict(method="sghmc"),
+                "csgmcmc": dict(method="csgmcmc", cycles=2, samples_per_cycle=25),
+                "sghmc plain (baseline)": dict(method="sghmc", preconditioner=None)}
+    widths = (24, 24, 6, 11, 13, 11, 6, 6)
+    print("## SG-MCMC on Bayesian linear regression with minibatches: Var / (T · exact)\n")
+    print(_row(("method", "problem", "T", "var ratio", "worst coord×", "mean err/sd", "T_conf", "s"), widths))
+    for name, opts in variants.items():
+        for label, spec in PROBLEMS.items():
+            spec = dict(spec)
+            batch = spec.pop("batch")
+            blr = make_blr(**spec)
+            for T in TEMPERATURES:
+                t0 = time.time()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    try:
+                        post = bdl.fit(blr.model(T), blr.x, blr.y, batch_size=batch, epochs=epochs,
+                                       num_chains=chains, seed=0, progress=False, **opts)
+                    except FloatingPointError:
+                        print(_row((name, label, T, "diverged", "", "", "", f"{time.time() - t0:.0f}"), widths))
+                        continue
+                ratio, worst, z = _ratio(post, blr, T)
+                conf = float(post.info["configurational_temperature"][:, 0].mean()) / T
+                print(_row((name, label, T, f"{ratio:.2f}", f"{worst:.2f}", f"{z:.2f}", f"{conf:.2f}",
+                            f"{time.time() - t0:.0f}"), widths), flush=True)
+    print("\n(var ratio: mean over coordinates, 1 = exact; worst coord×: max over coordinates of the ratio or "
+          "its inverse; T_conf: configurational temperature / T, averaged over chains)\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--chains", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    sgmcmc_regression(args.epochs, args.chains)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+r"""Stochastic-gradient MCMC at any temperature: SGLD, SGHMC and cyclical SG-MCMC.
+
+The samplers work on the flat unconstrained vector θ ∈ ℝ^d of
+:class:`~pyro_bdl.model.potential.Objective`, whose potential U_T(θ) = −log p̃_T(D_batch, w(θ))
+− log|det ∂w/∂θ| is THE tempered negative log density (minibatch likelihood scaled by N/B,
+temperature as 1/T). They simulate V(θ) = T·U_T(θ) with injected noise ∝ T, so the stationary
+density is exp(−V/T) = p_T(θ | D) for posterior and likelihood tempering alike; ĝ is the
+minibatch gradient of V.
+
+**Update rules** (:mod:`.kernels`; G a per-coordinate step, B̂ the estimated variance of ĝ):
+
+* SGLD (Welling & Teh 2011; preconditioned: Li et al. 2016, Ahn et al. 2012):
+  θ ← θ − G ĝ + √(2GT − G²B̂) ξ.
+* SGHMC (Chen et al. 2014, eq. 15, in momentum form; scale-adapted: Springenberg et al. 2016):
+  v ← (1 − α) v − G ĝ + √(2αGT − G²B̂) ξ,  θ ← θ + v.
+
+**The adaptive kernel (default, ``preconditioner="fisher"``).** The first half of the burn-in
+moves to the bulk with noise-free RMSprop steps (``explore_lr``/√EMA[ĝ²], momentum 0.9). The
+second half runs the sampler while it measures, per coordinate, E[ĝ_i²] and the minibatch noise
+B̂_i (from the two halves of every minibatch, :func:`.kernels.split_batch_noise`), over its own
+second half. Then the constants are fixed for the sampling stage:
+
+    G_i = lr · T / E[ĝ_i²],   α_i = max(momentum_decay, 2ω_i),  ω_i² = G_i (E[ĝ_i²] − B̂_i) / T.
+
+Why these units: at stationarity E[ĝ_i²] = T·H_ii + B_ii (E[∇V∇Vᵀ] = T·H under exp(−V/T) for a
+locally Gaussian posterior with Hessian H of V), so the preconditioned curvature G_iH_ii ≤ lr —
+``lr`` is a dimensionless squared frequency per step (default 0.05 for SGHMC, 0.1 for SGLD),
+independent of the data set size N, the curvature and T; and the gradient noise's share of the
+diffusion, G_iB_ii/(2αT) ≤ lr/(2α), is bounded. α_i = 2ω_i damps each coordinate critically.
+Fixing the constants after the burn-in keeps the chain a time-homogeneous Markov chain (no
+Γ-term needed, unlike pSGLD's running preconditioner).
+
+**Minibatch noise.** ``noise_correction=True`` subtracts G²B̂ from the injected variance and
+raises α where needed so that 2αGT − G²B̂ ≥ 0.2·αGT (Chen et al. 2014, α ≥ β̂; SGLD shrinks its
+step instead). This is exact when minibatches are drawn independently, which is what
+``"auto"`` (default) detects (a DataLoader sampling with replacement). Under random reshuffling
+(each epoch visits every point once; ``fit``'s own loader and ``shuffle=True``) an epoch's
+noise sums to zero, so it hardly moves θ on the sampler's time scales, and subtracting its
+i.i.d. variance narrows the draws by up to G B/(2αT) (measured: variance ratios 0.6–0.8 at
+T ≤ 1 with correction vs 0.9–1.1 without, on regressions of 64–2000 points); ``"auto"``
+therefore does not subtract there, and the measured noise still enters α through ω_i.
+
+**Cost at cold T.** With minibatch noise B ≫ T·H the step G ≈ lr·T/B shrinks with T: a chain
+needs ∝ 1/T epochs to decorrelate (a property of SG-MCMC with untempered minibatch noise, not
+of these defaults). Watch the ESS and the temperature diagnostics; use more epochs or chains,
+or larger batches, at T ≪ 1.
+
+**Plain kernels** (``preconditioner=None``): G = ``lr`` (ε on the full-data potential;
+``per_datapoint=True``: ε = lr/N) and α = ``momentum_decay`` fixed, as in the papers; use
+them to reproduce published settings. ``"rmsprop"``: G_i = lr/√E[ĝ_i²] (pSGLD's
+preconditioner, fixed after the burn-in), lr in parameter units.
+
+**Cyclical SG-MCMC** (Zhang et al. 2020): K = ``epochs`` × batches steps in M = ``cycles``
+cycles of L = ⌈K/M⌉ steps, α_k = α₀/2 · [cos(π · mod(k − 1, L) / L) + 1]; the first fraction β
+= ``exploration`` of every cycle is optimisation, the rest the sampling stage
+(:func:`fit_csgmcmc`).
+
+**Diagnostics.** Every run records the configurational temperature (and for SGHMC the kinetic
+temperature) of Wenzel et al. (2020) at every sampling step — per draw in ``sample_stats``
+(so ``to_arviz`` carries them), per chain as ``[estimate, 95% low, 95% high]`` in
+``info["configurational_temperature"]`` / ``info["kinetic_temperature"]``, in
+:func:`pyro_bdl.diagnostics.summary` — and warns with a
+:class:`~pyro_bdl.diagnostics.SamplerWarning` when they disagree with T
+(:mod:`pyro_bdl.evaluate.diagnostics.sampler` defines both statistics). ``info`` also holds
+the per-step ``step_size`` schedule ``(K,)`` (units of the stage's lr), ``loss`` ``(chains, K)``,
+``draw_steps`` (1-based), ``stage`` (0 explore, 1 warm-up, 2 sample), ``sampling_stage`` (noisy
+steps) and, for adaptive kernels, the fixed ``preconditioner_step`` G, ``friction`` α and
+``gradient_noise`` B̂ per chain ``(chains, d)``.
+
+**Chains and checkpoints.** ``num_chains`` independent runs, seeded by
+:func:`pyro_bdl._util.random.spawn_seeds` (runs with different seeds share no chain), each
+from a fresh default initialisation. With ``checkpoint=path`` the run state (θ, momentum,
+moments, draws, random number generators) is written atomically every ``checkpoint_every``
+epochs; the same call resumes bit-identically; a checkpoint of another run is refused.
+"""
+from .kernels import sghmc_step, sgld_step
+from .methods import fit_csgmcmc, fit_sghmc, fit_sgld
+from .run import run_chain
+from .schedules import cyclical_draw_steps, cyclical_schedule, sampling_stage
+
+__all__ = ["fit_sgld", "fit_sghmc", "fit_csgmcmc", "sgld_step", "sghmc_step", "cyclical_schedule",
+           "sampling_stage", "cyclical_draw_steps", "run_chain"]

@@ -1,0 +1,218 @@
+r"""Pure SG-MCMC step rules: ``init(theta) -> state`` and ``update(state, grad, ...) -> state``.
+
+Nothing here draws random numbers, reads data or keeps history: the driver
+(:mod:`.run`) passes the minibatch gradient, the standard normal noise ξ and the step
+constants, so every rule can be tested on its own and reused by another driver (in the style
+of the ``posteriors`` package and of NumPyro's kernels).
+
+Conventions. θ ∈ ℝ^P is the flat unconstrained parameter, and the samplers simulate the
+rescaled potential V(θ) = T·U_T(θ), where U_T is the tempered potential of
+:class:`~pyro_bdl.model.potential.Objective`; the target is exp(−V/T) = p_T(θ | D).
+``grad`` is the minibatch estimate ĝ of ∇V (the driver multiplies ∇U_T by T). A step size
+``G`` is a float or a ``(P,)`` tensor (a diagonal preconditioner times the step, G = ε·M⁻¹),
+and ``grad_noise`` B̂ is an optional ``(P,)`` estimate of the variance of ĝ (the minibatch
+gradient noise), subtracted from the injected noise.
+
+**SGLD** (Welling & Teh 2011; preconditioned: Li, Chen, Carlson & Carin 2016, pSGLD, and
+Ahn, Korattikara & Welling 2012)
+
+    θ ← θ − G ĝ + √(2GT − G²B̂) ξ,
+
+the Euler step of the Langevin diffusion whose stationary density is exp(−V/T); the gradient
+noise of G ĝ has variance G²B, so injecting 2GT − G²B̂ makes the total 2GT when B̂ = B.
+
+**SGHMC** (Chen, Fox & Guestrin 2014, eq. 15, in the "SGD with momentum" parametrisation;
+scale-adapted as in Springenberg, Klein, Falkner & Hutter 2016)
+
+    v ← (1 − α) v − G ĝ + √(2αGT − G²B̂) ξ,    θ ← θ + v,
+
+with friction α ∈ (0, 1] (per coordinate allowed). v = hM⁻¹p is the displacement per step of
+the momentum p ~ N(0, T·M) of Hamiltonian dynamics with mass M and time step h, G = h²M⁻¹.
+The injected variance must be ≥ 0: α ≥ G B̂ / (2T) (Chen et al.'s condition α ≥ β̂), which
+:func:`valid_friction` enforces by raising α where needed. T → 0 gives SGD with momentum 1 − α.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional, Union
+
+import torch
+
+Step = Union[float, torch.Tensor]
+
+
+def _noise_scale(variance: Step) -> Step:
+    if isinstance(variance, torch.Tensor):
+        return variance.clamp(min=0.0).sqrt()
+    return math.sqrt(max(variance, 0.0))
+
+
+def sgld_step(theta: torch.Tensor, grad: torch.Tensor, step_size: Step, temperature: float,
+              noise: Optional[torch.Tensor], grad_noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """One SGLD step, θ − G ĝ + √(2GT − G²B̂) ξ (``grad`` = ĝ ≈ ∇V, ``noise`` = ξ ~ N(0, I)).
+
+    ``noise=None`` is the noise-free step (SGD; cSG-MCMC's exploration stage); ``grad_noise=None``
+    means B̂ = 0 (Welling & Teh's rule).
+    """
+    out = theta - step_size * grad
+    if noise is not None:
+        variance = 2.0 * step_size * temperature
+        if grad_noise is not None:
+            variance = variance - step_size * step_size * grad_noise
+        out = out + _noise_scale(variance) * noise
+    return out
+
+
+def sghmc_step(theta: torch.Tensor, momentum: torch.Tensor, grad: torch.Tensor, step_size: Step,
+               momentum_decay: Step, temperature: float, noise: Optional[torch.Tensor],
+               grad_noise: Optional[torch.Tensor] = None):
+    """One SGHMC step: v ← (1 − α) v − G ĝ + √(2αGT − G²B̂) ξ, then θ ← θ + v. Returns ``(θ, v)``.
+
+    ``noise=None`` gives SGD with momentum 1 − α (cSG-MCMC's exploration stage).
+    """
+    v = (1.0 - momentum_decay) * momentum - step_size * grad
+    if noise is not None:
+        variance = 2.0 * momentum_decay * step_size * temperature
+        if grad_noise is not None:
+            variance = variance - step_size * step_size * grad_noise
+        v = v + _noise_scale(variance) * noise
+    return theta + v, v
+
+
+# -- kernels as (init, update) pairs ---------------------------------------------------------------
+
+
+class KernelState(NamedTuple):
+    """The state of one chain: position θ and momentum v (zeros for SGLD)."""
+
+    theta: torch.Tensor
+    momentum: torch.Tensor
+
+
+def init(theta: torch.Tensor) -> KernelState:
+    """A chain at ``theta`` with zero momentum."""
+    theta = theta.detach().clone()
+    return KernelState(theta, torch.zeros_like(theta))
+
+
+def update(state: KernelState, grad: torch.Tensor, *, kernel: str, step_size: Step, temperature: float,
+           noise: Optional[torch.Tensor], friction: Step = 1.0,
+           grad_noise: Optional[torch.Tensor] = None) -> KernelState:
+    """One step of ``kernel`` (``"sgld"`` or ``"sghmc"``) from ``state`` with gradient ĝ = ``grad``."""
+    if kernel == "sgld":
+        return KernelState(sgld_step(state.theta, grad, step_size, temperature, noise, grad_noise), state.momentum)
+    theta, v = sghmc_step(state.theta, state.momentum, grad, step_size, friction, temperature, noise, grad_noise)
+    return KernelState(theta, v)
+
+
+# -- gradient moments: what the adaptive preconditioner is built from -------------------------------
+
+
+class GradientMoments(NamedTuple):
+    """Running estimates from minibatch gradients.
+
+    ``square``: the mean of ĝ² (per coordinate) since the last reset; ``noise``: the mean of the
+    split-batch estimate of Var(ĝ) (:func:`split_batch_noise`); ``count``/``noise_count``: how
+    many steps they average; ``ema``: an exponential moving average of ĝ² (decay 0.99, bias
+    corrected through ``ema_count``), the RMSprop statistic of the exploration stage.
+    """
+
+    square: torch.Tensor
+    noise: torch.Tensor
+    count: int
+    noise_count: int
+    ema: torch.Tensor
+    ema_count: int
+
+
+EMA_DECAY = 0.99
+
+
+def init_moments(theta: torch.Tensor) -> GradientMoments:
+    """Empty moments for a chain at ``theta``."""
+    z = torch.zeros_like(theta)
+    return GradientMoments(z, z.clone(), 0, 0, z.clone(), 0)
+
+
+def reset_means(m: GradientMoments) -> GradientMoments:
+    """Forget the running means (a new adaptation window), keep the EMA."""
+    z = torch.zeros_like(m.square)
+    return GradientMoments(z, z.clone(), 0, 0, m.ema, m.ema_count)
+
+
+def update_moments(m: GradientMoments, grad: torch.Tensor, grad_noise: Optional[torch.Tensor]) -> GradientMoments:
+    """Add one gradient (and its noise estimate, if any) to the running means and the EMA."""
+    count = m.count + 1
+    square = m.square + (grad * grad - m.square) / count
+    noise, noise_count = m.noise, m.noise_count
+    if grad_noise is not None:
+        noise_count += 1
+        noise = m.noise + (grad_noise - m.noise) / noise_count
+    ema = EMA_DECAY * m.ema + (1 - EMA_DECAY) * grad * grad
+    return GradientMoments(square, noise, count, noise_count, ema, m.ema_count + 1)
+
+
+def ema_square(m: GradientMoments) -> torch.Tensor:
+    """The bias-corrected EMA of ĝ² (Kingma & Ba 2015's correction)."""
+    return m.ema / (1 - EMA_DECAY ** max(m.ema_count, 1))
+
+
+def split_batch_noise(g1: torch.Tensor, g2: torch.Tensor, n1: int, n2: int, dataset_size: int) -> torch.Tensor:
+    r"""An unbiased estimate of Var(ĝ), the variance of a minibatch gradient, from its two halves.
+
+    ĝ₁, ĝ₂ are the full-data gradient estimates (likelihood scaled by N/n_k) of two disjoint
+    halves of a minibatch of m = n₁ + n₂ points drawn without replacement, and ĝ is the
+    estimate of the whole minibatch. With s² the per-point gradient variance over the data set,
+    Var(ĝ₁ − ĝ₂) = N² s² (1/n₁ + 1/n₂) · N/(N − 1) and Var(ĝ) = N² s² (N − m)/(m (N − 1)), so
+
+        B̂ = (ĝ₁ − ĝ₂)² · (N − m) n₁ n₂ / (N m²),
+
+    which is 0 for the full batch. The prior's gradient is the same in both halves and cancels.
+    """
+    m = n1 + n2
+    return (g1 - g2) ** 2 * ((dataset_size - m) * n1 * n2 / (dataset_size * m * m))
+
+
+# -- the adaptive step and friction ---------------------------------------------------------------------
+
+
+def fisher_step_size(square: torch.Tensor, lr: float, temperature: float) -> torch.Tensor:
+    r"""G_i = lr · T / E[ĝ_i²]: the step of the adaptive kernels.
+
+    At stationarity E[ĝ_i²] = T·(H)_ii + B_ii for a locally Gaussian posterior with Hessian H of
+    V (E[∇V ∇Vᵀ] = T·H under exp(−V/T)) and minibatch noise B. Without minibatch noise the
+    preconditioned curvature G_i H_ii is then exactly ``lr`` — the squared oscillation
+    frequency per step, whatever N, the curvature or T — and with noise it is smaller, while
+    the noise's share of the dynamics, G_i B_ii / (2T), stays ≤ lr/2. This is the diagonal
+    empirical-Fisher preconditioner of Ahn et al. (2012, SGFS), which makes ``lr`` a
+    dimensionless number (default 0.05).
+    """
+    return lr * temperature / square.clamp(min=torch.finfo(square.dtype).tiny)
+
+
+def rmsprop_step_size(square: torch.Tensor, lr: float, delta: float = 1e-8) -> torch.Tensor:
+    """G_i = lr / (√E[ĝ_i²] + δ): the RMSprop preconditioner of pSGLD (Li et al. 2016)."""
+    return lr / (square.sqrt() + delta)
+
+
+def critical_friction(square: torch.Tensor, noise: torch.Tensor, step_size: torch.Tensor, temperature: float,
+                      floor: float) -> torch.Tensor:
+    r"""α_i = max(floor, 2 ω_i) with ω_i² = G_i · (E[ĝ_i²] − B̂_i) / T, clipped to 1.
+
+    E[ĝ_i²] − B̂_i ≈ T·H_ii estimates the curvature without the minibatch noise, so ω_i is the
+    oscillation frequency per step of coordinate i and α_i = 2ω_i damps it critically (the
+    fastest relaxation of a damped oscillator). Coordinates whose gradient is all noise get
+    the ``floor``.
+    """
+    curvature = (square - noise).clamp(min=0.0) / temperature
+    omega = (step_size * curvature).sqrt()
+    return torch.clamp(torch.maximum(2 * omega, torch.full_like(omega, floor)), max=1.0)
+
+
+def valid_friction(friction: Step, step_size: Step, grad_noise: torch.Tensor, temperature: float,
+                   margin: float = 0.1) -> torch.Tensor:
+    r"""Raise α where needed so that the injected SGHMC noise 2αGT − G²B̂ stays ≥ 2·margin·αGT:
+    α_i ≥ G_i B̂_i / (2T(1 − margin)) (Chen et al. 2014, §3.2: α ≥ β̂), at most 1."""
+    need = step_size * grad_noise / (2 * temperature * (1 - margin))
+    base = torch.as_tensor(friction, dtype=grad_noise.dtype)
+    return torch.clamp(torch.maximum(base.expand_as(grad_noise), need), max=1.0)

@@ -1,0 +1,262 @@
+"""The SG-MCMC methods of :func:`pyro_bdl.fit`: ``"sgld"``, ``"sghmc"`` and ``"csgmcmc"``.
+
+See the package docs (:mod:`pyro_bdl.infer.sgmcmc`) for the update rules, the adaptive
+preconditioner and the step-size units.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional, Union
+
+import torch
+from torch.utils.data import RandomSampler
+
+from ..._util.checks import check_float, check_int
+from ...model.bayesian_model import BayesianModel
+from ...posterior.samples import SamplesPosterior
+from ..data import FitData
+from ..registry import register
+from .run import Dynamics, sample
+from .schedules import (EXPLORE, Plan, constant_schedule, constant_stages, cyclical_draw_steps,
+                        cyclical_schedule, cyclical_stages, epoch_draw_steps)
+
+SAMPLERS = ("sgld", "sghmc")
+INITS = ("fresh", "net")
+PRECONDITIONERS = ("fisher", "rmsprop", None)
+# default lr per (preconditioner, method): fisher lr is dimensionless (G·H ≤ lr), rmsprop lr is in
+# parameter units (as Adam's), plain lr is ε on the full-data potential (per data point for csgmcmc)
+DEFAULT_LR = {("fisher", "sgld"): 0.1, ("fisher", "sghmc"): 0.05, ("rmsprop", "sgld"): 1e-4,
+              ("rmsprop", "sghmc"): 1e-4, (None, "sgld"): 1e-4, (None, "sghmc"): 1e-4, (None, "csgmcmc"): 0.5}
+DEFAULT_FRICTION = {"fisher": 0.01, "rmsprop": 0.05, None: 0.05}
+EXPLORE_LR = 0.01
+
+
+def _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every) -> None:
+    check_int(epochs, "epochs", 1)
+    check_int(num_chains, "num_chains", 1)
+    check_int(checkpoint_every, "checkpoint_every", 1)
+    if not isinstance(per_datapoint, bool):
+        raise TypeError(f"per_datapoint must be True or False, got {per_datapoint!r}")
+    if not (isinstance(init, dict) or init in INITS):
+        raise ValueError(f"unknown init {init!r}; choose one of {INITS} or pass a dict of initial values")
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a file path, got {type(checkpoint).__name__}")
+
+
+def _preconditioner(value, per_datapoint: bool) -> Optional[str]:
+    if value in ("none", "plain"):
+        value = None
+    if value not in PRECONDITIONERS:
+        raise ValueError(f"unknown preconditioner {value!r}; choose 'fisher' (default), 'rmsprop' or None "
+                         "(the plain kernel with a fixed step)")
+    if value is not None and per_datapoint:
+        raise ValueError("per_datapoint applies to the plain kernel only (preconditioner=None): the adaptive "
+                         "step lr is already independent of the data set size")
+    return value
+
+
+def _momentum_decay(value, preconditioner: Optional[str], default: Optional[float] = None) -> float:
+    if value is None:
+        return DEFAULT_FRICTION[preconditioner] if default is None else default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"momentum_decay (friction α) must lie in (0, 1], got {value!r}; "
+                         "α = 1 − momentum, e.g. 0.05 or 0.1")
+    return float(value)
+
+
+def _noise_correction(value, data: FitData) -> bool:
+    """``"auto"``: subtract the gradient-noise estimate when minibatches are drawn independently
+    (a DataLoader sampling with replacement); not under random reshuffling, where an epoch's
+    noise sums to zero and subtracting its i.i.d. variance makes the draws too narrow."""
+    if value == "auto":
+        sampler = getattr(data.loader, "sampler", None)
+        return isinstance(sampler, RandomSampler) and bool(sampler.replacement)
+    if not isinstance(value, bool):
+        raise ValueError(f"noise_correction must be 'auto', True or False, got {value!r}")
+    return value
+
+
+def _example_burnin(epochs: int, burnin: Optional[int], thin: int, adaptive: bool) -> int:
+    if burnin is None:  # the adaptive kernel measures the gradients in its burn-in: at least one epoch
+        burnin = max(epochs // 4, 1 if adaptive and epochs > 1 else 0)
+    check_int(burnin, "burnin", 0)
+    if adaptive and burnin < 1:
+        raise ValueError("the adaptive kernel needs burnin >= 1 epoch (it measures the gradient scale there); "
+                         f"pass burnin=1 or more (epochs={epochs}), or preconditioner=None for the plain kernel")
+    check_int(thin, "thin", 1)
+    if burnin + thin > epochs:
+        raise ValueError(f"burnin={burnin} and thin={thin} leave no draws in {epochs} epochs; "
+                         "draws are taken after every thin-th epoch past the burn-in")
+    return burnin
+
+
+def _constant_run(method: str, model, data, *, seed, progress, lr, epochs, burnin, thin, num_chains, per_datapoint,
+                  init, checkpoint, checkpoint_every, preconditioner, noise_correction, explore_lr=None,
+                  momentum_decay=None) -> SamplesPosterior:
+    _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every)
+    preconditioner = _preconditioner(preconditioner, per_datapoint)
+    adaptive = preconditioner is not None
+    lr = check_float(DEFAULT_LR[(preconditioner, method)] if lr is None else lr, "lr", positive=True)
+    explore_lr = check_float(EXPLORE_LR if explore_lr is None else explore_lr, "explore_lr", positive=True)
+    burnin = _example_burnin(epochs, burnin, thin, adaptive)
+    friction = 1.0 if method == "sgld" else _momentum_decay(momentum_decay, preconditioner)
+    S = data.num_batches
+    K = epochs * S
+    explore = burnin // 2 if adaptive else 0
+    schedule = constant_schedule(lr, K)
+    if explore:  # cosine-annealed to 0 (Zhang et al.'s half cycle), so the burn-in ends near the bulk
+        schedule[:explore * S] = cyclical_schedule(explore_lr, explore * S, 1)
+    plan = Plan(schedule, constant_stages(epochs, S, burnin, explore), epoch_draw_steps(epochs, S, burnin, thin),
+                epochs, S)
+    dynamics = Dynamics(method, model.temperature, 1.0 / data.dataset_size if per_datapoint else 1.0, friction,
+                        preconditioner, adaptive and _noise_correction(noise_correction, data))
+    config = {"lr": lr, "epochs": epochs, "burnin": burnin, "thin": thin, "per_datapoint": per_datapoint,
+              "preconditioner": preconditioner, "noise_correction": dynamics.noise_correction}
+    if adaptive:
+        config["explore_lr"] = explore_lr
+    if method == "sghmc":
+        config["momentum_decay"] = friction
+    return sample(model, data, method=method, plan=plan, dynamics=dynamics, seed=seed, progress=progress,
+                  num_chains=num_chains, init=init, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                  config=config, lr=lr)
+
+
+Init = Union[str, Dict[str, torch.Tensor]]
+
+
+@register("sgld")
+def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], lr: Optional[float] = None,
+             epochs: int = 200, burnin: Optional[int] = None, thin: int = 1, num_chains: int = 1,
+             preconditioner: Optional[str] = "fisher", noise_correction: Union[str, bool] = "auto",
+             explore_lr: Optional[float] = None, per_datapoint: bool = False, init: Init = "fresh",
+             checkpoint: Optional[str] = None, checkpoint_every: int = 1) -> SamplesPosterior:
+    """Stochastic gradient Langevin dynamics (Welling & Teh 2011) on the tempered posterior p_T.
+
+    θ ← θ − G ĝ + √(2GT − G²B̂) ξ with ĝ the minibatch gradient of V = T·U_T (stationary density
+    p_T). By default G is adapted during the burn-in and then fixed: G_i = lr·T/E[ĝ_i²]
+    (``preconditioner="fisher"``; see :mod:`pyro_bdl.infer.sgmcmc`).
+
+    Args:
+        lr: with ``preconditioner="fisher"`` (default 0.1) the dimensionless step: G_i·H_ii ≤ lr for
+            every coordinate, whatever the data set size, curvature or T; ``"rmsprop"``: the pSGLD step
+            in parameter units (G_i = lr/√E[ĝ_i²], default 1e-4); ``None``: the plain constant step ε on
+            the full-data potential (default 1e-4; ``per_datapoint=True``: ε = lr/N).
+        epochs: passes over the data; each epoch is ``len(loader)`` steps (1 step for full-batch data).
+        burnin: epochs discarded before the first draw (default ``epochs // 4``). The adaptive kernels
+            spend its first half moving to the posterior's bulk (noise-free RMSprop steps of size
+            ``explore_lr`` with momentum 0.9) and its second half estimating E[ĝ²] and the gradient noise.
+        thin: a draw at the end of every ``thin``-th epoch after the burn-in.
+        num_chains: independent runs (seeds spawned from ``seed``), kept as separate chains.
+        preconditioner: ``"fisher"`` (default), ``"rmsprop"`` (Li et al. 2016) or ``None`` (plain kernel).
+        noise_correction: subtract the estimated minibatch-gradient variance B̂ from the injected noise
+            (the step shrinks where needed so 2GT ≥ G²B̂); ``"auto"`` does so when minibatches are drawn
+            with replacement, not under random reshuffling (package docs).
+        explore_lr: the RMSprop step of the first half of the burn-in (default 0.01).
+        per_datapoint: read a plain ``lr`` per data point (ε = lr / N).
+        init: ``"fresh"`` (a fresh default initialisation of the network per chain), ``"net"`` (the
+            network's current weights) or a dict of initial values for every latent site.
+        checkpoint, checkpoint_every: resumable runs (package docs).
+    """
+    return _constant_run("sgld", model, data, seed=seed, progress=progress, lr=lr, epochs=epochs, burnin=burnin,
+                         thin=thin, num_chains=num_chains, per_datapoint=per_datapoint, init=init,
+                         checkpoint=checkpoint, checkpoint_every=checkpoint_every, preconditioner=preconditioner,
+                         noise_correction=noise_correction, explore_lr=explore_lr)
+
+
+@register("sghmc")
+def fit_sghmc(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], lr: Optional[float] = None,
+              momentum_decay: Optional[float] = None, epochs: int = 200, burnin: Optional[int] = None, thin: int = 1,
+              num_chains: int = 1, preconditioner: Optional[str] = "fisher",
+              noise_correction: Union[str, bool] = "auto", explore_lr: Optional[float] = None,
+              per_datapoint: bool = False, init: Init = "fresh", checkpoint: Optional[str] = None,
+              checkpoint_every: int = 1) -> SamplesPosterior:
+    """Stochastic gradient Hamiltonian Monte Carlo (Chen et al. 2014) on the tempered posterior p_T.
+
+    v ← (1 − α) v − G ĝ + √(2αGT − G²B̂) ξ,  θ ← θ + v (SGD with momentum 1 − α as T → 0). By
+    default (the adaptive SGHMC of Springenberg et al. 2016 with the step of Ahn et al. 2012)
+    G_i = lr·T/E[ĝ_i²] and α_i = max(``momentum_decay``, 2ω_i), the critical damping of the
+    coordinate's oscillation ω_i² = G_i(E[ĝ_i²] − B̂_i)/T, both estimated in the burn-in and then
+    fixed; with ``noise_correction`` α_i is raised where needed so the noise term stays valid.
+
+    Args:
+        lr: ``"fisher"`` (default 0.05): the dimensionless step, G_i H_ii ≤ lr; otherwise as :func:`fit_sgld`.
+        momentum_decay: the friction α: its floor for ``"fisher"`` (default 0.01), the fixed friction
+            otherwise (default 0.05).
+        Others as :func:`fit_sgld`.
+    """
+    return _constant_run("sghmc", model, data, seed=seed, progress=progress, lr=lr, epochs=epochs, burnin=burnin,
+                         thin=thin, num_chains=num_chains, per_datapoint=per_datapoint, init=init,
+                         checkpoint=checkpoint, checkpoint_every=checkpoint_every, preconditioner=preconditioner,
+                         noise_correction=noise_correction, explore_lr=explore_lr, momentum_decay=momentum_decay)
+
+
+@register("csgmcmc")
+def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], lr: Optional[float] = None,
+                cycles: int = 4, exploration: float = 0.8, samples_per_cycle: int = 3, epochs: int = 200,
+                sampler: str = "sghmc", momentum_decay: Optional[float] = None, num_chains: int = 1,
+                preconditioner: Optional[str] = "fisher", noise_correction: Union[str, bool] = "auto",
+                explore_lr: Optional[float] = None, per_datapoint: Optional[bool] = None, init: Init = "fresh",
+                checkpoint: Optional[str] = None, checkpoint_every: int = 1) -> SamplesPosterior:
+    """Cyclical SG-MCMC (Zhang et al. 2020): cosine step-size cycles, each exploring then sampling.
+
+    α_k = α₀/2 · [cos(π · mod(k − 1, ⌈K/M⌉) / ⌈K/M⌉) + 1] over K = epochs × batches steps. In the
+    first fraction β of each cycle the inner update runs without noise (optimisation); the rest is
+    the sampling stage. With the adaptive kernel (default) exploration takes RMSprop steps
+    α_k/√EMA[ĝ²] with α₀ = ``explore_lr`` (default 0.01) and momentum 0.9; the first half of each
+    sampling stage re-estimates the preconditioner (as Wenzel et al. 2020 do per cycle) and the
+    second half samples with the fixed adaptive step of :func:`fit_sghmc`/:func:`fit_sgld` (lr
+    dimensionless), where the ``samples_per_cycle`` draws are taken. With ``preconditioner=None``
+    it is Zhang et al.'s plain rule: the same step α_k in both stages, noise √(2ε_kT) (× √α for
+    SGHMC) in the sampling stage, ε_k = α_k/N per data point, draws over the whole sampling stage.
+
+    Args:
+        lr: adaptive: the dimensionless sampling step (defaults as :func:`fit_sghmc`/:func:`fit_sgld`);
+            plain: α₀, per data point by default (0.5).
+        cycles: M, the number of cycles.
+        exploration: β ∈ [0, 1), the fraction of each cycle spent exploring.
+        samples_per_cycle: draws kept per cycle.
+        sampler: inner sampler, ``"sghmc"`` (default) or ``"sgld"``.
+        momentum_decay: friction, as :func:`fit_sghmc` (plain default 0.1).
+        per_datapoint: plain kernel only; default True there.
+        Others as :func:`fit_sgld`.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+    plain = preconditioner in (None, "none", "plain")
+    per_datapoint = (plain if per_datapoint is None else per_datapoint)
+    _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every)
+    preconditioner = _preconditioner(preconditioner, per_datapoint)
+    adaptive = preconditioner is not None
+    default_lr = DEFAULT_LR[(preconditioner, sampler)] if adaptive else DEFAULT_LR[(None, "csgmcmc")]
+    lr = check_float(default_lr if lr is None else lr, "lr", positive=True)
+    explore_lr = check_float(EXPLORE_LR if explore_lr is None else explore_lr, "explore_lr", positive=True)
+    check_int(cycles, "cycles", 1)
+    check_int(samples_per_cycle, "samples_per_cycle", 1)
+    if isinstance(exploration, bool) or not isinstance(exploration, (int, float)) or not 0 <= exploration < 1:
+        raise ValueError(f"exploration (the fraction β of each cycle spent optimising) must lie in [0, 1), "
+                         f"got {exploration!r}")
+    alpha = 1.0 if sampler == "sgld" else _momentum_decay(momentum_decay, preconditioner, None if adaptive else 0.1)
+    S = data.num_batches
+    K = epochs * S
+    if cycles > K:
+        raise ValueError(f"cycles={cycles} exceeds the {K} steps of the run (epochs × batches)")
+    warmup = 0.5 if adaptive else 0.0
+    stage = cyclical_stages(K, cycles, exploration, warmup)
+    if adaptive:
+        schedule = torch.where(stage == EXPLORE, cyclical_schedule(explore_lr, K, cycles),
+                               torch.full((K,), lr, dtype=torch.float64))
+    else:
+        schedule = cyclical_schedule(lr, K, cycles)
+    plan = Plan(schedule, stage, cyclical_draw_steps(K, cycles, exploration, samples_per_cycle, warmup), epochs, S)
+    dynamics = Dynamics(sampler, model.temperature, 1.0 / data.dataset_size if per_datapoint else 1.0, alpha,
+                        preconditioner, adaptive and _noise_correction(noise_correction, data))
+    config = {"lr": lr, "epochs": epochs, "cycles": cycles, "exploration": float(exploration),
+              "samples_per_cycle": samples_per_cycle, "per_datapoint": per_datapoint, "sampler": sampler,
+              "preconditioner": preconditioner, "noise_correction": dynamics.noise_correction}
+    if adaptive:
+        config["explore_lr"] = explore_lr
+    if sampler == "sghmc":
+        config["momentum_decay"] = alpha
+    return sample(model, data, method="csgmcmc", plan=plan, dynamics=dynamics, seed=seed, progress=progress,
+                  num_chains=num_chains, init=init, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                  config=config, lr=lr)

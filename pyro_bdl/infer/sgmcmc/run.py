@@ -1,0 +1,305 @@
+"""The SG-MCMC driver: one loop for every kernel, chains, checkpoints and the collected posterior."""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Union
+
+import pyro
+import torch
+
+from ..._util import checkpoint as ckpt
+from ..._util import progress as progress_bars
+from ..._util.random import spawn_seeds
+from ...evaluate.diagnostics import sampler as temps
+from ...model.bayesian_model import BayesianModel
+from ...posterior.samples import SamplesPosterior
+from ..data import FitData
+from ...model.inputs import num_rows, take_rows
+from ...model.potential import Objective
+from . import kernels as K
+from .schedules import EXPLORE, SAMPLE, WARMUP, Plan, window_resets
+
+
+@dataclass
+class Dynamics:
+    """The update rule and its constants.
+
+    ``preconditioner=None`` is the plain kernel: G = schedule × ``eps_per_lr`` and α =
+    ``friction`` everywhere. Otherwise EXPLORE steps use the RMSprop step ``schedule`` /
+    √EMA[ĝ²] without noise, WARMUP steps estimate the gradient moments and SAMPLE steps use the
+    step and friction frozen from them (:mod:`.kernels`): ``"fisher"`` G = lr·T/E[ĝ²] with
+    critical friction (floored at ``friction``), ``"rmsprop"`` G = lr/√E[ĝ²] with friction
+    ``friction``. With ``noise_correction`` the estimated gradient noise is subtracted from the
+    injected noise and α is raised where needed (:func:`.kernels.valid_friction`).
+    """
+
+    kernel: str  # "sgld" or "sghmc"
+    temperature: float
+    eps_per_lr: float = 1.0
+    friction: float = 1.0
+    preconditioner: Optional[str] = None
+    noise_correction: bool = False
+
+
+def _start_chain(theta0: torch.Tensor, seed: int) -> Dict[str, Any]:
+    generator = torch.Generator().manual_seed(seed)
+    return {"epoch": 0, "theta": theta0.detach().clone(), "momentum": torch.zeros_like(theta0),
+            "moments": K.init_moments(theta0)._asdict(), "frozen": None, "anchor": None,
+            "draws": [], "draw_step_size": [], "draw_loss": [], "draw_kinetic": [], "draw_configurational": [],
+            "loss": [], "kinetic": [], "configurational": [], "generator": generator.get_state()}
+
+
+def _loader_generator(data: FitData) -> Optional[torch.Generator]:
+    return getattr(data.loader, "generator", None) if data.loader is not None else None
+
+
+def _rng_snapshot(data: FitData) -> Dict[str, Any]:
+    """Random state outside the chain's own generator: torch's global RNG (a user DataLoader
+    without a generator shuffles with it) and the DataLoader's generator, if it has one."""
+    g = _loader_generator(data)
+    return {"global": ckpt.rng_state(), "loader": None if g is None else g.get_state()}
+
+
+def _restore_rng(data: FitData, snap: Dict[str, Any]) -> None:
+    ckpt.set_rng_state(snap["global"])
+    g = _loader_generator(data)
+    if g is not None and snap["loader"] is not None:
+        g.set_state(snap["loader"])
+
+
+def _gradient(objective: Objective, theta, xb, yb, N: int, split: bool):
+    """(U, ∇U, B̂ of ∇U or None) on a minibatch; ``split`` estimates the gradient noise from two halves."""
+    with pyro.validation_enabled(False):
+        m = num_rows(xb)
+        if not split or m < 2:
+            u, g = objective.grad(theta, xb, yb, N)
+            return u, g, (torch.zeros_like(g) if m == N else None)
+        h = m // 2
+        u1, g1 = objective.grad(theta, take_rows(xb, slice(None, h)), yb[:h], N)
+        u2, g2 = objective.grad(theta, take_rows(xb, slice(h, None)), yb[h:], N)
+    u = (h * u1 + (m - h) * u2) / m
+    g = (h * g1 + (m - h) * g2) / m
+    return u, g, K.split_batch_noise(g1, g2, h, m - h, N)
+
+
+def _freeze(moments: K.GradientMoments, dynamics: Dynamics, lr: float) -> Dict[str, torch.Tensor]:
+    """The SAMPLE-stage step and friction from the WARMUP moments."""
+    square = moments.square if moments.count > 0 else K.ema_square(moments)
+    noise = torch.minimum(moments.noise, square) if moments.noise_count > 0 else torch.zeros_like(square)
+    return _constants(square, noise, dynamics, lr)
+
+
+def _constants(square, noise, dynamics: Dynamics, lr: float) -> Dict[str, torch.Tensor]:
+    T = dynamics.temperature
+    if dynamics.preconditioner == "fisher":
+        step = K.fisher_step_size(square, lr, T)
+        friction = K.critical_friction(square, noise, step, T, dynamics.friction)
+    else:
+        step = K.rmsprop_step_size(square, lr)
+        friction = torch.full_like(square, dynamics.friction)
+    if dynamics.kernel == "sgld":
+        friction = torch.ones_like(square)
+    if dynamics.noise_correction:
+        if dynamics.kernel == "sgld":  # SGLD cannot raise friction: shrink the step until 2GT ≥ G²B̂/(1 − margin)
+            step = torch.minimum(step, 2 * T * 0.9 / noise.clamp(min=torch.finfo(noise.dtype).tiny))
+        else:
+            friction = K.valid_friction(friction, step, noise, T)
+    return {"step": step, "friction": friction, "noise": noise}
+
+
+def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamics, state: Dict[str, Any],
+              save=None, checkpoint_every: int = 1, bar=None, lr: float = 1.0) -> Dict[str, Any]:
+    """Advance one chain from ``state`` (as made by :func:`_start_chain` or loaded) to the end of the plan.
+
+    Every step: (U, ∇U) on a minibatch, ĝ = T·∇U, one kernel update (noise where the stage is
+    WARMUP or SAMPLE), the temperature estimates at SAMPLE steps, and a copy of θ when the step
+    is in ``plan.draw_steps``. After every ``checkpoint_every`` epochs (and the last)
+    ``save(state)`` is called.
+    """
+    N = data.dataset_size
+    T = dynamics.temperature
+    adaptive = dynamics.preconditioner is not None
+    generator = torch.Generator()
+    generator.set_state(state["generator"])
+    chain = K.KernelState(state["theta"], state["momentum"])
+    moments = K.GradientMoments(**state["moments"])
+    frozen = state["frozen"]
+    draw_set = set(plan.draw_steps.tolist())
+    schedule = plan.step_size.tolist()
+    stages = plan.stage.tolist()
+    resets = window_resets(plan.stage).tolist()
+    for epoch in range(state["epoch"], plan.epochs):
+        k = epoch * plan.steps_per_epoch  # steps done before this epoch
+        for xb, yb in data.epoch(generator):
+            if k >= (epoch + 1) * plan.steps_per_epoch:
+                raise ValueError("the DataLoader yielded more batches in an epoch than len(loader); "
+                                 "SG-MCMC needs a fixed number of batches per epoch")
+            stage = stages[k]
+            if adaptive and resets[k]:
+                moments, frozen = K.reset_means(moments), None  # a new adaptation window
+            if adaptive and stage == SAMPLE and frozen is None:
+                frozen = _freeze(moments, dynamics, lr)
+            if stage == SAMPLE and (k == 0 or stages[k - 1] != SAMPLE):
+                state["anchor"] = chain.theta.clone()  # θ₀ of the configurational temperature
+            u, g, noise = _gradient(objective, chain.theta, xb, yb, N, adaptive and stage == WARMUP)
+            value = float(u)
+            if not math.isfinite(value) or not torch.isfinite(g).all():
+                raise FloatingPointError(
+                    f"the potential or its gradient became non-finite at step {k + 1} (epoch {epoch + 1}); "
+                    f"lower lr (step size now {schedule[k]}) or check the data scale")
+            grad = T * g  # ĝ ≈ ∇V, V = T·U_T
+            grad_noise = None if noise is None else T * T * noise
+            xi = torch.randn(chain.theta.shape, generator=generator, dtype=chain.theta.dtype) \
+                if stage != EXPLORE else None
+            if not adaptive:
+                step, friction, correction = schedule[k] * dynamics.eps_per_lr, dynamics.friction, None
+            else:
+                if stage != SAMPLE:
+                    moments = K.update_moments(moments, grad, grad_noise)
+                if stage == EXPLORE:
+                    step = K.rmsprop_step_size(K.ema_square(moments), schedule[k])
+                    friction, correction = 0.1, None  # SGD with momentum 0.9 towards the bulk
+                elif stage == WARMUP:
+                    now = K.ema_square(moments)
+                    est = torch.minimum(moments.noise, now) if moments.noise_count else torch.zeros_like(now)
+                    c = _constants(now, est, dynamics, schedule[k])
+                    step, friction = c["step"], c["friction"]
+                    correction = c["noise"] if dynamics.noise_correction else None
+                else:
+                    scale = schedule[k] / lr
+                    step, friction = frozen["step"] * scale, frozen["friction"]
+                    correction = frozen["noise"] if dynamics.noise_correction else None
+            kernel = dynamics.kernel if stage != EXPLORE or not adaptive else "sghmc"
+            theta_before = chain.theta
+            chain = K.update(chain, grad, kernel=kernel, step_size=step, temperature=T, noise=xi,
+                             friction=friction, grad_noise=correction)
+            state["loss"].append(value)
+            k += 1
+            if stage == SAMPLE:
+                # θ·ĝ pairs the gradient with the θ it was computed at (the state before the step)
+                state["configurational"].append(temps.configurational_temperature(theta_before - state["anchor"], grad))
+                if dynamics.kernel == "sghmc":
+                    state["kinetic"].append(temps.kinetic_temperature(chain.momentum, step, friction))
+            if k in draw_set:
+                state["draws"].append(chain.theta.clone())
+                state["draw_step_size"].append(schedule[k - 1])
+                state["draw_loss"].append(value)
+                state["draw_configurational"].append(state["configurational"][-1] if state["configurational"]
+                                                     else math.nan)
+                state["draw_kinetic"].append(state["kinetic"][-1] if state["kinetic"] else math.nan)
+        if k != (epoch + 1) * plan.steps_per_epoch:
+            raise ValueError(f"the data yielded {k - epoch * plan.steps_per_epoch} batches in epoch {epoch + 1}, "
+                             f"expected {plan.steps_per_epoch} (len of the DataLoader)")
+        state.update(epoch=epoch + 1, theta=chain.theta, momentum=chain.momentum, moments=moments._asdict(),
+                     frozen=frozen, generator=generator.get_state())
+        if bar is not None:
+            bar.set_postfix(loss=f"{value:.4g}")
+            bar.update()
+        if save is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == plan.epochs):
+            save(state)
+    return state
+
+
+# ----------------------------------------------------------------------------------------
+# chains and the posterior
+# ----------------------------------------------------------------------------------------
+
+
+def _example_inputs(data: FitData) -> torch.Tensor:
+    return data.example_x(2)
+
+
+def _initial_theta(objective: Objective, model: BayesianModel, init: Union[str, Dict[str, torch.Tensor]],
+                   seed: int) -> torch.Tensor:
+    if isinstance(init, dict):
+        values = {k: torch.as_tensor(v) for k, v in init.items()}
+        missing = [n for n in objective.layout.names if n not in values]
+        if missing:
+            raise ValueError(f"init is missing values for sites {missing}")
+        return objective.initial(values)
+    return objective.initial(model.initial_values(seed=seed) if init == "fresh" else None)
+
+
+def _fingerprint(method: str, config: Dict[str, Any], model: BayesianModel, data: FitData,
+                 objective: Objective, seed: int, theta0: torch.Tensor) -> Dict[str, Any]:
+    """What identifies a run, so a checkpoint is only resumed by the same run (``theta0``, the first
+    chain's start, stands for ``init`` whatever its form)."""
+    start = hashlib.sha1(theta0.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+    return ckpt.fingerprint(model, data, method, config, seed, start=start, sites=list(objective.layout.names),
+                            size=objective.size)
+
+
+def chain_seeds(seed: int, num_chains: int) -> List[int]:
+    """Seeds of the chains of a run, spawned from ``seed`` (:func:`pyro_bdl._util.random.spawn_seeds`):
+    runs with different seeds share no chain."""
+    return spawn_seeds(seed, num_chains)
+
+
+def sample(model: BayesianModel, data: FitData, *, method: str, plan: Plan, dynamics: Dynamics, seed: int,
+           progress: Optional[bool], num_chains: int, init, checkpoint: Optional[str], checkpoint_every: int,
+           config: Dict[str, Any], lr: float = 1.0) -> SamplesPosterior:
+    """Run ``num_chains`` independent chains of ``plan`` and collect them in a :class:`SamplesPosterior`."""
+    objective = Objective(model, _example_inputs(data))
+    seeds = chain_seeds(seed, num_chains)
+    fingerprint = _fingerprint(method, config, model, data, objective, seed,
+                               _initial_theta(objective, model, init, seeds[0]))
+    saved = ckpt.load(checkpoint, fingerprint)
+    if saved is not None:
+        _restore_rng(data, saved["rng"])
+        finished: List[Dict[str, Any]] = saved["finished"]
+        current = saved["current"]
+    else:
+        finished, current = [], None
+
+    def save(state):
+        ckpt.save(checkpoint, fingerprint, {"finished": finished, "current": state, "rng": _rng_snapshot(data)})
+
+    with progress_bars.bar(num_chains * plan.epochs, method, progress) as bar:
+        bar.update(len(finished) * plan.epochs + (current["epoch"] if current is not None else 0))
+        for c in range(len(finished), num_chains):
+            if current is None:
+                current = _start_chain(_initial_theta(objective, model, init, seeds[c]), seeds[c])
+            bar.set_description(f"{method} chain {c + 1}/{num_chains}")
+            state = run_chain(objective, data, plan, dynamics, current,
+                              save=save if checkpoint is not None else None,
+                              checkpoint_every=checkpoint_every, bar=bar, lr=lr)
+            finished.append(state)
+            current = None
+            if checkpoint is not None:
+                save(None)
+    return _posterior(model, objective, plan, dynamics, finished, config, method)
+
+
+def _posterior(model, objective, plan: Plan, dynamics: Dynamics, finished, config, method) -> SamplesPosterior:
+    draws = torch.stack([torch.stack(s["draws"]) for s in finished])  # (C, D, P)
+    samples = {k: v.detach() for k, v in objective.to_constrained(draws).items()}
+    dtype = draws.dtype
+    sample_stats = {
+        "step_size": torch.tensor([s["draw_step_size"] for s in finished], dtype=dtype),
+        "loss": torch.tensor([s["draw_loss"] for s in finished], dtype=dtype),
+        "configurational_temperature": torch.tensor([s["draw_configurational"] for s in finished], dtype=dtype),
+    }
+    estimates = {"configurational_temperature":
+                 torch.stack([temps.mean_with_interval(s["configurational"]) for s in finished])}
+    if dynamics.kernel == "sghmc":
+        sample_stats["kinetic_temperature"] = torch.tensor([s["draw_kinetic"] for s in finished], dtype=dtype)
+        estimates["kinetic_temperature"] = torch.stack([temps.mean_with_interval(s["kinetic"]) for s in finished])
+    info = {
+        **config,
+        "step_size": plan.step_size.to(dtype),
+        "loss": torch.tensor([s["loss"] for s in finished], dtype=dtype),
+        "draw_steps": plan.draw_steps.clone(),
+        "sampling_stage": plan.noisy.clone(),
+        "stage": plan.stage.clone(),
+        "steps_per_epoch": plan.steps_per_epoch,
+        "temperature": dynamics.temperature,
+        **estimates,
+    }
+    if dynamics.preconditioner is not None:
+        info["preconditioner_step"] = torch.stack([s["frozen"]["step"] for s in finished]).to(dtype)
+        info["friction"] = torch.stack([s["frozen"]["friction"] for s in finished]).to(dtype)
+        info["gradient_noise"] = torch.stack([s["frozen"]["noise"] for s in finished]).to(dtype)
+    temps.warn_if_off(estimates, dynamics.temperature, method)
+    return SamplesPosterior(model, samples, method, sample_stats=sample_stats, info=info)

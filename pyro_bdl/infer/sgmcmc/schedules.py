@@ -1,0 +1,145 @@
+"""Step-size schedules, stages and draw steps of the SG-MCMC methods.
+
+A run of K = epochs × batches steps is planned up front (:class:`Plan`): the step size of
+every step (in the units of the stage's ``lr``), its stage and the steps after which a draw is
+kept. Stages:
+
+* ``EXPLORE`` — noise-free steps (cSG-MCMC's exploration stage; the first half of the burn-in
+  of the adaptive kernels, which moves from the initialisation to the posterior's bulk);
+* ``WARMUP`` — noisy steps that are not kept (burn-in); the adaptive kernels estimate their
+  preconditioner and friction here;
+* ``SAMPLE`` — noisy steps with fixed kernel constants; draws and the temperature
+  diagnostics come from these steps only.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+EXPLORE, WARMUP, SAMPLE = 0, 1, 2
+
+
+def constant_schedule(lr: float, num_steps: int) -> torch.Tensor:
+    """ε_k = lr for k = 1, …, K: shape ``(K,)``."""
+    return torch.full((num_steps,), float(lr), dtype=torch.float64)
+
+
+def cycle_length(num_steps: int, cycles: int) -> int:
+    """L = ⌈K / M⌉ steps per cycle."""
+    return math.ceil(num_steps / cycles)
+
+
+def cycle_position(num_steps: int, cycles: int) -> torch.Tensor:
+    """r_k = mod(k − 1, L) / L ∈ [0, 1), the position of step k inside its cycle: ``(K,)``."""
+    L = cycle_length(num_steps, cycles)
+    k = torch.arange(1, num_steps + 1, dtype=torch.float64)
+    return torch.remainder(k - 1, L) / L
+
+
+def cyclical_schedule(lr: float, num_steps: int, cycles: int) -> torch.Tensor:
+    """Zhang et al. (2020), eq. (1): α_k = α₀/2 · [cos(π · mod(k − 1, ⌈K/M⌉) / ⌈K/M⌉) + 1], ``(K,)``."""
+    return float(lr) / 2 * (torch.cos(math.pi * cycle_position(num_steps, cycles)) + 1)
+
+
+def sampling_stage(num_steps: int, cycles: int, exploration: float) -> torch.Tensor:
+    """``(K,)`` booleans: True in the sampling stage (r_k ≥ β), False while exploring (r_k < β)."""
+    return cycle_position(num_steps, cycles) >= exploration
+
+
+def cyclical_draw_steps(num_steps: int, cycles: int, exploration: float, samples_per_cycle: int,
+                        warmup: float = 0.0) -> torch.Tensor:
+    """The (1-based) steps after which cSG-MCMC keeps a draw: ``samples_per_cycle`` per cycle.
+
+    Each cycle's sampling stage, less its first fraction ``warmup`` (the adaptive kernels'
+    warm-up), is split into ``samples_per_cycle`` equal consecutive blocks and the draw is taken
+    at the end of each block, so the last draw of a cycle is its final step and no draw ever
+    comes from the exploration stage. Raises ``ValueError`` if a cycle has fewer such steps than
+    ``samples_per_cycle``.
+    """
+    L = cycle_length(num_steps, cycles)
+    stage = sampling_stage(num_steps, cycles, exploration)
+    steps = []
+    for c in range(cycles):
+        lo, hi = c * L, min((c + 1) * L, num_steps)  # 0-based [lo, hi)
+        sampling = torch.nonzero(stage[lo:hi]).flatten() + lo + 1  # 1-based steps
+        sampling = sampling[int(math.floor(warmup * len(sampling))):]
+        n = len(sampling)
+        if n < samples_per_cycle:
+            raise ValueError(
+                f"cycle {c + 1} of {cycles} has {n} sampling step(s) (K={num_steps} steps, L={L} per cycle, "
+                f"exploration={exploration}) but samples_per_cycle={samples_per_cycle}; use more epochs, fewer "
+                "cycles, a smaller exploration fraction or fewer samples per cycle"
+                + (" (choose epochs·batches divisible by cycles)" if hi - lo < L else ""))
+        for j in range(samples_per_cycle):
+            steps.append(int(sampling[math.ceil((j + 1) * n / samples_per_cycle) - 1]))
+    return torch.tensor(steps, dtype=torch.long)
+
+
+def cyclical_stages(num_steps: int, cycles: int, exploration: float, warmup: float) -> torch.Tensor:
+    """``(K,)`` stage of every step of cSG-MCMC: EXPLORE, then WARMUP for the first fraction
+    ``warmup`` of each sampling stage, then SAMPLE (``warmup=0``: no WARMUP)."""
+    L = cycle_length(num_steps, cycles)
+    noisy = sampling_stage(num_steps, cycles, exploration)
+    stage = torch.where(noisy, SAMPLE, EXPLORE).to(torch.int8)
+    for c in range(cycles):
+        lo, hi = c * L, min((c + 1) * L, num_steps)
+        idx = torch.nonzero(noisy[lo:hi]).flatten() + lo
+        stage[idx[:int(math.floor(warmup * len(idx)))]] = WARMUP
+    return stage
+
+
+def epoch_draw_steps(epochs: int, steps_per_epoch: int, burnin: int, thin: int) -> torch.Tensor:
+    """SGLD/SGHMC draws: the last step of every ``thin``-th epoch after ``burnin`` epochs (1-based)."""
+    epochs_kept = torch.arange(burnin + thin, epochs + 1, thin)
+    return epochs_kept * steps_per_epoch
+
+
+def constant_stages(epochs: int, steps_per_epoch: int, burnin: int, explore: int) -> torch.Tensor:
+    """``(K,)`` stages of SGLD/SGHMC: ``explore`` epochs EXPLORE, the rest of the burn-in WARMUP, then SAMPLE."""
+    K = epochs * steps_per_epoch
+    stage = torch.full((K,), SAMPLE, dtype=torch.int8)
+    stage[:burnin * steps_per_epoch] = WARMUP
+    stage[:explore * steps_per_epoch] = EXPLORE
+    return stage
+
+
+def window_resets(stage: torch.Tensor) -> torch.Tensor:
+    """``(K,)`` booleans: where the adaptive kernels restart their moment means — the first step of
+    every WARMUP window and its midpoint, so the frozen estimate comes from the second half of the
+    warm-up, nearer stationarity (a two-window scheme in the spirit of Stan's adaptation)."""
+    reset = torch.zeros(len(stage), dtype=torch.bool)
+    warm = (stage == WARMUP).tolist()
+    k = 0
+    while k < len(warm):
+        if warm[k]:
+            j = k
+            while j < len(warm) and warm[j]:
+                j += 1
+            reset[k] = True
+            reset[k + (j - k) // 2] = True
+            k = j
+        else:
+            k += 1
+    return reset
+
+
+@dataclass
+class Plan:
+    """What a run does at every step k = 1..K: step size (units of the stage's lr), stage, draws."""
+
+    step_size: torch.Tensor  # (K,) float64
+    stage: torch.Tensor  # (K,) int8: EXPLORE, WARMUP or SAMPLE
+    draw_steps: torch.Tensor  # (D,) long, 1-based, increasing
+    epochs: int
+    steps_per_epoch: int
+
+    @property
+    def num_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    @property
+    def noisy(self) -> torch.Tensor:
+        """``(K,)`` booleans: the steps that inject noise (WARMUP and SAMPLE)."""
+        return self.stage != EXPLORE
