@@ -9,6 +9,8 @@
   global mean and std (per-pixel scaling would blow up rarely inked border pixels).
 * :func:`gap_regression` — synthetic 1-D regression with a gap in the inputs, where a good
   posterior's predictive band widens away from the data.
+* :func:`pca_features` — the inputs projected on their first k principal components (fitted on
+  the training split, whitened), for problems small enough for full-batch HMC.
 * :func:`corrupt` — input corruptions (Gaussian noise, a covariate shift, image translation)
   at graded severities 1–5, for tests of calibration under covariate shift.
 """
@@ -190,6 +192,41 @@ def shift_images(x: torch.Tensor, generator: Optional[torch.Generator] = None, *
     out = images[torch.arange(b).reshape(b, 1, 1), rows, cols + m - dx].reshape(b, h * w)
     out = out if mean is None else out - mean
     return out if std is None else out / std
+
+
+@dataclass(frozen=True)
+class PCAProjection:
+    """x ↦ (x − μ) Vₖᵀ / σₖ: the first k principal directions Vₖ of the training inputs, each
+    component scaled to unit variance on the training split (whitening), fitted by
+    scikit-learn's exact SVD (deterministic, signs fixed by ``svd_flip``)."""
+
+    mean: torch.Tensor        # (D,)
+    components: torch.Tensor  # (k, D)
+    scale: torch.Tensor       # (k,)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Project inputs ``(N, D)`` to ``(N, k)``."""
+        if x.dim() != 2 or x.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"the projection takes inputs (N, {self.mean.shape[0]}), got {tuple(x.shape)}")
+        return (x - self.mean.to(x.dtype)) @ self.components.T.to(x.dtype) / self.scale.to(x.dtype)
+
+
+def pca_features(ds: Dataset, k: int) -> Tuple[Dataset, PCAProjection]:
+    """``ds`` with its inputs replaced by their first ``k`` whitened principal components (fitted on
+    the training split only), and the projection, for further inputs such as corrupted test sets
+    (corrupt first, in the original feature space, then project)."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= min(ds.num_features, len(ds.x_train)):
+        raise ValueError(f"pca needs 1 <= k <= {min(ds.num_features, len(ds.x_train))} components, got {k!r}")
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=k, svd_solver="full").fit(ds.x_train.double().numpy())
+    dtype = ds.x_train.dtype
+    scale = np.sqrt(pca.explained_variance_)
+    scale[scale == 0] = 1.0
+    proj = PCAProjection(torch.tensor(pca.mean_, dtype=dtype), torch.tensor(pca.components_, dtype=dtype),
+                         torch.tensor(scale, dtype=dtype))
+    return replace(ds, name=f"{ds.name}-pca{k}", x_train=proj(ds.x_train), x_test=proj(ds.x_test),
+                   image_shape=None), proj
 
 
 # -- corruptions for covariate-shift tests ------------------------------------------------------

@@ -13,11 +13,12 @@ Background: Wenzel et al. (2020), "How good is the Bayes posterior in deep neura
 (the cold posterior effect); Izmailov et al. (2021), "What are Bayesian neural network posteriors
 really like?" (data augmentation as a cause).
 """
-from .cells import cell_key, cell_specs, read_cells, run_cell, write_cell
-from .config import (AUGMENTATIONS, DataConfig, InferenceConfig, ModelConfig, StudyConfig, StudyConfigError,
-                     load_config)
+from .cells import cell_key, cell_specs, read_cells, reference_diagnostics, reference_specs, run_cell, write_cell
+from .config import (AUGMENTATIONS, SCHEMA, DataConfig, EvaluationConfig, InferenceConfig, ModelConfig,
+                     ReferenceConfig, StudyConfig, StudyConfigError, check_network, load_config)
 from .executors import LocalExecutor, RayExecutor, make_executor
-from .report import plot_metric, results_table, summarise, write_report
+from .report import (comparison_table, plot_agreement, plot_metric, plot_shift, results_table, summarise,
+                     write_report)
 from .study import StudyError, StudyInterrupted, TemperatureStudy, run_study
 from ..examples.bundled import example_config, example_configs
 
@@ -31,10 +32,16 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "InferenceConfig",
+    "ReferenceConfig",
+    "EvaluationConfig",
+    "SCHEMA",
+    "check_network",
     "load_config",
     "run_study",
     "cell_specs",
     "cell_key",
+    "reference_specs",
+    "reference_diagnostics",
     "run_cell",
     "write_cell",
     "read_cells",
@@ -44,6 +51,9 @@ __all__ = [
     "results_table",
     "summarise",
     "plot_metric",
+    "plot_agreement",
+    "plot_shift",
+    "comparison_table",
     "write_report",
     "example_config",
     "example_configs",

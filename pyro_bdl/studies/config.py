@@ -1,6 +1,7 @@
-"""A temperature study's configuration: a TOML file (or the same nested dict), validated up front.
+"""A study's configuration: a TOML file (or the same nested dict), validated up front.
 
-Every section and key, with its default::
+Every section and key, with its default (the schema itself is :data:`SCHEMA`, built from
+:mod:`pyro_bdl.studies.schema`)::
 
     [study]
     name = "cold-digits"                  # default: the file's stem
@@ -12,6 +13,8 @@ Every section and key, with its default::
     test_fraction = 0.25
     split_seed = 0                        # the train/test split is fixed across cells
     max_shift = 1                         # augmentation: random shifts of ±max_shift pixels
+    pca = 10                              # project the inputs on their first 10 principal components
+                                          # (fitted on the training split; default: no projection)
 
     [model]
     network = "mlp"                       # or an import path "package.module:factory"
@@ -31,6 +34,23 @@ Every section and key, with its default::
     [inference.options.sgld]              # options of one method, passed to pyro_bdl.fit
     lr = 1e-3                             # (may also override epochs and batch_size)
 
+    [reference]                           # optional: an HMC reference (Izmailov et al. 2021)
+    method = "nuts"                       # default; any method of pyro_bdl.methods()
+    backend = "numpyro"                   # ... and that method's options (for nuts/hmc the defaults
+    num_chains = 4                        #     are backend = "numpyro", num_chains = 4)
+    num_samples = 500
+    warmup = 500
+    seed = 0                              # the reference's seed (one reference per T and augmentation)
+    predict_samples = 1000                # draws in its model average (default: every draw it kept)
+    rhat_threshold = 1.01                 # max function-space R-hat above which it is "not converged"
+    diagnostic_inputs = 100               # R-hat / ESS on the class probabilities at the first 100
+                                          # test inputs (default 100; all of them: a large number)
+
+    [evaluation]                          # optional: accuracy and NLL under covariate shift
+    corruptions = ["gaussian_noise", "shift"]   # any of pyro_bdl.data.CORRUPTIONS
+    severities = [1, 3, 5]                # integers 1..5 (default all five)
+    seed = 0                              # the corruptions' random seed
+
     [grid]
     temperature = [0.001, 0.01, 0.1, 1.0] # T > 0
     seeds = [0, 1, 2]                     # default [0]
@@ -46,14 +66,20 @@ A factory named by import path is called as ``factory(in_features=..., out_featu
 **network_options)`` and must return a ``torch.nn.Module`` mapping ``(B, in_features)`` inputs to
 ``(B, out_features)`` outputs (class logits, or one regression output).
 
+**A study config is trusted code.** Validation never imports or calls anything a config names:
+a ``network = "package.module:factory"`` string is only checked for its shape. But running the
+study imports that module and calls the factory, which can do anything your user account can;
+run only configs (and network factories) you would run as a Python script.
+
 :func:`load_config` / :meth:`StudyConfig.from_dict` check everything before anything runs and
-raise one :class:`StudyConfigError` that lists every problem, one line each.
+raise one :class:`StudyConfigError` that lists every problem, one line each;
+:func:`check_network` (called by the study before its first cell) imports and tries the network.
 """
 from __future__ import annotations
 
-import difflib
-import math
+import inspect
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -66,8 +92,11 @@ import torch
 
 from ..examples import datasets
 from ..infer import method_options, methods
+from ..infer.registry import METHODS
 from ..examples.networks import ACTIVATIONS, mlp, resolve_factory
 from ..model.tempering import TEMPERING_MODES
+from .schema import (REQUIRED, Check, Invalid, Key, Section, boolean, choice, import_path, integer, list_of, number,
+                     read_sections, string, table, unknown)
 
 PRIORS = ("gaussian", "fan_in", "laplace", "student_t")
 
@@ -78,23 +107,79 @@ AUGMENTATIONS: Dict[str, Dict[str, Any]] = {
     name: {"image_shape": tuple(shape), "flip": False} for name, shape in datasets.IMAGE_SHAPES.items()
 }
 
-_MISSING = object()
-
-#: section -> key -> default (``_MISSING``: required)
-SCHEMA: Dict[str, Dict[str, Any]] = {
-    "study": {"name": None},
-    "data": {"name": _MISSING, "augment": False, "train_size": None, "test_fraction": 0.25, "split_seed": 0,
-             "max_shift": 1},
-    "model": {"network": "mlp", "hidden": None, "activation": "tanh", "network_options": {}, "prior": "gaussian",
-              "prior_scale": 1.0, "tempering": "posterior", "noise_scale": None},
-    "inference": {"methods": _MISSING, "epochs": None, "batch_size": None, "predict_samples": 100, "options": {}},
-    "grid": {"temperature": _MISSING, "seeds": [0]},
-    "output": {"dir": None},
-    "resources": {"cpus_per_cell": 1, "gpus_per_cell": 0},
-}
-REQUIRED_SECTIONS = ("data", "inference", "grid")
 #: settings a method's options table may override besides the method's own options
 PER_METHOD_SETTINGS = ("epochs", "batch_size")
+#: the default reference: NUTS on the NumPyro backend with four chains (Izmailov et al. 2021 use HMC)
+REFERENCE_DEFAULTS: Dict[str, Dict[str, Any]] = {"nuts": {"backend": "numpyro", "num_chains": 4},
+                                                 "hmc": {"backend": "numpyro", "num_chains": 4}}
+
+
+def _temperature(v: Any) -> float:
+    try:
+        return number(0, low_open=True)(v)
+    except Invalid:
+        raise Invalid("a number > 0 (T = 1 is Bayes, T < 1 cold; for T → 0 use method 'map')") from None
+
+
+def _severity(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 5:
+        raise Invalid("an integer from 1 to 5")
+    return v
+
+
+#: The whole schema: every section, key, check and default. ``None`` defaults mean "not set".
+SCHEMA: Tuple[Section, ...] = (
+    Section("study", (Key("name", string(), None, "default: the file's stem"),)),
+    Section("data", (
+        Key("name", choice(lambda: datasets.DATASETS, "a bundled data set"), REQUIRED),
+        Key("augment", list_of(boolean, "true/false"), (False,), "a study dimension"),
+        Key("train_size", integer(1), None, "subsample the training split"),
+        Key("test_fraction", number(0, 1, low_open=True, high_open=True), 0.25),
+        Key("split_seed", integer(0), 0),
+        Key("max_shift", integer(1), 1, "augmentation: shifts of ±max_shift pixels"),
+        Key("pca", integer(1), None, "project inputs on their first pca principal components"),
+    ), required=True),
+    Section("model", (
+        Key("network", import_path, "mlp", "'mlp' or 'package.module:factory'"),
+        Key("hidden", list_of(integer(1), "layer widths (positive integers)", scalar_ok=False, unique=False), None,
+            "mlp only (default [100])"),
+        Key("activation", choice(lambda: ACTIVATIONS), "tanh", "mlp only"),
+        Key("network_options", table, {}, "keyword arguments of the factory"),
+        Key("prior", choice(PRIORS), "gaussian"),
+        Key("prior_scale", number(0, low_open=True, what="a positive number"), 1.0),
+        Key("tempering", choice(TEMPERING_MODES), "posterior"),
+        Key("noise_scale", number(0, low_open=True, what="a positive number (or left out to learn it)"), None,
+            "regression only"),
+    )),
+    Section("inference", (
+        Key("methods", list_of(string("a method name"), "method names"), REQUIRED),
+        Key("epochs", integer(1), None),
+        Key("batch_size", integer(1), None),
+        Key("predict_samples", integer(1), 100),
+        Key("options", table, {}, "[inference.options.<method>] tables"),
+    ), required=True),
+    Section("reference", (
+        Key("method", choice(lambda: methods()), "nuts"),
+        Key("seed", integer(0), 0),
+        Key("predict_samples", integer(1), None, "default: every draw it kept"),
+        Key("rhat_threshold", number(1.0, what="a number >= 1"), 1.01),
+        Key("diagnostic_inputs", integer(2), 100, "test inputs of its function-space R-hat / ESS"),
+    ), open=True, doc="the reference posterior and its method's options"),
+    Section("evaluation", (
+        Key("corruptions", list_of(choice(datasets.CORRUPTIONS), "corruption kinds"), REQUIRED),
+        Key("severities", list_of(_severity, "severities (integers 1..5)"), (1, 2, 3, 4, 5)),
+        Key("seed", integer(0), 0),
+    ), doc="metrics under covariate shift"),
+    Section("grid", (
+        Key("temperature", list_of(_temperature, "temperatures T > 0"), REQUIRED),
+        Key("seeds", list_of(integer(0), "non-negative integers"), (0,)),
+    ), required=True),
+    Section("output", (Key("dir", string("a path"), None, "default runs/<name>"),)),
+    Section("resources", (
+        Key("cpus_per_cell", integer(1), 1),
+        Key("gpus_per_cell", number(0, what="a number >= 0"), 0),
+    )),
+)
 
 
 class StudyConfigError(ValueError):
@@ -109,16 +194,21 @@ class StudyConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
+    """``[data]``: the data set, its split and preprocessing, and the augmentation settings."""
+
     name: str
     augment: Tuple[bool, ...] = (False,)
     train_size: Optional[int] = None
     test_fraction: float = 0.25
     split_seed: int = 0
     max_shift: int = 1
+    pca: Optional[int] = None
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """``[model]``: network, prior, tempering mode and (regression) noise."""
+
     network: str = "mlp"
     hidden: Tuple[int, ...] = (100,)
     activation: str = "tanh"
@@ -131,6 +221,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class InferenceConfig:
+    """``[inference]``: the methods of the grid and their settings."""
+
     methods: Tuple[str, ...]
     epochs: Optional[int] = None
     batch_size: Optional[int] = None
@@ -150,8 +242,42 @@ class InferenceConfig:
 
 
 @dataclass(frozen=True)
+class ReferenceConfig:
+    """``[reference]``: the posterior every method is compared with (Izmailov et al. 2021: HMC).
+
+    ``options`` go to ``pyro_bdl.fit`` (for nuts/hmc: ``backend="numpyro"``, ``num_chains=4``
+    unless set); ``predict_samples`` None means every kept draw; the reference counts as
+    converged when its largest function-space R-hat on the first ``diagnostic_inputs`` test inputs
+    is <= ``rhat_threshold``.
+    """
+
+    method: str = "nuts"
+    options: Dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    predict_samples: Optional[int] = None
+    rhat_threshold: float = 1.01
+    diagnostic_inputs: int = 100
+
+    @property
+    def uses_augmentation(self) -> bool:
+        """Whether the method sees augmented minibatches (methods with an ``epochs`` option);
+        full-batch samplers (nuts, hmc) do not, so one reference per T serves both settings."""
+        return "epochs" in method_options(self.method)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """``[evaluation]``: corrupted copies of the test set (:func:`pyro_bdl.data.corrupt`)."""
+
+    corruptions: Tuple[str, ...]
+    severities: Tuple[int, ...] = (1, 2, 3, 4, 5)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class StudyConfig:
-    """A validated study: the grid temperature × method × seed × augmentation and its settings."""
+    """A validated study: the grid temperature × method × seed × augmentation and its settings,
+    plus an optional reference posterior and covariate-shift evaluation."""
 
     name: str
     data: DataConfig
@@ -162,21 +288,29 @@ class StudyConfig:
     output_dir: str = "runs/study"
     cpus_per_cell: int = 1
     gpus_per_cell: float = 0
+    reference: Optional[ReferenceConfig] = None
+    evaluation: Optional[EvaluationConfig] = None
 
     @property
     def num_cells(self) -> int:
-        """Cells in the grid: |temperatures| × |methods| × |seeds| × |augmentation settings|."""
-        return len(self.temperatures) * len(self.inference.methods) * len(self.seeds) * len(self.data.augment)
+        """Cells in the grid: |temperatures| × |methods| × |seeds| × |augmentation settings|,
+        plus the reference cells (one per T, and per augmentation setting if the reference uses it)."""
+        n = len(self.temperatures) * len(self.inference.methods) * len(self.seeds) * len(self.data.augment)
+        if self.reference is not None:
+            n += len(self.temperatures) * (len(self.data.augment) if self.reference.uses_augmentation else 1)
+        return n
 
     @staticmethod
     def from_toml(path: str) -> "StudyConfig":
-        """Read and validate a study TOML file (:func:`load_config`)."""
+        """Deprecated alias of :func:`load_config`."""
+        warnings.warn("StudyConfig.from_toml is deprecated; use pyro_bdl.studies.load_config(path)",
+                      DeprecationWarning, stacklevel=2)
         return load_config(path)
 
     @staticmethod
     def from_dict(raw: Mapping[str, Any], source: str = "the study config", default_name: str = "study") -> "StudyConfig":
         """Validate a nested dict shaped like the TOML file; raise :class:`StudyConfigError` listing every problem."""
-        return _parse(raw, source, default_name)
+        return parse(raw, source, default_name)
 
 
 def load_config(path: str) -> StudyConfig:
@@ -188,271 +322,161 @@ def load_config(path: str) -> StudyConfig:
             raw = tomllib.load(f)
         except tomllib.TOMLDecodeError as err:
             raise StudyConfigError([f"not valid TOML: {err}"], source=path) from None
-    return _parse(raw, path, os.path.splitext(os.path.basename(path))[0])
+    return parse(raw, path, os.path.splitext(os.path.basename(path))[0])
 
 
-# -- validation ---------------------------------------------------------------------------------
-
-def _unknown(key: str, known, where: str, what: str = "key") -> str:
-    known = sorted(set(known))
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f"did you mean {close[0]!r}?" if close else f"known {what}s: {', '.join(known)}"
-    return f"{where} unknown {what} {key!r}; {hint}"
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _parse(raw: Mapping[str, Any], source: str, default_name: str) -> StudyConfig:
+# -- validation: the schema first, then the checks across keys --------------------------------------
+def parse(raw: Mapping[str, Any], source: str = "the study config", default_name: str = "study") -> StudyConfig:
+    """Check ``raw`` against :data:`SCHEMA` and across keys; the :class:`StudyConfig`, or one
+    :class:`StudyConfigError` listing every problem. Imports and runs nothing the config names."""
     problems: List[str] = []
-    if not isinstance(raw, Mapping):
-        raise StudyConfigError([f"expected a table of sections, got {type(raw).__name__}"], source)
-    sections: Dict[str, Dict[str, Any]] = {}
-    for name, body in raw.items():
-        if name not in SCHEMA:
-            problems.append(_unknown(name, SCHEMA, "the config:", "section"))
-            continue
-        if not isinstance(body, Mapping):
-            problems.append(f"[{name}] must be a table of keys, got {body!r}")
-            continue
-        for key in body:
-            if key not in SCHEMA[name]:
-                problems.append(_unknown(key, SCHEMA[name], f"[{name}]"))
-        sections[name] = dict(body)
-    for name in REQUIRED_SECTIONS:
-        if name not in raw:
-            problems.append(f"missing section [{name}]")
+    read = read_sections(raw, SCHEMA, problems)
+    v = read.values
+    dataset = _check_data(v["data"], problems)
+    model = _check_model(v["model"], read, dataset, problems)
+    inference = _check_inference(v["inference"], problems)
+    reference = _check_reference(v["reference"], read, dataset, problems)
+    evaluation = _check_evaluation(v["evaluation"], read, v["data"], problems)
+    temperatures = v["grid"]["temperature"] or ()
+    name = v["study"]["name"] or default_name
+    if problems:
+        raise StudyConfigError(problems, source)
+    d = v["data"]
+    return StudyConfig(
+        name=name,
+        data=DataConfig(d["name"], tuple(d["augment"]), d["train_size"], d["test_fraction"], d["split_seed"],
+                        d["max_shift"], d["pca"]),
+        model=model, inference=inference, temperatures=tuple(temperatures), seeds=tuple(v["grid"]["seeds"]),
+        output_dir=v["output"]["dir"] or os.path.join("runs", name),
+        cpus_per_cell=v["resources"]["cpus_per_cell"], gpus_per_cell=v["resources"]["gpus_per_cell"],
+        reference=reference, evaluation=evaluation)
 
-    def get(section: str, key: str):
-        value = sections.get(section, {}).get(key, _MISSING)
-        if value is _MISSING:
-            value = SCHEMA[section][key]
-            if value is _MISSING and section in sections:
-                problems.append(f"[{section}] {key} is required")
-                return None
-        return value
 
-    # [study]
-    name = get("study", "name")
-    if name is None:
-        name = default_name
-    elif not isinstance(name, str) or not name.strip():
-        problems.append(f"[study] name must be a non-empty string, got {name!r}")
-        name = default_name
-
-    # [data]
-    data_name = get("data", "name")
-    dataset = None
-    if data_name is not None:
-        if data_name not in datasets.DATASETS:
-            problems.append(f"[data] name: unknown data set {data_name!r}; bundled data sets: "
-                            f"{', '.join(sorted(datasets.DATASETS))}")
-            data_name = None
-    augment = get("data", "augment")
-    augment = [augment] if isinstance(augment, bool) else augment
-    if not isinstance(augment, list) or not augment or not all(isinstance(a, bool) for a in augment):
-        problems.append(f"[data] augment must be true, false or a non-empty list of them, got {augment!r}")
-        augment = [False]
-    elif len(set(augment)) != len(augment):
-        problems.append(f"[data] augment lists a value twice: {augment!r}")
-    if data_name is not None and any(augment) and data_name not in AUGMENTATIONS:
-        problems.append(f"[data] augment: data set {data_name!r} has no augmentation (it is not images); "
+def _check_data(d: Dict[str, Any], problems: List[str]) -> Optional["datasets.Dataset"]:
+    if d["name"] is None:
+        return None
+    if any(d["augment"]) and d["name"] not in AUGMENTATIONS:
+        problems.append(f"[data] augment: data set {d['name']!r} has no augmentation (it is not images); "
                         f"augmentation is defined for {', '.join(sorted(AUGMENTATIONS))}. Set augment = false.")
-    train_size = get("data", "train_size")
-    if train_size is not None and (not _is_int(train_size) or train_size < 1):
-        problems.append(f"[data] train_size must be a positive integer, got {train_size!r}")
-        train_size = None
-    test_fraction = get("data", "test_fraction")
-    if not _is_number(test_fraction) or not 0 < test_fraction < 1:
-        problems.append(f"[data] test_fraction must be a number in (0, 1), got {test_fraction!r}")
-        test_fraction = 0.25
-    split_seed = get("data", "split_seed")
-    if not _is_int(split_seed) or split_seed < 0:
-        problems.append(f"[data] split_seed must be a non-negative integer, got {split_seed!r}")
-        split_seed = 0
-    max_shift = get("data", "max_shift")
-    if not _is_int(max_shift) or max_shift < 1:
-        problems.append(f"[data] max_shift must be a positive integer, got {max_shift!r}")
-        max_shift = 1
-    if data_name is not None:
-        try:
-            dataset = datasets.load_dataset(data_name, test_fraction=test_fraction, seed=split_seed,
-                                            train_size=train_size)
-        except ValueError as err:
-            problems.append(f"[data] {err}")
+    if any(d["augment"]) and d["pca"] is not None:
+        problems.append("[data] augment shifts pixels, which the pca projection no longer has; "
+                        "set augment = false or leave out pca")
+    try:
+        dataset = datasets.load_dataset(d["name"], test_fraction=d["test_fraction"], seed=d["split_seed"],
+                                        train_size=d["train_size"])
+    except ValueError as err:
+        problems.append(f"[data] {err}")
+        return None
+    if d["pca"] is not None and d["pca"] > min(dataset.num_features, len(dataset.x_train)):
+        problems.append(f"[data] pca = {d['pca']} exceeds the {dataset.num_features} features "
+                        f"(and {len(dataset.x_train)} training points) of {d['name']}")
+    return dataset
 
-    # [model]
-    model_problems_before = len(problems)
-    network = get("model", "network")
-    hidden = get("model", "hidden")
-    activation = get("model", "activation")
-    network_options = get("model", "network_options")
-    if not isinstance(network, str):
-        problems.append(f"[model] network must be 'mlp' or an import path 'package.module:factory', got {network!r}")
-        network = "mlp"
-    elif network != "mlp":
-        try:
-            resolve_factory(network)
-        except ValueError as err:
-            problems.append(f"[model] {err}")
-    if network == "mlp":
-        hidden = [100] if hidden is None else hidden
-        if not isinstance(hidden, list) or not all(_is_int(h) and h > 0 for h in hidden):
-            problems.append(f"[model] hidden must be a list of positive integers (layer widths), got {hidden!r}")
-            hidden = [100]
-        if activation not in ACTIVATIONS:
-            problems.append(f"[model] activation: unknown {activation!r}; choose one of {', '.join(sorted(ACTIVATIONS))}")
-        if network_options:
+
+def _check_model(m: Dict[str, Any], read, dataset, problems: List[str]) -> ModelConfig:
+    given = read.given["model"]
+    hidden = m["hidden"]
+    if m["network"] == "mlp":
+        hidden = (100,) if hidden is None else tuple(hidden)
+        if m["network_options"]:
             problems.append("[model] network_options are for a network given by import path; "
                             "the mlp takes hidden and activation")
     else:
         for key in ("hidden", "activation"):
-            if key in sections.get("model", {}):
+            if key in given:
                 problems.append(f"[model] {key} applies to network = 'mlp' only; pass your factory's arguments "
                                 "in [model.network_options]")
-        hidden = []
-    if not isinstance(network_options, Mapping):
-        problems.append(f"[model] network_options must be a table, got {network_options!r}")
-        network_options = {}
-    prior = get("model", "prior")
-    if prior not in PRIORS:
-        problems.append(f"[model] prior: unknown {prior!r}; choose one of {', '.join(PRIORS)}")
-    prior_scale = get("model", "prior_scale")
-    if not _is_number(prior_scale) or not prior_scale > 0 or not math.isfinite(prior_scale):
-        problems.append(f"[model] prior_scale must be a positive number, got {prior_scale!r}")
-        prior_scale = 1.0
-    tempering = get("model", "tempering")
-    if tempering not in TEMPERING_MODES:
-        problems.append(f"[model] tempering must be one of {', '.join(TEMPERING_MODES)}, got {tempering!r}")
-    noise_scale = get("model", "noise_scale")
-    if noise_scale is not None:
-        if not _is_number(noise_scale) or not noise_scale > 0:
-            problems.append(f"[model] noise_scale must be a positive number (or left out to learn it), got {noise_scale!r}")
-        elif dataset is not None and dataset.task != "regression":
-            problems.append(f"[model] noise_scale is for regression; {data_name!r} is a classification data set")
-    if dataset is not None and len(problems) == model_problems_before:  # build it only if all else is right
-        try:
-            check_network(network, tuple(hidden), activation, dict(network_options), dataset)
-        except (ValueError, TypeError) as err:
-            problems.append(f"[model] {err}")
+        hidden = ()
+    if m["noise_scale"] is not None and dataset is not None and dataset.task != "regression":
+        problems.append(f"[model] noise_scale is for regression; {dataset.name!r} is a classification data set")
+    return ModelConfig(m["network"], hidden, m["activation"], dict(m["network_options"]), m["prior"],
+                       m["prior_scale"], m["tempering"], m["noise_scale"])
 
-    # [inference]
-    known_methods = methods()
-    method_list = get("inference", "methods")
-    if method_list is not None:
-        if isinstance(method_list, str):
-            method_list = [method_list]
-        if not isinstance(method_list, list) or not method_list:
-            problems.append(f"[inference] methods must be a non-empty list of method names, got {method_list!r}")
-            method_list = []
-        for m in method_list:
-            if m not in known_methods:
-                problems.append(_unknown(m, known_methods, "[inference] methods:", "method")
-                                .replace("known methods", "available methods"))
-        if len(set(map(str, method_list))) != len(method_list):
-            problems.append(f"[inference] methods lists a method twice: {method_list!r}")
-    method_list = [m for m in (method_list or []) if m in known_methods]
-    epochs = get("inference", "epochs")
-    if epochs is not None and (not _is_int(epochs) or epochs < 1):
-        problems.append(f"[inference] epochs must be a positive integer, got {epochs!r}")
-        epochs = None
-    if epochs is not None and method_list and not any("epochs" in method_options(m) for m in method_list):
+
+def _check_options(method: str, options: Any, where: str, problems: List[str],
+                   extra: Tuple[str, ...] = PER_METHOD_SETTINGS) -> Dict[str, Any]:
+    """The options of ``method`` from a table, each name checked against the method's signature."""
+    if not isinstance(options, Mapping):
+        problems.append(f"{where} must be a table of options, got {options!r}")
+        return {}
+    accepted = list(method_options(method)) + list(extra)
+    defaults = {name: p.default for name, p in inspect.signature(METHODS[method]).parameters.items()}
+    defaults.update({k: 1 for k in PER_METHOD_SETTINGS})  # epochs, batch_size: integers
+    for key, value in options.items():
+        if key not in accepted:
+            problems.append(unknown(key, accepted, where, "option"))
+            continue
+        check = _check_like(defaults.get(key))
+        if check is not None:
+            try:
+                check(value)
+            except Invalid as err:
+                problems.append(f"{where} {key} must be {err} ({method}'s default is {defaults[key]!r}), "
+                                f"got {value!r}")
+    return {k: v for k, v in options.items() if k in accepted}
+
+
+def _check_like(default: Any) -> Optional[Check]:
+    """The check matching an option's default value (bool, int or float), or None (anything goes:
+    strings and None defaults often take other types too, e.g. ``init`` a dict)."""
+    if isinstance(default, bool):
+        return boolean
+    if isinstance(default, int):
+        return integer()
+    if isinstance(default, float):
+        return number()
+    return None
+
+
+def _check_inference(inf: Dict[str, Any], problems: List[str]) -> InferenceConfig:
+    known = methods()
+    listed = list(inf["methods"] or ())
+    for m in listed:
+        if m not in known:
+            problems.append(unknown(m, known, "[inference] methods:", "method").replace("known methods",
+                                                                                         "available methods"))
+    method_list = [m for m in listed if m in known]
+    if inf["epochs"] is not None and method_list and not any("epochs" in method_options(m) for m in method_list):
         problems.append(f"[inference] epochs: none of the methods {method_list} takes an epochs option; "
                         "set their run length in [inference.options.<method>]")
-    batch_size = get("inference", "batch_size")
-    if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
-        problems.append(f"[inference] batch_size must be a positive integer, got {batch_size!r}")
-        batch_size = None
-    predict_samples = get("inference", "predict_samples")
-    if not _is_int(predict_samples) or predict_samples < 1:
-        problems.append(f"[inference] predict_samples must be a positive integer, got {predict_samples!r}")
-        predict_samples = 100
-    options = get("inference", "options")
-    clean_options: Dict[str, Dict[str, Any]] = {}
-    if not isinstance(options, Mapping):
-        problems.append(f"[inference.options] must be a table of per-method tables, got {options!r}")
-        options = {}
-    for m, opts in options.items():
-        if m not in (get("inference", "methods") or []):
+    options: Dict[str, Dict[str, Any]] = {}
+    for m, opts in inf["options"].items():
+        if m not in listed:
             problems.append(f"[inference.options.{m}] is for a method that is not in [inference] methods")
-            continue
-        if m not in known_methods:
-            continue
-        if not isinstance(opts, Mapping):
-            problems.append(f"[inference.options.{m}] must be a table of options, got {opts!r}")
-            continue
-        accepted = method_options(m)
-        for key in opts:
-            if key not in accepted and key not in PER_METHOD_SETTINGS:
-                problems.append(_unknown(key, list(accepted) + list(PER_METHOD_SETTINGS), f"[inference.options.{m}]",
-                                         "option"))
-        clean_options[m] = dict(opts)
+        elif m in known:
+            options[m] = _check_options(m, opts, f"[inference.options.{m}]", problems)
+    return InferenceConfig(tuple(method_list), inf["epochs"], inf["batch_size"], inf["predict_samples"], options)
 
-    # [grid]
-    temps = get("grid", "temperature")
-    temperatures: List[float] = []
-    if temps is not None:
-        if _is_number(temps):
-            temps = [temps]
-        if not isinstance(temps, list) or not temps:
-            problems.append(f"[grid] temperature must be a non-empty list of temperatures T > 0, got {temps!r}")
-        else:
-            for t in temps:
-                if not _is_number(t) or not math.isfinite(t) or t <= 0:
-                    problems.append(f"[grid] temperature {t!r} is not a number > 0 (T = 1 is Bayes, T < 1 cold; "
-                                    "for T → 0 use method 'map')")
-                else:
-                    temperatures.append(float(t))
-            if len(set(temperatures)) != len(temperatures):
-                problems.append(f"[grid] temperature lists a value twice: {temps!r}")
-    seeds = get("grid", "seeds")
-    if _is_int(seeds):
-        seeds = [seeds]
-    if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and s >= 0 for s in seeds):
-        problems.append(f"[grid] seeds must be a non-empty list of non-negative integers, got {seeds!r}")
-        seeds = [0]
-    elif len(set(seeds)) != len(seeds):
-        problems.append(f"[grid] seeds lists a seed twice: {seeds!r}")
 
-    # [output], [resources]
-    out_dir = get("output", "dir")
-    if out_dir is None:
-        out_dir = os.path.join("runs", name)
-    elif not isinstance(out_dir, str) or not out_dir:
-        problems.append(f"[output] dir must be a path, got {out_dir!r}")
-    cpus = get("resources", "cpus_per_cell")
-    if not _is_int(cpus) or cpus < 1:
-        problems.append(f"[resources] cpus_per_cell must be a positive integer, got {cpus!r}")
-        cpus = 1
-    gpus = get("resources", "gpus_per_cell")
-    if not _is_number(gpus) or gpus < 0:
-        problems.append(f"[resources] gpus_per_cell must be a number >= 0, got {gpus!r}")
-        gpus = 0
+def _check_reference(ref: Dict[str, Any], read, dataset, problems: List[str]) -> Optional[ReferenceConfig]:
+    if "reference" not in read.present:
+        return None
+    method = ref["method"]
+    if "method" in read.failed["reference"]:  # reported by the schema; its options cannot be checked
+        return None
+    extra = ("batch_size",) if "epochs" in method_options(method) else ()
+    options = dict(REFERENCE_DEFAULTS.get(method, {}))
+    options.update(_check_options(method, read.extra["reference"], "[reference]", problems, extra))
+    if dataset is not None and dataset.task != "classification":
+        problems.append(f"[reference] compares top-class agreement and total variation of class probabilities; "
+                        f"{dataset.name!r} is a regression data set. Leave out [reference] or use a classification set")
+    return ReferenceConfig(method, options, ref["seed"], ref["predict_samples"], ref["rhat_threshold"],
+                           ref["diagnostic_inputs"])
 
-    if problems:
-        raise StudyConfigError(problems, source)
-    return StudyConfig(
-        name=name,
-        data=DataConfig(data_name, tuple(augment), train_size, float(test_fraction), split_seed, max_shift),
-        model=ModelConfig(network, tuple(hidden), activation, dict(network_options), prior, float(prior_scale),
-                          tempering, None if noise_scale is None else float(noise_scale)),
-        inference=InferenceConfig(tuple(method_list), epochs, batch_size, predict_samples, clean_options),
-        temperatures=tuple(temperatures),
-        seeds=tuple(seeds),
-        output_dir=out_dir,
-        cpus_per_cell=cpus,
-        gpus_per_cell=gpus,
-    )
+
+def _check_evaluation(ev: Dict[str, Any], read, data: Dict[str, Any], problems: List[str]) -> Optional[EvaluationConfig]:
+    if "evaluation" not in read.present or ev["corruptions"] is None:
+        return None
+    if "translate" in ev["corruptions"] and data["name"] is not None and data["name"] not in datasets.IMAGE_SHAPES:
+        problems.append(f"[evaluation] corruptions: 'translate' moves images; {data['name']!r} is not an image "
+                        f"data set ({', '.join(sorted(datasets.IMAGE_SHAPES))} are). Use gaussian_noise or shift")
+    return EvaluationConfig(tuple(ev["corruptions"]), tuple(sorted(ev["severities"])), ev["seed"])
 
 
 def build_network(network: str, hidden: Tuple[int, ...], activation: str, network_options: Dict[str, Any],
                   in_features: int, out_features: int) -> torch.nn.Module:
-    """The network of a study cell: the named mlp or the factory at the import path."""
+    """The network of a study cell: the named mlp, or the factory at the import path (imported
+    and called here: a study config is trusted code)."""
     if network == "mlp":
         return mlp(in_features, list(hidden), out_features, activation)
     net = resolve_factory(network)(in_features=in_features, out_features=out_features, **network_options)
@@ -461,20 +485,32 @@ def build_network(network: str, hidden: Tuple[int, ...], activation: str, networ
     return net
 
 
-def check_network(network: str, hidden: Tuple[int, ...], activation: str, network_options: Dict[str, Any],
-                  dataset: "datasets.Dataset") -> None:
-    """Build the network once and run two training inputs through it: it must give (2, output_dim)."""
+def check_network(config: StudyConfig, source: str = "the study config") -> None:
+    """Import and build the config's network once and run two training inputs through it: it must
+    give ``(2, output_dim)``. A study calls this when it starts running, before its first cell
+    (validation does not: it imports nothing); raises :class:`StudyConfigError`."""
+    d, m = config.data, config.model
+    dataset = datasets.load_dataset(d.name, test_fraction=d.test_fraction, seed=d.split_seed,
+                                    train_size=d.train_size)
+    if d.pca is not None:
+        dataset, _ = datasets.pca_features(dataset, d.pca)
+    num_features, x = dataset.num_features, dataset.x_train[:2]
+    network = m.network
     with torch.random.fork_rng(devices=[]):
         try:
-            net = build_network(network, hidden, activation, network_options, dataset.num_features, dataset.output_dim)
+            net = build_network(network, m.hidden, m.activation, dict(m.network_options), num_features,
+                                dataset.output_dim)
+        except ValueError as err:
+            raise StudyConfigError([f"[model] {err}"], source) from None
         except TypeError as err:
-            raise TypeError(f"network {network!r} could not be built: {err}") from None
+            raise StudyConfigError([f"[model] network {network!r} could not be built: {err}"], source) from None
         with torch.no_grad():
             try:
-                out = net(dataset.x_train[:2])
+                out = net(x)
             except Exception as err:  # noqa: BLE001 — any failure here is a config problem
-                raise ValueError(f"network {network!r} fails on inputs of shape {tuple(dataset.x_train[:2].shape)}: {err}") from None
+                raise StudyConfigError([f"[model] network {network!r} fails on inputs of shape {tuple(x.shape)}: "
+                                        f"{err}"], source) from None
     if not torch.is_tensor(out) or tuple(out.shape) != (2, dataset.output_dim):
         shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
-        raise ValueError(f"network {network!r} maps inputs (2, {dataset.num_features}) to {shape}; "
-                         f"{dataset.name} needs outputs (2, {dataset.output_dim})")
+        raise StudyConfigError([f"[model] network {network!r} maps inputs (2, {num_features}) to {shape}; "
+                                f"{dataset.name} needs outputs (2, {dataset.output_dim})"], source)

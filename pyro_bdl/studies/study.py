@@ -4,13 +4,15 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 import pandas as pd
 
 from .._util import io
 from .cells import cell_key, cell_path, cell_specs, read_cell, read_cells, write_cell
-from .config import StudyConfig, load_config
+from ..evaluate.diagnostics.convergence import ConvergenceWarning
+from .config import StudyConfig, check_network, load_config
 from .executors import Executor, make_executor
 from .report import results_table, write_report
 
@@ -118,6 +120,21 @@ class TemperatureStudy:
 
         io.atomic_write(path, write, suffix=".json")
 
+    def _reference_figures(self, record: Dict[str, Any]) -> None:
+        """Log a reference cell's convergence figures; warn loudly (always, progress or not) when it
+        has not converged."""
+        ref, spec = record["reference"], record["spec"]
+        self._log(f"  reference {spec['method']} T={spec['temperature']:g}: max function-space R-hat "
+                  f"{ref['r_hat_max']:.4f}, min bulk ESS {ref['ess_bulk_min']:.0f}, {ref['num_divergences']} "
+                  f"divergences, agreement of its two halves {ref['self_agreement']:.3f}")
+        if not ref["converged"]:
+            message = (f"the reference {spec['method']} at T={spec['temperature']:g} has NOT converged: max "
+                       f"function-space R-hat {ref['r_hat_max']:.4f} > {ref['rhat_threshold']} "
+                       f"({100 * ref['r_hat_fraction_above']:.1f}% of test predictions above it). Agreement and "
+                       "TV against it are marked (!) in the report; run more chains, warmup and draws.")
+            print(f"WARNING: {message}", flush=True)
+            warnings.warn(message, ConvergenceWarning, stacklevel=2)
+
     def run(self, raise_on_failure: bool = True) -> pd.DataFrame:
         """Run the unfinished cells and return the full table (see the class docstring).
 
@@ -132,6 +149,8 @@ class TemperatureStudy:
         file is written atomically) and :class:`StudyInterrupted` says how many cells are saved;
         a rerun skips those and numbers the rest on from there (``[k+1/n]``).
         """
+        if self.pending():
+            check_network(self.config)  # imports the network factory: before any file is written
         with io.folder_lock(self.output_dir, "study"):
             # Under the lock no other study writes here: temporaries are leftovers of a killed run.
             io.remove_stale_temporaries(self.output_dir)
@@ -143,9 +162,11 @@ class TemperatureStudy:
         already = total - len(todo)
         os.makedirs(os.path.join(self.output_dir, "cells"), exist_ok=True)
         self._write_config()
+        n_ref = sum(s.get("role") == "reference" for s in self.specs)
         self._log(f"study {self.config.name!r}: {total} cells ({len(self.config.temperatures)} temperatures × "
                   f"{len(self.config.inference.methods)} methods × {len(self.config.seeds)} seeds × "
-                  f"{len(self.config.data.augment)} augmentation settings) in {self.output_dir}")
+                  f"{len(self.config.data.augment)} augmentation settings"
+                  + (f", plus {n_ref} reference cells" if n_ref else "") + f") in {self.output_dir}")
         if len(todo) < total:
             self._log(f"  {total - len(todo)} cells already finished, skipped")
         failed: Dict[str, str] = {}
@@ -158,7 +179,8 @@ class TemperatureStudy:
             # Cells are numbered over the whole study, so a resumed run goes on from [already + 1/total].
             for done, (spec, record, error) in enumerate(cells, already + 1):
                 key = cell_key(spec)
-                head = (f"[{done}/{total}] {spec['method']} T={spec['temperature']:g} seed={spec['seed']} "
+                head = (f"[{done}/{total}] {'reference ' if spec.get('role') == 'reference' else ''}"
+                        f"{spec['method']} T={spec['temperature']:g} seed={spec['seed']} "
                         f"augment={spec['augment']}")
                 if record is None:
                     failed[key] = error or ""
@@ -167,6 +189,8 @@ class TemperatureStudy:
                     continue
                 write_cell(self.output_dir, record)
                 saved += 1
+                if "reference" in record:
+                    self._reference_figures(record)
                 scores = "  ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items())
                 self._log(f"{head}: {scores}  ({record['fit_seconds']:.1f} s fit, "
                           f"{time.perf_counter() - start:.0f} s elapsed)")
