@@ -18,7 +18,6 @@ decay from ``lr`` to ``lr * lr_decay`` over the run.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Optional, Union
 
 import pyro
@@ -30,7 +29,9 @@ from pyro.infer.autoguide import (AutoDelta, AutoLowRankMultivariateNormal, Auto
 from ..lifting import BayesianModel
 from ..posterior import GuidePosterior, SamplesPosterior
 from .. import progress as progress_bars
+from ..tempering import likelihood_scale
 from .data import FitData
+from .divergence import DivergenceCheck, loss_floor
 from .registry import register
 
 GUIDES = {"normal": AutoNormal, "lowrank": AutoLowRankMultivariateNormal, "fullrank": AutoMultivariateNormal}
@@ -61,8 +62,13 @@ def resolve_steps(data: FitData, num_steps: Optional[int], epochs: Optional[int]
 
 
 def optimise(model: BayesianModel, guide, data: FitData, num_steps: int, lr: float, lr_decay: float,
-             num_particles: int, seed: int, progress: Optional[bool], desc: str) -> list:
-    """Minimise the negative ELBO of ``(model, guide)``; returns the loss per step."""
+             num_particles: int, seed: int, progress: Optional[bool], desc: str, floor_kind: str = "elbo") -> list:
+    """Minimise the negative ELBO of ``(model, guide)``; returns the loss per step.
+
+    Stops with a :class:`~pyro_bdl.inference.divergence.DivergenceError` when the loss diverges
+    (:mod:`~pyro_bdl.inference.divergence`; ``floor_kind``: ``"elbo"``, or ``"point"`` for MAP's
+    AutoDelta, whose loss is −log p̃(D, w)).
+    """
     generator = torch.Generator().manual_seed(seed)
     N = data.dataset_size
     elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
@@ -71,6 +77,8 @@ def optimise(model: BayesianModel, guide, data: FitData, num_steps: int, lr: flo
         loss_fn = elbo(model, guide)
         x0, y0 = next(iter(data.epoch(generator)))
         loss_fn(x0, y0, N)  # builds the guide's parameters
+        check = DivergenceCheck(desc, lr, floor=loss_floor(model, x0, y0, N, floor_kind),
+                                unit=N * likelihood_scale(model.temperature, model.tempering))
         params = list(loss_fn.parameters())
         if not params:
             raise ValueError("the guide has no parameters to optimise")
@@ -85,9 +93,7 @@ def optimise(model: BayesianModel, guide, data: FitData, num_steps: int, lr: flo
                 opt.step()
                 sched.step()
                 value = loss.item()
-                if not math.isfinite(value):
-                    raise FloatingPointError(
-                        f"the loss became {value} at step {i}; lower lr (now {lr}) or check the data scale")
+                check.check(value, i, lr=sched.get_last_lr()[0])
                 losses.append(value)
                 if i % 50 == 0:
                     bar.set_postfix(loss=f"{value:.4g}")
@@ -137,7 +143,7 @@ def fit_map(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
     start.update({k: torch.as_tensor(v) for k, v in (init or {}).items()})
     with pyro.settings.context(module_local_params=True):
         g = AutoDelta(model, init_loc_fn=init_to_value(values=start))
-    losses = optimise(model, g, data, steps, lr, lr_decay, 1, seed, progress, "map")
+    losses = optimise(model, g, data, steps, lr, lr_decay, 1, seed, progress, "map", floor_kind="point")
     x0, _ = next(iter(data.epoch()))
     with torch.no_grad(), pyro.settings.context(module_local_params=True):
         values = g.median(x0)

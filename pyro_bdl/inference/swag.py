@@ -45,7 +45,9 @@ from ..guides.swag import SWAG, check_scale, check_variant
 from ..lifting import BayesianModel
 from ..posterior import MixturePosterior, Posterior, seeded
 from ..weights import Weights
+from ..tempering import likelihood_scale
 from .data import FitData
+from .divergence import DivergenceCheck, loss_floor
 from .members import run_members
 from .registry import register
 
@@ -177,7 +179,9 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
             loader_gen.set_state(state["loader_generator"])
         history = state["history"]
         start = state["epoch"]
+    check: Optional[DivergenceCheck] = None
     norm_mode = model.network.batch_statistics if batchnorm.has_batchnorm(model.net) else contextlib.nullcontext
+    step = start * data.num_batches
     with progress_bars.bar(epochs, desc, progress) as bar:
         bar.update(start)
         for epoch in range(start, epochs):
@@ -192,9 +196,11 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
                 loss.backward()
                 opt.step()
                 value = loss.item()
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"the SWAG loss became {value} in epoch {epoch}; lower lr (now {rate:g}) "
-                                             "or check the data scale")
+                if check is None:  # the loss is per data point: floor / N, one nat per point is 1/T
+                    check = DivergenceCheck(desc, lr, floor=loss_floor(model, xb, yb, N, "point") / N,
+                                            unit=likelihood_scale(model.temperature, model.tempering))
+                check.check(value, step, lr=rate)
+                step += 1
                 total, count = total + value, count + 1
             if collect and epoch + 1 > swa_start:
                 guide.collect()
