@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 import pyro
@@ -83,6 +84,59 @@ def _config(guide: SWAG, data: FitData, **settings) -> Dict[str, Any]:
             "num_batches": data.num_batches, "rank": guide.rank, **settings}
 
 
+class GradientNoise:
+    """Running per-coordinate variance V_kk of i.i.d. minibatch gradients (Welford), and the SGD
+    rates whose stationary spread is the posterior's (Mandt et al. 2017).
+
+    Near a mode, SGD with rates ε (a diagonal preconditioner) on the per-data-point objective L is
+    an Ornstein–Uhlenbeck process whose stationary covariance Σ solves εAΣ + ΣAε = εVε, with A
+    the Hessian of L and V the covariance of one minibatch gradient. The posterior's covariance
+    (N A)⁻¹ solves it exactly when ε_k = 2 / (N V_kk) and V is diagonal, whatever A is
+    (Mandt et al. 2017, Sec. 4 and Thm. 2; the prior's curvature is part of A, the prior adds no
+    noise). Heavy-ball momentum β makes the effective rate ε/(1 − β), so
+
+        ε_k = 2 (1 − β) / (N V_kk)
+
+(times a discrete-time correction close to 1, see :meth:`rates`).
+
+    It needs minibatches drawn independently (with replacement): the theory's noise is i.i.d.
+    and reshuffled epochs' noise sums to zero over an epoch (on linear regression, epoch-end
+    iterates then spread only 0.1–0.2× the posterior). V is measured on the gradients SGD
+    already computes; near the mode their variation from the moving iterate (AΣA = A/N) is
+    B/N of the noise (B the batch size) and is neglected.
+    """
+
+    def __init__(self, like: torch.Tensor):
+        self.count, self.mean, self.m2 = 0, torch.zeros_like(like), torch.zeros_like(like)
+
+    def update(self, grad: torch.Tensor) -> None:
+        self.count += 1
+        delta = grad - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (grad - self.mean)
+
+    def rates(self, dataset_size: int, batch_size: int, momentum: float) -> torch.Tensor:
+        var = self.m2 / max(1, self.count - 1)
+        # Discrete-time correction: heavy ball on a quadratic with curvature a has stationary variance
+        # εV(1+β) / (a(1−β)(2(1+β) − εa)), not εV/(2a(1−β)); with the gradient noise as curvature
+        # (Fisher ≈ Hessian: a ≈ B·V), εa = 2(1−β)B/N, so the rates shrink by 1/(1 + (1−β)B/((1+β)N)).
+        shrink = 1.0 / (1.0 + (1 - momentum) * batch_size / ((1 + momentum) * dataset_size))
+        rates = shrink * 2 * (1 - momentum) / (dataset_size * var)
+        ok = torch.isfinite(rates)
+        cap = rates[ok].max() if bool(ok.any()) else torch.tensor(1.0, dtype=rates.dtype)
+        return torch.where(ok, rates, cap)  # no gradient noise at all: the largest measured rate
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.count, self.mean, self.m2 = state["count"], state["mean"].clone(), state["m2"].clone()
+
+
+#: i.i.d. minibatch gradients measured at the end of the pre-collection phase before auto rates are first used
+MIN_NOISE_BATCHES = 32
+
+
 def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: float, swa_lr: float,
                momentum: float, seed: int, progress: Optional[bool] = None, checkpoint: Optional[str] = None,
                collect: bool = True, desc: str = "swag") -> Dict[str, List[float]]:
@@ -108,6 +162,7 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
     config = _config(guide, data, epochs=epochs, swa_start=swa_start, lr=lr, swa_lr=swa_lr, momentum=momentum,
                      seed=seed, collect=collect)
     history: Dict[str, List[float]] = {"loss": [], "lr": []}
+    noise: Optional[GradientNoise] = None
     start = 0
     state = checkpoints.load(checkpoint)
     if state is not None:
@@ -123,22 +178,57 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
             loader_gen.set_state(state["loader_generator"])
         history = state["history"]
         start = state["epoch"]
+        if state.get("noise") is not None:
+            noise = GradientNoise(theta.detach())
+            noise.load_state_dict(state["noise"])
     check: Optional[DivergenceCheck] = None
     norm_mode = model.network.batch_statistics if batchnorm.has_batchnorm(model.net) else contextlib.nullcontext
+    # SGD follows T·L_T, the per-data-point objective in temperature-free units (= L_1 under
+    # posterior tempering): the mode is p_T's and lr means the same at every T (module docs).
+    t = model.temperature
+
+    def gradient(xb, yb):
+        opt.zero_grad(set_to_none=True)
+        with norm_mode():
+            loss = objective.potential(theta, xb, yb, N) / N
+        (t * loss).backward()
+        return loss
+
     step = start * data.num_batches
+    # With auto rates the iterate relaxes in ≈ N/(2B) steps (Fisher ≈ Hessian) and the momentum forgets
+    # in 1/(1 − β) steps: snapshots the longer of the two apart are nearly independent.
+    every = max(1, round(N / (2 * data.random_batch_size)), round(1 / (1 - momentum)))
+    if swa_lr == "auto" and collect and (epochs - swa_start) * data.num_batches < 10 * every:
+        warnings.warn(f"SWAG will collect only {(epochs - swa_start) * data.num_batches // every} nearly independent "
+                      f"snapshots ({(epochs - swa_start) * data.num_batches} steps past swa_start, one per {every}); "
+                      "its covariance will be noisy and too small. Raise epochs or use minibatches (batch_size).",
+                      RuntimeWarning, stacklevel=3)
     with progress_bars.bar(epochs, desc, progress) as bar:
         bar.update(start)
         for epoch in range(start, epochs):
-            rate = swag_learning_rate(epoch, lr, swa_lr, swa_start)
+            auto = swa_lr == "auto" and epoch >= swa_start
+            if auto and noise is None:  # measure the gradient noise at the end of the pre-collection phase
+                noise = GradientNoise(theta.detach())
+                for xb, yb in data.random_batches(max(MIN_NOISE_BATCHES, data.num_batches), generator):
+                    gradient(xb, yb)
+                    noise.update(theta.grad)
+                opt = torch.optim.SGD([theta], lr=1.0, momentum=momentum)  # fresh momentum at the new rates
+            rates = noise.rates(N, data.random_batch_size, momentum) if auto else None
+            # auto: the record is the rates' geometric mean
+            rate = (float(rates.log().mean().exp()) if auto else
+                    swag_learning_rate(epoch, lr, lr / 5 if swa_lr == "auto" else float(swa_lr), swa_start))
             for group in opt.param_groups:
-                group["lr"] = rate
+                group["lr"] = 1.0 if auto else rate
             total, count = 0.0, 0
-            for xb, yb in data.epoch(generator):
-                opt.zero_grad(set_to_none=True)
-                with norm_mode():
-                    loss = objective.potential(theta, xb, yb, N) / N
-                loss.backward()
+            batches = data.random_batches(data.num_batches, generator) if auto else data.epoch(generator)
+            for xb, yb in batches:
+                loss = gradient(xb, yb)
+                if auto:
+                    noise.update(theta.grad)
+                    theta.grad.mul_(rates)
                 opt.step()
+                if auto and collect and (step + 1) % every == 0:
+                    guide.collect()
                 value = loss.item()
                 if check is None:  # the loss is per data point: floor / N, one nat per point is 1/T
                     check = DivergenceCheck(desc, lr, floor=loss_floor(model, xb, yb, N, "point") / N,
@@ -146,7 +236,7 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
                 check.check(value, step, lr=rate)
                 step += 1
                 total, count = total + value, count + 1
-            if collect and epoch + 1 > swa_start:
+            if collect and not auto and epoch + 1 > swa_start:
                 guide.collect()
             history["loss"].append(total / count)
             history["lr"].append(rate)
@@ -154,7 +244,8 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
                 checkpoints.save(checkpoint, {
                     "kind": CHECKPOINT_KIND, "config": config, "epoch": epoch + 1, "guide": guide.state_dict(),
                     "optimizer": opt.state_dict(), "generator": generator.get_state(), "rng": checkpoints.rng_state(),
-                    "loader_generator": None if loader_gen is None else loader_gen.get_state(), "history": history})
+                    "loader_generator": None if loader_gen is None else loader_gen.get_state(), "history": history,
+                    "noise": None if noise is None else noise.state_dict()})
             bar.set_postfix(loss=f"{total / count:.4g}", lr=f"{rate:.3g}")
             bar.update()
     return history
@@ -168,13 +259,13 @@ def _check_options(epochs, swa_start, lr, swa_lr, momentum) -> Tuple[int, float]
     if isinstance(swa_start, bool) or not isinstance(swa_start, int) or not 0 <= swa_start < epochs:
         raise ValueError(f"swa_start must be an integer in [0, epochs) = [0, {epochs}) so that at least one "
                          f"snapshot is collected, got {swa_start!r}")
-    for name, value in (("lr", lr), ("swa_lr", swa_lr)):
+    for name, value in (("lr", lr), ("swa_lr", None if swa_lr == "auto" else swa_lr)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not math.isfinite(value) or value <= 0):
             raise ValueError(f"{name} must be a positive number, got {value!r}")
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-    return swa_start, float(lr / 5 if swa_lr is None else swa_lr)
+    return swa_start, ("auto" if swa_lr in (None, "auto") else float(swa_lr))
 
 
 def _initial_values(model: BayesianModel, init: Any, seed: int) -> Dict[str, torch.Tensor]:
@@ -197,7 +288,7 @@ def _check_checkpoint(checkpoint: Any) -> Optional[str]:
 def _run_swag(model: BayesianModel, data: FitData, seed: int, progress: Optional[bool], init: Any,
               options: Dict[str, Any], checkpoint: Optional[str], desc: str) -> Tuple[SWAG, Dict[str, Any]]:
     """One SWAG fit: the guide (moments, final iterate) and its records."""
-    guide = SWAG(model, rank=options["rank"], scale=options["scale"], variant=options["variant"],
+    guide = SWAG(model, rank=options["rank"], scale=options["scale"] * model.temperature, variant=options["variant"],
                  var_clamp=options["var_clamp"], init_loc_fn=init_to_value(values=_initial_values(model, init, seed)))
     x0, y0 = next(iter(data.epoch()))
     with pyro.settings.context(module_local_params=True):
@@ -287,7 +378,7 @@ def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: O
     x0, y0 = next(iter(data.epoch()))
     members = []
     for m, (state, info) in enumerate(results):
-        guide = SWAG(model, rank=rank, scale=scale, variant=variant, var_clamp=var_clamp,
+        guide = SWAG(model, rank=rank, scale=scale * model.temperature, variant=variant, var_clamp=var_clamp,
                      init_loc_fn=init_to_value(values=model.initial_values()))
         with pyro.settings.context(module_local_params=True):
             guide.setup(x0, y0, data.dataset_size)
