@@ -104,10 +104,18 @@ class GradientNoise:
     iterates then spread only 0.1–0.2× the posterior). V is measured on the gradients SGD
     already computes; near the mode their variation from the moving iterate (AΣA = A/N) is
     B/N of the noise (B the batch size) and is neglected.
+
+    The argument needs Fisher ≈ Hessian (noise where there is curvature). In a network, weights
+    with almost no gradient noise (into dead ReLU units, say) get huge ε_k while their curvature
+    can appear as soon as the others move, so the rates are capped at ``AUTO_CAP · lr`` (10× the
+    exploration-phase rate; SGD cannot spread a coordinate without noise anyway). On linear
+    regression the cap never binds; on digits MLPs it binds for most weights, so there the
+    collection phase is constant-rate SGD at 10·lr on i.i.d. batches (measured in the issue-13 note).
     """
 
     def __init__(self, like: torch.Tensor):
         self.count, self.mean, self.m2 = 0, torch.zeros_like(like), torch.zeros_like(like)
+        self.factor = 1.0  # halved by the stability trial of _start_auto while the rates are too large
 
     def update(self, grad: torch.Tensor) -> None:
         self.count += 1
@@ -115,26 +123,74 @@ class GradientNoise:
         self.mean += delta / self.count
         self.m2 += delta * (grad - self.mean)
 
-    def rates(self, dataset_size: int, batch_size: int, momentum: float) -> torch.Tensor:
-        var = self.m2 / max(1, self.count - 1)
+    def rates(self, dataset_size: int, batch_size: int, momentum: float, cap: float) -> torch.Tensor:
+        """ε_k (class docs) times the stability factor, capped at ``cap``."""
+        # The uncentred second moment E[g²] = V + (mean gradient)²: V at the mode, and smaller (safer)
+        # rates where the iterate is still drifting (a steady gradient with little noise is not flat).
+        var = self.m2 / max(1, self.count - 1) + self.mean ** 2
         # Discrete-time correction: heavy ball on a quadratic with curvature a has stationary variance
         # εV(1+β) / (a(1−β)(2(1+β) − εa)), not εV/(2a(1−β)); with the gradient noise as curvature
         # (Fisher ≈ Hessian: a ≈ B·V), εa = 2(1−β)B/N, so the rates shrink by 1/(1 + (1−β)B/((1+β)N)).
         shrink = 1.0 / (1.0 + (1 - momentum) * batch_size / ((1 + momentum) * dataset_size))
-        rates = shrink * 2 * (1 - momentum) / (dataset_size * var)
-        ok = torch.isfinite(rates)
-        cap = rates[ok].max() if bool(ok.any()) else torch.tensor(1.0, dtype=rates.dtype)
-        return torch.where(ok, rates, cap)  # no gradient noise at all: the largest measured rate
+        rates = self.factor * shrink * 2 * (1 - momentum) / (dataset_size * var)
+        return torch.nan_to_num(rates, nan=cap, posinf=cap).clamp(max=self.factor * cap)
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+        return {"count": self.count, "mean": self.mean, "m2": self.m2, "factor": self.factor}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.count, self.mean, self.m2 = state["count"], state["mean"].clone(), state["m2"].clone()
+        self.factor = state["factor"]
 
 
+#: swa_lr="auto" rates are at most AUTO_CAP·lr (see GradientNoise)
+AUTO_CAP = 10.0
 #: i.i.d. minibatch gradients measured at the end of the pre-collection phase before auto rates are first used
 MIN_NOISE_BATCHES = 32
+
+
+def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, momentum: float, gradient,
+                t: float, every: int, cap: float) -> GradientNoise:
+    """Measure the gradient noise at the pre-collection iterate θ₀, then check the auto rates on a
+    burn-in run of i.i.d. batches (no snapshots), halving them until it is stable.
+
+    At the posterior's spread a quadratic loss lies, on average, P/(2N) per data point above its
+    minimum (½ nat per coordinate: equipartition, in T·L_T units). Where Fisher ≈ Hessian fails
+    (nets that fit their data, directions only the prior holds) the rates can be far too large;
+    a burn-in whose mean loss exceeds θ₀'s by more than 4× that (plus 3 standard errors), or that
+    diverges, is restarted from θ₀ at half the rates.
+    """
+    N, P = data.dataset_size, theta.numel()
+    noise = GradientNoise(theta.detach())
+    ref = []
+    for xb, yb in data.random_batches(max(MIN_NOISE_BATCHES, data.num_batches), generator):
+        ref.append(t * float(gradient(xb, yb).detach()))
+        noise.update(theta.grad)
+    ref_t = torch.tensor(ref, dtype=torch.float64)
+    theta0 = theta.detach().clone()
+    burn = max(data.num_batches, 2 * every)
+    se = float(ref_t.std()) * math.sqrt(1 / len(ref) + 1 / burn)
+    allowed = 2 * P / N + 3 * se
+    for _ in range(20):
+        opt = torch.optim.SGD([theta], lr=1.0, momentum=momentum)
+        rates = noise.rates(N, data.random_batch_size, momentum, cap)
+        total, count, stable = 0.0, 0, True
+        for xb, yb in data.random_batches(burn, generator):
+            value = t * float(gradient(xb, yb).detach())
+            theta.grad.mul_(rates)
+            opt.step()
+            if not math.isfinite(value) or value - float(ref_t.mean()) > 100 * allowed:
+                stable = False
+                break
+            total, count = total + value, count + 1
+        if stable and total / count - float(ref_t.mean()) <= allowed:
+            return noise
+        with torch.no_grad():
+            theta.copy_(theta0)
+        noise.factor /= 2
+    warnings.warn("SWAG's auto learning rates stayed unstable after 20 halvings; its covariance may be wrong. "
+                  "Pass a numeric swa_lr.", RuntimeWarning, stacklevel=4)
+    return noise
 
 
 def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: float, swa_lr: float,
@@ -161,7 +217,7 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
     loader_gen = _loader_generator(data)
     config = _config(guide, data, epochs=epochs, swa_start=swa_start, lr=lr, swa_lr=swa_lr, momentum=momentum,
                      seed=seed, collect=collect)
-    history: Dict[str, List[float]] = {"loss": [], "lr": []}
+    history: Dict[str, Any] = {"loss": [], "lr": []}
     noise: Optional[GradientNoise] = None
     start = 0
     state = checkpoints.load(checkpoint)
@@ -203,17 +259,15 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
                       f"snapshots ({(epochs - swa_start) * data.num_batches} steps past swa_start, one per {every}); "
                       "its covariance will be noisy and too small. Raise epochs or use minibatches (batch_size).",
                       RuntimeWarning, stacklevel=3)
+    history["snapshot_every"] = every if swa_lr == "auto" else data.num_batches
     with progress_bars.bar(epochs, desc, progress) as bar:
         bar.update(start)
         for epoch in range(start, epochs):
             auto = swa_lr == "auto" and epoch >= swa_start
             if auto and noise is None:  # measure the gradient noise at the end of the pre-collection phase
-                noise = GradientNoise(theta.detach())
-                for xb, yb in data.random_batches(max(MIN_NOISE_BATCHES, data.num_batches), generator):
-                    gradient(xb, yb)
-                    noise.update(theta.grad)
+                noise = _start_auto(theta, data, generator, momentum, gradient, t, every, AUTO_CAP * lr)
                 opt = torch.optim.SGD([theta], lr=1.0, momentum=momentum)  # fresh momentum at the new rates
-            rates = noise.rates(N, data.random_batch_size, momentum) if auto else None
+            rates = noise.rates(N, data.random_batch_size, momentum, AUTO_CAP * lr) if auto else None
             # auto: the record is the rates' geometric mean
             rate = (float(rates.log().mean().exp()) if auto else
                     swag_learning_rate(epoch, lr, lr / 5 if swa_lr == "auto" else float(swa_lr), swa_start))
@@ -297,6 +351,7 @@ def _run_swag(model: BayesianModel, data: FitData, seed: int, progress: Optional
                          swa_lr=options["swa_lr"], momentum=options["momentum"], seed=seed, progress=progress,
                          checkpoint=checkpoint, desc=desc)
     info = {"losses": history["loss"], "lr": history["lr"], "num_snapshots": guide.num_snapshots,
+            "snapshot_every": history["snapshot_every"],
             "num_parameters": guide.num_parameters, "seed": seed}
     return guide, info
 
