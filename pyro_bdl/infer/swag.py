@@ -16,7 +16,7 @@ then ``swa_lr``, constant from ``swa_start`` on. After every epoch past ``swa_st
 iterate is collected into the :class:`~pyro_bdl.guides.SWAG` guide's moments.
 
 ``method="multiswag"`` (Wilson & Izmailov 2020) runs M independent SWAG fits from fresh
-initialisations and data orders (member m: seed ``seed + m``), optionally in parallel
+initialisations and data orders (member m: seed ``spawn_seeds(seed, M)[m]``), optionally in parallel
 processes, and returns their equal-weight mixture (:class:`~pyro_bdl.posterior.mixture.MixturePosterior`).
 
 With BatchNorm, SGD uses batch statistics and every posterior draw gets its own statistics,
@@ -40,6 +40,7 @@ from pyro.infer.autoguide import init_to_value
 
 from .._util import checkpoint as checkpoints
 from .._util import progress as progress_bars
+from .._util.random import spawn_seeds
 from ..guides.swag import SWAG
 from ..model import batchnorm
 from ..model.bayesian_model import BayesianModel
@@ -302,6 +303,8 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
                     "noise": None if noise is None else noise.state_dict()})
             bar.set_postfix(loss=f"{total / count:.4g}", lr=f"{rate:.3g}")
             bar.update()
+    if collect and guide.num_snapshots == 0:  # a run shorter than one snapshot interval: its final iterate
+        guide.collect()
     return history
 
 
@@ -410,7 +413,7 @@ def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: O
     """Multi-SWAG (Wilson & Izmailov 2020): an equal-weight mixture of ``num_models`` SWAG posteriors.
 
     Member m starts from a fresh default initialisation and data order, both seeded with
-    ``seed + m``, so the members settle in different basins. ``workers`` > 1 runs members in
+    ``spawn_seeds(seed, num_models)[m]``, so the members settle in different basins. ``workers`` > 1 runs members in
     parallel processes. With ``checkpoint="run.pt"`` member m checkpoints to ``run.member<m>.pt``.
     Other options as for :func:`fit_swag`. ``predict(x, num_samples=S)`` splits the S draws
     evenly over the members; ``draws_by_chain`` gives one chain per member.
@@ -426,7 +429,8 @@ def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: O
                    rank=rank, scale=scale, variant=variant, var_clamp=var_clamp)
     root, ext = os.path.splitext(checkpoint) if checkpoint is not None else (None, None)
     member_progress = progress if workers == 1 else False
-    args = [(model, data, seed + m, member_progress, options,
+    seeds = spawn_seeds(seed, num_models)
+    args = [(model, data, seeds[m], member_progress, options,
              None if checkpoint is None else f"{root}.member{m}{ext}", f"swag {m + 1}/{num_models}")
             for m in range(num_models)]
     results = run_members(_member, args, workers)

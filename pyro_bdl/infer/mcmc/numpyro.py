@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..._util import progress as progress_bars
+from ..._util.random import spawn_seeds
 from ...model.bayesian_model import BayesianModel
 from ...posterior.samples import SamplesPosterior
 from ..data import FitData
@@ -169,7 +170,7 @@ def run_numpyro_mcmc(model: BayesianModel, data: FitData, kernel_name: str, *, s
     shapes = model.latent_shapes(x)
     xj, yj = as_jax_array(x), as_jax_array(y)
 
-    # Starting points (torch): per chain for "prior" (seed + c); "net" and "map" are the same for all chains.
+    # Starting points (torch): per chain for "prior" (spawn_seeds); "net" and "map" are the same for all chains.
     init_params = None
     strategy = init_to_uniform
     if isinstance(init, dict):
@@ -178,7 +179,7 @@ def run_numpyro_mcmc(model: BayesianModel, data: FitData, kernel_name: str, *, s
         check_values = {**initial_point(model, data, "prior", seed, progress), **given}
     else:
         if init == "prior":
-            starts = [initial_point(model, data, init, seed + c, progress) for c in range(num_chains)]
+            starts = [initial_point(model, data, init, s, progress) for s in spawn_seeds(seed, num_chains)]
         else:
             starts = [initial_point(model, data, init, seed, progress)] * num_chains
         check_values = starts[0]
