@@ -18,6 +18,7 @@ decay from ``lr`` to ``lr * lr_decay`` over the run.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Optional, Union
 
 import pyro
@@ -61,6 +62,24 @@ def resolve_steps(data: FitData, num_steps: Optional[int], epochs: Optional[int]
     return steps
 
 
+def param_groups(loss_fn: torch.nn.Module, lr: float) -> list:
+    """Adam parameter groups: every guide parameter at ``lr``, except the covariance factors.
+
+    Adam moves every entry by about ``lr`` per step whatever its gradient's scale. A row of the
+    full-rank guide's Cholesky factor L (``scale_tril``, P entries) or of the low-rank guide's
+    ``cov_factor`` (r entries) would then grow by ≈ lr·√P (lr·√r) per step, so the marginal
+    variances Σ_j L_ij² run away on networks (P ≈ 10³): the loss diverged to −10²⁶ on a digits
+    MLP. Those factors get ``lr/√P`` (``lr/√r``), so a row's norm moves like a single scale entry.
+    """
+    groups = []
+    for name, param in loss_fn.named_parameters():
+        factor = 1.0
+        if name.endswith("scale_tril_unconstrained") or name.endswith("cov_factor"):
+            factor = 1.0 / math.sqrt(param.shape[-1])
+        groups.append({"params": [param], "lr": lr * factor})
+    return groups
+
+
 def optimise(model: BayesianModel, guide, data: FitData, num_steps: int, lr: float, lr_decay: float,
              num_particles: int, seed: int, progress: Optional[bool], desc: str, floor_kind: str = "elbo") -> list:
     """Minimise the negative ELBO of ``(model, guide)``; returns the loss per step.
@@ -79,10 +98,10 @@ def optimise(model: BayesianModel, guide, data: FitData, num_steps: int, lr: flo
         loss_fn(x0, y0, N)  # builds the guide's parameters
         check = DivergenceCheck(desc, lr, floor=loss_floor(model, x0, y0, N, floor_kind),
                                 unit=N * likelihood_scale(model.temperature, model.tempering))
-        params = list(loss_fn.parameters())
-        if not params:
+        groups = param_groups(loss_fn, lr)
+        if not groups:
             raise ValueError("the guide has no parameters to optimise")
-        opt = torch.optim.Adam(params, lr=lr)
+        opt = torch.optim.Adam(groups, lr=lr)
         gamma = lr_decay ** (1.0 / max(1, num_steps))
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
         with progress_bars.bar(num_steps, desc, progress) as bar:
@@ -93,7 +112,7 @@ def optimise(model: BayesianModel, guide, data: FitData, num_steps: int, lr: flo
                 opt.step()
                 sched.step()
                 value = loss.item()
-                check.check(value, i, lr=sched.get_last_lr()[0])
+                check.check(value, i, lr=lr * sched.get_last_lr()[0] / opt.param_groups[0]["initial_lr"])
                 losses.append(value)
                 if i % 50 == 0:
                     bar.set_postfix(loss=f"{value:.4g}")
