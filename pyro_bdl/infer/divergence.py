@@ -72,10 +72,10 @@ class DivergenceCheck:
         self.start: Optional[float] = None
 
     def _fail(self, value: float, step: int, why: str, lr: Optional[float]) -> None:
-        rate = self.lr if lr is None else lr
+        now = "" if lr is None or math.isclose(lr, self.lr) else f", {lr:g} at this step of its schedule"
         raise DivergenceError(f"{self.method} diverged at step {step}: the loss is {value:.4g}, {why}. Lower the "
-                              f"learning rate (lr={rate:g} now; try lr={rate / 10:g}) or check the data scale "
-                              "(standardise inputs and regression targets).")
+                              f"learning rate (lr={self.lr:g}{now}; try lr={self.lr / 10:g}) or check the data "
+                              "scale (standardise inputs and regression targets).")
 
     def check(self, value: float, step: int, lr: Optional[float] = None) -> None:
         """Raise :class:`DivergenceError` if ``value`` (this step's loss) shows divergence.
