@@ -9,11 +9,25 @@ objective of the tempered model,
 with log p̃ = :meth:`~pyro_bdl.BayesianModel.log_joint` through
 :class:`~pyro_bdl.model.potential.Objective` (N/B scaling and temperature are the core's).
 For a Gaussian prior N(0, σ²) the prior term is weight decay with coefficient 1/(σ²N) — the
-prior precision over N — so the SGD fixed point is the mode of the tempered posterior and the
-usual deep-learning learning rates (0.05) apply. The learning rate follows the paper: ``lr`` for
-the first half of ``swa_start`` epochs, a linear decay to ``swa_lr`` until 90% of ``swa_start``,
-then ``swa_lr``, constant from ``swa_start`` on. After every epoch past ``swa_start`` the
-iterate is collected into the :class:`~pyro_bdl.guides.SWAG` guide's moments.
+prior precision over N — so the SGD fixed point is the mode of the tempered posterior.
+
+**Temperature.** SGD steps on T·L (temperature-free units: under posterior tempering T·L is the
+T = 1 objective, whose mode is p_T's), so ``lr`` means the same at every T and a cold run does
+not diverge; the collected covariance is multiplied by T (the guide's ``scale`` is
+``scale·T``). For a Gaussian approximation around the mode this is exactly p_T's covariance
+under posterior tempering (and (N·A_T)⁻¹ under likelihood tempering). The price: the SWA mean
+averages iterates that spread like the T = 1 posterior, so its error in units of p_T's sd grows
+like 1/√T for a given run length.
+
+**Schedule.** ``lr`` for the first half of ``swa_start`` epochs, a linear decay to ``lr/5``
+(or a numeric ``swa_lr``) until 90% of ``swa_start`` (Maddox et al.). Then:
+
+* ``swa_lr="auto"`` (default): per-coordinate rates ε_k = 2(1−β)/(N·E[g_k²]) from the measured
+  minibatch gradient noise (Mandt et al. 2017; :class:`GradientNoise`), checked on a burn-in
+  (:func:`_start_auto`), on minibatches drawn *with replacement*, a snapshot every
+  max(N/(2B), 1/(1−β)) steps. On linear regression the SWAG covariance is then within 2× of the
+  exact (tempered) posterior; with a fixed rate and reshuffled epochs it is 0.1–0.3×.
+* a number: constant ``swa_lr`` on reshuffled epochs, a snapshot after every epoch (the paper).
 
 ``method="multiswag"`` (Wilson & Izmailov 2020) runs M independent SWAG fits from fresh
 initialisations and data orders (member m: seed ``spawn_seeds(seed, M)[m]``), optionally in parallel
@@ -376,7 +390,7 @@ def _posterior(model: BayesianModel, data: FitData, guide: SWAG, method: str, in
 
 @register("swag")
 def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], epochs: int = 60,
-             swa_start: Optional[int] = None, lr: float = 0.05, swa_lr: Optional[float] = None, momentum: float = 0.9,
+             swa_start: Optional[int] = None, lr: float = 0.05, swa_lr: Any = "auto", momentum: float = 0.9,
              rank: int = 20, scale: float = 0.5, variant: str = "swag", var_clamp: float = 1e-30, init: Any = "net",
              checkpoint: Optional[str] = None) -> SWAGPosterior:
     """SWA-Gaussian (Maddox et al. 2019): SGD on the MAP objective, then a Gaussian fitted to its iterates.
@@ -385,8 +399,9 @@ def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Option
         epochs: passes over the data.
         swa_start: epochs before collection starts (default 3/4 of ``epochs``); one snapshot is
             collected after every later epoch, so ``epochs − swa_start`` snapshots in all.
-        lr, swa_lr: initial and collection learning rates (default ``swa_lr = lr/5``), on the
-            per-data-point objective; schedule of the paper (:func:`swag_learning_rate`).
+        lr: exploration learning rate on the per-data-point objective T·L (module docs).
+        swa_lr: ``"auto"`` (default; posterior-matching rates, module docs) or a constant
+            collection rate (the paper's schedule, :func:`swag_learning_rate`).
         momentum: SGD momentum.
         rank: K, deviation columns kept; scale: covariance scale of the draws (0.5).
         variant: ``"swag"``, ``"diagonal"`` (SWAG-Diag) or ``"swa"`` (the mean only).
@@ -407,7 +422,7 @@ def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Option
 @register("multiswag")
 def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], num_models: int = 5,
                   workers: int = 1, epochs: int = 60, swa_start: Optional[int] = None, lr: float = 0.05,
-                  swa_lr: Optional[float] = None, momentum: float = 0.9, rank: int = 20, scale: float = 0.5,
+                  swa_lr: Any = "auto", momentum: float = 0.9, rank: int = 20, scale: float = 0.5,
                   variant: str = "swag", var_clamp: float = 1e-30,
                   checkpoint: Optional[str] = None) -> MixturePosterior:
     """Multi-SWAG (Wilson & Izmailov 2020): an equal-weight mixture of ``num_models`` SWAG posteriors.
