@@ -208,7 +208,7 @@ def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, 
     return noise
 
 
-def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: float, swa_lr: float,
+def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: float, swa_lr: Any,
                momentum: float, seed: int, progress: Optional[bool] = None, checkpoint: Optional[str] = None,
                collect: bool = True, desc: str = "swag") -> Dict[str, List[float]]:
     """SGD with momentum on the per-data-point MAP objective, collecting SWAG snapshots.
@@ -322,7 +322,7 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
     return history
 
 
-def _check_options(epochs, swa_start, lr, swa_lr, momentum) -> Tuple[int, float]:
+def _check_options(epochs, swa_start, lr, swa_lr, momentum) -> Tuple[int, Any]:
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     if swa_start is None:
