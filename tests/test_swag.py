@@ -11,6 +11,7 @@ from scipy import stats
 
 import pyro_bdl as bdl
 from pyro_bdl._util import checkpoint as checkpoints
+from pyro_bdl._util.random import spawn_seeds
 from pyro_bdl.infer.swag import SWAGPosterior, swag_learning_rate
 
 
@@ -364,9 +365,9 @@ def test_multiswag_is_an_equal_weight_mixture_with_one_chain_per_member():
     assert not torch.allclose(means[0], means[1])  # different initialisations and data orders
     assert post.draws_by_chain(5)["0.weight"].shape == (3, 5, 16, 4)
     assert post.sample(10, seed=0)["0.weight"].shape == (10, 16, 4)
-    # Member m of multiswag(seed) is the SWAG fit from a fresh init with seed + m.
+    # Member m of multiswag(seed) is the SWAG fit from a fresh init with seed spawn_seeds(seed, M)[m].
     single = bdl.fit(model, x, y, method="swag", init="fresh", batch_size=20, epochs=6, swa_start=3, lr=0.05,
-                     rank=3, seed=1, progress=False)
+                     rank=3, seed=spawn_seeds(0, 3)[1], progress=False)
     assert torch.equal(single.guide.mean, post.members[1].guide.mean)
     pred = post.predict(x, num_samples=9, seed=0)
     assert pred.num_samples == 9 and torch.allclose(pred.probs.sum(-1), torch.ones(60))
