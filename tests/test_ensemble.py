@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import pyro_bdl as bdl
+from pyro_bdl._util.random import spawn_seeds
 from pyro_bdl._util import checkpoint
 
 
@@ -27,16 +28,21 @@ def test_members_differ_reproduce_and_are_chains():
         assert torch.equal(a.samples[site], b.samples[site])
     w = a.samples["0.weight"][:, 0]
     assert all(not torch.allclose(w[i], w[j], atol=1e-3) for i in range(3) for j in range(i))
-    # each member is the MAP from its own fresh initialisation (seed + m) and shuffle
-    single = bdl.fit(model, x, y, method="map", num_steps=150, lr=0.02, batch_size=16, seed=1, progress=False,
-                     init=model.initial_values(seed=1))
+    # each member is the MAP from its own fresh initialisation and shuffle, seeded by spawn_seeds(seed, M)
+    seeds = spawn_seeds(0, 3)
+    single = bdl.fit(model, x, y, method="map", num_steps=150, lr=0.02, batch_size=16, seed=seeds[1], progress=False,
+                     init=model.initial_values(seed=seeds[1]))
     assert torch.allclose(single.samples["0.weight"][0, 0], w[1])
     # the members fit: the equal-weight mixture predicts far better than the prior mean
     pred = a.predict(x)
     assert pred.outputs.shape == (3, 48, 1)
     assert float(((pred.mean - y) ** 2).mean()) < 0.5 * float(y.var())
     assert a.info["losses"].shape == (3, 150)
-    assert a.info["member_seeds"] == [0, 1, 2]
+    assert a.info["member_seeds"] == seeds
+    # no member is shared with a run of another seed (seed + m would share two of three)
+    c = bdl.fit(model, x, y, seed=1, **kw)
+    wc = c.samples["0.weight"][:, 0]
+    assert all(not torch.allclose(w[i], wc[j], atol=1e-3) for i in range(3) for j in range(3))
 
 
 def test_map_init_option_sets_start():
@@ -81,7 +87,7 @@ def test_resume_trains_only_missing_members(tmp_path, monkeypatch):
     member = ens.fit_member
     monkeypatch.setattr(ens, "fit_member", lambda m, d, seed, *a: trained.append(seed) or member(m, d, seed, *a))
     resumed = bdl.fit(model, x, y, checkpoint=path, **kw)
-    assert trained == [3, 4]  # member 0 (seed 2) came from the checkpoint
+    assert trained == spawn_seeds(2, 3)[1:]  # member 0 came from the checkpoint
     for site in full.samples:
         assert torch.equal(full.samples[site], resumed.samples[site])
 

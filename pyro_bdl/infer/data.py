@@ -122,6 +122,22 @@ class FitData:
         for batch in self.loader:
             yield self._checked(batch)
 
+    @property
+    def random_batch_size(self) -> int:
+        """The size of :meth:`random_batches`' batches: the loader's batch size (N without minibatches)."""
+        return getattr(self.loader, "batch_size", None) or max(1, self.dataset_size // self.num_batches)
+
+    def random_batches(self, num_batches: int, generator: Optional[torch.Generator] = None) -> Iterator[Batch]:
+        """``num_batches`` minibatches of the loader's batch size drawn independently *with replacement*,
+        augmented if asked: i.i.d. gradient noise, which SWAG's stationary-covariance argument needs
+        (reshuffled epochs sum their noise to zero, so epoch-end iterates hardly spread)."""
+        x, y = self.full()
+        size = self.random_batch_size
+        for _ in range(num_batches):
+            idx = torch.randint(self.dataset_size, (size,), generator=generator)
+            xb = x[idx]
+            yield (self.augment(xb, generator) if self.augment is not None else xb), y[idx]
+
     def steps(self, num_steps: int, generator: Optional[torch.Generator] = None) -> Iterator[Batch]:
         """``num_steps`` minibatches, cycling through epochs."""
         done = 0

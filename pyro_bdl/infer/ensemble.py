@@ -2,8 +2,9 @@
 
 M members are MAP fits (:func:`pyro_bdl.infer.svi.fit_map`: maximise the tempered
 log p̃(D, w) with Adam) that differ only in their seed: member m starts from a fresh default
-initialisation of the network, ``model.initial_values(seed=seed + m)``, and shuffles its
-minibatches with ``seed + m``. The posterior is the equal-weight mixture of point masses,
+initialisation of the network, ``model.initial_values(seed=s_m)``, and shuffles its
+minibatches with ``s_m``, where ``s_0, …, s_{M−1} = spawn_seeds(seed, M)`` (independent of every
+other seed's members). The posterior is the equal-weight mixture of point masses,
 
     p(w | D) ≈ (1/M) Σ_m δ(w − ŵ_m),   p(y | x, D) ≈ (1/M) Σ_m p(y | x, ŵ_m),
 
@@ -24,6 +25,7 @@ import torch
 
 from .._util import checkpoint as ckpt
 from .._util import progress as progress_bars
+from .._util.random import spawn_seeds
 from ..model.bayesian_model import BayesianModel
 from ..posterior.samples import SamplesPosterior
 from .data import FitData
@@ -49,7 +51,7 @@ def fit_member(model: BayesianModel, data: FitData, seed: int, options: Dict[str
 def fit_ensemble(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], num_models: int = 5,
                  num_steps: Optional[int] = None, epochs: Optional[int] = None, lr: float = 0.01,
                  lr_decay: float = 0.1, workers: int = 1, checkpoint: Optional[str] = None) -> SamplesPosterior:
-    """A deep ensemble of ``num_models`` MAP members from different seeds (``seed + m``).
+    """A deep ensemble of ``num_models`` MAP members from seeds ``spawn_seeds(seed, num_models)``.
 
     Args:
         num_models: M, the number of members.
@@ -71,13 +73,14 @@ def fit_ensemble(model: BayesianModel, data: FitData, *, seed: int, progress: Op
     members: Dict[int, Tuple[Dict[str, torch.Tensor], List[float]]] = {} if saved is None else {
         int(m): (weights, list(losses)) for m, (weights, losses) in saved["members"].items()}
     pending = [m for m in range(num_models) if m not in members]
+    seeds = spawn_seeds(seed, num_models)
     member_progress = progress if workers == 1 else False
     with progress_bars.bar(num_models, "ensemble", progress) as bar:
         bar.update(num_models - len(pending))
         # Members are trained `workers` at a time, so a checkpoint records each finished group.
         for i in range(0, len(pending), workers):
             group = pending[i:i + workers]
-            results = run_members(fit_member, [(model, data, seed + m, options, member_progress) for m in group],
+            results = run_members(fit_member, [(model, data, seeds[m], options, member_progress) for m in group],
                                   workers=workers)
             members.update(zip(group, results))
             if checkpoint is not None:
@@ -87,4 +90,4 @@ def fit_ensemble(model: BayesianModel, data: FitData, *, seed: int, progress: Op
     samples = {k: torch.stack([members[m][0][k] for m in order]).unsqueeze(1) for k in members[0][0]}
     losses = torch.tensor([members[m][1] for m in order])
     return SamplesPosterior(model, samples, "ensemble", sample_stats={"loss": losses[:, -1:]},
-                            info={"num_models": num_models, "losses": losses, "member_seeds": [seed + m for m in order]})
+                            info={"num_models": num_models, "losses": losses, "member_seeds": [seeds[m] for m in order]})

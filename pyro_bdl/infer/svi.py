@@ -30,10 +30,12 @@ from pyro.infer.autoguide import (AutoDelta, AutoLowRankMultivariateNormal, Auto
 
 from ..model.sites import OBS_SITE
 from ..model.bayesian_model import BayesianModel
+from ..model.tempering import likelihood_scale
 from ..posterior.samples import GuidePosterior, SamplesPosterior
 from .._util import progress as progress_bars
 from .._util.checks import is_invalid_parameter_error
 from .data import FitData
+from .divergence import DivergenceCheck, loss_floor
 from .registry import register
 
 GUIDES = {"normal": AutoNormal, "lowrank": AutoLowRankMultivariateNormal, "fullrank": AutoMultivariateNormal}
@@ -63,9 +65,32 @@ def resolve_steps(data: FitData, num_steps: Optional[int], epochs: Optional[int]
     return steps
 
 
+def param_groups(loss_fn: torch.nn.Module, lr: float) -> list:
+    """Adam parameter groups: every guide parameter at ``lr``, except the covariance factors.
+
+    Adam moves every entry by about ``lr`` per step whatever its gradient's scale. A row of the
+    full-rank guide's Cholesky factor L (``scale_tril``, P entries) or of the low-rank guide's
+    ``cov_factor`` (r entries) would then grow by ≈ lr·√P (lr·√r) per step, so the marginal
+    variances Σ_j L_ij² run away on networks (P ≈ 10³): the loss diverged to −10²⁶ on a digits
+    MLP. Those factors get ``lr/√P`` (``lr/√r``), so a row's norm moves like a single scale entry.
+    """
+    groups = []
+    for name, param in loss_fn.named_parameters():
+        factor = 1.0
+        if name.endswith("scale_tril_unconstrained") or name.endswith("cov_factor"):
+            factor = 1.0 / math.sqrt(param.shape[-1])
+        groups.append({"params": [param], "lr": lr * factor})
+    return groups
+
+
 def optimise(model: BayesianModel, guide, data: FitData, num_steps: int, lr: float, lr_decay: float,
-             num_particles: int, seed: int, progress: Optional[bool], desc: str) -> list:
-    """Minimise the negative ELBO of ``(model, guide)``; returns the loss per step."""
+             num_particles: int, seed: int, progress: Optional[bool], desc: str, floor_kind: str = "elbo") -> list:
+    """Minimise the negative ELBO of ``(model, guide)``; returns the loss per step.
+
+    Stops with a :class:`~pyro_bdl.inference.divergence.DivergenceError` when the loss diverges
+    (:mod:`~pyro_bdl.inference.divergence`; ``floor_kind``: ``"elbo"``, or ``"point"`` for MAP's
+    AutoDelta, whose loss is −log p̃(D, w)).
+    """
     generator = torch.Generator().manual_seed(seed)
     N = data.dataset_size
     elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
@@ -74,10 +99,12 @@ def optimise(model: BayesianModel, guide, data: FitData, num_steps: int, lr: flo
         loss_fn = elbo(model, guide)
         x0, y0 = next(iter(data.epoch(generator)))
         loss_fn(x0, y0, N)  # builds the guide's parameters
-        params = list(loss_fn.parameters())
-        if not params:
+        check = DivergenceCheck(desc, lr, floor=loss_floor(model, x0, y0, N, floor_kind),
+                                unit=N * likelihood_scale(model.temperature, model.tempering))
+        groups = param_groups(loss_fn, lr)
+        if not groups:
             raise ValueError("the guide has no parameters to optimise")
-        opt = torch.optim.Adam(params, lr=lr)
+        opt = torch.optim.Adam(groups, lr=lr)
         gamma = lr_decay ** (1.0 / max(1, num_steps))
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
         with progress_bars.bar(num_steps, desc, progress) as bar:
@@ -97,9 +124,7 @@ def optimise(model: BayesianModel, guide, data: FitData, num_steps: int, lr: flo
                 opt.step()
                 sched.step()
                 value = loss.item()
-                if not math.isfinite(value):
-                    raise FloatingPointError(
-                        f"the loss became {value} at step {i}; lower lr (now {lr}) or check the data scale")
+                check.check(value, i, lr=lr * sched.get_last_lr()[0] / opt.param_groups[0]["initial_lr"])
                 losses.append(value)
                 if i % 50 == 0:
                     bar.set_postfix(loss=f"{value:.4g}")
@@ -165,7 +190,7 @@ def fit_map(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
     start.update({k: torch.as_tensor(v) for k, v in (init or {}).items()})
     with pyro.settings.context(module_local_params=True):
         g = AutoDelta(model, init_loc_fn=init_to_value(values=start))
-    losses = optimise(model, g, data, steps, lr, lr_decay, 1, seed, progress, "map")
+    losses = optimise(model, g, data, steps, lr, lr_decay, 1, seed, progress, "map", floor_kind="point")
     x0, _ = next(iter(data.epoch()))
     with torch.no_grad(), pyro.settings.context(module_local_params=True):
         values = g.median(x0)

@@ -9,14 +9,28 @@ objective of the tempered model,
 with log p̃ = :meth:`~pyro_bdl.BayesianModel.log_joint` through
 :class:`~pyro_bdl.model.potential.Objective` (N/B scaling and temperature are the core's).
 For a Gaussian prior N(0, σ²) the prior term is weight decay with coefficient 1/(σ²N) — the
-prior precision over N — so the SGD fixed point is the mode of the tempered posterior and the
-usual deep-learning learning rates (0.05) apply. The learning rate follows the paper: ``lr`` for
-the first half of ``swa_start`` epochs, a linear decay to ``swa_lr`` until 90% of ``swa_start``,
-then ``swa_lr``, constant from ``swa_start`` on. After every epoch past ``swa_start`` the
-iterate is collected into the :class:`~pyro_bdl.guides.SWAG` guide's moments.
+prior precision over N — so the SGD fixed point is the mode of the tempered posterior.
+
+**Temperature.** SGD steps on T·L (temperature-free units: under posterior tempering T·L is the
+T = 1 objective, whose mode is p_T's), so ``lr`` means the same at every T and a cold run does
+not diverge; the collected covariance is multiplied by T (the guide's ``scale`` is
+``scale·T``). For a Gaussian approximation around the mode this is exactly p_T's covariance
+under posterior tempering (and (N·A_T)⁻¹ under likelihood tempering). The price: the SWA mean
+averages iterates that spread like the T = 1 posterior, so its error in units of p_T's sd grows
+like 1/√T for a given run length.
+
+**Schedule.** ``lr`` for the first half of ``swa_start`` epochs, a linear decay to ``lr/5``
+(or a numeric ``swa_lr``) until 90% of ``swa_start`` (Maddox et al.). Then:
+
+* ``swa_lr="auto"`` (default): per-coordinate rates ε_k = 2(1−β)/(N·E[g_k²]) from the measured
+  minibatch gradient noise (Mandt et al. 2017; :class:`GradientNoise`), checked on a burn-in
+  (:func:`_start_auto`), on minibatches drawn *with replacement*, a snapshot every
+  max(N/(2B), 1/(1−β)) steps. On linear regression the SWAG covariance is then within 2× of the
+  exact (tempered) posterior; with a fixed rate and reshuffled epochs it is 0.1–0.3×.
+* a number: constant ``swa_lr`` on reshuffled epochs, a snapshot after every epoch (the paper).
 
 ``method="multiswag"`` (Wilson & Izmailov 2020) runs M independent SWAG fits from fresh
-initialisations and data orders (member m: seed ``seed + m``), optionally in parallel
+initialisations and data orders (member m: seed ``spawn_seeds(seed, M)[m]``), optionally in parallel
 processes, and returns their equal-weight mixture (:class:`~pyro_bdl.posterior.mixture.MixturePosterior`).
 
 With BatchNorm, SGD uses batch statistics and every posterior draw gets its own statistics,
@@ -31,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 import pyro
@@ -40,12 +55,15 @@ from pyro.infer.autoguide import init_to_value
 from .._util import checkpoint as checkpoints
 from .._util import progress as progress_bars
 from .._util.checks import is_invalid_parameter_error
+from .._util.random import spawn_seeds
 from ..guides.swag import SWAG
 from ..model import batchnorm
 from ..model.bayesian_model import BayesianModel
 from ..posterior.mixture import MixturePosterior
 from ..posterior.swag import SWAGPosterior
+from ..model.tempering import likelihood_scale
 from .data import FitData
+from .divergence import DivergenceCheck, loss_floor
 from .members import run_members
 from .registry import register
 
@@ -77,7 +95,116 @@ def _loader_generator(data: FitData) -> Optional[torch.Generator]:
     return getattr(data.loader, "generator", None) if data.loader is not None and data._x is None else None
 
 
-def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: float, swa_lr: float,
+class GradientNoise:
+    """Running per-coordinate variance V_kk of i.i.d. minibatch gradients (Welford), and the SGD
+    rates whose stationary spread is the posterior's (Mandt et al. 2017).
+
+    Near a mode, SGD with rates ε (a diagonal preconditioner) on the per-data-point objective L is
+    an Ornstein–Uhlenbeck process whose stationary covariance Σ solves εAΣ + ΣAε = εVε, with A
+    the Hessian of L and V the covariance of one minibatch gradient. The posterior's covariance
+    (N A)⁻¹ solves it exactly when ε_k = 2 / (N V_kk) and V is diagonal, whatever A is
+    (Mandt et al. 2017, Sec. 4 and Thm. 2; the prior's curvature is part of A, the prior adds no
+    noise). Heavy-ball momentum β makes the effective rate ε/(1 − β), so
+
+        ε_k = 2 (1 − β) / (N V_kk)
+
+(times a discrete-time correction close to 1, see :meth:`rates`).
+
+    It needs minibatches drawn independently (with replacement): the theory's noise is i.i.d.
+    and reshuffled epochs' noise sums to zero over an epoch (on linear regression, epoch-end
+    iterates then spread only 0.1–0.2× the posterior). V is measured on the gradients SGD
+    already computes; near the mode their variation from the moving iterate (AΣA = A/N) is
+    B/N of the noise (B the batch size) and is neglected.
+
+    The argument needs Fisher ≈ Hessian (noise where there is curvature). In a network, weights
+    with almost no gradient noise (into dead ReLU units, say) get huge ε_k while their curvature
+    can appear as soon as the others move, so the rates are capped at ``AUTO_CAP · lr`` (10× the
+    exploration-phase rate; SGD cannot spread a coordinate without noise anyway). On linear
+    regression the cap never binds; on digits MLPs it binds for most weights, so there the
+    collection phase is constant-rate SGD at 10·lr on i.i.d. batches (measured in the issue-13 note).
+    """
+
+    def __init__(self, like: torch.Tensor):
+        self.count, self.mean, self.m2 = 0, torch.zeros_like(like), torch.zeros_like(like)
+        self.factor = 1.0  # halved by the stability trial of _start_auto while the rates are too large
+
+    def update(self, grad: torch.Tensor) -> None:
+        self.count += 1
+        delta = grad - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (grad - self.mean)
+
+    def rates(self, dataset_size: int, batch_size: int, momentum: float, cap: float) -> torch.Tensor:
+        """ε_k (class docs) times the stability factor, capped at ``cap``."""
+        # The uncentred second moment E[g²] = V + (mean gradient)²: V at the mode, and smaller (safer)
+        # rates where the iterate is still drifting (a steady gradient with little noise is not flat).
+        var = self.m2 / max(1, self.count - 1) + self.mean ** 2
+        # Discrete-time correction: heavy ball on a quadratic with curvature a has stationary variance
+        # εV(1+β) / (a(1−β)(2(1+β) − εa)), not εV/(2a(1−β)); with the gradient noise as curvature
+        # (Fisher ≈ Hessian: a ≈ B·V), εa = 2(1−β)B/N, so the rates shrink by 1/(1 + (1−β)B/((1+β)N)).
+        shrink = 1.0 / (1.0 + (1 - momentum) * batch_size / ((1 + momentum) * dataset_size))
+        rates = self.factor * shrink * 2 * (1 - momentum) / (dataset_size * var)
+        return torch.nan_to_num(rates, nan=cap, posinf=cap).clamp(max=self.factor * cap)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2, "factor": self.factor}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.count, self.mean, self.m2 = state["count"], state["mean"].clone(), state["m2"].clone()
+        self.factor = state["factor"]
+
+
+#: swa_lr="auto" rates are at most AUTO_CAP·lr (see GradientNoise)
+AUTO_CAP = 10.0
+#: i.i.d. minibatch gradients measured at the end of the pre-collection phase before auto rates are first used
+MIN_NOISE_BATCHES = 32
+
+
+def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, momentum: float, gradient,
+                t: float, every: int, cap: float) -> GradientNoise:
+    """Measure the gradient noise at the pre-collection iterate θ₀, then check the auto rates on a
+    burn-in run of i.i.d. batches (no snapshots), halving them until it is stable.
+
+    At the posterior's spread a quadratic loss lies, on average, P/(2N) per data point above its
+    minimum (½ nat per coordinate: equipartition, in T·L_T units). Where Fisher ≈ Hessian fails
+    (nets that fit their data, directions only the prior holds) the rates can be far too large;
+    a burn-in whose mean loss exceeds θ₀'s by more than 4× that (plus 3 standard errors), or that
+    diverges, is restarted from θ₀ at half the rates.
+    """
+    N, P = data.dataset_size, theta.numel()
+    noise = GradientNoise(theta.detach())
+    ref = []
+    for xb, yb in data.random_batches(max(MIN_NOISE_BATCHES, data.num_batches), generator):
+        ref.append(t * float(gradient(xb, yb).detach()))
+        noise.update(theta.grad)
+    ref_t = torch.tensor(ref, dtype=torch.float64)
+    theta0 = theta.detach().clone()
+    burn = max(data.num_batches, 2 * every)
+    se = float(ref_t.std()) * math.sqrt(1 / len(ref) + 1 / burn)
+    allowed = 2 * P / N + 3 * se
+    for _ in range(20):
+        opt = torch.optim.SGD([theta], lr=1.0, momentum=momentum)
+        rates = noise.rates(N, data.random_batch_size, momentum, cap)
+        total, count, stable = 0.0, 0, True
+        for xb, yb in data.random_batches(burn, generator):
+            value = t * float(gradient(xb, yb).detach())
+            theta.grad.mul_(rates)
+            opt.step()
+            if not math.isfinite(value) or value - float(ref_t.mean()) > 100 * allowed:
+                stable = False
+                break
+            total, count = total + value, count + 1
+        if stable and total / count - float(ref_t.mean()) <= allowed:
+            return noise
+        with torch.no_grad():
+            theta.copy_(theta0)
+        noise.factor /= 2
+    warnings.warn("SWAG's auto learning rates stayed unstable after 20 halvings; its covariance may be wrong. "
+                  "Pass a numeric swa_lr.", RuntimeWarning, stacklevel=4)
+    return noise
+
+
+def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: float, swa_lr: Any,
                momentum: float, seed: int, progress: Optional[bool] = None, checkpoint: Optional[str] = None,
                collect: bool = True, desc: str = "swag") -> Dict[str, List[float]]:
     """SGD with momentum on the per-data-point MAP objective, collecting SWAG snapshots.
@@ -103,7 +230,8 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
         model, data, CHECKPOINT_KIND, dict(epochs=epochs, swa_start=swa_start, lr=lr, swa_lr=swa_lr, momentum=momentum,
                                            collect=collect, rank=guide.rank),
         seed, start=checkpoints.tensor_hash(theta), num_parameters=guide.num_parameters)
-    history: Dict[str, List[float]] = {"loss": [], "lr": []}
+    history: Dict[str, Any] = {"loss": [], "lr": []}
+    noise: Optional[GradientNoise] = None
     start = 0
     state = checkpoints.load(checkpoint, fingerprint)
     if state is not None:
@@ -115,33 +243,69 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
             loader_gen.set_state(state["loader_generator"])
         history = state["history"]
         start = state["epoch"]
+        if state.get("noise") is not None:
+            noise = GradientNoise(theta.detach())
+            noise.load_state_dict(state["noise"])
+    check: Optional[DivergenceCheck] = None
     norm_mode = model.network.batch_statistics if batchnorm.has_batchnorm(model.net) else contextlib.nullcontext
+    # SGD follows T·L_T, the per-data-point objective in temperature-free units (= L_1 under
+    # posterior tempering): the mode is p_T's and lr means the same at every T (module docs).
+    t = model.temperature
+
+    def gradient(xb, yb):
+        opt.zero_grad(set_to_none=True)
+        try:
+            with norm_mode():
+                loss = objective.potential(theta, xb, yb, N) / N
+        except ValueError as err:
+            if not is_invalid_parameter_error(err):
+                raise
+            raise FloatingPointError(f"SWAG diverged: the weights became NaN or inf (a distribution got invalid "
+                                     f"parameters); lower lr (now {lr:g}) or check the data scale") from None
+        (t * loss).backward()
+        return loss
+
+    step = start * data.num_batches
+    # With auto rates the iterate relaxes in ≈ N/(2B) steps (Fisher ≈ Hessian) and the momentum forgets
+    # in 1/(1 − β) steps: snapshots the longer of the two apart are nearly independent.
+    every = max(1, round(N / (2 * data.random_batch_size)), round(1 / (1 - momentum)))
+    if swa_lr == "auto" and collect and (epochs - swa_start) * data.num_batches < 10 * every:
+        warnings.warn(f"SWAG will collect only {(epochs - swa_start) * data.num_batches // every} nearly independent "
+                      f"snapshots ({(epochs - swa_start) * data.num_batches} steps past swa_start, one per {every}); "
+                      "its covariance will be noisy and too small. Raise epochs or use minibatches (batch_size).",
+                      RuntimeWarning, stacklevel=3)
+    history["snapshot_every"] = every if swa_lr == "auto" else data.num_batches
     with progress_bars.bar(epochs, desc, progress) as bar:
         bar.update(start)
         for epoch in range(start, epochs):
-            rate = swag_learning_rate(epoch, lr, swa_lr, swa_start)
+            auto = swa_lr == "auto" and epoch >= swa_start
+            if auto and noise is None:  # measure the gradient noise at the end of the pre-collection phase
+                noise = _start_auto(theta, data, generator, momentum, gradient, t, every, AUTO_CAP * lr)
+                opt = torch.optim.SGD([theta], lr=1.0, momentum=momentum)  # fresh momentum at the new rates
+            rates = noise.rates(N, data.random_batch_size, momentum, AUTO_CAP * lr) if auto else None
+            # auto: the record is the rates' geometric mean
+            rate = (float(rates.log().mean().exp()) if auto else
+                    swag_learning_rate(epoch, lr, lr / 5 if swa_lr == "auto" else float(swa_lr), swa_start))
             for group in opt.param_groups:
-                group["lr"] = rate
+                group["lr"] = 1.0 if auto else rate
             total, count = 0.0, 0
-            for xb, yb in data.epoch(generator):
-                opt.zero_grad(set_to_none=True)
-                try:
-                    with norm_mode():
-                        loss = objective.potential(theta, xb, yb, N) / N
-                except ValueError as err:
-                    if not is_invalid_parameter_error(err):
-                        raise
-                    raise FloatingPointError(f"SWAG diverged in epoch {epoch}: the weights became NaN or inf (a "
-                                             f"distribution got invalid parameters); lower lr (now {rate:g}) or check "
-                                             "the data scale") from None
-                loss.backward()
+            batches = data.random_batches(data.num_batches, generator) if auto else data.epoch(generator)
+            for xb, yb in batches:
+                loss = gradient(xb, yb)
+                if auto:
+                    noise.update(theta.grad)
+                    theta.grad.mul_(rates)
                 opt.step()
+                if auto and collect and (step + 1) % every == 0:
+                    guide.collect()
                 value = loss.item()
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"the SWAG loss became {value} in epoch {epoch}; lower lr (now {rate:g}) "
-                                             "or check the data scale")
+                if check is None:  # the loss is per data point: floor / N, one nat per point is 1/T
+                    check = DivergenceCheck(desc, lr, floor=loss_floor(model, xb, yb, N, "point") / N,
+                                            unit=likelihood_scale(model.temperature, model.tempering))
+                check.check(value, step, lr=rate)
+                step += 1
                 total, count = total + value, count + 1
-            if collect and epoch + 1 > swa_start:
+            if collect and not auto and epoch + 1 > swa_start:
                 guide.collect()
             history["loss"].append(total / count)
             history["lr"].append(rate)
@@ -149,13 +313,16 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
                 checkpoints.save(checkpoint, fingerprint, {
                     "epoch": epoch + 1, "guide": dict(guide.state_dict()),
                     "optimizer": opt.state_dict(), "generator": generator.get_state(), "rng": checkpoints.rng_state(),
-                    "loader_generator": None if loader_gen is None else loader_gen.get_state(), "history": history})
+                    "loader_generator": None if loader_gen is None else loader_gen.get_state(), "history": history,
+                    "noise": None if noise is None else noise.state_dict()})
             bar.set_postfix(loss=f"{total / count:.4g}", lr=f"{rate:.3g}")
             bar.update()
+    if collect and guide.num_snapshots == 0:  # a run shorter than one snapshot interval: its final iterate
+        guide.collect()
     return history
 
 
-def _check_options(epochs, swa_start, lr, swa_lr, momentum) -> Tuple[int, float]:
+def _check_options(epochs, swa_start, lr, swa_lr, momentum) -> Tuple[int, Any]:
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     if swa_start is None:
@@ -163,13 +330,13 @@ def _check_options(epochs, swa_start, lr, swa_lr, momentum) -> Tuple[int, float]
     if isinstance(swa_start, bool) or not isinstance(swa_start, int) or not 0 <= swa_start < epochs:
         raise ValueError(f"swa_start must be an integer in [0, epochs) = [0, {epochs}) so that at least one "
                          f"snapshot is collected, got {swa_start!r}")
-    for name, value in (("lr", lr), ("swa_lr", swa_lr)):
+    for name, value in (("lr", lr), ("swa_lr", None if swa_lr == "auto" else swa_lr)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not math.isfinite(value) or value <= 0):
             raise ValueError(f"{name} must be a positive number, got {value!r}")
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-    return swa_start, float(lr / 5 if swa_lr is None else swa_lr)
+    return swa_start, ("auto" if swa_lr in (None, "auto") else float(swa_lr))
 
 
 def _initial_values(model: BayesianModel, init: Any, seed: int) -> Dict[str, torch.Tensor]:
@@ -189,7 +356,7 @@ _check_checkpoint = checkpoints.check_path
 def _run_swag(model: BayesianModel, data: FitData, seed: int, progress: Optional[bool], init: Any,
               options: Dict[str, Any], checkpoint: Optional[str], desc: str) -> Tuple[SWAG, Dict[str, Any]]:
     """One SWAG fit: the guide (moments, final iterate) and its records."""
-    guide = SWAG(model, rank=options["rank"], scale=options["scale"], variant=options["variant"],
+    guide = SWAG(model, rank=options["rank"], scale=options["scale"] * model.temperature, variant=options["variant"],
                  var_clamp=options["var_clamp"], init_loc_fn=init_to_value(values=_initial_values(model, init, seed)))
     x0, y0 = next(iter(data.epoch()))
     with pyro.settings.context(module_local_params=True):
@@ -198,6 +365,7 @@ def _run_swag(model: BayesianModel, data: FitData, seed: int, progress: Optional
                          swa_lr=options["swa_lr"], momentum=options["momentum"], seed=seed, progress=progress,
                          checkpoint=checkpoint, desc=desc)
     info = {"losses": history["loss"], "lr": history["lr"], "num_snapshots": guide.num_snapshots,
+            "snapshot_every": history["snapshot_every"],
             "num_parameters": guide.num_parameters, "seed": seed}
     return guide, info
 
@@ -219,7 +387,7 @@ def _posterior(model: BayesianModel, data: FitData, guide: SWAG, method: str, in
 
 @register("swag")
 def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], epochs: int = 60,
-             swa_start: Optional[int] = None, lr: float = 0.05, swa_lr: Optional[float] = None, momentum: float = 0.9,
+             swa_start: Optional[int] = None, lr: float = 0.05, swa_lr: Any = "auto", momentum: float = 0.9,
              rank: int = 20, scale: float = 0.5, variant: str = "swag", var_clamp: float = 1e-30, init: Any = "net",
              checkpoint: Optional[str] = None) -> SWAGPosterior:
     """SWA-Gaussian (Maddox et al. 2019): SGD on the MAP objective, then a Gaussian fitted to its iterates.
@@ -228,8 +396,9 @@ def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Option
         epochs: passes over the data.
         swa_start: epochs before collection starts (default 3/4 of ``epochs``); one snapshot is
             collected after every later epoch, so ``epochs − swa_start`` snapshots in all.
-        lr, swa_lr: initial and collection learning rates (default ``swa_lr = lr/5``), on the
-            per-data-point objective; schedule of the paper (:func:`swag_learning_rate`).
+        lr: exploration learning rate on the per-data-point objective T·L (module docs).
+        swa_lr: ``"auto"`` (default; posterior-matching rates, module docs) or a constant
+            collection rate (the paper's schedule, :func:`swag_learning_rate`).
         momentum: SGD momentum.
         rank: K, deviation columns kept; scale: covariance scale of the draws (0.5).
         variant: ``"swag"``, ``"diagonal"`` (SWAG-Diag) or ``"swa"`` (the mean only).
@@ -250,13 +419,13 @@ def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Option
 @register("multiswag")
 def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], num_models: int = 5,
                   workers: int = 1, epochs: int = 60, swa_start: Optional[int] = None, lr: float = 0.05,
-                  swa_lr: Optional[float] = None, momentum: float = 0.9, rank: int = 20, scale: float = 0.5,
+                  swa_lr: Any = "auto", momentum: float = 0.9, rank: int = 20, scale: float = 0.5,
                   variant: str = "swag", var_clamp: float = 1e-30,
                   checkpoint: Optional[str] = None) -> MixturePosterior:
     """Multi-SWAG (Wilson & Izmailov 2020): an equal-weight mixture of ``num_models`` SWAG posteriors.
 
     Member m starts from a fresh default initialisation and data order, both seeded with
-    ``seed + m``, so the members settle in different basins. ``workers`` > 1 runs members in
+    ``spawn_seeds(seed, num_models)[m]``, so the members settle in different basins. ``workers`` > 1 runs members in
     parallel processes. With ``checkpoint="run.pt"`` member m checkpoints to ``run.member<m>.pt``.
     Other options as for :func:`fit_swag`. ``predict(x, num_samples=S)`` splits the S draws
     evenly over the members; ``draws_by_chain`` gives one chain per member.
@@ -272,14 +441,15 @@ def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: O
                    rank=rank, scale=scale, variant=variant, var_clamp=var_clamp)
     root, ext = os.path.splitext(checkpoint) if checkpoint is not None else (None, None)
     member_progress = progress if workers == 1 else False
-    args = [(model, data, seed + m, member_progress, options,
+    seeds = spawn_seeds(seed, num_models)
+    args = [(model, data, seeds[m], member_progress, options,
              None if checkpoint is None else f"{root}.member{m}{ext}", f"swag {m + 1}/{num_models}")
             for m in range(num_models)]
     results = run_members(_member, args, workers)
     x0, y0 = next(iter(data.epoch()))
     members = []
     for m, (state, info) in enumerate(results):
-        guide = SWAG(model, rank=rank, scale=scale, variant=variant, var_clamp=var_clamp,
+        guide = SWAG(model, rank=rank, scale=scale * model.temperature, variant=variant, var_clamp=var_clamp,
                      init_loc_fn=init_to_value(values=model.initial_values()))
         with pyro.settings.context(module_local_params=True):
             guide.setup(x0, y0, data.dataset_size)

@@ -14,7 +14,6 @@ epochs, another prior) gives new cells instead of silently reusing stale ones.
 from __future__ import annotations
 
 import datetime
-import functools
 import glob
 import hashlib
 import json
@@ -137,28 +136,14 @@ def _prior(name: str, scale: float):
 
 
 def augmentation(spec: Dict[str, Any]):
-    """The cell's ``augment(x, generator)`` hook, or None: random shifts in pixel space, using the
-    training split's per-pixel mean and std (the same standardisation :func:`load_dataset` applies)."""
+    """The cell's ``augment(x, generator)`` hook, or None: random shifts in pixel space with the
+    training split's standardisation (:meth:`~pyro_bdl.data.Dataset.shift_augmentation`)."""
     if not spec["augment"]:
         return None
     d = spec["data"]
-    kwargs = dict(test_fraction=d["test_fraction"], seed=d["split_seed"], train_size=d["train_size"])
-    mean, std = standardisation(datasets.load_dataset(d["name"], standardize=False, **kwargs).x_train,
-                                datasets.load_dataset(d["name"], **kwargs).x_train)
-    return functools.partial(datasets.shift_images, mean=mean, std=std, max_shift=d["max_shift"],
-                             **AUGMENTATIONS[d["name"]])
-
-
-def standardisation(raw: torch.Tensor, standardised: torch.Tensor):
-    """Per-feature ``(mean, std)`` with ``standardised = (raw − mean) / std``, recovered from the two
-    versions of the same rows, so it holds for whatever standardisation :func:`load_dataset` uses
-    (per pixel for digits, one global scale for MNIST). Constant features get std 1."""
-    raw, z = raw.double(), standardised.double()
-    z_sd = z.std(0, unbiased=False)
-    std = torch.where(z_sd > 0, raw.std(0, unbiased=False) / z_sd.clamp_min(1e-300), torch.ones_like(z_sd))
-    mean = raw.mean(0) - std * z.mean(0)
-    dtype = torch.get_default_dtype()
-    return mean.to(dtype), std.to(dtype)
+    ds = datasets.load_dataset(d["name"], test_fraction=d["test_fraction"], seed=d["split_seed"],
+                               train_size=d["train_size"])
+    return ds.shift_augmentation(max_shift=d["max_shift"], flip=AUGMENTATIONS[d["name"]]["flip"])
 
 
 def diagnostics(post) -> Dict[str, float]:

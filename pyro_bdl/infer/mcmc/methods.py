@@ -9,8 +9,9 @@ adapted during warmup. The potential is the negative log density of the Pyro tra
 ``backend="numpyro"`` translates the network to JAX and runs NumPyro's compiled kernels
 (:mod:`pyro_bdl.infer.mcmc.numpyro`). ``backend="pyro"`` runs Pyro's kernels on the torch
 network. Chains run one after another
-with seeds ``seed, seed + 1, ...``, each from its own initial point, so they are independent
-and reproducible. Per-draw statistics are recorded for diagnostics: ``diverging``,
+with seeds ``spawn_seeds(seed, num_chains)`` (:func:`pyro_bdl._util.random.spawn_seeds`), each from
+its own initial point, so they are independent — also of the chains of any other seed — and
+reproducible. Per-draw statistics are recorded for diagnostics: ``diverging``,
 ``accept_prob``, ``step_size``, ``num_steps`` (leapfrog steps), ``tree_depth`` and
 ``energy`` (the Hamiltonian at the start of the transition).
 """
@@ -57,7 +58,7 @@ def fit_nuts(model: BayesianModel, data: FitData, *, seed: int, progress: Option
 
     Args:
         num_samples, warmup: draws kept and adaptation steps, per chain.
-        num_chains: independent chains (Pyro: seeds ``seed + c``; NumPyro: keys split from ``seed``).
+        num_chains: independent chains (Pyro: seeds ``spawn_seeds(seed, num_chains)``; NumPyro: keys split from ``seed``).
         backend: ``"pyro"`` (Pyro's NUTS on the torch network) or ``"numpyro"`` (the network
             translated to JAX and NumPyro's compiled NUTS: much faster; same model, site
             names and posterior type; see :mod:`pyro_bdl.infer.mcmc.numpyro`).

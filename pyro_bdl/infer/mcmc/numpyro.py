@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from ..._util import progress as progress_bars
+from ..._util.random import spawn_seeds
 from ...model.bayesian_model import BayesianModel
 from ...model.inputs import is_multi
 from ...posterior.samples import SamplesPosterior
@@ -238,7 +239,7 @@ def run_numpyro_mcmc(model: BayesianModel, data: FitData, kernel_name: str, *, s
     as much as the longest trajectory among the chains). ``cache=False`` compiles a fresh
     :class:`Program` (and does not keep it); the draws are the same either way.
 
-    Starting points: ``"prior"`` draws chain ``c`` from the prior with seed ``seed + c``;
+    Starting points: ``"prior"`` draws chain ``c`` from the prior with the c-th of ``spawn_seeds(seed, num_chains)``;
     ``"net"`` and ``"map"`` start every chain at the same point; a dict gives some or all
     sites, the others drawn as for ``"prior"``.
     """
@@ -265,9 +266,10 @@ def run_numpyro_mcmc(model: BayesianModel, data: FitData, kernel_name: str, *, s
     shapes = model.latent_shapes(x)
     given = _check_init(init, shapes) if isinstance(init, dict) else {}
 
-    # Starting points (torch, constrained): per chain for "prior" (seed + c); "net" and "map" are the same for all.
+    # Starting points (torch, constrained): per chain for "prior" (seeds spawned from the run's seed, so runs
+    # with different seeds share no chain); "net" and "map" are the same for all.
     if isinstance(init, dict) or init == "prior":
-        starts = [{**initial_point(model, data, "prior", seed + c, progress), **given} for c in range(num_chains)]
+        starts = [{**initial_point(model, data, "prior", s, progress), **given} for s in spawn_seeds(seed, num_chains)]
     else:
         starts = [initial_point(model, data, init, seed, progress)] * num_chains
     stacked = {k: as_jax_array(torch.stack([s[k] for s in starts])) for k in nmodel.sites}

@@ -16,6 +16,7 @@ from pyro.infer.autoguide import init_to_value
 from pyro.infer.mcmc import HMC, NUTS
 
 from ..._util import progress as progress_bars
+from ..._util.random import spawn_seeds
 from ...model.bayesian_model import BayesianModel
 from ...posterior.samples import SamplesPosterior
 from ..data import FitData
@@ -88,9 +89,9 @@ def run_mcmc(model: BayesianModel, data: FitData, kernel_name: str, *, seed: int
     x, y = data.full()
     Kernel = RecordingNUTS if kernel_name == "nuts" else RecordingHMC
     chains, stats = [], []
-    for c in range(num_chains):
-        start = initial_point(model, data, init, seed + c, progress)
-        pyro.set_rng_seed(seed + c)
+    for chain_seed in spawn_seeds(seed, num_chains):  # independent of every other run's chains
+        start = initial_point(model, data, init, chain_seed, progress)
+        pyro.set_rng_seed(chain_seed)
         kernel = Kernel(model, init_strategy=init_to_value(values=start), **kernel_options)
         mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup,
                     disable_progbar=not progress_bars.enabled(progress))
