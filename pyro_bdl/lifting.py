@@ -11,9 +11,9 @@ never a Python loop.
 
 Two ways to use it:
 
-* :class:`BayesianModel` — a ready model ``model(x, y=None, dataset_size=None)`` with prior,
-  likelihood and temperature, which :func:`pyro_bdl.fit` takes;
-* :func:`lift` — a :class:`LiftedNetwork` to call inside your own Pyro model, so priors
+* [`BayesianModel`][pyro_bdl.BayesianModel] — a ready model ``model(x, y=None, dataset_size=None)`` with prior,
+  likelihood and temperature, which [`pyro_bdl.fit`][pyro_bdl.fit] takes;
+* [`lift`][pyro_bdl.lift] — a [`LiftedNetwork`][pyro_bdl.LiftedNetwork] to call inside your own Pyro model, so priors
   (and hyperpriors) are declared in ordinary Pyro code.
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ class LiftedNetwork:
     Args:
         net: the network; it is switched to eval mode (dropout off, BatchNorm running
             statistics used) so that it is a deterministic function of its weights.
-        prior: a prior for every Bayesian parameter (see :mod:`pyro_bdl.priors`), or a function
+        prior: a prior for every Bayesian parameter (see `pyro_bdl.priors`), or a function
             returning one that is called inside the model (hierarchical priors).
         deterministic: glob patterns of parameter names kept fixed (``"features.*"``).
         bayesian: glob patterns of the parameters that are Bayesian (default: all);
@@ -100,7 +100,7 @@ class LiftedNetwork:
 
     @property
     def layout(self) -> WeightLayout:
-        """The :class:`~pyro_bdl.weights.WeightLayout` of the Bayesian sites (flatten/unflatten)."""
+        """The [`WeightLayout`][pyro_bdl.WeightLayout] of the Bayesian sites (flatten/unflatten)."""
         return WeightLayout(tuple(self.sites), tuple(self._values[n].shape for n in self.param_names))
 
     def owner(self, param_name: str) -> nn.Module:
@@ -142,7 +142,7 @@ class LiftedNetwork:
 
         Under vectorised inference (``Predictive(parallel=True)``, vectorised particles) the
         weights carry draw dims from plates left of the model's own plates, e.g. ``(S, 1)``;
-        the output is ``(S, B, out)``, aligned with those plates (see :meth:`plate_aligned`).
+        the output is ``(S, B, out)``, aligned with those plates (see `plate_aligned`).
         """
         weights = self.sample_weights()
         return self.plate_aligned(self.forward(weights, x), weights)
@@ -184,7 +184,7 @@ class LiftedNetwork:
         Many draws are evaluated in one vectorised call (``torch.func.vmap``).
         ``buffers`` (optional) gives per-draw values of some of the network's buffers, keyed by
         buffer name with the weights' leading dims (e.g. BatchNorm statistics recomputed for each
-        draw, see :mod:`pyro_bdl.batchnorm`); the other buffers keep their stored values.
+        draw, see `pyro_bdl.batchnorm`); the other buffers keep their stored values.
         """
         fixed = self._fixed_tensors()
         batch = self.batch_shape(weights)
@@ -255,7 +255,7 @@ class BayesianModel:
     """A Bayesian neural network as a Pyro model: priors, likelihood and temperature.
 
     The model is p_T(w | D) ∝ (∏ᵢ p(yᵢ | f(xᵢ; w)) · p(w))^(1/T) (``tempering="posterior"``)
-    or p(D | w)^(1/T) p(w) (``tempering="likelihood"``), see :mod:`pyro_bdl.tempering`.
+    or p(D | w)^(1/T) p(w) (``tempering="likelihood"``), see `pyro_bdl.tempering`.
 
     Call it as any Pyro model: ``model(x, y=None, dataset_size=None)``; with a minibatch of a
     larger data set pass ``dataset_size=N`` so the likelihood is scaled by N/B.
@@ -264,11 +264,11 @@ class BayesianModel:
 
     Args:
         net: the ``torch.nn.Module``.
-        prior: see :mod:`pyro_bdl.priors`; default iid N(0, 1).
-        likelihood: see :mod:`pyro_bdl.likelihoods`; required.
+        prior: see `pyro_bdl.priors`; default iid N(0, 1).
+        likelihood: see `pyro_bdl.likelihoods`; required.
         temperature: T > 0 (1 is Bayes, < 1 cold).
         tempering: ``"posterior"`` or ``"likelihood"``.
-        deterministic, bayesian, prefix: see :class:`LiftedNetwork`.
+        deterministic, bayesian, prefix: see [`LiftedNetwork`][pyro_bdl.LiftedNetwork].
     """
 
     def __init__(self, net: nn.Module, prior: Any = None, likelihood: Optional[Likelihood] = None,
@@ -302,7 +302,7 @@ class BayesianModel:
 
     @property
     def layout(self) -> WeightLayout:
-        """The :class:`~pyro_bdl.weights.WeightLayout` of the weight sites."""
+        """The [`WeightLayout`][pyro_bdl.WeightLayout] of the weight sites."""
         return self.network.layout
 
     def with_temperature(self, temperature: float, tempering: Optional[str] = None) -> "BayesianModel":
@@ -315,7 +315,7 @@ class BayesianModel:
     def forward(self, weights: Weights, x: torch.Tensor,
                 buffers: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
         """Network output for given weights (vectorised over leading draw dims); ``buffers``:
-        optional per-draw buffer values, see :meth:`LiftedNetwork.forward`."""
+        optional per-draw buffer values, see [`LiftedNetwork.forward`][pyro_bdl.LiftedNetwork]."""
         return self.network.forward(weights, x, buffers)
 
     # -- the Pyro model -----------------------------------------------------------------
@@ -357,7 +357,7 @@ class BayesianModel:
 
     def initial_values(self, seed: Optional[int] = None) -> Dict[str, torch.Tensor]:
         """A natural starting point: the network's weights (``seed``: a fresh default initialisation,
-        see :meth:`LiftedNetwork.initial_weights`) and, if learned, σ at its prior median."""
+        see [`LiftedNetwork.initial_weights`][pyro_bdl.LiftedNetwork]) and, if learned, σ at its prior median."""
         values = self.network.initial_weights(seed)
         for site in self.likelihood_sites:
             prior = getattr(self.likelihood, "scale_prior", None)

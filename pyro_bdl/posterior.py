@@ -1,15 +1,15 @@
-"""What :func:`pyro_bdl.fit` returns: one interface for every inference method.
+"""What [`pyro_bdl.fit`][pyro_bdl.fit] returns: one interface for every inference method.
 
 * ``sample(n)`` — n weight draws ``{site: (n, *shape)}``;
-* ``predict(x, num_samples)`` — the Bayesian model average (:class:`~pyro_bdl.predictive.BMAPredictive`);
+* ``predict(x, num_samples)`` — the Bayesian model average ([`BMAPredictive`][pyro_bdl.BMAPredictive]);
 * ``save(path)`` / ``Posterior.load(path)`` — a file that reloads in a fresh process.
 
 Kinds of posterior:
 
-* :class:`SamplesPosterior` — stored draws with a chain dimension ``(chains, draws, ...)``:
+* [`SamplesPosterior`][pyro_bdl.SamplesPosterior] — stored draws with a chain dimension ``(chains, draws, ...)``:
   MCMC, SG-MCMC, MAP (one chain of one draw), deep ensembles (one chain per member);
-* :class:`GuidePosterior` — a trained Pyro guide that draws as many samples as asked (SVI);
-* :class:`MixturePosterior` — an equal-weight mixture of independent posteriors (Multi-SWAG).
+* [`GuidePosterior`][pyro_bdl.GuidePosterior] — a trained Pyro guide that draws as many samples as asked (SVI);
+* [`MixturePosterior`][pyro_bdl.MixturePosterior] — an equal-weight mixture of independent posteriors (Multi-SWAG).
 """
 from __future__ import annotations
 
@@ -41,10 +41,10 @@ def seeded(seed: Optional[int]) -> Iterator[None]:
 
 
 class Posterior:
-    """Base class: subclasses implement :meth:`sample`.
+    """Base class: subclasses implement `sample`.
 
     Attributes:
-        model: the :class:`~pyro_bdl.BayesianModel` it is a posterior of.
+        model: the [`BayesianModel`][pyro_bdl.BayesianModel] it is a posterior of.
         method: the inference method that produced it (``"nuts"``, ``"svi"``, ...).
         info: method-specific records (losses, step sizes, timings).
     """
@@ -65,7 +65,7 @@ class Posterior:
         """Per-draw values of network buffers for ``draws``, or ``None`` for the network's stored ones.
 
         Posteriors over networks with BatchNorm override this to recompute each draw's
-        statistics (SWAG, :mod:`pyro_bdl.batchnorm`).
+        statistics (SWAG, `pyro_bdl.batchnorm`).
         """
         return None
 
@@ -95,7 +95,7 @@ class Posterior:
     def predictive_for(self, draws: Weights, x: torch.Tensor, batch_size: Optional[int] = None) -> BMAPredictive:
         """The Bayesian model average over given draws ``{site: (S, *shape)}`` at inputs ``x``.
 
-        :meth:`predict` and the diagnostics (:mod:`pyro_bdl.diagnostics`, which need the
+        `predict` and the diagnostics (`pyro_bdl.diagnostics`, which need the
         per-draw components chain by chain) both go through here.
         """
         buffers = self._buffers_for(draws)
@@ -111,11 +111,11 @@ class Posterior:
                  num_samples: int = 100, seed: Optional[int] = 0, **kwargs: Any):
         """This posterior as an ``arviz.InferenceData`` (needs ``arviz``: ``pip install pyro_bdl[arviz]``).
 
-        Groups: posterior (every latent site, chains as in :meth:`draws_by_chain`, plus the
+        Groups: posterior (every latent site, chains as in `draws_by_chain`, plus the
         function-space ``prediction`` E[y | x, w] when ``x`` is given), posterior_predictive and
         log_likelihood at ``x`` (``y`` needed for the latter), observed_data, constant_data and,
         for samplers, sample_stats. ``num_samples`` draws are taken from posteriors that sample on
-        demand (guides); stored draws (MCMC) are used as they are. See :func:`pyro_bdl.diagnostics.to_arviz`.
+        demand (guides); stored draws (MCMC) are used as they are. See [`pyro_bdl.diagnostics.to_arviz`][pyro_bdl.diagnostics.to_arviz].
         """
         from .diagnostics import to_arviz
 
@@ -128,7 +128,7 @@ class Posterior:
 
     @staticmethod
     def load(path: str) -> "Posterior":
-        """Read a posterior written by :meth:`save`. The file is a pickle: load only files you trust."""
+        """Read a posterior written by `save`. The file is a pickle: load only files you trust."""
         blob = torch.load(path, map_location="cpu", weights_only=False)
         if not isinstance(blob, dict) or blob.get("format") != FORMAT:
             raise ValueError(f"{path} is not a pyro_bdl posterior file (written by Posterior.save)")
@@ -230,14 +230,14 @@ class MixturePosterior(Posterior):
         p(y | x, D) ≈ (1/M) Σ_m (1/S_m) Σ_s p(y | x, w_ms),   w_ms ~ q_m,
 
     i.e. the members' predictive probabilities averaged (classification) or their Gaussian
-    mixtures pooled into one mixture (regression), through :class:`~pyro_bdl.predictive.BMAPredictive`.
+    mixtures pooled into one mixture (regression), through [`BMAPredictive`][pyro_bdl.BMAPredictive].
 
     ``sample(n)`` splits the n draws evenly over the members (the first ``n mod M`` members get
     one more), member by member; ``draws_by_chain`` gives each member as its own chain(s), so
     diagnostics see the spread between basins.
 
     Args:
-        members: posteriors of the same model (e.g. :class:`~pyro_bdl.inference.swag.SWAGPosterior`).
+        members: posteriors of the same model (e.g. [`SWAGPosterior`][pyro_bdl.SWAGPosterior]).
         method: the method name recorded on the mixture.
     """
 

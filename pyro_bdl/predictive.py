@@ -5,7 +5,7 @@ mixture (Wilson & Izmailov 2020, eq. 1, by simple Monte Carlo)
 
     p(y | x, D) ≈ (1/S) Σ_s p(y | x, w_s).
 
-:class:`BMAPredictive` holds the S component distributions (batch shape ``(S, B)``) and
+[`BMAPredictive`][pyro_bdl.BMAPredictive] holds the S component distributions (batch shape ``(S, B)``) and
 gives the mixture's mean, variance (law of total variance), probabilities, log density
 (log-sum-exp over draws), quantiles (bisection on the mixture CDF) and samples.
 """

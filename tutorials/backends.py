@@ -1,14 +1,14 @@
 """Two NUTS backends, one model: Pyro on the torch network vs NumPyro on its JAX translation.
 
-The same :class:`pyro_bdl.BayesianModel` — a small tanh network with N(0, 1) priors and a
+The same [`pyro_bdl.BayesianModel`][pyro_bdl.BayesianModel] — a small tanh network with N(0, 1) priors and a
 Gaussian likelihood — is sampled by NUTS twice on the 1-D regression with a gap
-(:func:`pyro_bdl.data.gap_regression`):
+(`pyro_bdl.data.gap_regression`):
 
 * ``backend="pyro"``: Pyro's NUTS evaluates the torch network step by step;
 * ``backend="numpyro"``: the network is translated once into a JAX function
-  (:func:`pyro_bdl.backends.to_jax`) and NumPyro's NUTS runs compiled by XLA.
+  ([`pyro_bdl.backends.to_jax`][pyro_bdl.backends.to_jax]) and NumPyro's NUTS runs compiled by XLA.
 
-Both return the same kind of :class:`~pyro_bdl.SamplesPosterior` with the same site
+Both return the same kind of [`SamplesPosterior`][pyro_bdl.SamplesPosterior] with the same site
 names, so prediction, saving and diagnostics do not care which backend produced it. The
 tutorial plots the two predictive bands (they should agree, and widen inside the gap and
 beyond the data) and reports wall time, compilation time, time per leapfrog step and

@@ -5,7 +5,7 @@ p_T(w | D) ∝ (p(D | w) p(w))^(1/T), T < 1, than with the Bayes posterior (T = 
 (2021) found no such effect without data augmentation: augmenting the data makes the likelihood
 count each image as if it were several, which is a mis-specified likelihood that cooling undoes.
 
-This tutorial is one :class:`pyro_bdl.studies.TemperatureStudy`: an MLP on the bundled 8×8
+This tutorial is one [`pyro_bdl.studies.TemperatureStudy`][pyro_bdl.studies.TemperatureStudy]: an MLP on the bundled 8×8
 digits, with and without random ±1-pixel shifts (``bdl.data.shift_images``), fitted at several
 temperatures by SGHMC (stochastic gradient HMC, Chen et al. 2014, sampling p_T: the issue's reference
 method) and by mean-field variational inference (``svi``, the tempered ELBO), and scored on the test

@@ -1,9 +1,9 @@
 """Translate a ``torch.nn.Module`` into a pure JAX function ``f(params, x)``.
 
-The network's ``forward`` is captured once as a graph with :mod:`torch.fx` (symbolic
+The network's ``forward`` is captured once as a graph with `torch.fx` (symbolic
 tracing: supported ``torch.nn`` layers stay whole, everything else — custom ``forward``
 methods, residual additions, concatenation, reshapes, elementwise ops, matmul — is traced
-into individual operations). :class:`JaxNetwork` then evaluates that graph with
+into individual operations). [`JaxNetwork`][pyro_bdl.backends.JaxNetwork] then evaluates that graph with
 ``jax.numpy`` / ``jax.lax`` operations, so ``jax.jit``, ``jax.grad`` and ``jax.vmap`` see a
 plain JAX program: under ``jit`` the graph walk happens once, at trace time, and the
 compiled code is the same as a hand-written JAX network.
@@ -14,9 +14,9 @@ statistics) is a constant taken from the module when it was translated. The netw
 evaluated as in ``eval()`` mode: dropout is the identity and BatchNorm uses its running
 statistics.
 
-An operation without a JAX translation raises :class:`UnsupportedOperationError` (a
+An operation without a JAX translation raises [`UnsupportedOperationError`][pyro_bdl.backends.UnsupportedOperationError] (a
 ``ValueError``) at translation time, naming the operation and the module path where it
-occurs; ``backend="pyro"`` runs any torch network. :func:`supported_operations` lists
+occurs; ``backend="pyro"`` runs any torch network. [`supported_operations`][pyro_bdl.backends.supported_operations] lists
 what is translated.
 """
 from __future__ import annotations
@@ -863,14 +863,14 @@ def _unsupported(node: fx.Node, modules: Mapping[str, nn.Module], detail: str = 
 class JaxNetwork:
     """A torch network as a pure JAX function: ``out = jax_net(params, x)``.
 
-    ``params`` maps each name in :attr:`param_names` (the network's ``named_parameters``
+    ``params`` maps each name in `param_names` (the network's ``named_parameters``
     names, e.g. ``"0.weight"``) to an array of that parameter's shape; every other
-    parameter and buffer is a constant (:attr:`constants`, taken from the module at
+    parameter and buffer is a constant (`constants`, taken from the module at
     translation time; pass one in ``params`` to override it). ``x`` is a JAX or numpy array
     (or a torch tensor) shaped as the torch network's input. The function is pure, so it
     can be ``jax.jit``-ed, differentiated and ``jax.vmap``-ed over parameter draws.
 
-    Build it with :func:`to_jax`.
+    Build it with [`to_jax`][pyro_bdl.backends.to_jax].
     """
 
     def __init__(self, net: nn.Module, graph: fx.Graph, root: nn.Module, param_names: Sequence[str]):
@@ -961,7 +961,7 @@ def _get_attr(root: nn.Module, target: str) -> Any:
 
 
 def to_jax(net: nn.Module, params: Optional[Iterable[str]] = None) -> JaxNetwork:
-    """Translate ``net`` into a pure JAX function ``f(params, x)`` (a :class:`JaxNetwork`).
+    """Translate ``net`` into a pure JAX function ``f(params, x)`` (a [`JaxNetwork`][pyro_bdl.backends.JaxNetwork]).
 
     The forward is captured once with ``torch.fx`` and every operation is mapped to
     ``jax.numpy``/``jax.lax``, so ``f(params, x)`` equals ``torch.func.functional_call(net, params, x)``

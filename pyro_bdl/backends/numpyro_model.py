@@ -1,21 +1,21 @@
-"""A :class:`~pyro_bdl.BayesianModel` as a NumPyro model with the same sites and log density.
+"""A [`BayesianModel`][pyro_bdl.BayesianModel] as a NumPyro model with the same sites and log density.
 
-:class:`NumPyroModel` mirrors the Pyro model site by site:
+[`NumPyroModel`][pyro_bdl.backends.NumPyroModel] mirrors the Pyro model site by site:
 
 * one ``numpyro.sample`` site per Bayesian parameter, named as in Pyro (``"0.weight"``), whose
-  distribution is the one the model's :class:`~pyro_bdl.priors.Prior` makes for that parameter,
-  translated family by family (:func:`to_numpyro_distribution`);
+  distribution is the one the model's [`Prior`][pyro_bdl.priors.Prior] makes for that parameter,
+  translated family by family ([`to_numpyro_distribution`][pyro_bdl.backends.to_numpyro_distribution]);
 * ``"noise_scale"`` when a Gaussian / Student-t likelihood learns its noise;
 * ``"obs"`` in ``numpyro.plate("data", B)``, scaled by N/B when ``dataset_size=N`` is given;
-* the network evaluated by its JAX translation (:func:`~pyro_bdl.backends.to_jax`).
+* the network evaluated by its JAX translation ([`to_jax`][pyro_bdl.backends.to_jax]).
 
 Temperature is applied with ``numpyro.handlers.scale`` by the factors of
-:mod:`pyro_bdl.tempering` (``prior_scale`` on the prior sites, ``likelihood_scale`` on
+`pyro_bdl.tempering` (``prior_scale`` on the prior sites, ``likelihood_scale`` on
 ``"obs"``), so the NumPyro log joint is
 
     log p̃ = s_prior · log p(w) + (1/T) · (N/B) · Σᵢ log p(yᵢ | f(xᵢ; w)),
 
-exactly :meth:`BayesianModel.log_joint`.
+exactly [`BayesianModel.log_joint`][pyro_bdl.BayesianModel].
 """
 from __future__ import annotations
 
@@ -158,7 +158,7 @@ _LIKELIHOODS = (L.Gaussian, L.StudentT, L.Categorical, L.Bernoulli)
 
 
 class _Likelihood:
-    """NumPyro version of a :mod:`pyro_bdl.likelihoods` likelihood (same parametrisation)."""
+    """NumPyro version of a `pyro_bdl.likelihoods` likelihood (same parametrisation)."""
 
     def __init__(self, lik: L.Likelihood):
         self.lik = lik
@@ -203,10 +203,10 @@ class _Likelihood:
 
 
 class NumPyroModel:
-    """``model`` (a :class:`~pyro_bdl.BayesianModel`) as a NumPyro model ``(x, y=None, dataset_size=None)``.
+    """``model`` (a [`BayesianModel`][pyro_bdl.BayesianModel]) as a NumPyro model ``(x, y=None, dataset_size=None)``.
 
     Same site names, same distributions, same temperature and tempering mode, hence the same
-    tempered log joint (:meth:`log_joint`) as the Pyro model. ``x`` and ``y`` are JAX/numpy
+    tempered log joint (`log_joint`) as the Pyro model. ``x`` and ``y`` are JAX/numpy
     arrays (or torch tensors); ``y`` as the likelihood's ``check_targets`` returns it.
 
     Raises ``ValueError`` (before any work) for what cannot be translated: a hierarchical
@@ -257,7 +257,7 @@ class NumPyroModel:
     def log_joint(self, values: Dict[str, Any], x: Any, y: Any, dataset_size: Optional[int] = None) -> jnp.ndarray:
         """The tempered log joint at ``values`` (``{site: array}``): NumPyro's ``log_density`` of this model.
 
-        Equal to :meth:`BayesianModel.log_joint` of the Pyro model up to float rounding.
+        Equal to [`BayesianModel.log_joint`][pyro_bdl.BayesianModel] of the Pyro model up to float rounding.
         """
         missing = [s for s in self.sites if s not in values]
         if missing:

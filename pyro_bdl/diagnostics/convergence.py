@@ -174,9 +174,9 @@ def summary(posterior, x: Optional[torch.Tensor] = None, *, weights: bool = Fals
     Columns: ``kind`` (``"prediction"``/``"weight"``), ``input``, ``output``, ``mean``, ``sd``,
     ``mcse_mean``, ``ess_bulk``, ``ess_tail``, ``r_hat`` (rank-normalised split R-hat, Vehtari et
     al. 2021) and ``within_chain_r_hat`` (the largest over chains of the within-chain split
-    R-hat, Sommer et al. 2024; :func:`within_chain_rhat`).
+    R-hat, Sommer et al. 2024; [`within_chain_rhat`][pyro_bdl.diagnostics.within_chain_rhat]).
 
-    A :class:`ConvergenceWarning` lists the inputs where any prediction has R-hat >
+    A [`ConvergenceWarning`][pyro_bdl.diagnostics.ConvergenceWarning] lists the inputs where any prediction has R-hat >
     ``rhat_threshold`` or bulk/tail ESS < ``ess_threshold`` (Vehtari et al. 2021 recommend 1.01
     and 400), and tells apart chains that sit in different modes (within-chain R-hat ≤
     ``within_threshold``) from chains that do not mix. The same lists are in
@@ -186,7 +186,7 @@ def summary(posterior, x: Optional[torch.Tensor] = None, *, weights: bool = Fals
     draws reach 1.05 by chance.
 
     Args:
-        posterior: any :class:`~pyro_bdl.Posterior`.
+        posterior: any [`Posterior`][pyro_bdl.Posterior].
         x: inputs for the function-space rows (a few dozen representative test inputs suffice).
         weights: add weight rows.
         num_samples: draws per chain for posteriors that draw on demand (guides); ignored by

@@ -1,4 +1,4 @@
-"""Training data for :func:`pyro_bdl.fit`: tensors or a DataLoader, seen as minibatches or in full."""
+"""Training data for [`pyro_bdl.fit`][pyro_bdl.fit]: tensors or a DataLoader, seen as minibatches or in full."""
 from __future__ import annotations
 
 from typing import Callable, Iterator, Optional, Tuple
@@ -19,7 +19,7 @@ class FitData:
     to the model so that the likelihood of B points is scaled by N/B.
 
     ``augment(x, generator) -> x`` (optional) transforms the inputs of every minibatch drawn by
-    :meth:`epoch` / :meth:`steps` (data augmentation, e.g. random pixel shifts); :meth:`full`
+    `epoch` / `steps` (data augmentation, e.g. random pixel shifts); `full`
     always returns the data as given.
     """
 

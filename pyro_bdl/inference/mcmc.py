@@ -4,10 +4,10 @@ HMC simulates Hamiltonian dynamics for H(w, r) = −log p̃(D, w) + ½ rᵀM⁻�
 integrator and a Metropolis correction (Neal 2011); NUTS (Hoffman & Gelman 2014) picks the
 trajectory length adaptively. Step size (dual averaging) and a diagonal mass matrix are
 adapted during warmup. The potential is the negative log density of the Pyro trace of
-:class:`~pyro_bdl.BayesianModel`, so temperature enters as ``poutine.scale`` (1/T).
+[`BayesianModel`][pyro_bdl.BayesianModel], so temperature enters as ``poutine.scale`` (1/T).
 
 ``backend="numpyro"`` translates the network to JAX and runs NumPyro's compiled kernels
-(:mod:`pyro_bdl.inference.numpyro_mcmc`). ``backend="pyro"`` runs Pyro's kernels on the torch
+(`pyro_bdl.inference.numpyro_mcmc`). ``backend="pyro"`` runs Pyro's kernels on the torch
 network. Chains run one after another
 with seeds ``seed, seed + 1, ...``, each from its own initial point, so they are independent
 and reproducible. Per-draw statistics are recorded for diagnostics: ``diverging``,
@@ -166,7 +166,7 @@ def fit_nuts(model: BayesianModel, data: FitData, *, seed: int, progress: Option
         num_chains: independent chains (Pyro: seeds ``seed + c``; NumPyro: keys split from ``seed``).
         backend: ``"pyro"`` (Pyro's NUTS on the torch network) or ``"numpyro"`` (the network
             translated to JAX and NumPyro's compiled NUTS: much faster; same model, site
-            names and posterior type; see :mod:`pyro_bdl.inference.numpyro_mcmc`).
+            names and posterior type; see `pyro_bdl.inference.numpyro_mcmc`).
         init: ``"prior"`` (a prior draw per chain), ``"net"`` (the network's weights), ``"map"``,
             or a dict of initial values.
         target_accept, max_tree_depth, step_size: NUTS settings (step size is adapted).
@@ -191,7 +191,7 @@ def fit_hmc(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
     """Hamiltonian Monte Carlo with ``num_steps`` leapfrog steps per transition (Neal 2011).
 
     The step size is adapted during warmup (trajectory length scales with it); other
-    arguments (``backend="numpyro"`` included) as for :func:`fit_nuts`.
+    arguments (``backend="numpyro"`` included) as for `fit_nuts`.
     """
     return _dispatch(model, data, "hmc", backend, chain_method,
                      kernel_options=dict(num_steps=num_steps, step_size=step_size, target_accept_prob=target_accept),

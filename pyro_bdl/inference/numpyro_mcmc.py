@@ -2,11 +2,11 @@
 
 The torch network is translated once into a JAX function and the model into a NumPyro
 model with the same sites and the same tempered log density
-(:class:`~pyro_bdl.backends.NumPyroModel`); NumPyro's NUTS (Hoffman & Gelman 2014) or HMC
+([`NumPyroModel`][pyro_bdl.backends.NumPyroModel]); NumPyro's NUTS (Hoffman & Gelman 2014) or HMC
 (Neal 2011) kernel then runs with step-size (dual averaging) and diagonal mass-matrix
-adaptation during warmup, the whole chain compiled by XLA once (:func:`sample_chains`). The samples come back as torch tensors keyed by
+adaptation during warmup, the whole chain compiled by XLA once (`sample_chains`). The samples come back as torch tensors keyed by
 the Pyro site names, shape ``(chains, draws, ...)``, in a
-:class:`~pyro_bdl.posterior.SamplesPosterior`, with the per-draw statistics of the Pyro
+[`SamplesPosterior`][pyro_bdl.SamplesPosterior], with the per-draw statistics of the Pyro
 backend: ``diverging``, ``accept_prob`` (of that transition), ``step_size``, ``num_steps``
 (leapfrog steps), ``tree_depth`` (⌈log₂(num_steps + 1)⌉, as the Pyro backend) and ``energy``
 (NumPyro's Hamiltonian of the transition).
@@ -140,7 +140,7 @@ def _check_init(init: Dict[str, Any], shapes: Dict[str, torch.Size]) -> Dict[str
 def run_numpyro_mcmc(model: BayesianModel, data: FitData, kernel_name: str, *, seed: int, progress: Optional[bool],
                      num_samples: int, warmup: int, num_chains: int, init: Any, kernel_options: Dict[str, Any],
                      chain_method: Optional[str] = None) -> SamplesPosterior:
-    """Run NumPyro's NUTS (``kernel_name="nuts"``) or HMC on ``model``; see :func:`pyro_bdl.inference.mcmc.fit_nuts`.
+    """Run NumPyro's NUTS (``kernel_name="nuts"``) or HMC on ``model``; see `pyro_bdl.inference.mcmc.fit_nuts`.
 
     ``chain_method``: ``"sequential"`` (default: one compiled sampler run chain after chain) or
     ``"vectorized"`` (all chains in one vmapped program, in lockstep: every NUTS step costs

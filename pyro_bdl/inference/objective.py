@@ -4,9 +4,9 @@ Gradient-based methods (MAP by SGD, SWAG, SG-MCMC, ensemble members) work on
 
     U(θ) = −log p̃(D_batch, w(θ)) − log |det ∂w/∂θ|,
 
-where θ ∈ ℝ^P stacks every latent site in :class:`~pyro_bdl.weights.WeightLayout` order,
+where θ ∈ ℝ^P stacks every latent site in [`WeightLayout`][pyro_bdl.WeightLayout] order,
 mapped to its support by ``biject_to`` (weights are unconstrained already; a learned noise
-scale is log-transformed), and log p̃ is :meth:`BayesianModel.log_joint` — the model's own
+scale is log-transformed), and log p̃ is [`BayesianModel.log_joint`][pyro_bdl.BayesianModel] — the model's own
 trace, so dataset-size scaling (N/B) and temperature (1/T) are applied exactly as for SVI
 and NUTS. The Jacobian term is not tempered: q(θ) = p_T(w(θ)) |∂w/∂θ| is the density whose
 pushforward through w(θ) is the tempered posterior (as in Pyro's own HMC potential).

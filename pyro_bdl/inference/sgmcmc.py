@@ -1,7 +1,7 @@
 """Stochastic-gradient MCMC at any temperature: SGLD, SGHMC and cyclical SG-MCMC.
 
 All three samplers work on the flat unconstrained vector θ of
-:class:`~pyro_bdl.inference.objective.Objective`, whose potential
+`Objective`, whose potential
 
     U_T(θ) = −log p̃_T(D_batch, w(θ)) − log|det ∂w/∂θ|
 
@@ -45,8 +45,8 @@ of equal consecutive blocks of the sampling stage, the last at the cycle's end. 
 sampler is SGLD or SGHMC.
 
 **Chains.** ``num_chains`` independent runs (seeds ``seed, seed + 1, …``; each starting from
-a fresh default initialisation of the network, :meth:`BayesianModel.initial_values`) are kept
-as separate chains of the returned :class:`~pyro_bdl.SamplesPosterior`, with per-draw
+a fresh default initialisation of the network, [`BayesianModel.initial_values`][pyro_bdl.BayesianModel]) are kept
+as separate chains of the returned [`SamplesPosterior`][pyro_bdl.SamplesPosterior], with per-draw
 ``sample_stats`` ``step_size`` (in the units of ``lr``) and ``loss`` (the minibatch potential
 U_T of the step that produced the draw). ``info`` holds the per-step ``step_size`` schedule
 ``(K,)``, the per-step ``loss`` ``(chains, K)``, ``draw_steps`` (1-based) and
@@ -232,7 +232,7 @@ def _restore_rng(data: FitData, snap: Dict[str, Any]) -> None:
 
 def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamics, state: Dict[str, Any],
               save=None, checkpoint_every: int = 1, bar=None) -> Dict[str, Any]:
-    """Advance one chain from ``state`` (as made by :func:`_start_chain` or loaded) to the end of the plan.
+    """Advance one chain from ``state`` (as made by `_start_chain` or loaded) to the end of the plan.
 
     Every step: (U, ∇U) on a minibatch, ∇V = T·∇U, one SGLD/SGHMC update (noise where
     ``plan.noisy``), and a copy of θ when the step is in ``plan.draw_steps``. After every
@@ -353,7 +353,7 @@ def _fingerprint(method: str, config: Dict[str, Any], model: BayesianModel, data
 def sample(model: BayesianModel, data: FitData, *, method: str, plan: Plan, dynamics: Dynamics, seed: int,
            progress: Optional[bool], num_chains: int, init, checkpoint: Optional[str], checkpoint_every: int,
            config: Dict[str, Any]) -> SamplesPosterior:
-    """Run ``num_chains`` independent chains of ``plan`` and collect them in a :class:`SamplesPosterior`."""
+    """Run ``num_chains`` independent chains of ``plan`` and collect them in a [`SamplesPosterior`][pyro_bdl.SamplesPosterior]."""
     objective = Objective(model, _example_inputs(data))
     fingerprint = _fingerprint(method, config, model, data, objective, seed,
                                _initial_theta(objective, model, init, seed))
@@ -473,7 +473,7 @@ def fit_sghmc(model: BayesianModel, data: FitData, *, seed: int, progress: Optio
     """Stochastic gradient Hamiltonian Monte Carlo (Chen et al. 2014) on the tempered posterior p_T.
 
     v ← (1 − α) v − ε ∇(T·U_T)(θ) + √(2αεT) ξ,  θ ← θ + v  (α = ``momentum_decay``, the friction;
-    SGD with momentum 1 − α as T → 0). The momentum starts at 0. Other options as :func:`fit_sgld`.
+    SGD with momentum 1 − α as T → 0). The momentum starts at 0. Other options as `fit_sgld`.
     """
     return _constant_run("sghmc", model, data, seed=seed, progress=progress, lr=lr, epochs=epochs, burnin=burnin,
                          thin=thin, num_chains=num_chains, per_datapoint=per_datapoint, init=init,
@@ -492,7 +492,8 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
     α_k = α₀/2 · [cos(π · mod(k − 1, ⌈K/M⌉) / ⌈K/M⌉) + 1] over K = epochs × batches steps; in the
     first fraction β of each cycle the inner update runs without noise (optimisation), in the rest
     with noise √(2ε_kT) (ε_k = α_k/N per data point; × √α for SGHMC), and ``samples_per_cycle`` draws per cycle are kept from the
-    sampling stage (see :func:`cyclical_draw_steps`).
+    sampling stage (see `cyclical_draw_steps`). The options not listed here are those of
+    `fit_sgld`.
 
     Args:
         lr: α₀, the initial step size of every cycle; per data point by default (ε = α₀ / N).
@@ -500,7 +501,6 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
         exploration: β ∈ [0, 1), the fraction of each cycle spent exploring.
         samples_per_cycle: draws kept per cycle.
         sampler: inner sampler, ``"sgld"`` or ``"sghmc"`` (friction ``momentum_decay``).
-        Others as :func:`fit_sgld`.
     """
     _check_common(lr, epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every)
     _int(cycles, "cycles", 1)

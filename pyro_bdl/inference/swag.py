@@ -6,21 +6,21 @@ objective of the tempered model,
     L(θ) = −(1/N) [log p̃(D_batch, w(θ)) + log|det ∂w/∂θ|]
          = (1/T)·(mean minibatch NLL) + s_prior·(−log p(w))/N,
 
-with log p̃ = :meth:`~pyro_bdl.BayesianModel.log_joint` through
-:class:`~pyro_bdl.inference.objective.Objective` (N/B scaling and temperature are the core's).
+with log p̃ = [`log_joint`][pyro_bdl.BayesianModel] through
+`Objective` (N/B scaling and temperature are the core's).
 For a Gaussian prior N(0, σ²) the prior term is weight decay with coefficient 1/(σ²N) — the
 prior precision over N — so the SGD fixed point is the mode of the tempered posterior and the
 usual deep-learning learning rates (0.05) apply. The learning rate follows the paper: ``lr`` for
 the first half of ``swa_start`` epochs, a linear decay to ``swa_lr`` until 90% of ``swa_start``,
 then ``swa_lr``, constant from ``swa_start`` on. After every epoch past ``swa_start`` the
-iterate is collected into the :class:`~pyro_bdl.guides.SWAG` guide's moments.
+iterate is collected into the [`SWAG`][pyro_bdl.guides.SWAG] guide's moments.
 
 ``method="multiswag"`` (Wilson & Izmailov 2020) runs M independent SWAG fits from fresh
 initialisations and data orders (member m: seed ``seed + m``), optionally in parallel
-processes, and returns their equal-weight mixture (:class:`~pyro_bdl.posterior.MixturePosterior`).
+processes, and returns their equal-weight mixture ([`MixturePosterior`][pyro_bdl.MixturePosterior]).
 
 With BatchNorm, SGD uses batch statistics and every posterior draw gets its own statistics,
-recomputed by one pass over the training inputs (:mod:`pyro_bdl.batchnorm`); networks
+recomputed by one pass over the training inputs (`pyro_bdl.batchnorm`); networks
 without BatchNorm skip this.
 
 Runs can be checkpointed after every epoch (``checkpoint=path``) and resumed with identical
@@ -72,7 +72,7 @@ def swag_learning_rate(epoch: int, lr: float, swa_lr: float, swa_start: int) -> 
 
 
 class SWAGPosterior(Posterior):
-    """The SWAG posterior: a trained :class:`~pyro_bdl.guides.SWAG` guide (moments included).
+    """The SWAG posterior: a trained [`SWAG`][pyro_bdl.guides.SWAG] guide (moments included).
 
     ``sample(n)`` draws θ = θ̄ + √scale·(σ ⊙ z₁ + Dᵀz₂/√(k−1)) and maps it to the sites;
     ``predict`` averages over draws (one draw for the ``"swa"`` variant) and, for networks with
@@ -143,8 +143,8 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
     """SGD with momentum on the per-data-point MAP objective, collecting SWAG snapshots.
 
     Args:
-        guide: a set-up :class:`~pyro_bdl.guides.SWAG` guide; its ``loc`` is the iterate.
-        epochs, swa_start, lr, swa_lr, momentum: the schedule (see :func:`swag_learning_rate`).
+        guide: a set-up [`SWAG`][pyro_bdl.guides.SWAG] guide; its ``loc`` is the iterate.
+        epochs, swa_start, lr, swa_lr, momentum: the schedule (see `swag_learning_rate`).
         seed: seeds the data order (and augmentation).
         checkpoint: a file written after every epoch; if it exists, the run resumes from it.
         collect: ``False`` runs plain SGD with the same schedule (the benchmark's baseline).
@@ -287,7 +287,7 @@ def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Option
         swa_start: epochs before collection starts (default 3/4 of ``epochs``); one snapshot is
             collected after every later epoch, so ``epochs − swa_start`` snapshots in all.
         lr, swa_lr: initial and collection learning rates (default ``swa_lr = lr/5``), on the
-            per-data-point objective; schedule of the paper (:func:`swag_learning_rate`).
+            per-data-point objective; schedule of the paper (`swag_learning_rate`).
         momentum: SGD momentum.
         rank: K, deviation columns kept; scale: covariance scale of the draws (0.5).
         variant: ``"swag"``, ``"diagonal"`` (SWAG-Diag) or ``"swa"`` (the mean only).
@@ -316,7 +316,7 @@ def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: O
     Member m starts from a fresh default initialisation and data order, both seeded with
     ``seed + m``, so the members settle in different basins. ``workers`` > 1 runs members in
     parallel processes. With ``checkpoint="run.pt"`` member m checkpoints to ``run.member<m>.pt``.
-    Other options as for :func:`fit_swag`. ``predict(x, num_samples=S)`` splits the S draws
+    Other options as for `fit_swag`. ``predict(x, num_samples=S)`` splits the S draws
     evenly over the members; ``draws_by_chain`` gives one chain per member.
     """
     if isinstance(num_models, bool) or not isinstance(num_models, int) or num_models < 1:

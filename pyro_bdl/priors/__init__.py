@@ -1,9 +1,9 @@
-"""Priors over network weights (see :mod:`pyro_bdl.priors.base` for the protocol).
+"""Priors over network weights (see `pyro_bdl.priors.base` for the protocol).
 
-Function-informed priors (:mod:`pyro_bdl.priors.functional`): :class:`FunctionalPrior` fits
+Function-informed priors (`pyro_bdl.priors.functional`): `FunctionalPrior` fits
 per-layer Gaussian scales so that the network's prior over functions matches a target
-:class:`GP` (Tran et al. 2022); :func:`rff_network` is an architecture + prior whose prior over
-functions is an RBF GP without fitting; :func:`prior_predictive` draws functions from any prior.
+`GP` (Tran et al. 2022); `rff_network` is an architecture + prior whose prior over
+functions is an RBF GP without fitting; `prior_predictive` draws functions from any prior.
 """
 from .base import DistributionPrior, PerParameter, Prior, as_prior, fan_in, resolve_prior
 from .standard import FanInGaussian, Gaussian, Laplace, StudentT

@@ -74,7 +74,7 @@ def _prior(name: str, scale: float):
 
 def augmentation(spec: Dict[str, Any]):
     """The cell's ``augment(x, generator)`` hook, or None: random shifts in pixel space, using the
-    training split's per-pixel mean and std (the same standardisation :func:`load_dataset` applies)."""
+    training split's per-pixel mean and std (the same standardisation `load_dataset` applies)."""
     if not spec["augment"]:
         return None
     d = spec["data"]
@@ -87,7 +87,7 @@ def augmentation(spec: Dict[str, Any]):
 
 def standardisation(raw: torch.Tensor, standardised: torch.Tensor):
     """Per-feature ``(mean, std)`` with ``standardised = (raw − mean) / std``, recovered from the two
-    versions of the same rows, so it holds for whatever standardisation :func:`load_dataset` uses
+    versions of the same rows, so it holds for whatever standardisation `load_dataset` uses
     (per pixel for digits, one global scale for MNIST). Constant features get std 1."""
     raw, z = raw.double(), standardised.double()
     z_sd = z.std(0, unbiased=False)

@@ -46,8 +46,8 @@ A factory named by import path is called as ``factory(in_features=..., out_featu
 **network_options)`` and must return a ``torch.nn.Module`` mapping ``(B, in_features)`` inputs to
 ``(B, out_features)`` outputs (class logits, or one regression output).
 
-:func:`load_config` / :meth:`StudyConfig.from_dict` check everything before anything runs and
-raise one :class:`StudyConfigError` that lists every problem, one line each.
+[`load_config`][pyro_bdl.studies.load_config] / [`StudyConfig.from_dict`][pyro_bdl.studies.StudyConfig] check everything before anything runs and
+raise one [`StudyConfigError`][pyro_bdl.studies.StudyConfigError] that lists every problem, one line each.
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ from ..tempering import TEMPERING_MODES
 
 PRIORS = ("gaussian", "fan_in", "laplace", "student_t")
 
-#: Data sets with a natural augmentation: keyword arguments of :func:`pyro_bdl.data.shift_images`.
+#: Data sets with a natural augmentation: keyword arguments of `pyro_bdl.data.shift_images`.
 #: Every image data set (``pyro_bdl.data.IMAGE_SHAPES``) gets random shifts; no flips, since the bundled
 #: image sets are handwritten digits (a mirrored 2 is no 2).
 AUGMENTATIONS: Dict[str, Dict[str, Any]] = {
@@ -170,12 +170,12 @@ class StudyConfig:
 
     @staticmethod
     def from_toml(path: str) -> "StudyConfig":
-        """Read and validate a study TOML file (:func:`load_config`)."""
+        """Read and validate a study TOML file ([`load_config`][pyro_bdl.studies.load_config])."""
         return load_config(path)
 
     @staticmethod
     def from_dict(raw: Mapping[str, Any], source: str = "the study config", default_name: str = "study") -> "StudyConfig":
-        """Validate a nested dict shaped like the TOML file; raise :class:`StudyConfigError` listing every problem."""
+        """Validate a nested dict shaped like the TOML file; raise [`StudyConfigError`][pyro_bdl.studies.StudyConfigError] listing every problem."""
         return _parse(raw, source, default_name)
 
 

@@ -1,11 +1,11 @@
 """A study's results, rebuilt from its cell files: the tidy table, plots of metric vs T, a report.
 
-* :func:`results_table` — one row per cell: grid coordinates, settings, metrics, timings,
+* [`results_table`][pyro_bdl.studies.results_table] — one row per cell: grid coordinates, settings, metrics, timings,
   diagnostics (``diag_*``), sorted by augment, method, temperature, seed;
-* :func:`summarise` — mean, standard deviation and count over seeds per (augment, method, T);
-* :func:`plot_metric` — a metric against T (log axis), one line per method, error bars ±1 sd
+* [`summarise`][pyro_bdl.studies.summarise] — mean, standard deviation and count over seeds per (augment, method, T);
+* [`plot_metric`][pyro_bdl.studies.plot_metric] — a metric against T (log axis), one line per method, error bars ±1 sd
   over seeds, one panel per augmentation setting;
-* :func:`write_report` — ``results.csv``, ``plots/<metric>_vs_T.png`` and ``report.md``.
+* [`write_report`][pyro_bdl.studies.write_report] — ``results.csv``, ``plots/<metric>_vs_T.png`` and ``report.md``.
 """
 from __future__ import annotations
 

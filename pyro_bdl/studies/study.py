@@ -26,13 +26,13 @@ class StudyError(RuntimeError):
 
 class TemperatureStudy:
     """A temperature / cold-posterior study: every cell of temperature × method × seed × augmentation
-    is one :func:`pyro_bdl.fit` plus a test-set evaluation (Wenzel et al. 2020; Izmailov et al. 2021).
+    is one [`pyro_bdl.fit`][pyro_bdl.fit] plus a test-set evaluation (Wenzel et al. 2020; Izmailov et al. 2021).
 
     Args:
-        config: a :class:`StudyConfig`, a path to a TOML file, or the same nested dict
-            (see :mod:`pyro_bdl.studies.config` for every key).
+        config: a [`StudyConfig`][pyro_bdl.studies.StudyConfig], a path to a TOML file, or the same nested dict
+            (see `pyro_bdl.studies.config` for every key).
         output_dir: overrides ``[output] dir``.
-        executor: ``"local"`` (default) or ``"ray"``, or an :class:`~pyro_bdl.studies.executors.Executor`.
+        executor: ``"local"`` (default) or ``"ray"``, or an `Executor`.
         workers: processes of the local executor (1: sequential, in this process).
         address: the Ray cluster (``"auto"``); None starts or uses a local Ray instance.
         progress: print a line per finished cell.
@@ -109,7 +109,7 @@ class TemperatureStudy:
         """Run the unfinished cells and return the full table (see the class docstring).
 
         Cells that raise are reported (and listed in ``report.md``) after the others have run;
-        then :class:`StudyError` is raised unless ``raise_on_failure=False``.
+        then [`StudyError`][pyro_bdl.studies.StudyError] is raised unless ``raise_on_failure=False``.
         """
         todo = self.pending()
         total = len(self.specs)
