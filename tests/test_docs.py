@@ -39,6 +39,15 @@ def test_docs_build_strict(tmp_path):
     # the API reference really rendered docstrings (mkdocstrings found the package)
     api = (site / "api" / "lifting" / "index.html").read_text()
     assert "BayesianModel" in api and "log_joint" in api
+    # maths renders offline: the pages load the bundled KaTeX and nothing from another host
+    concepts = (site / "concepts" / "index.html").read_text()
+    assert 'class="arithmatex"' in concepts and "assets/katex/katex.min.js" in concepts
+    for asset in ("katex.min.js", "katex.min.css", "contrib/auto-render.min.js", "LICENSE",
+                  "fonts/KaTeX_Main-Regular.woff2"):
+        assert (site / "assets" / "katex" / asset).exists(), f"KaTeX file {asset} missing from the site"
+    remote = sorted({f"{page.relative_to(site)}: {m}" for page in site.rglob("*.html")
+                     for m in re.findall(r'<(?:script|link|img)[^>]+(?:src|href)="https?://[^"]+"', page.read_text())})
+    assert not remote, "pages load files from other hosts (the site must work offline):\n  " + "\n  ".join(remote[:10])
     # each tutorial page shows its script, its printed output and its figures
     for name in TUTORIALS:
         page = (site / "tutorials" / name / "index.html").read_text()

@@ -1,0 +1,127 @@
+"""Every ```python block of README.md and docs/ runs, in order, one namespace per file, at a small size.
+
+How a page controls this, with HTML comments (invisible on the rendered page) right before a block:
+
+* ``<!-- snippet: skip REASON -->``: the block is not run (it needs a cluster, or only illustrates);
+  the reason is required.
+* ``<!-- snippet: setup`` + Python lines + ``-->``: hidden code run before the block, for names the page
+  takes as given (``post``, ``x_test``) or files it assumes (a study TOML).
+* ``<!-- snippet: xfail REASON -->``: the block is expected to fail today (the reason names the issue).
+
+Blocks that only include a tutorial script (``--8<-- "tutorials/x.py"``) are skipped: each tutorial
+has its own test. The code is run at test size by ``SMALL``, a rewrite of keyword arguments
+(``num_samples=200`` -> ``num_samples=4``, ...); every other line runs as written. ``SMALL`` is the whole
+list of what changes.
+"""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import re
+import time
+
+import matplotlib
+import pytest
+
+import pyro_bdl
+
+matplotlib.use("Agg")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: keyword -> value at test size (applied as ``\bkey=<number>`` -> ``key=value``)
+SMALL = {"num_samples": 4, "warmup": 4, "warmup_steps": 4, "num_chains": 1, "num_steps": 5, "epochs": 3,
+         "swa_start": 1, "num_models": 2, "steps": 5, "train_size": 200, "rank": 2}
+
+_BLOCK = re.compile(r"((?:<!--.*?-->\s*)*)```python\n(.*?)```", re.S)
+_MARK = re.compile(r"<!--\s*snippet:\s*(skip|setup|xfail)\b(.*?)-->", re.S)
+
+
+def small(code: str) -> str:
+    """The code at test size (see ``SMALL``)."""
+    for key, value in SMALL.items():
+        code = re.sub(rf"\b{key}=\d+(\.\d+)?(e-?\d+)?\b", f"{key}={value}", code)
+    return code
+
+
+def blocks(path: str) -> list:
+    """``(line, code, marks)`` for each python block of a Markdown file; marks maps kind -> text."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    out = []
+    for m in _BLOCK.finditer(text):
+        marks = {kind: body.strip() for kind, body in _MARK.findall(m.group(1))}
+        out.append((text.count("\n", 0, m.start(2)) + 1, m.group(2), marks))
+    return out
+
+
+def pages() -> list:
+    files = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "**", "*.md"),
+                                                                 recursive=True))
+    return [os.path.relpath(f, ROOT) for f in files if blocks(f)]
+
+
+#: pages whose blocks need an optional dependency
+_NEEDS = {"README.md": ["jax", "numpyro", "arviz"], "docs/howto/arviz.md": ["arviz"]}
+#: pages that take longer than a few seconds at test size
+_SLOW = set()
+
+
+@pytest.mark.parametrize("page", [pytest.param(p, marks=[pytest.mark.slow] if p in _SLOW else [])
+                                  for p in pages()])
+def test_page_snippets_run(page, tmp_path, monkeypatch):
+    missing = [m for m in _NEEDS.get(page, []) if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}")
+    monkeypatch.chdir(tmp_path)  # snippets write post.pt, runs/...
+    namespace: dict = {"__name__": "__snippet__"}
+    ran = 0
+    for line, code, marks in blocks(os.path.join(ROOT, page)):
+        if code.lstrip().startswith("--8<--"):
+            continue
+        if "skip" in marks:
+            assert marks["skip"], f"{page}:{line}: a skipped block must say why (<!-- snippet: skip REASON -->)"
+            continue
+        if "setup" in marks:
+            exec(compile(marks["setup"], f"{page}:{line} (setup)", "exec"), namespace)
+        start = time.perf_counter()
+        try:
+            exec(compile(small(code), f"{page}:{line}", "exec"), namespace)
+        except Exception as e:
+            if "xfail" in marks:
+                pytest.xfail(f"{page}:{line}: {marks['xfail']} ({type(e).__name__}: {e})")
+            raise AssertionError(f"the block at {page}:{line} failed: {type(e).__name__}: {e}") from e
+        ran += 1
+        print(f"{page}:{line}: {time.perf_counter() - start:.1f} s")
+    assert ran, f"{page}: no block ran"
+    for check in _CHECKS.get(page, []):
+        check(namespace, tmp_path)
+
+
+def _first_bnn(ns, tmp_path):
+    assert isinstance(ns["post"], pyro_bdl.Posterior)
+    assert ns["pred"].mean.shape[0] == len(ns["data"].x_test)
+    assert (tmp_path / "post.pt").exists()
+
+
+def _priors_howto(ns, tmp_path):
+    assert "prior_scale" in ns["post"].sample(3)
+    assert ns["mcmc"].get_samples()["prior_scale"].shape == (SMALL["num_samples"],)
+
+
+#: what each page's code must have produced, beyond running
+_CHECKS = {"README.md": [_first_bnn], "docs/getting-started.md": [_first_bnn],
+           "docs/howto/priors-in-pyro.md": [_priors_howto]}
+
+
+def test_markers_are_recognised():
+    """A marker the test does not know (a typo) would silently run or skip nothing: fail instead."""
+    bad = []
+    for page in pages() + ["README.md"]:
+        with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+            text = f.read()
+        for m in re.finditer(r"<!--\s*snippet\b[^>]*", text):
+            if not _MARK.match(text, m.start()):
+                bad.append(f"{page}: {m.group(0)[:60]}")
+    assert not bad, "unknown snippet markers:\n  " + "\n  ".join(bad)
