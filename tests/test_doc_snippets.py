@@ -6,6 +6,8 @@ How a page controls this, with HTML comments (invisible on the rendered page) ri
   the reason is required.
 * ``<!-- snippet: setup`` + Python lines + ``-->``: hidden code run before the block, for names the page
   takes as given (``post``, ``x_test``) or files it assumes (a study TOML).
+* ``<!-- snippet: full REASON -->``: the block runs as written, without the small-size rewrite (it is
+  cheap, and its sizes are what is being checked).
 * ``<!-- snippet: xfail REASON -->``: the block is expected to fail today (the reason names the issue).
 
 Blocks that only include a tutorial script (``--8<-- "tutorials/x.py"``) are skipped: each tutorial
@@ -35,7 +37,7 @@ SMALL = {"num_samples": 4, "warmup": 4, "warmup_steps": 4, "num_chains": 1, "num
          "swa_start": 1, "num_models": 2, "steps": 5, "train_size": 200, "rank": 2}
 
 _BLOCK = re.compile(r"((?:<!--.*?-->\s*)*)```python\n(.*?)```", re.S)
-_MARK = re.compile(r"<!--\s*snippet:\s*(skip|setup|xfail)\b(.*?)-->", re.S)
+_MARK = re.compile(r"<!--\s*snippet:\s*(skip|setup|full|xfail)\b(.*?)-->", re.S)
 
 
 def small(code: str) -> str:
@@ -75,7 +77,7 @@ def test_page_snippets_run(page, tmp_path, monkeypatch):
     if missing:
         pytest.skip(f"needs {', '.join(missing)}")
     monkeypatch.chdir(tmp_path)  # snippets write post.pt, runs/...
-    namespace: dict = {"__name__": "__snippet__"}
+    namespace: dict = {"__name__": "__snippet__", "__file__": os.path.join(ROOT, page)}
     ran = 0
     for line, code, marks in blocks(os.path.join(ROOT, page)):
         if code.lstrip().startswith("--8<--"):
@@ -87,7 +89,7 @@ def test_page_snippets_run(page, tmp_path, monkeypatch):
             exec(compile(marks["setup"], f"{page}:{line} (setup)", "exec"), namespace)
         start = time.perf_counter()
         try:
-            exec(compile(small(code), f"{page}:{line}", "exec"), namespace)
+            exec(compile(code if "full" in marks else small(code), f"{page}:{line}", "exec"), namespace)
         except Exception as e:
             if "xfail" in marks:
                 pytest.xfail(f"{page}:{line}: {marks['xfail']} ({type(e).__name__}: {e})")

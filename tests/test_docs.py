@@ -1,5 +1,6 @@
 """The documentation: the site builds with warnings as errors, every public name has a docstring,
-every tutorial has a test and a page, and the getting-started page's code runs."""
+every tutorial has a test and a page, no Sphinx role is left in a docstring or page (the pages' code
+runs in tests/test_doc_snippets.py)."""
 from __future__ import annotations
 
 import importlib
@@ -127,36 +128,7 @@ def test_getting_started_commands_are_the_readme_commands():
         assert command in page, f"docs/getting-started.md does not show the README's command:\n{command}"
 
 
-def _python_blocks(*parts: str):
-    return re.findall(r"```python\n(.*?)```", _read(*parts), re.S)
-
-
-def _small(code: str) -> str:
-    """The page's code at test size: fewer draws, steps and chains (same calls, same names)."""
-    for key, value in {"num_samples": 4, "warmup": 4, "warmup_steps": 4, "num_chains": 1, "num_steps": 5}.items():
-        code = re.sub(rf"\b{key}=\d+", f"{key}={value}", code)
-    return code
-
-
-def test_getting_started_example_runs(tmp_path, monkeypatch):
-    """The first-BNN block of docs/getting-started.md runs as written (at a small size)."""
-    monkeypatch.chdir(tmp_path)
-    code = _python_blocks("docs", "getting-started.md")[0]
-    namespace = {}
-    exec(compile(_small(code), "getting-started.md", "exec"), namespace)
-    assert isinstance(namespace["post"], pyro_bdl.Posterior)
-    assert namespace["pred"].mean.shape[0] == len(namespace["data"].x_test)
-    assert (tmp_path / "post.pt").exists()
-
-
-def test_priors_howto_examples_run():
-    """The hyperprior and bdl.lift blocks of docs/howto/priors-in-pyro.md run as written (small)."""
-    blocks = _python_blocks("docs", "howto", "priors-in-pyro.md")
-    namespace = {}
-    for code in blocks:
-        exec(compile(_small(code), "priors-in-pyro.md", "exec"), namespace)
-    assert "prior_scale" in namespace["post"].sample(3)
-    assert namespace["mcmc"].get_samples()["prior_scale"].shape == (4,)
+# The code blocks of README.md and every docs page run in tests/test_doc_snippets.py.
 
 
 def _fix_roles():
