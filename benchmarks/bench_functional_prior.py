@@ -16,8 +16,9 @@ import time
 import torch
 
 import pyro_bdl as bdl
-from pyro_bdl.cli import mlp
-from pyro_bdl.priors import GP, Box, FanInGaussian, FunctionalPrior, Gaussian, function_distance, rff_network
+from pyro_bdl.examples.networks import mlp
+from pyro_bdl.priors import FanInGaussian, Gaussian
+from pyro_bdl.function_priors import GP, Box, FunctionalPrior, function_distance, rff_network
 
 
 def main(steps: int = 500, threads: int = 1) -> list:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 import pyro_bdl as bdl
-from pyro_bdl.inference.numpyro_mcmc import compile_timer
+from pyro_bdl.infer.mcmc.numpyro import compile_timer
 
 HIDDEN, N_TRAIN, N_TEST, NOISE = 20, 100, 20, 0.1
 

@@ -19,9 +19,9 @@ import pyro
 import torch
 
 import pyro_bdl as bdl
-from pyro_bdl.cli import mlp
-from pyro_bdl.inference.data import FitData
-from pyro_bdl.inference.swag import train_swag
+from pyro_bdl.examples.networks import mlp
+from pyro_bdl.infer.data import FitData
+from pyro_bdl.infer.swag import train_swag
 
 
 def _guide(model, data, rank):

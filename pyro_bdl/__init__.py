@@ -17,16 +17,42 @@ the network; `pyro_bdl.backends` (``bdl.backends.to_jax``, imported on first use
 Temperature / cold-posterior studies over a grid of T × method × seed × augmentation:
 ``bdl.studies.TemperatureStudy("study.toml").run()`` or ``pyro-bdl study study.toml``.
 """
-from .inference import fit, methods  # first: the SWAG guide and the swag method import each other's modules
-from . import batchnorm, data, diagnostics, guides, likelihoods, metrics, networks, plots, priors, tempering
-from .lifting import BayesianModel, LiftedNetwork, lift
-from .inference.swag import SWAGPosterior
-from .posterior import GuidePosterior, MixturePosterior, Posterior, SamplesPosterior
-from .predictive import BMAPredictive
-from .weights import WeightLayout
-from . import studies  # noqa: E402  (after the core it builds on)
+from ._util.deprecation import install_moved_modules
+from ._version import __version__
+from .evaluate import diagnostics, metrics, plots
+from .examples import datasets as data, networks
+from .infer import fit, methods
+from .model import batchnorm, likelihoods, tempering
+from .model.bayesian_model import BayesianModel
+from .model.layout import WeightLayout
+from .model.lifting import LiftedNetwork, lift
+from .posterior import BMAPredictive, GuidePosterior, MixturePosterior, Posterior, SamplesPosterior, SWAGPosterior
+from . import function_priors, guides, priors, studies
 
-__version__ = "0.1.0"
+# Old module paths keep importing (the public namespaces silently: ``pyro_bdl.metrics`` is ``bdl.metrics``;
+# private paths with a DeprecationWarning, for one release).
+_PUBLIC = {"likelihoods": "model.likelihoods", "tempering": "model.tempering", "batchnorm": "model.batchnorm",
+           "metrics": "evaluate.metrics", "plots": "evaluate.plots", "diagnostics": "evaluate.diagnostics",
+           "data": "examples.datasets", "networks": "examples.networks"}
+_MOVED = {
+    "lifting": ("model.lifting", "model.bayesian_model"), "weights": ("model.layout",),
+    "validation": ("model.inputs", "_util.checks"), "checkpoint": ("_util.checkpoint", "_util.io"),
+    "progress": ("_util.progress",), "predictive": ("posterior.predictive",),
+    "diagnostics.inference_data": ("posterior.arviz",), "diagnostics.convergence": ("evaluate.diagnostics.convergence",),
+    "inference": ("infer",), "inference.fit": ("infer.fit",), "inference.registry": ("infer.registry",),
+    "inference.data": ("infer.data",), "inference.svi": ("infer.svi",), "inference.swag": ("infer.swag", "posterior.swag"),
+    "inference.ensemble": ("infer.ensemble",), "inference.members": ("infer.members",),
+    "inference.sgmcmc": ("infer.sgmcmc",), "inference.objective": ("model.potential",),
+    "inference.mcmc": ("infer.mcmc.methods", "infer.mcmc.init", "infer.mcmc.pyro"),
+    "inference.numpyro_mcmc": ("infer.mcmc.numpyro",),
+    "priors.gp": ("function_priors.targets",), "priors.wasserstein": ("function_priors.distances",),
+    "priors.functional": ("function_priors.fit", "function_priors.inputs"), "priors.rff": ("function_priors.rff",),
+}
+install_moved_modules({
+    **{f"{__name__}.{old}": ([f"{__name__}.{new}"], False) for old, new in _PUBLIC.items()},
+    **{f"{__name__}.{old}": ([f"{__name__}.{n}" for n in new], True) for old, new in _MOVED.items()},
+})
+
 
 
 def __getattr__(name: str):
@@ -61,4 +87,6 @@ __all__ = [
     "tempering",
     "networks",
     "studies",
+    "function_priors",
+    "__version__",
 ]

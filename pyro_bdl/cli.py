@@ -16,11 +16,14 @@ from typing import List, Optional
 
 import torch
 
-from . import data as datasets
-from . import likelihoods, metrics, priors
-from .inference import fit, methods
-from .lifting import BayesianModel
-from .networks import mlp  # noqa: F401  (re-exported: pyro_bdl.cli.mlp)
+from .examples import datasets
+from .examples.bundled import example_configs
+from .model import likelihoods
+from .evaluate import metrics
+from . import priors, studies
+from .infer import fit, methods
+from .model.bayesian_model import BayesianModel
+from .examples.networks import mlp
 
 
 def _fit_command(args: argparse.Namespace) -> int:
@@ -46,11 +49,9 @@ def _fit_command(args: argparse.Namespace) -> int:
 
 
 def _study_command(args: argparse.Namespace) -> int:
-    from . import studies
-
     if (args.config is None) == (args.example is None):
         raise ValueError("give a study config file or --example NAME (not both); "
-                         f"examples: {', '.join(_examples())}")
+                         f"examples: {', '.join(example_configs())}")
     path = args.config if args.config is not None else studies.example_config(args.example)
     study = studies.TemperatureStudy(path, output_dir=args.out, executor=args.executor, workers=args.workers,
                                      address=args.address, progress=not args.quiet)
@@ -64,13 +65,6 @@ def _study_command(args: argparse.Namespace) -> int:
         print(f"pyro-bdl: {err}", file=sys.stderr)
         return 1
     return 0
-
-
-def _examples() -> List[str]:
-    import os
-
-    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
-    return sorted(f[:-5] for f in os.listdir(here) if f.endswith(".toml")) if os.path.isdir(here) else []
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "skipping cells already finished in the output folder, then write results.csv, "
                                    "plots of each metric vs T and report.md there.")
     p.add_argument("config", nargs="?", default=None, help="the study's TOML file")
-    p.add_argument("--example", default=None, help=f"run a study shipped with pyro_bdl ({', '.join(_examples())})")
+    p.add_argument("--example", default=None, help=f"run a study shipped with pyro_bdl ({', '.join(example_configs())})")
     p.add_argument("--out", default=None, help="output folder (overrides [output] dir)")
     p.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="local (default) or ray (pip install 'pyro_bdl[ray]')")

@@ -13,7 +13,7 @@ import pyro_bdl as bdl  # noqa: E402
 from pyro_bdl import likelihoods as L  # noqa: E402
 from pyro_bdl import priors as P  # noqa: E402
 from pyro_bdl.backends import NumPyroModel, UnsupportedOperationError, to_numpyro_distribution  # noqa: E402
-from pyro_bdl.inference import numpyro_mcmc  # noqa: E402
+from pyro_bdl.infer.mcmc import numpyro as numpyro_mcmc  # noqa: E402
 
 STATS = {"diverging", "accept_prob", "step_size", "num_steps", "tree_depth", "energy"}
 

@@ -159,7 +159,7 @@ def test_fix_roles_rewrites():
     resolver = fix_roles.Resolver()
     text = (":class:`~pyro_bdl.BayesianModel`, :func:`pyro_bdl.fit`, :meth:`BayesianModel.log_joint`, "
             ":mod:`torch.fx`, :func:`not_a_name`, :py:func:`shown <pyro_bdl.fit>`")
-    assert fix_roles.rewrite(text, "pyro_bdl.inference.fit", resolver) == (
+    assert fix_roles.rewrite(text, "pyro_bdl.infer.fit", resolver) == (
         "[`BayesianModel`][pyro_bdl.BayesianModel], [`pyro_bdl.fit`][pyro_bdl.fit], "
         "[`BayesianModel.log_joint`][pyro_bdl.BayesianModel], `torch.fx`, `not_a_name`, "
         "[`shown`][pyro_bdl.fit]")

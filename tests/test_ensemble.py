@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import pyro_bdl as bdl
-from pyro_bdl import checkpoint
+from pyro_bdl._util import checkpoint
 
 
 def data_and_model():
@@ -75,7 +75,7 @@ def test_resume_trains_only_missing_members(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         bdl.fit(model, x, y, checkpoint=path, **kw)
     monkeypatch.setattr(checkpoint, "save", real)
-    import pyro_bdl.inference.ensemble as ens
+    import pyro_bdl.infer.ensemble as ens
 
     trained = []
     member = ens.fit_member

@@ -7,9 +7,9 @@ import scipy.linalg
 import torch
 
 import pyro_bdl as bdl
-from pyro_bdl.cli import mlp
-from pyro_bdl.priors import (GP, Box, FanInGaussian, FunctionalPrior, Gaussian, function_distance, gaussian_w2,
-                             gaussian_w2_moments, prior_predictive, rff_network)
+from pyro_bdl.examples.networks import mlp
+from pyro_bdl.priors import FanInGaussian, Gaussian
+from pyro_bdl.function_priors import GP, Box, FunctionalPrior, function_distance, gaussian_w2, gaussian_w2_moments, prior_predictive, rff_network
 
 
 @pytest.fixture(autouse=True)
@@ -59,11 +59,11 @@ def test_gp_and_sampler_validation():
         GP("rbf", lengthscale=-1.0)
     with pytest.raises(ValueError, match="unsqueeze"):
         GP().sample(torch.zeros(5), 3)
-    bad = bdl.priors.FunctionSampler(lambda x, n, g: torch.zeros(n, len(x) + 1))
+    bad = bdl.function_priors.FunctionSampler(lambda x, n, g: torch.zeros(n, len(x) + 1))
     with pytest.raises(ValueError, match="returned shape"):
         bad.sample(torch.zeros(4, 1), 2)
     with pytest.raises(TypeError, match="target"):
-        bdl.priors.as_target(3.0)
+        bdl.function_priors.as_target(3.0)
 
 
 # -- distances ---------------------------------------------------------------------------
@@ -98,8 +98,8 @@ def test_dual_w1_of_shifted_gaussians():
     g = torch.Generator().manual_seed(0)
     mu = torch.tensor([1.0, 2.0, 2.0])
     f, h = torch.randn(300, 3, generator=g), torch.randn(300, 3, generator=g) + mu
-    spectral = bdl.priors.dual_w1(h, f, steps=150, lipschitz="spectral", hidden=(32, 32), lr=1e-2)
-    penalty = bdl.priors.dual_w1(h, f, steps=100, lipschitz="penalty", hidden=(32, 32), lr=1e-2)
+    spectral = bdl.function_priors.dual_w1(h, f, steps=150, lipschitz="spectral", hidden=(32, 32), lr=1e-2)
+    penalty = bdl.function_priors.dual_w1(h, f, steps=100, lipschitz="penalty", hidden=(32, 32), lr=1e-2)
     assert 2.7 < spectral < 3.2, spectral
     assert 3.2 < penalty < 3.7, penalty
 

@@ -7,7 +7,7 @@ import torch
 
 import pyro_bdl as bdl
 from pyro_bdl import metrics as m
-from pyro_bdl.predictive import BMAPredictive
+from pyro_bdl.posterior.predictive import BMAPredictive
 
 P = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.25, 0.25, 0.5], [1.0, 0.0, 0.0]], dtype=torch.float64)
 Y = torch.tensor([0, 2, 2, 0])

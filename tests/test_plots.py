@@ -11,7 +11,7 @@ import torch  # noqa: E402
 
 import pyro_bdl as bdl  # noqa: E402
 from pyro_bdl import plots  # noqa: E402
-from pyro_bdl.predictive import BMAPredictive  # noqa: E402
+from pyro_bdl.posterior.predictive import BMAPredictive  # noqa: E402
 
 
 def test_predictive_band_from_a_posterior(tmp_path):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import pyro_bdl as bdl
-from pyro_bdl.predictive import BMAPredictive
+from pyro_bdl.posterior.predictive import BMAPredictive
 
 
 def _fit(method, **kw):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import pyro_bdl as bdl
-from pyro_bdl import checkpoint
-from pyro_bdl.inference import cyclical_draw_steps, cyclical_schedule, sampling_stage, sghmc_step, sgld_step
+from pyro_bdl._util import checkpoint
+from pyro_bdl.infer import cyclical_draw_steps, cyclical_schedule, sampling_stage, sghmc_step, sgld_step
 
 SIGMA, S, N, B = 0.5, 1.0, 64, 32  # noise std, prior std, data points, minibatch (N/B = 2)
 
@@ -278,7 +278,7 @@ def test_resume_after_interrupt_is_identical(tmp_path, monkeypatch, method, opts
     ("csgmcmc", dict(num_chains=0), "num_chains"),
 ])
 def test_bad_options_fail_before_work(method, opts, match, monkeypatch):
-    import pyro_bdl.inference.sgmcmc as sg
+    import pyro_bdl.infer.sgmcmc as sg
 
     monkeypatch.setattr(sg, "run_chain", lambda *a, **k: pytest.fail("work started"))
     x, y = blr_data()

@@ -10,8 +10,8 @@ from pyro.infer import SVI, Predictive, Trace_ELBO
 from scipy import stats
 
 import pyro_bdl as bdl
-from pyro_bdl import checkpoint as checkpoints
-from pyro_bdl.inference.swag import SWAGPosterior, swag_learning_rate
+from pyro_bdl._util import checkpoint as checkpoints
+from pyro_bdl.infer.swag import SWAGPosterior, swag_learning_rate
 
 
 # -- Bayesian linear regression, closed form ---------------------------------------------------

@@ -4,7 +4,7 @@ import os
 
 import torch
 
-from pyro_bdl.inference import cyclical_schedule, sampling_stage
+from pyro_bdl.infer import cyclical_schedule, sampling_stage
 
 
 def load_tutorial():

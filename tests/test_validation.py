@@ -73,7 +73,7 @@ def test_bad_temperature_method_and_options():
 
 def test_checks_run_before_any_work(monkeypatch):
     """Validation happens before the method function is called."""
-    from pyro_bdl.inference import registry
+    from pyro_bdl.infer import registry
 
     called = []
     monkeypatch.setitem(registry.METHODS, "map", lambda *a, **k: called.append(1))

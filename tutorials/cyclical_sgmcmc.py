@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import pyro_bdl as bdl  # noqa: E402
-from pyro_bdl.cli import mlp  # noqa: E402
+from pyro_bdl.examples.networks import mlp  # noqa: E402
 
 
 def main(full: bool = False, out_dir: str = "tutorials/figures") -> dict:

@@ -32,8 +32,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import pyro_bdl as bdl  # noqa: E402
-from pyro_bdl.cli import mlp  # noqa: E402
-from pyro_bdl.priors import GP, Box, FanInGaussian, FunctionalPrior, Gaussian  # noqa: E402
+from pyro_bdl.examples.networks import mlp  # noqa: E402
+from pyro_bdl.priors import FanInGaussian, Gaussian  # noqa: E402
+from pyro_bdl.function_priors import GP, Box, FunctionalPrior  # noqa: E402
 
 
 def empirical_bayes_gp(x: torch.Tensor, y: torch.Tensor):
@@ -62,14 +63,14 @@ def part1_prior_draws(full: bool, out_dir: str) -> Dict[str, float]:
     fitted = FunctionalPrior.fit(net, gp, box, steps=1000 if full else 150, seed=0, num_samples=128,
                                  num_points=40, lr=0.08, eval_samples=256, eval_repeats=2)
     print(fitted)
-    rff_net, rff_prior = bdl.priors.rff_network(1, 500, lengthscale=1.0, variance=1.0)
+    rff_net, rff_prior = bdl.function_priors.rff_network(1, 500, lengthscale=1.0, variance=1.0)
     grid = torch.linspace(-3, 3, 200).unsqueeze(-1)
     panels = [
-        ("iid N(0, 1)", bdl.priors.prior_predictive(net, Gaussian(0.0, 1.0), grid, 8, seed=1)),
-        ("fan-in N(0, 1/fan_in)", bdl.priors.prior_predictive(net, FanInGaussian(1.0), grid, 8, seed=1)),
-        ("fitted to the GP", bdl.priors.prior_predictive(net, fitted, grid, 8, seed=1)),
+        ("iid N(0, 1)", bdl.function_priors.prior_predictive(net, Gaussian(0.0, 1.0), grid, 8, seed=1)),
+        ("fan-in N(0, 1/fan_in)", bdl.function_priors.prior_predictive(net, FanInGaussian(1.0), grid, 8, seed=1)),
+        ("fitted to the GP", bdl.function_priors.prior_predictive(net, fitted, grid, 8, seed=1)),
         ("GP(RBF, ℓ=1, σ²=1)", gp.sample(grid, 8, torch.Generator().manual_seed(1)).unsqueeze(-1)),
-        ("RFF cosine net, H=500", bdl.priors.prior_predictive(rff_net, rff_prior, grid, 8, seed=1)),
+        ("RFF cosine net, H=500", bdl.function_priors.prior_predictive(rff_net, rff_prior, grid, 8, seed=1)),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0), sharex=True)
     for ax, (title, f) in zip(axes, panels):
@@ -87,7 +88,7 @@ def part1_prior_draws(full: bool, out_dir: str) -> Dict[str, float]:
     out, floor = {}, 0.0
     for name, n, p in (("iid", net, Gaussian(0.0, 1.0)), ("fan_in", net, FanInGaussian(1.0)), ("fitted", net, fitted),
                        ("rff", rff_net, rff_prior)):
-        d = bdl.priors.function_distance(n, p, gp, box, **check)
+        d = bdl.function_priors.function_distance(n, p, gp, box, **check)
         out[name], floor = d["distance"], d["floor"]
     out["floor"] = floor  # GP vs GP with the same inputs and number of draws
     print("held-out Gaussian W2 to the GP: " + ", ".join(f"{k} {v:.3f}" for k, v in out.items()))

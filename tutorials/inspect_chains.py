@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import pyro_bdl as bdl  # noqa: E402
-from pyro_bdl.cli import mlp  # noqa: E402
+from pyro_bdl.examples.networks import mlp  # noqa: E402
 
 
 def main(full: bool = False, out_dir: str = "tutorials/figures") -> Dict[str, object]:

@@ -60,9 +60,6 @@ def _rendered_modules(root: str = ROOT) -> set:
 #: through one of them (or ``pyro_bdl.X``), never through a module path that may move
 STABLE_NAMESPACES = ("priors", "function_priors", "likelihoods", "metrics", "data", "plots", "diagnostics",
                      "tempering", "networks", "batchnorm", "guides", "studies", "backends")
-#: function-space priors move from ``pyro_bdl.priors`` to ``pyro_bdl.function_priors`` (old names deprecated)
-_FUNCTION_PRIOR_MODULES = ("pyro_bdl.priors.functional", "pyro_bdl.priors.gp", "pyro_bdl.priors.wasserstein",
-                           "pyro_bdl.priors.rff")
 
 
 def _public_paths() -> dict:
@@ -81,15 +78,16 @@ def _public_paths() -> dict:
         warnings.simplefilter("ignore")
         for name in STABLE_NAMESPACES:
             try:
-                modules[f"pyro_bdl.{name}"] = importlib.import_module(f"pyro_bdl.{name}")
+                # through the module's own name: ``bdl.diagnostics`` is ``pyro_bdl.evaluate.diagnostics``,
+                # and mkdocstrings resolves names through real packages, not through module aliases
+                mod = importlib.import_module(f"pyro_bdl.{name}")
+                modules[mod.__name__] = mod
             except Exception:  # not there yet, or an optional dependency missing: its names stay plain code
                 continue
     for name, mod in modules.items():
         for attr in getattr(mod, "__all__", []):
             obj = getattr(mod, attr, None)
             if obj is None or not (inspect.isclass(obj) or inspect.isfunction(obj)):
-                continue
-            if name == "pyro_bdl.priors" and getattr(obj, "__module__", "").startswith(_FUNCTION_PRIOR_MODULES):
                 continue
             add(f"{name}.{attr}", obj)
     return paths

@@ -32,10 +32,12 @@ import torch
 from numpyro.infer.util import log_density
 from pyro.distributions.torch_distribution import ExpandedDistribution
 
-from .. import likelihoods as L
-from .. import tempering
-from ..lifting import BayesianModel
-from ..priors.base import Prior, resolve_prior
+from .._util.random import seeded
+from ..model import likelihoods as L
+from ..model import tempering
+from ..model.bayesian_model import BayesianModel
+from ..priors.base import Prior
+from ..priors.combinators import resolve_prior
 from .jax_translate import JaxNetwork, as_jax_array, to_jax
 
 __all__ = ["NumPyroModel", "to_numpyro_distribution", "check_translatable"]
@@ -120,8 +122,7 @@ def _check_same_density(pairs: Dict[str, Tuple[torch.distributions.Distribution,
         if tuple(nd.batch_shape) != tuple(d.batch_shape) or tuple(nd.event_shape) != tuple(d.event_shape):
             raise ValueError(f"translating the distribution of {what} changed its shape (batch {tuple(d.batch_shape)}, "
                              f"event {tuple(d.event_shape)} -> {tuple(nd.batch_shape)}, {tuple(nd.event_shape)}). {_REMEDY}")
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(0)
+        with seeded(0), torch.no_grad():
             value = d.sample()
             expected[what] = float(d.log_prob(value).sum())
         values[what] = as_jax_array(value)

@@ -45,8 +45,9 @@ from pyro.infer.autoguide import AutoGuide, init_to_sample, init_to_value
 from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.nn import PyroParam
 
-from ..inference.objective import Objective
-from ..lifting import BayesianModel
+from ..model.potential import Objective
+from ..model.bayesian_model import BayesianModel
+from .._util.checks import check_float, check_int
 
 VARIANTS = ("swag", "diagonal", "swa")
 
@@ -162,8 +163,7 @@ class SWAG(AutoGuide):
 
     def __init__(self, model: Callable, rank: int = 20, scale: float = 0.5, variant: str = "swag",
                  var_clamp: float = 1e-30, init_loc_fn: Optional[Callable] = None, create_plates=None):
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"rank must be a positive integer (the number of deviation columns K), got {rank!r}")
+        check_int(rank, 'rank', 1)
         check_scale(scale)
         check_variant(variant)
         if not var_clamp > 0:
@@ -297,18 +297,9 @@ class SWAG(AutoGuide):
     def _sites(self, theta: torch.Tensor) -> Dict[str, torch.Tensor]:
         # Delta sites carry −log|det ∂w/∂θ|, so the guide's density of w is q(θ)/|det ∂w/∂θ|
         # and Trace_ELBO with the point mass is log p̃(D, w(θ)) + log|det ∂w/∂θ|.
-        out = {}
-        objective = self.objective
-        parts = objective.layout.unflatten(theta)
-        for name, shape in zip(objective.layout.names, objective.layout.shapes):
-            u = parts[name]
-            t = objective.transforms[name]
-            value = t(u)
-            log_det = t.log_abs_det_jacobian(u, value)
-            if len(shape):
-                log_det = log_det.reshape(*log_det.shape[: log_det.dim() - len(shape)], -1).sum(-1)
-            out[name] = pyro.sample(name, dist.Delta(value, log_density=-log_det, event_dim=len(shape)))
-        return out
+        values, log_dets = self.objective.constrain(theta)
+        return {name: pyro.sample(name, dist.Delta(values[name], log_density=-log_dets[name], event_dim=len(shape)))
+                for name, shape in zip(self.objective.layout.names, self.objective.layout.shapes)}
 
     def forward(self, *args, **kwargs) -> Dict[str, torch.Tensor]:
         """One draw of every latent site: the iterate while training (gradients on or no snapshots),
@@ -353,6 +344,4 @@ def check_variant(variant: str) -> str:
 
 
 def check_scale(scale: float) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"scale must be a positive number (the paper uses 0.5), got {scale!r}")
-    return float(scale)
+    return check_float(scale, "scale (the paper uses 0.5)", positive=True)

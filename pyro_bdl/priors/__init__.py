@@ -1,16 +1,19 @@
 """Priors over network weights (see `pyro_bdl.priors.base` for the protocol).
 
-Function-informed priors (`pyro_bdl.priors.functional`): `FunctionalPrior` fits
-per-layer Gaussian scales so that the network's prior over functions matches a target
-`GP` (Tran et al. 2022); `rff_network` is an architecture + prior whose prior over
-functions is an RBF GP without fitting; `prior_predictive` draws functions from any prior.
+A leaf of the package: it imports nothing else of pyro_bdl. Function-informed priors
+(``FunctionalPrior``, ``GP``, ``rff_network``, ``prior_predictive``, ...) live in
+`pyro_bdl.function_priors`; their old names here still work, with a ``DeprecationWarning``.
 """
-from .base import DistributionPrior, PerParameter, Prior, as_prior, fan_in, resolve_prior
+from .._util.deprecation import moved_names
+from .combinators import DistributionPrior, PerParameter, as_prior, resolve_prior
+from .base import Prior, fan_in
 from .standard import FanInGaussian, Gaussian, Laplace, StudentT
-from .gp import GP, KERNELS, FunctionSampler, as_target
-from .wasserstein import WassersteinCritic, dual_w1, gaussian_w2, gaussian_w2_moments, mmd, sqrtm_psd
-from .functional import Box, FunctionalPrior, function_distance, measurement_sampler, prior_predictive, sample_prior_weights
-from .rff import Cosine, rff_network
+
+# Function-space priors moved to pyro_bdl.function_priors (they need the model layer, which needs priors).
+__getattr__ = moved_names(__name__, {name: "pyro_bdl.function_priors" for name in (
+    "FunctionalPrior", "GP", "KERNELS", "FunctionSampler", "as_target", "Box", "measurement_sampler",
+    "prior_predictive", "sample_prior_weights", "function_distance", "rff_network", "Cosine",
+    "gaussian_w2", "gaussian_w2_moments", "sqrtm_psd", "mmd", "dual_w1", "WassersteinCritic")})
 
 __all__ = [
     "Prior",
@@ -23,23 +26,4 @@ __all__ = [
     "as_prior",
     "resolve_prior",
     "fan_in",
-    # function-informed priors
-    "FunctionalPrior",
-    "GP",
-    "KERNELS",
-    "FunctionSampler",
-    "as_target",
-    "Box",
-    "measurement_sampler",
-    "prior_predictive",
-    "sample_prior_weights",
-    "function_distance",
-    "rff_network",
-    "Cosine",
-    "gaussian_w2",
-    "gaussian_w2_moments",
-    "sqrtm_psd",
-    "mmd",
-    "dual_w1",
-    "WassersteinCritic",
 ]

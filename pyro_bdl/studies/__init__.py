@@ -19,17 +19,7 @@ from .config import (AUGMENTATIONS, DataConfig, InferenceConfig, ModelConfig, St
 from .executors import LocalExecutor, RayExecutor, make_executor
 from .report import plot_metric, results_table, summarise, write_report
 from .study import StudyError, TemperatureStudy, run_study
-
-
-def example_config(name: str) -> str:
-    """The path of a config shipped with pyro_bdl (``pyro_bdl/configs/<name>.toml``)."""
-    import os
-
-    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-    available = sorted(f[:-5] for f in os.listdir(here) if f.endswith(".toml")) if os.path.isdir(here) else []
-    if name not in available:
-        raise ValueError(f"no example study {name!r}; examples: {', '.join(available)}")
-    return os.path.join(here, f"{name}.toml")
+from ..examples.bundled import example_config, example_configs
 
 
 __all__ = [
@@ -55,5 +45,6 @@ __all__ = [
     "plot_metric",
     "write_report",
     "example_config",
+    "example_configs",
     "AUGMENTATIONS",
 ]

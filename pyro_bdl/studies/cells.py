@@ -22,11 +22,16 @@ import numpy as np
 import pyro
 import torch
 
-from .. import checkpoint, likelihoods, metrics, priors
-from .. import data as datasets
-from ..inference import fit, method_options
-from ..lifting import BayesianModel
-from ..posterior import SamplesPosterior
+from .._util.random import seeded
+from .._version import __version__
+from .._util import checkpoint
+from ..model import likelihoods
+from ..evaluate import metrics
+from .. import priors
+from ..examples import datasets
+from ..infer import fit, method_options
+from ..model.bayesian_model import BayesianModel
+from ..posterior.samples import SamplesPosterior
 from .config import AUGMENTATIONS, StudyConfig, build_network
 
 CELL_FORMAT = "pyro_bdl.study_cell"
@@ -132,8 +137,7 @@ def run_cell(spec: Dict[str, Any]) -> Dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(int(spec.get("threads") or threads))
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(spec["seed"])
+        with seeded(spec["seed"]):
             record = _run(spec)
     finally:
         torch.set_num_threads(threads)
@@ -142,7 +146,6 @@ def run_cell(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _run(spec: Dict[str, Any]) -> Dict[str, Any]:
-    from .. import __version__
 
     d, m = spec["data"], spec["model"]
     ds = datasets.load_dataset(d["name"], test_fraction=d["test_fraction"], seed=d["split_seed"],

@@ -64,10 +64,10 @@ except ModuleNotFoundError:  # Python 3.10
 
 import torch
 
-from .. import data as datasets
-from ..inference import method_options, methods
-from ..networks import ACTIVATIONS, mlp, resolve_factory
-from ..tempering import TEMPERING_MODES
+from ..examples import datasets
+from ..infer import method_options, methods
+from ..examples.networks import ACTIVATIONS, mlp, resolve_factory
+from ..model.tempering import TEMPERING_MODES
 
 PRIORS = ("gaussian", "fan_in", "laplace", "student_t")
 

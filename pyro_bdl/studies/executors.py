@@ -21,6 +21,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .cells import run_cell
+from .._util.checks import check_int
 
 Result = Tuple[Dict[str, Any], Optional[Dict[str, Any]], Optional[str]]
 
@@ -52,8 +53,7 @@ class LocalExecutor(Executor):
     """Cells in this process (``workers=1``) or in ``workers`` spawned processes."""
 
     def __init__(self, workers: int = 1):
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        check_int(workers, 'workers', 1)
         self.workers = workers
 
     def describe(self) -> str:
@@ -90,9 +90,8 @@ class LocalExecutor(Executor):
 
 
 def _pyro_bdl_root() -> str:
-    import pyro_bdl
-
-    return os.path.dirname(os.path.dirname(os.path.abspath(pyro_bdl.__file__)))
+    # pyro_bdl/studies/executors.py -> the folder holding the pyro_bdl package
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class RayExecutor(Executor):

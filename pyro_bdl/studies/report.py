@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .. import checkpoint
+from .._util import checkpoint
 
 CLASSIFICATION_METRICS = ("accuracy", "nll", "ece", "brier")
 REGRESSION_METRICS = ("rmse", "nll", "coverage_90", "crps")

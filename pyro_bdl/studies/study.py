@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 import pandas as pd
 
-from .. import checkpoint
+from .._util import checkpoint
 from .cells import cell_key, cell_path, cell_specs, read_cell, read_cells, write_cell
 from .config import StudyConfig, load_config
 from .executors import Executor, make_executor

@@ -1,0 +1,1 @@
+"""Evaluating posteriors: predictive metrics, plots, and convergence diagnostics (R-hat / ESS on predictions)."""

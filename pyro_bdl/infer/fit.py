@@ -1,0 +1,69 @@
+"""``fit``: the one entry point for inference."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Optional
+
+import pyro
+import torch
+
+from ..model.bayesian_model import BayesianModel
+from ..posterior.base import Posterior
+from .data import FitData
+from .registry import METHODS
+from .._util.checks import check_seed
+
+_COMMON = ("seed", "progress")
+
+
+def fit(model: BayesianModel, x: Any, y: Optional[torch.Tensor] = None, *, method: str = "svi", seed: int = 0,
+        progress: Optional[bool] = None, batch_size: Optional[int] = None, temperature: Optional[float] = None,
+        augment: Optional[Callable] = None, **options: Any) -> Posterior:
+    """Run inference for ``model`` on data and return its [`Posterior`][pyro_bdl.Posterior].
+
+    Args:
+        model: a [`BayesianModel`][pyro_bdl.BayesianModel].
+        x, y: training inputs and targets as tensors, or ``x`` a ``DataLoader`` of ``(x, y)`` batches.
+        method: one of [`methods`][pyro_bdl.methods] — ``"svi"``, ``"map"``, ``"nuts"``, ``"hmc"`` and those added
+            by the other inference modules.
+        seed: every method is reproducible given the seed.
+        progress: progress bars (default: only on a terminal).
+        batch_size: minibatch size for tensor data (methods that use minibatches).
+        temperature: override the model's temperature T for this fit.
+        augment: ``augment(x, generator) -> x`` applied to every training minibatch (data augmentation).
+        **options: method options; see the method's function (e.g. `pyro_bdl.infer.svi.fit_svi`).
+
+    Every check (data shapes, labels, NaN/inf, T, method and option names) runs before any work.
+    """
+    if not isinstance(model, BayesianModel):
+        raise TypeError(f"fit needs a pyro_bdl.BayesianModel, got {type(model).__name__}; wrap your network: "
+                        "BayesianModel(net, prior=..., likelihood=...)")
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; available methods: {', '.join(sorted(METHODS))}")
+    fn = METHODS[method]
+    accepted = method_options(method)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(f"method {method!r} got unknown option(s) {unknown}; its options are {accepted}")
+    check_seed(seed)
+    if temperature is not None:
+        model = model.with_temperature(temperature)
+    data = FitData(model, x, y, batch_size=batch_size, augment=augment)
+    pyro.set_rng_seed(seed)
+    posterior = fn(model, data, seed=seed, progress=progress, **options)
+    posterior.info.setdefault("seed", seed)
+    posterior.info.setdefault("temperature", model.temperature)
+    posterior.info.setdefault("tempering", model.tempering)
+    return posterior
+
+
+def method_options(method: str) -> list:
+    """Names of the options ``fit(..., method=method, **options)`` accepts (its function's keywords)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; available methods: {', '.join(sorted(METHODS))}")
+    return [p for p in inspect.signature(METHODS[method]).parameters if p not in ("model", "data") + _COMMON]
+
+
+def methods() -> list:
+    """Names of the available inference methods."""
+    return sorted(METHODS)

@@ -1,0 +1,145 @@
+"""Stochastic variational inference and MAP with Pyro autoguides.
+
+SVI maximises the ELBO of the (tempered) model,
+
+    ELBO(q) = E_q[log p̃(D, w)] − E_q[log q(w)],
+
+with log p̃ from [`BayesianModel.log_joint`][pyro_bdl.BayesianModel] semantics (the Pyro trace), so minibatches
+are scaled by N/B through the data plate and temperature through ``poutine.scale``.
+Guides: ``"normal"`` (mean-field, AutoNormal), ``"lowrank"`` (AutoLowRankMultivariateNormal),
+``"fullrank"`` (AutoMultivariateNormal), or any Pyro guide object.
+
+MAP is the same loop with an AutoDelta guide: it maximises log p̃(D, w), the mode of the
+tempered posterior (which does not depend on T under posterior tempering).
+
+Guide parameters are module-local (``pyro.settings module_local_params``): no global
+parameter store, and the optimiser is a plain ``torch.optim.Adam`` with an exponential
+decay from ``lr`` to ``lr * lr_decay`` over the run.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional, Union
+
+import pyro
+import torch
+from pyro.infer import Trace_ELBO
+from pyro.infer.autoguide import (AutoDelta, AutoLowRankMultivariateNormal, AutoMultivariateNormal, AutoNormal,
+                                  init_to_value)
+
+from ..model.bayesian_model import BayesianModel
+from ..posterior.samples import GuidePosterior, SamplesPosterior
+from .._util import progress as progress_bars
+from .data import FitData
+from .registry import register
+
+GUIDES = {"normal": AutoNormal, "lowrank": AutoLowRankMultivariateNormal, "fullrank": AutoMultivariateNormal}
+
+
+def make_guide(model: BayesianModel, guide: Union[str, Any], init_scale: float, rank: Optional[int]):
+    init = init_to_value(values=model.initial_values())
+    if not isinstance(guide, str):
+        return guide
+    if guide not in GUIDES:
+        raise ValueError(f"unknown guide {guide!r}; choose one of {sorted(GUIDES)} or pass a Pyro guide object")
+    if guide == "lowrank":
+        return AutoLowRankMultivariateNormal(model, init_loc_fn=init, init_scale=init_scale, rank=rank)
+    return GUIDES[guide](model, init_loc_fn=init, init_scale=init_scale)
+
+
+def resolve_steps(data: FitData, num_steps: Optional[int], epochs: Optional[int], default: int) -> int:
+    if num_steps is not None and epochs is not None:
+        raise TypeError("pass num_steps or epochs, not both")
+    if epochs is not None:
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+        return epochs * data.num_batches
+    steps = default if num_steps is None else num_steps
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"num_steps must be a positive integer, got {steps!r}")
+    return steps
+
+
+def optimise(model: BayesianModel, guide, data: FitData, num_steps: int, lr: float, lr_decay: float,
+             num_particles: int, seed: int, progress: Optional[bool], desc: str) -> list:
+    """Minimise the negative ELBO of ``(model, guide)``; returns the loss per step."""
+    generator = torch.Generator().manual_seed(seed)
+    N = data.dataset_size
+    elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
+    losses = []
+    with pyro.settings.context(module_local_params=True):
+        loss_fn = elbo(model, guide)
+        x0, y0 = next(iter(data.epoch(generator)))
+        loss_fn(x0, y0, N)  # builds the guide's parameters
+        params = list(loss_fn.parameters())
+        if not params:
+            raise ValueError("the guide has no parameters to optimise")
+        opt = torch.optim.Adam(params, lr=lr)
+        gamma = lr_decay ** (1.0 / max(1, num_steps))
+        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
+        with progress_bars.bar(num_steps, desc, progress) as bar:
+            for i, (xb, yb) in enumerate(data.steps(num_steps, generator)):
+                opt.zero_grad()
+                loss = loss_fn(xb, yb, N)
+                loss.backward()
+                opt.step()
+                sched.step()
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"the loss became {value} at step {i}; lower lr (now {lr}) or check the data scale")
+                losses.append(value)
+                if i % 50 == 0:
+                    bar.set_postfix(loss=f"{value:.4g}")
+                bar.update()
+    return losses
+
+
+@register("svi")
+def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool],
+            guide: Union[str, Any] = "normal", num_steps: Optional[int] = None, epochs: Optional[int] = None,
+            lr: float = 0.01, lr_decay: float = 0.1, num_particles: int = 1, init_scale: float = 0.01,
+            rank: Optional[int] = None) -> GuidePosterior:
+    """Variational inference with a Pyro autoguide.
+
+    Args:
+        guide: ``"normal"`` (mean-field), ``"lowrank"``, ``"fullrank"``, or a Pyro guide.
+        num_steps / epochs: optimiser steps (default 2000), or passes over the data.
+        lr, lr_decay: Adam step size, decayed exponentially to ``lr * lr_decay``.
+        num_particles: ELBO samples per step (vectorised).
+        init_scale: initial guide standard deviation (loc starts at the network's weights).
+        rank: rank of the ``"lowrank"`` guide (default ≈ √P).
+    """
+    steps = resolve_steps(data, num_steps, epochs, default=2000)
+    with pyro.settings.context(module_local_params=True):
+        g = make_guide(model, guide, init_scale, rank)
+    losses = optimise(model, g, data, steps, lr, lr_decay, num_particles, seed, progress, "svi")
+    x0, _ = next(iter(data.epoch()))
+    return GuidePosterior(model, g, "svi", x0, info={"losses": losses, "guide": type(g).__name__})
+
+
+@register("map")
+def fit_map(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool],
+            num_steps: Optional[int] = None, epochs: Optional[int] = None, lr: float = 0.01,
+            lr_decay: float = 0.1, init: Optional[Dict[str, torch.Tensor]] = None) -> SamplesPosterior:
+    """Maximum a posteriori weights, argmax_w log p̃(D, w), with an AutoDelta guide and Adam.
+
+    ``init``: starting values ``{site: tensor}`` (default [`BayesianModel.initial_values`][pyro_bdl.BayesianModel],
+    the network's weights); sites left out start there too. Deep-ensemble members pass
+    ``model.initial_values(seed=...)``, a fresh default initialisation each.
+
+    Returns a posterior with one chain of one draw, so ``predict`` gives the plug-in predictive.
+    """
+    steps = resolve_steps(data, num_steps, epochs, default=2000)
+    if init is not None and not isinstance(init, dict):
+        raise TypeError(f"init must be a dict of initial values {{site: tensor}}, got {type(init).__name__}")
+    start = model.initial_values()
+    start.update({k: torch.as_tensor(v) for k, v in (init or {}).items()})
+    with pyro.settings.context(module_local_params=True):
+        g = AutoDelta(model, init_loc_fn=init_to_value(values=start))
+    losses = optimise(model, g, data, steps, lr, lr_decay, 1, seed, progress, "map")
+    x0, _ = next(iter(data.epoch()))
+    with torch.no_grad(), pyro.settings.context(module_local_params=True):
+        values = g.median(x0)
+    samples = {k: v.detach().reshape(1, 1, *v.shape) for k, v in values.items()}
+    return SamplesPosterior(model, samples, "map", info={"losses": losses})

@@ -1,0 +1,254 @@
+"""Likelihoods p(y | f(x; w)) for the network output f, with dataset-size scaling.
+
+Every likelihood is callable inside a Pyro model::
+
+    likelihood(output, y, dataset_size=N)
+
+which observes the site ``"obs"`` inside ``pyro.plate("data", N, subsample=...)``. When a
+minibatch of B < N points is passed, the plate scales its log density by N/B, so the
+minibatch log likelihood is an unbiased estimate of the full-data one. This plate is the
+single place where dataset-size scaling happens, for every inference method.
+
+Shapes: ``output`` is ``(*batch, B, out_dim)``. Regression with ``out_dim == 1`` (two columns
+when heteroskedastic) has scalar targets ``y`` of shape ``(B,)``; larger ``out_dim`` gives
+vector targets ``(B, out_dim)``. Classification outputs are logits ``(*batch, B, C)`` and
+targets class indices ``(B,)``.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+
+from .sites import DATA_PLATE, NOISE_SITE, OBS_SITE
+
+Params = Dict[str, torch.Tensor]
+
+
+
+class Likelihood:
+    """Base class. Subclasses define `distribution` and `check_targets`."""
+
+    kind = "regression"  # or "classification"
+
+    def sample_params(self) -> Params:
+        """Draw latent likelihood parameters (e.g. a learned noise scale) as Pyro sample sites."""
+        return {}
+
+    @property
+    def param_sites(self) -> tuple:
+        """Names of the latent sites `sample_params` creates."""
+        return ()
+
+    def distribution(self, output: torch.Tensor, params: Optional[Params] = None) -> dist.Distribution:
+        """p(y | f): batch shape ``output.shape[:-1]``."""
+        raise NotImplementedError
+
+    def check_output(self, out_dim: int) -> None:
+        """Raise ``ValueError`` if a network with ``out_dim`` outputs cannot feed this likelihood."""
+
+    def check_targets(self, y: torch.Tensor, out_dim: int) -> torch.Tensor:
+        """Validate targets for a network with ``out_dim`` outputs; return them in canonical form."""
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        output: torch.Tensor,
+        y: Optional[torch.Tensor] = None,
+        dataset_size: Optional[int] = None,
+        params: Optional[Params] = None,
+    ) -> torch.Tensor:
+        batch = output.shape[-2]
+        size = batch if dataset_size is None else int(dataset_size)
+        d = self.distribution(output, params)
+        with pyro.plate(DATA_PLATE, size=size, subsample=torch.arange(batch), dim=-1):
+            return pyro.sample(OBS_SITE, d, obs=y)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"
+
+
+class _LocScale(Likelihood):
+    """Shared machinery of the location-scale regression likelihoods (Gaussian, Student-t)."""
+
+    kind = "regression"
+    noise_site = NOISE_SITE
+
+    def __init__(self, scale: Optional[float], scale_prior: Optional[dist.Distribution], heteroskedastic: bool,
+                 min_scale: float):
+        if scale is not None and heteroskedastic:
+            raise ValueError("a heteroskedastic likelihood takes its scale from the network; leave scale=None")
+        if scale is not None and (isinstance(scale, bool) or not float(scale) > 0):
+            raise ValueError(f"likelihood scale must be > 0, got {scale!r}; use scale=None to learn it")
+        self.scale = None if scale is None else float(scale)
+        self.heteroskedastic = bool(heteroskedastic)
+        self.min_scale = float(min_scale)
+        self.scale_prior = scale_prior if scale_prior is not None else dist.HalfNormal(torch.tensor(1.0))
+
+    @property
+    def learned(self) -> bool:
+        return self.scale is None and not self.heteroskedastic
+
+    @property
+    def param_sites(self) -> tuple:
+        return (self.noise_site,) if self.learned else ()
+
+    def sample_params(self) -> Params:
+        if not self.learned:
+            return {}
+        return {self.noise_site: pyro.sample(self.noise_site, self.scale_prior)}
+
+    def _loc_scale(self, output: torch.Tensor, params: Optional[Params]):
+        if self.heteroskedastic:
+            d = output.shape[-1] // 2
+            loc, raw = output[..., :d], output[..., d:]
+            scale = F.softplus(raw) + self.min_scale
+        else:
+            loc = output
+            if self.learned:
+                if not params or self.noise_site not in params:
+                    raise ValueError(f"learned noise needs the {self.noise_site!r} sample")
+                scale = params[self.noise_site]
+                scale = scale.unsqueeze(-1) if scale.dim() > 0 else scale  # align with the output column dim
+            else:
+                scale = torch.tensor(self.scale, dtype=output.dtype)
+        if loc.shape[-1] == 1:  # scalar targets
+            loc = loc.squeeze(-1)
+            scale = scale.squeeze(-1) if scale.dim() > 0 else scale
+        return loc, scale
+
+    def _target_dim(self, out_dim: int) -> int:
+        return out_dim // 2 if self.heteroskedastic else out_dim
+
+    def check_output(self, out_dim: int) -> None:
+        if self.heteroskedastic and out_dim % 2:
+            raise ValueError(
+                f"a heteroskedastic likelihood needs an even number of network outputs (mean and scale "
+                f"columns), got {out_dim}; give the last layer 2 outputs per target."
+            )
+
+    def check_targets(self, y: torch.Tensor, out_dim: int) -> torch.Tensor:
+        self.check_output(out_dim)
+        d = self._target_dim(out_dim)
+        if not torch.is_floating_point(y):
+            y = y.to(torch.get_default_dtype())
+        if d == 1:
+            if y.dim() == 2 and y.shape[1] == 1:
+                y = y[:, 0]
+            if y.dim() != 1:
+                raise ValueError(
+                    f"the network has 1 regression output but y has shape {tuple(y.shape)}; pass y of shape (N,) or (N, 1)."
+                )
+        elif y.dim() != 2 or y.shape[1] != d:
+            raise ValueError(
+                f"the network predicts {d} regression targets but y has shape {tuple(y.shape)}; pass y of shape (N, {d})."
+            )
+        return y
+
+    def _event(self, base: dist.Distribution, loc: torch.Tensor, output: torch.Tensor) -> dist.Distribution:
+        vector = (output.shape[-1] // 2 if self.heteroskedastic else output.shape[-1]) > 1
+        return base.to_event(1) if vector else base
+
+
+class Gaussian(_LocScale):
+    """Gaussian likelihood, y ~ N(f(x; w), σ²).
+
+    * ``scale=σ``: fixed noise.
+    * ``scale=None``: σ is learned, a latent site ``"noise_scale"`` with prior ``scale_prior``
+      (default HalfNormal(1), for standardised targets).
+    * ``heteroskedastic=True``: the network outputs mean and raw scale columns,
+      σ(x) = softplus(raw) + ``min_scale``.
+    """
+
+    def __init__(self, scale: Optional[float] = 1.0, *, scale_prior: Optional[dist.Distribution] = None,
+                 heteroskedastic: bool = False, min_scale: float = 1e-3):
+        super().__init__(scale, scale_prior, heteroskedastic, min_scale)
+
+    def distribution(self, output, params=None):
+        loc, scale = self._loc_scale(output, params)
+        return self._event(dist.Normal(loc, scale), loc, output)
+
+
+class StudentT(_LocScale):
+    """Student-t likelihood, y ~ t_ν(f(x; w), σ): robust to outliers. ``scale`` as in `Gaussian`."""
+
+    def __init__(self, df: float = 4.0, scale: Optional[float] = 1.0, *,
+                 scale_prior: Optional[dist.Distribution] = None, heteroskedastic: bool = False,
+                 min_scale: float = 1e-3):
+        if not float(df) > 0:
+            raise ValueError(f"StudentT likelihood df must be > 0, got {df!r}")
+        super().__init__(scale, scale_prior, heteroskedastic, min_scale)
+        self.df = float(df)
+
+    def distribution(self, output, params=None):
+        loc, scale = self._loc_scale(output, params)
+        return self._event(dist.StudentT(torch.tensor(self.df, dtype=output.dtype), loc, scale), loc, output)
+
+
+def _integer_labels(y: torch.Tensor, what: str) -> torch.Tensor:
+    if torch.is_floating_point(y):
+        if not torch.equal(y, y.round()):
+            raise ValueError(f"{what} labels must be integers, got non-integer values such as "
+                             f"{y[y != y.round()][0].item()}; pass class indices (e.g. y.long()).")
+    elif y.dtype == torch.bool:
+        y = y.long()
+    return y.long()
+
+
+class Categorical(Likelihood):
+    """Categorical likelihood over C classes; the network outputs logits (softmax link)."""
+
+    kind = "classification"
+
+    def distribution(self, output, params=None):
+        return dist.Categorical(logits=output)
+
+    def check_output(self, out_dim: int) -> None:
+        if out_dim < 2:
+            raise ValueError(f"a Categorical likelihood needs >= 2 logits, the network outputs {out_dim}; "
+                             "use Bernoulli for binary labels with one logit.")
+
+    def check_targets(self, y, out_dim):
+        self.check_output(out_dim)
+        if y.dim() == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.dim() != 1:
+            raise ValueError(f"Categorical targets must be class indices of shape (N,), got shape {tuple(y.shape)}; "
+                             "for one-hot labels pass y.argmax(-1).")
+        y = _integer_labels(y, "Categorical")
+        bad = (y < 0) | (y >= out_dim)
+        if bad.any():
+            raise ValueError(
+                f"class label {int(y[bad][0])} does not fit a network with {out_dim} logits (labels must be in "
+                f"0..{out_dim - 1}); give the last layer as many outputs as there are classes."
+            )
+        return y
+
+
+class Bernoulli(Likelihood):
+    """Bernoulli likelihood for binary labels; the network outputs one logit (sigmoid link)."""
+
+    kind = "classification"
+
+    def distribution(self, output, params=None):
+        return dist.Bernoulli(logits=output.squeeze(-1))
+
+    def check_output(self, out_dim: int) -> None:
+        if out_dim != 1:
+            raise ValueError(f"a Bernoulli likelihood needs 1 logit, the network outputs {out_dim}; "
+                             "use Categorical for more than two classes.")
+
+    def check_targets(self, y, out_dim):
+        self.check_output(out_dim)
+        if y.dim() == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.dim() != 1:
+            raise ValueError(f"Bernoulli targets must have shape (N,), got {tuple(y.shape)}")
+        y = _integer_labels(y, "Bernoulli")
+        if ((y != 0) & (y != 1)).any():
+            raise ValueError("Bernoulli labels must be 0 or 1; for more classes use likelihoods.Categorical.")
+        return y.to(torch.get_default_dtype())
