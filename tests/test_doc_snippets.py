@@ -6,9 +6,13 @@ How a page controls this, with HTML comments (invisible on the rendered page) ri
   the reason is required.
 * ``<!-- snippet: setup`` + Python lines + ``-->``: hidden code run before the block, for names the page
   takes as given (``post``, ``x_test``) or files it assumes (a study TOML).
+* ``<!-- snippet: slow REASON -->``: the block runs only with the slow tests (``pytest -m slow`` runs the
+  page with it); later blocks must not depend on its names.
 * ``<!-- snippet: full REASON -->``: the block runs as written, without the small-size rewrite (it is
   cheap, and its sizes are what is being checked).
-* ``<!-- snippet: xfail REASON -->``: the block is expected to fail today (the reason names the issue).
+* ``<!-- snippet: xfail REASON -->``: the block is expected to fail today (the reason names the issue);
+  the page's other blocks still run, and the page is reported as xfailed only if they all pass. Later
+  blocks must not depend on names the xfailed block defines.
 
 Blocks that only include a tutorial script (``--8<-- "tutorials/x.py"``) are skipped: each tutorial
 has its own test. The code is run at test size by ``SMALL``, a rewrite of keyword arguments
@@ -37,7 +41,7 @@ SMALL = {"num_samples": 4, "warmup": 4, "warmup_steps": 4, "num_chains": 1, "num
          "swa_start": 1, "num_models": 2, "steps": 5, "train_size": 200, "rank": 2}
 
 _BLOCK = re.compile(r"((?:<!--.*?-->\s*)*)```python\n(.*?)```", re.S)
-_MARK = re.compile(r"<!--\s*snippet:\s*(skip|setup|full|xfail)\b(.*?)-->", re.S)
+_MARK = re.compile(r"<!--\s*snippet:\s*(skip|setup|slow|full|xfail)\b(.*?)-->", re.S)
 
 
 def small(code: str) -> str:
@@ -61,29 +65,46 @@ def blocks(path: str) -> list:
 def pages() -> list:
     files = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "**", "*.md"),
                                                                  recursive=True))
-    return [os.path.relpath(f, ROOT) for f in files if blocks(f)]
+    # a tutorial page's only block includes its script, which tests/test_tutorial_<name>.py runs
+    return [os.path.relpath(f, ROOT) for f in files
+            if any(not code.lstrip().startswith("--8<--") for _, code, _ in blocks(f))]
 
 
 #: pages whose blocks need an optional dependency
-_NEEDS = {"README.md": ["jax", "numpyro", "arviz"], "docs/howto/arviz.md": ["arviz"]}
-#: pages that take longer than a few seconds at test size
-_SLOW = set()
+_NEEDS = {"README.md": ["arviz"], "docs/howto/arviz.md": ["arviz"]}
+#: ... and with their slow blocks
+_NEEDS_SLOW = {"README.md": ["jax", "numpyro"]}
 
 
-@pytest.mark.parametrize("page", [pytest.param(p, marks=[pytest.mark.slow] if p in _SLOW else [])
-                                  for p in pages()])
-def test_page_snippets_run(page, tmp_path, monkeypatch):
-    missing = [m for m in _NEEDS.get(page, []) if importlib.util.find_spec(m) is None]
+def _params():
+    """One fast run per page (``slow`` blocks left out) and, for pages with ``slow`` blocks, one slow run of all."""
+    params = []
+    for page in pages():
+        params.append(pytest.param(page, False, id=page))
+        if any("slow" in marks for _, _, marks in blocks(os.path.join(ROOT, page))):
+            params.append(pytest.param(page, True, id=f"{page}-all", marks=pytest.mark.slow))
+    return params
+
+
+@pytest.mark.parametrize("page, with_slow", _params())
+def test_page_snippets_run(page, with_slow, tmp_path, monkeypatch):
+    needs = _NEEDS.get(page, []) + (_NEEDS_SLOW.get(page, []) if with_slow else [])
+    missing = [m for m in needs if importlib.util.find_spec(m) is None]
     if missing:
         pytest.skip(f"needs {', '.join(missing)}")
     monkeypatch.chdir(tmp_path)  # snippets write post.pt, runs/...
     namespace: dict = {"__name__": "__snippet__", "__file__": os.path.join(ROOT, page)}
-    ran = 0
+    ran = skipped = 0
+    xfailed = []
     for line, code, marks in blocks(os.path.join(ROOT, page)):
         if code.lstrip().startswith("--8<--"):
             continue
+        if "slow" in marks and not with_slow:
+            skipped += 1
+            continue
         if "skip" in marks:
             assert marks["skip"], f"{page}:{line}: a skipped block must say why (<!-- snippet: skip REASON -->)"
+            skipped += 1
             continue
         if "setup" in marks:
             exec(compile(marks["setup"], f"{page}:{line} (setup)", "exec"), namespace)
@@ -92,13 +113,16 @@ def test_page_snippets_run(page, tmp_path, monkeypatch):
             exec(compile(code if "full" in marks else small(code), f"{page}:{line}", "exec"), namespace)
         except Exception as e:
             if "xfail" in marks:
-                pytest.xfail(f"{page}:{line}: {marks['xfail']} ({type(e).__name__}: {e})")
+                xfailed.append(f"{page}:{line}: {marks['xfail']} ({type(e).__name__}: {e})")
+                continue
             raise AssertionError(f"the block at {page}:{line} failed: {type(e).__name__}: {e}") from e
         ran += 1
         print(f"{page}:{line}: {time.perf_counter() - start:.1f} s")
-    assert ran, f"{page}: no block ran"
+    assert ran or skipped, f"{page}: no block ran"
     for check in _CHECKS.get(page, []):
         check(namespace, tmp_path)
+    if xfailed:
+        pytest.xfail("; ".join(xfailed))
 
 
 def _first_bnn(ns, tmp_path):
