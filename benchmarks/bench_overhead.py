@@ -9,7 +9,13 @@ side by side in one run and interleaved to share the machine's noise:
   ``pyro.infer.MCMC(NUTS(plain_model))``, and the
   cost of one potential-energy gradient (a leapfrog step), which does not depend on tree sizes.
 
-Target (issue 2): pyro_bdl ≤ 1.2× plain Pyro. Run: ``python benchmarks/bench_overhead.py``.
+Target (issue 2): pyro_bdl ≤ 1.2× plain Pyro.
+
+A second table times the gradient of the flat tempered potential U(θ) that the gradient-based
+methods step on (:class:`~pyro_bdl.model.potential.Objective`, SG-MCMC and friends), compiled and
+traced, against the same U written by hand in plain torch (one flat θ, autograd).
+
+Run: ``python benchmarks/bench_overhead.py`` (``--only-potential`` for the second table alone).
 """
 from __future__ import annotations
 
@@ -110,14 +116,57 @@ def grad_time(model, args, reps):
     return (time.perf_counter() - t) / reps
 
 
+def flat_grad_time(kind: str, x, y, reps: int) -> float:
+    """One ∇U(θ) on the full batch: ``"torch"`` hand-written, ``"compiled"`` / ``"traced"`` :class:`Objective`."""
+    from pyro_bdl.model.potential import Objective
+
+    objective = Objective(bdl_model(), x, compiled=None if kind != "traced" else False)
+    theta = objective.initial()
+    if kind == "torch":
+        names, shapes = objective.layout.names, objective.layout.shapes
+        sizes = [int(torch.Size(s).numel()) for s in shapes]
+
+        def grad(theta):
+            theta = theta.detach().requires_grad_(True)
+            w1, b1, w2, b2 = (t.reshape(s) for t, s in zip(torch.split(theta, sizes), shapes))
+            out = (torch.tanh(x @ w1.T + b1) @ w2.T + b2).squeeze(-1)
+            u = 0.5 * ((y - out) / 0.1).pow(2).sum() + 0.5 * theta.pow(2).sum()
+            return torch.autograd.grad(u, theta)[0]
+    else:
+        def grad(theta):
+            return objective.grad(theta, x, y)[1]
+    for _ in range(5):
+        grad(theta)
+    t = time.perf_counter()
+    for _ in range(reps):
+        grad(theta)
+    return (time.perf_counter() - t) / reps
+
+
+def potential_table(x, y, repeats: int) -> None:
+    rows = {k: [] for k in ("torch", "compiled", "traced")}
+    for _ in range(repeats):
+        for kind in rows:
+            rows[kind].append(flat_grad_time(kind, x, y, 300))
+    base = statistics.median(rows["torch"])
+    print(f"{'flat potential gradient':28s} {'ms':>8s} {'vs plain torch':>15s}")
+    for kind, times in rows.items():
+        m = statistics.median(times)
+        print(f"{kind:28s} {m * 1e3:8.3f} {m / base:15.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--svi-steps", type=int, default=300)
     parser.add_argument("--nuts-samples", type=int, default=30)
+    parser.add_argument("--only-potential", action="store_true", help="only the flat-potential table")
     args = parser.parse_args()
     torch.set_num_threads(1)
     x, y = data()
+    if args.only_potential:
+        potential_table(x, y, args.repeats)
+        return
     rows = {k: ([], []) for k in ("SVI step", "NUTS draw", "potential gradient")}
     for _ in range(args.repeats):  # interleave the two so machine noise hits both alike
         rows["SVI step"][0].append(svi_plain(x, y, args.svi_steps))
@@ -132,6 +181,8 @@ def main() -> None:
         p, o = statistics.median(plain) * 1e3, statistics.median(ours) * 1e3
         print(f"{name:20s} {p:16.3f} {o:14.3f} {o / p:7.2f}")
     print("target: ratio <= 1.20")
+    print()
+    potential_table(x, y, args.repeats)
 
 
 if __name__ == "__main__":

@@ -298,7 +298,8 @@ class SWAG(AutoGuide):
         # Delta sites carry −log|det ∂w/∂θ|, so the guide's density of w is q(θ)/|det ∂w/∂θ|
         # and Trace_ELBO with the point mass is log p̃(D, w(θ)) + log|det ∂w/∂θ|.
         values, log_dets = self.objective.constrain(theta)
-        return {name: pyro.sample(name, dist.Delta(values[name], log_density=-log_dets[name], event_dim=len(shape)))
+        return {name: pyro.sample(name, dist.Delta(values[name], log_density=-log_dets[name] if name in log_dets else 0.0,
+                                                   event_dim=len(shape)))
                 for name, shape in zip(self.objective.layout.names, self.objective.layout.shapes)}
 
     def forward(self, *args, **kwargs) -> Dict[str, torch.Tensor]:

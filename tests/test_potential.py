@@ -1,0 +1,95 @@
+"""The flat tempered potential: the compiled density equals the Pyro trace's, for every model feature."""
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import pyro_bdl as bdl
+from pyro_bdl.model.potential import Objective
+
+
+def _mlp(inp=3, out=1, hidden=5):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(inp, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, out))
+
+
+def _data(n=12, inp=3, classes=None):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, inp, generator=g)
+    y = torch.randint(classes, (n,), generator=g) if classes else torch.randn(n, generator=g)
+    return x, y
+
+
+CASES = {
+    "gaussian fixed noise": lambda: (bdl.BayesianModel(_mlp(), prior=bdl.priors.Gaussian(0.0, 0.7),
+                                                       likelihood=bdl.likelihoods.Gaussian(scale=0.3)), _data()),
+    "fan-in, cold T": lambda: (bdl.BayesianModel(_mlp(), prior=bdl.priors.FanInGaussian(1.3),
+                                                 likelihood=bdl.likelihoods.Gaussian(scale=0.3), temperature=0.1), _data()),
+    "learned noise, likelihood tempering": lambda: (bdl.BayesianModel(
+        _mlp(), likelihood=bdl.likelihoods.Gaussian(scale=None), temperature=4.0, tempering="likelihood"), _data()),
+    "heteroskedastic student-t prior": lambda: (bdl.BayesianModel(
+        _mlp(out=2), prior=bdl.priors.StudentT(3.0, 0.5), likelihood=bdl.likelihoods.Gaussian(scale=None, heteroskedastic=True)), _data()),
+    "categorical, per-parameter prior": lambda: (bdl.BayesianModel(
+        _mlp(out=4), prior={"*.bias": bdl.priors.Laplace(0.0, 0.2), "*": bdl.priors.Gaussian(0.0, 1.0)},
+        likelihood=bdl.likelihoods.Categorical(), temperature=0.3), _data(classes=4)),
+    "bernoulli, pyro distribution prior": lambda: (bdl.BayesianModel(
+        _mlp(), prior=dist.Normal(0.0, 2.0), likelihood=bdl.likelihoods.Bernoulli()), (_data()[0], (_data()[1] > 0).long())),
+    "student-t likelihood, bayesian last layer": lambda: (bdl.BayesianModel(
+        _mlp(), likelihood=bdl.likelihoods.StudentT(df=4.0, scale=0.5), bayesian="2.*"), _data()),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("dataset_size", [None, 100])
+def test_compiled_density_equals_the_pyro_trace(case, dataset_size):
+    model, (x, y) = CASES[case]()
+    compiled = Objective(model, x)
+    traced = Objective(model, x, compiled=False)
+    assert compiled.compiled and not traced.compiled
+    y = model.likelihood.check_targets(y, model.forward(model.network.initial_weights(), x[:2]).shape[-1])
+    for seed in range(3):  # a few random points, unconstrained so the noise site moves too
+        theta = compiled.initial() + 0.3 * torch.randn(compiled.size, generator=torch.Generator().manual_seed(seed))
+        a = compiled.log_density(theta, x, y, dataset_size)
+        b = traced.log_density(theta, x, y, dataset_size)
+        assert math.isclose(float(a), float(b), rel_tol=1e-5, abs_tol=1e-4), (case, float(a), float(b))
+        ga = compiled.grad(theta, x, y, dataset_size)[1]
+        gb = traced.grad(theta, x, y, dataset_size)[1]
+        torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-4)
+
+
+def test_temperature_and_minibatch_scaling_enter_once():
+    # A wrong factor would be off by T or by N/B: check the exact relations.
+    model, (x, y) = CASES["gaussian fixed noise"]()
+    o1, o2 = Objective(model, x), Objective(model.with_temperature(0.25), x)
+    theta = o1.initial()  # weights only: no Jacobian term
+    assert math.isclose(float(o2.log_density(theta, x, y, 48)), 4.0 * float(o1.log_density(theta, x, y, 48)), rel_tol=1e-6)
+    log_prior = float(sum(d.log_prob(v).sum() for d, v in zip(o1._priors.values(), model.network.initial_weights().values())))
+    log_lik = float(o1.log_density(theta, x, y)) - log_prior
+    assert math.isclose(float(o1.log_density(theta, x, y, 3 * len(x))), log_prior + 3 * log_lik, rel_tol=1e-6)
+
+
+def test_hierarchical_prior_uses_the_trace():
+    def prior():
+        s = pyro.sample("prior_scale", dist.LogNormal(0.0, 1.0))
+        return bdl.priors.Gaussian(0.0, s)
+
+    model = bdl.BayesianModel(_mlp(), prior=prior, likelihood=bdl.likelihoods.Gaussian(scale=0.3))
+    x, y = _data()
+    objective = Objective(model, x)
+    assert not objective.compiled and "prior_scale" in objective.layout.names
+    with pytest.raises(ValueError, match="hyperprior sites"):
+        Objective(model, x, compiled=True)
+    theta = objective.initial({**model.initial_values(), "prior_scale": torch.tensor(0.5)})
+    u, g = objective.grad(theta, x, y)
+    assert torch.isfinite(u) and torch.isfinite(g).all()
+
+
+def test_a_wrong_compiled_density_is_caught_at_first_use():
+    model, (x, y) = CASES["gaussian fixed noise"]()
+    objective = Objective(model, x)
+    objective._priors = {k: dist.Normal(0.0, 5.0).expand(d.event_shape).to_event(len(d.event_shape))
+                         for k, d in objective._priors.items()}  # a compiled prior that disagrees with the model
+    with pytest.raises(RuntimeError, match="differs from the Pyro trace"):
+        objective.log_density(objective.initial(), x, y)
