@@ -18,12 +18,12 @@ Two evaluations of the same density:
 
       log p̃ = s_prior · [Σ_l log p(w_l) + log p(σ)] + s_lik · (N/B) · Σ_{i∈batch} log p(yᵢ | f(xᵢ; w), σ),
 
-  with s_prior = :func:`~pyro_bdl.model.tempering.prior_scale`, s_lik =
-  :func:`~pyro_bdl.model.tempering.likelihood_scale`, f by ``torch.func.functional_call`` and p(y | f)
-  from the likelihood's own :meth:`~pyro_bdl.model.likelihoods.Likelihood.distribution` — the same
+  with s_prior = `prior_scale`, s_lik =
+  `likelihood_scale`, f by ``torch.func.functional_call`` and p(y | f)
+  from the likelihood's own `distribution` — the same
   definitions the Pyro model uses. On its first call it is checked against the traced density at a
   random point; a mismatch raises, naming both values.
-* **traced**: :meth:`BayesianModel.log_joint`, used for hierarchical priors (a prior that draws its
+* **traced**: [`BayesianModel.log_joint`][pyro_bdl.BayesianModel], used for hierarchical priors (a prior that draws its
   hyperparameters with ``pyro.sample``) and whenever ``compiled=False``.
 """
 from __future__ import annotations
