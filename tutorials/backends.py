@@ -16,7 +16,7 @@ effective samples per second of the predictions at a few test inputs. The defaul
 runs are dominated by compilation and too short for a meaningful ESS; ``--full`` runs long
 enough for ESS/s to show the difference (see also ``benchmarks/bench_numpyro.py``).
 
-Run ``python tutorials/backends.py`` (small, a minute or less) or ``--full``.
+Run ``python tutorials/backends.py`` (small, ~40 s of CPU time) or ``--full``.
 """
 from __future__ import annotations
 
