@@ -12,7 +12,7 @@ side by side in one run and interleaved to share the machine's noise:
 Target (issue 2): pyro_bdl ≤ 1.2× plain Pyro.
 
 A second table times the gradient of the flat tempered potential U(θ) that the gradient-based
-methods step on (:class:`~pyro_bdl.model.potential.Objective`, SG-MCMC and friends), compiled and
+methods step on (`Objective`, SG-MCMC and friends), compiled and
 traced, against the same U written by hand in plain torch (one flat θ, autograd).
 
 Run: ``python benchmarks/bench_overhead.py`` (``--only-potential`` for the second table alone).
@@ -117,7 +117,7 @@ def grad_time(model, args, reps):
 
 
 def flat_grad_time(kind: str, x, y, reps: int) -> float:
-    """One ∇U(θ) on the full batch: ``"torch"`` hand-written, ``"compiled"`` / ``"traced"`` :class:`Objective`."""
+    """One ∇U(θ) on the full batch: ``"torch"`` hand-written, ``"compiled"`` / ``"traced"`` `Objective`."""
     from pyro_bdl.model.potential import Objective
 
     objective = Objective(bdl_model(), x, compiled=None if kind != "traced" else False)

@@ -15,7 +15,7 @@ and 450 test images, fixed stratified split). The options are the issue's exampl
 
 The three samplers run at T = 1 (the Bayes posterior) and again at T = 0.1 (a cold posterior,
 posterior tempering), with the same step sizes (the samplers step on T·U_T, see
-:mod:`pyro_bdl.infer.sgmcmc`).
+`pyro_bdl.infer.sgmcmc`).
 
 torch runs on one thread (the machine is shared; small networks gain nothing from more).
 """

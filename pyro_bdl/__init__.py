@@ -13,7 +13,7 @@ likelihood, run inference with one call, and predict by Bayesian model averaging
     bdl.diagnostics.summary(post, x=x_test)              # function-space R-hat / ESS
 
 ``fit(..., method="nuts", backend="numpyro")`` runs NumPyro's compiled NUTS on a JAX translation of
-the network; :mod:`pyro_bdl.backends` (``bdl.backends.to_jax``, imported on first use) holds it.
+the network; `pyro_bdl.backends` (``bdl.backends.to_jax``, imported on first use) holds it.
 Temperature / cold-posterior studies over a grid of T × method × seed × augmentation:
 ``bdl.studies.TemperatureStudy("study.toml").run()`` or ``pyro-bdl study study.toml``.
 """

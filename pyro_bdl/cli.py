@@ -2,7 +2,7 @@
 
 * ``pyro-bdl fit`` fits a Bayesian MLP to a bundled data set and prints its test metrics.
 * ``pyro-bdl study study.toml`` runs a temperature / cold-posterior study (see
-  :mod:`pyro_bdl.studies`): every cell of temperature × method × seed × augmentation, saved as it
+  `pyro_bdl.studies`): every cell of temperature × method × seed × augmentation, saved as it
   finishes, then ``results.csv``, plots of each metric against T and ``report.md`` in the output
   folder. ``pyro-bdl study --example quickstart`` runs the study shipped with pyro_bdl.
 """

@@ -1,5 +1,6 @@
 """The documentation: the site builds with warnings as errors, every public name has a docstring,
-every tutorial has a test and a page, and the getting-started page's code runs."""
+every tutorial has a test and a page, no Sphinx role is left in a docstring or page (the pages' code
+runs in tests/test_doc_snippets.py)."""
 from __future__ import annotations
 
 import importlib
@@ -39,6 +40,15 @@ def test_docs_build_strict(tmp_path):
     # the API reference really rendered docstrings (mkdocstrings found the package)
     api = (site / "api" / "lifting" / "index.html").read_text()
     assert "BayesianModel" in api and "log_joint" in api
+    # maths renders offline: the pages load the bundled KaTeX and nothing from another host
+    concepts = (site / "concepts" / "index.html").read_text()
+    assert 'class="arithmatex"' in concepts and "assets/katex/katex.min.js" in concepts
+    for asset in ("katex.min.js", "katex.min.css", "contrib/auto-render.min.js", "LICENSE",
+                  "fonts/KaTeX_Main-Regular.woff2"):
+        assert (site / "assets" / "katex" / asset).exists(), f"KaTeX file {asset} missing from the site"
+    remote = sorted({f"{page.relative_to(site)}: {m}" for page in site.rglob("*.html")
+                     for m in re.findall(r'<(?:script|link|img)[^>]+(?:src|href)="https?://[^"]+"', page.read_text())})
+    assert not remote, "pages load files from other hosts (the site must work offline):\n  " + "\n  ".join(remote[:10])
     # each tutorial page shows its script, its printed output and its figures
     for name in TUTORIALS:
         page = (site / "tutorials" / name / "index.html").read_text()
@@ -118,33 +128,38 @@ def test_getting_started_commands_are_the_readme_commands():
         assert command in page, f"docs/getting-started.md does not show the README's command:\n{command}"
 
 
-def _python_blocks(*parts: str):
-    return re.findall(r"```python\n(.*?)```", _read(*parts), re.S)
+# The code blocks of README.md and every docs page run in tests/test_doc_snippets.py.
 
 
-def _small(code: str) -> str:
-    """The page's code at test size: fewer draws, steps and chains (same calls, same names)."""
-    for key, value in {"num_samples": 4, "warmup": 4, "warmup_steps": 4, "num_chains": 1, "num_steps": 5}.items():
-        code = re.sub(rf"\b{key}=\d+", f"{key}={value}", code)
-    return code
+def _fix_roles():
+    spec = importlib.util.spec_from_file_location("fix_roles", os.path.join(ROOT, "docs", "tools", "fix_roles.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_getting_started_example_runs(tmp_path, monkeypatch):
-    """The first-BNN block of docs/getting-started.md runs as written (at a small size)."""
-    monkeypatch.chdir(tmp_path)
-    code = _python_blocks("docs", "getting-started.md")[0]
-    namespace = {}
-    exec(compile(_small(code), "getting-started.md", "exec"), namespace)
-    assert isinstance(namespace["post"], pyro_bdl.Posterior)
-    assert namespace["pred"].mean.shape[0] == len(namespace["data"].x_test)
-    assert (tmp_path / "post.pt").exists()
+def test_no_sphinx_roles():
+    """mkdocstrings reads docstrings as Markdown, where ``:func:`x``` shows up verbatim: every docstring,
+    tutorial, benchmark and docs page uses Markdown cross-references or plain code instead."""
+    fix_roles = _fix_roles()
+    found = []
+    for file in fix_roles.source_files(ROOT):
+        with open(file, encoding="utf-8") as f:
+            text = f.read()
+        for m in fix_roles.ROLE.finditer(text):
+            found.append(f"{os.path.relpath(file, ROOT)}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}")
+    assert not found, ("Sphinx roles left (run `python docs/tools/fix_roles.py` to rewrite them):\n  "
+                       + "\n  ".join(found))
 
 
-def test_priors_howto_examples_run():
-    """The hyperprior and bdl.lift blocks of docs/howto/priors-in-pyro.md run as written (small)."""
-    blocks = _python_blocks("docs", "howto", "priors-in-pyro.md")
-    namespace = {}
-    for code in blocks:
-        exec(compile(_small(code), "priors-in-pyro.md", "exec"), namespace)
-    assert "prior_scale" in namespace["post"].sample(3)
-    assert namespace["mcmc"].get_samples()["prior_scale"].shape == (4,)
+def test_fix_roles_rewrites():
+    """The rewrite: public documented names become cross-references through their public path, methods link
+    to their class, everything else becomes plain code."""
+    fix_roles = _fix_roles()
+    resolver = fix_roles.Resolver()
+    text = (":class:`~pyro_bdl.BayesianModel`, :func:`pyro_bdl.fit`, :meth:`BayesianModel.log_joint`, "
+            ":mod:`torch.fx`, :func:`not_a_name`, :py:func:`shown <pyro_bdl.fit>`")
+    assert fix_roles.rewrite(text, "pyro_bdl.infer.fit", resolver) == (
+        "[`BayesianModel`][pyro_bdl.BayesianModel], [`pyro_bdl.fit`][pyro_bdl.fit], "
+        "[`BayesianModel.log_joint`][pyro_bdl.BayesianModel], `torch.fx`, `not_a_name`, "
+        "[`shown`][pyro_bdl.fit]")

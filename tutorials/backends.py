@@ -1,14 +1,14 @@
 """Two NUTS backends, one model: Pyro on the torch network vs NumPyro on its JAX translation.
 
-The same :class:`pyro_bdl.BayesianModel` — a small tanh network with N(0, 1) priors and a
+The same [`pyro_bdl.BayesianModel`][pyro_bdl.BayesianModel] — a small tanh network with N(0, 1) priors and a
 Gaussian likelihood — is sampled by NUTS twice on the 1-D regression with a gap
-(:func:`pyro_bdl.data.gap_regression`):
+(`pyro_bdl.data.gap_regression`):
 
 * ``backend="pyro"``: Pyro's NUTS evaluates the torch network step by step;
 * ``backend="numpyro"``: the network is translated once into a JAX function
-  (:func:`pyro_bdl.backends.to_jax`) and NumPyro's NUTS runs compiled by XLA.
+  ([`pyro_bdl.backends.to_jax`][pyro_bdl.backends.to_jax]) and NumPyro's NUTS runs compiled by XLA.
 
-Both return the same kind of :class:`~pyro_bdl.SamplesPosterior` with the same site
+Both return the same kind of [`SamplesPosterior`][pyro_bdl.SamplesPosterior] with the same site
 names, so prediction, saving and diagnostics do not care which backend produced it. The
 tutorial plots the two predictive bands (they should agree, and widen inside the gap and
 beyond the data) and reports wall time, compilation time, time per leapfrog step and
@@ -16,7 +16,7 @@ effective samples per second of the predictions at a few test inputs. The defaul
 runs are dominated by compilation and too short for a meaningful ESS; ``--full`` runs long
 enough for ESS/s to show the difference (see also ``benchmarks/bench_numpyro.py``).
 
-Run ``python tutorials/backends.py`` (small, a minute or less) or ``--full``.
+Run ``python tutorials/backends.py`` (small, ~40 s of CPU time) or ``--full``.
 """
 from __future__ import annotations
 

@@ -5,15 +5,15 @@ p_T(w | D) ∝ (p(D | w) p(w))^(1/T), T < 1, than with the Bayes posterior (T = 
 (2021) found no such effect without data augmentation: augmenting the data makes the likelihood
 count each image as if it were several, which is a mis-specified likelihood that cooling undoes.
 
-This tutorial is one :class:`pyro_bdl.studies.TemperatureStudy`: an MLP on the bundled 8×8
+This tutorial is one [`pyro_bdl.studies.TemperatureStudy`][pyro_bdl.studies.TemperatureStudy]: an MLP on the bundled 8×8
 digits, with and without random ±1-pixel shifts (``bdl.data.shift_images``), fitted at several
 temperatures by SGHMC (stochastic gradient HMC, Chen et al. 2014, sampling p_T: the issue's reference
 method) and by mean-field variational inference (``svi``, the tempered ELBO), and scored on the test
 split. It saves NLL-vs-T and accuracy-vs-T plots.
 
-    python tutorials/cold_posterior.py          # small: a few seconds
+    python tutorials/cold_posterior.py          # small: ~10 s of CPU time
     python tutorials/cold_posterior.py --full   # 1000 training digits, MLP 64-128-10, 6 temperatures,
-                                                # 2 seeds, 2 worker processes: 48 cells, ~10 minutes on 2 cores
+                                                # 2 seeds, 2 worker processes: 48 cells, ~15 min on 2 busy cores
 
 The same study from the shell: write the config below as TOML and run ``pyro-bdl study study.toml``.
 Every finished cell is kept in ``<out_dir>/cold_posterior_study/cells``: rerunning skips them.

@@ -16,7 +16,7 @@ the draws are collected). The figures show
 3. ``cyclical_projection.png`` — the weight draws projected on their first two principal
    components: draws from one cycle sit together, different cycles land in different places.
 
-Run ``python tutorials/cyclical_sgmcmc.py`` (small, seconds) or ``--full``.
+Run ``python tutorials/cyclical_sgmcmc.py`` (small, ~10 s of CPU time) or ``--full``.
 """
 from __future__ import annotations
 

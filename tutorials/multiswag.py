@@ -28,7 +28,7 @@ training range; the deep ensemble's members, each trained to convergence, agree 
 its band barely widens and its extrapolation NLL is about twice Multi-SWAG's. A single SWAG
 run sits in between: its Gaussian describes one basin only.
 
-Run ``python tutorials/multiswag.py`` (small, ~30 s) or ``--full`` (M = 10, longer training).
+Run ``python tutorials/multiswag.py`` (small, ~45 s of CPU time) or ``--full`` (M = 10, longer training).
 """
 from __future__ import annotations
 

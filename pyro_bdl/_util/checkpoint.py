@@ -10,9 +10,9 @@ A long run calls::
 The fingerprint is plain data describing everything that determines the run: the model (network
 structure and fixed weights and buffers, Bayesian parameters, prior, likelihood, temperature,
 tempering), the data (shapes, batching and a content hash), the method, its options and the seed
-(plus what the method adds, such as a hash of the starting point). :func:`load` resumes only a
+(plus what the method adds, such as a hash of the starting point). `load` resumes only a
 checkpoint with an identical fingerprint; any other is refused with a message naming the fields
-that differ. The file is tensors plus plain data (:func:`pyro_bdl._util.io.write`), so reading it
+that differ. The file is tensors plus plain data (`pyro_bdl._util.io.write`), so reading it
 never runs code.
 """
 from __future__ import annotations
@@ -99,7 +99,7 @@ def network_description(net: torch.nn.Module, varied: Any = ()) -> Dict[str, Any
 
 
 def model_description(model: Any) -> Dict[str, Any]:
-    """What defines a :class:`~pyro_bdl.BayesianModel`: network (structure, fixed weights and
+    """What defines a [`BayesianModel`][pyro_bdl.BayesianModel]: network (structure, fixed weights and
     buffers), which parameters are Bayesian, prior, likelihood, temperature and tempering."""
     network = model.network
     return {"network": network_description(model.net, network.param_names), "bayesian": list(network.param_names),
@@ -108,7 +108,7 @@ def model_description(model: Any) -> Dict[str, Any]:
 
 
 def data_description(data: Any) -> Dict[str, Any]:
-    """Size, batching and a content hash of a fit's data (:class:`~pyro_bdl.inference.data.FitData`).
+    """Size, batching and a content hash of a fit's data (`FitData`).
 
     Tensors are hashed directly. A user's ``DataLoader`` is hashed through its dataset (its
     ``tensors`` when it is a ``TensorDataset``, else every item in index order, with all random
@@ -229,5 +229,5 @@ def rng_state() -> Dict[str, Any]:
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
-    """Restore the RNG state saved by :func:`rng_state`."""
+    """Restore the RNG state saved by `rng_state`."""
     torch.set_rng_state(state["torch"])

@@ -1,16 +1,16 @@
 """Files pyro_bdl writes and reads back: written atomically, read without running code.
 
-* :func:`atomic_write` — a temporary file beside the target, renamed over it: a crash never leaves
-  a half-written file; the file gets the umask's permissions; :func:`remove_stale_temporaries`
+* `atomic_write` — a temporary file beside the target, renamed over it: a crash never leaves
+  a half-written file; the file gets the umask's permissions; `remove_stale_temporaries`
   clears what a killed run left.
-* :func:`write` / :func:`read` — files of tensors and plain containers (dict, list, tuple, str,
+* `write` / `read` — files of tensors and plain containers (dict, list, tuple, str,
   int, float, bool, None), written with ``torch.save`` and read with
   ``torch.load(weights_only=True)``, whose restricted unpickler refuses any other Python object,
-  so a crafted file cannot run code when loaded. :func:`read` turns an empty, truncated, garbage,
+  so a crafted file cannot run code when loaded. `read` turns an empty, truncated, garbage,
   crafted or old-format file into one ``ValueError`` naming the file and the problem;
-  :func:`check_plain` refuses, at save time, anything that could not be read back.
+  `check_plain` refuses, at save time, anything that could not be read back.
   Checkpoints, posteriors and functional priors all go through them.
-* :func:`folder_lock` — one process at a time in an output folder (a dead holder's lock is taken over).
+* `folder_lock` — one process at a time in an output folder (a dead holder's lock is taken over).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def atomic_write(path: str, write: Callable[[str], None], suffix: str = ".tmp") 
 
     The file gets the permissions an ordinary ``open(path, "w")`` would (``0o666`` minus the
     umask), not ``mkstemp``'s private ``0o600``. Temporary names start with ``.tmp-``; a run killed
-    mid-write leaves one behind, which :func:`remove_stale_temporaries` clears.
+    mid-write leaves one behind, which `remove_stale_temporaries` clears.
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -57,7 +57,7 @@ def _umask() -> int:
 
 
 def remove_stale_temporaries(directory: str) -> List[str]:
-    """Delete the ``.tmp-*`` files :func:`atomic_write` left in ``directory`` (and below) when a run
+    """Delete the ``.tmp-*`` files `atomic_write` left in ``directory`` (and below) when a run
     was killed mid-write. Call only while no other writer uses the folder (a study holds its lock).
     Returns the removed paths."""
     removed = []
@@ -74,14 +74,14 @@ def remove_stale_temporaries(directory: str) -> List[str]:
 
 
 class FolderLocked(RuntimeError):
-    """Another live process holds the lock on a folder (see :func:`folder_lock`)."""
+    """Another live process holds the lock on a folder (see `folder_lock`)."""
 
 
 @contextlib.contextmanager
 def folder_lock(directory: str, what: str = "run") -> Iterator[None]:
     """Hold ``<directory>/.lock`` (holder's PID and host) while the block runs.
 
-    A second process asking for the same folder gets :class:`FolderLocked` naming the holder. A
+    A second process asking for the same folder gets `FolderLocked` naming the holder. A
     lock left by a process that no longer exists on this host (killed) is taken over. The lock
     is an ``O_EXCL``-created file, so two processes never both get it.
     """
@@ -136,7 +136,7 @@ def _alive(holder: Dict[str, Any]) -> bool:
 
 
 def check_plain(value: Any, where: str = "state") -> None:
-    """Raise ``TypeError`` unless ``value`` is tensors and plain containers only (what :func:`read`
+    """Raise ``TypeError`` unless ``value`` is tensors and plain containers only (what `read`
     accepts), naming the first offending entry."""
     if isinstance(value, (torch.Tensor, *_PLAIN)):
         return
@@ -155,14 +155,14 @@ def check_plain(value: Any, where: str = "state") -> None:
 
 
 def write(path: str, blob: Dict[str, Any]) -> None:
-    """Atomically write ``blob`` (checked with :func:`check_plain`) to ``path``."""
+    """Atomically write ``blob`` (checked with `check_plain`) to ``path``."""
     check_plain(blob, os.path.basename(path))
     atomic_write(path, lambda tmp: torch.save(blob, tmp), suffix=".pt")
 
 
 # -- reading ------------------------------------------------------------------------------------
 def read(path: Any, fmt: str, version: int, what: str, resave: str) -> Dict[str, Any]:
-    """Read a file written by :func:`write` with ``blob["format"] == fmt`` and ``blob["version"] ==
+    """Read a file written by `write` with ``blob["format"] == fmt`` and ``blob["version"] ==
     version``, without running code.
 
     ``what`` names the kind of file in messages ("posterior"); ``resave`` says how to write a

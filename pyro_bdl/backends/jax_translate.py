@@ -1,4 +1,4 @@
-"""Deprecated module path: the torch -> JAX translation lives in :mod:`pyro_bdl.backends.jax`.
+"""Deprecated module path: the torch -> JAX translation lives in `pyro_bdl.backends.jax`.
 
 Kept importable for one release; import from ``pyro_bdl.backends`` (``to_jax``,
 ``supported_operations``, ...) instead.

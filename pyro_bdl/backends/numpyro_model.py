@@ -1,21 +1,21 @@
-"""A :class:`~pyro_bdl.BayesianModel` as a NumPyro model with the same sites and log density.
+"""A [`BayesianModel`][pyro_bdl.BayesianModel] as a NumPyro model with the same sites and log density.
 
-:class:`NumPyroModel` mirrors the Pyro model site by site:
+[`NumPyroModel`][pyro_bdl.backends.NumPyroModel] mirrors the Pyro model site by site:
 
 * one ``numpyro.sample`` site per Bayesian parameter, named as in Pyro (``"0.weight"``), whose
-  distribution is the one the model's :class:`~pyro_bdl.priors.Prior` makes for that parameter,
-  translated family by family (:func:`to_numpyro_distribution`);
+  distribution is the one the model's [`Prior`][pyro_bdl.priors.Prior] makes for that parameter,
+  translated family by family ([`to_numpyro_distribution`][pyro_bdl.backends.to_numpyro_distribution]);
 * ``"noise_scale"`` when a Gaussian / Student-t likelihood learns its noise;
 * ``"obs"`` in ``numpyro.plate("data", B)``, scaled by N/B when ``dataset_size=N`` is given;
-* the network evaluated by its JAX translation (:func:`~pyro_bdl.backends.to_jax`).
+* the network evaluated by its JAX translation ([`to_jax`][pyro_bdl.backends.to_jax]).
 
 Temperature is applied with ``numpyro.handlers.scale`` by the factors of
-:mod:`pyro_bdl.tempering` (``prior_scale`` on the prior sites, ``likelihood_scale`` on
+`pyro_bdl.tempering` (``prior_scale`` on the prior sites, ``likelihood_scale`` on
 ``"obs"``), so the NumPyro log joint is
 
     log p̃ = s_prior · log p(w) + (1/T) · (N/B) · Σᵢ log p(yᵢ | f(xᵢ; w)),
 
-exactly :meth:`BayesianModel.log_joint`.
+exactly [`BayesianModel.log_joint`][pyro_bdl.BayesianModel].
 """
 from __future__ import annotations
 
@@ -170,8 +170,8 @@ _LIKELIHOODS = (L.Gaussian, L.StudentT, L.Categorical, L.Bernoulli)
 
 
 class _Likelihood:
-    """NumPyro version of a :mod:`pyro_bdl.likelihoods` likelihood: same link (the likelihood's own
-    ``_loc_scale``), same sites. The learned noise's prior is a run-time argument (:attr:`noise_prior`)."""
+    """NumPyro version of a `pyro_bdl.likelihoods` likelihood: same link (the likelihood's own
+    ``_loc_scale``), same sites. The learned noise's prior is a run-time argument (`noise_prior`)."""
 
     def __init__(self, lik: L.Likelihood):
         self.lik = lik
@@ -215,18 +215,18 @@ def data_scale(dataset_size: Optional[int], batch: int) -> float:
 
 
 class NumPyroModel:
-    """``model`` (a :class:`~pyro_bdl.BayesianModel`) as a NumPyro model ``(x, y=None, dataset_size=None)``.
+    """``model`` (a [`BayesianModel`][pyro_bdl.BayesianModel]) as a NumPyro model ``(x, y=None, dataset_size=None)``.
 
     Same site names, same distributions, same temperature and tempering mode, hence the same
-    tempered log joint (:meth:`log_joint`) as the Pyro model. ``x`` and ``y`` are JAX/numpy
+    tempered log joint (`log_joint`) as the Pyro model. ``x`` and ``y`` are JAX/numpy
     arrays (or torch tensors); ``y`` as the likelihood's ``check_targets`` returns it.
 
     The model is split into structure and values, so that one compiled program serves every
-    model with the same structure: :meth:`model_fn` ``(args, x, y, data_scale)`` is the NumPyro
-    model with every value a run-time argument — :attr:`args` holds the prior distributions
+    model with the same structure: `model_fn` ``(args, x, y, data_scale)`` is the NumPyro
+    model with every value a run-time argument — `args` holds the prior distributions
     (NumPyro distributions are JAX pytrees: their parameters are leaves), the learned noise's
     prior, the tempering factors ``prior_scale`` and ``likelihood_scale``, and the network's
-    constants (fixed parameters, BatchNorm statistics) — and :attr:`structure_key` describes
+    constants (fixed parameters, BatchNorm statistics) — and `structure_key` describes
     everything the program bakes in (network graph and layer configuration, sites, likelihood
     family and options, shapes).
 
@@ -262,7 +262,7 @@ class NumPyroModel:
 
     @property
     def args(self) -> Dict[str, Any]:
-        """The run-time arguments of :meth:`model_fn`: every value the log density depends on (a pytree)."""
+        """The run-time arguments of `model_fn`: every value the log density depends on (a pytree)."""
         dtype = jnp.result_type(float)
         return {"priors": {site: d for site, (_, d) in self.priors.items()}, "noise_prior": self.likelihood.noise_prior,
                 "prior_scale": jnp.asarray(self.prior_scale, dtype),
@@ -270,7 +270,7 @@ class NumPyroModel:
 
     @property
     def structure_key(self) -> Tuple:
-        """Hashable: equal keys mean :meth:`model_fn` traces to the same program for args of the same structure."""
+        """Hashable: equal keys mean `model_fn` traces to the same program for args of the same structure."""
         return (self.net.structure_key, tuple((s, n) for s, (n, _) in self.priors.items()), self.likelihood.structure_key)
 
     def forward(self, weights: Dict[str, jnp.ndarray], x: jnp.ndarray,
@@ -280,7 +280,7 @@ class NumPyroModel:
         return self.net({**(self.net.constants if constants is None else constants), **values}, x)
 
     def model_fn(self, args: Dict[str, Any], x: Any, y: Any = None, data_scale: Any = 1.0) -> jnp.ndarray:
-        """The NumPyro model with its values as arguments (:attr:`args`); ``data_scale`` is N/B."""
+        """The NumPyro model with its values as arguments (`args`); ``data_scale`` is N/B."""
         x = as_jax_array(x)
         y = None if y is None else as_jax_array(y)
         with numpyro.handlers.scale(scale=args["prior_scale"]):
@@ -297,7 +297,7 @@ class NumPyroModel:
     def log_joint(self, values: Dict[str, Any], x: Any, y: Any, dataset_size: Optional[int] = None) -> jnp.ndarray:
         """The tempered log joint at ``values`` (``{site: array}``): NumPyro's ``log_density`` of this model.
 
-        Equal to :meth:`BayesianModel.log_joint` of the Pyro model up to float rounding.
+        Equal to [`BayesianModel.log_joint`][pyro_bdl.BayesianModel] of the Pyro model up to float rounding.
         """
         missing = [s for s in self.sites if s not in values]
         if missing:

@@ -1,15 +1,15 @@
 """Metrics of predictive distributions.
 
-Every classification metric takes a :class:`~pyro_bdl.posterior.predictive.BMAPredictive` or a tensor of
+Every classification metric takes a [`BMAPredictive`][pyro_bdl.BMAPredictive] or a tensor of
 class probabilities ``(n, C)`` (a 1-D tensor is read as Bernoulli probabilities of class 1);
-regression metrics take a :class:`~pyro_bdl.posterior.predictive.BMAPredictive`. Averages are over test
+regression metrics take a [`BMAPredictive`][pyro_bdl.BMAPredictive]. Averages are over test
 points.
 
-Classification: :func:`accuracy`, :func:`nll`, :func:`brier`, :func:`ece` (with
-:func:`calibration_bins` behind the reliability diagram), :func:`entropy`, :func:`ood_auroc`.
-Regression: :func:`rmse`, :func:`nll` (the Gaussian-mixture NLL of the BMA), :func:`coverage`,
-:func:`crps`. Between two predictive distributions (Izmailov et al. 2021, "What are Bayesian
-neural network posteriors really like?", §5): :func:`agreement` and :func:`total_variation`.
+Classification: `accuracy`, `nll`, `brier`, `ece` (with
+`calibration_bins` behind the reliability diagram), `entropy`, `ood_auroc`.
+Regression: `rmse`, `nll` (the Gaussian-mixture NLL of the BMA), `coverage`,
+`crps`. Between two predictive distributions (Izmailov et al. 2021, "What are Bayesian
+neural network posteriors really like?", §5): `agreement` and `total_variation`.
 
 Numerics: the BMA log density is a log-sum-exp over draws of each draw's log density, which
 the likelihood computes from logits (no log(0)); probabilities given directly are clamped at the
@@ -131,7 +131,7 @@ def calibration_bins(pred: Predictive, y: torch.Tensor, num_bins: int = 15) -> C
     """Bin the top-1 confidence into ``num_bins`` equal-width bins ((k−1)/K, k/K].
 
     Confidence 1 falls in the last bin and the smallest confidences in the first, so every
-    prediction lands in a bin. Behind :func:`ece` and :func:`pyro_bdl.plots.reliability_diagram`.
+    prediction lands in a bin. Behind `ece` and `pyro_bdl.plots.reliability_diagram`.
     """
     check_int(num_bins, 'num_bins', 1)
     p = _class_probs(pred)
@@ -155,7 +155,7 @@ def calibration_bins(pred: Predictive, y: torch.Tensor, num_bins: int = 15) -> C
 def ece(pred: Predictive, y: torch.Tensor, num_bins: int = 15) -> float:
     """Expected calibration error with equal-width confidence bins (Guo et al. 2017).
 
-    ECE = Σ_b (n_b / n) · |acc(b) − conf(b)|, bins ((k−1)/K, k/K]; see :func:`calibration_bins`.
+    ECE = Σ_b (n_b / n) · |acc(b) − conf(b)|, bins ((k−1)/K, k/K]; see `calibration_bins`.
     """
     bins = calibration_bins(pred, y, num_bins)
     gap = (bins.accuracy - bins.confidence).abs().nan_to_num(0.0)
@@ -208,7 +208,7 @@ def agreement(pred_a: Predictive, pred_b: Predictive) -> float:
     """Top-1 agreement (Izmailov et al. 2021, eq. 5): (1/n) Σᵢ 1[argmax_c p_a(c|xᵢ) = argmax_c p_b(c|xᵢ)].
 
     Used to compare an approximate posterior's predictions with a reference (HMC); 1 is perfect.
-    Classification only (for regression use :func:`total_variation`).
+    Classification only (for regression use `total_variation`).
     """
     for p in (pred_a, pred_b):
         if isinstance(p, BMAPredictive) and p.kind != "classification":

@@ -1,12 +1,12 @@
 """Plots with matplotlib. Every function returns the ``Figure`` (it never calls ``plt.show()``);
 pass ``ax`` to draw into an existing axes.
 
-* :func:`predictive_band` — 1-D regression: BMA mean and central predictive intervals;
-* :func:`reliability_diagram` — accuracy against confidence in equal-width bins, with the ECE;
-* :func:`rhat_ess_over_inputs` — function-space R-hat and ESS per input, from
-  :func:`pyro_bdl.diagnostics.summary`.
+* `predictive_band` — 1-D regression: BMA mean and central predictive intervals;
+* `reliability_diagram` — accuracy against confidence in equal-width bins, with the ECE;
+* `rhat_ess_over_inputs` — function-space R-hat and ESS per input, from
+  [`pyro_bdl.diagnostics.summary`][pyro_bdl.evaluate.diagnostics.summary].
 
-For trace, rank, energy and LOO plots use ArviZ on :meth:`~pyro_bdl.Posterior.to_arviz`.
+For trace, rank, energy and LOO plots use ArviZ on [`to_arviz`][pyro_bdl.Posterior].
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def predictive_band(pred, x: torch.Tensor, *, levels: Sequence[float] = (0.5, 0.
     """Predictive mean and central intervals of a 1-D regression over inputs ``x``.
 
     Args:
-        pred: a regression :class:`~pyro_bdl.posterior.predictive.BMAPredictive` at ``x`` or a posterior
+        pred: a regression [`BMAPredictive`][pyro_bdl.BMAPredictive] at ``x`` or a posterior
             (then ``posterior.predict(x, num_samples)`` is used).
         x: inputs ``(B,)`` or ``(B, 1)``, plotted in sorted order.
         levels: central interval coverages, shaded from wide (light) to narrow (dark).
@@ -84,12 +84,12 @@ def predictive_band(pred, x: torch.Tensor, *, levels: Sequence[float] = (0.5, 0.
 def reliability_diagram(pred, y: torch.Tensor, *, num_bins: int = 15, ax=None, title: Optional[str] = None):
     """Reliability diagram: accuracy per equal-width confidence bin against the diagonal.
 
-    Bars show each bin's accuracy (bins as in :func:`pyro_bdl.metrics.calibration_bins`, so
+    Bars show each bin's accuracy (bins as in `pyro_bdl.metrics.calibration_bins`, so
     every prediction lands in a bin), the red segments the gap to the bin's mean confidence;
     the title gives the ECE. Bars under the diagonal mean overconfidence.
 
     Args:
-        pred: a classification :class:`~pyro_bdl.posterior.predictive.BMAPredictive` or class probabilities ``(n, C)``.
+        pred: a classification [`BMAPredictive`][pyro_bdl.BMAPredictive] or class probabilities ``(n, C)``.
         y: class indices ``(n,)``.
     """
     bins = metrics.calibration_bins(pred, y, num_bins)
@@ -121,7 +121,7 @@ def rhat_ess_over_inputs(table, x: Optional[torch.Tensor] = None, *, rhat_thresh
     """Function-space R-hat (top) and bulk/tail ESS (bottom) per input.
 
     Args:
-        table: the DataFrame of :func:`pyro_bdl.diagnostics.summary` (its ``prediction`` rows;
+        table: the DataFrame of [`pyro_bdl.diagnostics.summary`][pyro_bdl.evaluate.diagnostics.summary] (its ``prediction`` rows;
             for several outputs per input the worst is shown: largest R-hat, smallest ESS).
         x: 1-D inputs to use as the horizontal axis (default: the input index).
     """

@@ -13,7 +13,7 @@ def example_configs() -> List[str]:
 
 
 def example_config(name: str) -> str:
-    """The path of the bundled study config ``name`` (see :func:`example_configs`)."""
+    """The path of the bundled study config ``name`` (see [`example_configs`][pyro_bdl.studies.example_configs])."""
     available = example_configs()
     if name not in available:
         raise ValueError(f"no example study {name!r}; examples: {', '.join(available)}")

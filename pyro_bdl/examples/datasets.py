@@ -11,11 +11,11 @@ Image data sets (``IMAGE_SHAPES``: digits, MNIST) are standardised with ONE glob
 over all training pixels: per-pixel scaling divides rarely inked border pixels by a tiny std, so
 clean digits reach |x| ≈ 40–90 and a one-pixel shift moves ink onto them at |x| in the hundreds.
 Tables are standardised per feature.
-* :func:`gap_regression` — synthetic 1-D regression with a gap in the inputs, where a good
+* `gap_regression` — synthetic 1-D regression with a gap in the inputs, where a good
   posterior's predictive band widens away from the data.
-* :func:`pca_features` — the inputs projected on their first k principal components (fitted on
+* `pca_features` — the inputs projected on their first k principal components (fitted on
   the training split, whitened), for problems small enough for full-batch HMC.
-* :func:`corrupt` — input corruptions (Gaussian noise, a covariate shift, image translation)
+* `corrupt` — input corruptions (Gaussian noise, a covariate shift, image translation)
   at graded severities 1–5, for tests of calibration under covariate shift.
 """
 from __future__ import annotations
@@ -79,7 +79,7 @@ class Dataset:
     def shift_augmentation(self, max_shift: int = 1, flip: bool = False) -> Callable:
         """The ``augment(x, generator)`` hook of random ±``max_shift``-pixel shifts for this image data set.
 
-        A picklable ``functools.partial`` of :func:`shift_images` bound to the data set's image
+        A picklable ``functools.partial`` of `shift_images` bound to the data set's image
         shape and standardisation, so ink moves in pixel space and the background stays background.
         """
         if self.image_shape is None:
@@ -88,7 +88,7 @@ class Dataset:
                                  mean=self.x_mean, std=self.x_std)
 
     def corrupted(self, kind: str, severity: int, seed: int = 0) -> "Dataset":
-        """A copy whose test inputs are corrupted (:func:`corrupt`); the training split is unchanged."""
+        """A copy whose test inputs are corrupted (`corrupt`); the training split is unchanged."""
         x = corrupt(self.x_test, kind, severity, seed=seed, image_shape=self.image_shape)
         return replace(self, name=f"{self.name}-{kind}-{severity}", x_test=x)
 
@@ -187,12 +187,12 @@ def shift_images(x: torch.Tensor, generator: Optional[torch.Generator] = None, *
     (dy, dx) drawn uniformly from {−max_shift, …, max_shift}², pixels moved in from outside set to
     the background 0, and with ``flip=True`` mirrored left-right with probability ½ (right for
     natural images, wrong for digits, where a mirrored 2 is no 2). When the features were
-    standardised, pass the training ``mean`` and ``std`` (scalars for :func:`load_dataset`'s global
+    standardised, pass the training ``mean`` and ``std`` (scalars for `load_dataset`'s global
     image scaling, or per pixel): the image is unstandardised, shifted in pixel space (so the
     background stays the true background, raw pixel 0) and standardised again. Every output value is
     an input pixel or the background, so the shifted data never leave the clean data's range.
 
-    It is an ``augment(x, generator)`` hook for :func:`pyro_bdl.fit`; :meth:`Dataset.shift_augmentation`
+    It is an ``augment(x, generator)`` hook for [`pyro_bdl.fit`][pyro_bdl.fit]; `Dataset.shift_augmentation`
     binds the options (a picklable ``functools.partial``, for process pools). This is the
     ±1-pixel shift of the cold-posterior studies (Wenzel et al. 2020; Izmailov et al. 2021).
     """
@@ -265,7 +265,7 @@ def corrupt(x: torch.Tensor, kind: str, severity: int, seed: int = 0,
             image_shape: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """Corrupt inputs ``x`` (rows are points) at ``severity`` 0 (none) to 5, reproducibly.
 
-    For standardised features (as :func:`load_dataset` returns them):
+    For standardised features (as `load_dataset` returns them):
 
     * ``"gaussian_noise"`` — x + σ·ε, ε ~ N(0, I), σ = 0.1, 0.25, 0.5, 0.75, 1.0;
     * ``"shift"`` — a covariate (mean) shift x + δ·u along one fixed random direction u with

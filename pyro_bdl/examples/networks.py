@@ -1,6 +1,6 @@
 """Networks by name: the small fully connected nets the CLI and studies build from a config.
 
-:func:`mlp` builds ``in_dim → hidden... → out_dim``; :func:`resolve_factory` turns a network
+`mlp` builds ``in_dim → hidden... → out_dim``; `resolve_factory` turns a network
 name (``"mlp"``) or an import path ``"package.module:factory"`` into the function that builds it.
 """
 from __future__ import annotations

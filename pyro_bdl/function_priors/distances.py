@@ -3,18 +3,18 @@
 Draws are matrices ``(num_draws, num_values)``: row s holds one function evaluated at the
 measurement inputs (all outputs flattened). Three distances:
 
-* :func:`gaussian_w2` — the closed-form 2-Wasserstein distance between the Gaussians fitted to
+* [`gaussian_w2`][pyro_bdl.function_priors.gaussian_w2] — the closed-form 2-Wasserstein distance between the Gaussians fitted to
   the two sets of draws (means μ, covariances Σ; Dowson & Landau 1982, Givens & Shortt 1984):
 
       W₂²(N(μ₁, Σ₁), N(μ₂, Σ₂)) = ‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr (Σ₁^{½} Σ₂ Σ₁^{½})^{½}.
 
   Cheap and stable; it compares only first and second moments, which is all there is to a GP.
-* :class:`WassersteinCritic` / :func:`dual_w1` — the 1-Wasserstein distance in its
+* [`WassersteinCritic`][pyro_bdl.function_priors.WassersteinCritic] / [`dual_w1`][pyro_bdl.function_priors.dual_w1] — the 1-Wasserstein distance in its
   Kantorovich–Rubinstein dual form, W₁(p, q) = sup_{‖φ‖_L ≤ 1} E_p[φ(f)] − E_q[φ(f)], with φ a
   neural critic kept 1-Lipschitz by a gradient penalty (Gulrajani et al. 2017) or spectral
   normalisation (Miyato et al. 2018). This is the objective of Tran et al. 2022 ("All you need is a
   good functional prior for Bayesian deep learning", JMLR), exact for non-Gaussian processes too.
-* :func:`mmd` — the kernel maximum mean discrepancy (Gretton et al. 2012), a second, moment-free check.
+* [`mmd`][pyro_bdl.function_priors.mmd] — the kernel maximum mean discrepancy (Gretton et al. 2012), a second, moment-free check.
 """
 from __future__ import annotations
 
@@ -126,8 +126,8 @@ class WassersteinCritic(nn.Module):
     * ``lipschitz="spectral"``: spectral normalisation of every weight matrix (Miyato et al. 2018);
       LeakyReLU is 1-Lipschitz, so φ is, but the class is smaller and the estimate lower.
 
-    :meth:`update` takes critic steps (Adam) that maximise E_f φ − E_g φ − penalty on detached draws;
-    :meth:`dual` is the differentiable estimate E_f φ − E_g φ that the prior's parameters minimise.
+    `update` takes critic steps (Adam) that maximise E_f φ − E_g φ − penalty on detached draws;
+    `dual` is the differentiable estimate E_f φ − E_g φ that the prior's parameters minimise.
 
     Args:
         num_values: M, the length of one function draw (points × outputs).
@@ -197,7 +197,7 @@ class WassersteinCritic(nn.Module):
 
 def dual_w1(f: torch.Tensor, g: torch.Tensor, steps: int = 500, seed: int = 0, **critic_options) -> float:
     """W₁ between the empirical distributions of draws ``f`` and ``g`` by training a fresh
-    :class:`WassersteinCritic` for ``steps`` steps; returns its final dual estimate E_f φ − E_g φ."""
+    [`WassersteinCritic`][pyro_bdl.function_priors.WassersteinCritic] for ``steps`` steps; returns its final dual estimate E_f φ − E_g φ."""
     f, g = _as_draws(f, "f"), _as_draws(g, "g")
     if f.shape[1] != g.shape[1]:
         raise ValueError(f"f and g must hold values at the same points: {f.shape[1]} vs {g.shape[1]} values per draw")

@@ -15,12 +15,12 @@ and the target's f(X) at measurement inputs X, which are resampled every step:
 
 Both sides are represented by draws. Network draws are reparametrised, w = μ + σ ⊙ ε with
 ε ~ N(0, I), so gradients with respect to log σ are pathwise, and many draws are evaluated in one
-vectorised forward (:meth:`pyro_bdl.LiftedNetwork.forward`). D is the closed-form 2-Wasserstein
+vectorised forward ([`pyro_bdl.LiftedNetwork.forward`][pyro_bdl.LiftedNetwork]). D is the closed-form 2-Wasserstein
 distance between Gaussians fitted to the two sets of draws (``distance="gaussian_w2"``, default)
 or the dual 1-Wasserstein distance with a Lipschitz critic (``distance="dual_w1"``, as Tran et al.).
-See :mod:`pyro_bdl.function_priors.distances`.
+See `pyro_bdl.function_priors.distances`.
 
-The result, :class:`FunctionalPrior`, is an ordinary :class:`~pyro_bdl.priors.Prior`: after fitting,
+The result, [`FunctionalPrior`][pyro_bdl.function_priors.FunctionalPrior], is an ordinary [`Prior`][pyro_bdl.priors.Prior]: after fitting,
 its hyperparameters are constants, so it works with every inference method. Fits are reported
 honestly: the held-out distance on fresh inputs and fresh draws is printed beside the GP-vs-GP
 sampling floor (the distance between two independent sets of target draws of the same size),
@@ -85,7 +85,7 @@ def prior_predictive(net: nn.Module, prior: Any, x: torch.Tensor, num_samples: i
 
     Returns the network outputs for all draws, shape ``(num_samples, len(x), out_dim)`` (the net's
     own output shape behind the draw dim), evaluated in one vectorised call (no Python loop).
-    ``prior`` is anything :class:`~pyro_bdl.BayesianModel` accepts (a :class:`FunctionalPrior`,
+    ``prior`` is anything [`BayesianModel`][pyro_bdl.BayesianModel] accepts (a [`FunctionalPrior`][pyro_bdl.function_priors.FunctionalPrior],
     ``Gaussian(0, 1)``, ``FanInGaussian()``, a ``{pattern: prior}`` dict, a hierarchical function).
     """
     if not torch.is_tensor(x):
@@ -112,7 +112,7 @@ def function_distance(net: nn.Module, prior: Any, target: Any, inputs: Any, num_
     """How close the network's prior over functions is to ``target``, with its sampling floor.
 
     For each of ``num_repeats`` fresh measurement sets X (from ``inputs``, as in
-    :meth:`FunctionalPrior.fit`), ``num_samples`` prior function draws are compared with
+    [`FunctionalPrior.fit`][pyro_bdl.function_priors.FunctionalPrior]), ``num_samples`` prior function draws are compared with
     ``num_samples`` target draws, and two independent sets of ``num_samples`` target draws are
     compared with each other (the GP-vs-GP *floor*: no prior can do better with that many draws).
 
@@ -154,9 +154,9 @@ class FunctionalPrior(Prior):
     Pyro site ``"prior_scale.<site>"`` (so ``scale_l`` is the hyperprior's median) and
     w_l | scale_l ~ N(loc_l, scale_l²).
 
-    Build one with :meth:`fit` (or from numbers). After fitting the hyperparameters are constants,
+    Build one with [`fit`][pyro_bdl.fit] (or from numbers). After fitting the hyperparameters are constants,
     so the prior works with every inference method; ``print(prior)`` shows them per layer with the
-    fit report, :meth:`save` / :meth:`load` store them.
+    fit report, `save` / `load` store them.
 
     Args:
         scales: ``{site: scale}``.
@@ -221,29 +221,29 @@ class FunctionalPrior(Prior):
 
         Args:
             net: the network (its current weights are not used, only its architecture).
-            target: a :class:`~pyro_bdl.function_priors.GP`, an object with ``sample(x, n, generator)``, or
+            target: a [`GP`][pyro_bdl.function_priors.GP], an object with ``sample(x, n, generator)``, or
                 such a function. Networks with several outputs are matched to independent draws.
             inputs: where functions are compared, resampled each step: a tensor of inputs (rows drawn
-                from it, e.g. the training data), a :class:`Box`, or ``fn(num_points, generator)``;
-                see :func:`measurement_sampler`.
+                from it, e.g. the training data), a [`Box`][pyro_bdl.function_priors.Box], or ``fn(num_points, generator)``;
+                see [`measurement_sampler`][pyro_bdl.function_priors.measurement_sampler].
             steps: optimiser steps (Adam on log-scales, locs and log τ; step size decayed
                 exponentially from ``lr`` to ``lr * lr_decay``).
             seed: every draw comes from a generator seeded with it (same seed, same prior).
             num_samples: function draws per side and step.
             num_points: measurement inputs per step (default 64; for a tensor, all rows if None).
             distance: ``"gaussian_w2"`` (closed form, default) or ``"dual_w1"`` (Lipschitz critic,
-                ``critic_steps`` critic updates per step, :class:`WassersteinCritic` options in
+                ``critic_steps`` critic updates per step, [`WassersteinCritic`][pyro_bdl.function_priors.WassersteinCritic] options in
                 ``critic_options``).
             learn_loc: also learn one loc per parameter tensor (default: locs stay 0).
             hierarchical: learn a LogNormal hyperprior per scale (median and τ, τ starting at
                 ``hyper_scale``) instead of a fixed scale.
             eval_samples, eval_repeats: size of the held-out check after fitting (fresh inputs, fresh
                 draws), reported with the GP-vs-GP floor in ``prior.report`` and printed if ``verbose``.
-            deterministic, bayesian, prefix: as for :class:`~pyro_bdl.BayesianModel` (use the same).
+            deterministic, bayesian, prefix: as for [`BayesianModel`][pyro_bdl.BayesianModel] (use the same).
             progress: a progress bar (default: on a terminal).
 
         Starts from the fan-in prior N(0, 1/fan_in) for weights and N(0, 1) for biases
-        (:class:`~pyro_bdl.priors.FanInGaussian`).
+        ([`FanInGaussian`][pyro_bdl.priors.FanInGaussian]).
         """
         target = as_target(target)
         check_int(steps, "steps")
@@ -352,7 +352,7 @@ class FunctionalPrior(Prior):
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> "FunctionalPrior":
-        """Rebuild a fitted prior from the state dict that :meth:`save` writes."""
+        """Rebuild a fitted prior from the state dict that `save` writes."""
         if not isinstance(state, Mapping) or state.get("format") != FORMAT:
             raise ValueError("not a FunctionalPrior state (written by FunctionalPrior.save)")
         if state["version"] > FORMAT_VERSION:
@@ -369,7 +369,7 @@ class FunctionalPrior(Prior):
 
     @classmethod
     def load(cls, path: str) -> "FunctionalPrior":
-        """Read a prior written by :meth:`save` without running anything from the file (a crafted,
+        """Read a prior written by `save` without running anything from the file (a crafted,
         empty, truncated or foreign file raises ``ValueError`` naming the file and the problem)."""
         state = io.read(path, FORMAT, FORMAT_VERSION, "FunctionalPrior", "fit the prior again and save it")
         try:

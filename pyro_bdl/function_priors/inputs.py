@@ -44,7 +44,7 @@ def measurement_sampler(inputs: Any, num_points: Optional[int]) -> Callable[[tor
     * a tensor ``(N, input_dim)`` (e.g. the training inputs): ``num_points`` rows drawn without
       replacement every step, or all N rows every step (a fixed, user-given set) when
       ``num_points`` is None or ≥ N;
-    * a :class:`Box`: ``num_points`` (default 64) uniform draws;
+    * a [`Box`][pyro_bdl.function_priors.Box]: ``num_points`` (default 64) uniform draws;
     * a callable ``fn(num_points, generator) -> (num_points, input_dim)``.
     """
     if num_points is not None:

@@ -4,7 +4,7 @@ A *target* is anything that draws function values at given inputs:
 
     target.sample(x, num_samples, generator) -> (num_samples, len(x))
 
-:class:`GP` is a zero-mean (or constant-mean) Gaussian process f ~ GP(m, k) with one of the
+[`GP`][pyro_bdl.function_priors.GP] is a zero-mean (or constant-mean) Gaussian process f ~ GP(m, k) with one of the
 stationary kernels below (r = ‖x − x'‖ after dividing every input dimension by its lengthscale ℓ,
 σ² the variance):
 
@@ -17,7 +17,7 @@ stationary kernels below (r = ‖x − x'‖ after dividing every input dimensio
 (Rasmussen & Williams 2006, ch. 4). ``lengthscale`` (and ``period``) may be one number or one
 per input dimension (ARD). A kernel may also be any callable ``k(x1, x2) -> (n1, n2)`` matrix.
 
-:class:`FunctionSampler` wraps a user function ``fn(x, num_samples, generator)`` as a target,
+[`FunctionSampler`][pyro_bdl.function_priors.FunctionSampler] wraps a user function ``fn(x, num_samples, generator)`` as a target,
 so a prior can be fitted to any process one can draw from (e.g. a GP with a random lengthscale).
 """
 from __future__ import annotations
@@ -184,8 +184,8 @@ class FunctionSampler:
 
 
 def as_target(target: Any) -> Any:
-    """A :class:`GP`, any object with ``sample(x, num_samples, generator)``, or a plain function
-    ``fn(x, num_samples, generator)`` (wrapped in :class:`FunctionSampler`)."""
+    """A [`GP`][pyro_bdl.function_priors.GP], any object with ``sample(x, num_samples, generator)``, or a plain function
+    ``fn(x, num_samples, generator)`` (wrapped in [`FunctionSampler`][pyro_bdl.function_priors.FunctionSampler])."""
     if hasattr(target, "sample") and callable(target.sample):
         return target
     if callable(target):

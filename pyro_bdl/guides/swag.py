@@ -1,11 +1,11 @@
 """SWAG: SWA-Gaussian as a Pyro guide (Maddox et al. 2019, "A Simple Baseline for Bayesian
 Uncertainty in Deep Learning").
 
-While SGD runs, :class:`SWAG` is a point mass at the current iterate θ (all latent sites
-flattened to one unconstrained vector by :class:`~pyro_bdl.model.potential.Objective`),
+While SGD runs, [`SWAG`][pyro_bdl.guides.SWAG] is a point mass at the current iterate θ (all latent sites
+flattened to one unconstrained vector by `Objective`),
 so Pyro's ``SVI`` with ``Trace_ELBO`` and an SGD optimiser follows the gradient of the MAP
 objective log p̃(D, w(θ)) + log|det ∂w/∂θ|. After each epoch past ``swa_start`` the user calls
-:meth:`SWAG.collect`, which records the iterate θ_i into
+[`SWAG.collect`][pyro_bdl.guides.SWAG], which records the iterate θ_i into
 
 * the running mean θ̄ = (1/n) Σ θ_i and second moment (1/n) Σ θ_i² (kept as Welford's sum of
   squared deviations, which equals n·(mean of θ² − θ̄²) without its cancellation error);
@@ -17,7 +17,7 @@ The SWAG posterior is then the Gaussian
     q(θ) = N(θ̄, scale · (diag(σ²) + DᵀD / (k − 1))),   σ² = max(mean θ² − θ̄², var_clamp),
 
 sampled as θ = θ̄ + √scale · (σ ⊙ z₁ + Dᵀz₂ / √(k − 1)), z₁ ~ N(0, I_P), z₂ ~ N(0, I_k),
-in O(k·P) time and memory: the P × P covariance is never formed (:class:`SWAGNormal`).
+in O(k·P) time and memory: the P × P covariance is never formed ([`SWAGNormal`][pyro_bdl.guides.SWAGNormal]).
 k is the number of stored deviations (k < K while fewer than K snapshots exist). ``scale``
 defaults to 0.5 as in the paper. Variants: ``"diagonal"`` (SWAG-Diag, drop the low-rank
 term) and ``"swa"`` (a point mass at θ̄, stochastic weight averaging, Izmailov et al. 2018).
@@ -28,8 +28,8 @@ point mass at the iterate, so training can go on between collections. (So does
 ``SVI.evaluate_loss``, which runs without gradients: after collection it scores a SWAG draw.)
 
 A network with BatchNorm predicts with its stored statistics under plain ``Predictive``;
-:meth:`pyro_bdl.SWAGPosterior.predict` (what ``fit(method="swag")`` returns) recomputes them
-for every draw (:mod:`pyro_bdl.batchnorm`).
+`pyro_bdl.SWAGPosterior.predict` (what ``fit(method="swag")`` returns) recomputes them
+for every draw (`pyro_bdl.batchnorm`).
 """
 from __future__ import annotations
 
@@ -147,18 +147,18 @@ class SWAG(AutoGuide):
                 guide.collect()
         samples = Predictive(model, guide=guide, num_samples=30)(x_test)
 
-    :func:`pyro_bdl.fit` with ``method="swag"`` runs the same guide with the learning-rate
-    schedule of the paper and returns a :class:`~pyro_bdl.posterior.swag.SWAGPosterior`.
+    [`pyro_bdl.fit`][pyro_bdl.fit] with ``method="swag"`` runs the same guide with the learning-rate
+    schedule of the paper and returns a [`SWAGPosterior`][pyro_bdl.SWAGPosterior].
 
     Args:
-        model: a :class:`~pyro_bdl.BayesianModel`, or any Pyro model whose first argument is the
+        model: a [`BayesianModel`][pyro_bdl.BayesianModel], or any Pyro model whose first argument is the
             inputs and whose latent sites are all global (outside plates).
         rank: K, the number of deviation columns kept (the paper's K = 20).
         scale: covariance scale of the samples (0.5 in the paper).
         variant: ``"swag"``, ``"diagonal"`` (SWAG-Diag) or ``"swa"`` (mean only).
         var_clamp: floor on the diagonal variance σ².
         init_loc_fn: Pyro init strategy for the starting point; default: the network's current
-            weights for a :class:`~pyro_bdl.BayesianModel`, a prior draw otherwise.
+            weights for a [`BayesianModel`][pyro_bdl.BayesianModel], a prior draw otherwise.
     """
 
     def __init__(self, model: Callable, rank: int = 20, scale: float = 0.5, variant: str = "swag",
@@ -229,7 +229,7 @@ class SWAG(AutoGuide):
 
     @property
     def num_snapshots(self) -> int:
-        """n, how many iterates :meth:`collect` has recorded."""
+        """n, how many iterates `collect` has recorded."""
         return 0 if self.objective is None else int(self.swa_count)
 
     @property
@@ -281,7 +281,7 @@ class SWAG(AutoGuide):
 
     # -- the posterior --------------------------------------------------------------------
     def get_posterior(self, variant: Optional[str] = None, scale: Optional[float] = None) -> dist.TorchDistribution:
-        """q(θ) over the flat unconstrained vector: :class:`SWAGNormal`, or a Delta at θ̄ for ``"swa"``.
+        """q(θ) over the flat unconstrained vector: [`SWAGNormal`][pyro_bdl.guides.SWAGNormal], or a Delta at θ̄ for ``"swa"``.
 
         With fewer than two snapshots there is no low-rank term (k − 1 = 0) and ``"swag"`` is diagonal.
         """

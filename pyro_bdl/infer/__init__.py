@@ -1,4 +1,4 @@
-"""Inference: :func:`fit` dispatches to one module per family of methods."""
+"""Inference: [`fit`][pyro_bdl.fit] dispatches to one module per family of methods."""
 from . import ensemble, mcmc, sgmcmc, svi, swag  # noqa: F401  (registers the methods)
 from .fit import fit, method_options, methods
 from .registry import METHODS, register

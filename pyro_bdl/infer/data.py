@@ -1,6 +1,6 @@
-"""Training data for :func:`pyro_bdl.fit`: tensors or a DataLoader, seen as minibatches or in full.
+"""Training data for [`pyro_bdl.fit`][pyro_bdl.fit]: tensors or a DataLoader, seen as minibatches or in full.
 
-Inputs are what :mod:`pyro_bdl.model.inputs` calls an input batch: one tensor, or a tuple of
+Inputs are what `pyro_bdl.model.inputs` calls an input batch: one tensor, or a tuple of
 tensors for a network whose ``forward`` takes several (``forward(x1, x2)``); a DataLoader then
 yields ``((x1, x2), y)`` batches.
 """
@@ -28,7 +28,7 @@ class FitData:
     to the model so that the likelihood of B points is scaled by N/B.
 
     ``augment(x, generator) -> x`` (optional) transforms the inputs of every minibatch drawn by
-    :meth:`epoch` / :meth:`steps` (data augmentation, e.g. random pixel shifts); :meth:`full`
+    `epoch` / `steps` (data augmentation, e.g. random pixel shifts); `full`
     always returns the data as given.
     """
 
@@ -124,7 +124,7 @@ class FitData:
 
     @property
     def random_batch_size(self) -> int:
-        """The size of :meth:`random_batches`' batches: the loader's batch size (N without minibatches)."""
+        """The size of `random_batches`' batches: the loader's batch size (N without minibatches)."""
         return getattr(self.loader, "batch_size", None) or max(1, self.dataset_size // self.num_batches)
 
     def random_batches(self, num_batches: int, generator: Optional[torch.Generator] = None) -> Iterator[Batch]:

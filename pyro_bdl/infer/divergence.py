@@ -8,7 +8,7 @@ A run has *diverged* when its loss
   temperature T (``N/T`` for a total loss), so a well-started run bouncing around is never stopped;
 * falls below any attainable value: ``loss < floor − max(start − floor, unit)``.
 
-The floor is a valid lower bound of the loss (:func:`loss_floor`), from the model's trace.
+The floor is a valid lower bound of the loss (`loss_floor`), from the model's trace.
 With ``a`` the prior's tempering factor (1/T for posterior tempering, 1 for likelihood
 tempering) and ``s = (1/T)·N/B`` the likelihood's:
 
@@ -56,11 +56,11 @@ class DivergenceCheck:
     Args:
         method: the method's name, for the message (``"svi"``, ``"swag"``, ...).
         lr: the learning rate in use (named in the message with the fix).
-        floor: a valid lower bound of the loss (:func:`loss_floor`; ``-inf``: none).
+        floor: a valid lower bound of the loss (`loss_floor`; ``-inf``: none).
         unit: the loss of one nat per data point (``N/T`` for total losses, ``1/T`` per data point).
         growth: how many times its initial excess over the floor the loss may grow.
 
-    The first finite loss checked is the start. Raises :class:`DivergenceError` (a
+    The first finite loss checked is the start. Raises `DivergenceError` (a
     ``FloatingPointError``) naming the loss, the step, the learning rate and the fix.
     """
 
@@ -78,7 +78,7 @@ class DivergenceCheck:
                               "scale (standardise inputs and regression targets).")
 
     def check(self, value: float, step: int, lr: Optional[float] = None) -> None:
-        """Raise :class:`DivergenceError` if ``value`` (this step's loss) shows divergence.
+        """Raise `DivergenceError` if ``value`` (this step's loss) shows divergence.
         ``lr``: the current learning rate when a schedule changes it."""
         if not math.isfinite(value):
             self._fail(value, step, "not finite", lr)

@@ -1,6 +1,6 @@
 """Deep ensembles (Lakshminarayanan et al. 2017) as an approximate Bayesian model average.
 
-M members are MAP fits (:func:`pyro_bdl.infer.svi.fit_map`: maximise the tempered
+M members are MAP fits (`pyro_bdl.infer.svi.fit_map`: maximise the tempered
 log p̃(D, w) with Adam) that differ only in their seed: member m starts from a fresh default
 initialisation of the network, ``model.initial_values(seed=s_m)``, and shuffles its
 minibatches with ``s_m``, where ``s_0, …, s_{M−1} = spawn_seeds(seed, M)`` (independent of every
@@ -9,11 +9,11 @@ other seed's members). The posterior is the equal-weight mixture of point masses
     p(w | D) ≈ (1/M) Σ_m δ(w − ŵ_m),   p(y | x, D) ≈ (1/M) Σ_m p(y | x, ŵ_m),
 
 which Wilson & Izmailov (2020) read as a Bayesian model average over basins of attraction.
-It is a :class:`~pyro_bdl.SamplesPosterior` with M chains of one draw each, so members are
+It is a [`SamplesPosterior`][pyro_bdl.SamplesPosterior] with M chains of one draw each, so members are
 separate chains in ``draws_by_chain`` (diagnostics compare them like independent runs).
 
 Members are independent: ``workers > 1`` trains them in that many spawned processes
-(:func:`~pyro_bdl.infer.members.run_members`). With ``checkpoint=path`` every finished
+(`run_members`). With ``checkpoint=path`` every finished
 member is saved; a rerun with the same arguments trains only the missing ones.
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ def fit_ensemble(model: BayesianModel, data: FitData, *, seed: int, progress: Op
 
     Args:
         num_models: M, the number of members.
-        num_steps / epochs, lr, lr_decay: each member's MAP optimisation (see :func:`~pyro_bdl.infer.svi.fit_map`).
+        num_steps / epochs, lr, lr_decay: each member's MAP optimisation (see `fit_map`).
         workers: processes training members in parallel (1: one after another in this process).
         checkpoint: file where finished members are saved; rerunning resumes (module docs).
 

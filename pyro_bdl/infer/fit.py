@@ -19,19 +19,19 @@ _COMMON = ("seed", "progress")
 def fit(model: BayesianModel, x: Any, y: Optional[torch.Tensor] = None, *, method: str = "svi", seed: int = 0,
         progress: Optional[bool] = None, batch_size: Optional[int] = None, temperature: Optional[float] = None,
         augment: Optional[Callable] = None, **options: Any) -> Posterior:
-    """Run inference for ``model`` on data and return its :class:`~pyro_bdl.posterior.base.Posterior`.
+    """Run inference for ``model`` on data and return its [`Posterior`][pyro_bdl.Posterior].
 
     Args:
-        model: a :class:`~pyro_bdl.BayesianModel`.
+        model: a [`BayesianModel`][pyro_bdl.BayesianModel].
         x, y: training inputs and targets as tensors, or ``x`` a ``DataLoader`` of ``(x, y)`` batches.
-        method: one of :func:`methods` — ``"svi"``, ``"map"``, ``"nuts"``, ``"hmc"`` and those added
+        method: one of [`methods`][pyro_bdl.methods] — ``"svi"``, ``"map"``, ``"nuts"``, ``"hmc"`` and those added
             by the other inference modules.
         seed: every method is reproducible given the seed.
         progress: progress bars (default: only on a terminal).
         batch_size: minibatch size for tensor data (methods that use minibatches).
         temperature: override the model's temperature T for this fit.
         augment: ``augment(x, generator) -> x`` applied to every training minibatch (data augmentation).
-        **options: method options; see the method's function (e.g. :func:`pyro_bdl.infer.svi.fit_svi`).
+        **options: method options; see the method's function (e.g. `pyro_bdl.infer.svi.fit_svi`).
 
     Every check (data shapes, labels, NaN/inf, T, method and option names) runs before any work.
     """

@@ -1,4 +1,4 @@
-"""The table of inference methods behind :func:`pyro_bdl.fit`."""
+"""The table of inference methods behind [`pyro_bdl.fit`][pyro_bdl.fit]."""
 from __future__ import annotations
 
 from typing import Callable, Dict

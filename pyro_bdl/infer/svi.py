@@ -4,7 +4,7 @@ SVI maximises the ELBO of the (tempered) model,
 
     ELBO(q) = E_q[log p̃(D, w)] − E_q[log q(w)],
 
-with log p̃ from :meth:`BayesianModel.log_joint` semantics (the Pyro trace), so minibatches
+with log p̃ from [`BayesianModel.log_joint`][pyro_bdl.BayesianModel] semantics (the Pyro trace), so minibatches
 are scaled by N/B through the data plate and temperature through ``poutine.scale``.
 Guides: ``"normal"`` (mean-field, AutoNormal), ``"lowrank"`` (AutoLowRankMultivariateNormal),
 ``"fullrank"`` (AutoMultivariateNormal), or any Pyro guide object.
@@ -87,8 +87,8 @@ def optimise(model: BayesianModel, guide, data: FitData, num_steps: int, lr: flo
              num_particles: int, seed: int, progress: Optional[bool], desc: str, floor_kind: str = "elbo") -> list:
     """Minimise the negative ELBO of ``(model, guide)``; returns the loss per step.
 
-    Stops with a :class:`~pyro_bdl.inference.divergence.DivergenceError` when the loss diverges
-    (:mod:`~pyro_bdl.inference.divergence`; ``floor_kind``: ``"elbo"``, or ``"point"`` for MAP's
+    Stops with a `DivergenceError` when the loss diverges
+    (`divergence`; ``floor_kind``: ``"elbo"``, or ``"point"`` for MAP's
     AutoDelta, whose loss is −log p̃(D, w)).
     """
     generator = torch.Generator().manual_seed(seed)
@@ -177,7 +177,7 @@ def fit_map(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
             lr_decay: float = 0.1, init: Optional[Dict[str, torch.Tensor]] = None) -> SamplesPosterior:
     """Maximum a posteriori weights, argmax_w log p̃(D, w), with an AutoDelta guide and Adam.
 
-    ``init``: starting values ``{site: tensor}`` (default :meth:`BayesianModel.initial_values`,
+    ``init``: starting values ``{site: tensor}`` (default [`BayesianModel.initial_values`][pyro_bdl.BayesianModel],
     the network's weights); sites left out start there too. Deep-ensemble members pass
     ``model.initial_values(seed=...)``, a fresh default initialisation each.
 

@@ -6,8 +6,8 @@ objective of the tempered model,
     L(θ) = −(1/N) [log p̃(D_batch, w(θ)) + log|det ∂w/∂θ|]
          = (1/T)·(mean minibatch NLL) + s_prior·(−log p(w))/N,
 
-with log p̃ = :meth:`~pyro_bdl.BayesianModel.log_joint` through
-:class:`~pyro_bdl.model.potential.Objective` (N/B scaling and temperature are the core's).
+with log p̃ = [`log_joint`][pyro_bdl.BayesianModel] through
+`Objective` (N/B scaling and temperature are the core's).
 For a Gaussian prior N(0, σ²) the prior term is weight decay with coefficient 1/(σ²N) — the
 prior precision over N — so the SGD fixed point is the mode of the tempered posterior.
 
@@ -23,18 +23,18 @@ like 1/√T for a given run length.
 (or a numeric ``swa_lr``) until 90% of ``swa_start`` (Maddox et al.). Then:
 
 * ``swa_lr="auto"`` (default): per-coordinate rates ε_k = 2(1−β)/(N·E[g_k²]) from the measured
-  minibatch gradient noise (Mandt et al. 2017; :class:`GradientNoise`), checked on a burn-in
-  (:func:`_start_auto`), on minibatches drawn *with replacement*, a snapshot every
+  minibatch gradient noise (Mandt et al. 2017; `GradientNoise`), checked on a burn-in
+  (`_start_auto`), on minibatches drawn *with replacement*, a snapshot every
   max(N/(2B), 1/(1−β)) steps. On linear regression the SWAG covariance is then within 2× of the
   exact (tempered) posterior; with a fixed rate and reshuffled epochs it is 0.1–0.3×.
 * a number: constant ``swa_lr`` on reshuffled epochs, a snapshot after every epoch (the paper).
 
 ``method="multiswag"`` (Wilson & Izmailov 2020) runs M independent SWAG fits from fresh
 initialisations and data orders (member m: seed ``spawn_seeds(seed, M)[m]``), optionally in parallel
-processes, and returns their equal-weight mixture (:class:`~pyro_bdl.posterior.mixture.MixturePosterior`).
+processes, and returns their equal-weight mixture ([`MixturePosterior`][pyro_bdl.MixturePosterior]).
 
 With BatchNorm, SGD uses batch statistics and every posterior draw gets its own statistics,
-recomputed by one pass over the training inputs (:mod:`pyro_bdl.batchnorm`); networks
+recomputed by one pass over the training inputs (`pyro_bdl.batchnorm`); networks
 without BatchNorm skip this.
 
 Runs can be checkpointed after every epoch (``checkpoint=path``) and resumed with identical
@@ -108,7 +108,7 @@ class GradientNoise:
 
         ε_k = 2 (1 − β) / (N V_kk)
 
-(times a discrete-time correction close to 1, see :meth:`rates`).
+(times a discrete-time correction close to 1, see `rates`).
 
     It needs minibatches drawn independently (with replacement): the theory's noise is i.i.d.
     and reshuffled epochs' noise sums to zero over an epoch (on linear regression, epoch-end
@@ -210,8 +210,8 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
     """SGD with momentum on the per-data-point MAP objective, collecting SWAG snapshots.
 
     Args:
-        guide: a set-up :class:`~pyro_bdl.guides.SWAG` guide; its ``loc`` is the iterate.
-        epochs, swa_start, lr, swa_lr, momentum: the schedule (see :func:`swag_learning_rate`).
+        guide: a set-up [`SWAG`][pyro_bdl.guides.SWAG] guide; its ``loc`` is the iterate.
+        epochs, swa_start, lr, swa_lr, momentum: the schedule (see `swag_learning_rate`).
         seed: seeds the data order (and augmentation).
         checkpoint: a file written after every epoch; if it exists, the run resumes from it.
         collect: ``False`` runs plain SGD with the same schedule (the benchmark's baseline).
@@ -398,7 +398,7 @@ def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Option
             collected after every later epoch, so ``epochs − swa_start`` snapshots in all.
         lr: exploration learning rate on the per-data-point objective T·L (module docs).
         swa_lr: ``"auto"`` (default; posterior-matching rates, module docs) or a constant
-            collection rate (the paper's schedule, :func:`swag_learning_rate`).
+            collection rate (the paper's schedule, `swag_learning_rate`).
         momentum: SGD momentum.
         rank: K, deviation columns kept; scale: covariance scale of the draws (0.5).
         variant: ``"swag"``, ``"diagonal"`` (SWAG-Diag) or ``"swa"`` (the mean only).
@@ -427,7 +427,7 @@ def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: O
     Member m starts from a fresh default initialisation and data order, both seeded with
     ``spawn_seeds(seed, num_models)[m]``, so the members settle in different basins. ``workers`` > 1 runs members in
     parallel processes. With ``checkpoint="run.pt"`` member m checkpoints to ``run.member<m>.pt``.
-    Other options as for :func:`fit_swag`. ``predict(x, num_samples=S)`` splits the S draws
+    Other options as for `fit_swag`. ``predict(x, num_samples=S)`` splits the S draws
     evenly over the members; ``draws_by_chain`` gives one chain per member.
     """
     if isinstance(num_models, bool) or not isinstance(num_models, int) or num_models < 1:

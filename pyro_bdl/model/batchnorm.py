@@ -35,7 +35,7 @@ def batchnorm_layers(net: nn.Module) -> Dict[str, nn.Module]:
 
 
 def has_batchnorm(net: nn.Module) -> bool:
-    """Whether ``net`` has BatchNorm layers with running statistics (then draws need :func:`recompute`)."""
+    """Whether ``net`` has BatchNorm layers with running statistics (then draws need `recompute`)."""
     return bool(batchnorm_layers(net))
 
 
@@ -48,14 +48,14 @@ def recompute(network, weights: Weights, x: Inputs, batch_size: Optional[int] = 
     """Running statistics of every BatchNorm layer for each of S weight draws.
 
     Args:
-        network: a :class:`~pyro_bdl.model.lifting.LiftedNetwork`.
+        network: a [`LiftedNetwork`][pyro_bdl.LiftedNetwork].
         weights: ``{site: (S, *shape)}`` (one leading draw dim).
         x: training inputs for the pass.
         batch_size: rows per batch (default: all at once).
 
     Returns:
         ``{buffer name: (S, *shape)}`` for every ``running_mean`` / ``running_var``, to pass as
-        ``buffers=`` to :meth:`~pyro_bdl.model.lifting.LiftedNetwork.forward`. Empty without BatchNorm.
+        ``buffers=`` to [`forward`][pyro_bdl.LiftedNetwork]. Empty without BatchNorm.
     """
     net = network.net
     layers = batchnorm_layers(net)

@@ -21,7 +21,7 @@ class BayesianModel:
     """A Bayesian neural network as a Pyro model: priors, likelihood and temperature.
 
     The model is p_T(w | D) ∝ (∏ᵢ p(yᵢ | f(xᵢ; w)) · p(w))^(1/T) (``tempering="posterior"``)
-    or p(D | w)^(1/T) p(w) (``tempering="likelihood"``), see :mod:`pyro_bdl.tempering`.
+    or p(D | w)^(1/T) p(w) (``tempering="likelihood"``), see `pyro_bdl.tempering`.
 
     Call it as any Pyro model: ``model(x, y=None, dataset_size=None)``; with a minibatch of a
     larger data set pass ``dataset_size=N`` so the likelihood is scaled by N/B.
@@ -30,11 +30,11 @@ class BayesianModel:
 
     Args:
         net: the ``torch.nn.Module``.
-        prior: see :mod:`pyro_bdl.priors`; default iid N(0, 1).
-        likelihood: see :mod:`pyro_bdl.likelihoods`; required.
+        prior: see `pyro_bdl.priors`; default iid N(0, 1).
+        likelihood: see `pyro_bdl.likelihoods`; required.
         temperature: T > 0 (1 is Bayes, < 1 cold).
         tempering: ``"posterior"`` or ``"likelihood"``.
-        deterministic, bayesian, prefix: see :class:`LiftedNetwork`.
+        deterministic, bayesian, prefix: see [`LiftedNetwork`][pyro_bdl.LiftedNetwork].
     """
 
     def __init__(self, net: nn.Module, prior: Any = None, likelihood: Optional[Likelihood] = None,
@@ -68,7 +68,7 @@ class BayesianModel:
 
     @property
     def layout(self) -> WeightLayout:
-        """The :class:`~pyro_bdl.model.layout.WeightLayout` of the weight sites."""
+        """The [`WeightLayout`][pyro_bdl.WeightLayout] of the weight sites."""
         return self.network.layout
 
     def with_temperature(self, temperature: float, tempering: Optional[str] = None) -> "BayesianModel":
@@ -81,7 +81,7 @@ class BayesianModel:
     def forward(self, weights: Weights, x: torch.Tensor,
                 buffers: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
         """Network output for given weights (vectorised over leading draw dims); ``buffers``:
-        optional per-draw buffer values, see :meth:`LiftedNetwork.forward`."""
+        optional per-draw buffer values, see [`LiftedNetwork.forward`][pyro_bdl.LiftedNetwork]."""
         return self.network.forward(weights, x, buffers)
 
     # -- the Pyro model -----------------------------------------------------------------
@@ -123,7 +123,7 @@ class BayesianModel:
 
     def initial_values(self, seed: Optional[int] = None) -> Dict[str, torch.Tensor]:
         """A natural starting point: the network's weights (``seed``: a fresh default initialisation,
-        see :meth:`LiftedNetwork.initial_weights`) and, if learned, σ at its prior median."""
+        see [`LiftedNetwork.initial_weights`][pyro_bdl.LiftedNetwork]) and, if learned, σ at its prior median."""
         values = self.network.initial_weights(seed)
         for site in self.likelihood_sites:
             prior = getattr(self.likelihood, "scale_prior", None)

@@ -9,7 +9,7 @@ An input batch ``x`` is either
 
 Everything that slices, splits, concatenates or evaluates inputs (fit's minibatches, predict's
 chunks, BatchNorm refreshes, diagnostics, studies) goes through the helpers here
-(:func:`num_rows`, :func:`take_rows`, :func:`split_rows`, :func:`cat_rows`, :func:`as_args`), so
+(`num_rows`, `take_rows`, `split_rows`, `cat_rows`, `as_args`), so
 a multi-input network works with every method. Dict batches are refused with a message that
 shows how to adapt them (a wrapper module whose ``forward`` takes the tensors positionally).
 
@@ -98,7 +98,7 @@ def _component(value, name: str, min_dim: int) -> torch.Tensor:
 
 
 def as_inputs(x, name: str = "x") -> Inputs:
-    """``x`` in canonical form (:data:`Inputs`), with each tensor's shape, finiteness and dtype checked.
+    """``x`` in canonical form (`Inputs`), with each tensor's shape, finiteness and dtype checked.
 
     One tensor (or numpy array) needs shape ``(N, features...)``; in a tuple (or list) of several,
     each needs at least the batch dim ``(N, ...)`` and all the same N.
@@ -149,9 +149,9 @@ def output_dim(model: "BayesianModel", x: Inputs) -> int:  # noqa: F821 (no impo
 
 
 def check_inputs(model: "BayesianModel", x, run: bool = False) -> Inputs:  # noqa: F821
-    """``x`` checked and in canonical form (see :func:`as_inputs`).
+    """``x`` checked and in canonical form (see `as_inputs`).
 
-    ``run=True`` also runs the network on two rows (:func:`output_dim`), so inputs of the wrong
+    ``run=True`` also runs the network on two rows (`output_dim`), so inputs of the wrong
     width fail here with a clear message rather than deep inside a vectorised evaluation
     (predict, diagnostics).
     """

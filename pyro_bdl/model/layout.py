@@ -1,7 +1,7 @@
 """Flattening weights: the one map between ``{site name: tensor}`` and a flat vector.
 
 SWAG's moments, SG-MCMC state, the NumPyro backend's initial values and ArviZ arrays all
-go through :class:`WeightLayout`, so the order of coordinates is defined once: the order
+go through [`WeightLayout`][pyro_bdl.WeightLayout], so the order of coordinates is defined once: the order
 of the sites as the model declares them (module registration order).
 """
 from __future__ import annotations

@@ -9,13 +9,13 @@ The network is evaluated with ``torch.func.functional_call``; a batch of S weigh
 (any leading dims on the weight tensors) is evaluated at once with ``torch.func.vmap``.
 Networks with operations vmap cannot batch (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``: ``aten::lstm``
 has no batching rule) fall back to a loop over the draws, decided once per network
-(:attr:`LiftedNetwork.vectorised`), with the same results.
+(`LiftedNetwork.vectorised`), with the same results.
 
 Two ways to use it:
 
-* :class:`BayesianModel` — a ready model ``model(x, y=None, dataset_size=None)`` with prior,
-  likelihood and temperature, which :func:`pyro_bdl.fit` takes;
-* :func:`lift` — a :class:`LiftedNetwork` to call inside your own Pyro model, so priors
+* [`BayesianModel`][pyro_bdl.BayesianModel] — a ready model ``model(x, y=None, dataset_size=None)`` with prior,
+  likelihood and temperature, which [`pyro_bdl.fit`][pyro_bdl.fit] takes;
+* [`lift`][pyro_bdl.lift] — a [`LiftedNetwork`][pyro_bdl.LiftedNetwork] to call inside your own Pyro model, so priors
   (and hyperpriors) are declared in ordinary Pyro code.
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ class LiftedNetwork:
     Args:
         net: the network; it is switched to eval mode (dropout off, BatchNorm running
             statistics used) so that it is a deterministic function of its weights.
-        prior: a prior for every Bayesian parameter (see :mod:`pyro_bdl.priors`), or a function
+        prior: a prior for every Bayesian parameter (see `pyro_bdl.priors`), or a function
             returning one that is called inside the model (hierarchical priors).
         deterministic: glob patterns of parameter names kept fixed (``"features.*"``).
         bayesian: glob patterns of the parameters that are Bayesian (default: all);
@@ -112,7 +112,7 @@ class LiftedNetwork:
 
     @property
     def layout(self) -> WeightLayout:
-        """The :class:`~pyro_bdl.model.layout.WeightLayout` of the Bayesian sites (flatten/unflatten)."""
+        """The [`WeightLayout`][pyro_bdl.WeightLayout] of the Bayesian sites (flatten/unflatten)."""
         return WeightLayout(tuple(self.sites), tuple(self._values[n].shape for n in self.param_names))
 
     def owner(self, param_name: str) -> nn.Module:
@@ -153,7 +153,7 @@ class LiftedNetwork:
 
         Under vectorised inference (``Predictive(parallel=True)``, vectorised particles) the
         weights carry draw dims from plates left of the model's own plates, e.g. ``(S, 1)``;
-        the output is ``(S, B, out)``, aligned with those plates (see :meth:`plate_aligned`).
+        the output is ``(S, B, out)``, aligned with those plates (see `plate_aligned`).
         """
         weights = self.sample_weights()
         return self.plate_aligned(self.forward(weights, x), weights)
@@ -193,10 +193,10 @@ class LiftedNetwork:
         """Evaluate ``f(x; w)``; weights with leading dims ``S`` give outputs ``(*S, B, out)``.
 
         Many draws are evaluated in one vectorised call (``torch.func.vmap``), or one draw at a
-        time for networks vmap cannot batch (see :attr:`vectorised`).
+        time for networks vmap cannot batch (see `vectorised`).
         ``buffers`` (optional) gives per-draw values of some of the network's buffers, keyed by
         buffer name with the weights' leading dims (e.g. BatchNorm statistics recomputed for each
-        draw, see :mod:`pyro_bdl.batchnorm`); the other buffers keep their stored values.
+        draw, see `pyro_bdl.batchnorm`); the other buffers keep their stored values.
         """
         fixed = self._fixed_tensors()
         batch = self.batch_shape(weights)
@@ -227,7 +227,7 @@ class LiftedNetwork:
         ``torch.func.vmap`` when the network's operations have batching rules; otherwise (e.g.
         ``nn.LSTM``/``GRU``/``RNN``: ``aten::lstm`` has none) a loop over the draws, with the same
         results. Which one is decided once per network, at the first call with draws, and cached
-        (:attr:`vectorised`): a network whose vmap fails but whose loop works falls back for good,
+        (`vectorised`): a network whose vmap fails but whose loop works falls back for good,
         while an error that the loop hits too (a wrong input shape) is raised as it is, undecided.
         """
         if self.vectorised is not False:

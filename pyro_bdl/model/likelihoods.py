@@ -30,7 +30,7 @@ Params = Dict[str, torch.Tensor]
 
 
 class Likelihood:
-    """Base class. Subclasses define :meth:`distribution` and :meth:`check_targets`."""
+    """Base class. Subclasses define `distribution` and `check_targets`."""
 
     kind = "regression"  # or "classification"
 
@@ -40,7 +40,7 @@ class Likelihood:
 
     @property
     def param_sites(self) -> tuple:
-        """Names of the latent sites :meth:`sample_params` creates."""
+        """Names of the latent sites `sample_params` creates."""
         return ()
 
     def distribution(self, output: torch.Tensor, params: Optional[Params] = None) -> dist.Distribution:
@@ -180,7 +180,7 @@ class Gaussian(_LocScale):
 
 
 class StudentT(_LocScale):
-    """Student-t likelihood, y ~ t_ν(f(x; w), σ): robust to outliers. ``scale`` as in :class:`Gaussian`."""
+    """Student-t likelihood, y ~ t_ν(f(x; w), σ): robust to outliers. ``scale`` as in `Gaussian`."""
 
     def __init__(self, df: float = 4.0, scale: Optional[float] = 1.0, *,
                  scale_prior: Optional[dist.Distribution] = None, heteroskedastic: bool = False,

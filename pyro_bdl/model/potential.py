@@ -4,9 +4,9 @@ Gradient-based methods (MAP by SGD, SWAG, SG-MCMC, ensemble members) work on
 
     U(θ) = −log p̃(D_batch, w(θ)) − log |det ∂w/∂θ|,
 
-where θ ∈ ℝ^P stacks every latent site in :class:`~pyro_bdl.model.layout.WeightLayout` order,
+where θ ∈ ℝ^P stacks every latent site in [`WeightLayout`][pyro_bdl.WeightLayout] order,
 mapped to its support by ``biject_to`` (weights are unconstrained already; a learned noise
-scale is log-transformed), and log p̃ is :meth:`BayesianModel.log_joint` — the model's own
+scale is log-transformed), and log p̃ is [`BayesianModel.log_joint`][pyro_bdl.BayesianModel] — the model's own
 trace, so dataset-size scaling (N/B) and temperature (1/T) are applied exactly as for SVI
 and NUTS. The Jacobian term is not tempered: q(θ) = p_T(w(θ)) |∂w/∂θ| is the density whose
 pushforward through w(θ) is the tempered posterior (as in Pyro's own HMC potential).
@@ -18,12 +18,12 @@ Two evaluations of the same density:
 
       log p̃ = s_prior · [Σ_l log p(w_l) + log p(σ)] + s_lik · (N/B) · Σ_{i∈batch} log p(yᵢ | f(xᵢ; w), σ),
 
-  with s_prior = :func:`~pyro_bdl.model.tempering.prior_scale`, s_lik =
-  :func:`~pyro_bdl.model.tempering.likelihood_scale`, f by ``torch.func.functional_call`` and p(y | f)
-  from the likelihood's own :meth:`~pyro_bdl.model.likelihoods.Likelihood.distribution` — the same
+  with s_prior = `prior_scale`, s_lik =
+  `likelihood_scale`, f by ``torch.func.functional_call`` and p(y | f)
+  from the likelihood's own `distribution` — the same
   definitions the Pyro model uses. On its first call it is checked against the traced density at a
   random point; a mismatch raises, naming both values.
-* **traced**: :meth:`BayesianModel.log_joint`, used for hierarchical priors (a prior that draws its
+* **traced**: [`BayesianModel.log_joint`][pyro_bdl.BayesianModel], used for hierarchical priors (a prior that draws its
   hyperparameters with ``pyro.sample``) and whenever ``compiled=False``.
 """
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Every site and plate name a pyro_bdl model uses: one definition, read by every method and adapter.
 
 * weight sites are named by the parameter's module path (``"0.weight"``, ``"encoder.conv1.bias"``),
-  optionally behind a :class:`~pyro_bdl.LiftedNetwork` prefix;
-* the likelihood observes :data:`OBS_SITE` inside the plate :data:`DATA_PLATE` (subsampled to a
+  optionally behind a [`LiftedNetwork`][pyro_bdl.LiftedNetwork] prefix;
+* the likelihood observes `OBS_SITE` inside the plate `DATA_PLATE` (subsampled to a
   minibatch, scaled by N/B);
-* a learned Gaussian / Student-t noise scale is the site :data:`NOISE_SITE`.
+* a learned Gaussian / Student-t noise scale is the site `NOISE_SITE`.
 """
 DATA_PLATE = "data"
 OBS_SITE = "obs"

@@ -68,7 +68,7 @@ def _scaled(factor: float) -> Iterator[None]:
 
 
 def tempered_prior(temperature: float, tempering: str = "posterior"):
-    """Context in which prior sample sites are tempered (``poutine.scale`` by :func:`prior_scale`)."""
+    """Context in which prior sample sites are tempered (``poutine.scale`` by `prior_scale`)."""
     return _scaled(prior_scale(temperature, tempering))
 
 

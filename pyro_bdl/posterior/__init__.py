@@ -1,11 +1,11 @@
-"""What :func:`pyro_bdl.fit` returns: one interface for every method, and its Bayesian model average.
+"""What [`pyro_bdl.fit`][pyro_bdl.fit] returns: one interface for every method, and its Bayesian model average.
 
-* :mod:`~pyro_bdl.posterior.base` — :class:`Posterior` (sample, predict, to_arviz, save/load);
-* :mod:`~pyro_bdl.posterior.samples` — stored draws (MCMC, SG-MCMC, MAP, ensembles) and trained guides (SVI);
-* :mod:`~pyro_bdl.posterior.mixture` — equal-weight mixtures (Multi-SWAG);
-* :mod:`~pyro_bdl.posterior.swag` — the SWAG Gaussian;
-* :mod:`~pyro_bdl.posterior.predictive` — :class:`BMAPredictive`, the predictive distribution;
-* :mod:`~pyro_bdl.posterior.arviz` — the one adapter to ``arviz.InferenceData``.
+* `base` — [`Posterior`][pyro_bdl.Posterior] (sample, predict, to_arviz, save/load);
+* `samples` — stored draws (MCMC, SG-MCMC, MAP, ensembles) and trained guides (SVI);
+* `mixture` — equal-weight mixtures (Multi-SWAG);
+* `swag` — the SWAG Gaussian;
+* `predictive` — [`BMAPredictive`][pyro_bdl.BMAPredictive], the predictive distribution;
+* `arviz` — the one adapter to ``arviz.InferenceData``.
 """
 from .base import Posterior
 from .mixture import MixturePosterior

@@ -1,12 +1,12 @@
 """Posterior → ``arviz.InferenceData``: the one adapter between pyro_bdl and ArviZ.
 
 The arrays are built here, ``(chain, draw, ...)`` shaped, from the generic posterior interface
-only — :meth:`~pyro_bdl.Posterior.draws_by_chain` (independent runs such as MCMC chains,
+only — [`draws_by_chain`][pyro_bdl.Posterior] (independent runs such as MCMC chains,
 ensemble members or Multi-SWAG components are chains; a guide's draws are one chain),
-:meth:`~pyro_bdl.Posterior.predictive_for` and, when a sampler recorded them,
+[`predictive_for`][pyro_bdl.Posterior] and, when a sampler recorded them,
 ``posterior.sample_stats`` — and handed to ``az.from_dict``. ``az.from_pyro`` is not used: it
 silently drops the log_likelihood group unless the model broadcasts over a sample dimension,
-and ArviZ 1.x has no ``from_pyro`` and another ``from_dict`` form; :func:`_from_dict` speaks both.
+and ArviZ 1.x has no ``from_pyro`` and another ``from_dict`` form; `_from_dict` speaks both.
 """
 from __future__ import annotations
 
@@ -115,13 +115,13 @@ def _from_dict(groups: Dict[str, Dict[str, np.ndarray]], dims: Dict[str, List[st
 @torch.no_grad()
 def to_arviz(posterior, x: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None, num_samples: int = 100,
              seed: Optional[int] = 0, batch_size: Optional[int] = None):
-    """Build an ``arviz.InferenceData`` for any :class:`~pyro_bdl.Posterior`.
+    """Build an ``arviz.InferenceData`` for any [`Posterior`][pyro_bdl.Posterior].
 
     Groups:
 
     * ``posterior`` — every latent site ``(chain, draw, *shape)`` from
       ``posterior.draws_by_chain(num_samples, seed)`` (stored draws for samplers; ``num_samples``
-      draws as one chain for guides), dims named after the layers (:func:`weight_dims`); with
+      draws as one chain for guides), dims named after the layers ([`weight_dims`][pyro_bdl.evaluate.diagnostics.weight_dims]); with
       ``x``, also ``prediction`` = E[y | x, w] per draw (regression mean, class probabilities),
       the identifiable function-space quantity to check convergence on.
     * ``posterior_predictive`` — ``obs``: one y ~ p(y | x, w) per draw (needs ``x``).

@@ -1,15 +1,15 @@
-"""What :func:`pyro_bdl.fit` returns: one interface for every inference method.
+"""What [`pyro_bdl.fit`][pyro_bdl.fit] returns: one interface for every inference method.
 
 * ``sample(n)`` — n weight draws ``{site: (n, *shape)}``;
-* ``predict(x, num_samples)`` — the Bayesian model average (:class:`~pyro_bdl.posterior.predictive.BMAPredictive`);
-* ``save(path)`` / ``Posterior.load(path, model=...)`` — tensors plus plain data that reload in a fresh process (:mod:`pyro_bdl.posterior.io`);
+* ``predict(x, num_samples)`` — the Bayesian model average ([`BMAPredictive`][pyro_bdl.BMAPredictive]);
+* ``save(path)`` / ``Posterior.load(path, model=...)`` — tensors plus plain data that reload in a fresh process (`pyro_bdl.posterior.io`);
 
 Kinds of posterior:
 
-* :class:`SamplesPosterior` — stored draws with a chain dimension ``(chains, draws, ...)``:
+* [`SamplesPosterior`][pyro_bdl.SamplesPosterior] — stored draws with a chain dimension ``(chains, draws, ...)``:
   MCMC, SG-MCMC, MAP (one chain of one draw), deep ensembles (one chain per member);
-* :class:`GuidePosterior` — a trained Pyro guide that draws as many samples as asked (SVI);
-* :class:`MixturePosterior` — an equal-weight mixture of independent posteriors (Multi-SWAG).
+* [`GuidePosterior`][pyro_bdl.GuidePosterior] — a trained Pyro guide that draws as many samples as asked (SVI);
+* [`MixturePosterior`][pyro_bdl.MixturePosterior] — an equal-weight mixture of independent posteriors (Multi-SWAG).
 """
 from __future__ import annotations
 
@@ -81,10 +81,10 @@ def prototype_inputs(guide: Any) -> Tuple[List[Any], Dict[str, Any]]:
 
 
 class Posterior:
-    """Base class: subclasses implement :meth:`sample`.
+    """Base class: subclasses implement `sample`.
 
     Attributes:
-        model: the :class:`~pyro_bdl.BayesianModel` it is a posterior of.
+        model: the [`BayesianModel`][pyro_bdl.BayesianModel] it is a posterior of.
         method: the inference method that produced it (``"nuts"``, ``"svi"``, ...).
         info: method-specific records (losses, step sizes, timings).
     """
@@ -105,7 +105,7 @@ class Posterior:
         """Per-draw values of network buffers for ``draws``, or ``None`` for the network's stored ones.
 
         Posteriors over networks with BatchNorm override this to recompute each draw's
-        statistics (SWAG, :mod:`pyro_bdl.batchnorm`).
+        statistics (SWAG, `pyro_bdl.batchnorm`).
         """
         return None
 
@@ -122,13 +122,13 @@ class Posterior:
                 batch_size: Optional[int] = None, memory_budget: Optional[float] = None) -> BMAPredictive:
         """The Bayesian model average at inputs ``x``: p(y | x, D) ≈ (1/S) Σ_s p(y | x, w_s).
 
-        ``x`` is an input batch as given to :func:`~pyro_bdl.fit` (a tensor, or a tuple of tensors for
-        a multi-input network, see :mod:`pyro_bdl.model.inputs`). The draws are evaluated in
+        ``x`` is an input batch as given to [`fit`][pyro_bdl.fit] (a tensor, or a tuple of tensors for
+        a multi-input network, see `pyro_bdl.model.inputs`). The draws are evaluated in
         vectorised calls over chunks of inputs and, when all S draws on a chunk do not fit, blocks of
-        draws, sized by :func:`chunk_sizes` so that the pass stays within ``memory_budget`` bytes
-        (default :data:`DEFAULT_MEMORY_BUDGET`, 1 GiB); ``batch_size`` fixes the rows per chunk instead.
+        draws, sized by `chunk_sizes` so that the pass stays within ``memory_budget`` bytes
+        (default `DEFAULT_MEMORY_BUDGET`, 1 GiB); ``batch_size`` fixes the rows per chunk instead.
         When more than one chunk is needed the result is a
-        :class:`~pyro_bdl.posterior.predictive.ChunkedBMAPredictive`, whose mean, variance,
+        `ChunkedBMAPredictive`, whose mean, variance,
         probabilities, ``log_prob``, quantiles and samples stream over the chunks, so memory
         stays O(budget + B) however many inputs and draws. ``num_samples=None`` uses every
         stored draw (sample-based posteriors) or 100 draws (guides).
@@ -146,9 +146,9 @@ class Posterior:
     def predictive_for(self, draws: Weights, x: Inputs, batch_size: Optional[int] = None,
                        memory_budget: Optional[float] = None) -> BMAPredictive:
         """The Bayesian model average over given draws ``{site: (S, *shape)}`` at inputs ``x``
-        (chunked as in :meth:`predict`).
+        (chunked as in `predict`).
 
-        :meth:`predict` and the diagnostics (:mod:`pyro_bdl.diagnostics`, which need the
+        `predict` and the diagnostics (`pyro_bdl.diagnostics`, which need the
         per-draw components chain by chain) both go through here.
         """
         buffers = self._buffers_for(draws)
@@ -185,11 +185,11 @@ class Posterior:
                  num_samples: int = 100, seed: Optional[int] = 0, **kwargs: Any):
         """This posterior as an ``arviz.InferenceData`` (needs ``arviz``: ``pip install pyro_bdl[arviz]``).
 
-        Groups: posterior (every latent site, chains as in :meth:`draws_by_chain`, plus the
+        Groups: posterior (every latent site, chains as in `draws_by_chain`, plus the
         function-space ``prediction`` E[y | x, w] when ``x`` is given), posterior_predictive and
         log_likelihood at ``x`` (``y`` needed for the latter), observed_data, constant_data and,
         for samplers, sample_stats. ``num_samples`` draws are taken from posteriors that sample on
-        demand (guides); stored draws (MCMC) are used as they are. See :func:`pyro_bdl.diagnostics.to_arviz`.
+        demand (guides); stored draws (MCMC) are used as they are. See [`pyro_bdl.diagnostics.to_arviz`][pyro_bdl.evaluate.diagnostics.to_arviz].
         """
         return to_arviz(self, x=x, y=y, num_samples=num_samples, seed=seed, **kwargs)
 
@@ -204,11 +204,11 @@ class Posterior:
     def save(self, path: str, factory: Optional[str] = None) -> None:
         """Write the posterior to ``path`` atomically, as tensors plus plain data (no pickled objects,
         so loading it can never run code): the draws or guide/SWAG state, the network's
-        ``state_dict``, ``info``, and a description of the model that :meth:`load` checks.
+        ``state_dict``, ``info``, and a description of the model that `load` checks.
 
         Args:
             factory: optional ``"package.module:function"`` returning the
-                :class:`~pyro_bdl.BayesianModel` (or its network); recorded so that
+                [`BayesianModel`][pyro_bdl.BayesianModel] (or its network); recorded so that
                 ``Posterior.load(path, factory=True)`` can rebuild the model. Not imported now.
         """
         if self.kind is None:
@@ -220,11 +220,11 @@ class Posterior:
     def load(path: str, model: Optional[BayesianModel] = None, *, net: Optional[torch.nn.Module] = None,
              prior: Any = None, likelihood: Any = None, factory: Any = None,
              guide: Optional[torch.nn.Module] = None) -> "Posterior":
-        """Read a posterior written by :meth:`save`; nothing in the file is executed.
+        """Read a posterior written by `save`; nothing in the file is executed.
 
         The file holds tensors, so the model comes from you, one of:
 
-        * ``model=``: the :class:`~pyro_bdl.BayesianModel` built as when saving (same network
+        * ``model=``: the [`BayesianModel`][pyro_bdl.BayesianModel] built as when saving (same network
           class, prior, likelihood, temperature); it is checked against the saved description and
           its network gets the saved weights and buffers (in place);
         * ``net=`` with ``likelihood=`` (and ``prior=`` unless it was the default): the model is
@@ -243,7 +243,7 @@ class Posterior:
                                            factory=factory, guide=guide)
 
     def _to_state(self) -> Dict[str, Any]:
-        """The posterior's own tensors and plain data (what :meth:`_from_state` rebuilds from)."""
+        """The posterior's own tensors and plain data (what `_from_state` rebuilds from)."""
         raise NotImplementedError
 
     @classmethod

@@ -1,17 +1,17 @@
 """Saving and loading posteriors as tensors plus plain data: reading a file never runs code.
 
 A posterior file (``torch.save`` of tensors and plain containers, read back with
-``torch.load(weights_only=True)`` through :func:`pyro_bdl._util.io.read`) holds:
+``torch.load(weights_only=True)`` through `pyro_bdl._util.io.read`) holds:
 
-* ``kind`` and ``method`` — which :class:`~pyro_bdl.Posterior` class and which inference method;
+* ``kind`` and ``method`` — which [`Posterior`][pyro_bdl.Posterior] class and which inference method;
 * ``model`` — a plain description of the model (network structure, Bayesian parameters, prior,
-  likelihood, temperature, tempering; :func:`pyro_bdl._util.checkpoint.model_description`);
+  likelihood, temperature, tempering; `pyro_bdl._util.checkpoint.model_description`);
 * ``network`` — the network's ``state_dict`` (fixed weights and buffers, e.g. BatchNorm statistics);
 * ``state`` — the posterior's own tensors (draws, guide parameters, SWAG moments), and ``info``;
 * ``factory`` — optionally, ``"package.module:function"`` that rebuilds the model.
 
 The file holds no Python objects, so loading needs the model: ``Posterior.load(path, model=...)``
-with the :class:`~pyro_bdl.BayesianModel` built as when saving (it is checked against the saved
+with the [`BayesianModel`][pyro_bdl.BayesianModel] built as when saving (it is checked against the saved
 description and gets the saved network state), ``net=...`` (plus ``prior=``/``likelihood=``) to
 build it, or ``factory=True`` to import and call the factory recorded at save time — the only case
 that runs code, and only the code the user named when saving.
@@ -141,7 +141,7 @@ def _check_same_model(path: str, saved: Dict[str, Any], model: BayesianModel) ->
 def load_posterior(path: Any, model: Optional[BayesianModel] = None, *, net: Optional[nn.Module] = None,
                    prior: Any = None, likelihood: Any = None, factory: Union[bool, str, None] = None,
                    guide: Optional[nn.Module] = None) -> Any:
-    """Read a posterior written by :func:`save_posterior` (see :meth:`pyro_bdl.Posterior.load`)."""
+    """Read a posterior written by `save_posterior` (see [`pyro_bdl.Posterior.load`][pyro_bdl.Posterior])."""
     if factory is not None and not isinstance(factory, (bool, str)):
         raise TypeError(f"factory must be True (use the recorded one) or a 'package.module:function' string, "
                         f"got {type(factory).__name__}")

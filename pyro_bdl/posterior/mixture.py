@@ -21,14 +21,14 @@ class MixturePosterior(Posterior):
         p(y | x, D) ≈ (1/M) Σ_m (1/S_m) Σ_s p(y | x, w_ms),   w_ms ~ q_m,
 
     i.e. the members' predictive probabilities averaged (classification) or their Gaussian
-    mixtures pooled into one mixture (regression), through :class:`~pyro_bdl.posterior.predictive.BMAPredictive`.
+    mixtures pooled into one mixture (regression), through [`BMAPredictive`][pyro_bdl.BMAPredictive].
 
     ``sample(n)`` splits the n draws evenly over the members (the first ``n mod M`` members get
     one more), member by member; ``draws_by_chain`` gives each member as its own chain(s), so
     diagnostics see the spread between basins.
 
     Args:
-        members: posteriors of the same model (e.g. :class:`~pyro_bdl.posterior.swag.SWAGPosterior`).
+        members: posteriors of the same model (e.g. [`SWAGPosterior`][pyro_bdl.SWAGPosterior]).
         method: the method name recorded on the mixture.
     """
 

@@ -5,7 +5,7 @@ mixture (Wilson & Izmailov 2020, eq. 1, by simple Monte Carlo)
 
     p(y | x, D) ≈ (1/S) Σ_s p(y | x, w_s).
 
-:class:`BMAPredictive` holds the S component distributions (batch shape ``(S, B)``) and
+[`BMAPredictive`][pyro_bdl.BMAPredictive] holds the S component distributions (batch shape ``(S, B)``) and
 gives the mixture's mean, variance (law of total variance), probabilities, log density
 (log-sum-exp over draws), quantiles (bisection on the mixture CDF) and samples.
 """
@@ -63,7 +63,7 @@ class BMAPredictive:
 
     @property
     def output_dim(self) -> int:
-        """The network's output width (the last dimension of :attr:`outputs`)."""
+        """The network's output width (the last dimension of `outputs`)."""
         return self.outputs.shape[-1]
 
     # -- moments ------------------------------------------------------------------------
@@ -122,7 +122,7 @@ class BMAPredictive:
     def log_prob(self, y: torch.Tensor) -> torch.Tensor:
         """log p(y | x, D) = logsumexp_s log p(y | x, w_s) − log S, per data point ``(B,)``.
 
-        ``y`` holds one target per input row given to ``predict``: shape :attr:`target_shape`.
+        ``y`` holds one target per input row given to ``predict``: shape `target_shape`.
         """
         y = self._check_targets(y, "log_prob")
         lp = self.component.log_prob(y)
@@ -180,7 +180,7 @@ class BMAPredictive:
 
     @property
     def target_shape(self) -> torch.Size:
-        """The shape of targets ``y`` for :meth:`log_prob`: ``(B,)`` for one output, ``(B, D)`` for D."""
+        """The shape of targets ``y`` for `log_prob`: ``(B,)`` for one output, ``(B, D)`` for D."""
         return self.component.batch_shape[1:] + self.component.event_shape
 
     def _check_targets(self, y, what: str) -> torch.Tensor:
@@ -226,7 +226,7 @@ class ChunkedBMAPredictive(BMAPredictive):
     inputs ``start:stop``, and ``build(outputs)`` their component distributions. Every summary — mean, variance, probabilities,
     ``log_prob``, ``cdf``, quantiles, entropy, samples — is computed chunk by chunk and only the
     per-input results, of size O(B), are kept; the S × B components exist one chunk at a time.
-    :attr:`component`, :attr:`outputs` and :attr:`draw_means` are per-draw, O(S · B): asking for
+    `component`, `outputs` and `draw_means` are per-draw, O(S · B): asking for
     them evaluates every chunk and keeps it all.
 
     Args:

@@ -16,7 +16,7 @@ from .base import Posterior, prototype_inputs
 
 
 class SWAGPosterior(Posterior):
-    """The SWAG posterior: a trained :class:`~pyro_bdl.guides.SWAG` guide (moments included).
+    """The SWAG posterior: a trained [`SWAG`][pyro_bdl.guides.SWAG] guide (moments included).
 
     ``sample(n)`` draws θ = θ̄ + √scale·(σ ⊙ z₁ + Dᵀz₂/√(k−1)) and maps it to the sites;
     ``predict`` averages over draws (one draw for the ``"swa"`` variant) and, for networks with

@@ -1,8 +1,8 @@
-"""Priors over network weights (see :mod:`pyro_bdl.priors.base` for the protocol).
+"""Priors over network weights (see `pyro_bdl.priors.base` for the protocol).
 
 A leaf of the package: it imports nothing else of pyro_bdl. Function-informed priors
 (``FunctionalPrior``, ``GP``, ``rff_network``, ``prior_predictive``, ...) live in
-:mod:`pyro_bdl.function_priors`; their old names here still work, with a ``DeprecationWarning``.
+`pyro_bdl.function_priors`; their old names here still work, with a ``DeprecationWarning``.
 """
 from .._util.deprecation import moved_names
 from .combinators import DistributionPrior, PerParameter, as_prior, resolve_prior

@@ -5,11 +5,11 @@ and must return a Pyro distribution whose ``event_shape`` is ``param.shape`` (th
 tensor is one event, so the log density sums over its entries). ``module`` is the leaf
 module that owns the parameter, so a prior can depend on the layer (fan-in, layer type).
 
-Anything of the following is accepted wherever a prior is expected (:func:`as_prior`):
+Anything of the following is accepted wherever a prior is expected ([`as_prior`][pyro_bdl.priors.as_prior]):
 
-* a :class:`Prior`;
+* a [`Prior`][pyro_bdl.priors.Prior];
 * a Pyro distribution, scalar (broadcast to every entry) or of the parameter's shape;
-* a mapping ``{pattern or layer type: prior}`` (a :class:`PerParameter`), where patterns are
+* a mapping ``{pattern or layer type: prior}`` (a [`PerParameter`][pyro_bdl.priors.PerParameter]), where patterns are
   shell-style globs on the site name (``"*.bias"``, ``"0.*"``) and types match the owning module.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch import nn
 class Prior:
     """Base class: ``distribution(name, param, module)`` gives the prior of one parameter."""
 
-    #: True when :meth:`distribution` itself draws hyperparameters with ``pyro.sample`` (a hierarchical
+    #: True when `distribution` itself draws hyperparameters with ``pyro.sample`` (a hierarchical
     #: prior such as ``FunctionalPrior(..., hyper_scales=...)``): it then only makes sense inside a Pyro
     #: model trace, and backends that translate fixed distributions (NumPyro) must refuse it.
     hierarchical: bool = False

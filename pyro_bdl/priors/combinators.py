@@ -1,6 +1,6 @@
 """Priors built from others: a fixed Pyro distribution, a rule per parameter, and the coercion of
 whatever a user passes as ``prior=`` (a Prior, a distribution, a ``{pattern: prior}`` dict, or a
-function drawing hyperparameters) into a :class:`~pyro_bdl.priors.Prior`."""
+function drawing hyperparameters) into a [`Prior`][pyro_bdl.priors.Prior]."""
 from __future__ import annotations
 
 import fnmatch
@@ -59,7 +59,7 @@ class PerParameter(Prior):
 
     @property
     def hierarchical(self) -> bool:
-        """True when any rule's prior (or the default) draws hyperparameters itself (see :class:`Prior`)."""
+        """True when any rule's prior (or the default) draws hyperparameters itself (see [`Prior`][pyro_bdl.priors.Prior])."""
         return self.default.hierarchical or any(prior.hierarchical for _, prior in self.rules)
 
     def select(self, name: str, module: nn.Module) -> Prior:
@@ -92,7 +92,7 @@ class PerParameter(Prior):
 
 
 def as_prior(obj: Any) -> Prior:
-    """Coerce a :class:`Prior`, a Pyro distribution or a ``{pattern: prior}`` mapping to a Prior."""
+    """Coerce a [`Prior`][pyro_bdl.priors.Prior], a Pyro distribution or a ``{pattern: prior}`` mapping to a Prior."""
     if isinstance(obj, Prior):
         return obj
     if isinstance(obj, dist.Distribution):
@@ -106,7 +106,7 @@ def as_prior(obj: Any) -> Prior:
 
 
 def resolve_prior(obj: Any) -> Prior:
-    """Like :func:`as_prior`, but a plain function is first called (inside the model trace).
+    """Like [`as_prior`][pyro_bdl.priors.as_prior], but a plain function is first called (inside the model trace).
 
     This is how hierarchical priors are declared in ordinary Pyro code: the function may
     draw hyperparameters with ``pyro.sample`` and return a prior that uses them.

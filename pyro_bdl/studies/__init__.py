@@ -1,7 +1,7 @@
 """Temperature / cold-posterior studies: one config, a grid of fits, a tidy table and plots.
 
 A study runs every cell of temperature × method × seed × data augmentation — each cell one
-:func:`pyro_bdl.fit` plus a test-set evaluation — locally (sequentially or in a process pool) or
+[`pyro_bdl.fit`][pyro_bdl.fit] plus a test-set evaluation — locally (sequentially or in a process pool) or
 as Ray tasks, saves each cell as it finishes, and rebuilds ``results.csv``, plots of each metric
 against T and a markdown report from the saved cells. From the shell: ``pyro-bdl study study.toml``;
 from Python::

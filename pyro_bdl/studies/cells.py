@@ -5,9 +5,9 @@ data, network, prior and fit settings), so it can be sent to another process or 
 hashed. With a ``[reference]`` section the grid also holds *reference cells* (``"role":
 "reference"``, one per temperature and, when the reference method uses augmentation, per
 augmentation setting): a cell like any other, saved and resumed the same way, whose record adds
-the reference's convergence figures (:func:`reference_diagnostics`). Every classification cell
+the reference's convergence figures ([`reference_diagnostics`][pyro_bdl.studies.reference_diagnostics]). Every classification cell
 stores its test-set predictive probabilities, from which the table computes agreement and total
-variation against the reference (:mod:`pyro_bdl.studies.report`). Its file ``cells/<key>.json`` is named by the readable grid coordinates plus a hash of
+variation against the reference (`pyro_bdl.studies.report`). Its file ``cells/<key>.json`` is named by the readable grid coordinates plus a hash of
 the spec: a rerun finds the cells it already has and skips them, and a changed setting (more
 epochs, another prior) gives new cells instead of silently reusing stale ones.
 """
@@ -70,7 +70,7 @@ def _shared(config: StudyConfig) -> Dict[str, Any]:
 
 def cell_specs(config: StudyConfig) -> List[Dict[str, Any]]:
     """The specs of every cell of the grid, in a fixed order: the reference cells first
-    (:func:`reference_specs`), then (augment, method, temperature, seed)."""
+    ([`reference_specs`][pyro_bdl.studies.reference_specs]), then (augment, method, temperature, seed)."""
     shared, inf = _shared(config), config.inference
     specs = reference_specs(config)
     for augment in config.data.augment:
@@ -137,7 +137,7 @@ def _prior(name: str, scale: float):
 
 def augmentation(spec: Dict[str, Any]):
     """The cell's ``augment(x, generator)`` hook, or None: random shifts in pixel space with the
-    training split's standardisation (:meth:`~pyro_bdl.data.Dataset.shift_augmentation`)."""
+    training split's standardisation (`shift_augmentation`)."""
     if not spec["augment"]:
         return None
     d = spec["data"]
@@ -204,7 +204,7 @@ class CellData:
     image_shape: Optional[tuple] = None
 
     def corrupted_test_inputs(self, kind: str, severity: int, seed: int) -> torch.Tensor:
-        """The test inputs under corruption ``kind`` at ``severity`` (:func:`pyro_bdl.data.corrupt`)."""
+        """The test inputs under corruption ``kind`` at ``severity`` (`pyro_bdl.data.corrupt`)."""
         x = datasets.corrupt(self.raw_x_test, kind, severity, seed=seed, image_shape=self.image_shape)
         return x if self.project is None else self.project(x)
 

@@ -1,7 +1,7 @@
 """A study's configuration: a TOML file (or the same nested dict), validated up front.
 
-Every section and key, with its default (the schema itself is :data:`SCHEMA`, built from
-:mod:`pyro_bdl.studies.schema`)::
+Every section and key, with its default (the schema itself is `SCHEMA`, built from
+`pyro_bdl.studies.schema`)::
 
     [study]
     name = "cold-digits"                  # default: the file's stem
@@ -71,9 +71,9 @@ a ``network = "package.module:factory"`` string is only checked for its shape. B
 study imports that module and calls the factory, which can do anything your user account can;
 run only configs (and network factories) you would run as a Python script.
 
-:func:`load_config` / :meth:`StudyConfig.from_dict` check everything before anything runs and
-raise one :class:`StudyConfigError` that lists every problem, one line each;
-:func:`check_network` (called by the study before its first cell) imports and tries the network.
+[`load_config`][pyro_bdl.studies.load_config] / [`StudyConfig.from_dict`][pyro_bdl.studies.StudyConfig] check everything before anything runs and
+raise one [`StudyConfigError`][pyro_bdl.studies.StudyConfigError] that lists every problem, one line each;
+[`check_network`][pyro_bdl.studies.check_network] (called by the study before its first cell) imports and tries the network.
 """
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ from .schema import (REQUIRED, Check, Invalid, Key, Section, boolean, choice, im
 
 PRIORS = ("gaussian", "fan_in", "laplace", "student_t")
 
-#: Data sets with a natural augmentation: keyword arguments of :func:`pyro_bdl.data.shift_images`.
+#: Data sets with a natural augmentation: keyword arguments of `pyro_bdl.data.shift_images`.
 #: Every image data set (``pyro_bdl.data.IMAGE_SHAPES``) gets random shifts; no flips, since the bundled
 #: image sets are handwritten digits (a mirrored 2 is no 2).
 AUGMENTATIONS: Dict[str, Dict[str, Any]] = {
@@ -267,7 +267,7 @@ class ReferenceConfig:
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    """``[evaluation]``: corrupted copies of the test set (:func:`pyro_bdl.data.corrupt`)."""
+    """``[evaluation]``: corrupted copies of the test set (`pyro_bdl.data.corrupt`)."""
 
     corruptions: Tuple[str, ...]
     severities: Tuple[int, ...] = (1, 2, 3, 4, 5)
@@ -302,14 +302,14 @@ class StudyConfig:
 
     @staticmethod
     def from_toml(path: str) -> "StudyConfig":
-        """Deprecated alias of :func:`load_config`."""
+        """Deprecated alias of [`load_config`][pyro_bdl.studies.load_config]."""
         warnings.warn("StudyConfig.from_toml is deprecated; use pyro_bdl.studies.load_config(path)",
                       DeprecationWarning, stacklevel=2)
         return load_config(path)
 
     @staticmethod
     def from_dict(raw: Mapping[str, Any], source: str = "the study config", default_name: str = "study") -> "StudyConfig":
-        """Validate a nested dict shaped like the TOML file; raise :class:`StudyConfigError` listing every problem."""
+        """Validate a nested dict shaped like the TOML file; raise [`StudyConfigError`][pyro_bdl.studies.StudyConfigError] listing every problem."""
         return parse(raw, source, default_name)
 
 
@@ -327,8 +327,8 @@ def load_config(path: str) -> StudyConfig:
 
 # -- validation: the schema first, then the checks across keys --------------------------------------
 def parse(raw: Mapping[str, Any], source: str = "the study config", default_name: str = "study") -> StudyConfig:
-    """Check ``raw`` against :data:`SCHEMA` and across keys; the :class:`StudyConfig`, or one
-    :class:`StudyConfigError` listing every problem. Imports and runs nothing the config names."""
+    """Check ``raw`` against `SCHEMA` and across keys; the [`StudyConfig`][pyro_bdl.studies.StudyConfig], or one
+    [`StudyConfigError`][pyro_bdl.studies.StudyConfigError] listing every problem. Imports and runs nothing the config names."""
     problems: List[str] = []
     read = read_sections(raw, SCHEMA, problems)
     v = read.values
@@ -488,7 +488,7 @@ def build_network(network: str, hidden: Tuple[int, ...], activation: str, networ
 def check_network(config: StudyConfig, source: str = "the study config") -> None:
     """Import and build the config's network once and run two training inputs through it: it must
     give ``(2, output_dim)``. A study calls this when it starts running, before its first cell
-    (validation does not: it imports nothing); raises :class:`StudyConfigError`."""
+    (validation does not: it imports nothing); raises [`StudyConfigError`][pyro_bdl.studies.StudyConfigError]."""
     d, m = config.data, config.model
     dataset = datasets.load_dataset(d.name, test_fraction=d.test_fraction, seed=d.split_seed,
                                     train_size=d.train_size)

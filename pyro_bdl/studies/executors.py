@@ -4,10 +4,10 @@ Every executor takes cell specs and yields ``(spec, record, error)`` as each cel
 (``error`` is a traceback string when the cell raised, else None). The study writes each record
 the moment it arrives, in the driver process, so a cluster needs no shared file system.
 
-* :class:`LocalExecutor` — ``workers=1``: one cell after another in this process (the default);
+* [`LocalExecutor`][pyro_bdl.studies.LocalExecutor] — ``workers=1``: one cell after another in this process (the default);
   ``workers=N``: a pool of N spawned processes (from a script, keep the study under
   ``if __name__ == "__main__":``, as for any spawned process pool).
-* :class:`RayExecutor` — each cell a Ray task with its CPU/GPU request
+* [`RayExecutor`][pyro_bdl.studies.RayExecutor] — each cell a Ray task with its CPU/GPU request
   (``pip install pyro_bdl[ray]``); ``address="auto"`` joins a running cluster, ``None`` starts
   a local Ray instance (or uses the one already initialised in this process).
 """
@@ -55,7 +55,7 @@ def _exit_with_driver(driver_pid: int, interval: float = 0.5) -> None:
 
 
 class Executor:
-    """Runs cell specs; :meth:`run` yields ``(spec, record, error)`` in order of completion."""
+    """Runs cell specs; `run` yields ``(spec, record, error)`` in order of completion."""
 
     def run(self, specs: Sequence[Dict[str, Any]]) -> Iterator[Result]:
         """Run the cells ``specs``, yielding ``(spec, record, error)`` as each finishes (in any order)."""

@@ -1,11 +1,11 @@
 """A study's results, rebuilt from its cell files: the tidy table, plots of metric vs T, a report.
 
-* :func:`results_table` — one row per cell: grid coordinates, settings, metrics, timings,
+* [`results_table`][pyro_bdl.studies.results_table] — one row per cell: grid coordinates, settings, metrics, timings,
   diagnostics (``diag_*``), sorted by augment, method, temperature, seed;
-* :func:`summarise` — mean, standard deviation and count over seeds per (augment, method, T);
-* :func:`plot_metric` — a metric against T (log axis), one line per method, error bars ±1 sd
+* [`summarise`][pyro_bdl.studies.summarise] — mean, standard deviation and count over seeds per (augment, method, T);
+* [`plot_metric`][pyro_bdl.studies.plot_metric] — a metric against T (log axis), one line per method, error bars ±1 sd
   over seeds, one panel per augmentation setting;
-* :func:`write_report` — ``results.csv``, ``plots/<metric>_vs_T.png`` and ``report.md``.
+* [`write_report`][pyro_bdl.studies.write_report] — ``results.csv``, ``plots/<metric>_vs_T.png`` and ``report.md``.
 
 With a reference (``[reference]``, Izmailov et al. 2021) every cell's row gains ``agreement``
 (the fraction of test points where its top class is the reference's) and ``total_variation``
@@ -14,7 +14,7 @@ the reference uses it), computed here from the test-set probabilities each cell 
 ``reference_converged``; the reference's own row carries its convergence figures
 (``r_hat_max``, ``ess_bulk_min``, ``num_divergences``, ``self_agreement``, ...). With
 ``[evaluation]`` rows carry ``accuracy_{kind}_{severity}`` and ``nll_{kind}_{severity}``.
-:func:`plot_agreement` draws the agreement / TV bar chart per method and :func:`plot_shift` the
+[`plot_agreement`][pyro_bdl.studies.plot_agreement] draws the agreement / TV bar chart per method and [`plot_shift`][pyro_bdl.studies.plot_shift] the
 accuracy and NLL against corruption severity.
 """
 from __future__ import annotations
@@ -112,7 +112,7 @@ def results_table(records: Iterable[Dict[str, Any]]) -> pd.DataFrame:
 
 def metric_columns(df: pd.DataFrame) -> List[str]:
     """The metrics present in a results table, in a fixed order: the task's metrics, agreement and
-    TV with the reference, then the metrics under each corruption (:func:`shift_columns`)."""
+    TV with the reference, then the metrics under each corruption (`shift_columns`)."""
     names = CLASSIFICATION_METRICS if "accuracy" in df.columns else REGRESSION_METRICS
     return [m for m in names + COMPARISON_METRICS if m in df.columns] + shift_columns(df)
 

@@ -1,15 +1,15 @@
 """The declarative schema of a study config: every section, key, type, default and check.
 
-A section is a tuple of :class:`Key`; a key names its type (a *check*: a function that returns
-the clean value or raises :class:`Invalid` with what it expected) and its default
-(:data:`REQUIRED` when it has none). :func:`read_sections` walks a raw TOML dict against the
+A section is a tuple of `Key`; a key names its type (a *check*: a function that returns
+the clean value or raises `Invalid` with what it expected) and its default
+(`REQUIRED` when it has none). `read_sections` walks a raw TOML dict against the
 schema, collecting *every* problem (unknown sections and keys with a did-you-mean hint,
 missing required keys, values of the wrong type) instead of stopping at the first, and returns
 the clean values with defaults filled in, so cross-key checks (``pyro_bdl.studies.config``)
 can run on well-typed values and add their own problems to the same list.
 
 Nothing here imports or calls user code: a ``network = "package.module:factory"`` string is
-checked for its shape only (:func:`import_path`); the factory is imported when the study runs.
+checked for its shape only (`import_path`); the factory is imported when the study runs.
 """
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ Check = Callable[[Any], Any]
 
 @dataclass(frozen=True)
 class Key:
-    """One config key: its ``name``, its ``check`` (value -> clean value, or :class:`Invalid`),
-    its ``default`` (:data:`REQUIRED`: none; ``None``: "not set", since TOML has no null) and a
+    """One config key: its ``name``, its ``check`` (value -> clean value, or `Invalid`),
+    its ``default`` (`REQUIRED`: none; ``None``: "not set", since TOML has no null) and a
     one-line ``doc``."""
 
     name: str
@@ -54,7 +54,7 @@ class Key:
 
 @dataclass(frozen=True)
 class Section:
-    """A ``[name]`` table of :class:`Key`. ``required``: the section must be present.
+    """A ``[name]`` table of `Key`. ``required``: the section must be present.
     ``open``: keys other than ``keys`` are allowed and passed through as ``extra`` (e.g. the
     method options of ``[reference]``, checked once the method is known)."""
 
@@ -65,7 +65,7 @@ class Section:
     doc: str = ""
 
     def key(self, name: str) -> Key:
-        """The :class:`Key` called ``name``."""
+        """The `Key` called ``name``."""
         for k in self.keys:
             if k.name == name:
                 return k
@@ -192,7 +192,7 @@ def unknown(key: str, known: Sequence[str], where: str, what: str = "key") -> st
 
 @dataclass
 class Read:
-    """What :func:`read_sections` found: ``values[section][key]`` (clean, defaults filled; a key
+    """What `read_sections` found: ``values[section][key]`` (clean, defaults filled; a key
     whose value failed its check holds its default, so later checks can go on), ``present``
     (sections in the file), ``given[section]`` (keys the file sets), ``failed[section]`` (keys
     whose value failed its check) and ``extra[section]`` (unchecked keys of open sections)."""

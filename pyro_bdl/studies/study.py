@@ -41,13 +41,13 @@ class StudyInterrupted(KeyboardInterrupt):
 
 class TemperatureStudy:
     """A temperature / cold-posterior study: every cell of temperature × method × seed × augmentation
-    is one :func:`pyro_bdl.fit` plus a test-set evaluation (Wenzel et al. 2020; Izmailov et al. 2021).
+    is one [`pyro_bdl.fit`][pyro_bdl.fit] plus a test-set evaluation (Wenzel et al. 2020; Izmailov et al. 2021).
 
     Args:
-        config: a :class:`StudyConfig`, a path to a TOML file, or the same nested dict
-            (see :mod:`pyro_bdl.studies.config` for every key).
+        config: a [`StudyConfig`][pyro_bdl.studies.StudyConfig], a path to a TOML file, or the same nested dict
+            (see `pyro_bdl.studies.config` for every key).
         output_dir: overrides ``[output] dir``.
-        executor: ``"local"`` (default) or ``"ray"``, or an :class:`~pyro_bdl.studies.executors.Executor`.
+        executor: ``"local"`` (default) or ``"ray"``, or an `Executor`.
         workers: processes of the local executor (1: sequential, in this process).
         address: the Ray cluster (``"auto"``); None starts or uses a local Ray instance.
         progress: print a line per finished cell.
@@ -139,14 +139,14 @@ class TemperatureStudy:
         """Run the unfinished cells and return the full table (see the class docstring).
 
         Cells that raise are reported (and listed in ``report.md``) after the others have run;
-        then :class:`StudyError` is raised unless ``raise_on_failure=False``.
+        then [`StudyError`][pyro_bdl.studies.StudyError] is raised unless ``raise_on_failure=False``.
 
         The run holds ``<output_dir>/.lock``: a second study on the same folder stops at once with
-        :class:`~pyro_bdl._util.io.FolderLocked` (a lock left by a killed run is taken over), and
+        `FolderLocked` (a lock left by a killed run is taken over), and
         temporary ``.tmp-*`` files a killed run left behind are removed first.
 
         Ctrl-C stops the run: the cells in progress are dropped (nothing half-written: each cell
-        file is written atomically) and :class:`StudyInterrupted` says how many cells are saved;
+        file is written atomically) and [`StudyInterrupted`][pyro_bdl.studies.StudyInterrupted] says how many cells are saved;
         a rerun skips those and numbers the rest on from there (``[k+1/n]``).
         """
         if self.pending():

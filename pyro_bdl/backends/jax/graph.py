@@ -1,8 +1,8 @@
-"""The fx interpreter: capture a network's forward with :mod:`torch.fx` and evaluate the graph in JAX.
+"""The fx interpreter: capture a network's forward with `torch.fx` and evaluate the graph in JAX.
 
-:func:`to_jax` traces the forward once (supported ``torch.nn`` layers stay whole, every
+[`to_jax`][pyro_bdl.backends.to_jax] traces the forward once (supported ``torch.nn`` layers stay whole, every
 other module is traced into) and checks every node against the dispatch tables
-(:mod:`.tables`); :class:`JaxNetwork` walks the graph with JAX values. Under ``jax.jit`` the
+(`.tables`); [`JaxNetwork`][pyro_bdl.backends.JaxNetwork] walks the graph with JAX values. Under ``jax.jit`` the
 walk happens once, at trace time, so the compiled code is that of a hand-written JAX
 network.
 """
@@ -63,18 +63,18 @@ def _unsupported(node: fx.Node, modules: Mapping[str, nn.Module], detail: str = 
 class JaxNetwork:
     """A torch network as a pure JAX function: ``out = jax_net(params, x)``.
 
-    ``params`` maps each name in :attr:`param_names` (the network's ``named_parameters``
+    ``params`` maps each name in `param_names` (the network's ``named_parameters``
     names, e.g. ``"0.weight"``) to an array of that parameter's shape; every other
-    parameter and buffer is a constant (:attr:`constants`, taken from the module at
+    parameter and buffer is a constant (`constants`, taken from the module at
     translation time; pass one in ``params`` to override it). ``x`` is a JAX or numpy array
     (or a torch tensor) shaped as the torch network's input. The function is pure, so it
     can be ``jax.jit``-ed, differentiated and ``jax.vmap``-ed over parameter draws.
 
-    :attr:`structure_key` is a hashable description of the network without its values (the
+    `structure_key` is a hashable description of the network without its values (the
     graph, each layer's configuration, parameter and constant shapes): the NumPyro backend
-    caches compiled programs by it, with the parameters and :attr:`constants` as arguments.
+    caches compiled programs by it, with the parameters and `constants` as arguments.
 
-    Build it with :func:`to_jax`.
+    Build it with [`to_jax`][pyro_bdl.backends.to_jax].
     """
 
     def __init__(self, net: nn.Module, graph: fx.Graph, root: nn.Module, param_names: Sequence[str]):
@@ -190,7 +190,7 @@ def _get_attr(root: nn.Module, target: str) -> Any:
 
 
 def to_jax(net: nn.Module, params: Optional[Iterable[str]] = None) -> JaxNetwork:
-    """Translate ``net`` into a pure JAX function ``f(params, x)`` (a :class:`JaxNetwork`).
+    """Translate ``net`` into a pure JAX function ``f(params, x)`` (a [`JaxNetwork`][pyro_bdl.backends.JaxNetwork]).
 
     The forward is captured once with ``torch.fx`` and every operation is mapped to
     ``jax.numpy``/``jax.lax``, so ``f(params, x)`` equals ``torch.func.functional_call(net, params, x)``

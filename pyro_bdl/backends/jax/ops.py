@@ -3,14 +3,14 @@
 Each translator takes torch's signature (arguments as torch passes them, JAX arrays in place
 of tensors) and returns what torch would, computed with JAX. Module translators
 (``mod_*``) take ``(module, get, *inputs)`` where ``get(name)`` is the module's parameter or
-buffer value. A translator raises :class:`Unsupported` for a configuration it cannot
-express; :mod:`.graph` re-raises it as :class:`UnsupportedOperationError` naming the
+buffer value. A translator raises `Unsupported` for a configuration it cannot
+express; `.graph` re-raises it as [`UnsupportedOperationError`][pyro_bdl.backends.UnsupportedOperationError] naming the
 operation and where it occurs. Which torch callable maps to which translator is in
-:mod:`.tables`.
+`.tables`.
 
 Every translator is differentiable under ``jax.grad``, ``jax.jvp`` and ``jax.linearize``
 (what NUTS uses); pooling is written with reshapes and strided slices rather than
-``lax.reduce_window`` for that reason (see :func:`max_pool`).
+``lax.reduce_window`` for that reason (see `max_pool`).
 """
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""Dispatch tables: which torch callable is translated by which op translator (:mod:`.ops`).
+"""Dispatch tables: which torch callable is translated by which op translator (`.ops`).
 
-* :data:`FUNCTIONS` — ``torch.*``, ``torch.nn.functional.*`` and Python operators (fx
+* `FUNCTIONS` — ``torch.*``, ``torch.nn.functional.*`` and Python operators (fx
   ``call_function`` targets) -> translator;
-* :data:`METHODS` — ``Tensor`` method names (fx ``call_method`` targets) -> translator;
-* :data:`MODULES` — ``torch.nn`` layer types kept whole by the tracer -> ``translator(module, get, *inputs)``.
+* `METHODS` — ``Tensor`` method names (fx ``call_method`` targets) -> translator;
+* `MODULES` — ``torch.nn`` layer types kept whole by the tracer -> ``translator(module, get, *inputs)``.
 
-:func:`supported_operations` lists them; it is the contract of the translation: every
+[`supported_operations`][pyro_bdl.backends.supported_operations] lists them; it is the contract of the translation: every
 entry evaluates, differentiates and linearises in JAX (tests/test_backend_jax_translate.py).
 """
 from __future__ import annotations

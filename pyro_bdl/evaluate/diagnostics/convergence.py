@@ -179,9 +179,9 @@ def summary(posterior, x: Optional[Inputs] = None, *, weights: bool = False, num
     Columns: ``kind`` (``"prediction"``/``"weight"``), ``input``, ``output``, ``mean``, ``sd``,
     ``mcse_mean``, ``ess_bulk``, ``ess_tail``, ``r_hat`` (rank-normalised split R-hat, Vehtari et
     al. 2021) and ``within_chain_r_hat`` (the largest over chains of the within-chain split
-    R-hat, Sommer et al. 2024; :func:`within_chain_rhat`).
+    R-hat, Sommer et al. 2024; [`within_chain_rhat`][pyro_bdl.evaluate.diagnostics.within_chain_rhat]).
 
-    **What is flagged.** A :class:`ConvergenceWarning` lists the inputs where a prediction has
+    **What is flagged.** A [`ConvergenceWarning`][pyro_bdl.evaluate.diagnostics.ConvergenceWarning] lists the inputs where a prediction has
     R-hat > ``rhat_threshold`` or bulk/tail ESS < ``ess_threshold``, and tells apart chains that
     sit in different modes (within-chain R-hat ≤ ``within_threshold``) from chains that do not
     mix. The same lists are in ``table.attrs["flagged_inputs"]`` and ``table.attrs["diagnosis"]``.
@@ -206,20 +206,20 @@ def summary(posterior, x: Optional[Inputs] = None, *, weights: bool = False, num
     SG-MCMC posteriors add rows ``configurational_temperature[c]`` and ``kinetic_temperature[c]``
     (kind ``"sampler"``, ``output`` = chain c) with the chain's estimate in ``mean``, its 95%
     interval in ``ci_low``/``ci_high`` and the run's temperature in ``target``
-    (:mod:`pyro_bdl.evaluate.diagnostics.sampler`); the same disagreement test as at fit time
-    is applied and reported with a :class:`SamplerWarning` when ``warn``.
+    (`pyro_bdl.evaluate.diagnostics.sampler`); the same disagreement test as at fit time
+    is applied and reported with a [`SamplerWarning`][pyro_bdl.evaluate.diagnostics.SamplerWarning] when ``warn``.
 
     Args:
-        posterior: any :class:`~pyro_bdl.Posterior`.
+        posterior: any [`Posterior`][pyro_bdl.Posterior].
         x: inputs for the function-space rows (a few dozen representative test inputs suffice); a
             tensor, or a tuple of tensors for a multi-input network.
         weights: add weight rows.
         num_samples: draws per chain for posteriors that draw on demand (guides); ignored by
             stored samples. Default: the posterior's own default.
-        seed, batch_size: as in :meth:`~pyro_bdl.Posterior.predict`.
+        seed, batch_size: as in [`predict`][pyro_bdl.Posterior].
         rhat_threshold, ess_threshold, within_threshold: see above.
         num_splits: sub-chains per chain for the within-chain R-hat (>= 2).
-        warn: issue the :class:`ConvergenceWarning` (the attrs are filled either way).
+        warn: issue the [`ConvergenceWarning`][pyro_bdl.evaluate.diagnostics.ConvergenceWarning] (the attrs are filled either way).
     Returns:
         a ``pandas.DataFrame`` indexed by quantity.
     """

@@ -16,7 +16,7 @@ T is the run's temperature — with tempering, the target is the tempered poster
   estimate, unbiased, so the average over the sampling steps is unbiased.
 * **kinetic temperature** (SGHMC only) T̂_kin = (1/d) Σ_i p_i²/M_i for momentum p ~ N(0, T·M):
   E = T. In the samplers' parametrisation v = hM⁻¹p, G = h²M⁻¹ and the friction α of
-  :mod:`pyro_bdl.inference.sgmcmc.kernels`, the discrete momentum recursion has stationary
+  `pyro_bdl.inference.sgmcmc.kernels`, the discrete momentum recursion has stationary
   variance G·T/(1 − α/2) in a flat direction, so T̂_kin = (1/d) Σ_i v_i² (1 − α_i/2) / G_i.
 
 Both are recorded at every sampling step of every chain. The reported value is the mean over a
@@ -26,7 +26,7 @@ accounts for the autocorrelation of the chain as long as a batch is longer than 
 per-step estimates are noisy — a minibatch gradient, one draw — so the interval is wide
 unless the chain is long).
 
-A :class:`SamplerWarning` is issued when a chain's interval excludes T *and* the estimate is
+A [`SamplerWarning`][pyro_bdl.evaluate.diagnostics.SamplerWarning] is issued when a chain's interval excludes T *and* the estimate is
 off by more than ``tolerance`` (default 30%) relatively (chains with fewer than 20 sampling
 steps have no interval and are not judged): the first condition says the gap is
 not Monte Carlo error, the second that it matters. Under random reshuffling (each epoch
@@ -49,7 +49,7 @@ NAMES = ("configurational_temperature", "kinetic_temperature")
 
 class SamplerWarning(UserWarning):
     """An SG-MCMC chain's measured (kinetic or configurational) temperature disagrees with the
-    temperature it targets: the draws do not follow p_T (see :mod:`pyro_bdl.diagnostics.sampler`)."""
+    temperature it targets: the draws do not follow p_T (see `pyro_bdl.diagnostics.sampler`)."""
 
 
 def kinetic_temperature(momentum: torch.Tensor, step_size, friction) -> float:
@@ -96,7 +96,7 @@ def disagreements(estimates: Dict[str, torch.Tensor], temperature: float,
 
 def warn_if_off(estimates: Dict[str, torch.Tensor], temperature: float, method: str,
                 tolerance: float = TOLERANCE) -> None:
-    """Issue a :class:`SamplerWarning` listing the chains that :func:`disagreements` finds, with the fix."""
+    """Issue a [`SamplerWarning`][pyro_bdl.evaluate.diagnostics.SamplerWarning] listing the chains that `disagreements` finds, with the fix."""
     lines = disagreements(estimates, temperature, tolerance)
     if not lines:
         return
@@ -110,7 +110,7 @@ def warn_if_off(estimates: Dict[str, torch.Tensor], temperature: float, method: 
 
 def temperature_rows(posterior):
     """The temperature estimates of an SG-MCMC posterior as rows for
-    :func:`pyro_bdl.diagnostics.summary` (empty when the posterior has none)."""
+    [`pyro_bdl.diagnostics.summary`][pyro_bdl.evaluate.diagnostics.summary] (empty when the posterior has none)."""
     import pandas as pd
 
     info = getattr(posterior, "info", None) or {}

@@ -4,12 +4,12 @@ HMC simulates Hamiltonian dynamics for H(w, r) = −log p̃(D, w) + ½ rᵀM⁻�
 integrator and a Metropolis correction (Neal 2011); NUTS (Hoffman & Gelman 2014) picks the
 trajectory length adaptively. Step size (dual averaging) and a diagonal mass matrix are
 adapted during warmup. The potential is the negative log density of the Pyro trace of
-:class:`~pyro_bdl.BayesianModel`, so temperature enters as ``poutine.scale`` (1/T).
+[`BayesianModel`][pyro_bdl.BayesianModel], so temperature enters as ``poutine.scale`` (1/T).
 
 ``backend="numpyro"`` translates the network to JAX and runs NumPyro's compiled kernels
-(:mod:`pyro_bdl.infer.mcmc.numpyro`). ``backend="pyro"`` runs Pyro's kernels on the torch
+(`pyro_bdl.infer.mcmc.numpyro`). ``backend="pyro"`` runs Pyro's kernels on the torch
 network. Chains run one after another
-with seeds ``spawn_seeds(seed, num_chains)`` (:func:`pyro_bdl._util.random.spawn_seeds`), each from
+with seeds ``spawn_seeds(seed, num_chains)`` (`pyro_bdl._util.random.spawn_seeds`), each from
 its own initial point, so they are independent — also of the chains of any other seed — and
 reproducible. Per-draw statistics are recorded for diagnostics: ``diverging``,
 ``accept_prob``, ``step_size``, ``num_steps`` (leapfrog steps), ``tree_depth`` and
@@ -61,7 +61,7 @@ def fit_nuts(model: BayesianModel, data: FitData, *, seed: int, progress: Option
         num_chains: independent chains (Pyro: seeds ``spawn_seeds(seed, num_chains)``; NumPyro: keys split from ``seed``).
         backend: ``"pyro"`` (Pyro's NUTS on the torch network) or ``"numpyro"`` (the network
             translated to JAX and NumPyro's compiled NUTS: much faster; same model, site
-            names and posterior type; see :mod:`pyro_bdl.infer.mcmc.numpyro`).
+            names and posterior type; see `pyro_bdl.infer.mcmc.numpyro`).
         init: ``"prior"`` (a prior draw per chain), ``"net"`` (the network's weights), ``"map"``,
             or a dict of initial values.
         target_accept, max_tree_depth, step_size: NUTS settings (step size is adapted).
@@ -92,14 +92,14 @@ def fit_hmc(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
         num_steps: L, exactly this many leapfrog steps per transition on both backends, whatever
             the step size adaptation does (so the trajectory length ε·L changes with ε).
         trajectory_length: λ = ε·L kept fixed, with L = max(1, ⌊λ / ε⌋) steps for the adapted ε.
-            Default (when ``num_steps`` is not given either) :data:`DEFAULT_TRAJECTORY_LENGTH`
+            Default (when ``num_steps`` is not given either) `DEFAULT_TRAJECTORY_LENGTH`
             = π/2: with the adapted (diagonal) mass matrix the posterior is roughly whitened, and
             a quarter period of a unit Gaussian's dynamics maps position to momentum, so
             successive draws decorrelate fastest (Neal 2011, on choosing the trajectory length);
             a fixed L instead can land near a multiple of the period and mix badly.
         step_size: the initial ε (adapted during warmup by dual averaging towards ``target_accept``).
 
-    Other arguments (``backend="numpyro"`` included) as for :func:`fit_nuts`.
+    Other arguments (``backend="numpyro"`` included) as for `fit_nuts`.
     """
     if num_steps is not None and trajectory_length is not None:
         raise ValueError("give num_steps (a fixed number of leapfrog steps) or trajectory_length (a fixed "

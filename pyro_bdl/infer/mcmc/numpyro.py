@@ -1,22 +1,22 @@
 """NUTS and HMC on the NumPyro/JAX backend: ``fit(..., method="nuts", backend="numpyro")``.
 
 The torch network is translated into a JAX function and the model into a NumPyro model with
-the same sites and the same tempered log density (:class:`~pyro_bdl.backends.NumPyroModel`);
+the same sites and the same tempered log density ([`NumPyroModel`][pyro_bdl.backends.NumPyroModel]);
 NumPyro's NUTS (Hoffman & Gelman 2014) or HMC (Neal 2011) kernel then runs with step-size
 (dual averaging) and diagonal mass-matrix adaptation during warmup. The samples come back as
 torch tensors keyed by the Pyro site names, shape ``(chains, draws, ...)``, in a
-:class:`~pyro_bdl.posterior.samples.SamplesPosterior`, with the per-draw statistics of the Pyro
+[`SamplesPosterior`][pyro_bdl.SamplesPosterior], with the per-draw statistics of the Pyro
 backend: ``diverging``, ``accept_prob`` (of that transition), ``step_size``, ``num_steps``
 (leapfrog steps), ``tree_depth`` (⌈log₂(num_steps + 1)⌉, as the Pyro backend) and ``energy``
 (NumPyro's Hamiltonian of the transition).
 
-**Compiled once per network.** A fit compiles two XLA programs (:class:`Program`):
+**Compiled once per network.** A fit compiles two XLA programs (`Program`):
 ``prepare`` (map the starting points to the unconstrained space, initialise every chain's
 kernel state, and compute what the translation check needs: the network's outputs on 8
 rows and the log joint at chain 0's start) and ``run`` (warmup and draws of one chain, or of
 all chains vmapped, and the map back to the constrained space). Both take every value as a
 run-time argument — prior parameters, the tempering factors, the network's constants, the
-data, the starting points and the PRNG keys — so they are cached (:func:`program_cache`) by
+data, the starting points and the PRNG keys — so they are cached (`program_cache`) by
 what they bake in: the network's structure (graph, layer configuration, shapes), the sites,
 the likelihood family and options, the kernel and its options, ``warmup``, ``num_samples``,
 ``chain_method`` and whether a progress bar is shown. A study that runs NUTS at six
@@ -34,7 +34,7 @@ model at the first chain's starting point, and a starting point where the log de
 finite is reported with the site (or term) responsible.
 
 The backend runs on whatever device JAX's default backend is (a CUDA ``jaxlib`` puts it on
-the GPU); ``device="cpu"``/``"gpu"`` in :func:`run_numpyro_mcmc` picks one explicitly.
+the GPU); ``device="cpu"``/``"gpu"`` in `run_numpyro_mcmc` picks one explicitly.
 """
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def _hashable(value: Any) -> Any:
 class Program:
     """The compiled sampler of one model structure: ``prepare`` and ``run`` (see the module docstring).
 
-    Built from a :class:`~pyro_bdl.backends.NumPyroModel` whose *structure* it bakes in; every
+    Built from a [`NumPyroModel`][pyro_bdl.backends.NumPyroModel] whose *structure* it bakes in; every
     value is an argument ``model_args = (args, x, y, data_scale)``. ``traces`` counts how often
     JAX traced either function (a retrace means a recompilation: new shapes or structure).
     """
@@ -175,7 +175,7 @@ def program_cache() -> "OrderedDict[Tuple, Program]":
 
 def get_program(nmodel: Any, kernel_name: str, kernel_options: Dict[str, Any], warmup: int, num_samples: int,
                 chain_method: str, progress: bool, cache: bool = True) -> Tuple[Program, bool]:
-    """The :class:`Program` for ``nmodel``'s structure and these options: ``(program, was_cached)``."""
+    """The `Program` for ``nmodel``'s structure and these options: ``(program, was_cached)``."""
     import jax
 
     key = (nmodel.structure_key, jax.tree.structure(nmodel.args), kernel_name,
@@ -232,12 +232,12 @@ def _check_init(init: Dict[str, Any], shapes: Dict[str, torch.Size]) -> Dict[str
 def run_numpyro_mcmc(model: BayesianModel, data: FitData, kernel_name: str, *, seed: int, progress: Optional[bool],
                      num_samples: int, warmup: int, num_chains: int, init: Any, kernel_options: Dict[str, Any],
                      chain_method: Optional[str] = None, cache: bool = True) -> SamplesPosterior:
-    """Run NumPyro's NUTS (``kernel_name="nuts"``) or HMC on ``model``; see :func:`pyro_bdl.infer.mcmc.fit_nuts`.
+    """Run NumPyro's NUTS (``kernel_name="nuts"``) or HMC on ``model``; see `pyro_bdl.infer.mcmc.fit_nuts`.
 
     ``chain_method``: ``"sequential"`` (default: one compiled sampler run chain after chain) or
     ``"vectorized"`` (all chains in one vmapped program, in lockstep: every NUTS step costs
     as much as the longest trajectory among the chains). ``cache=False`` compiles a fresh
-    :class:`Program` (and does not keep it); the draws are the same either way.
+    `Program` (and does not keep it); the draws are the same either way.
 
     Starting points: ``"prior"`` draws chain ``c`` from the prior with the c-th of ``spawn_seeds(seed, num_chains)``;
     ``"net"`` and ``"map"`` start every chain at the same point; a dict gives some or all

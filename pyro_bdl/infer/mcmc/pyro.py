@@ -1,6 +1,6 @@
 """The Pyro backend of NUTS/HMC: Pyro's kernels on the torch network, one chain after another.
 
-Each chain starts from its own initial point (:func:`~pyro_bdl.infer.mcmc.init.initial_point`); the kernels
+Each chain starts from its own initial point (`initial_point`); the kernels
 record per-transition statistics for diagnostics: ``diverging``, ``accept_prob``, ``step_size``,
 ``num_steps`` (leapfrog steps), ``tree_depth`` and ``energy`` (the Hamiltonian at the start of the transition).
 """

@@ -1,13 +1,13 @@
 r"""Stochastic-gradient MCMC at any temperature: SGLD, SGHMC and cyclical SG-MCMC.
 
 The samplers work on the flat unconstrained vector θ ∈ ℝ^d of
-:class:`~pyro_bdl.model.potential.Objective`, whose potential U_T(θ) = −log p̃_T(D_batch, w(θ))
+`Objective`, whose potential U_T(θ) = −log p̃_T(D_batch, w(θ))
 − log|det ∂w/∂θ| is THE tempered negative log density (minibatch likelihood scaled by N/B,
 temperature as 1/T). They simulate V(θ) = T·U_T(θ) with injected noise ∝ T, so the stationary
 density is exp(−V/T) = p_T(θ | D) for posterior and likelihood tempering alike; ĝ is the
 minibatch gradient of V.
 
-**Update rules** (:mod:`.kernels`; G a per-coordinate step, B̂ the estimated variance of ĝ):
+**Update rules** (`.kernels`; G a per-coordinate step, B̂ the estimated variance of ĝ):
 
 * SGLD (Welling & Teh 2011; preconditioned: Li et al. 2016, Ahn et al. 2012):
   θ ← θ − G ĝ + √(2GT − G²B̂) ξ.
@@ -17,7 +17,7 @@ minibatch gradient of V.
 **The adaptive kernel (default, ``preconditioner="fisher"``).** The first half of the burn-in
 moves to the bulk with noise-free RMSprop steps (``explore_lr``/√EMA[ĝ²], momentum 0.9). The
 second half runs the sampler while it measures, per coordinate, E[ĝ_i²] and the minibatch noise
-B̂_i (from the two halves of every minibatch, :func:`.kernels.split_batch_noise`), over its own
+B̂_i (from the two halves of every minibatch, `.kernels.split_batch_noise`), over its own
 second half. Then the constants are fixed for the sampling stage:
 
     G_i = lr · T / E[ĝ_i²],   α_i = max(momentum_decay, 2ω_i),  ω_i² = G_i (E[ĝ_i²] − B̂_i) / T.
@@ -53,22 +53,22 @@ preconditioner, fixed after the burn-in), lr in parameter units.
 **Cyclical SG-MCMC** (Zhang et al. 2020): K = ``epochs`` × batches steps in M = ``cycles``
 cycles of L = ⌈K/M⌉ steps, α_k = α₀/2 · [cos(π · mod(k − 1, L) / L) + 1]; the first fraction β
 = ``exploration`` of every cycle is optimisation, the rest the sampling stage
-(:func:`fit_csgmcmc`).
+(`fit_csgmcmc`).
 
 **Diagnostics.** Every run records the configurational temperature (and for SGHMC the kinetic
 temperature) of Wenzel et al. (2020) at every sampling step — per draw in ``sample_stats``
 (so ``to_arviz`` carries them), per chain as ``[estimate, 95% low, 95% high]`` in
 ``info["configurational_temperature"]`` / ``info["kinetic_temperature"]``, in
-:func:`pyro_bdl.diagnostics.summary` — and warns with a
-:class:`~pyro_bdl.diagnostics.SamplerWarning` when they disagree with T
-(:mod:`pyro_bdl.evaluate.diagnostics.sampler` defines both statistics). ``info`` also holds
+[`pyro_bdl.diagnostics.summary`][pyro_bdl.evaluate.diagnostics.summary] — and warns with a
+[`SamplerWarning`][pyro_bdl.evaluate.diagnostics.SamplerWarning] when they disagree with T
+(`pyro_bdl.evaluate.diagnostics.sampler` defines both statistics). ``info`` also holds
 the per-step ``step_size`` schedule ``(K,)`` (units of the stage's lr), ``loss`` ``(chains, K)``,
 ``draw_steps`` (1-based), ``stage`` (0 explore, 1 warm-up, 2 sample), ``sampling_stage`` (noisy
 steps) and, for adaptive kernels, the fixed ``preconditioner_step`` G, ``friction`` α and
 ``gradient_noise`` B̂ per chain ``(chains, d)``.
 
 **Chains and checkpoints.** ``num_chains`` independent runs, seeded by
-:func:`pyro_bdl._util.random.spawn_seeds` (runs with different seeds share no chain), each
+`pyro_bdl._util.random.spawn_seeds` (runs with different seeds share no chain), each
 from a fresh default initialisation. With ``checkpoint=path`` the run state (θ, momentum,
 moments, draws, random number generators) is written atomically every ``checkpoint_every``
 epochs; the same call resumes bit-identically; a checkpoint of another run is refused.

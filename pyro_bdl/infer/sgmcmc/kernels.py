@@ -1,13 +1,13 @@
 r"""Pure SG-MCMC step rules: ``init(theta) -> state`` and ``update(state, grad, ...) -> state``.
 
 Nothing here draws random numbers, reads data or keeps history: the driver
-(:mod:`.run`) passes the minibatch gradient, the standard normal noise ξ and the step
+(`.run`) passes the minibatch gradient, the standard normal noise ξ and the step
 constants, so every rule can be tested on its own and reused by another driver (in the style
 of the ``posteriors`` package and of NumPyro's kernels).
 
 Conventions. θ ∈ ℝ^P is the flat unconstrained parameter, and the samplers simulate the
 rescaled potential V(θ) = T·U_T(θ), where U_T is the tempered potential of
-:class:`~pyro_bdl.model.potential.Objective`; the target is exp(−V/T) = p_T(θ | D).
+`Objective`; the target is exp(−V/T) = p_T(θ | D).
 ``grad`` is the minibatch estimate ĝ of ∇V (the driver multiplies ∇U_T by T). A step size
 ``G`` is a float or a ``(P,)`` tensor (a diagonal preconditioner times the step, G = ε·M⁻¹),
 and ``grad_noise`` B̂ is an optional ``(P,)`` estimate of the variance of ĝ (the minibatch
@@ -29,7 +29,7 @@ scale-adapted as in Springenberg, Klein, Falkner & Hutter 2016)
 with friction α ∈ (0, 1] (per coordinate allowed). v = hM⁻¹p is the displacement per step of
 the momentum p ~ N(0, T·M) of Hamiltonian dynamics with mass M and time step h, G = h²M⁻¹.
 The injected variance must be ≥ 0: α ≥ G B̂ / (2T) (Chen et al.'s condition α ≥ β̂), which
-:func:`valid_friction` enforces by raising α where needed. T → 0 gives SGD with momentum 1 − α.
+`valid_friction` enforces by raising α where needed. T → 0 gives SGD with momentum 1 − α.
 """
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ class GradientMoments(NamedTuple):
     """Running estimates from minibatch gradients.
 
     ``square``: the mean of ĝ² (per coordinate) since the last reset; ``noise``: the mean of the
-    split-batch estimate of Var(ĝ) (:func:`split_batch_noise`); ``count``/``noise_count``: how
+    split-batch estimate of Var(ĝ) (`split_batch_noise`); ``count``/``noise_count``: how
     many steps they average; ``ema``: an exponential moving average of ĝ² (decay 0.99, bias
     corrected through ``ema_count``), the RMSprop statistic of the exploration stage.
     """

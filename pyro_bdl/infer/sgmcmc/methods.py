@@ -1,6 +1,6 @@
-"""The SG-MCMC methods of :func:`pyro_bdl.fit`: ``"sgld"``, ``"sghmc"`` and ``"csgmcmc"``.
+"""The SG-MCMC methods of [`pyro_bdl.fit`][pyro_bdl.fit]: ``"sgld"``, ``"sghmc"`` and ``"csgmcmc"``.
 
-See the package docs (:mod:`pyro_bdl.infer.sgmcmc`) for the update rules, the adaptive
+See the package docs (`pyro_bdl.infer.sgmcmc`) for the update rules, the adaptive
 preconditioner and the step-size units.
 """
 from __future__ import annotations
@@ -134,7 +134,7 @@ def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Option
 
     θ ← θ − G ĝ + √(2GT − G²B̂) ξ with ĝ the minibatch gradient of V = T·U_T (stationary density
     p_T). By default G is adapted during the burn-in and then fixed: G_i = lr·T/E[ĝ_i²]
-    (``preconditioner="fisher"``; see :mod:`pyro_bdl.infer.sgmcmc`).
+    (``preconditioner="fisher"``; see `pyro_bdl.infer.sgmcmc`).
 
     Args:
         lr: with ``preconditioner="fisher"`` (default 0.1) the dimensionless step: G_i·H_ii ≤ lr for
@@ -179,10 +179,10 @@ def fit_sghmc(model: BayesianModel, data: FitData, *, seed: int, progress: Optio
     fixed; with ``noise_correction`` α_i is raised where needed so the noise term stays valid.
 
     Args:
-        lr: ``"fisher"`` (default 0.05): the dimensionless step, G_i H_ii ≤ lr; otherwise as :func:`fit_sgld`.
+        lr: ``"fisher"`` (default 0.05): the dimensionless step, G_i H_ii ≤ lr; otherwise as `fit_sgld`.
         momentum_decay: the friction α: its floor for ``"fisher"`` (default 0.01), the fixed friction
             otherwise (default 0.05).
-        Others as :func:`fit_sgld`.
+        Others as `fit_sgld`.
     """
     return _constant_run("sghmc", model, data, seed=seed, progress=progress, lr=lr, epochs=epochs, burnin=burnin,
                          thin=thin, num_chains=num_chains, per_datapoint=per_datapoint, init=init,
@@ -204,21 +204,21 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
     the sampling stage. With the adaptive kernel (default) exploration takes RMSprop steps
     α_k/√EMA[ĝ²] with α₀ = ``explore_lr`` (default 0.01) and momentum 0.9; the first half of each
     sampling stage re-estimates the preconditioner (as Wenzel et al. 2020 do per cycle) and the
-    second half samples with the fixed adaptive step of :func:`fit_sghmc`/:func:`fit_sgld` (lr
+    second half samples with the fixed adaptive step of `fit_sghmc`/`fit_sgld` (lr
     dimensionless), where the ``samples_per_cycle`` draws are taken. With ``preconditioner=None``
     it is Zhang et al.'s plain rule: the same step α_k in both stages, noise √(2ε_kT) (× √α for
     SGHMC) in the sampling stage, ε_k = α_k/N per data point, draws over the whole sampling stage.
 
     Args:
-        lr: adaptive: the dimensionless sampling step (defaults as :func:`fit_sghmc`/:func:`fit_sgld`);
+        lr: adaptive: the dimensionless sampling step (defaults as `fit_sghmc`/`fit_sgld`);
             plain: α₀, per data point by default (0.5).
         cycles: M, the number of cycles.
         exploration: β ∈ [0, 1), the fraction of each cycle spent exploring.
         samples_per_cycle: draws kept per cycle.
         sampler: inner sampler, ``"sghmc"`` (default) or ``"sgld"``.
-        momentum_decay: friction, as :func:`fit_sghmc` (plain default 0.1).
+        momentum_decay: friction, as `fit_sghmc` (plain default 0.1).
         per_datapoint: plain kernel only; default True there.
-        Others as :func:`fit_sgld`.
+        Others as `fit_sgld`.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")

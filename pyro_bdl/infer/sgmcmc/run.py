@@ -29,10 +29,10 @@ class Dynamics:
     ``preconditioner=None`` is the plain kernel: G = schedule × ``eps_per_lr`` and α =
     ``friction`` everywhere. Otherwise EXPLORE steps use the RMSprop step ``schedule`` /
     √EMA[ĝ²] without noise, WARMUP steps estimate the gradient moments and SAMPLE steps use the
-    step and friction frozen from them (:mod:`.kernels`): ``"fisher"`` G = lr·T/E[ĝ²] with
+    step and friction frozen from them (`.kernels`): ``"fisher"`` G = lr·T/E[ĝ²] with
     critical friction (floored at ``friction``), ``"rmsprop"`` G = lr/√E[ĝ²] with friction
     ``friction``. With ``noise_correction`` the estimated gradient noise is subtracted from the
-    injected noise and α is raised where needed (:func:`.kernels.valid_friction`).
+    injected noise and α is raised where needed (`.kernels.valid_friction`).
     """
 
     kernel: str  # "sgld" or "sghmc"
@@ -111,7 +111,7 @@ def _constants(square, noise, dynamics: Dynamics, lr: float) -> Dict[str, torch.
 
 def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamics, state: Dict[str, Any],
               save=None, checkpoint_every: int = 1, bar=None, lr: float = 1.0) -> Dict[str, Any]:
-    """Advance one chain from ``state`` (as made by :func:`_start_chain` or loaded) to the end of the plan.
+    """Advance one chain from ``state`` (as made by `_start_chain` or loaded) to the end of the plan.
 
     Every step: (U, ∇U) on a minibatch, ĝ = T·∇U, one kernel update (noise where the stage is
     WARMUP or SAMPLE), the temperature estimates at SAMPLE steps, and a copy of θ when the step
@@ -232,7 +232,7 @@ def _fingerprint(method: str, config: Dict[str, Any], model: BayesianModel, data
 
 
 def chain_seeds(seed: int, num_chains: int) -> List[int]:
-    """Seeds of the chains of a run, spawned from ``seed`` (:func:`pyro_bdl._util.random.spawn_seeds`):
+    """Seeds of the chains of a run, spawned from ``seed`` (`pyro_bdl._util.random.spawn_seeds`):
     runs with different seeds share no chain."""
     return spawn_seeds(seed, num_chains)
 
@@ -240,7 +240,7 @@ def chain_seeds(seed: int, num_chains: int) -> List[int]:
 def sample(model: BayesianModel, data: FitData, *, method: str, plan: Plan, dynamics: Dynamics, seed: int,
            progress: Optional[bool], num_chains: int, init, checkpoint: Optional[str], checkpoint_every: int,
            config: Dict[str, Any], lr: float = 1.0) -> SamplesPosterior:
-    """Run ``num_chains`` independent chains of ``plan`` and collect them in a :class:`SamplesPosterior`."""
+    """Run ``num_chains`` independent chains of ``plan`` and collect them in a [`SamplesPosterior`][pyro_bdl.SamplesPosterior]."""
     objective = Objective(model, _example_inputs(data))
     seeds = chain_seeds(seed, num_chains)
     fingerprint = _fingerprint(method, config, model, data, objective, seed,

@@ -1,6 +1,6 @@
 """Step-size schedules, stages and draw steps of the SG-MCMC methods.
 
-A run of K = epochs × batches steps is planned up front (:class:`Plan`): the step size of
+A run of K = epochs × batches steps is planned up front (`Plan`): the step size of
 every step (in the units of the stage's ``lr``), its stage and the steps after which a draw is
 kept. Stages:
 
