@@ -135,7 +135,7 @@ class FitData:
         size = self.random_batch_size
         for _ in range(num_batches):
             idx = torch.randint(self.dataset_size, (size,), generator=generator)
-            xb = x[idx]
+            xb = take_rows(x, idx)
             yield (self.augment(xb, generator) if self.augment is not None else xb), y[idx]
 
     def steps(self, num_steps: int, generator: Optional[torch.Generator] = None) -> Iterator[Batch]:

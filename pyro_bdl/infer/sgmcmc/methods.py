@@ -182,7 +182,8 @@ def fit_sghmc(model: BayesianModel, data: FitData, *, seed: int, progress: Optio
         lr: ``"fisher"`` (default 0.05): the dimensionless step, G_i H_ii ≤ lr; otherwise as `fit_sgld`.
         momentum_decay: the friction α: its floor for ``"fisher"`` (default 0.01), the fixed friction
             otherwise (default 0.05).
-        Others as `fit_sgld`.
+
+    The other options are as in `fit_sgld`.
     """
     return _constant_run("sghmc", model, data, seed=seed, progress=progress, lr=lr, epochs=epochs, burnin=burnin,
                          thin=thin, num_chains=num_chains, per_datapoint=per_datapoint, init=init,
@@ -218,7 +219,8 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
         sampler: inner sampler, ``"sghmc"`` (default) or ``"sgld"``.
         momentum_decay: friction, as `fit_sghmc` (plain default 0.1).
         per_datapoint: plain kernel only; default True there.
-        Others as `fit_sgld`.
+
+    The other options are as in `fit_sgld`.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
