@@ -31,12 +31,6 @@ def moved_names(package: str, table: Dict[str, str]) -> Callable[[str], object]:
     return __getattr__
 
 
-def alias_module(old: str, new: str) -> ModuleType:
-    """Import ``new`` for a shim module at ``old``, warning once per import of the old path."""
-    warn_moved(old, new)
-    return importlib.import_module(new)
-
-
 class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Serves old module paths: ``import pyro_bdl.lifting`` gives the module(s) now holding that code.
 

@@ -1,7 +1,6 @@
 """The SG-MCMC driver: one loop for every kernel, chains, checkpoints and the collected posterior."""
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Union
@@ -226,8 +225,7 @@ def _fingerprint(method: str, config: Dict[str, Any], model: BayesianModel, data
                  objective: Objective, seed: int, theta0: torch.Tensor) -> Dict[str, Any]:
     """What identifies a run, so a checkpoint is only resumed by the same run (``theta0``, the first
     chain's start, stands for ``init`` whatever its form)."""
-    start = hashlib.sha1(theta0.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
-    return ckpt.fingerprint(model, data, method, config, seed, start=start, sites=list(objective.layout.names),
+    return ckpt.fingerprint(model, data, method, config, seed, start=ckpt.tensor_hash(theta0), sites=list(objective.layout.names),
                             size=objective.size)
 
 
