@@ -64,6 +64,9 @@ class LiftedNetwork:
     #: How draws are evaluated: True (``torch.func.vmap``), False (a loop over draws, for networks
     #: whose operations vmap cannot batch, e.g. ``nn.LSTM``), None until the first call with draws.
     vectorised: Optional[bool] = None
+    #: Whether the network shares (ties) parameters or buffers between modules; None until `functional_forward` looks.
+    _tied: Optional[bool] = None
+    _has_buffers: bool = True
 
     def __init__(self, net: nn.Module, prior: Any = None, deterministic: Patterns = None,
                  bayesian: Patterns = None, prefix: str = ""):
@@ -220,6 +223,24 @@ class LiftedNetwork:
 
         out = self._over_draws(one, flat, flat_buffers)
         return out.reshape(*batch, *out.shape[1:])
+
+    def functional_forward(self, params: Dict[str, torch.Tensor], x: Inputs) -> torch.Tensor:
+        """``f(x; w)`` for one draw, without the checks of `forward`: the compiled potential's hot path.
+
+        ``params`` holds every Bayesian parameter keyed by its *parameter* name (``"0.weight"``, no
+        prefix) with exactly the parameter's shape (no draw dims) — the caller vouches for this, as
+        `Objective` does by building them from its layout. The fixed parameters and the
+        buffers are the network's own. Tied weights are re-tied only if the network has any (decided
+        once), which spares ``functional_call`` its search for them on every call.
+        """
+        if self._tied is None:
+            every = list(self.net.named_parameters(remove_duplicate=False)) + \
+                list(self.net.named_buffers(remove_duplicate=False))
+            self._tied = len({id(t) for _, t in every}) != len(every)
+            self._has_buffers = any(True for _ in self.net.buffers())
+        fixed = self._fixed_tensors() if self._has_buffers else {n: self._values[n] for n in self.fixed_names}
+        return functional_call(self.net, {**fixed, **params} if fixed else params, as_args(x),
+                               tie_weights=self._tied, strict=False)
 
     def _over_draws(self, one, flat: Dict[str, torch.Tensor], flat_buffers: Dict[str, torch.Tensor]) -> torch.Tensor:
         """``one`` at each of the S draws on the leading dim of ``flat``, stacked: ``(S, ...)``.

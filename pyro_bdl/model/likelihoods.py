@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Dict, Optional
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -27,6 +29,7 @@ from .sites import DATA_PLATE, NOISE_SITE, OBS_SITE
 
 Params = Dict[str, torch.Tensor]
 
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 class Likelihood:
@@ -46,6 +49,16 @@ class Likelihood:
     def distribution(self, output: torch.Tensor, params: Optional[Params] = None) -> dist.Distribution:
         """p(y | f): batch shape ``output.shape[:-1]``."""
         raise NotImplementedError
+
+    def log_prob_sum(self, output: torch.Tensor, y: torch.Tensor, params: Optional[Params] = None) -> torch.Tensor:
+        """Σᵢ log p(yᵢ | f(xᵢ)) over the batch, without Pyro's validation: the compiled potential's hot path.
+
+        The same density as `distribution` (subclasses override it with a closed form, checked against
+        the Pyro trace at start-up by `Objective`); pure in ``output`` and
+        ``params``, so it runs inside ``torch.func.vmap``.
+        """
+        with pyro.validation_enabled(False):
+            return self.distribution(output, params).log_prob(y).sum()
 
     def check_output(self, out_dim: int) -> None:
         """Raise ``ValueError`` if a network with ``out_dim`` outputs cannot feed this likelihood."""
@@ -102,12 +115,12 @@ class _LocScale(Likelihood):
             return {}
         return {self.noise_site: pyro.sample(self.noise_site, self.scale_prior)}
 
-    def _loc_scale(self, output, params: Optional[Params], softplus=F.softplus):
+    def _loc_scale(self, output, params: Optional[Params], softplus=F.softplus, number: bool = False):
         """Location and scale of p(y | f) from the network output: the one definition of this link.
 
         Written with indexing only, so ``output`` may be a torch tensor or a JAX array (the NumPyro
         backend passes ``softplus=jax.nn.softplus``): heteroskedastic σ = softplus(raw) + min_scale,
-        learned σ from ``params``, or the fixed scale.
+        learned σ from ``params``, or the fixed scale (a Python number with ``number=True``).
         """
         if self.heteroskedastic:
             d = output.shape[-1] // 2
@@ -121,7 +134,8 @@ class _LocScale(Likelihood):
                 scale = params[self.noise_site]
                 scale = scale[..., None] if scale.ndim > 0 else scale  # align with the output column dim
             else:
-                scale = torch.tensor(self.scale, dtype=output.dtype) if torch.is_tensor(output) else self.scale
+                scale = torch.tensor(self.scale, dtype=output.dtype) if torch.is_tensor(output) and not number \
+                    else self.scale
         if loc.shape[-1] == 1:  # scalar targets
             loc = loc[..., 0]
             scale = scale[..., 0] if getattr(scale, "ndim", 0) > 0 else scale
@@ -178,6 +192,18 @@ class Gaussian(_LocScale):
         loc, scale = self._loc_scale(output, params)
         return self._event(dist.Normal(loc, scale), loc, output)
 
+    def log_prob_sum(self, output, y, params=None):
+        """Σᵢ log N(yᵢ | μᵢ, σᵢ²) = −½ Σᵢ ((yᵢ − μᵢ)/σᵢ)² − Σᵢ log σᵢ − (n/2) log 2π, in closed form."""
+        loc, scale = self._loc_scale(output, params, number=True)
+        z = y - loc
+        n = z.numel()
+        if isinstance(scale, float):
+            return -(0.5 / scale ** 2) * torch.linalg.vecdot(z.reshape(-1), z.reshape(-1)) \
+                - n * (math.log(scale) + _HALF_LOG_2PI)
+        z = z / scale
+        log_scale = torch.log(scale).expand(z.shape).sum()
+        return -0.5 * torch.linalg.vecdot(z.reshape(-1), z.reshape(-1)) - log_scale - n * _HALF_LOG_2PI
+
 
 class StudentT(_LocScale):
     """Student-t likelihood, y ~ t_ν(f(x; w), σ): robust to outliers. ``scale`` as in `Gaussian`."""
@@ -193,6 +219,17 @@ class StudentT(_LocScale):
     def distribution(self, output, params=None):
         loc, scale = self._loc_scale(output, params)
         return self._event(dist.StudentT(torch.tensor(self.df, dtype=output.dtype), loc, scale), loc, output)
+
+    def log_prob_sum(self, output, y, params=None):
+        """Σᵢ log t_ν(yᵢ | μᵢ, σᵢ) = Σᵢ [c_ν − log σᵢ − (ν+1)/2 · log(1 + zᵢ²/ν)], zᵢ = (yᵢ − μᵢ)/σᵢ,
+        c_ν = log Γ((ν+1)/2) − log Γ(ν/2) − ½ log(πν), in closed form."""
+        loc, scale = self._loc_scale(output, params, number=True)
+        nu = self.df
+        z = (y - loc) / scale
+        n = z.numel()
+        c = math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(math.pi * nu)
+        log_scale = n * math.log(scale) if isinstance(scale, float) else torch.log(scale).expand(z.shape).sum()
+        return n * c - log_scale - 0.5 * (nu + 1) * torch.log1p(z * z / nu).sum()
 
 
 def _integer_labels(y: torch.Tensor, what: str) -> torch.Tensor:
@@ -212,6 +249,10 @@ class Categorical(Likelihood):
 
     def distribution(self, output, params=None):
         return dist.Categorical(logits=output)
+
+    def log_prob_sum(self, output, y, params=None):
+        """Σᵢ log softmax(fᵢ)[yᵢ] = −cross_entropy(f, y, reduction="sum"), in closed form."""
+        return -F.cross_entropy(output.reshape(-1, output.shape[-1]), y.reshape(-1).long(), reduction="sum")
 
     def check_output(self, out_dim: int) -> None:
         if out_dim < 2:
@@ -242,6 +283,11 @@ class Bernoulli(Likelihood):
 
     def distribution(self, output, params=None):
         return dist.Bernoulli(logits=output.squeeze(-1))
+
+    def log_prob_sum(self, output, y, params=None):
+        """Σᵢ [yᵢ log σ(fᵢ) + (1 − yᵢ) log(1 − σ(fᵢ))] = −BCE-with-logits(f, y, reduction="sum"), in closed form."""
+        logits = output.squeeze(-1)
+        return -F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype).expand(logits.shape), reduction="sum")
 
     def check_output(self, out_dim: int) -> None:
         if out_dim != 1:

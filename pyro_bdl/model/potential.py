@@ -21,31 +21,47 @@ Two evaluations of the same density:
   with s_prior = `prior_scale`, s_lik =
   `likelihood_scale`, f by ``torch.func.functional_call`` and p(y | f)
   from the likelihood's own `distribution` — the same
-  definitions the Pyro model uses. On its first call it is checked against the traced density at a
-  random point; a mismatch raises, naming both values.
+  definitions the Pyro model uses. On one flat θ of shape ``(P,)`` the per-step hot path
+  (`_FlatPotential`) evaluates the same density without building distributions: θ is split once
+  into per-site views, iid Gaussian / Laplace / Student-t priors are closed forms with their constants
+  precomputed (`pyro_bdl.priors.closed_form`), the network is called through
+  [`LiftedNetwork.functional_forward`][pyro_bdl.LiftedNetwork] (no shape checks) and the likelihood
+  through its closed-form `log_prob_sum` (no validation). It is a pure function of θ — no
+  ``.item()``, no in-place update, no branch on values — so ``torch.func.vmap`` stacks ensemble members
+  or chains over a leading dim of θ. On its first call the compiled density is checked against the
+  traced one at a point near the start; a mismatch raises, naming both values.
 * **traced**: [`BayesianModel.log_joint`][pyro_bdl.BayesianModel], used for hierarchical priors (a prior that draws its
   hyperparameters with ``pyro.sample``) and whenever ``compiled=False``.
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
+import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
 from torch.distributions import biject_to
-from torch.distributions.transforms import identity_transform
+from torch.distributions.transforms import IndependentTransform, Transform, identity_transform
 
 from .bayesian_model import BayesianModel
 from .inputs import take_rows
 from .lifting import latent_sites
-from .._util.random import seeded
 from ..priors.base import Prior
+from ..priors.closed_form import FlatLogDensity, flat_log_density
 from ..priors.combinators import as_prior
 from . import tempering
 from .layout import WeightLayout
 from .sites import OBS_SITE
+
+
+def _is_identity(transform: Transform) -> bool:
+    """True for the identity map, also when wrapped as ``IndependentTransform`` (a weight site's support
+    is ``independent(real, k)``, whose bijection is the identity reinterpreted over k dims)."""
+    while isinstance(transform, IndependentTransform):
+        transform = transform.base_transform
+    return transform == identity_transform
 
 
 class Objective:
@@ -66,7 +82,8 @@ class Objective:
         self.transforms = {n: biject_to(s["fn"].support) for n, s in sites.items()}
         shapes = {n: self.transforms[n].inv(s["value"]).shape for n, s in sites.items()}
         self.layout = WeightLayout(tuple(shapes), tuple(torch.Size(v) for v in shapes.values()))
-        self._identity = {n for n, t in self.transforms.items() if t == identity_transform}
+        self._identity = {n for n, t in self.transforms.items() if _is_identity(t)}
+        self._fast: Optional[_FlatPotential] = None  # the hot path, built from the compiled priors at first use
         compilable = self._compilable(sites)
         if compiled and not compilable:
             raise ValueError("compiled=True needs a prior without hyperprior sites (every latent site a weight or "
@@ -110,16 +127,28 @@ class Objective:
         return s_prior * log_prior + (s_lik * n_over_b) * log_lik
 
     def _verify(self, x: torch.Tensor, y: torch.Tensor, dataset_size: Optional[int]) -> None:
-        """Check the compiled density against the Pyro trace at a random point (once, on the first batch)."""
-        with torch.no_grad(), seeded(0):
+        """Check the compiled density against the Pyro trace at a random point (once, on the first batch).
+
+        Both compiled evaluations are checked: the one on site values (`log_joint`) and the flat hot
+        path on θ (`log_density`), which is built here from the compiled priors.
+        """
+        self._fast = _FlatPotential(self)
+        with torch.no_grad():
             start = self.initial()
-            theta = start + 0.1 * torch.randn(self.size, dtype=start.dtype, device=start.device)  # near the start
-            values = self.constrain(theta)[0]
+            # A fixed pseudo-random point near the start, drawn without an RNG: the first call may run
+            # inside torch.func.vmap, which refuses random operations.
+            step = torch.arange(1, self.size + 1, dtype=start.dtype, device=start.device)
+            theta = start + 0.1 * torch.sin(12.9898 * step)
+            values, log_dets = self.constrain(theta)
+            log_det = float(sum(log_dets.values(), torch.zeros(())))
             compiled = float(self._compiled_log_joint(values, x, y, dataset_size))
+            flat = float(self._fast(theta, x, y, dataset_size)) - log_det
             traced = float(self.model.log_joint(values, x, y, dataset_size))
-        if not math.isclose(compiled, traced, rel_tol=1e-4, abs_tol=1e-3):
-            raise RuntimeError(f"the compiled log density ({compiled:.6g}) differs from the Pyro trace's ({traced:.6g}) "
-                               "for this model; pass compiled=False to use the trace, and please report the model.")
+        for name, value in (("compiled", compiled), ("flat compiled", flat)):
+            if not math.isclose(value, traced, rel_tol=1e-4, abs_tol=1e-3):
+                self._fast = None
+                raise RuntimeError(f"the {name} log density ({value:.6g}) differs from the Pyro trace's ({traced:.6g}) "
+                                   "for this model; pass compiled=False to use the trace, and please report the model.")
         self._verified = True
 
     def log_joint(self, values: Dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
@@ -167,7 +196,16 @@ class Objective:
 
     def log_density(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                     dataset_size: Optional[int] = None) -> torch.Tensor:
-        """log p̃(D, w(θ)) + log|det ∂w/∂θ| on a (mini)batch; differentiable in θ."""
+        """log p̃(D, w(θ)) + log|det ∂w/∂θ| on a (mini)batch; differentiable in θ.
+
+        For one θ of shape ``(P,)`` on a compiled model this is the flat hot path (closed-form priors
+        on slices of θ, the network called on views of θ, the likelihood's `log_prob_sum`): a pure
+        function of θ, so ``torch.func.vmap`` stacks members or chains over a leading dim of θ.
+        """
+        if self.compiled and theta.dim() == 1:
+            if not self._verified:
+                self._verify(x, y, dataset_size)
+            return self._fast(theta, x, y, dataset_size)
         values, log_dets = self.constrain(theta)
         log_det = sum(log_dets.values(), torch.zeros((), dtype=theta.dtype, device=theta.device))
         return self.log_joint(values, x, y, dataset_size) + log_det
@@ -184,3 +222,88 @@ class Objective:
         u = self.potential(theta, x, y, dataset_size)
         (g,) = torch.autograd.grad(u, theta)
         return u.detach(), g
+
+
+class _FlatPotential:
+    """The compiled log density as a function of one flat θ ``(P,)``: the per-step hot path.
+
+        log q(θ) = s_prior·[Σ_terms log p(θ_terms) + Σ_other log p(w_s)] + s_lik·(N/B)·Σᵢ log p(yᵢ | f(xᵢ; w), σ)
+                   + Σ_other log|det ∂w_s/∂u_s|.
+
+    θ is split once into one chunk per site (views, no copies). Weight sites with an identity transform
+    are their chunks; their priors are `FlatLogDensity` terms on those chunks, adjacent sites with the
+    same constant hyperparameters merged into one (an iid Gaussian prior over every layer is one squared
+    norm of θ).
+    Other sites (a learned noise scale, a weight with a constrained prior support) are transformed and
+    use their own distribution. The network gets views of θ reshaped to each parameter's shape, through
+    `LiftedNetwork.functional_forward` (no shape checks). Built from
+    ``objective._priors`` at the first call, then checked against the trace (`Objective._verify`).
+    """
+
+    def __init__(self, objective: Objective):
+        model = objective.model
+        self.model = model
+        self.network = model.network
+        self.likelihood = model.likelihood
+        names = objective.layout.names
+        self.numels = list(objective.layout.numels)
+        shapes = dict(zip(names, objective.layout.shapes))
+        index = {name: i for i, name in enumerate(names)}
+        identity = objective._identity
+        param_of = {model.network.site_name(p): p for p in model.network.param_names}
+        # Network parameters on identity sites are views of θ's chunks; every other site is transformed.
+        self.views = [(param_of[s], index[s], shapes[s]) for s in model.weight_sites if s in identity]
+        self.others = [(s, index[s], shapes[s], objective.transforms[s], objective._priors[s])
+                       for s in names if s not in identity]
+        self.other_weights = [(param_of[s], s) for s in model.weight_sites if s not in identity]
+        self.lik_sites = list(model.likelihood_sites)
+        # Prior terms over runs of chunks [i, j) of θ.split(numels); adjacent identity sites whose priors
+        # have the same constant hyperparameters share one term.
+        terms: List[Tuple[int, int, FlatLogDensity]] = []
+        for name in names:
+            if name not in identity:
+                continue
+            i = index[name]
+            term = flat_log_density(objective._priors[name], shapes[name])
+            if terms and terms[-1][1] == i and terms[-1][2].same_density(term):
+                terms[-1] = (terms[-1][0], i + 1, terms[-1][2].merge(term))
+            else:
+                terms.append((i, i + 1, term))
+        self.terms = terms
+        self.whole = len(terms) == 1 and (terms[0][0], terms[0][1]) == (0, len(self.numels))
+
+    def __call__(self, theta: torch.Tensor, x, y: torch.Tensor, dataset_size: Optional[int]) -> torch.Tensor:
+        model = self.model
+        s_prior = tempering.prior_scale(model.temperature, model.tempering)
+        s_lik = tempering.likelihood_scale(model.temperature, model.tempering)
+        # One split: its backward is one concatenation of the pieces' gradients (slicing θ per site would
+        # make a θ-sized gradient per site).
+        chunks = theta.split(self.numels)
+        if self.whole:  # one prior over all of θ (the usual iid prior without learned noise)
+            log_prior = self.terms[0][2](theta)
+        else:
+            log_prior = None
+            for i, j, term in self.terms:
+                lp = term(*chunks[i:j])
+                log_prior = lp if log_prior is None else log_prior + lp
+        params = {p: chunks[i].view(shape) for p, i, shape in self.views}
+        values, log_det = {}, None
+        if self.others:
+            with pyro.validation_enabled(False):  # a support check would branch on θ's values (no vmap)
+                for site, i, shape, transform, prior in self.others:
+                    u = chunks[i].view(shape)
+                    v = transform(u)
+                    lp = prior.log_prob(v).sum()
+                    jac = transform.log_abs_det_jacobian(u, v).sum()
+                    values[site] = v
+                    log_prior = lp if log_prior is None else log_prior + lp
+                    log_det = jac if log_det is None else log_det + jac
+        for p, site in self.other_weights:
+            params[p] = values[site]
+        out = self.network.functional_forward(params, x)
+        n_over_b = 1.0 if dataset_size is None else int(dataset_size) / out.shape[-2]
+        log_lik = self.likelihood.log_prob_sum(out, y, {s: values[s] for s in self.lik_sites})
+        total = (s_lik * n_over_b) * log_lik
+        if log_prior is not None:
+            total = total + s_prior * log_prior
+        return total if log_det is None else total + log_det
