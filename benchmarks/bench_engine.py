@@ -1,0 +1,245 @@
+"""Per-step cost of every gradient-based method of ``pyro_bdl.fit`` against a hand-written torch loop.
+
+For each method (map, swag, sgld, sghmc, csgmcmc) and two tanh MLPs on synthetic regression data
+(≈30k and ≈540k parameters, N = 1024 points, minibatches of B = 64 by random reshuffling, Gaussian
+likelihood σ = 0.1, N(0, 1) prior), it times in ONE run, interleaved, with one torch thread:
+
+* ``fit``: ``bdl.fit(model, x, y, method=..., batch_size=B, epochs=E)`` at two run lengths E₁ < E₂;
+  per step = (t(E₂) − t(E₁)) / ((E₂ − E₁)·N/B), so the one-off start-up (model trace, checks,
+  posterior construction) cancels; it is reported separately as t(E₁) − E₁·(N/B)·per step.
+* ``torch``: the same update written by hand on the network's own parameters, on minibatches of the
+  same size from the same data (plain Adam with an exponential learning-rate decay for map, SGD with
+  momentum on the per-data-point loss for swag, the SGLD / SGHMC update with Gaussian noise for sgld,
+  sghmc and csgmcmc; the loss is read back with ``.item()`` every step, as every method does).
+
+The SG-MCMC rows use the plain kernels (``preconditioner=None``: a fixed step, the textbook
+updates); one extra row shows sghmc with its default adaptive (Fisher) preconditioner after a fixed
+one-epoch burn-in (its per-step figure is the sampling stage's; the burn-in, which takes two half-batch
+gradients per step, is counted in start-up). A last row times a K = 8 member ensemble against 8 single
+``map`` fits (whole runs, start-up included), with whatever option the ensemble takes for its size
+(``num_chains`` or ``num_models``).
+
+Targets (issue 15): ≤ 1.15× the plain loop per step for every method; the ensemble ≤ 0.4× of 8 singles.
+The machine may be shared: each figure is the median over ``--repeats`` interleaved repeats.
+
+Run: ``python benchmarks/bench_engine.py`` (``--quick`` for a short run, ≈2 minutes).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+import warnings
+from typing import Callable, Dict, List, Tuple
+
+import torch
+
+import pyro_bdl as bdl
+from pyro_bdl.infer.fit import method_options
+
+N, B, SIGMA = 1024, 64, 0.1
+SIZES = {"30k": (20, 160), "540k": (64, 700)}  # (inputs, hidden): D-H-H-1 tanh MLP
+
+
+def make_data(d: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, d, generator=g)
+    y = torch.tanh(x[:, 0]) - 0.5 * x[:, 1] + SIGMA * torch.randn(N, generator=g)
+    return x, y
+
+
+def make_net(d: int, h: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(d, h), torch.nn.Tanh(), torch.nn.Linear(h, h), torch.nn.Tanh(),
+                               torch.nn.Linear(h, 1))
+
+
+def make_model(d: int, h: int) -> bdl.BayesianModel:
+    return bdl.BayesianModel(make_net(d, h), prior=bdl.priors.Gaussian(0.0, 1.0),
+                             likelihood=bdl.likelihoods.Gaussian(scale=SIGMA))
+
+
+# -- the library -----------------------------------------------------------------------------------
+LR = {"map": 1e-3, "swag": 1e-4, "sgld": 1e-7, "sghmc": 1e-7, "csgmcmc": 1e-4, "sghmc (fisher)": None}
+
+
+def fit_options(method: str, epochs: int) -> Tuple[str, Dict]:
+    """The ``fit`` method and options of a row (fixed, small; defaults elsewhere)."""
+    if method == "map":
+        return "map", dict(epochs=epochs, lr=LR[method])
+    if method == "swag":  # a numeric collection rate: no auto-rate burn-in, one snapshot per epoch
+        return "swag", dict(epochs=epochs, swa_start=0, lr=LR[method], swa_lr=LR[method], rank=5)
+    if method in ("sgld", "sghmc"):
+        return method, dict(epochs=epochs, lr=LR[method], preconditioner=None, init="net")
+    if method == "csgmcmc":
+        return "csgmcmc", dict(epochs=epochs, lr=LR[method], cycles=1, preconditioner=None, init="net")
+    if method == "sghmc (fisher)":  # a fixed one-epoch burn-in (its split gradients land in start-up)
+        return "sghmc", dict(epochs=epochs + 1, burnin=1, init="net")
+    raise ValueError(method)
+
+
+def time_fit(method: str, size: str, epochs: int, x, y) -> float:
+    name, options = fit_options(method, epochs)
+    model = make_model(*SIZES[size])
+    t = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # short runs warn about their few draws; not what is timed
+        bdl.fit(model, x, y, method=name, batch_size=B, progress=False, seed=0, **options)
+    return time.perf_counter() - t
+
+
+# -- hand-written torch loops ------------------------------------------------------------------------
+def batches(epochs: int, generator: torch.Generator):
+    for _ in range(epochs):
+        perm = torch.randperm(N, generator=generator)
+        for i in range(0, N, B):
+            yield perm[i:i + B]
+
+
+def potential(net, params, x, y, idx) -> torch.Tensor:
+    """U = (N/B)·Σ_batch (y − f)²/(2σ²) + Σ w²/2 (the negative log joint up to constants)."""
+    out = net(x[idx]).squeeze(-1)
+    return (N / len(idx)) * 0.5 * ((y[idx] - out) / SIGMA).pow(2).sum() + 0.5 * sum(p.pow(2).sum() for p in params)
+
+
+def torch_loop(method: str, size: str, epochs: int, x, y) -> Tuple[float, int]:
+    """Seconds and steps of the hand-written loop (network built outside the timer)."""
+    net = make_net(*SIZES[size])
+    params = list(net.parameters())
+    g = torch.Generator().manual_seed(0)
+    noise_gen = torch.Generator().manual_seed(1)
+    steps = epochs * math.ceil(N / B)
+    losses: List[float] = []
+    draws: List[torch.Tensor] = []
+    t = time.perf_counter()
+    if method == "map":
+        opt = torch.optim.Adam(params, lr=LR[method])
+        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.1 ** (1 / steps))
+        for idx in batches(epochs, g):
+            opt.zero_grad()
+            loss = potential(net, params, x, y, idx)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+    elif method == "swag":
+        opt = torch.optim.SGD(params, lr=LR[method], momentum=0.9)
+        for idx in batches(epochs, g):
+            opt.zero_grad()
+            loss = potential(net, params, x, y, idx) / N
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    else:  # SGLD (α = 1) / SGHMC: v ← (1 − α)v − ε∇U + √(2αε)ξ, θ ← θ + v (T = 1)
+        sgld = method == "sgld"
+        csg = method == "csgmcmc"
+        alpha = 1.0 if sgld else (0.1 if csg else 0.05)  # the methods' plain frictions
+        momenta = [torch.zeros_like(p) for p in params]
+        k = 0
+        for idx in batches(epochs, g):
+            for p in params:
+                p.grad = None
+            loss = potential(net, params, x, y, idx)
+            loss.backward()
+            if csg:  # one cosine cycle, exploring (no noise) for its first 80%, ε per data point
+                eps = LR["csgmcmc"] / N * 0.5 * (math.cos(math.pi * k / steps) + 1)
+                noisy = k >= 0.8 * steps
+            else:
+                eps, noisy = LR[method], True
+            scale = math.sqrt(2 * alpha * eps)
+            with torch.no_grad():
+                for p, v in zip(params, momenta):
+                    step = -eps * p.grad
+                    if noisy:
+                        step = step + scale * torch.randn(p.shape, generator=noise_gen)
+                    if sgld:
+                        p.add_(step)
+                    else:
+                        v.mul_(1 - alpha).add_(step)
+                        p.add_(v)
+            losses.append(loss.item())
+            k += 1
+            if k % math.ceil(N / B) == 0:
+                draws.append(torch.cat([p.detach().reshape(-1) for p in params]))
+    return time.perf_counter() - t, steps
+
+
+# -- the ensemble row ------------------------------------------------------------------------------
+def ensemble_option() -> str:
+    """The ensemble's option for its number of members: ``num_chains`` (the one vocabulary) or ``num_models``."""
+    accepted = method_options("ensemble")
+    return "num_chains" if "num_chains" in accepted else "num_models"
+
+
+def time_ensemble(size: str, k: int, epochs: int, x, y) -> Tuple[float, float]:
+    """(seconds for a K-member ensemble, seconds for K single map fits), whole runs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = time.perf_counter()
+        bdl.fit(make_model(*SIZES[size]), x, y, method="ensemble", batch_size=B, progress=False, seed=0,
+                epochs=epochs, lr=LR["map"], **{ensemble_option(): k})
+        ensemble = time.perf_counter() - t
+        t = time.perf_counter()
+        for m in range(k):
+            bdl.fit(make_model(*SIZES[size]), x, y, method="map", batch_size=B, progress=False, seed=m,
+                    epochs=epochs, lr=LR["map"])
+        singles = time.perf_counter() - t
+    return ensemble, singles
+
+
+# -- the table -----------------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short runs, 3 repeats (≈2 minutes)")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--sizes", nargs="*", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--methods", nargs="*", default=["map", "swag", "sgld", "sghmc", "csgmcmc", "sghmc (fisher)"])
+    parser.add_argument("--no-ensemble", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    repeats = args.repeats or (3 if args.quick else 5)
+    # epochs (E₁, E₂) per size: enough steps that the difference dominates the timer's noise
+    epochs = {"30k": (1, 3) if args.quick else (2, 8), "540k": (1, 2) if args.quick else (1, 4)}
+    data = {size: make_data(SIZES[size][0]) for size in args.sizes}
+    rows: Dict[Tuple[str, str], Dict[str, List[float]]] = {}
+    for size in args.sizes:  # a warm-up of every code path, not timed
+        x, y = data[size]
+        for method in args.methods:
+            time_fit(method, size, epochs[size][0], x, y)
+            torch_loop(method.split(" ")[0], size, 1, x, y)
+    for r in range(repeats):
+        for size in args.sizes:
+            x, y = data[size]
+            e1, e2 = epochs[size]
+            steps_per_epoch = math.ceil(N / B)
+            for method in args.methods:
+                row = rows.setdefault((size, method), {"fit": [], "startup": [], "torch": []})
+                t1, t2 = time_fit(method, size, e1, x, y), time_fit(method, size, e2, x, y)
+                per_step = (t2 - t1) / ((e2 - e1) * steps_per_epoch)
+                row["fit"].append(per_step)
+                row["startup"].append(t1 - e1 * steps_per_epoch * per_step)
+                seconds, steps = torch_loop(method.split(" ")[0], size, e2, x, y)
+                row["torch"].append(seconds / steps)
+        print(f"repeat {r + 1}/{repeats} done", flush=True)
+    params = {size: sum(p.numel() for p in make_net(*SIZES[size]).parameters()) for size in args.sizes}
+    print(f"\nper training step, B = {B}, N = {N}, 1 thread, median of {repeats} interleaved repeats")
+    print(f"| {'method':16s} | {'size':>12s} | {'fit ms/step':>11s} | {'torch ms/step':>13s} | {'ratio':>6s} | "
+          f"{'fit start-up s':>14s} |")
+    print(f"| {'-' * 16} | {'-' * 12} | {'-' * 11} | {'-' * 13} | {'-' * 6} | {'-' * 14} |")
+    for (size, method), row in rows.items():
+        fit_ms, torch_ms = statistics.median(row["fit"]) * 1e3, statistics.median(row["torch"]) * 1e3
+        print(f"| {method:16s} | {params[size]:>12,d} | {fit_ms:11.2f} | {torch_ms:13.2f} | {fit_ms / torch_ms:6.2f} | "
+              f"{statistics.median(row['startup']):14.2f} |")
+    if not args.no_ensemble:
+        k, size = 8, "30k"
+        x, y = data.get(size) or make_data(SIZES[size][0])
+        e = 1 if args.quick else 3
+        times = [time_ensemble(size, k, e, x, y) for _ in range(max(1, repeats // 2))]
+        ens, singles = statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
+        print(f"\nK = {k} ensemble ({ensemble_option()}={k}, {e} epoch(s) each, 30k parameters, whole runs): "
+              f"{ens:.2f} s vs {k} single map fits {singles:.2f} s -> {ens / singles:.2f}x (target <= 0.4x)")
+
+
+if __name__ == "__main__":
+    main()
