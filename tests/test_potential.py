@@ -188,3 +188,30 @@ def test_potential_is_vmappable_over_theta(case):
     torch.testing.assert_close(stacked, loop)
     grads = torch.func.vmap(torch.func.grad(lambda t: objective.potential(t, x, y, 50)))(thetas)
     torch.testing.assert_close(grads, torch.stack([objective.grad(t, x, y, 50)[1] for t in thetas]))
+
+
+class _Tied(torch.nn.Module):
+    """Encoder and decoder share one weight matrix (a tied autoencoder-style regressor)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.enc, self.dec, self.head = torch.nn.Linear(3, 4), torch.nn.Linear(4, 3), torch.nn.Linear(3, 1)
+        self.dec.weight = self.enc.weight  # one Parameter in two modules: a single Bayesian site "enc.weight"
+
+    def forward(self, x):
+        h = torch.tanh(self.enc(x))
+        return self.head(torch.nn.functional.linear(h, self.dec.weight.T, self.dec.bias))
+
+
+def test_hot_path_reties_shared_weights_and_uses_fixed_parameters():
+    x, y = _data()
+    tied = bdl.BayesianModel(_Tied(), likelihood=bdl.likelihoods.Gaussian(scale=0.5))
+    partly_fixed = bdl.BayesianModel(_mlp(), likelihood=bdl.likelihoods.Gaussian(scale=0.5), deterministic="0.*")
+    for model in (tied, partly_fixed):
+        fast, traced = Objective(model, x), Objective(model, x, compiled=False)
+        theta = fast.initial() + 0.2 * torch.randn(fast.size, generator=torch.Generator().manual_seed(0))
+        assert math.isclose(float(fast.log_density(theta, x, y, 30)), float(traced.log_density(theta, x, y, 30)),
+                            rel_tol=1e-5)
+        torch.testing.assert_close(fast.grad(theta, x, y, 30)[1], traced.grad(theta, x, y, 30)[1])
+    assert "dec.weight" not in tied.weight_sites and tied.network._tied and not partly_fixed.network._tied

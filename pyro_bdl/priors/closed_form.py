@@ -117,9 +117,9 @@ class FlatLogDensity:
         """The non-constant part −(log p(w) − c) on one 1-D piece of the site."""
         loc, scale = self.loc, self.scale
         if not isinstance(loc, float):
-            loc = loc.to(w.dtype)
+            loc = loc.to(w)  # dtype and device of θ
         if not isinstance(scale, float):
-            scale = scale.to(w.dtype)
+            scale = scale.to(w)
         z = w if isinstance(loc, float) and loc == 0.0 else w - loc
         if self.kind == "normal":
             if isinstance(scale, float):  # one scale: a squared norm
@@ -128,7 +128,7 @@ class FlatLogDensity:
             return 0.5 * torch.linalg.vecdot(z, z)
         if self.kind == "laplace":
             return (z.abs() / scale).sum(-1)
-        df = self.df if isinstance(self.df, float) else self.df.to(w.dtype)
+        df = self.df if isinstance(self.df, float) else self.df.to(w)
         return (0.5 * (df + 1) * torch.log1p((z / scale) ** 2 / df)).sum(-1)
 
     def __repr__(self) -> str:
