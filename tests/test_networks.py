@@ -253,11 +253,13 @@ class Attention(nn.Module):
 
 def test_swag_diverging_on_attention_ends_in_the_library_message_naming_lr():
     """At SWAG's default lr this attention net diverges; the weights go NaN inside a distribution's
-    argument check (a raw Pyro ValueError before): now the divergence message naming lr."""
+    argument check (a raw Pyro ValueError before): now the divergence message naming lr (from the
+    invalid-argument handler on the traced path, or from the divergence check when the compiled potential,
+    which skips validation, returns a NaN loss)."""
     torch.manual_seed(0)
     x = torch.randn(64, 5, 8)
     model = bdl.BayesianModel(Attention(), likelihood=bdl.likelihoods.Gaussian(scale=None))
-    with pytest.raises(FloatingPointError, match=r"diverged.*lower lr \(now 0.05\)"):
+    with pytest.raises(FloatingPointError, match=r"diverged.*(lower lr \(now 0.05\)|learning rate \(lr=0.05)"):
         bdl.fit(model, x, x.sum((1, 2)), method="swag", epochs=10, progress=False)
 
 

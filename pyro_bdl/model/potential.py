@@ -127,7 +127,7 @@ class Objective:
         return s_prior * log_prior + (s_lik * n_over_b) * log_lik
 
     def _verify(self, x: torch.Tensor, y: torch.Tensor, dataset_size: Optional[int]) -> None:
-        """Check the compiled density against the Pyro trace at a random point (once, on the first batch).
+        """Check the compiled density against the Pyro trace at a point near the start (once, on the first batch).
 
         Both compiled evaluations are checked: the one on site values (`log_joint`) and the flat hot
         path on θ (`log_density`), which is built here from the compiled priors.
@@ -199,7 +199,7 @@ class Objective:
         """log p̃(D, w(θ)) + log|det ∂w/∂θ| on a (mini)batch; differentiable in θ.
 
         For one θ of shape ``(P,)`` on a compiled model this is the flat hot path (closed-form priors
-        on slices of θ, the network called on views of θ, the likelihood's `log_prob_sum`): a pure
+        on chunks of θ, the network called on views of θ, the likelihood's `log_prob_sum`): a pure
         function of θ, so ``torch.func.vmap`` stacks members or chains over a leading dim of θ.
         """
         if self.compiled and theta.dim() == 1:
