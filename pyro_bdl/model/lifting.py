@@ -100,6 +100,30 @@ class LiftedNetwork:
             if isinstance(rules, PerParameter):  # a {glob: prior} dict: every glob must match a Bayesian site
                 rules.check_rules([(self.site_name(n), self.owner(n)) for n in self.param_names])
 
+    # -- device and dtype -----------------------------------------------------------------
+    def _parameters_moved(self) -> bool:
+        """True when ``net.to(...)`` / ``.cuda()`` / ``.double()`` replaced the parameters' storage since
+        the views in ``_values`` were taken (``Module._apply`` swaps ``param.data``)."""
+        name = self.param_names[0]
+        return self.net.get_parameter(name).data_ptr() != self._values[name].data_ptr()
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the network's parameters: data, random numbers and draws follow it."""
+        self._sync()
+        return self._values[self.param_names[0]].device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of the network's parameters: inputs, draws and densities follow it."""
+        self._sync()
+        return self._values[self.param_names[0]].dtype
+
+    def _sync(self) -> None:
+        # A network moved after lifting (``model.net.cuda()``) must not keep evaluating old storage.
+        if self._parameters_moved():
+            self._values = {n: p.detach() for n, p in self.net.named_parameters()}
+
     # -- names and shapes ---------------------------------------------------------------
     def site_name(self, param_name: str) -> str:
         """The Pyro site name of a parameter: its module path, behind the prefix if any."""
