@@ -132,6 +132,10 @@ def _check_same_model(path: str, saved: Dict[str, Any], model: BayesianModel) ->
     current = json.loads(json.dumps(checkpoint.model_description(model), sort_keys=True))
     saved = dict(saved, network={k: v for k, v in saved["network"].items() if k != "fixed_values"})
     current["network"].pop("fixed_values")
+    for desc in (saved, current):  # dtypes are mapped on load (a float32 file into a float64 model): compare shapes
+        tensors = desc["network"].get("tensors")
+        if isinstance(tensors, list):
+            desc["network"] = dict(desc["network"], tensors=[t[:2] for t in tensors])
     diff = checkpoint.differences(saved, current)
     if diff:
         raise ValueError(f"{path}: the model given to Posterior.load differs from the saved one in {', '.join(diff)}; "
