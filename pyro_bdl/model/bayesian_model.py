@@ -39,6 +39,10 @@ class BayesianModel:
         deterministic, bayesian, prefix: see [`LiftedNetwork`][pyro_bdl.LiftedNetwork].
     """
 
+    #: Whether `pyro_bdl.model.potential.Objective` may evaluate the density without a Pyro trace (the
+    #: model is network + `Likelihood`); models written in Pyro code (`pyro_bdl.model.user_model`) are traced.
+    compilable: bool = True
+
     def __init__(self, net: nn.Module, prior: Any = None, likelihood: Optional[Likelihood] = None,
                  temperature: float = 1.0, tempering: str = "posterior", deterministic: Patterns = None,
                  bayesian: Patterns = None, prefix: str = ""):

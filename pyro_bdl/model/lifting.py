@@ -179,6 +179,8 @@ class LiftedNetwork:
         weights carry draw dims from plates left of the model's own plates, e.g. ``(S, 1)``;
         the output is ``(S, B, out)``, aligned with those plates (see `plate_aligned`).
         """
+        if _RECORDER is not None:  # `recording`: fit discovers the network of a user's Pyro model
+            _RECORDER.append(self)
         weights = self.sample_weights()
         return self.plate_aligned(self.forward(weights, x), weights)
 
@@ -294,6 +296,21 @@ class LiftedNetwork:
         finally:
             for m, (training, track) in zip(norms, saved):
                 m.training, m.track_running_stats = training, track
+
+
+_RECORDER: Optional[List["LiftedNetwork"]] = None
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[List[LiftedNetwork]]:
+    """Within this context every called `LiftedNetwork` appends itself to the yielded list (how
+    `pyro_bdl.fit` finds the lifted network of a user's own Pyro model by running it once)."""
+    global _RECORDER
+    saved, _RECORDER = _RECORDER, []
+    try:
+        yield _RECORDER
+    finally:
+        _RECORDER = saved
 
 
 def lift(net: nn.Module, prior: Any = None, deterministic: Patterns = None, bayesian: Patterns = None,

@@ -22,6 +22,7 @@ from .._util.checks import check_float, check_int, check_seed
 from ..model.bayesian_model import BayesianModel
 from ..model.inputs import Inputs, as_args, check_inputs, map_inputs, num_rows, take_rows
 from ..model.layout import Weights
+from ..model.user_model import PyroModel
 from .arviz import to_arviz
 from .predictive import BMAPredictive, ChunkedBMAPredictive
 
@@ -154,6 +155,9 @@ class Posterior:
         device = self.model.device
         draws = {k: v.to(device) for k, v in draws.items()}
         x = map_inputs(lambda t: t.to(device), x)
+        if isinstance(self.model, PyroModel):  # a user's Pyro model: its observed site is the likelihood
+            outputs, component = self.model.traced_components(draws, x)
+            return BMAPredictive(component, outputs, self.model.likelihood.kind)
         buffers = self._buffers_for(draws)
         weights = {k: draws[k] for k in self.model.weight_sites}
         num_draws = next(iter(draws.values())).shape[0] if draws else 1
