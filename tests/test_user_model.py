@@ -122,6 +122,13 @@ def test_clear_errors_for_models_fit_cannot_take():
         with pyro.plate("data", len(x)):
             pyro.sample("obs", dist.Normal(w * x[:, 0], 0.1), obs=y)
 
+    def inside_plate(x, y=None):  # weights sampled inside the data plate: one set per data point
+        f = bdl.lift(net)
+        with pyro.plate("data", len(x)):
+            pyro.sample("obs", dist.Normal(f(x).squeeze(-1), 0.1), obs=y)
+
+    with pytest.raises(ValueError, match="called inside a plate"):
+        bdl.fit(inside_plate, b.x, b.y, method="map")
     with pytest.raises(ValueError, match="observes nothing"):
         bdl.fit(unobserved, b.x, b.y, method="map")
     with pytest.raises(TypeError, match="calls no lifted network"):

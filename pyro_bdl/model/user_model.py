@@ -136,6 +136,13 @@ class PyroModel(BayesianModel):
         if missing:
             raise ValueError(f"the lifted network's sites {missing} are not latent sites of {name} (observed or "
                              "conditioned?); lift the network with the parameters you want inferred")
+        for site, shape in zip(self.network.sites, self.network.layout.shapes):
+            got = tuple(trace.nodes[site]["value"].shape)
+            if got != tuple(shape):
+                raise ValueError(f"the weight site {site!r} of {name} has shape {got}, not the parameter's {tuple(shape)}: "
+                                 "the lifted network was called inside a plate, which gives every data point its own "
+                                 "weights. Call it outside the data plate: out = f(x), then "
+                                 "with pyro.plate('data', len(x)): pyro.sample('obs', ..., obs=y)")
         self.observed: Tuple[str, ...] = tuple(observed)
         kind = "classification" if isinstance(_base(trace.nodes[observed[0]]["fn"]), CLASSIFICATION) else "regression"
         self.likelihood = TracedLikelihood(self.observed, kind)
