@@ -121,7 +121,7 @@ class _LocScale(Likelihood):
                 scale = params[self.noise_site]
                 scale = scale[..., None] if scale.ndim > 0 else scale  # align with the output column dim
             else:
-                scale = torch.tensor(self.scale, dtype=output.dtype) if torch.is_tensor(output) else self.scale
+                scale = torch.tensor(self.scale, dtype=output.dtype, device=output.device) if torch.is_tensor(output) else self.scale
         if loc.shape[-1] == 1:  # scalar targets
             loc = loc[..., 0]
             scale = scale[..., 0] if getattr(scale, "ndim", 0) > 0 else scale
@@ -192,7 +192,7 @@ class StudentT(_LocScale):
 
     def distribution(self, output, params=None):
         loc, scale = self._loc_scale(output, params)
-        return self._event(dist.StudentT(torch.tensor(self.df, dtype=output.dtype), loc, scale), loc, output)
+        return self._event(dist.StudentT(torch.tensor(self.df, dtype=output.dtype, device=output.device), loc, scale), loc, output)
 
 
 def _integer_labels(y: torch.Tensor, what: str) -> torch.Tensor:
