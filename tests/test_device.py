@@ -178,8 +178,12 @@ def test_randn_like_same_numbers_from_the_generator_whatever_the_target():
 
 def test_gpu_check_runs_on_cpu():
     """The GPU benchmark script runs end to end on the CPU at a tiny size (on a GPU: --device cuda)."""
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--tiny"],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-2000:]
-    for method in METHODS:
-        assert method in out.stdout, out.stdout
+    # two methods keep it short; every method's device/dtype path is covered by the float64 test above
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--tiny",
+                          "--only", "map", "sgld"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| map") or line.startswith("| sgld")]
+    assert len(rows) == 2 and all(line.rstrip().endswith("| yes |") for line in rows), out.stdout
+    cuda = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--only", "map"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert cuda.returncode == 0 and ("not available" in cuda.stdout or "| map" in cuda.stdout), cuda.stdout
