@@ -7,6 +7,7 @@ through the one device helper (`FitData.to_device`, `Posterior.predictive_for`, 
 """
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -184,6 +185,14 @@ def test_gpu_check_runs_on_cpu():
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| map") or line.startswith("| sgld")]
     assert len(rows) == 2 and all(line.rstrip().endswith("| yes |") for line in rows), out.stdout
-    cuda = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--only", "map"],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert cuda.returncode == 0 and ("not available" in cuda.stdout or "| map" in cuda.stdout), cuda.stdout
+
+
+
+def test_gpu_check_without_cuda_says_so_and_exits_cleanly(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available: the script would run for real")
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--only", "map"]) == 0
+    assert "CUDA is not available" in capsys.readouterr().out
