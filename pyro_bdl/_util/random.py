@@ -14,7 +14,7 @@ def seeded(seed: Optional[int]) -> Iterator[None]:
     if seed is None:
         yield
         return
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):  # CUDA RNGs restored too
         torch.manual_seed(seed)
         yield
 
@@ -30,3 +30,15 @@ def spawn_seeds(seed: int, n: int) -> List[int]:
     children = np.random.SeedSequence(int(seed)).spawn(int(n))
     # 32 bits: numpy's legacy seeding (pyro.set_rng_seed) accepts 0 ≤ seed < 2**32
     return [int(c.generate_state(1, dtype=np.uint32)[0]) for c in children]
+
+
+def randn_like(like: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Standard normal noise of ``like``'s shape, dtype and device, drawn from ``generator``.
+
+    A CPU generator (the seeded ones every method keeps) cannot draw CUDA numbers, so the noise is
+    drawn on the generator's device and moved to ``like``'s: the same seed gives the same numbers
+    on every device (reproducible across CPU and GPU), at the cost of one host-to-device copy.
+    """
+    device = like.device if generator is None else generator.device
+    noise = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=device)
+    return noise.to(like.device, non_blocking=True)

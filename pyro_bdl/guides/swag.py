@@ -197,9 +197,9 @@ class SWAG(AutoGuide):
         theta = self.objective.to_unconstrained({n: trace.nodes[n]["value"] for n in self.objective.layout.names})
         P = theta.numel()
         self.loc = PyroParam(theta.detach().clone(), constraints.real)
-        self.register_buffer("swa_mean", torch.zeros(P, dtype=theta.dtype))
-        self.register_buffer("swa_sq_dev", torch.zeros(P, dtype=theta.dtype))  # Σ (θ_i − θ̄)², Welford
-        self.register_buffer("swa_deviations", torch.zeros(self.rank, P, dtype=theta.dtype))
+        self.register_buffer("swa_mean", torch.zeros(P, dtype=theta.dtype, device=theta.device))
+        self.register_buffer("swa_sq_dev", torch.zeros(P, dtype=theta.dtype, device=theta.device))  # Σ (θ_i − θ̄)², Welford
+        self.register_buffer("swa_deviations", torch.zeros(self.rank, P, dtype=theta.dtype, device=theta.device))
         self.register_buffer("swa_count", torch.zeros((), dtype=torch.long))
 
     def setup(self, *args, **kwargs) -> "SWAG":

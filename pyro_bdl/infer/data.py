@@ -3,6 +3,12 @@
 Inputs are what `pyro_bdl.model.inputs` calls an input batch: one tensor, or a tuple of
 tensors for a network whose ``forward`` takes several (``forward(x1, x2)``); a DataLoader then
 yields ``((x1, x2), y)`` batches.
+
+Device and dtype follow the network (`FitData.device`, `FitData.dtype`): floating inputs and
+targets are cast to the network's dtype (a float64 network needs no change of torch's default
+dtype), integer inputs and class labels stay integer, and every batch is moved to the network's
+device as it is yielded — the data set itself stays where it was given (host memory for a large
+data set and a GPU network), except that `full` keeps one copy on the device.
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..model.bayesian_model import BayesianModel
-from ..model.inputs import Inputs, as_args, cat_rows, check_data, is_multi, num_rows, take_rows
+from ..model.inputs import Inputs, as_args, cat_rows, check_data, is_multi, map_inputs, num_rows, take_rows
 from .._util.checks import check_int
 
 Batch = Tuple[Inputs, torch.Tensor]
@@ -38,6 +44,7 @@ class FitData:
         if augment is not None and not callable(augment):
             raise TypeError(f"augment must be a function (x, generator) -> x, got {type(augment).__name__}")
         self.augment = augment
+        self._on_device: Optional[Batch] = None  # `full` on the network's device, made on first use
         self.user_loader = isinstance(x, DataLoader)  # the data come from the user's loader, not tensors
         if isinstance(x, DataLoader):
             if y is not None:
@@ -57,13 +64,35 @@ class FitData:
             self._x = self._y = None
             self._own_loader = False
         else:
-            self._x, self._y = check_data(model, x, y)
+            self._x, self._y = self._typed(*check_data(model, x, y))
             self.dataset_size = num_rows(self._x)
             check_int(batch_size, "batch_size", 1, allow_none=True)
             self.loader = None
             self._own_loader = True  # when there is a loader, it is ours, over the tensors above
             if batch_size is not None and batch_size < self.dataset_size:
                 self.loader = DataLoader(TensorDataset(*as_args(self._x), self._y), batch_size=batch_size, shuffle=True)
+
+    @property
+    def device(self) -> torch.device:
+        """The network's device: every batch is yielded there."""
+        return self.model.network.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The network's floating dtype: floating inputs and targets are cast to it."""
+        return self.model.network.dtype
+
+    def _typed(self, x: Inputs, y: torch.Tensor) -> Batch:
+        """Floating inputs and targets in the network's dtype (integer ones kept: token ids, labels)."""
+        dtype = self.dtype
+        return map_inputs(lambda t: t.to(dtype) if t.is_floating_point() else t, x), \
+            (y.to(dtype) if y.is_floating_point() else y)
+
+    def to_device(self, batch: Batch) -> Batch:
+        """``(x, y)`` on the network's device (a no-op for data already there)."""
+        device = self.device
+        x, y = batch
+        return map_inputs(lambda t: t.to(device, non_blocking=True), x), y.to(device, non_blocking=True)
 
     @property
     def minibatched(self) -> bool:
@@ -73,17 +102,25 @@ class FitData:
     def num_batches(self) -> int:
         return len(self.loader) if self.loader is not None else 1
 
-    def full(self) -> Batch:
-        """The whole data set as ``(x, y)`` (concatenating the loader's batches if need be)."""
+    def _host_full(self) -> Batch:
+        """The whole data set where it was given (concatenating the loader's batches if need be)."""
         if self._x is None:
             xs, ys = zip(*[self._checked(b) for b in self.loader])
             self._x, self._y = cat_rows(xs), torch.cat(ys)
         return self._x, self._y
 
+    def full(self) -> Batch:
+        """The whole data set as ``(x, y)`` on the network's device (one copy kept there)."""
+        device = self.device
+        if self._on_device is None or self._on_device[1].device != device:
+            self._on_device = self.to_device(self._host_full())
+        return self._on_device
+
     def example_x(self, rows: int = 2) -> Inputs:
-        """The first ``rows`` training inputs (to discover sites and shapes without touching all the data)."""
+        """The first ``rows`` training inputs, on the network's device (to discover sites and shapes
+        without touching all the data)."""
         x = self._x if self._x is not None else self._checked(next(iter(self.loader)))[0]
-        return take_rows(x, slice(0, rows))
+        return self.to_device((take_rows(x, slice(0, rows)), torch.zeros(())))[0]
 
     @staticmethod
     def _batch_parts(batch) -> None:
@@ -100,20 +137,24 @@ class FitData:
         if self._own_loader and is_multi(self._x):  # our own TensorDataset(x1, x2, ..., y)
             return tuple(batch[:-1]), batch[-1]
         self._batch_parts(batch)
-        return check_data(self.model, batch[0], batch[1])
+        return self._typed(*check_data(self.model, batch[0], batch[1]))
 
     def epoch(self, generator: Optional[torch.Generator] = None) -> Iterator[Batch]:
         """One pass over the data in minibatches (one full batch when not minibatched), augmented if asked."""
+        if self.loader is None and self.augment is None:
+            yield self.full()  # the device copy, not moved again every epoch
+            return
         for xb, yb in self._raw_epoch(generator):
-            yield (self.augment(xb, generator) if self.augment is not None else xb), yb
+            # Augmentation runs where the data are, with the fit's (CPU) generator, before the move.
+            yield self.to_device(((self.augment(xb, generator) if self.augment is not None else xb), yb))
 
     def _raw_epoch(self, generator: Optional[torch.Generator]) -> Iterator[Batch]:
         if self.loader is None:
-            yield self.full()
+            yield self._host_full()
             return
         if generator is not None and self._own_loader:
             # our own loader: shuffle with the fit's seeded generator for reproducibility
-            perm = torch.randperm(self.dataset_size, generator=generator)
+            perm = torch.randperm(self.dataset_size, generator=generator).to(self._y.device)
             bs = self.loader.batch_size
             for i in range(0, self.dataset_size, bs):
                 idx = perm[i:i + bs]
@@ -131,12 +172,13 @@ class FitData:
         """``num_batches`` minibatches of the loader's batch size drawn independently *with replacement*,
         augmented if asked: i.i.d. gradient noise, which SWAG's stationary-covariance argument needs
         (reshuffled epochs sum their noise to zero, so epoch-end iterates hardly spread)."""
-        x, y = self.full()
+        x, y = self._host_full()
         size = self.random_batch_size
         for _ in range(num_batches):
-            idx = torch.randint(self.dataset_size, (size,), generator=generator)
+            idx = torch.randint(self.dataset_size, (size,), generator=generator)  # on the generator's device
+            idx = idx.to(y.device)
             xb = take_rows(x, idx)
-            yield (self.augment(xb, generator) if self.augment is not None else xb), y[idx]
+            yield self.to_device(((self.augment(xb, generator) if self.augment is not None else xb), y[idx]))
 
     def steps(self, num_steps: int, generator: Optional[torch.Generator] = None) -> Iterator[Batch]:
         """``num_steps`` minibatches, cycling through epochs."""

@@ -8,6 +8,7 @@ import pyro
 import torch
 
 from ..model.bayesian_model import BayesianModel
+from ..model.user_model import as_model
 from ..posterior.base import Posterior
 from .data import FitData
 from .registry import METHODS
@@ -22,7 +23,9 @@ def fit(model: BayesianModel, x: Any, y: Optional[torch.Tensor] = None, *, metho
     """Run inference for ``model`` on data and return its [`Posterior`][pyro_bdl.Posterior].
 
     Args:
-        model: a [`BayesianModel`][pyro_bdl.BayesianModel].
+        model: a [`BayesianModel`][pyro_bdl.BayesianModel], or your own Pyro model ``model(x, y=None)`` built
+            with [`lift`][pyro_bdl.lift] (its latent sites are discovered by running it once; see
+            `pyro_bdl.model.user_model`).
         x, y: training inputs and targets as tensors, or ``x`` a ``DataLoader`` of ``(x, y)`` batches.
         method: one of [`methods`][pyro_bdl.methods] — ``"svi"``, ``"map"``, ``"nuts"``, ``"hmc"`` and those added
             by the other inference modules.
@@ -35,9 +38,7 @@ def fit(model: BayesianModel, x: Any, y: Optional[torch.Tensor] = None, *, metho
 
     Every check (data shapes, labels, NaN/inf, T, method and option names) runs before any work.
     """
-    if not isinstance(model, BayesianModel):
-        raise TypeError(f"fit needs a pyro_bdl.BayesianModel, got {type(model).__name__}; wrap your network: "
-                        "BayesianModel(net, prior=..., likelihood=...)")
+    model = as_model(model, x, y)  # a user's own lift-based Pyro model becomes a PyroModel
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"unknown method {method!r}; available methods: {', '.join(sorted(METHODS))}")
     fn = METHODS[method]

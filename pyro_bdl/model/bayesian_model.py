@@ -6,9 +6,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from pyro import poutine
+from pyro.infer.autoguide.initialization import InitMessenger, init_to_median
 from torch import nn
 
 from . import tempering
+from .._util.random import seeded
 from .inputs import take_rows
 from .layout import Weights, WeightLayout
 from .lifting import LiftedNetwork, Patterns, latent_sites
@@ -36,6 +38,10 @@ class BayesianModel:
         tempering: ``"posterior"`` or ``"likelihood"``.
         deterministic, bayesian, prefix: see [`LiftedNetwork`][pyro_bdl.LiftedNetwork].
     """
+
+    #: Whether `pyro_bdl.model.potential.Objective` may evaluate the density without a Pyro trace (the
+    #: model is network + `Likelihood`); models written in Pyro code (`pyro_bdl.model.user_model`) are traced.
+    compilable: bool = True
 
     def __init__(self, net: nn.Module, prior: Any = None, likelihood: Optional[Likelihood] = None,
                  temperature: float = 1.0, tempering: str = "posterior", deterministic: Patterns = None,
@@ -70,6 +76,22 @@ class BayesianModel:
     def layout(self) -> WeightLayout:
         """The [`WeightLayout`][pyro_bdl.WeightLayout] of the weight sites."""
         return self.network.layout
+
+    @property
+    def device(self) -> torch.device:
+        """The network's device: `fit` moves each batch there and posteriors predict there."""
+        return self.network.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The network's floating dtype (a float64 network needs no change of torch's default dtype)."""
+        return self.network.dtype
+
+    def to(self, device: Any = None, dtype: Optional[torch.dtype] = None) -> "BayesianModel":
+        """Move the network to ``device`` and/or ``dtype`` (in place, like ``nn.Module.to``); returns self."""
+        self.network.net.to(device=device, dtype=dtype)
+        self.network._sync()
+        return self
 
     def with_temperature(self, temperature: float, tempering: Optional[str] = None) -> "BayesianModel":
         """A copy at another temperature (the network is shared, not copied)."""
@@ -122,13 +144,38 @@ class BayesianModel:
         return {name: value.shape for name, value in self.prior_sample(x).items()}
 
     def initial_values(self, seed: Optional[int] = None) -> Dict[str, torch.Tensor]:
-        """A natural starting point: the network's weights (``seed``: a fresh default initialisation,
-        see [`LiftedNetwork.initial_weights`][pyro_bdl.LiftedNetwork]) and, if learned, σ at its prior median."""
-        values = self.network.initial_weights(seed)
-        for site in self.likelihood_sites:
-            prior = getattr(self.likelihood, "scale_prior", None)
-            values[site] = prior.icdf(torch.tensor(0.5)) if prior is not None else torch.tensor(1.0)
-        return values
+        """A natural starting point for every latent site, on the network's device and dtype.
+
+        Weights: the network's current values (``seed``: a fresh default initialisation, see
+        [`LiftedNetwork.initial_weights`][pyro_bdl.LiftedNetwork]). Every other latent site — a learned
+        noise scale, the hyperprior sites of a hierarchical prior (``prior=`` a function) — at its prior
+        median: ``icdf(0.5)`` where the distribution has one, else the median of a few draws made
+        under ``seed`` (0 when None), so the start is reproducible.
+        """
+        weights = self.network.initial_weights(seed)
+        like = next(iter(weights.values()))
+
+        def central(site: dict) -> torch.Tensor:
+            if site["name"] in weights:
+                return weights[site["name"]]
+            fn = site["fn"]
+            try:
+                value = fn.icdf(torch.full(fn.shape(), 0.5, dtype=like.dtype, device=like.device))
+            except (NotImplementedError, AttributeError, TypeError, RuntimeError, ValueError):
+                with seeded(0 if seed is None else seed):
+                    value = init_to_median(site)
+            return value.to(like.device, like.dtype) if value.is_floating_point() else value.to(like.device)
+
+        with poutine.block(), torch.no_grad(), InitMessenger(central):
+            trace = poutine.trace(self._sample_prior).get_trace()
+        return {name: site["value"].detach().clone() if name not in weights else site["value"]
+                for name, site in latent_sites(trace).items()}
+
+    def _sample_prior(self) -> None:
+        """The latent part of the model (weights, hyperprior and likelihood sites) without data."""
+        with tempering.tempered_prior(self.temperature, self.tempering):
+            self.network.sample_weights()
+            self.likelihood.sample_params()
 
     def __repr__(self) -> str:
         return (f"BayesianModel(net={type(self.net).__name__}, prior={self.network.prior!r}, likelihood={self.likelihood!r}, "

@@ -17,7 +17,7 @@ Every check error names the problem and the fix.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -88,17 +88,20 @@ def describe(x: Inputs) -> str:
 
 
 # -- checks ------------------------------------------------------------------------------------------
-def _component(value, name: str, min_dim: int) -> torch.Tensor:
+def _component(value, name: str, min_dim: int, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     t = as_tensor(value, name)
     if t.dim() < min_dim:
         hint = "; for one feature use x.unsqueeze(-1)." if min_dim == 2 else "."
         raise ValueError(f"{name} must have a batch dimension, shape (N, features...), got {tuple(t.shape)}{hint}")
     check_finite(t, name)
-    return t.to(torch.get_default_dtype()) if t.is_floating_point() else t
+    return t.to(dtype or torch.get_default_dtype()) if t.is_floating_point() else t
 
 
-def as_inputs(x, name: str = "x") -> Inputs:
+def as_inputs(x, name: str = "x", dtype: Optional[torch.dtype] = None) -> Inputs:
     """``x`` in canonical form (`Inputs`), with each tensor's shape, finiteness and dtype checked.
+
+    Floating tensors are cast to ``dtype`` (the network's; default torch's default dtype); integer
+    inputs (token ids) stay integer. The device is left as it is (see `pyro_bdl.infer.data`).
 
     One tensor (or numpy array) needs shape ``(N, features...)``; in a tuple (or list) of several,
     each needs at least the batch dim ``(N, ...)`` and all the same N.
@@ -112,8 +115,8 @@ def as_inputs(x, name: str = "x") -> Inputs:
             raise TypeError(f"{name} is a {type(x).__name__} of {kinds or 'nothing'}; {SUPPORTED}. "
                             f"For a single input convert it with torch.as_tensor({name}).")
         if len(x) == 1:
-            return _component(x[0], name, 2)
-        parts = tuple(_component(t, f"{name}[{i}]", 1) for i, t in enumerate(x))
+            return _component(x[0], name, 2, dtype)
+        parts = tuple(_component(t, f"{name}[{i}]", 1, dtype) for i, t in enumerate(x))
         rows = [t.shape[0] for t in parts]
         if len(set(rows)) != 1:
             raise ValueError(f"the tensors of {name} have different numbers of rows {rows}; every input of a "
@@ -124,7 +127,7 @@ def as_inputs(x, name: str = "x") -> Inputs:
     if not (torch.is_tensor(x) or isinstance(x, np.ndarray)):
         raise TypeError(f"{name} must be a torch.Tensor (or numpy array), got {type(x).__name__}; {SUPPORTED}. "
                         f"Convert it with torch.as_tensor({name}).")
-    t = _component(x, name, 2)
+    t = _component(x, name, 2, dtype)
     if t.shape[0] == 0:
         raise ValueError(f"{name} is empty")
     return t
@@ -134,7 +137,8 @@ def output_dim(model: "BayesianModel", x: Inputs) -> int:  # noqa: F821 (no impo
     """Run the network once on two rows to learn its output width (and catch shape errors early)."""
     try:
         with torch.no_grad():
-            out = model.forward(model.network.initial_weights(), take_rows(x, slice(0, 2)))
+            rows = map_inputs(lambda t: t.to(model.network.device), take_rows(x, slice(0, 2)))
+            out = model.forward(model.network.initial_weights(), rows)
     except (RuntimeError, TypeError, ValueError, IndexError) as err:
         count = len(as_args(x))
         raise ValueError(f"the network cannot take {'inputs' if count > 1 else 'an input'} of shape "
@@ -155,7 +159,7 @@ def check_inputs(model: "BayesianModel", x, run: bool = False) -> Inputs:  # noq
     width fail here with a clear message rather than deep inside a vectorised evaluation
     (predict, diagnostics).
     """
-    x = as_inputs(x, "x")
+    x = as_inputs(x, "x", model.network.dtype)
     if run:
         output_dim(model, x)
     return x

@@ -103,6 +103,30 @@ class LiftedNetwork:
             if isinstance(rules, PerParameter):  # a {glob: prior} dict: every glob must match a Bayesian site
                 rules.check_rules([(self.site_name(n), self.owner(n)) for n in self.param_names])
 
+    # -- device and dtype -----------------------------------------------------------------
+    def _parameters_moved(self) -> bool:
+        """True when ``net.to(...)`` / ``.cuda()`` / ``.double()`` replaced the parameters' storage since
+        the views in ``_values`` were taken (``Module._apply`` swaps ``param.data``)."""
+        name = self.param_names[0]
+        return self.net.get_parameter(name).data_ptr() != self._values[name].data_ptr()
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the network's parameters: data, random numbers and draws follow it."""
+        self._sync()
+        return self._values[self.param_names[0]].device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of the network's parameters: inputs, draws and densities follow it."""
+        self._sync()
+        return self._values[self.param_names[0]].dtype
+
+    def _sync(self) -> None:
+        # A network moved after lifting (``model.net.cuda()``) must not keep evaluating old storage.
+        if self._parameters_moved():
+            self._values = {n: p.detach() for n, p in self.net.named_parameters()}
+
     # -- names and shapes ---------------------------------------------------------------
     def site_name(self, param_name: str) -> str:
         """The Pyro site name of a parameter: its module path, behind the prefix if any."""
@@ -158,6 +182,8 @@ class LiftedNetwork:
         weights carry draw dims from plates left of the model's own plates, e.g. ``(S, 1)``;
         the output is ``(S, B, out)``, aligned with those plates (see `plate_aligned`).
         """
+        if _RECORDER is not None:  # `recording`: fit discovers the network of a user's Pyro model
+            _RECORDER.append(self)
         weights = self.sample_weights()
         return self.plate_aligned(self.forward(weights, x), weights)
 
@@ -291,6 +317,21 @@ class LiftedNetwork:
         finally:
             for m, (training, track) in zip(norms, saved):
                 m.training, m.track_running_stats = training, track
+
+
+_RECORDER: Optional[List["LiftedNetwork"]] = None
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[List[LiftedNetwork]]:
+    """Within this context every called `LiftedNetwork` appends itself to the yielded list (how
+    `pyro_bdl.fit` finds the lifted network of a user's own Pyro model by running it once)."""
+    global _RECORDER
+    saved, _RECORDER = _RECORDER, []
+    try:
+        yield _RECORDER
+    finally:
+        _RECORDER = saved
 
 
 def lift(net: nn.Module, prior: Any = None, deterministic: Patterns = None, bayesian: Patterns = None,

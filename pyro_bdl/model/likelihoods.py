@@ -134,8 +134,8 @@ class _LocScale(Likelihood):
                 scale = params[self.noise_site]
                 scale = scale[..., None] if scale.ndim > 0 else scale  # align with the output column dim
             else:
-                scale = torch.tensor(self.scale, dtype=output.dtype) if torch.is_tensor(output) and not number \
-                    else self.scale
+                scale = torch.tensor(self.scale, dtype=output.dtype, device=output.device) \
+                    if torch.is_tensor(output) and not number else self.scale
         if loc.shape[-1] == 1:  # scalar targets
             loc = loc[..., 0]
             scale = scale[..., 0] if getattr(scale, "ndim", 0) > 0 else scale
@@ -218,7 +218,7 @@ class StudentT(_LocScale):
 
     def distribution(self, output, params=None):
         loc, scale = self._loc_scale(output, params)
-        return self._event(dist.StudentT(torch.tensor(self.df, dtype=output.dtype), loc, scale), loc, output)
+        return self._event(dist.StudentT(torch.tensor(self.df, dtype=output.dtype, device=output.device), loc, scale), loc, output)
 
     def log_prob_sum(self, output, y, params=None):
         """Σᵢ log t_ν(yᵢ | μᵢ, σᵢ) = Σᵢ [c_ν − log σᵢ − (ν+1)/2 · log(1 + zᵢ²/ν)], zᵢ = (yᵢ − μᵢ)/σᵢ,

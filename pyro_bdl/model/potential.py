@@ -100,6 +100,8 @@ class Objective:
 
     def _compilable(self, sites) -> bool:
         prior = self.model.network.prior
+        if not getattr(self.model, "compilable", True):  # a user's own Pyro model: only its trace knows the density
+            return False
         if not isinstance(prior, Prior) and not isinstance(prior, (dist.Distribution, Mapping)):
             return False  # a function: it may draw hyperparameters inside the trace
         return not getattr(as_prior(prior), "hierarchical", False) and set(sites) == self._known_sites()

@@ -20,8 +20,9 @@ import torch
 from . import io as posterior_io
 from .._util.checks import check_float, check_int, check_seed
 from ..model.bayesian_model import BayesianModel
-from ..model.inputs import Inputs, as_args, check_inputs, num_rows, take_rows
+from ..model.inputs import Inputs, as_args, check_inputs, map_inputs, num_rows, take_rows
 from ..model.layout import Weights
+from ..model.user_model import PyroModel
 from .arviz import to_arviz
 from .predictive import BMAPredictive, ChunkedBMAPredictive
 
@@ -138,7 +139,7 @@ class Posterior:
                   allow_none=True)
         if seed is not None:
             check_seed(seed)
-        x = check_inputs(self.model, x, run=True)
+        x = map_inputs(lambda t: t.to(self.model.device), check_inputs(self.model, x, run=True))
         return self.predictive_for(self._predict_draws(num_samples, seed), x, batch_size=batch_size,
                                    memory_budget=memory_budget)
 
@@ -146,11 +147,17 @@ class Posterior:
     def predictive_for(self, draws: Weights, x: Inputs, batch_size: Optional[int] = None,
                        memory_budget: Optional[float] = None) -> BMAPredictive:
         """The Bayesian model average over given draws ``{site: (S, *shape)}`` at inputs ``x``
-        (chunked as in `predict`).
+        (chunked as in `predict`), on the model's device (draws and inputs are moved there).
 
         `predict` and the diagnostics (`pyro_bdl.diagnostics`, which need the
         per-draw components chain by chain) both go through here.
         """
+        device = self.model.device
+        draws = {k: v.to(device) for k, v in draws.items()}
+        x = map_inputs(lambda t: t.to(device), x)
+        if isinstance(self.model, PyroModel):  # a user's Pyro model: its observed site is the likelihood
+            outputs, component = self.model.traced_components(draws, x)
+            return BMAPredictive(component, outputs, self.model.likelihood.kind)
         buffers = self._buffers_for(draws)
         weights = {k: draws[k] for k in self.model.weight_sites}
         num_draws = next(iter(draws.values())).shape[0] if draws else 1
@@ -219,7 +226,7 @@ class Posterior:
     @staticmethod
     def load(path: str, model: Optional[BayesianModel] = None, *, net: Optional[torch.nn.Module] = None,
              prior: Any = None, likelihood: Any = None, factory: Any = None,
-             guide: Optional[torch.nn.Module] = None) -> "Posterior":
+             guide: Optional[torch.nn.Module] = None, map_location: Any = None) -> "Posterior":
         """Read a posterior written by `save`; nothing in the file is executed.
 
         The file holds tensors, so the model comes from you, one of:
@@ -236,11 +243,15 @@ class Posterior:
         ``guide=``: for an SVI posterior of a custom guide class, a fresh instance of it (the
         built-in autoguides are rebuilt by themselves).
 
+        ``map_location=``: the device to load onto (``"cpu"``, ``"cuda:0"``); the model's network is
+        moved there. By default the posterior goes to the device the model's network is on, so a
+        posterior saved on a GPU loads on a CPU-only machine. Floating tensors take the network's dtype.
+
         Raises ``ValueError`` naming the file and the problem for an empty, truncated, foreign,
         crafted or old-format file, and for a model that does not match the saved one.
         """
         return posterior_io.load_posterior(path, model, net=net, prior=prior, likelihood=likelihood,
-                                           factory=factory, guide=guide)
+                                           factory=factory, guide=guide, map_location=map_location)
 
     def _to_state(self) -> Dict[str, Any]:
         """The posterior's own tensors and plain data (what `_from_state` rebuilds from)."""

@@ -132,16 +132,36 @@ def _check_same_model(path: str, saved: Dict[str, Any], model: BayesianModel) ->
     current = json.loads(json.dumps(checkpoint.model_description(model), sort_keys=True))
     saved = dict(saved, network={k: v for k, v in saved["network"].items() if k != "fixed_values"})
     current["network"].pop("fixed_values")
+    for desc in (saved, current):  # dtypes are mapped on load (a float32 file into a float64 model): compare shapes
+        tensors = desc["network"].get("tensors")
+        if isinstance(tensors, list):
+            desc["network"] = dict(desc["network"], tensors=[t[:2] for t in tensors])
     diff = checkpoint.differences(saved, current)
     if diff:
         raise ValueError(f"{path}: the model given to Posterior.load differs from the saved one in {', '.join(diff)}; "
                          "build it as when saving (same network, prior, likelihood, temperature and tempering)")
 
 
+def mapped(obj: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """``obj`` (tensors in plain containers) with every tensor on ``device`` and every floating tensor
+    in ``dtype``; integer tensors (counts, indices) keep their dtype."""
+    if torch.is_tensor(obj):
+        return obj.to(device, dtype) if obj.is_floating_point() else obj.to(device)
+    if isinstance(obj, dict):
+        return {k: mapped(v, device, dtype) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(mapped(v, device, dtype) for v in obj)
+    return obj
+
+
 def load_posterior(path: Any, model: Optional[BayesianModel] = None, *, net: Optional[nn.Module] = None,
                    prior: Any = None, likelihood: Any = None, factory: Union[bool, str, None] = None,
-                   guide: Optional[nn.Module] = None) -> Any:
-    """Read a posterior written by `save_posterior` (see [`pyro_bdl.Posterior.load`][pyro_bdl.Posterior])."""
+                   guide: Optional[nn.Module] = None, map_location: Any = None) -> Any:
+    """Read a posterior written by `save_posterior` (see [`pyro_bdl.Posterior.load`][pyro_bdl.Posterior]).
+
+    The file is read on the CPU whatever device it was saved from; its tensors then go to
+    ``map_location`` (the network is moved there too) or, by default, to the model's own device, and
+    its floating tensors to the model's dtype."""
     if factory is not None and not isinstance(factory, (bool, str)):
         raise TypeError(f"factory must be True (use the recorded one) or a 'package.module:function' string, "
                         f"got {type(factory).__name__}")
@@ -158,8 +178,11 @@ def load_posterior(path: Any, model: Optional[BayesianModel] = None, *, net: Opt
     _check_same_model(path, saved, model)
     if guide is not None and blob["kind"] != "guide":
         raise ValueError(f"guide= is for posteriors of a Pyro guide (SVI); {path} holds a {blob['kind']!r} posterior")
+    if map_location is not None:
+        model.to(torch.device(map_location) if not isinstance(map_location, torch.device) else map_location)
     with torch.no_grad():
-        model.net.load_state_dict(network)
+        model.net.load_state_dict(network)  # copied into the network's own device and dtype
+    state = mapped(state, model.device, model.dtype)
     try:
         return cls._from_state(model, state, method=method, info=info, guide=guide)
     except (KeyError, TypeError, RuntimeError) as err:
@@ -167,4 +190,4 @@ def load_posterior(path: Any, model: Optional[BayesianModel] = None, *, net: Opt
                          f"{_RESAVE}") from None
 
 
-__all__ = ["save_posterior", "load_posterior", "plain", "check_factory", "FORMAT", "KINDS"]
+__all__ = ["save_posterior", "load_posterior", "plain", "check_factory", "mapped", "FORMAT", "KINDS"]

@@ -31,7 +31,7 @@ def _cdf(d: dist.Distribution, value: torch.Tensor) -> torch.Tensor:
         from scipy import stats  # torch has no Student-t CDF
 
         z = ((value - base.loc) / base.scale).detach().cpu().numpy()
-        return torch.as_tensor(stats.t.cdf(z, base.df.detach().cpu().numpy()), dtype=value.dtype)
+        return torch.as_tensor(stats.t.cdf(z, base.df.detach().cpu().numpy()), dtype=value.dtype, device=value.device)
     return base.cdf(value)
 
 
@@ -139,7 +139,7 @@ class BMAPredictive:
         Returns shape ``(B, ...)`` for a float ``q`` and ``(len(q), B, ...)`` for several.
         """
         self._require_regression("quantile")
-        qs = torch.as_tensor(q, dtype=self.outputs.dtype)
+        qs = torch.as_tensor(q, dtype=self.outputs.dtype, device=self.outputs.device)
         if ((qs <= 0) | (qs >= 1)).any():
             raise ValueError(f"quantile levels must lie in (0, 1), got {q}")
         mean, std = self.component.mean, self.component.variance.sqrt()
@@ -209,7 +209,7 @@ class BMAPredictive:
                 y = y.to(self.outputs.dtype)
         else:
             y = y.to(self.outputs.dtype)
-        return y
+        return y.to(self.outputs.device)  # targets meet the predictions on their device
 
     def _require_regression(self, what: str) -> None:
         if self.kind != "regression":

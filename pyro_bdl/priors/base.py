@@ -14,7 +14,7 @@ Anything of the following is accepted wherever a prior is expected ([`as_prior`]
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import pyro.distributions as dist
 import torch
@@ -44,15 +44,20 @@ class Prior:
         return f"{type(self).__name__}({fields})"
 
 
-def as_hyper(value: Any, shape: torch.Size) -> torch.Tensor:
+def as_hyper(value: Any, shape: Union[torch.Size, torch.Tensor]) -> torch.Tensor:
     """A hyperparameter as a tensor that broadcasts against a parameter of ``shape``.
 
+    ``shape`` may be the parameter itself: a number then becomes a tensor of the parameter's dtype
+    and device (a float64 or CUDA network gets a prior of its own dtype and device).
     Scalars stay scalars. A tensor of exactly ``shape`` is per-entry. Any other tensor (e.g. a
     hyperprior sample of batch shape ``(S, 1)`` under vectorised inference) gets ``len(shape)``
     singleton dims appended so its dims stay batch dims.
     """
+    like = shape if torch.is_tensor(shape) else None
+    shape = shape.shape if like is not None else shape
     if not torch.is_tensor(value):
-        value = torch.as_tensor(value, dtype=torch.get_default_dtype())
+        value = torch.as_tensor(value, dtype=torch.get_default_dtype() if like is None else like.dtype,
+                                device=None if like is None else like.device)
     k = len(shape)
     if value.dim() == 0 or k == 0:
         return value

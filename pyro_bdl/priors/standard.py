@@ -22,7 +22,7 @@ class Gaussian(Prior):
 
     def distribution(self, name, param, module):
         shape = param.shape
-        return elementwise(dist.Normal(as_hyper(self.loc, shape), as_hyper(self.scale, shape)), shape)
+        return elementwise(dist.Normal(as_hyper(self.loc, param), as_hyper(self.scale, param)), shape)
 
 
 class FanInGaussian(Prior):
@@ -47,12 +47,12 @@ class FanInGaussian(Prior):
         A tensor ``scale`` (a hyperprior draw) stays a tensor, so gradients and batch dims flow through it.
         """
         if param.dim() >= 2:
-            return as_hyper(self.scale, param.shape) / fan_in(param, name) ** 0.5
-        return as_hyper(self.scale if self.bias_scale is None else self.bias_scale, param.shape)
+            return as_hyper(self.scale, param) / fan_in(param, name) ** 0.5
+        return as_hyper(self.scale if self.bias_scale is None else self.bias_scale, param)
 
     def distribution(self, name, param, module):
         shape = param.shape
-        return elementwise(dist.Normal(torch.zeros(()), self.std(name, param)), shape)
+        return elementwise(dist.Normal(torch.zeros((), dtype=param.dtype, device=param.device), self.std(name, param)), shape)
 
 
 class Laplace(Prior):
@@ -65,7 +65,7 @@ class Laplace(Prior):
 
     def distribution(self, name, param, module):
         shape = param.shape
-        return elementwise(dist.Laplace(as_hyper(self.loc, shape), as_hyper(self.scale, shape)), shape)
+        return elementwise(dist.Laplace(as_hyper(self.loc, param), as_hyper(self.scale, param)), shape)
 
 
 class StudentT(Prior):
@@ -81,7 +81,7 @@ class StudentT(Prior):
     def distribution(self, name, param, module):
         shape = param.shape
         return elementwise(
-            dist.StudentT(as_hyper(self.df, shape), as_hyper(self.loc, shape), as_hyper(self.scale, shape)), shape
+            dist.StudentT(as_hyper(self.df, param), as_hyper(self.loc, param), as_hyper(self.scale, param)), shape
         )
 
 

@@ -214,5 +214,5 @@ def valid_friction(friction: Step, step_size: Step, grad_noise: torch.Tensor, te
     r"""Raise α where needed so that the injected SGHMC noise 2αGT − G²B̂ stays ≥ 2·margin·αGT:
     α_i ≥ G_i B̂_i / (2T(1 − margin)) (Chen et al. 2014, §3.2: α ≥ β̂), at most 1."""
     need = step_size * grad_noise / (2 * temperature * (1 - margin))
-    base = torch.as_tensor(friction, dtype=grad_noise.dtype)
+    base = torch.as_tensor(friction, dtype=grad_noise.dtype, device=grad_noise.device)
     return torch.clamp(torch.maximum(base.expand_as(grad_noise), need), max=1.0)

@@ -10,7 +10,7 @@ import torch
 
 from ..._util import checkpoint as ckpt
 from ..._util import progress as progress_bars
-from ..._util.random import spawn_seeds
+from ..._util.random import randn_like, spawn_seeds
 from ...evaluate.diagnostics import sampler as temps
 from ...model.bayesian_model import BayesianModel
 from ...posterior.samples import SamplesPosterior
@@ -150,8 +150,7 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
                     f"lower lr (step size now {schedule[k]}) or check the data scale")
             grad = T * g  # ĝ ≈ ∇V, V = T·U_T
             grad_noise = None if noise is None else T * T * noise
-            xi = torch.randn(chain.theta.shape, generator=generator, dtype=chain.theta.dtype) \
-                if stage != EXPLORE else None
+            xi = randn_like(chain.theta, generator) if stage != EXPLORE else None
             if not adaptive:
                 step, friction, correction = schedule[k] * dynamics.eps_per_lr, dynamics.friction, None
             else:
