@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import warnings
 
 import numpy as np
@@ -282,6 +283,23 @@ def test_shipped_posteriors_example_is_valid():
     config = bdl.studies.load_config(bdl.studies.example_config("posteriors"))
     assert config.reference.method == "nuts" and config.reference.options["backend"] == "numpyro"
     assert config.evaluation.corruptions and config.data.pca
+    # SG-MCMC keeps its adaptive defaults: a plain-kernel step such as lr = 1e-4 would be a
+    # dimensionless step of 1e-4 under the "fisher" preconditioner (issue 13), and barely move
+    for method in ("sgld", "sghmc", "csgmcmc"):
+        assert "lr" not in config.inference.options.get(method, {})
+
+
+def test_tutorial_page_shows_the_shipped_posteriors_config():
+    """The toml block of docs/tutorials/hmc_reference.md is the example's config (every key it
+    shows has the shipped value), so the page's tables describe the example users run."""
+    page = open(os.path.join(ROOT, "docs", "tutorials", "hmc_reference.md")).read()
+    block = page.split("```toml\n", 1)[1].split("```", 1)[0]
+    shown = tomllib.loads(block)
+    with open(bdl.studies.example_config("posteriors"), "rb") as f:
+        shipped = tomllib.load(f)
+    for section, keys in shown.items():
+        for key, value in keys.items():
+            assert shipped[section][key] == value, f"[{section}] {key}: page {value!r}, shipped {shipped[section][key]!r}"
 
 
 # -- PCA features -----------------------------------------------------------------------------

@@ -249,8 +249,10 @@ def reference_diagnostics(post, x: torch.Tensor, num_samples: Optional[int], see
     * ``self_agreement`` / ``self_total_variation`` — agreement and TV between the model averages
       of the two halves of the chains (of the draws, with one chain): near 1 and 0 for a
       reference that has converged, since both halves then estimate the same predictive;
-    * ``converged`` — ``r_hat_max <= rhat_threshold``.
+    * ``converged`` — ``r_hat_max <= rhat_threshold``;
+    * ``seconds`` / ``cpu_seconds`` — the wall and CPU time these diagnostics took.
     """
+    wall, cpu = time.perf_counter(), time.process_time()
     table = diagnostics_summary(post, x[:diagnostic_inputs], num_samples=num_samples, seed=seed,
                                 rhat_threshold=rhat_threshold, warn=False)
     pred = table[table["kind"] == "prediction"]
@@ -272,7 +274,8 @@ def reference_diagnostics(post, x: torch.Tensor, num_samples: Optional[int], see
            "num_divergences": int(torch.as_tensor(stats["diverging"]).sum()) if "diverging" in stats else 0,
            "self_agreement": metrics.agreement(pa, pb), "self_total_variation": metrics.total_variation(pa, pb),
            "rhat_threshold": rhat_threshold, "diagnostic_inputs": int(min(diagnostic_inputs, len(x))),
-           "num_chains": int(chains), "num_draws": int(draws)}
+           "num_chains": int(chains), "num_draws": int(draws),
+           "seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu}
     out["converged"] = bool(np.isfinite(out["r_hat_max"]) and out["r_hat_max"] <= rhat_threshold)
     return out
 
