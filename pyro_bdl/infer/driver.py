@@ -201,7 +201,7 @@ def drive(rule: StepRule, theta0: torch.Tensor, data: FitData, *, steps: int, se
                     save_state()
                 batches.new_epoch()
             batch = batches.next()
-            theta_before = state["theta"] if step == 0 else None
+            theta_before = state["theta"].detach().clone() if step == 0 else None  # optimisers step in place
             state, value = rule.update(state, batch, batches.generators)
             loss[:, step] = value.detach()
             if step == 0:
