@@ -14,7 +14,7 @@ on the flat unconstrained θ of [`Objective`][pyro_bdl.model.potential.Objective
   Full-batch data without augmentation are passed once, shared by every run (`Batch.shared`).
 * **divergence checks** — losses stay on the device in a ``(K, steps)`` history that is read to the
   host every ``check_every`` steps (one synchronisation, not one per step) and passed to each run's
-  [`DivergenceCheck`][pyro_bdl.infer.divergence.DivergenceCheck] step by step; the first step's loss is read at once,
+  `pyro_bdl.infer.divergence.DivergenceCheck` step by step; the first step's loss is read at once,
   so a start that is already non-finite is reported as such (``rule.nonfinite_start``).
 * **checkpoint = the driver's state** — rule state, step, loss history, every generator and the
   wall time, saved atomically with `pyro_bdl._util.checkpoint` under one fingerprint at every

@@ -2,7 +2,7 @@
 
 [`fit`][pyro_bdl.fit] applies `canonical` once, before it dispatches: an old name (``num_models``,
 ``num_steps`` of an optimiser, ``burnin``, ``swa_start``) keeps working for one release, with a
-``DeprecationWarning`` naming the new one; [`method_options`][pyro_bdl.infer.method_options] lists the
+``DeprecationWarning`` naming the new one; [`method_options`][pyro_bdl.infer.fit.method_options] lists the
 canonical names. A method whose function still spells an option the old way receives it under that
 keyword (`keyword_for`), so the functions can be renamed one at a time without breaking users.
 
