@@ -145,4 +145,4 @@ def test_minibatch_map_at_defaults_finds_the_closed_form_mode(temperature):
     mode = torch.cat([post.samples["weight"][0, 0].reshape(-1), post.samples["bias"][0, 0].reshape(-1)]).double()
     mean, cov = blr.posterior(1.0)  # Gaussian: the mode is the mean, the same at every T
     z = (mode - mean) / cov.diag().sqrt()
-    assert z.abs().max() < 0.1, z
+    assert z.abs().max() < 0.03, z  # measured ≈ 0.005; dropping the N/B factor moves it by far more

@@ -23,7 +23,7 @@ on the flat unconstrained θ of [`Objective`][pyro_bdl.model.potential.Objective
 * **progress** and **wall time**; the caller builds the ``info`` schema (`info`): ``loss``
   ``(K, steps)``, ``options``, ``wall_time``.
 
-Batches follow θ's device: every batch is moved to ``theta0.device``.
+Batches follow θ: every batch is moved to ``theta0``'s device, its floating-point tensors to θ's dtype.
 """
 from __future__ import annotations
 
@@ -75,10 +75,11 @@ class StepRule(Protocol):
         """The state from `save`'s output."""
 
 
-def _move(x: Inputs, device: torch.device) -> Inputs:
+def _move(x: Inputs, like: torch.Tensor) -> Inputs:
+    """``x`` on ``like``'s device; floating-point parts in its dtype too (labels keep theirs)."""
     if isinstance(x, tuple):
-        return tuple(part.to(device) for part in x)
-    return x.to(device)
+        return tuple(_move(part, like) for part in x)
+    return x.to(like) if x.is_floating_point() else x.to(like.device)
 
 
 def _stack(parts: List[Inputs]) -> Inputs:
@@ -90,8 +91,8 @@ def _stack(parts: List[Inputs]) -> Inputs:
 class MemberBatches:
     """The minibatches of K runs, run k shuffled and augmented with its own generator (module docs)."""
 
-    def __init__(self, data: FitData, seeds: Sequence[int], device: torch.device):
-        self.data, self.device = data, device
+    def __init__(self, data: FitData, seeds: Sequence[int], like: torch.Tensor):
+        self.data, self.like = data, like
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         self.shared = not data.minibatched and data.augment is None
         self._iters: List[Any] = []
@@ -108,8 +109,8 @@ class MemberBatches:
                              "fixed number of batches per epoch") from None
         if self.shared:
             x, y = parts[0]
-            return Batch(_move(x, self.device), y.to(self.device), True)
-        return Batch(_move(_stack([p[0] for p in parts]), self.device), torch.stack([p[1] for p in parts]).to(self.device),
+            return Batch(_move(x, self.like), _move(y, self.like), True)
+        return Batch(_move(_stack([p[0] for p in parts]), self.like), _move(torch.stack([p[1] for p in parts]), self.like),
                      False)
 
     # Random state outside the runs' generators: a user DataLoader shuffles with torch's global RNG or
@@ -159,7 +160,7 @@ def drive(rule: StepRule, theta0: torch.Tensor, data: FitData, *, steps: int, se
     if len(seeds) != K:
         raise ValueError(f"need one seed per run: {len(seeds)} seeds for {K} runs")
     per_epoch = data.num_batches
-    batches = MemberBatches(data, seeds, theta0.device)
+    batches = MemberBatches(data, seeds, theta0[:0])
     checks = list(checks) if checks is not None else [DivergenceCheck(desc, math.nan) for _ in range(K)]
     loss = torch.empty(K, steps, dtype=theta0.dtype, device=theta0.device)
     saved = ckpt.load(checkpoint, fingerprint) if checkpoint is not None else None
