@@ -170,7 +170,7 @@ def test_pattern_messages_say_what_matched():
 def test_cli_options_that_are_not_json_say_so_with_an_example(capsys):
     assert cli.main(["fit", "--data", "wine", "--options", "num_steps=10"]) == 2
     err = capsys.readouterr().err
-    assert "--options must be a JSON object" in err and '{"num_steps": 3000' in err
+    assert "--options must be a JSON object" in err and '{"steps": 3000' in err
     assert "Expecting value: line 1" not in err
     assert cli.main(["fit", "--options", "[3]"]) == 2
     assert "must be a JSON object" in capsys.readouterr().err

@@ -173,6 +173,7 @@ def drive(rule: StepRule, theta0: torch.Tensor, data: FitData, *, steps: int, se
         for c, start in zip(checks, saved["check_start"]):
             c.start = start
     started = time.perf_counter()
+    resumed_at = step  # a boundary just loaded is not saved again
     read = step  # the loss history up to `read` has been checked
 
     def check_losses(upto: int) -> None:
@@ -197,7 +198,7 @@ def drive(rule: StepRule, theta0: torch.Tensor, data: FitData, *, steps: int, se
         while step < steps:
             if step % per_epoch == 0:
                 batches_state = batches.state()  # what a checkpoint at this boundary resumes from
-                if checkpoint is not None and step > 0 and (step // per_epoch) % checkpoint_every == 0:
+                if checkpoint is not None and step > resumed_at and (step // per_epoch) % checkpoint_every == 0:
                     check_losses(step)
                     save_state()
                 batches.new_epoch()
