@@ -197,7 +197,7 @@ def test_cli_fit_uses_its_cheaper_defaults_and_options_override_them(monkeypatch
 
     monkeypatch.setattr(cli, "fit", fake_fit)
     assert cli.main(["fit", "--data", "wine", "--method", "ensemble"]) == 2
-    assert seen["num_models"] == cli.CLI_DEFAULTS["ensemble"]["num_models"]
-    assert seen["num_steps"] == cli.CLI_DEFAULTS["ensemble"]["num_steps"]
+    assert seen["num_chains"] == cli.CLI_DEFAULTS["ensemble"]["num_chains"]
+    assert seen["steps"] == cli.CLI_DEFAULTS["ensemble"]["steps"]
     assert cli.main(["fit", "--data", "wine", "--method", "ensemble", "--options", '{"num_steps": 7}']) == 2
-    assert seen["num_steps"] == 7
+    assert seen["steps"] == 7  # the deprecated name, canonicalised before the defaults are merged

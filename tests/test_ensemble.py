@@ -77,8 +77,6 @@ def test_map_init_option_sets_start():
     assert torch.allclose(post.samples["2.bias"][0, 0], model.net[2].bias.detach(), atol=1e-6)
     with pytest.raises(TypeError, match="init"):
         bdl.fit(model, x, y, method="map", steps=1, init="fresh", progress=False)
-    with pytest.raises(ValueError, match="unknown site"):
-        bdl.fit(model, x, y, method="map", steps=1, init={"weight": start["0.weight"]}, progress=False)
 
 
 def test_parallel_members_equal_sequential():

@@ -43,7 +43,7 @@ from ..model.potential import Objective
 from ..posterior.samples import SamplesPosterior
 from . import driver
 from .data import FitData
-from .map import optimiser_class, run_map
+from .map import initial_theta, optimiser_class, run_map
 from .members import run_members
 from .options import run_length
 from .registry import register
@@ -112,7 +112,8 @@ def fit_group(model: BayesianModel, data: FitData, members: Sequence[int], seeds
     """Train the ``members`` (seeds ``seeds``) stacked; returns ``(θ (m, P), loss (m, steps), wall time)``.
     A module-level function, so it can run in a spawned process."""
     objective = Objective(model, data.example_x(2))
-    theta0 = torch.stack([objective.initial(model.initial_values(seed=s)) for s in seeds])
+    x = data.example_x(2)
+    theta0 = torch.stack([initial_theta(objective, model.initial_values(seed=s), x) for s in seeds])
     steps = run_length(data, options["steps"], options["epochs"], default=2000)
     fp = None if checkpoint is None else ckpt.fingerprint(model, data, "ensemble", options, seed,
                                                           members=list(members), start=ckpt.tensor_hash(theta0))

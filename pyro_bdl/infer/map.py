@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import pyro
 import torch
 from pyro import poutine
+from pyro.infer.autoguide.initialization import InitMessenger, init_to_value
 
 from .._util import checkpoint as ckpt
 from ..model.bayesian_model import BayesianModel
@@ -170,14 +171,21 @@ def run_map(model: BayesianModel, data: FitData, theta0: torch.Tensor, seeds: Se
                         checkpoint=checkpoint, fingerprint=fingerprint)
 
 
+def initial_theta(objective: Objective, values: Dict[str, torch.Tensor], x) -> torch.Tensor:
+    """θ at ``values``; sites they leave out (a hierarchical prior's hyperparameters) start at their prior's
+    median, as Pyro's ``init_to_value`` fallback does for an AutoDelta guide."""
+    if all(n in values for n in objective.layout.names):
+        return objective.initial(values)
+    with torch.no_grad(), poutine.block(), InitMessenger(init_to_value(values=values)):
+        trace = poutine.trace(objective.model).get_trace(x)
+    return objective.initial({n: trace.nodes[n]["value"] for n in objective.layout.names})
+
+
 def start_values(model: BayesianModel, init: Optional[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
     """The starting values: the model's initial values with ``init``'s sites replaced."""
     if init is not None and not isinstance(init, dict):
         raise TypeError(f"init must be a dict of initial values {{site: tensor}}, got {type(init).__name__}")
     start = model.initial_values()
-    unknown = sorted(set(init or {}) - set(start))
-    if unknown:
-        raise ValueError(f"init has values for unknown site(s) {unknown}; the model's sites are {sorted(start)}")
     start.update({k: torch.as_tensor(v) for k, v in (init or {}).items()})
     return start
 
@@ -204,7 +212,7 @@ def fit_map(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
     optimiser_class(optimiser)
     checkpoint = ckpt.check_path(checkpoint)
     objective = Objective(model, data.example_x(2))
-    theta0 = objective.initial(start_values(model, init)).unsqueeze(0)
+    theta0 = initial_theta(objective, start_values(model, init), data.example_x(2)).unsqueeze(0)
     options = {"steps": steps, "epochs": epochs, "lr": lr, "lr_decay": lr_decay,
                "optimiser": optimiser if isinstance(optimiser, str) else optimiser.__qualname__}
     fp = None if checkpoint is None else ckpt.fingerprint(model, data, "map", options, seed,
