@@ -40,7 +40,7 @@ _MOVED = {
     "progress": ("_util.progress",), "predictive": ("posterior.predictive",),
     "diagnostics.inference_data": ("posterior.arviz",), "diagnostics.convergence": ("evaluate.diagnostics.convergence",),
     "inference": ("infer",), "inference.fit": ("infer.fit",), "inference.registry": ("infer.registry",),
-    "inference.data": ("infer.data",), "inference.svi": ("infer.svi",), "inference.swag": ("infer.swag", "posterior.swag"),
+    "inference.data": ("infer.data",), "inference.svi": ("infer.svi", "infer.map"), "inference.swag": ("infer.swag", "posterior.swag"),
     "inference.ensemble": ("infer.ensemble",), "inference.members": ("infer.members",),
     "inference.sgmcmc": ("infer.sgmcmc",), "inference.objective": ("model.potential",),
     "inference.mcmc": ("infer.mcmc.methods", "infer.mcmc.init", "infer.mcmc.pyro"),

@@ -22,6 +22,7 @@ from .model import likelihoods
 from .evaluate import metrics
 from . import priors, studies
 from .infer import fit, methods
+from .infer.options import canonical
 from ._util.io import FolderLocked
 from .model.bayesian_model import BayesianModel
 from .examples.networks import mlp
@@ -33,13 +34,13 @@ from .examples.networks import mlp
 #: transitions hit the depth limit, so they cost 2^depth gradients each). Measured figures:
 #: notes/issue-18-networks.md. ``--options`` overrides any of them.
 CLI_DEFAULTS = {
-    "ensemble": {"num_models": 5, "num_steps": 500},
-    "multiswag": {"num_models": 3},
+    "ensemble": {"num_chains": 5, "steps": 500},
+    "multiswag": {"num_chains": 3},
     "nuts": {"num_samples": 150, "warmup": 150, "max_tree_depth": 5},
     "hmc": {"num_samples": 200, "warmup": 200, "num_steps": 16},
 }
 
-OPTIONS_HELP = ('method options as a JSON object, e.g. \'{"num_steps": 3000, "lr": 0.01}\' (quote it for the shell); '
+OPTIONS_HELP = ('method options as a JSON object, e.g. \'{"steps": 3000, "lr": 0.01}\' (quote it for the shell); '
                 "they override the command's own defaults: " +
                 "; ".join(f"{m}: {json.dumps(o)}" for m, o in CLI_DEFAULTS.items()))
 
@@ -48,7 +49,7 @@ def parse_options(text: str) -> dict:
     """``--options`` as a dict, or a ValueError that says it wants JSON and shows an example."""
     if not text:
         return {}
-    example = '--options \'{"num_steps": 3000, "lr": 0.01}\''
+    example = '--options \'{"steps": 3000, "lr": 0.01}\''
     try:
         options = json.loads(text)
     except json.JSONDecodeError as err:
@@ -68,7 +69,7 @@ def _fit_command(args: argparse.Namespace) -> int:
     lik = likelihoods.Categorical() if ds.task == "classification" else likelihoods.Gaussian(scale=None)
     model = BayesianModel(net, prior=priors.Gaussian(0.0, args.prior_scale), likelihood=lik,
                           temperature=args.temperature)
-    options = {**CLI_DEFAULTS.get(args.method, {}), **options}
+    options = {**CLI_DEFAULTS.get(args.method, {}), **canonical(args.method, options)}  # old names: warned once
     start = time.perf_counter()
     post = fit(model, ds.x_train, ds.y_train, method=args.method, seed=args.seed, progress=None, **options)
     seconds = time.perf_counter() - start

@@ -170,7 +170,7 @@ def test_pattern_messages_say_what_matched():
 def test_cli_options_that_are_not_json_say_so_with_an_example(capsys):
     assert cli.main(["fit", "--data", "wine", "--options", "num_steps=10"]) == 2
     err = capsys.readouterr().err
-    assert "--options must be a JSON object" in err and '{"num_steps": 3000' in err
+    assert "--options must be a JSON object" in err and '{"steps": 3000' in err
     assert "Expecting value: line 1" not in err
     assert cli.main(["fit", "--options", "[3]"]) == 2
     assert "must be a JSON object" in capsys.readouterr().err
@@ -197,7 +197,7 @@ def test_cli_fit_uses_its_cheaper_defaults_and_options_override_them(monkeypatch
 
     monkeypatch.setattr(cli, "fit", fake_fit)
     assert cli.main(["fit", "--data", "wine", "--method", "ensemble"]) == 2
-    assert seen["num_models"] == cli.CLI_DEFAULTS["ensemble"]["num_models"]
-    assert seen["num_steps"] == cli.CLI_DEFAULTS["ensemble"]["num_steps"]
+    assert seen["num_chains"] == cli.CLI_DEFAULTS["ensemble"]["num_chains"]
+    assert seen["steps"] == cli.CLI_DEFAULTS["ensemble"]["steps"]
     assert cli.main(["fit", "--data", "wine", "--method", "ensemble", "--options", '{"num_steps": 7}']) == 2
-    assert seen["num_steps"] == 7
+    assert seen["steps"] == 7  # the deprecated name, canonicalised before the defaults are merged

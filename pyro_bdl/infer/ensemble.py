@@ -1,9 +1,9 @@
 """Deep ensembles (Lakshminarayanan et al. 2017) as an approximate Bayesian model average.
 
-M members are MAP fits (`pyro_bdl.infer.svi.fit_map`: maximise the tempered
-log p̃(D, w) with Adam) that differ only in their seed: member m starts from a fresh default
-initialisation of the network, ``model.initial_values(seed=s_m)``, and shuffles its
-minibatches with ``s_m``, where ``s_0, …, s_{M−1} = spawn_seeds(seed, M)`` (independent of every
+M members are MAP fits (`pyro_bdl.infer.map`: maximise the tempered log p̃(D, w) with Adam) that
+differ only in their seed: member m starts from a fresh default initialisation of the network,
+``model.initial_values(seed=s_m)``, and shuffles (and augments) its minibatches with its own
+generator seeded ``s_m``, where ``s_0, …, s_{M−1} = spawn_seeds(seed, M)`` (independent of every
 other seed's members). The posterior is the equal-weight mixture of point masses,
 
     p(w | D) ≈ (1/M) Σ_m δ(w − ŵ_m),   p(y | x, D) ≈ (1/M) Σ_m p(y | x, ŵ_m),
@@ -12,82 +12,157 @@ which Wilson & Izmailov (2020) read as a Bayesian model average over basins of a
 It is a [`SamplesPosterior`][pyro_bdl.SamplesPosterior] with M chains of one draw each, so members are
 separate chains in ``draws_by_chain`` (diagnostics compare them like independent runs).
 
-Members are independent: ``workers > 1`` trains them in that many spawned processes
-(`run_members`). With ``checkpoint=path`` every finished
-member is saved; a rerun with the same arguments trains only the missing ones.
+**Stacked members.** Members are stepped together: θ ``(M, P)``, each step's M minibatches
+gathered to ``(M, B, ...)``, the M gradients by ``torch.func.vmap`` over the potential and one
+Adam step on the stack (`pyro_bdl.infer.map.MAPRule`), so an ensemble pays one step's Python and
+dispatch overhead per step instead of M. A stacked member equals the member trained alone with
+the same seed (to float rounding). ``stack="auto"`` (default) stacks as many members as fit in a
+quarter of the free memory (`stack_size`); ``stack=False`` trains them one at a time; an integer
+stacks that many. ``workers > 1`` trains groups of members in that many spawned processes
+(`run_members`), for members too large to stack. With a user's ``DataLoader`` every member
+iterates the loader itself (orders differ as the loader's shuffling RNG advances).
+
+With ``checkpoint=path`` the driver's state is saved after every epoch (one file per group of
+stacked members when there are several: ``path.group<i>``); a rerun with the same arguments
+resumes it bit for bit, and finished groups are not trained again.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+import math
+import os
+from typing import Any, Dict, Optional, Sequence, Union
 
-import pyro
 import torch
 
 from .._util import checkpoint as ckpt
-from .._util import progress as progress_bars
+from .._util.checks import check_int
 from .._util.random import spawn_seeds
 from ..model.bayesian_model import BayesianModel
+from ..model.inputs import as_args
+from ..model.potential import Objective
 from ..posterior.samples import SamplesPosterior
+from . import driver
 from .data import FitData
+from .map import initial_theta, optimiser_class, run_map
 from .members import run_members
+from .options import run_length
 from .registry import register
-from .svi import fit_map, resolve_steps
-from .._util.checks import check_int
+
+#: share of the free memory a stack of members may use (``stack="auto"``)
+MEMORY_SHARE = 0.25
 
 
-def fit_member(model: BayesianModel, data: FitData, seed: int, options: Dict[str, Any],
-               progress: Optional[bool] = False) -> Tuple[Dict[str, torch.Tensor], List[float]]:
-    """One ensemble member: MAP from ``model.initial_values(seed=seed)`` with seed ``seed``.
+def _free_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 2 ** 31
 
-    Returns its weights ``{site: tensor}`` and its loss per step. A module-level function, so it
-    can run in a spawned process.
-    """
-    pyro.set_rng_seed(seed)
-    post = fit_map(model, data, seed=seed, progress=progress, init=model.initial_values(seed=seed), **options)
-    return {k: v[0, 0] for k, v in post.samples.items()}, post.info["losses"]
+
+def member_bytes(model: BayesianModel, data: FitData, size: int) -> int:
+    """Estimated memory of one stacked member: 8 copies of its P parameters (θ, gradient, optimiser
+    moments, vmap temporaries) and 3 of the activations of one minibatch (forward, backward, gather)."""
+    x = data.example_x(1)
+    numel = [0]
+
+    def count(_module, _inputs, output):
+        numel[0] += sum(t.numel() for t in (output if isinstance(output, (tuple, list)) else (output,))
+                        if isinstance(t, torch.Tensor))
+
+    leaves = [m for m in model.net.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            model.net(*as_args(x))
+    finally:
+        for h in hooks:
+            h.remove()
+    itemsize = torch.finfo(next(model.net.parameters(), torch.zeros(())).dtype).bits // 8
+    return itemsize * (8 * size + 3 * numel[0] * data.random_batch_size)
+
+
+def stack_size(stack: Union[str, bool, int], num_chains: int, model: BayesianModel, data: FitData,
+               objective: Objective) -> int:
+    """How many members are stepped together (module docs)."""
+    if stack is True:
+        return num_chains
+    if stack is False:
+        return 1
+    if stack == "auto":
+        device = objective.initial().device
+        fits = _free_memory(device) * MEMORY_SHARE // max(1, member_bytes(model, data, objective.size))
+        return int(max(1, min(num_chains, fits)))
+    if isinstance(stack, int) and not isinstance(stack, bool) and stack >= 1:
+        return min(stack, num_chains)
+    raise ValueError(f"stack must be 'auto', True, False or a positive integer, got {stack!r}")
+
+
+def group_path(checkpoint: Optional[str], group: int, num_groups: int) -> Optional[str]:
+    """The checkpoint file of a group of stacked members (``checkpoint`` itself when there is one group)."""
+    if checkpoint is None or num_groups == 1:
+        return checkpoint
+    root, ext = os.path.splitext(checkpoint)
+    return f"{root}.group{group}{ext}"
+
+
+def fit_group(model: BayesianModel, data: FitData, members: Sequence[int], seeds: Sequence[int],
+              options: Dict[str, Any], seed: int, progress: Optional[bool], checkpoint: Optional[str]):
+    """Train the ``members`` (seeds ``seeds``) stacked; returns ``(θ (m, P), loss (m, steps), wall time)``.
+    A module-level function, so it can run in a spawned process."""
+    objective = Objective(model, data.example_x(2))
+    x = data.example_x(2)
+    theta0 = torch.stack([initial_theta(objective, model.initial_values(seed=s), x) for s in seeds])
+    steps = run_length(data, options["steps"], options["epochs"], default=2000)
+    fp = None if checkpoint is None else ckpt.fingerprint(model, data, "ensemble", options, seed,
+                                                          members=list(members), start=ckpt.tensor_hash(theta0))
+    result = run_map(model, data, theta0, seeds, objective=objective, steps=steps, lr=options["lr"],
+                     lr_decay=options["lr_decay"], optimiser=options["optimiser"], desc="ensemble",
+                     progress=progress, checkpoint=checkpoint, fingerprint=fp)
+    return result.state["theta"].detach(), result.loss, result.wall_time
 
 
 @register("ensemble")
-def fit_ensemble(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], num_models: int = 5,
-                 num_steps: Optional[int] = None, epochs: Optional[int] = None, lr: float = 0.01,
-                 lr_decay: float = 0.1, workers: int = 1, checkpoint: Optional[str] = None) -> SamplesPosterior:
-    """A deep ensemble of ``num_models`` MAP members from seeds ``spawn_seeds(seed, num_models)``.
+def fit_ensemble(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], num_chains: int = 5,
+                 steps: Optional[int] = None, epochs: Optional[int] = None, lr: float = 0.01,
+                 lr_decay: float = 0.1, optimiser: Union[str, type] = "adam", stack: Union[str, bool, int] = "auto",
+                 workers: int = 1, checkpoint: Optional[str] = None) -> SamplesPosterior:
+    """A deep ensemble of ``num_chains`` MAP members from seeds ``spawn_seeds(seed, num_chains)``.
 
     Args:
-        num_models: M, the number of members.
-        num_steps / epochs, lr, lr_decay: each member's MAP optimisation (see `fit_map`).
-        workers: processes training members in parallel (1: one after another in this process).
-        checkpoint: file where finished members are saved; rerunning resumes (module docs).
+        num_chains: M, the number of members (formerly ``num_models``).
+        steps / epochs, lr, lr_decay, optimiser: each member's MAP optimisation (see `fit_map`).
+        stack: members stepped together by ``torch.func.vmap``: ``"auto"`` (as many as memory allows),
+            ``True`` (all), ``False`` (one at a time) or a number.
+        workers: processes training groups of members in parallel (1: in this process).
+        checkpoint: file where the run's state is saved after every epoch; rerunning resumes (module docs).
 
-    ``info["losses"]`` holds each member's loss per step, ``(M, steps)``; ``sample_stats["loss"]``
-    each member's final loss, ``(M, 1)``.
+    ``info``: ``loss`` ``(M, steps)``, each member's loss per step; ``options``; ``wall_time``;
+    ``member_seeds``; ``stack``, the members per group. ``sample_stats["loss"]``: each member's final loss, ``(M, 1)``.
     """
-    check_int(num_models, 'num_models', 1)
-    check_int(workers, 'workers', 1)
+    check_int(num_chains, "num_chains", 1)
+    check_int(workers, "workers", 1)
     checkpoint = ckpt.check_path(checkpoint)
-    options = {"num_steps": num_steps, "epochs": epochs, "lr": lr, "lr_decay": lr_decay}
-    resolve_steps(data, num_steps, epochs, default=2000)  # bad step counts fail before any work
-    fingerprint = ckpt.fingerprint(model, data, "ensemble", dict(options, num_models=num_models), seed)
-    saved = ckpt.load(checkpoint, fingerprint)
-    # Member indices are stored as strings (plain-data keys); weights and losses as saved.
-    members: Dict[int, Tuple[Dict[str, torch.Tensor], List[float]]] = {} if saved is None else {
-        int(m): (weights, list(losses)) for m, (weights, losses) in saved["members"].items()}
-    pending = [m for m in range(num_models) if m not in members]
-    seeds = spawn_seeds(seed, num_models)
-    member_progress = progress if workers == 1 else False
-    with progress_bars.bar(num_models, "ensemble", progress) as bar:
-        bar.update(num_models - len(pending))
-        # Members are trained `workers` at a time, so a checkpoint records each finished group.
-        for i in range(0, len(pending), workers):
-            group = pending[i:i + workers]
-            results = run_members(fit_member, [(model, data, seeds[m], options, member_progress) for m in group],
-                                  workers=workers)
-            members.update(zip(group, results))
-            if checkpoint is not None:
-                ckpt.save(checkpoint, fingerprint, {"members": {str(m): list(v) for m, v in members.items()}})
-            bar.update(len(group))
-    order = range(num_models)
-    samples = {k: torch.stack([members[m][0][k] for m in order]).unsqueeze(1) for k in members[0][0]}
-    losses = torch.tensor([members[m][1] for m in order])
-    return SamplesPosterior(model, samples, "ensemble", sample_stats={"loss": losses[:, -1:]},
-                            info={"num_models": num_models, "losses": losses, "member_seeds": [seeds[m] for m in order]})
+    run_length(data, steps, epochs, default=2000)  # bad step counts fail before any work
+    optimiser_class(optimiser)
+    options = {"steps": steps, "epochs": epochs, "lr": lr, "lr_decay": lr_decay,
+               "optimiser": optimiser if isinstance(optimiser, str) else optimiser.__qualname__,
+               "num_chains": num_chains}
+    objective = Objective(model, data.example_x(2))
+    size = stack_size(stack, num_chains, model, data, objective)
+    if workers > 1:  # spread the members over the processes
+        size = min(size, math.ceil(num_chains / workers))
+    seeds = spawn_seeds(seed, num_chains)
+    groups = [list(range(i, min(i + size, num_chains))) for i in range(0, num_chains, size)]
+    run_options = dict(options, optimiser=optimiser)
+    args = [(model, data, g, [seeds[m] for m in g], run_options, seed, progress if workers == 1 else False,
+             group_path(checkpoint, i, len(groups))) for i, g in enumerate(groups)]
+    results = run_members(fit_group, args, workers=workers)
+    theta = torch.cat([r[0] for r in results])
+    loss = torch.cat([r[1] for r in results])
+    values = objective.to_constrained(theta)
+    samples = {k: v.unsqueeze(1) for k, v in values.items()}
+    return SamplesPosterior(model, samples, "ensemble", sample_stats={"loss": loss[:, -1:].detach().cpu()},
+                            info=driver.info(loss, options, sum(r[2] for r in results), losses=loss.detach().cpu(),
+                                             member_seeds=seeds, num_chains=num_chains, stack=size))

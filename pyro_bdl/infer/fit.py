@@ -11,6 +11,7 @@ from ..model.bayesian_model import BayesianModel
 from ..model.user_model import as_model
 from ..posterior.base import Posterior
 from .data import FitData
+from .options import canonical, canonical_name, keyword_for
 from .registry import METHODS
 from .._util.checks import check_seed
 
@@ -34,7 +35,10 @@ def fit(model: BayesianModel, x: Any, y: Optional[torch.Tensor] = None, *, metho
         batch_size: minibatch size for tensor data (methods that use minibatches).
         temperature: override the model's temperature T for this fit.
         augment: ``augment(x, generator) -> x`` applied to every training minibatch (data augmentation).
-        **options: method options; see the method's function (e.g. `pyro_bdl.infer.svi.fit_svi`).
+        **options: method options; see the method's function (e.g. `pyro_bdl.infer.svi.fit_svi`). Option names
+            follow one vocabulary across methods (`pyro_bdl.infer.options`, docs: *Options*); a deprecated
+            name (``num_models``, ``num_steps`` of an optimiser, ``burnin``, ``swa_start``) still works for one
+            release with a ``DeprecationWarning`` naming its replacement.
 
     Every check (data shapes, labels, NaN/inf, T, method and option names) runs before any work.
     """
@@ -42,10 +46,13 @@ def fit(model: BayesianModel, x: Any, y: Optional[torch.Tensor] = None, *, metho
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"unknown method {method!r}; available methods: {', '.join(sorted(METHODS))}")
     fn = METHODS[method]
+    options = canonical(method, options)
     accepted = method_options(method)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise TypeError(f"method {method!r} got unknown option(s) {unknown}; its options are {accepted}")
+    keywords = inspect.signature(fn).parameters
+    options = {keyword_for(method, name, keywords): value for name, value in options.items()}
     check_seed(seed)
     if temperature is not None:
         model = model.with_temperature(temperature)
@@ -59,10 +66,12 @@ def fit(model: BayesianModel, x: Any, y: Optional[torch.Tensor] = None, *, metho
 
 
 def method_options(method: str) -> list:
-    """Names of the options ``fit(..., method=method, **options)`` accepts (its function's keywords)."""
+    """Canonical names of the options ``fit(..., method=method, **options)`` accepts: its function's keywords,
+    each in the one vocabulary (`pyro_bdl.infer.options`; deprecated spellings are accepted too but not listed)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; available methods: {', '.join(sorted(METHODS))}")
-    return [p for p in inspect.signature(METHODS[method]).parameters if p not in ("model", "data") + _COMMON]
+    return [canonical_name(method, p) for p in inspect.signature(METHODS[method]).parameters
+            if p not in ("model", "data") + _COMMON]
 
 
 def methods() -> list:

@@ -92,6 +92,7 @@ import torch
 
 from ..examples import datasets
 from ..infer import method_options, methods
+from ..infer.options import deprecated_names
 from ..infer.registry import METHODS
 from ..examples.networks import ACTIVATIONS, mlp, resolve_factory
 from ..model.tempering import TEMPERING_MODES
@@ -399,7 +400,7 @@ def _check_options(method: str, options: Any, where: str, problems: List[str],
     if not isinstance(options, Mapping):
         problems.append(f"{where} must be a table of options, got {options!r}")
         return {}
-    accepted = list(method_options(method)) + list(extra)
+    accepted = list(method_options(method)) + deprecated_names(method) + list(extra)  # old names: fit warns
     defaults = {name: p.default for name, p in inspect.signature(METHODS[method]).parameters.items()}
     defaults.update({k: 1 for k in PER_METHOD_SETTINGS})  # epochs, batch_size: integers
     for key, value in options.items():

@@ -8,7 +8,7 @@ import torch
 from ..._util.random import seeded
 from ...model.bayesian_model import BayesianModel
 from ..data import FitData
-from ..svi import fit_map
+from ..map import fit_map
 from ..._util.checks import check_int
 
 INITS = ("prior", "net", "map")

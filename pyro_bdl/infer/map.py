@@ -1,0 +1,225 @@
+"""Maximum a posteriori weights: a torch optimiser on the tempered log joint, run by the driver.
+
+MAP maximises the tempered log joint of the constrained weights,
+
+    ŵ = argmax_w log p̃(D, w),   log p̃ = s_prior · log p(w) + s_lik · (N/B) · Σ_{i∈batch} log p(yᵢ | xᵢ, w),
+
+the mode of the tempered posterior (which does not depend on T under posterior tempering). The
+optimiser steps on the flat unconstrained θ of [`Objective`][pyro_bdl.model.potential.Objective] (w = t(θ),
+identity for weights, log for a learned noise scale) with no log-Jacobian term, so the optimum is
+the mode in w — what Pyro's AutoDelta guide finds — but each step costs one evaluation of the
+compiled potential and its gradient instead of a Pyro trace of model and guide.
+
+`MAPRule` is the step rule: ``K`` runs stacked as θ ``(K, P)``, their gradients by
+``torch.func.vmap`` over the potential (one plain autograd call when K = 1), one torch optimiser
+on the stack (Adam by default: elementwise, so a stacked run is the same optimisation as K
+separate ones), learning rate decayed exponentially from ``lr`` to ``lr · lr_decay``. Deep ensembles
+(`pyro_bdl.infer.ensemble`) use it with K members.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer.autoguide.initialization import InitMessenger, init_to_value
+
+from .._util import checkpoint as ckpt
+from ..model.bayesian_model import BayesianModel
+from ..model.inputs import take_rows
+from ..model.potential import Objective
+from ..model.sites import OBS_SITE
+from ..model.tempering import likelihood_scale
+from ..posterior.samples import SamplesPosterior
+from . import driver
+from .data import FitData
+from .divergence import DivergenceCheck, loss_floor
+from .options import run_length
+from .registry import register
+
+OPTIMISERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+              "rmsprop": torch.optim.RMSprop}
+
+
+def optimiser_class(optimiser: Union[str, type]) -> type:
+    """The torch optimiser named by ``optimiser`` (a key of `OPTIMISERS` or a ``torch.optim.Optimizer`` subclass)."""
+    if isinstance(optimiser, str) and optimiser in OPTIMISERS:
+        return OPTIMISERS[optimiser]
+    if isinstance(optimiser, type) and issubclass(optimiser, torch.optim.Optimizer):
+        return optimiser
+    raise ValueError(f"unknown optimiser {optimiser!r}; choose one of {sorted(OPTIMISERS)} or pass a "
+                     "torch.optim.Optimizer subclass")
+
+
+class MAPRule:
+    """The MAP step rule (module docs): minimise −log p̃(D_batch, w(θ)) with a torch optimiser.
+
+    Args:
+        objective: the model's flat parametrisation and potential.
+        dataset_size: N (minibatches are scaled by N/B).
+        lr, lr_decay, steps: the optimiser's step size, decayed to ``lr · lr_decay`` over ``steps``.
+        optimiser: a torch optimiser class, called as ``optimiser([θ], lr=lr)``.
+    """
+
+    def __init__(self, objective: Objective, dataset_size: int, lr: float, lr_decay: float, steps: int,
+                 optimiser: type = torch.optim.Adam):
+        self.objective, self.N, self.lr, self.optimiser = objective, int(dataset_size), float(lr), optimiser
+        self.gamma = float(lr_decay) ** (1.0 / max(1, steps))
+        self._vmapped = torch.func.vmap(torch.func.grad_and_value(self.loss), in_dims=(0, 0, 0))
+        self._vmapped_shared = torch.func.vmap(torch.func.grad_and_value(self.loss), in_dims=(0, None, None))
+
+    def loss(self, theta: torch.Tensor, x, y: torch.Tensor) -> torch.Tensor:
+        """−log p̃(D_batch, w(θ)) of one run (no Jacobian: the mode in w)."""
+        values, _ = self.objective.constrain(theta)
+        return -self.objective.log_joint(values, x, y, self.N)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate after ``step`` (0-based) steps of the exponential decay."""
+        return self.lr * self.gamma ** (step + 1)
+
+    def value_and_grad(self, theta: torch.Tensor, batch: driver.Batch) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(loss (K,), gradient (K, P))`` at θ ``(K, P)``."""
+        with pyro.validation_enabled(False):  # validation's data-dependent checks cannot run under vmap
+            if theta.shape[0] == 1:
+                t = theta[0].detach().requires_grad_(True)
+                x, y = batch.member(0)
+                u = self.loss(t, x, y)
+                (g,) = torch.autograd.grad(u, t)
+                return u.detach().reshape(1), g.unsqueeze(0)
+            fn = self._vmapped_shared if batch.shared else self._vmapped
+            g, u = fn(theta.detach(), batch.x, batch.y)
+            return u.detach(), g
+
+    def init(self, theta: torch.Tensor) -> Dict[str, Any]:
+        theta = theta.detach().clone().requires_grad_(True)
+        opt = self.optimiser([theta], lr=self.lr)
+        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=self.gamma)
+        return {"theta": theta, "optimiser": opt, "scheduler": sched}
+
+    def update(self, state: Dict[str, Any], batch: driver.Batch,
+               generators: Sequence[torch.Generator]) -> Tuple[Dict[str, Any], torch.Tensor]:
+        theta = state["theta"]
+        value, grad = self.value_and_grad(theta, batch)
+        theta.grad = grad
+        state["optimiser"].step()
+        state["scheduler"].step()
+        return state, value
+
+    def save(self, state: Dict[str, Any]) -> Dict[str, Any]:
+        return {"theta": state["theta"].detach().clone(), "optimiser": state["optimiser"].state_dict(),
+                "scheduler": state["scheduler"].state_dict()}
+
+    def restore(self, saved: Dict[str, Any]) -> Dict[str, Any]:
+        state = self.init(saved["theta"])
+        state["optimiser"].load_state_dict(saved["optimiser"])
+        state["scheduler"].load_state_dict(saved["scheduler"])
+        return state
+
+    def nonfinite_start(self, theta: torch.Tensor, batch: driver.Batch, values: List[float]) -> str:
+        """Why the loss is not finite at step 0: the sites whose log density is not finite there."""
+        k = next(i for i, v in enumerate(values) if not math.isfinite(v))
+        x, y = batch.member(k)
+        model = self.objective.model
+        with torch.no_grad(), poutine.block(), pyro.validation_enabled(False):
+            sites = self.objective.to_constrained(theta[k].detach())
+            trace = poutine.trace(poutine.condition(model, data=sites)).get_trace(x, y, self.N)
+            trace.compute_log_prob()
+        bad = [name for name, site in trace.nodes.items()
+               if site["type"] == "sample" and not torch.isfinite(site["log_prob_sum"])]
+        where = (f"the log density of site(s) {bad} is not finite there" if bad else "the log joint is not finite there")
+        hint = ("; a prior scale far below the weights' size overflows float32 (log N(w | 0, s) ≈ -w²/2s²): "
+                "check the prior's scale" if bad and all(b != OBS_SITE for b in bad) else
+                "; check the likelihood (noise scale, labels) and the data")
+        return (f"the loss is {values[k]} at the starting point (step 0, before any update), so the learning rate is "
+                f"not the cause: {where}{hint}.")
+
+
+def example_batch(data: FitData):
+    """A batch of the data's batch size (for the divergence floor), drawn without touching any RNG."""
+    if not data.user_loader:
+        x, y = data.full()
+        rows = slice(0, data.random_batch_size)
+        return take_rows(x, rows), y[rows]
+    with torch.random.fork_rng(devices=[]):
+        return next(iter(data.epoch()))
+
+
+def divergence_checks(model: BayesianModel, data: FitData, method: str, lr: float, K: int) -> List[DivergenceCheck]:
+    """One `DivergenceCheck` per run of a point-estimate method (floor of −log p̃, unit N/T)."""
+    x0, y0 = example_batch(data)
+    N = data.dataset_size
+    floor = loss_floor(model, x0, y0, N, "point")
+    unit = N * likelihood_scale(model.temperature, model.tempering)
+    return [DivergenceCheck(method, lr, floor=floor, unit=unit) for _ in range(K)]
+
+
+def run_map(model: BayesianModel, data: FitData, theta0: torch.Tensor, seeds: Sequence[int], *, objective: Objective,
+            steps: int, lr: float, lr_decay: float, optimiser: Union[str, type], desc: str,
+            progress: Optional[bool], checkpoint: Optional[str] = None,
+            fingerprint: Optional[Dict[str, Any]] = None) -> driver.Result:
+    """K MAP runs from θ₀ ``(K, P)``, run k with seed ``seeds[k]``, stacked on the driver."""
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    rule = MAPRule(objective, data.dataset_size, lr, lr_decay, steps, optimiser_class(optimiser))
+    with torch.no_grad():  # verifies the compiled density once, outside vmap
+        x0, y0 = example_batch(data)
+        objective.log_joint(objective.constrain(theta0[0].to(theta0))[0], x0, y0, data.dataset_size)
+    return driver.drive(rule, theta0, data, steps=steps, seeds=seeds, desc=desc, progress=progress,
+                        checks=divergence_checks(model, data, desc, lr, theta0.shape[0]), lr_at=rule.lr_at,
+                        checkpoint=checkpoint, fingerprint=fingerprint)
+
+
+def initial_theta(objective: Objective, values: Dict[str, torch.Tensor], x) -> torch.Tensor:
+    """θ at ``values``; sites they leave out (a hierarchical prior's hyperparameters) start at their prior's
+    median, as Pyro's ``init_to_value`` fallback does for an AutoDelta guide."""
+    if all(n in values for n in objective.layout.names):
+        return objective.initial(values)
+    with torch.no_grad(), poutine.block(), InitMessenger(init_to_value(values=values)):
+        trace = poutine.trace(objective.model).get_trace(x)
+    return objective.initial({n: trace.nodes[n]["value"] for n in objective.layout.names})
+
+
+def start_values(model: BayesianModel, init: Optional[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    """The starting values: the model's initial values with ``init``'s sites replaced."""
+    if init is not None and not isinstance(init, dict):
+        raise TypeError(f"init must be a dict of initial values {{site: tensor}}, got {type(init).__name__}")
+    start = model.initial_values()
+    start.update({k: torch.as_tensor(v) for k, v in (init or {}).items()})
+    return start
+
+
+@register("map")
+def fit_map(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool],
+            steps: Optional[int] = None, epochs: Optional[int] = None, lr: float = 0.01, lr_decay: float = 0.1,
+            init: Optional[Dict[str, torch.Tensor]] = None, optimiser: Union[str, type] = "adam",
+            checkpoint: Optional[str] = None) -> SamplesPosterior:
+    """Maximum a posteriori weights, argmax_w log p̃(D, w) (module docs), with Adam by default.
+
+    Args:
+        steps / epochs: optimiser steps (default 2000), or passes over the data.
+        lr, lr_decay: the optimiser's step size, decayed exponentially to ``lr * lr_decay``.
+        init: starting values ``{site: tensor}`` (default [`BayesianModel.initial_values`][pyro_bdl.BayesianModel],
+            the network's weights); sites left out start there too.
+        optimiser: ``"adam"`` (default), ``"adamw"``, ``"sgd"``, ``"rmsprop"`` or a ``torch.optim.Optimizer`` class.
+        checkpoint: file where the run's state is saved after every epoch; rerunning resumes it.
+
+    Returns a posterior with one chain of one draw, so ``predict`` gives the plug-in predictive.
+    ``info``: ``loss`` ``(1, steps)``, ``options``, ``wall_time`` (`pyro_bdl.infer.driver.info`).
+    """
+    num = run_length(data, steps, epochs, default=2000)
+    optimiser_class(optimiser)
+    checkpoint = ckpt.check_path(checkpoint)
+    objective = Objective(model, data.example_x(2))
+    theta0 = initial_theta(objective, start_values(model, init), data.example_x(2)).unsqueeze(0)
+    options = {"steps": steps, "epochs": epochs, "lr": lr, "lr_decay": lr_decay,
+               "optimiser": optimiser if isinstance(optimiser, str) else optimiser.__qualname__}
+    fp = None if checkpoint is None else ckpt.fingerprint(model, data, "map", options, seed,
+                                                          start=ckpt.tensor_hash(theta0))
+    result = run_map(model, data, theta0, [seed], objective=objective, steps=num, lr=lr, lr_decay=lr_decay,
+                     optimiser=optimiser, desc="map", progress=progress, checkpoint=checkpoint, fingerprint=fp)
+    values = objective.to_constrained(result.state["theta"].detach()[0])
+    samples = {k: v.detach().reshape(1, 1, *v.shape) for k, v in values.items()}
+    return SamplesPosterior(model, samples, "map", info=driver.info(result.loss, options, result.wall_time,
+                                                                  losses=result.loss[0].tolist()))

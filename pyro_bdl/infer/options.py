@@ -1,0 +1,111 @@
+"""One option vocabulary for every inference method, and the deprecated per-method names.
+
+[`fit`][pyro_bdl.fit] applies `canonical` once, before it dispatches: an old name (``num_models``,
+``num_steps`` of an optimiser, ``burnin``, ``swa_start``) keeps working for one release, with a
+``DeprecationWarning`` naming the new one; [`method_options`][pyro_bdl.infer.fit.method_options] lists the
+canonical names. A method whose function still spells an option the old way receives it under that
+keyword (`keyword_for`), so the functions can be renamed one at a time without breaking users.
+
+`VOCABULARY` is the table (docs: *Options*); `ALIASES` the old names per method.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Collection, Dict, List, Mapping, Optional
+
+#: canonical option name -> what it means, for every method that has it
+VOCABULARY: Dict[str, str] = {
+    "epochs": "run length of a minibatch method: passes over the data",
+    "steps": "run length of an optimiser (map, ensemble, svi): parameter updates, one minibatch each; not HMC's "
+             "leapfrog count, which keeps Pyro's name num_steps",
+    "warmup": "what is discarded before draws or averages are kept: HMC/NUTS warm-up draws, SG-MCMC burn-in "
+              "epochs, SWAG's epochs before snapshot collection",
+    "num_chains": "independent runs of any method: MCMC chains, ensemble members, Multi-SWAG members",
+    "lr": "step size of the method's update rule, in the unit LR_UNITS states for the method",
+    "init": "the starting point: a dict {site: tensor} or a named start of the method",
+    "checkpoint": "a file path: the run saves its state there (atomically) and a rerun with the same arguments "
+                  "resumes it",
+    "workers": "processes running independent members (ensemble / Multi-SWAG members) in parallel",
+}
+
+#: the unit of ``lr`` per method. The stated unit is the step on the *per-data-point* loss U/N for
+#: SGD-type updates and parameter units for adaptive (Adam / RMSprop) updates; methods listed with
+#: "full-data potential" do not follow it yet by default (their ``per_datapoint=True`` does).
+LR_UNITS: Dict[str, str] = {
+    "map": "Adam step size (parameter units: independent of the loss's scale)",
+    "ensemble": "Adam step size of each member (parameter units)",
+    "svi": "Adam step size on the guide's parameters (parameter units)",
+    "swag": "SGD step size on the per-data-point loss U/N",
+    "multiswag": "SGD step size on the per-data-point loss U/N",
+    "csgmcmc": "step size on the per-data-point potential U/N",
+    "sgld": "step size ε on the full-data potential U (per_datapoint=True: on U/N); preconditioned: see the method",
+    "sghmc": "step size ε on the full-data potential U (per_datapoint=True: on U/N); preconditioned: see the method",
+}
+
+#: method -> {deprecated name: canonical name}; the old names work for one release
+ALIASES: Dict[str, Dict[str, str]] = {
+    "map": {"num_steps": "steps"},
+    "svi": {"num_steps": "steps"},
+    "ensemble": {"num_steps": "steps", "num_models": "num_chains"},
+    "swag": {"swa_start": "warmup"},
+    "multiswag": {"swa_start": "warmup", "num_models": "num_chains"},
+    "sgld": {"burnin": "warmup"},
+    "sghmc": {"burnin": "warmup"},
+}
+
+
+def canonical(method: str, options: Mapping[str, Any], warn: bool = True) -> Dict[str, Any]:
+    """``options`` with every deprecated name of ``method`` replaced by its canonical one.
+
+    Warns (``DeprecationWarning``, ``old -> new``) for each old name; passing both an old name and
+    its new one is a ``TypeError``.
+    """
+    table = ALIASES.get(method, {})
+    out = dict(options)
+    for old, new in table.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise TypeError(f"method {method!r} got both {old!r} and {new!r}; {old!r} is the deprecated name of "
+                            f"{new!r}: pass only {new}={out[new]!r}")
+        if warn:
+            warnings.warn(f"fit(method={method!r}): option {old!r} is deprecated, use {new!r} ({old} -> {new}); the "
+                          "old name is removed in the next release", DeprecationWarning, stacklevel=3)
+        out[new] = out.pop(old)
+    return out
+
+
+def keyword_for(method: str, name: str, parameters: Collection[str]) -> str:
+    """The keyword under which ``method``'s function (with ``parameters``) takes canonical option ``name``:
+    ``name`` itself, or its old spelling while the function has not been renamed yet."""
+    if name in parameters:
+        return name
+    for old, new in ALIASES.get(method, {}).items():
+        if new == name and old in parameters:
+            return old
+    return name
+
+
+def canonical_name(method: str, keyword: str) -> str:
+    """The canonical name of the function keyword ``keyword`` of ``method``."""
+    return ALIASES.get(method, {}).get(keyword, keyword)
+
+
+def deprecated_names(method: str) -> List[str]:
+    """The old option names ``method`` still accepts (with a warning)."""
+    return sorted(ALIASES.get(method, {}))
+
+
+def run_length(data: Any, steps: Optional[int], epochs: Optional[int], default: int) -> int:
+    """Optimiser steps from ``steps`` or ``epochs`` (× the data's batches per epoch); ``default`` steps if
+    neither is given. Checks both before any work."""
+    if steps is not None and epochs is not None:
+        raise TypeError("pass steps or epochs, not both")
+    if epochs is not None:
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+        return epochs * data.num_batches
+    steps = default if steps is None else steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    return steps
