@@ -83,7 +83,8 @@ def digits_table(out_dir: str, sghmc: bool = False) -> "object":
         "model": {"network": "mlp", "hidden": [32], "activation": "relu", "prior": "gaussian", "prior_scale": 1.0},
         "inference": {"methods": ["svi", "swag"] + (["sghmc"] if sghmc else []), "batch_size": 50,
                       "predict_samples": 50,
-                      "options": {"svi": {"epochs": 30}, "swag": {"epochs": 40}, "sghmc": {"epochs": 40}}},
+                      "options": {"svi": {"epochs": 30}, "swag": {"epochs": 40},
+                                  **({"sghmc": {"epochs": 40}} if sghmc else {})}},
         "grid": {"temperature": [0.01, 0.1, 1.0], "seeds": [0]},
     }
     study = bdl.studies.TemperatureStudy(config, output_dir=out_dir, workers=1, progress=False)
