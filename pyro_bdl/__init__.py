@@ -16,12 +16,21 @@ likelihood, run inference with one call, and predict by Bayesian model averaging
 the network; `pyro_bdl.backends` (``bdl.backends.to_jax``, imported on first use) holds it.
 Temperature / cold-posterior studies over a grid of T × method × seed × augmentation:
 ``bdl.studies.TemperatureStudy("study.toml").run()`` or ``pyro-bdl study study.toml``.
+
+Optimisation-based fits (``svi``, ``map``, ``ensemble``, ``swag``) stop with `DivergenceError`
+(a ``FloatingPointError``) when their loss diverges; its message names the learning rate and the fix::
+
+    try:
+        post = bdl.fit(model, x, y, method="svi", lr=0.1)
+    except bdl.DivergenceError as err:
+        print(err)                       # "svi diverged at step ...: ... try lr=0.01 ..."
 """
 from ._util.deprecation import install_moved_modules
 from ._version import __version__
 from .evaluate import diagnostics, metrics, plots
 from .examples import datasets as data, networks
 from .infer import fit, methods
+from .infer.divergence import DivergenceError
 from .model import batchnorm, likelihoods, tempering
 from .model.bayesian_model import BayesianModel
 from .model.layout import WeightLayout
@@ -69,6 +78,7 @@ __all__ = [
     "lift",
     "fit",
     "methods",
+    "DivergenceError",
     "Posterior",
     "SamplesPosterior",
     "GuidePosterior",

@@ -495,3 +495,20 @@ def test_swag_covariance_scales_with_temperature():
         covs[T] = moments(post.sample(2000, seed=1))[1]
     # posterior tempering: the same SGD path on T·L_T, the covariance multiplied by T
     torch.testing.assert_close(covs[0.1], 0.1 * covs[1.0], rtol=1e-3, atol=1e-8)
+
+
+def test_auto_swag_stays_at_the_mode_on_augmented_digits():
+    """swa_lr="auto" on digits with ±1-pixel shifts (500 images, MLP 64-32-10, defaults but 40 epochs).
+
+    Before the stability trial counted only the coordinates with gradient noise (it allowed an
+    excess of 2P/N ≈ 10 nats per image), the collection wandered off the mode: accuracy 0.68 and
+    NLL 1.13 (SWA mean 0.60); now 0.89 / 0.46. The fixed-rate schedule (swa_lr=0.01) gives 0.90 / 0.30.
+    """
+    ds = bdl.data.load_dataset("digits", seed=0, train_size=500)
+    torch.manual_seed(0)
+    model = bdl.BayesianModel(bdl.networks.mlp(ds.num_features, [32], 10, "relu"), prior=bdl.priors.Gaussian(0.0, 1.0),
+                              likelihood=bdl.likelihoods.Categorical())
+    post = bdl.fit(model, ds.x_train, ds.y_train, method="swag", batch_size=50, epochs=40, seed=0, progress=False,
+                   augment=ds.shift_augmentation(1))
+    pred = post.predict(ds.x_test, num_samples=30)
+    assert bdl.metrics.accuracy(pred, ds.y_test) > 0.8 and bdl.metrics.nll(pred, ds.y_test) < 0.7

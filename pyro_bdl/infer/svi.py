@@ -19,7 +19,7 @@ decay from ``lr`` to ``lr * lr_decay`` over the run.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import pyro
 import torch
@@ -27,29 +27,130 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import (AutoDelta, AutoLowRankMultivariateNormal, AutoMultivariateNormal, AutoNormal,
                                   init_to_value)
+from pyro.infer.autoguide.utils import deep_setattr
+from pyro.nn import PyroParam
+from torch.distributions import constraints
 
 from ..model.sites import OBS_SITE
 from ..model.bayesian_model import BayesianModel
+from ..model.lifting import latent_sites
 from ..model.tempering import likelihood_scale
 from ..posterior.samples import GuidePosterior, SamplesPosterior
 from .._util import progress as progress_bars
 from .._util.checks import is_invalid_parameter_error
 from .data import FitData
-from .divergence import DivergenceCheck, loss_floor
+from .divergence import DivergenceCheck, DivergenceError, loss_floor
 from .registry import register
 
 GUIDES = {"normal": AutoNormal, "lowrank": AutoLowRankMultivariateNormal, "fullrank": AutoMultivariateNormal}
 
 
-def make_guide(model: BayesianModel, guide: Union[str, Any], init_scale: float, rank: Optional[int]):
+#: the guide sd of sites the curvature estimate does not cover (constrained sites: a learned noise scale, ...),
+#: and the largest initial sd of init_scale="auto" (see `initialise_scales`)
+FALLBACK_SCALE = 0.01
+#: minibatches for the Fisher estimate behind init_scale="auto" (relative error of each entry ≈ √(2/32) = 25%)
+FISHER_BATCHES = 32
+
+
+def make_guide(model: BayesianModel, guide: Union[str, Any], init_scale: Union[float, str], rank: Optional[int]):
     init = init_to_value(values=model.initial_values())
     if not isinstance(guide, str):
         return guide
     if guide not in GUIDES:
         raise ValueError(f"unknown guide {guide!r}; choose one of {sorted(GUIDES)} or pass a Pyro guide object")
+    scale = FALLBACK_SCALE if init_scale == "auto" else float(init_scale)
     if guide == "lowrank":
-        return AutoLowRankMultivariateNormal(model, init_loc_fn=init, init_scale=init_scale, rank=rank)
-    return GUIDES[guide](model, init_loc_fn=init, init_scale=init_scale)
+        return AutoLowRankMultivariateNormal(model, init_loc_fn=init, init_scale=scale, rank=rank)
+    return GUIDES[guide](model, init_loc_fn=init, init_scale=scale)
+
+
+def _check_init_scale(init_scale) -> None:
+    if init_scale == "auto":
+        return
+    if isinstance(init_scale, str) or not isinstance(init_scale, (int, float)) or not init_scale > 0:
+        raise ValueError(f"init_scale must be \"auto\" or a positive number (the guide's initial sd), got {init_scale!r}")
+
+
+def curvature_scales(model: BayesianModel, data: FitData, values: Dict[str, torch.Tensor],
+                     generator: torch.Generator, num_batches: int = FISHER_BATCHES) -> Dict[str, torch.Tensor]:
+    """Per-coordinate sd 1/√Λ_kk of the tempered posterior's diagonal precision at ``values``, estimated.
+
+    Λ_kk = a / Var_prior(w_k) + (1/T)·Σᵢ F_kk(xᵢ), with ``a`` the prior's tempering factor and F the
+    Fisher information of one data point, E_{y∼p(y|x,w)}[(∂_k log p(y | x, w))²]: the expected
+    Hessian of −log p(y | x, w) (Gauss–Newton), so it is right away from the mode too, where the
+    empirical Fisher of the observed y would count the residuals. It is measured without per-example
+    gradients: with labels ŷ drawn from the model, the scores of different data points are
+    independent with mean zero, so the squared gradient of a minibatch's (scaled) log-likelihood is
+    an unbiased estimate of the minibatch's summed Fisher; ``num_batches`` i.i.d. minibatches are
+    averaged. For a Gaussian posterior these are the mean-field optimum's sds, 1/√Λ_kk (Bishop 2006,
+    §10.1.2). Sites with constrained support (a learned noise scale) are left out.
+    """
+    with torch.no_grad(), poutine.block():
+        prototype = poutine.trace(model).get_trace(*next(data.random_batches(1, generator)), data.dataset_size)
+    real = [name for name, site in latent_sites(prototype).items()
+            if name != OBS_SITE and name in values and _is_real(site["fn"].support)]
+    if not real:
+        return {}
+    precision = {}
+    for name in real:
+        site = prototype.nodes[name]
+        var = site["fn"].variance.expand(site["value"].shape)
+        scale = site["scale"] if site["scale"] is not None else 1.0
+        precision[name] = torch.where(torch.isfinite(var) & (var > 0), scale / var, torch.zeros_like(var)).detach()
+    leaves = {name: values[name].detach().clone().requires_grad_(True) for name in real}
+    fisher = {name: torch.zeros_like(leaf) for name, leaf in leaves.items()}
+    N = data.dataset_size
+    for xb, _ in data.random_batches(num_batches, generator):
+        with torch.no_grad(), poutine.block():
+            y_model = poutine.trace(poutine.condition(model, data=values)).get_trace(xb, None, N).nodes[OBS_SITE]["value"]
+        trace = poutine.trace(poutine.condition(model, data={**values, **leaves})).get_trace(xb, y_model, N)
+        site = trace.nodes[OBS_SITE]
+        log_lik = (site["fn"].log_prob(site["value"]) * site["scale"]).sum()
+        grads = torch.autograd.grad(log_lik, list(leaves.values()), allow_unused=True)
+        for name, g in zip(leaves, grads):
+            if g is not None:  # E[g²] = s²·Σ_batch F with s = (1/T)·N/B, so g²/s estimates (1/T)·N·F̄
+                fisher[name] += g.detach() ** 2 / (site["scale"] * num_batches)
+    return {name: (precision[name] + fisher[name]).rsqrt() for name in real}
+
+
+def _is_real(support) -> bool:
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support is constraints.real
+
+
+def initialise_scales(guide, model: BayesianModel, data: FitData, seed: int) -> None:
+    """Set a built-in guide's initial sds to `curvature_scales` at its starting point (init_scale="auto").
+
+    No sd starts above ``FALLBACK_SCALE`` (0.01): weights the data hardly touch at the start
+    (Fisher ≈ 0) would otherwise start at the prior's sd·√T, and a network whose weights all carry
+    that much noise learns slowly (digits MLP, 600 steps: accuracy 0.23, or loss 771–792 instead of
+    704–710 with the sds capped at 0.25 and 0.1 of the weights' RMS). Wider sds grow quickly under
+    `ControlVariateELBO`; the curvature matters where the posterior is narrower than 0.01 (cold T,
+    large N), which a fixed start would have to shrink towards through noisy gradients.
+    The low-rank guide's marginal sd is its diagonal part times √(1 + Σ_j cov_factor_kj²), so its
+    diagonal part is divided by that factor.
+    """
+    generator = torch.Generator().manual_seed(seed + 1)
+    x0, y0 = next(iter(data.epoch()))
+    guide(x0, y0, data.dataset_size)  # builds the guide's parameters
+    start = model.initial_values()
+    sds = curvature_scales(model, data, start, generator)
+    sds = {name: sd.clamp(max=FALLBACK_SCALE) for name, sd in sds.items()}
+    if isinstance(guide, AutoNormal):
+        for name, sd in sds.items():
+            sd = torch.where(torch.isfinite(sd), sd, torch.full_like(sd, FALLBACK_SCALE))
+            deep_setattr(guide.scales, name, PyroParam(sd, guide.scale_constraint, guide._event_dims[name]))
+        return
+    flat = []
+    for name, site in guide.prototype_trace.iter_stochastic_nodes():
+        size = math.prod(guide._unconstrained_shapes[name])
+        flat.append(sds[name].reshape(-1) if name in sds else torch.full((size,), FALLBACK_SCALE))
+    sd = torch.cat(flat).to(guide.loc)
+    sd = torch.where(torch.isfinite(sd), sd, torch.full_like(sd, FALLBACK_SCALE))
+    if isinstance(guide, AutoLowRankMultivariateNormal):
+        sd = sd / (1 + guide.cov_factor.detach().pow(2).sum(-1)).sqrt()
+    guide.scale = PyroParam(sd, guide.scale_constraint)
 
 
 def resolve_steps(data: FitData, num_steps: Optional[int], epochs: Optional[int], default: int) -> int:
@@ -83,13 +184,67 @@ def param_groups(loss_fn: torch.nn.Module, lr: float) -> list:
     return groups
 
 
+class ControlVariateELBO:
+    """The negative ELBO with the minibatch noise taken out of its guide-scale gradient.
+
+    With z = μ + s·ε, the reparameterised gradient of E_q[−log p̃_b(z)] in s is
+    −E[∇log p̃_b(z)·ε]. Under minibatches ∇log p̃_b carries the minibatch noise ξ_b, which enters
+    as ξ_b·ε: its signal-to-noise ratio is ≈ √(B·T/N) (B of N points, temperature T), so at cold T
+    or large N/B the guide's sds hardly move (0.1× to 2× the target after 2000 steps on linear
+    regression). The surrogate
+
+        loss + c·(z − μ),   c = ∇log p̃_b(μ) (same minibatch, no gradient through c),
+
+    has the same expectation and the same expected gradient (E[ε] = 0, and its μ-gradient is
+    c − c = 0), and subtracts the first-order Taylor term of ∇log p̃_b(z) around μ — the part that
+    carries ξ_b — from the s-gradient (a control variate, Miller et al. 2017, "Reducing
+    reparameterization gradient variance"; Paisley et al. 2012). What remains is s·ε·∇²log p̃_b·s·ε,
+    the signal. It costs one more gradient of the log joint per step, at μ. It covers the sites
+    with real support (the network's weights); constrained sites keep the plain estimator.
+    """
+
+    def __init__(self, model: BayesianModel, guide, num_particles: int):
+        self.model, self.guide, self.num_particles = model, guide, num_particles
+
+    def __call__(self, x, y, N: int) -> Tuple[torch.Tensor, float]:
+        """(surrogate loss to differentiate, the negative ELBO estimate's value)."""
+        surrogate, value = 0.0, 0.0
+        loc = _guide_locs(self.guide)
+        c = None  # ∇log p̃_b(μ): one gradient per step, shared by the particles
+        for _ in range(self.num_particles):
+            guide_trace = poutine.trace(self.guide).get_trace(x, y, N)
+            model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(x, y, N)
+            loss = guide_trace.log_prob_sum() - model_trace.log_prob_sum()
+            z = {name: site["value"] for name, site in guide_trace.nodes.items()
+                 if site["type"] == "sample" and not site["is_observed"] and name in loc}
+            if c is None:
+                real = [name for name in z if _is_real(guide_trace.nodes[name]["fn"].support)]
+                anchor = {name: loc[name].detach().requires_grad_(True) for name in real}
+                values = {**{name: v.detach() for name, v in z.items()}, **anchor}
+                c = dict(zip(real, torch.autograd.grad(self.model.log_joint(values, x, y, N), list(anchor.values()))))
+            term = sum((ci * (z[name] - loc[name])).sum() for name, ci in c.items())
+            surrogate = surrogate + (loss + term) / self.num_particles
+            value += loss.item() / self.num_particles
+        return surrogate, value
+
+
+def _guide_locs(guide) -> Dict[str, torch.Tensor]:
+    """The guide's means μ per site, unconstrained and differentiable (``median`` detaches them)."""
+    if isinstance(guide, AutoNormal):
+        return {name: guide._get_loc_and_scale(name)[0] for name, _ in guide.prototype_trace.iter_stochastic_nodes()}
+    loc, _ = guide._loc_scale()
+    return {site["name"]: value for site, value in guide._unpack_latent(loc)}
+
+
 def optimise(model: BayesianModel, guide, data: FitData, num_steps: int, lr: float, lr_decay: float,
-             num_particles: int, seed: int, progress: Optional[bool], desc: str, floor_kind: str = "elbo") -> list:
+             num_particles: int, seed: int, progress: Optional[bool], desc: str, floor_kind: str = "elbo",
+             control_variate: bool = False) -> list:
     """Minimise the negative ELBO of ``(model, guide)``; returns the loss per step.
 
     Stops with a `DivergenceError` when the loss diverges
     (`divergence`; ``floor_kind``: ``"elbo"``, or ``"point"`` for MAP's
-    AutoDelta, whose loss is −log p̃(D, w)).
+    AutoDelta, whose loss is −log p̃(D, w)). ``control_variate``: use `ControlVariateELBO`
+    (built-in SVI guides under minibatches).
     """
     generator = torch.Generator().manual_seed(seed)
     N = data.dataset_size
@@ -99,6 +254,7 @@ def optimise(model: BayesianModel, guide, data: FitData, num_steps: int, lr: flo
         loss_fn = elbo(model, guide)
         x0, y0 = next(iter(data.epoch(generator)))
         loss_fn(x0, y0, N)  # builds the guide's parameters
+        cv = ControlVariateELBO(model, guide, num_particles) if control_variate else None
         check = DivergenceCheck(desc, lr, floor=loss_floor(model, x0, y0, N, floor_kind),
                                 unit=N * likelihood_scale(model.temperature, model.tempering))
         groups = param_groups(loss_fn, lr)
@@ -111,19 +267,22 @@ def optimise(model: BayesianModel, guide, data: FitData, num_steps: int, lr: flo
             for i, (xb, yb) in enumerate(data.steps(num_steps, generator)):
                 opt.zero_grad()
                 try:
-                    loss = loss_fn(xb, yb, N)
+                    if cv is None:
+                        loss = loss_fn(xb, yb, N)
+                        value = loss.item()
+                    else:
+                        loss, value = cv(xb, yb, N)
                 except ValueError as err:
                     if not is_invalid_parameter_error(err):
                         raise
-                    raise FloatingPointError(f"the optimisation diverged at step {i}: the weights became NaN or inf "
-                                             f"(a distribution got invalid parameters); lower lr (now {lr}) or check "
-                                             "the data scale") from None
-                if i == 0 and not math.isfinite(loss.item()):  # before any update: the start is at fault, not lr
-                    raise FloatingPointError(_nonfinite_start(model, guide, xb, yb, N, loss.item()))
+                    raise DivergenceError(f"{desc} diverged at step {i}: the weights became NaN or inf (a "
+                                          f"distribution got invalid parameters). Lower the learning rate (lr={lr:g}; "
+                                          f"try lr={lr / 10:g}) or check the data scale") from None
+                if i == 0 and not math.isfinite(value):  # before any update: the start is at fault, not lr
+                    raise FloatingPointError(_nonfinite_start(model, guide, xb, yb, N, value))
                 loss.backward()
                 opt.step()
                 sched.step()
-                value = loss.item()
                 check.check(value, i, lr=lr * sched.get_last_lr()[0] / opt.param_groups[0]["initial_lr"])
                 losses.append(value)
                 if i % 50 == 0:
@@ -151,7 +310,7 @@ def _nonfinite_start(model: BayesianModel, guide, x: torch.Tensor, y: torch.Tens
 @register("svi")
 def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool],
             guide: Union[str, Any] = "normal", num_steps: Optional[int] = None, epochs: Optional[int] = None,
-            lr: float = 0.01, lr_decay: float = 0.1, num_particles: int = 1, init_scale: float = 0.01,
+            lr: float = 0.01, lr_decay: float = 0.1, num_particles: int = 1, init_scale: Union[float, str] = "auto",
             rank: Optional[int] = None) -> GuidePosterior:
     """Variational inference with a Pyro autoguide.
 
@@ -160,12 +319,26 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
         num_steps / epochs: optimiser steps (default 2000), or passes over the data.
         lr, lr_decay: Adam step size, decayed exponentially to ``lr * lr_decay``.
         num_particles: ELBO samples per step (vectorised).
-        init_scale: initial guide standard deviation (loc starts at the network's weights).
+        init_scale: initial guide standard deviation (loc starts at the network's weights):
+            ``"auto"`` (default) starts each coordinate at min(1/√Λ_kk, 0.01), with Λ_kk the tempered
+            posterior's diagonal precision estimated from the prior and the Fisher information at the
+            start (`curvature_scales`; for a Gaussian posterior 1/√Λ_kk is the mean-field optimum), so
+            a posterior narrower than 0.01 (cold T, large N) is not approached from far above; a
+            number sets every sd to it.
+
+    Under minibatches the built-in guides use `ControlVariateELBO`: the ELBO gradient of a guide sd
+    otherwise has signal-to-noise ratio ≈ √(B·T/N) (B of N points), and at cold T the sds stayed
+    near their start (variance 0.6× the mean-field target at T = 0.1 and 2.3× at T = 0.01 on
+    linear regression with 2000 steps); with it they reach the target within 10% at T = 1 … 0.01.
         rank: rank of the ``"lowrank"`` guide (default ≈ √P).
     """
     steps = resolve_steps(data, num_steps, epochs, default=2000)
+    _check_init_scale(init_scale)
     with pyro.settings.context(module_local_params=True):
         g = make_guide(model, guide, init_scale, rank)
-    losses = optimise(model, g, data, steps, lr, lr_decay, num_particles, seed, progress, "svi")
+        if init_scale == "auto" and isinstance(guide, str):
+            initialise_scales(g, model, data, seed)
+    losses = optimise(model, g, data, steps, lr, lr_decay, num_particles, seed, progress, "svi",
+                      control_variate=isinstance(guide, str) and data.minibatched)
     x0, _ = next(iter(data.epoch()))
     return GuidePosterior(model, g, "svi", x0, info={"losses": losses, "guide": type(g).__name__})
