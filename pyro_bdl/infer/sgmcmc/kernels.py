@@ -150,8 +150,13 @@ def reset_ema(m: GradientMoments) -> GradientMoments:
 
 
 def update_moments(m: GradientMoments, grad: torch.Tensor, grad_noise: Optional[torch.Tensor],
-                   decay: float = EMA_DECAY) -> GradientMoments:
-    """Add one gradient (and its noise estimate, if any) to the running means and the EMA (``decay``)."""
+                   decay: float = EMA_DECAY, means: bool = True) -> GradientMoments:
+    """Add one gradient (and its noise estimate, if any) to the running means (unless ``means=False``) and
+    the EMA (``decay``)."""
+    if not means:
+        ema = decay * m.ema + (1 - decay) * grad * grad
+        return m._replace(ema=ema, ema_weight=decay * m.ema_weight + (1 - decay),
+                          ema_mean=decay * m.ema_mean + (1 - decay) * grad)
     count = m.count + 1
     square = m.square + (grad * grad - m.square) / count
     noise, noise_count = m.noise, m.noise_count
@@ -258,22 +263,18 @@ def control_variate(grad: torch.Tensor, anchor_batch_grad: torch.Tensor, anchor_
     return anchor_full_grad + grad - anchor_batch_grad
 
 
-def relaxation_cost(moments: GradientMoments, max_share: float = 0.99) -> float:
-    r"""max_i 1/(1 − f_i), f_i = B̂_i/E[ĝ_i²] the minibatch noise's share of the gradient's second moment.
-
-    With G_i = lr·T/E[ĝ_i²] the preconditioned curvature is G_iH_ii = lr(1 − f_i), so a chain's
-    relaxation time in steps grows like 1/(1 − f_i) (exactly for SGLD; SGHMC's critically damped
-    1/√(1 − f_i) is faster, so this is conservative) and the slowest coordinate sets the run's.
-    ``f`` is capped at ``max_share``. ``inf`` when nothing was measured.
-    """
-    if moments.count == 0 or moments.noise_count == 0:
-        return math.inf
-    share = (moments.noise / moments.square.clamp(min=torch.finfo(moments.square.dtype).tiny)).clamp(0.0, max_share)
-    return float((1.0 / (1.0 - share)).max())
-
-
 def prefer_control_variate(plain: GradientMoments, cv: GradientMoments, cost_factor: float = 2.0) -> bool:
-    """``gradient="auto"``: use the control-variate gradient when, measured on the same warm-up steps,
-    it shortens the relaxation time (`relaxation_cost`) by more than its ``cost_factor`` (it costs
-    a second minibatch gradient per step)."""
-    return cost_factor * relaxation_cost(cv) < relaxation_cost(plain)
+    r"""``gradient="auto"``: use the control-variate gradient when, measured on the same warm-up steps, it
+    shortens the chain's relaxation time by more than its ``cost_factor`` (a second minibatch gradient per step).
+
+    Both estimates share the gradient signal S_i = E[ĝ_i²] − B_i (≈ T·H_ii at stationarity), estimated from
+    the control variate's moments (its noise is the smaller one). With G_i = lr·T/E[ĝ_i²] the
+    preconditioned curvature is G_iH_ii = lr·S_i/(S_i + B_i), so the relaxation time in steps grows like
+    (S_i + B_i)/S_i (exactly for SGLD; conservative for critically damped SGHMC) and the slowest coordinate
+    sets the run's: the control variate wins when cost_factor · max_i (S_i + B_i^cv)/S_i < max_i (S_i + B_i^plain)/S_i.
+    """
+    if cv.count == 0 or cv.noise_count == 0 or plain.noise_count == 0:
+        return False
+    signal = torch.maximum(cv.square - cv.noise, 1e-3 * cv.square).clamp(min=torch.finfo(cv.square.dtype).tiny)
+    cost = lambda noise: float(((signal + noise.clamp(min=0.0)) / signal).max())  # noqa: E731
+    return cost_factor * cost(cv.noise) < cost(plain.noise)

@@ -282,7 +282,7 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
     plan = Plan(schedule, stage, cyclical_draw_steps(K, cycles, exploration, samples_per_cycle, warmup), epochs, S)
     dynamics = Dynamics(sampler, model.temperature, 1.0 / data.dataset_size if per_datapoint else 1.0, alpha,
                         preconditioner, adaptive and _noise_correction(noise_correction, data),
-                        _gradient_mode(gradient, data, adaptive))
+                        _gradient_mode(gradient, data, adaptive), pool_windows=True)
     config = {"lr": lr, "epochs": epochs, "cycles": cycles, "exploration": float(exploration),
               "samples_per_cycle": samples_per_cycle, "per_datapoint": per_datapoint, "sampler": sampler,
               "preconditioner": preconditioner, "noise_correction": dynamics.noise_correction,

@@ -42,6 +42,10 @@ class Dynamics:
     ``friction``. With ``noise_correction`` the estimated gradient noise is subtracted from the
     injected noise and α is raised where needed (`.kernels.valid_friction`).
 
+    ``pool_windows`` (cSG-MCMC): a cycle's warm-up adds to the moment means of the earlier cycles' instead
+    of starting afresh, and starts its step from the previous cycle's frozen step: a cycle's warm-up is
+    a tenth of the cycle (tens of steps), too short to measure E[ĝ²] and B̂ on its own.
+
     ``gradient`` (adaptive kernels only): ``"plain"`` drives the chain with the minibatch
     gradient; ``"cv"`` with the control-variate gradient (`.kernels.control_variate`) at WARMUP
     and SAMPLE steps, anchored at the start of each warm-up window and re-anchored at its
@@ -57,6 +61,7 @@ class Dynamics:
     preconditioner: Optional[str] = None
     noise_correction: bool = False
     gradient: str = "plain"  # "plain", "cv" or "auto"
+    pool_windows: bool = False  # cSG-MCMC: pool the moment means over the cycles' warm-ups (see `run_chain`)
 
 
 def _start_chain(theta0: torch.Tensor, seed: int) -> Dict[str, Any]:
@@ -64,6 +69,7 @@ def _start_chain(theta0: torch.Tensor, seed: int) -> Dict[str, Any]:
     return {"epoch": 0, "theta": theta0.detach().clone(), "momentum": torch.zeros_like(theta0),
             "moments": K.init_moments(theta0)._asdict(), "frozen": None, "anchor": None,
             "plain_moments": K.init_moments(theta0)._asdict(), "cv": None, "cv_sum": None, "cv_count": 0,
+            "frozen_once": False, "last_step": None, "warm_step": None,
             "draws": [], "draw_step_size": [], "draw_loss": [], "draw_kinetic": [], "draw_configurational": [],
             "loss": [], "kinetic": [], "configurational": [], "generator": generator.get_state()}
 
@@ -140,11 +146,8 @@ def _anchor(objective: Objective, data: FitData, theta: torch.Tensor) -> Dict[st
 def _freeze(moments: K.GradientMoments, plain: K.GradientMoments, dynamics: Dynamics, lr: float) -> Dict[str, Any]:
     """The SAMPLE-stage gradient, step and friction from the WARMUP moments (``moments``: of the estimate that
     drove the warm-up; ``plain``: of the plain estimate, measured alongside when ``gradient="auto"``)."""
-    if dynamics.gradient != "plain":
-        moments = K.centred(moments)
     cv = dynamics.gradient == "cv" or (dynamics.gradient == "auto" and K.prefer_control_variate(plain, moments))
-    if dynamics.gradient == "auto" and not cv:
-        moments = plain
+    moments = K.centred(moments) if cv else (plain if dynamics.gradient == "auto" else moments)
     square = moments.square if moments.count > 0 else K.ema_square(moments)
     noise = torch.minimum(moments.noise, square) if moments.noise_count > 0 else torch.zeros_like(square)
     return {**_constants(square, noise, dynamics, lr), "cv": cv}
@@ -204,7 +207,9 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
                                  "SG-MCMC needs a fixed number of batches per epoch")
             stage = stages[k]
             if adaptive and resets[k]:
-                moments, plain_moments, frozen = K.reset_means(moments), K.reset_means(plain_moments), None
+                if not (dynamics.pool_windows and state["frozen_once"]):
+                    moments, plain_moments = K.reset_means(moments), K.reset_means(plain_moments)
+                frozen = None
                 if anchored:  # window start: anchor where exploration ended; midpoint: at the first half's mean θ
                     start = k == 0 or stages[k - 1] != WARMUP
                     at = chain.theta if start or not state["cv_count"] else state["cv_sum"] / state["cv_count"]
@@ -212,11 +217,13 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
                     if start:  # forget the plain gradients' scale: the step adapts to the control variate's,
                         # growing from the plain estimate's step by at most WARMUP_STEP_GROWTH per step
                         plain_square = K.ema_square(moments)
-                        state["warm_step"] = _constants(plain_square, torch.zeros_like(plain_square), dynamics, lr)["step"]
+                        state["warm_step"] = (state["last_step"] if state["last_step"] is not None else
+                                              _constants(plain_square, torch.zeros_like(plain_square), dynamics, lr)["step"])
                         moments = K.reset_ema(moments)
                     state["cv_sum"], state["cv_count"] = torch.zeros_like(chain.theta), 0
             if adaptive and stage == SAMPLE and frozen is None:
                 frozen = _freeze(moments, plain_moments, dynamics, lr)
+                state["frozen_once"], state["last_step"] = True, frozen["step"]
             if stage == SAMPLE and (k == 0 or stages[k - 1] != SAMPLE):
                 state["anchor"] = chain.theta.clone()  # θ₀ of the configurational temperature
             use_cv = anchored and state["cv"] is not None and (stage == WARMUP or (stage == SAMPLE and frozen["cv"]))
@@ -241,7 +248,8 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
             else:
                 if stage != SAMPLE:
                     moments = K.update_moments(moments, grad, grad_noise,
-                                               WARMUP_EMA_DECAY if use_cv and stage == WARMUP else K.EMA_DECAY)
+                                               WARMUP_EMA_DECAY if use_cv and stage == WARMUP else K.EMA_DECAY,
+                                               means=stage == WARMUP)
                     if use_cv:  # the plain estimate at the same θ, for gradient="auto"'s choice
                         pg, pn = estimates["plain"]
                         plain_moments = K.update_moments(plain_moments, T * pg, None if pn is None else T * T * pn)
