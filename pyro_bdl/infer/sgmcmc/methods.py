@@ -234,7 +234,9 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
     first fraction β of each cycle the inner update runs without noise (optimisation); the rest is
     the sampling stage. With the adaptive kernel (default) exploration takes RMSprop steps
     α_k/√EMA[ĝ²] with α₀ = ``explore_lr`` (default 0.01) and momentum 0.9; the first half of each
-    sampling stage re-estimates the preconditioner (as Wenzel et al. 2020 do per cycle) and the
+    sampling stage is a warm-up (a new control-variate anchor at the cycle's mode when
+    ``gradient`` picks it; its measured moments are pooled with the earlier cycles', since one
+    cycle's warm-up is tens of steps, and its step starts from the previous cycle's) and the
     second half samples with the fixed adaptive step of `fit_sghmc`/`fit_sgld` (lr
     dimensionless), where the ``samples_per_cycle`` draws are taken. With ``preconditioner=None``
     it is Zhang et al.'s plain rule: the same step α_k in both stages, noise √(2ε_kT) (× √α for
