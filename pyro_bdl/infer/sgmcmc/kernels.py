@@ -170,14 +170,16 @@ def update_moments(m: GradientMoments, grad: torch.Tensor, grad_noise: Optional[
 
 
 def centred(m: GradientMoments) -> GradientMoments:
-    r"""The moments with ĝ² replaced by its variance, E[ĝ²] − E[ĝ]², in the window and the EMA.
+    r"""The moments with ĝ² replaced by its variance, E[ĝ²] − E[ĝ]² (n/(n − 1)-corrected), in the window
+    and the EMA.
 
     At stationarity E[∇V] = 0 under exp(−V/T), so both are T·H_ii + B_ii; away from it (a chain still
     drifting from its start at δ) the mean gradient ≈ Hδ would enter E[ĝ²] as if it were curvature, and
     the Fisher step lr·T/E[ĝ²] would shrink ∝ 1/δ², stalling the drift it should correct."""
     w = max(m.ema_weight, 1e-12)
     ema_var = (m.ema / w - (m.ema_mean / w) ** 2).clamp(min=0.0) * w
-    square = (m.square - m.mean ** 2).clamp(min=0.0) if m.count > 0 else m.square
+    n = m.count
+    square = ((m.square - m.mean ** 2) * (n / (n - 1))).clamp(min=0.0) if n > 1 else m.square
     return m._replace(square=square, ema=ema_var)
 
 

@@ -28,6 +28,8 @@ WARMUP_EMA_DECAY = 0.9
 #: ...and the step grows by at most this factor per step, so it never outruns the chain's spreading (a step
 #: fitted to the anchor's near-zero gradients would throw the chain far out of the bulk)
 WARMUP_STEP_GROWTH = 1.1
+#: ...and the frozen sampling step at most this multiple of the warm-up's last step (`_freeze`)
+FROZEN_STEP_CAP = 2.0
 
 
 @dataclass
@@ -127,12 +129,24 @@ def _gradient(objective: Objective, theta, xb, yb, N: int, split: bool, anchor: 
     return u, out
 
 
-def _anchor(objective: Objective, data: FitData, theta: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """{θ̂, ∇U(θ̂)}: the full-data gradient at ``theta``, in chunks of the batch size (one pass over the data,
-    no randomness consumed: concatenating a user loader's batches once must not shift the run's RNG)."""
+def _full_data(data: FitData):
+    """The whole data set (`FitData.full`), concatenated the first time under a fixed seed with the
+    caller's random state restored after: a user loader's shuffling neither shifts the run's RNG nor
+    makes the row order (the anchor gradient's summation order) depend on when it is first asked for."""
     snap = _rng_snapshot(data)
-    x, y = data.full()
-    _restore_rng(data, snap)
+    torch.manual_seed(0)
+    g = _loader_generator(data)
+    if g is not None:
+        g.manual_seed(0)
+    try:
+        return data.full()
+    finally:
+        _restore_rng(data, snap)
+
+
+def _anchor(objective: Objective, data: FitData, theta: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """{θ̂, ∇U(θ̂)}: the full-data gradient at ``theta``, in chunks of the batch size (one pass over the data)."""
+    x, y = _full_data(data)
     N = data.dataset_size
     size = data.random_batch_size
     total = torch.zeros_like(theta)
@@ -143,14 +157,20 @@ def _anchor(objective: Objective, data: FitData, theta: torch.Tensor) -> Dict[st
     return {"theta": theta.detach().clone(), "grad": total}
 
 
-def _freeze(moments: K.GradientMoments, plain: K.GradientMoments, dynamics: Dynamics, lr: float) -> Dict[str, Any]:
+def _freeze(moments: K.GradientMoments, plain: K.GradientMoments, dynamics: Dynamics, lr: float,
+            warm_step: Optional[torch.Tensor] = None) -> Dict[str, Any]:
     """The SAMPLE-stage gradient, step and friction from the WARMUP moments (``moments``: of the estimate that
-    drove the warm-up; ``plain``: of the plain estimate, measured alongside when ``gradient="auto"``)."""
+    drove the warm-up; ``plain``: of the plain estimate, measured alongside when ``gradient="auto"``).
+
+    With the control variate the step is at most ``FROZEN_STEP_CAP`` × the warm-up's last (growth-limited)
+    step ``warm_step``: a warm-up too short for the chain to spread out from the anchor under-reads E[ĝ²],
+    and the step fitted to it would throw the chain out of the bulk."""
     cv = dynamics.gradient == "cv" or (dynamics.gradient == "auto" and K.prefer_control_variate(plain, moments))
     moments = K.centred(moments) if cv else (plain if dynamics.gradient == "auto" else moments)
     square = moments.square if moments.count > 0 else K.ema_square(moments)
     noise = torch.minimum(moments.noise, square) if moments.noise_count > 0 else torch.zeros_like(square)
-    return {**_constants(square, noise, dynamics, lr), "cv": cv}
+    cap = FROZEN_STEP_CAP * warm_step if cv and warm_step is not None else None
+    return {**_constants(square, noise, dynamics, lr, cap), "cv": cv}
 
 
 def _constants(square, noise, dynamics: Dynamics, lr: float, cap: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
@@ -222,7 +242,7 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
                         moments = K.reset_ema(moments)
                     state["cv_sum"], state["cv_count"] = torch.zeros_like(chain.theta), 0
             if adaptive and stage == SAMPLE and frozen is None:
-                frozen = _freeze(moments, plain_moments, dynamics, lr)
+                frozen = _freeze(moments, plain_moments, dynamics, lr, state["warm_step"])
                 state["frozen_once"], state["last_step"] = True, frozen["step"]
             if stage == SAMPLE and (k == 0 or stages[k - 1] != SAMPLE):
                 state["anchor"] = chain.theta.clone()  # θ₀ of the configurational temperature
@@ -232,8 +252,10 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
             g, noise = estimates["cv" if use_cv else "plain"]
             value = float(u)
             if check is None:
-                check = DivergenceCheck(dynamics.kernel, lr, floor=loss_floor(objective.model, xb, yb, N, "point"),
-                                        unit=N / T)
+                snap = _rng_snapshot(data)  # the floor's trace draws from the prior: keep the run's RNG where it is
+                floor = loss_floor(objective.model, xb, yb, N, "point")
+                _restore_rng(data, snap)
+                check = DivergenceCheck(dynamics.kernel, lr, floor=floor, unit=N / T)
             check.check(value, k + 1, lr=schedule[k])  # a Python float the loop reads anyway: no extra sync
             if not torch.isfinite(g).all():
                 raise FloatingPointError(
@@ -342,6 +364,8 @@ def sample(model: BayesianModel, data: FitData, *, method: str, plan: Plan, dyna
            config: Dict[str, Any], lr: float = 1.0) -> SamplesPosterior:
     """Run ``num_chains`` independent chains of ``plan`` and collect them in a [`SamplesPosterior`][pyro_bdl.SamplesPosterior]."""
     objective = Objective(model, _example_inputs(data))
+    if dynamics.preconditioner is not None and dynamics.gradient != "plain":
+        _full_data(data)  # once, before any chain (and before a checkpoint's RNG is restored)
     seeds = chain_seeds(seed, num_chains)
     fingerprint = _fingerprint(method, config, model, data, objective, seed,
                                _initial_theta(objective, model, init, seeds[0]))
