@@ -212,5 +212,7 @@ def test_defaults_sample_tempered_posterior_sweep(method, T, problem):
     post = bdl.fit(blr.model(T), blr.x, blr.y, method=method, batch_size=batch, seed=0, progress=False,
                    **run_length(method))
     ratio, z = ratios(post, blr, T)
+    print(f"\n{method} {problem} T={T}: Var/(T·exact) {[round(float(r), 2) for r in ratio]} (mean "
+          f"{float(ratio.mean()):.2f}), |mean error|/sd {[round(float(v), 2) for v in z]}")  # shown with -s
     assert 0.75 <= float(ratio.mean()) <= 1.33 and ratio.min() > 0.6 and ratio.max() < 1.6, ratio
     assert float(z.mean()) < 0.2 and z.max() < 0.4, z
