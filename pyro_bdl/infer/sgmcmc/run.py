@@ -238,6 +238,7 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
                         # growing from the plain estimate's step by at most WARMUP_STEP_GROWTH per step
                         plain_square = K.ema_square(moments)
                         state["warm_step"] = (state["last_step"] if state["last_step"] is not None else
+                                              None if moments.ema_weight == 0 else  # no gradient seen yet
                                               _constants(plain_square, torch.zeros_like(plain_square), dynamics, lr)["step"])
                         moments = K.reset_ema(moments)
                     state["cv_sum"], state["cv_count"] = torch.zeros_like(chain.theta), 0
@@ -284,7 +285,11 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
                 elif stage == WARMUP:
                     now = K.ema_square(K.centred(moments) if use_cv else moments)
                     est = torch.minimum(moments.noise, now) if moments.noise_count else torch.zeros_like(now)
-                    cap = None if not use_cv or state.get("warm_step") is None else WARMUP_STEP_GROWTH * state["warm_step"]
+                    cap = None
+                    if use_cv:  # growth-limited; with no earlier step (no exploration), the raw EMA's step: a
+                        # centred EMA of one gradient is 0
+                        cap = WARMUP_STEP_GROWTH * state["warm_step"] if state.get("warm_step") is not None else \
+                            _constants(K.ema_square(moments), torch.zeros_like(now), dynamics, schedule[k])["step"]
                     c = _constants(now, est, dynamics, schedule[k], cap)
                     step, friction = c["step"], c["friction"]
                     if use_cv:
