@@ -27,12 +27,13 @@ def ratios(post, blr, T):
     return draws.var(0) / cov.diag(), ((draws.mean(0) - mean) / cov.diag().sqrt()).abs()
 
 
-def run_length(method, T):
-    """Epochs and chains: SG-MCMC with untempered minibatch noise needs ∝ 1/T epochs to decorrelate."""
+def run_length(method):
+    """Epochs and chains, the same at every T: with the control-variate gradient (the default picks it when
+    the minibatch noise dominates) the noise shrinks with the posterior's width, so a cold chain mixes
+    in as many epochs as a warm one. cSG-MCMC keeps 20 draws per cycle (default 3) for a variance estimate."""
     if method == "csgmcmc":
-        cycles = 4
-        return dict(epochs=int(400 / min(T, 1) ** 0.5), cycles=cycles, samples_per_cycle=20, num_chains=4)
-    return dict(epochs=int(300 / min(T, 1) ** 0.5), num_chains=4)
+        return dict(epochs=400, samples_per_cycle=20, num_chains=4)
+    return dict(num_chains=4)  # epochs=200, the default
 
 
 # -- fast: every method at defaults, minibatches, one temperature -----------------------------------
@@ -52,6 +53,43 @@ def test_defaults_sample_blr_posterior_with_minibatches(method):
     assert z.max() < 0.5, z
     assert post.info["preconditioner"] == "fisher"
     assert post.info["configurational_temperature"].shape == (3, 3)
+
+
+def test_control_variate_samples_cold_posterior_fast():
+    """At T = 0.01 the plain minibatch noise is ~100× the tempered gradient signal; the default
+    (gradient="auto") measures that in the warm-up, switches to the control-variate gradient and samples p_T
+    in a default-length run, where the plain gradient has not mixed."""
+    blr = make_blr(n=48, d=2, seed=3)
+    T = 0.01
+    post = bdl.fit(blr.model(T), blr.x, blr.y, method="sghmc", batch_size=12, seed=0, progress=False,
+                   epochs=150, num_chains=2)
+    assert post.info["gradient"] == "auto" and bool(post.info["control_variate"].all())
+    ratio, z = ratios(post, blr, T)
+    assert 0.6 < float(ratio.mean()) < 1.5 and ratio.min() > 0.45 and ratio.max() < 2.0, ratio
+    assert z.max() < 0.5, z
+
+
+def test_control_variate_gradient_is_unbiased_and_low_noise():
+    """ĝ_cv = ∇U(θ̂) + ĝ_B(θ) − ĝ_B(θ̂) has mean ∇U(θ) over minibatches, and far less variance than ĝ_B
+    near the anchor (Baker et al. 2019)."""
+    from pyro_bdl.model.potential import Objective
+    blr = make_blr(n=40, d=2, seed=0)
+    obj = Objective(blr.model(), blr.x[:2])
+    g = torch.Generator().manual_seed(0)
+    anchor = obj.initial() * 0 + 0.5
+    theta = anchor + 0.01 * torch.randn(anchor.shape, generator=g, dtype=anchor.dtype)
+    _, full_anchor = obj.grad(anchor, blr.x, blr.y, 40)
+    _, full = obj.grad(theta, blr.x, blr.y, 40)
+    plain, cv = [], []
+    for _ in range(400):
+        idx = torch.randperm(40, generator=g)[:8]
+        _, gb = obj.grad(theta, blr.x[idx], blr.y[idx], 40)
+        _, ga = obj.grad(anchor, blr.x[idx], blr.y[idx], 40)
+        plain.append(gb)
+        cv.append(kernels.control_variate(gb, ga, full_anchor))
+    plain, cv = torch.stack(plain), torch.stack(cv)
+    assert torch.allclose(cv.mean(0), full, atol=4 * float(cv.std(0).max()) / 20 + 1e-6)
+    assert (cv.var(0) < 1e-3 * plain.var(0)).all()
 
 
 def test_too_large_step_is_flagged():
@@ -139,25 +177,47 @@ def test_bad_adaptive_options():
         bdl.fit(blr.model(), blr.x, blr.y, method="sgld", noise_correction="yes", progress=False)
     with pytest.raises(ValueError, match="burnin"):
         bdl.fit(blr.model(), blr.x, blr.y, method="sgld", burnin=0, progress=False)
+    with pytest.raises(ValueError, match="gradient"):
+        bdl.fit(blr.model(), blr.x, blr.y, method="sgld", gradient="svrg", progress=False)
+    with pytest.raises(ValueError, match="gradient='cv' needs the adaptive kernel"):
+        bdl.fit(blr.model(), blr.x, blr.y, method="sghmc", preconditioner=None, gradient="cv", progress=False)
+
+
+def test_divergence_check_stops_an_exploding_chain():
+    """A plain SGLD step far past stability (ελ = 50) blows the loss up by orders of magnitude: the shared
+    divergence check stops the run with an error that names lr."""
+    blr = make_blr(n=30, seed=0)
+    _, cov = blr.posterior()
+    lam = float(torch.linalg.eigvalsh(torch.linalg.inv(cov)).max())
+    with pytest.raises(bdl.infer.divergence.DivergenceError, match="lr="):
+        bdl.fit(blr.model(), blr.x, blr.y, method="sgld", preconditioner=None, lr=50 / lam, epochs=100,
+                seed=0, progress=False)
 
 
 # -- slow: the issue's sweep ------------------------------------------------------------------------------------
 PROBLEMS = {"n64_wide_prior": dict(n=64, d=2, seed=1, prior_scale=1.0, batch=16),
-            "n400_d3_sharp": dict(n=400, d=3, seed=2, prior_scale=1.0, noise=0.2, batch=20)}
+            "n400_d3_sharp": dict(n=400, d=3, seed=2, prior_scale=1.0, noise=0.2, batch=40)}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("problem", list(PROBLEMS))
-@pytest.mark.parametrize("T", [1.0, 0.1, pytest.param(0.01, marks=pytest.mark.xfail(
-    strict=False, reason="untempered minibatch noise forces steps ∝ T, so chains need ∝ 1/T epochs; the run "
-                         "lengths here are ∝ 1/√T (notes/issue-13-sgmcmc.md)"))])
+@pytest.mark.parametrize("T", [1.0, 0.1, 0.01])
 @pytest.mark.parametrize("method", METHODS)
-def test_defaults_sample_tempered_posterior_sweep(method, T, problem):
+def test_defaults_sample_tempered_posterior_sweep(method, T, problem, request):
+    """The issue's bar: Var/(T·exact) in [0.75, 1.33] (mean over coordinates; each in [0.6, 1.6]) and the
+    mean within 0.2 posterior sd (mean over coordinates; 0.4 for the worst), at default kernel options."""
+    if method == "csgmcmc" and T == 0.01 and problem == "n400_d3_sharp":
+        request.applymarker(pytest.mark.xfail(strict=False, reason=(
+            "measured 2.46 (notes/issue-13-sgmcmc.md): each cycle's noise-free exploration ends a T-independent "
+            "distance from the mode, i.e. many posterior sds at T = 0.01, and the cycle's 100-step warm-up does "
+            "not relax from there")))
     spec = dict(PROBLEMS[problem])
     batch = spec.pop("batch")
     blr = make_blr(**spec)
     post = bdl.fit(blr.model(T), blr.x, blr.y, method=method, batch_size=batch, seed=0, progress=False,
-                   **run_length(method, T))
+                   **run_length(method))
     ratio, z = ratios(post, blr, T)
+    print(f"\n{method} {problem} T={T}: Var/(T·exact) {[round(float(r), 2) for r in ratio]} (mean "
+          f"{float(ratio.mean()):.2f}), |mean error|/sd {[round(float(v), 2) for v in z]}")  # shown with -s
     assert 0.75 <= float(ratio.mean()) <= 1.33 and ratio.min() > 0.6 and ratio.max() < 1.6, ratio
-    assert z.max() < 0.2 * 2, z  # 0.2 sd on average over coordinates, 0.4 for the worst
+    assert float(z.mean()) < 0.2 and z.max() < 0.4, z

@@ -40,10 +40,28 @@ i.i.d. variance narrows the draws by up to G B/(2αT) (measured: variance ratios
 T ≤ 1 with correction vs 0.9–1.1 without, on regressions of 64–2000 points); ``"auto"``
 therefore does not subtract there, and the measured noise still enters α through ω_i.
 
-**Cost at cold T.** With minibatch noise B ≫ T·H the step G ≈ lr·T/B shrinks with T: a chain
-needs ∝ 1/T epochs to decorrelate (a property of SG-MCMC with untempered minibatch noise, not
-of these defaults). Watch the ESS and the temperature diagnostics; use more epochs or chains,
-or larger batches, at T ≪ 1.
+**Control-variate gradients (cold T).** With minibatch noise B ≫ T·H the step G ≈ lr·T/B
+shrinks with T and a chain needs ∝ 1/T epochs to decorrelate. The control-variate estimate of
+Baker, Fearnhead, Fox & Nemeth (2019, SGLD-CV; also Dubey et al. 2016's SVRG-LD)
+
+    ĝ_cv(θ) = ∇U(θ̂) + ĝ_B(θ) − ĝ_B(θ̂)
+
+(ĝ_B the minibatch estimate, both terms on the same rows; ∇U(θ̂) one full-data pass at the anchor θ̂)
+is unbiased and its noise is that of (N/B)Σ_batch[∇u_i(θ) − ∇u_i(θ̂)], of variance ∝ ‖θ − θ̂‖² ∝ T
+when θ̂ is in the bulk: E[ĝ²] then scales with T, G·H stays ≈ lr and cold chains mix in as many
+steps as warm ones. Cost: a second minibatch gradient per step (and per-half gradients in the
+warm-up), plus one full-data gradient per anchor. The anchor is set where the exploration ends
+and moved, at the warm-up's midpoint, to the mean θ of its first half. Because the chain then
+starts with no spread, the warm-up's ĝ² EMA decays faster (0.9) and its step grows by at most
+10% per step, and the frozen constants use the centred moment E[ĝ²] − E[ĝ]² (a chain still
+drifting would otherwise read its drift as curvature). ``gradient="auto"`` (default) drives the
+warm-up with the control variate, measures the plain estimate's noise on the same steps and keeps
+the control variate when it shortens the relaxation time max_i (S_i + B_i)/S_i (S_i the shared
+signal E[ĝ_i²] − B_i) by more than its 2× cost (`.kernels.prefer_control_variate`), per chain,
+recorded in ``info["control_variate"]``; ``"cv"`` / ``"plain"`` force the choice. Not with data
+augmentation (the anchor's full gradient would not be the augmented minibatches' mean) or the
+plain kernel; without minibatches both estimates are the full gradient. The loop also runs the
+shared divergence check (`pyro_bdl.infer.divergence`) on the loss it already reads.
 
 **Plain kernels** (``preconditioner=None``): G = ``lr`` (ε on the full-data potential;
 ``per_datapoint=True``: ε = lr/N) and α = ``momentum_decay`` fixed, as in the papers; use

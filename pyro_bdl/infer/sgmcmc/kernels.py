@@ -113,8 +113,9 @@ class GradientMoments(NamedTuple):
 
     ``square``: the mean of ĝ² (per coordinate) since the last reset; ``noise``: the mean of the
     split-batch estimate of Var(ĝ) (`split_batch_noise`); ``count``/``noise_count``: how
-    many steps they average; ``ema``: an exponential moving average of ĝ² (decay 0.99, bias
-    corrected through ``ema_count``), the RMSprop statistic of the exploration stage.
+    many steps they average; ``ema``: an exponential moving average of ĝ² (decay 0.99, or the
+    decay passed to `update_moments`), bias corrected through ``ema_weight`` = 1 − Π decay (Kingma
+    & Ba's correction for a varying decay), the RMSprop statistic of the exploration stage.
     """
 
     square: torch.Tensor
@@ -122,7 +123,9 @@ class GradientMoments(NamedTuple):
     count: int
     noise_count: int
     ema: torch.Tensor
-    ema_count: int
+    ema_weight: float
+    mean: Optional[torch.Tensor] = None  # running mean of ĝ (same window as ``square``)
+    ema_mean: Optional[torch.Tensor] = None  # EMA of ĝ (same decays as ``ema``)
 
 
 EMA_DECAY = 0.99
@@ -131,30 +134,58 @@ EMA_DECAY = 0.99
 def init_moments(theta: torch.Tensor) -> GradientMoments:
     """Empty moments for a chain at ``theta``."""
     z = torch.zeros_like(theta)
-    return GradientMoments(z, z.clone(), 0, 0, z.clone(), 0)
+    return GradientMoments(z, z.clone(), 0, 0, z.clone(), 0.0, z.clone(), z.clone())
 
 
 def reset_means(m: GradientMoments) -> GradientMoments:
     """Forget the running means (a new adaptation window), keep the EMA."""
     z = torch.zeros_like(m.square)
-    return GradientMoments(z, z.clone(), 0, 0, m.ema, m.ema_count)
+    return GradientMoments(z, z.clone(), 0, 0, m.ema, m.ema_weight, z.clone(), m.ema_mean)
 
 
-def update_moments(m: GradientMoments, grad: torch.Tensor, grad_noise: Optional[torch.Tensor]) -> GradientMoments:
-    """Add one gradient (and its noise estimate, if any) to the running means and the EMA."""
+def reset_ema(m: GradientMoments) -> GradientMoments:
+    """Forget the EMA too (the gradient estimator changed, e.g. a new control-variate anchor)."""
+    z = torch.zeros_like(m.square)
+    return GradientMoments(m.square, m.noise, m.count, m.noise_count, z, 0.0, m.mean, z.clone())
+
+
+def update_moments(m: GradientMoments, grad: torch.Tensor, grad_noise: Optional[torch.Tensor],
+                   decay: float = EMA_DECAY, means: bool = True) -> GradientMoments:
+    """Add one gradient (and its noise estimate, if any) to the running means (unless ``means=False``) and
+    the EMA (``decay``)."""
+    if not means:
+        ema = decay * m.ema + (1 - decay) * grad * grad
+        return m._replace(ema=ema, ema_weight=decay * m.ema_weight + (1 - decay),
+                          ema_mean=decay * m.ema_mean + (1 - decay) * grad)
     count = m.count + 1
     square = m.square + (grad * grad - m.square) / count
     noise, noise_count = m.noise, m.noise_count
     if grad_noise is not None:
         noise_count += 1
         noise = m.noise + (grad_noise - m.noise) / noise_count
-    ema = EMA_DECAY * m.ema + (1 - EMA_DECAY) * grad * grad
-    return GradientMoments(square, noise, count, noise_count, ema, m.ema_count + 1)
+    ema = decay * m.ema + (1 - decay) * grad * grad
+    mean = m.mean + (grad - m.mean) / count
+    ema_mean = decay * m.ema_mean + (1 - decay) * grad
+    return GradientMoments(square, noise, count, noise_count, ema, decay * m.ema_weight + (1 - decay), mean, ema_mean)
+
+
+def centred(m: GradientMoments) -> GradientMoments:
+    r"""The moments with ĝ² replaced by its variance, E[ĝ²] − E[ĝ]² (n/(n − 1)-corrected), in the window
+    and the EMA.
+
+    At stationarity E[∇V] = 0 under exp(−V/T), so both are T·H_ii + B_ii; away from it (a chain still
+    drifting from its start at δ) the mean gradient ≈ Hδ would enter E[ĝ²] as if it were curvature, and
+    the Fisher step lr·T/E[ĝ²] would shrink ∝ 1/δ², stalling the drift it should correct."""
+    w = max(m.ema_weight, 1e-12)
+    ema_var = (m.ema / w - (m.ema_mean / w) ** 2).clamp(min=0.0) * w
+    n = m.count
+    square = ((m.square - m.mean ** 2) * (n / (n - 1))).clamp(min=0.0) if n > 1 else m.square
+    return m._replace(square=square, ema=ema_var)
 
 
 def ema_square(m: GradientMoments) -> torch.Tensor:
-    """The bias-corrected EMA of ĝ² (Kingma & Ba 2015's correction)."""
-    return m.ema / (1 - EMA_DECAY ** max(m.ema_count, 1))
+    """The bias-corrected EMA of ĝ², ema / (1 − Π decay) (Kingma & Ba 2015's correction)."""
+    return m.ema / max(m.ema_weight, 1e-12)
 
 
 def split_batch_noise(g1: torch.Tensor, g2: torch.Tensor, n1: int, n2: int, dataset_size: int) -> torch.Tensor:
@@ -216,3 +247,36 @@ def valid_friction(friction: Step, step_size: Step, grad_noise: torch.Tensor, te
     need = step_size * grad_noise / (2 * temperature * (1 - margin))
     base = torch.as_tensor(friction, dtype=grad_noise.dtype, device=grad_noise.device)
     return torch.clamp(torch.maximum(base.expand_as(grad_noise), need), max=1.0)
+
+
+# -- control-variate gradients (SGLD-CV, SGHMC-CV) ----------------------------------------------------------
+
+
+def control_variate(grad: torch.Tensor, anchor_batch_grad: torch.Tensor, anchor_full_grad: torch.Tensor) -> torch.Tensor:
+    r"""The control-variate gradient estimate ĝ_cv(θ) = ∇U(θ̂) + ĝ(θ) − ĝ(θ̂) (Baker, Fearnhead, Fox &
+    Nemeth 2019, SGLD-CV; the SVRG-LD estimator of Dubey et al. 2016 with a fixed anchor).
+
+    ``grad`` = ĝ(θ) and ``anchor_batch_grad`` = ĝ(θ̂) are the minibatch estimates (likelihood scaled
+    by N/B) of the same minibatch at the chain's θ and at the anchor θ̂, ``anchor_full_grad`` =
+    ∇U(θ̂) the full-data gradient at the anchor. Unbiased for ∇U(θ) (E ĝ(θ̂) = ∇U(θ̂)); its noise is
+    that of (N/B) Σ_batch [∇u_i(θ) − ∇u_i(θ̂)] ≈ (N/B) Σ_batch ∇²u_i (θ − θ̂), of variance ∝ ‖θ − θ̂‖²,
+    i.e. ∝ T near a mode, where the plain estimate's is T-independent.
+    """
+    return anchor_full_grad + grad - anchor_batch_grad
+
+
+def prefer_control_variate(plain: GradientMoments, cv: GradientMoments, cost_factor: float = 2.0) -> bool:
+    r"""``gradient="auto"``: use the control-variate gradient when, measured on the same warm-up steps, it
+    shortens the chain's relaxation time by more than its ``cost_factor`` (a second minibatch gradient per step).
+
+    Both estimates share the gradient signal S_i = E[ĝ_i²] − B_i (≈ T·H_ii at stationarity), estimated from
+    the control variate's moments (its noise is the smaller one). With G_i = lr·T/E[ĝ_i²] the
+    preconditioned curvature is G_iH_ii = lr·S_i/(S_i + B_i), so the relaxation time in steps grows like
+    (S_i + B_i)/S_i (exactly for SGLD; conservative for critically damped SGHMC) and the slowest coordinate
+    sets the run's: the control variate wins when cost_factor · max_i (S_i + B_i^cv)/S_i < max_i (S_i + B_i^plain)/S_i.
+    """
+    if cv.count == 0 or cv.noise_count == 0 or plain.noise_count == 0:
+        return False
+    signal = torch.maximum(cv.square - cv.noise, 1e-3 * cv.square).clamp(min=torch.finfo(cv.square.dtype).tiny)
+    cost = lambda noise: float(((signal + noise.clamp(min=0.0)) / signal).max())  # noqa: E731
+    return cost_factor * cost(cv.noise) < cost(plain.noise)

@@ -29,6 +29,7 @@ DEFAULT_LR = {("fisher", "sgld"): 0.1, ("fisher", "sghmc"): 0.05, ("rmsprop", "s
               ("rmsprop", "sghmc"): 1e-4, (None, "sgld"): 1e-4, (None, "sghmc"): 1e-4, (None, "csgmcmc"): 0.5}
 DEFAULT_FRICTION = {"fisher": 0.01, "rmsprop": 0.05, None: 0.05}
 EXPLORE_LR = 0.01
+GRADIENTS = ("auto", "cv", "plain")
 
 
 def _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every) -> None:
@@ -76,6 +77,25 @@ def _noise_correction(value, data: FitData) -> bool:
     return value
 
 
+def _gradient_mode(value, data: FitData, adaptive: bool) -> str:
+    """The gradient estimate a run uses: ``"cv"`` (control variates), ``"plain"`` or ``"auto"`` (decided per
+    chain from the warm-up's measured noise). The control variate needs the adaptive kernel's burn-in (its
+    anchor is set there) and un-augmented data (the anchor's full-data gradient must be the minibatch
+    estimate's mean); without minibatches it equals the plain gradient, so ``"plain"`` is used."""
+    if value not in GRADIENTS:
+        raise ValueError(f"unknown gradient {value!r}; choose 'auto' (default), 'cv' (control variates) or 'plain'")
+    if value == "cv" and not adaptive:
+        raise ValueError("gradient='cv' needs the adaptive kernel (preconditioner='fisher' or 'rmsprop'), whose "
+                         "burn-in sets the anchor; the plain kernel (preconditioner=None) uses gradient='plain'")
+    if value == "cv" and data.augment is not None:
+        raise ValueError("gradient='cv' cannot be used with data augmentation: the anchor's full-data gradient "
+                         "would not be the mean of the augmented minibatch gradients (a biased sampler); "
+                         "use gradient='plain' or 'auto'")
+    if not adaptive or not data.minibatched or data.augment is not None:
+        return "plain"
+    return value
+
+
 def _example_burnin(epochs: int, burnin: Optional[int], thin: int, adaptive: bool) -> int:
     if burnin is None:  # the adaptive kernel measures the gradients in its burn-in: at least one epoch
         burnin = max(epochs // 4, 1 if adaptive and epochs > 1 else 0)
@@ -92,7 +112,7 @@ def _example_burnin(epochs: int, burnin: Optional[int], thin: int, adaptive: boo
 
 def _constant_run(method: str, model, data, *, seed, progress, lr, epochs, burnin, thin, num_chains, per_datapoint,
                   init, checkpoint, checkpoint_every, preconditioner, noise_correction, explore_lr=None,
-                  momentum_decay=None) -> SamplesPosterior:
+                  momentum_decay=None, gradient="auto") -> SamplesPosterior:
     _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every)
     preconditioner = _preconditioner(preconditioner, per_datapoint)
     adaptive = preconditioner is not None
@@ -109,9 +129,11 @@ def _constant_run(method: str, model, data, *, seed, progress, lr, epochs, burni
     plan = Plan(schedule, constant_stages(epochs, S, burnin, explore), epoch_draw_steps(epochs, S, burnin, thin),
                 epochs, S)
     dynamics = Dynamics(method, model.temperature, 1.0 / data.dataset_size if per_datapoint else 1.0, friction,
-                        preconditioner, adaptive and _noise_correction(noise_correction, data))
+                        preconditioner, adaptive and _noise_correction(noise_correction, data),
+                        _gradient_mode(gradient, data, adaptive))
     config = {"lr": lr, "epochs": epochs, "burnin": burnin, "thin": thin, "per_datapoint": per_datapoint,
-              "preconditioner": preconditioner, "noise_correction": dynamics.noise_correction}
+              "preconditioner": preconditioner, "noise_correction": dynamics.noise_correction,
+              "gradient": dynamics.gradient}
     if adaptive:
         config["explore_lr"] = explore_lr
     if method == "sghmc":
@@ -128,8 +150,8 @@ Init = Union[str, Dict[str, torch.Tensor]]
 def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], lr: Optional[float] = None,
              epochs: int = 200, burnin: Optional[int] = None, thin: int = 1, num_chains: int = 1,
              preconditioner: Optional[str] = "fisher", noise_correction: Union[str, bool] = "auto",
-             explore_lr: Optional[float] = None, per_datapoint: bool = False, init: Init = "fresh",
-             checkpoint: Optional[str] = None, checkpoint_every: int = 1) -> SamplesPosterior:
+             explore_lr: Optional[float] = None, gradient: str = "auto", per_datapoint: bool = False,
+             init: Init = "fresh", checkpoint: Optional[str] = None, checkpoint_every: int = 1) -> SamplesPosterior:
     """Stochastic gradient Langevin dynamics (Welling & Teh 2011) on the tempered posterior p_T.
 
     θ ← θ − G ĝ + √(2GT − G²B̂) ξ with ĝ the minibatch gradient of V = T·U_T (stationary density
@@ -152,6 +174,13 @@ def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Option
             (the step shrinks where needed so 2GT ≥ G²B̂); ``"auto"`` does so when minibatches are drawn
             with replacement, not under random reshuffling (package docs).
         explore_lr: the RMSprop step of the first half of the burn-in (default 0.01).
+        gradient: the gradient estimate after the exploration: ``"cv"``, the control-variate estimate
+            ĝ(θ) = ∇U(θ̂) + ĝ_B(θ) − ĝ_B(θ̂) anchored at θ̂ in the burn-in (Baker et al. 2019, SGLD-CV; a
+            second minibatch gradient per step and one full-data pass per anchor), whose noise shrinks
+            with the posterior's width, so cold T needs no longer runs; ``"plain"``, the minibatch
+            gradient; ``"auto"`` (default) measures both in the warm-up and keeps the control variate
+            when its lower noise more than pays for its cost (package docs). Minibatched, un-augmented
+            data and the adaptive kernel only; otherwise ``"plain"``.
         per_datapoint: read a plain ``lr`` per data point (ε = lr / N).
         init: ``"fresh"`` (a fresh default initialisation of the network per chain), ``"net"`` (the
             network's current weights) or a dict of initial values for every latent site.
@@ -160,7 +189,7 @@ def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Option
     return _constant_run("sgld", model, data, seed=seed, progress=progress, lr=lr, epochs=epochs, burnin=burnin,
                          thin=thin, num_chains=num_chains, per_datapoint=per_datapoint, init=init,
                          checkpoint=checkpoint, checkpoint_every=checkpoint_every, preconditioner=preconditioner,
-                         noise_correction=noise_correction, explore_lr=explore_lr)
+                         noise_correction=noise_correction, explore_lr=explore_lr, gradient=gradient)
 
 
 @register("sghmc")
@@ -168,8 +197,8 @@ def fit_sghmc(model: BayesianModel, data: FitData, *, seed: int, progress: Optio
               momentum_decay: Optional[float] = None, epochs: int = 200, burnin: Optional[int] = None, thin: int = 1,
               num_chains: int = 1, preconditioner: Optional[str] = "fisher",
               noise_correction: Union[str, bool] = "auto", explore_lr: Optional[float] = None,
-              per_datapoint: bool = False, init: Init = "fresh", checkpoint: Optional[str] = None,
-              checkpoint_every: int = 1) -> SamplesPosterior:
+              gradient: str = "auto", per_datapoint: bool = False, init: Init = "fresh",
+              checkpoint: Optional[str] = None, checkpoint_every: int = 1) -> SamplesPosterior:
     """Stochastic gradient Hamiltonian Monte Carlo (Chen et al. 2014) on the tempered posterior p_T.
 
     v ← (1 − α) v − G ĝ + √(2αGT − G²B̂) ξ,  θ ← θ + v (SGD with momentum 1 − α as T → 0). By
@@ -188,7 +217,8 @@ def fit_sghmc(model: BayesianModel, data: FitData, *, seed: int, progress: Optio
     return _constant_run("sghmc", model, data, seed=seed, progress=progress, lr=lr, epochs=epochs, burnin=burnin,
                          thin=thin, num_chains=num_chains, per_datapoint=per_datapoint, init=init,
                          checkpoint=checkpoint, checkpoint_every=checkpoint_every, preconditioner=preconditioner,
-                         noise_correction=noise_correction, explore_lr=explore_lr, momentum_decay=momentum_decay)
+                         noise_correction=noise_correction, explore_lr=explore_lr, momentum_decay=momentum_decay,
+                         gradient=gradient)
 
 
 @register("csgmcmc")
@@ -196,15 +226,17 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
                 cycles: int = 4, exploration: float = 0.8, samples_per_cycle: int = 3, epochs: int = 200,
                 sampler: str = "sghmc", momentum_decay: Optional[float] = None, num_chains: int = 1,
                 preconditioner: Optional[str] = "fisher", noise_correction: Union[str, bool] = "auto",
-                explore_lr: Optional[float] = None, per_datapoint: Optional[bool] = None, init: Init = "fresh",
-                checkpoint: Optional[str] = None, checkpoint_every: int = 1) -> SamplesPosterior:
+                explore_lr: Optional[float] = None, gradient: str = "auto", per_datapoint: Optional[bool] = None,
+                init: Init = "fresh", checkpoint: Optional[str] = None, checkpoint_every: int = 1) -> SamplesPosterior:
     """Cyclical SG-MCMC (Zhang et al. 2020): cosine step-size cycles, each exploring then sampling.
 
     α_k = α₀/2 · [cos(π · mod(k − 1, ⌈K/M⌉) / ⌈K/M⌉) + 1] over K = epochs × batches steps. In the
     first fraction β of each cycle the inner update runs without noise (optimisation); the rest is
     the sampling stage. With the adaptive kernel (default) exploration takes RMSprop steps
     α_k/√EMA[ĝ²] with α₀ = ``explore_lr`` (default 0.01) and momentum 0.9; the first half of each
-    sampling stage re-estimates the preconditioner (as Wenzel et al. 2020 do per cycle) and the
+    sampling stage is a warm-up (a new control-variate anchor at the cycle's mode when
+    ``gradient`` picks it; its measured moments are pooled with the earlier cycles', since one
+    cycle's warm-up is tens of steps, and its step starts from the previous cycle's) and the
     second half samples with the fixed adaptive step of `fit_sghmc`/`fit_sgld` (lr
     dimensionless), where the ``samples_per_cycle`` draws are taken. With ``preconditioner=None``
     it is Zhang et al.'s plain rule: the same step α_k in both stages, noise √(2ε_kT) (× √α for
@@ -251,10 +283,12 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
         schedule = cyclical_schedule(lr, K, cycles)
     plan = Plan(schedule, stage, cyclical_draw_steps(K, cycles, exploration, samples_per_cycle, warmup), epochs, S)
     dynamics = Dynamics(sampler, model.temperature, 1.0 / data.dataset_size if per_datapoint else 1.0, alpha,
-                        preconditioner, adaptive and _noise_correction(noise_correction, data))
+                        preconditioner, adaptive and _noise_correction(noise_correction, data),
+                        _gradient_mode(gradient, data, adaptive), pool_windows=True)
     config = {"lr": lr, "epochs": epochs, "cycles": cycles, "exploration": float(exploration),
               "samples_per_cycle": samples_per_cycle, "per_datapoint": per_datapoint, "sampler": sampler,
-              "preconditioner": preconditioner, "noise_correction": dynamics.noise_correction}
+              "preconditioner": preconditioner, "noise_correction": dynamics.noise_correction,
+              "gradient": dynamics.gradient}
     if adaptive:
         config["explore_lr"] = explore_lr
     if sampler == "sghmc":

@@ -15,10 +15,21 @@ from ...evaluate.diagnostics import sampler as temps
 from ...model.bayesian_model import BayesianModel
 from ...posterior.samples import SamplesPosterior
 from ..data import FitData
+from ..divergence import DivergenceCheck, loss_floor
 from ...model.inputs import num_rows, take_rows
 from ...model.potential import Objective
 from . import kernels as K
 from .schedules import EXPLORE, SAMPLE, WARMUP, Plan, window_resets
+
+
+#: EMA decay of ĝ² in a control-variate warm-up: the chain starts at the anchor, with no spread, and the
+#: step must track its spreading out to the stationary width within the window (0.99 forgets in ~100 steps)
+WARMUP_EMA_DECAY = 0.9
+#: ...and the step grows by at most this factor per step, so it never outruns the chain's spreading (a step
+#: fitted to the anchor's near-zero gradients would throw the chain far out of the bulk)
+WARMUP_STEP_GROWTH = 1.1
+#: ...and the frozen sampling step at most this multiple of the warm-up's last step (`_freeze`)
+FROZEN_STEP_CAP = 2.0
 
 
 @dataclass
@@ -32,6 +43,17 @@ class Dynamics:
     critical friction (floored at ``friction``), ``"rmsprop"`` G = lr/√E[ĝ²] with friction
     ``friction``. With ``noise_correction`` the estimated gradient noise is subtracted from the
     injected noise and α is raised where needed (`.kernels.valid_friction`).
+
+    ``pool_windows`` (cSG-MCMC): a cycle's warm-up adds to the moment means of the earlier cycles' instead
+    of starting afresh, and starts its step from the previous cycle's frozen step: a cycle's warm-up is
+    a tenth of the cycle (tens of steps), too short to measure E[ĝ²] and B̂ on its own.
+
+    ``gradient`` (adaptive kernels only): ``"plain"`` drives the chain with the minibatch
+    gradient; ``"cv"`` with the control-variate gradient (`.kernels.control_variate`) at WARMUP
+    and SAMPLE steps, anchored at the start of each warm-up window and re-anchored at its
+    midpoint on the mean θ of its first half; ``"auto"`` drives the warm-up like ``"cv"``,
+    measures both estimates' noise there and keeps the control variate for the sampling stage
+    when `.kernels.prefer_control_variate` says it pays.
     """
 
     kernel: str  # "sgld" or "sghmc"
@@ -40,12 +62,16 @@ class Dynamics:
     friction: float = 1.0
     preconditioner: Optional[str] = None
     noise_correction: bool = False
+    gradient: str = "plain"  # "plain", "cv" or "auto"
+    pool_windows: bool = False  # cSG-MCMC: pool the moment means over the cycles' warm-ups (see `run_chain`)
 
 
 def _start_chain(theta0: torch.Tensor, seed: int) -> Dict[str, Any]:
     generator = torch.Generator().manual_seed(seed)
     return {"epoch": 0, "theta": theta0.detach().clone(), "momentum": torch.zeros_like(theta0),
             "moments": K.init_moments(theta0)._asdict(), "frozen": None, "anchor": None,
+            "plain_moments": K.init_moments(theta0)._asdict(), "cv": None, "cv_sum": None, "cv_count": 0,
+            "frozen_once": False, "last_step": None, "warm_step": None,
             "draws": [], "draw_step_size": [], "draw_loss": [], "draw_kinetic": [], "draw_configurational": [],
             "loss": [], "kinetic": [], "configurational": [], "generator": generator.get_state()}
 
@@ -68,35 +94,96 @@ def _restore_rng(data: FitData, snap: Dict[str, Any]) -> None:
         g.set_state(snap["loader"])
 
 
-def _gradient(objective: Objective, theta, xb, yb, N: int, split: bool):
-    """(U, ∇U, B̂ of ∇U or None) on a minibatch; ``split`` estimates the gradient noise from two halves."""
+def _parts(xb, yb, split: bool):
+    m = num_rows(xb)
+    if not split or m < 2:
+        return [(xb, yb)]
+    h = m // 2
+    return [(take_rows(xb, slice(None, h)), yb[:h]), (take_rows(xb, slice(h, None)), yb[h:])]
+
+
+def _gradient(objective: Objective, theta, xb, yb, N: int, split: bool, anchor: Optional[Dict[str, torch.Tensor]]):
+    """U and the gradient estimates of ∇U on a minibatch: ``(U, {"plain": (ĝ, B̂), "cv": (ĝ_cv, B̂_cv)})``.
+
+    ``split`` estimates each estimate's noise B̂ from the batch's two halves (else B̂ is None, or 0
+    for the full batch); ``"cv"`` is there when an ``anchor`` {θ̂, ∇U(θ̂)} is given (one more
+    gradient evaluation, at θ̂, on the same rows)."""
+    m = num_rows(xb)
+    parts = _parts(xb, yb, split)
+    sizes = [num_rows(x) for x, _ in parts]
     with pyro.validation_enabled(False):
-        m = num_rows(xb)
-        if not split or m < 2:
-            u, g = objective.grad(theta, xb, yb, N)
-            return u, g, (torch.zeros_like(g) if m == N else None)
-        h = m // 2
-        u1, g1 = objective.grad(theta, take_rows(xb, slice(None, h)), yb[:h], N)
-        u2, g2 = objective.grad(theta, take_rows(xb, slice(h, None)), yb[h:], N)
-    u = (h * u1 + (m - h) * u2) / m
-    g = (h * g1 + (m - h) * g2) / m
-    return u, g, K.split_batch_noise(g1, g2, h, m - h, N)
+        here = [objective.grad(theta, x, y, N) for x, y in parts]
+        there = [objective.grad(anchor["theta"], x, y, N)[1] for x, y in parts] if anchor is not None else None
+    u = sum(n * r[0] for n, r in zip(sizes, here)) / m
+    estimates = {"plain": [r[1] for r in here]}
+    if anchor is not None:
+        estimates["cv"] = [K.control_variate(r[1], a, anchor["grad"]) for r, a in zip(here, there)]
+    out = {}
+    for name, gs in estimates.items():
+        g = sum(n * gk for n, gk in zip(sizes, gs)) / m
+        if len(gs) == 2:
+            noise = K.split_batch_noise(gs[0], gs[1], sizes[0], sizes[1], N)
+        else:
+            noise = torch.zeros_like(g) if m == N else None
+        out[name] = (g, noise)
+    return u, out
 
 
-def _freeze(moments: K.GradientMoments, dynamics: Dynamics, lr: float) -> Dict[str, torch.Tensor]:
-    """The SAMPLE-stage step and friction from the WARMUP moments."""
+def _full_data(data: FitData):
+    """The whole data set (`FitData.full`), concatenated the first time under a fixed seed with the
+    caller's random state restored after: a user loader's shuffling neither shifts the run's RNG nor
+    makes the row order (the anchor gradient's summation order) depend on when it is first asked for."""
+    snap = _rng_snapshot(data)
+    torch.manual_seed(0)
+    g = _loader_generator(data)
+    if g is not None:
+        g.manual_seed(0)
+    try:
+        return data.full()
+    finally:
+        _restore_rng(data, snap)
+
+
+def _anchor(objective: Objective, data: FitData, theta: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """{θ̂, ∇U(θ̂)}: the full-data gradient at ``theta``, in chunks of the batch size (one pass over the data)."""
+    x, y = _full_data(data)
+    N = data.dataset_size
+    size = data.random_batch_size
+    total = torch.zeros_like(theta)
+    with pyro.validation_enabled(False):
+        for i in range(0, N, size):
+            xb, yb = take_rows(x, slice(i, i + size)), y[i:i + size]
+            total = total + objective.grad(theta, xb, yb, N)[1] * (num_rows(xb) / N)
+    return {"theta": theta.detach().clone(), "grad": total}
+
+
+def _freeze(moments: K.GradientMoments, plain: K.GradientMoments, dynamics: Dynamics, lr: float,
+            warm_step: Optional[torch.Tensor] = None) -> Dict[str, Any]:
+    """The SAMPLE-stage gradient, step and friction from the WARMUP moments (``moments``: of the estimate that
+    drove the warm-up; ``plain``: of the plain estimate, measured alongside when ``gradient="auto"``).
+
+    With the control variate the step is at most ``FROZEN_STEP_CAP`` × the warm-up's last (growth-limited)
+    step ``warm_step``: a warm-up too short for the chain to spread out from the anchor under-reads E[ĝ²],
+    and the step fitted to it would throw the chain out of the bulk."""
+    cv = dynamics.gradient == "cv" or (dynamics.gradient == "auto" and K.prefer_control_variate(plain, moments))
+    moments = K.centred(moments) if cv else (plain if dynamics.gradient == "auto" else moments)
     square = moments.square if moments.count > 0 else K.ema_square(moments)
     noise = torch.minimum(moments.noise, square) if moments.noise_count > 0 else torch.zeros_like(square)
-    return _constants(square, noise, dynamics, lr)
+    cap = FROZEN_STEP_CAP * warm_step if cv and warm_step is not None else None
+    return {**_constants(square, noise, dynamics, lr, cap), "cv": cv}
 
 
-def _constants(square, noise, dynamics: Dynamics, lr: float) -> Dict[str, torch.Tensor]:
+def _constants(square, noise, dynamics: Dynamics, lr: float, cap: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
     T = dynamics.temperature
     if dynamics.preconditioner == "fisher":
         step = K.fisher_step_size(square, lr, T)
+        if cap is not None:
+            step = torch.minimum(step, cap)
         friction = K.critical_friction(square, noise, step, T, dynamics.friction)
     else:
         step = K.rmsprop_step_size(square, lr)
+        if cap is not None:
+            step = torch.minimum(step, cap)
         friction = torch.full_like(square, dynamics.friction)
     if dynamics.kernel == "sgld":
         friction = torch.ones_like(square)
@@ -120,15 +207,18 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
     N = data.dataset_size
     T = dynamics.temperature
     adaptive = dynamics.preconditioner is not None
+    anchored = adaptive and dynamics.gradient != "plain"
     generator = torch.Generator()
     generator.set_state(state["generator"])
     chain = K.KernelState(state["theta"], state["momentum"])
     moments = K.GradientMoments(**state["moments"])
+    plain_moments = K.GradientMoments(**state["plain_moments"])
     frozen = state["frozen"]
     draw_set = set(plan.draw_steps.tolist())
     schedule = plan.step_size.tolist()
     stages = plan.stage.tolist()
     resets = window_resets(plan.stage).tolist()
+    check = None  # the divergence check, built on the first minibatch (its floor needs a trace)
     for epoch in range(state["epoch"], plan.epochs):
         k = epoch * plan.steps_per_epoch  # steps done before this epoch
         for xb, yb in data.epoch(generator):
@@ -137,16 +227,40 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
                                  "SG-MCMC needs a fixed number of batches per epoch")
             stage = stages[k]
             if adaptive and resets[k]:
-                moments, frozen = K.reset_means(moments), None  # a new adaptation window
+                if not (dynamics.pool_windows and state["frozen_once"]):
+                    moments, plain_moments = K.reset_means(moments), K.reset_means(plain_moments)
+                frozen = None
+                if anchored:  # window start: anchor where exploration ended; midpoint: at the first half's mean θ
+                    start = k == 0 or stages[k - 1] != WARMUP
+                    at = chain.theta if start or not state["cv_count"] else state["cv_sum"] / state["cv_count"]
+                    state["cv"] = _anchor(objective, data, at)
+                    if start:  # forget the plain gradients' scale: the step adapts to the control variate's,
+                        # growing from the plain estimate's step by at most WARMUP_STEP_GROWTH per step
+                        plain_square = K.ema_square(moments)
+                        state["warm_step"] = (state["last_step"] if state["last_step"] is not None else
+                                              None if moments.ema_weight == 0 else  # no gradient seen yet
+                                              _constants(plain_square, torch.zeros_like(plain_square), dynamics, lr)["step"])
+                        moments = K.reset_ema(moments)
+                    state["cv_sum"], state["cv_count"] = torch.zeros_like(chain.theta), 0
             if adaptive and stage == SAMPLE and frozen is None:
-                frozen = _freeze(moments, dynamics, lr)
+                frozen = _freeze(moments, plain_moments, dynamics, lr, state["warm_step"])
+                state["frozen_once"], state["last_step"] = True, frozen["step"]
             if stage == SAMPLE and (k == 0 or stages[k - 1] != SAMPLE):
                 state["anchor"] = chain.theta.clone()  # θ₀ of the configurational temperature
-            u, g, noise = _gradient(objective, chain.theta, xb, yb, N, adaptive and stage == WARMUP)
+            use_cv = anchored and state["cv"] is not None and (stage == WARMUP or (stage == SAMPLE and frozen["cv"]))
+            u, estimates = _gradient(objective, chain.theta, xb, yb, N, adaptive and stage == WARMUP,
+                                     state["cv"] if use_cv else None)
+            g, noise = estimates["cv" if use_cv else "plain"]
             value = float(u)
-            if not math.isfinite(value) or not torch.isfinite(g).all():
+            if check is None:
+                snap = _rng_snapshot(data)  # the floor's trace draws from the prior: keep the run's RNG where it is
+                floor = loss_floor(objective.model, xb, yb, N, "point")
+                _restore_rng(data, snap)
+                check = DivergenceCheck(dynamics.kernel, lr, floor=floor, unit=N / T)
+            check.check(value, k + 1, lr=schedule[k])  # a Python float the loop reads anyway: no extra sync
+            if not torch.isfinite(g).all():
                 raise FloatingPointError(
-                    f"the potential or its gradient became non-finite at step {k + 1} (epoch {epoch + 1}); "
+                    f"the gradient of the potential became non-finite at step {k + 1} (epoch {epoch + 1}); "
                     f"lower lr (step size now {schedule[k]}) or check the data scale")
             grad = T * g  # ĝ ≈ ∇V, V = T·U_T
             grad_noise = None if noise is None else T * T * noise
@@ -155,15 +269,30 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
                 step, friction, correction = schedule[k] * dynamics.eps_per_lr, dynamics.friction, None
             else:
                 if stage != SAMPLE:
-                    moments = K.update_moments(moments, grad, grad_noise)
+                    moments = K.update_moments(moments, grad, grad_noise,
+                                               WARMUP_EMA_DECAY if use_cv and stage == WARMUP else K.EMA_DECAY,
+                                               means=stage == WARMUP)
+                    if use_cv:  # the plain estimate at the same θ, for gradient="auto"'s choice
+                        pg, pn = estimates["plain"]
+                        plain_moments = K.update_moments(plain_moments, T * pg, None if pn is None else T * T * pn)
+                if stage == WARMUP and anchored:
+                    state["cv_sum"] = chain.theta.clone() if state["cv_sum"] is None else state["cv_sum"] + chain.theta
+                    state["cv_count"] += 1
                 if stage == EXPLORE:
                     step = K.rmsprop_step_size(K.ema_square(moments), schedule[k])
                     friction, correction = 0.1, None  # SGD with momentum 0.9 towards the bulk
                 elif stage == WARMUP:
-                    now = K.ema_square(moments)
+                    now = K.ema_square(K.centred(moments) if use_cv else moments)
                     est = torch.minimum(moments.noise, now) if moments.noise_count else torch.zeros_like(now)
-                    c = _constants(now, est, dynamics, schedule[k])
+                    cap = None
+                    if use_cv:  # growth-limited; with no earlier step (no exploration), the raw EMA's step: a
+                        # centred EMA of one gradient is 0
+                        cap = WARMUP_STEP_GROWTH * state["warm_step"] if state.get("warm_step") is not None else \
+                            _constants(K.ema_square(moments), torch.zeros_like(now), dynamics, schedule[k])["step"]
+                    c = _constants(now, est, dynamics, schedule[k], cap)
                     step, friction = c["step"], c["friction"]
+                    if use_cv:
+                        state["warm_step"] = step
                     correction = c["noise"] if dynamics.noise_correction else None
                 else:
                     scale = schedule[k] / lr
@@ -191,7 +320,7 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
             raise ValueError(f"the data yielded {k - epoch * plan.steps_per_epoch} batches in epoch {epoch + 1}, "
                              f"expected {plan.steps_per_epoch} (len of the DataLoader)")
         state.update(epoch=epoch + 1, theta=chain.theta, momentum=chain.momentum, moments=moments._asdict(),
-                     frozen=frozen, generator=generator.get_state())
+                     plain_moments=plain_moments._asdict(), frozen=frozen, generator=generator.get_state())
         if bar is not None:
             bar.set_postfix(loss=f"{value:.4g}")
             bar.update()
@@ -239,6 +368,8 @@ def sample(model: BayesianModel, data: FitData, *, method: str, plan: Plan, dyna
            config: Dict[str, Any], lr: float = 1.0) -> SamplesPosterior:
     """Run ``num_chains`` independent chains of ``plan`` and collect them in a [`SamplesPosterior`][pyro_bdl.SamplesPosterior]."""
     objective = Objective(model, _example_inputs(data))
+    if dynamics.preconditioner is not None and dynamics.gradient != "plain":
+        _full_data(data)  # once, before any chain (and before a checkpoint's RNG is restored)
     seeds = chain_seeds(seed, num_chains)
     fingerprint = _fingerprint(method, config, model, data, objective, seed,
                                _initial_theta(objective, model, init, seeds[0]))
@@ -298,5 +429,6 @@ def _posterior(model, objective, plan: Plan, dynamics: Dynamics, finished, confi
         info["preconditioner_step"] = torch.stack([s["frozen"]["step"] for s in finished]).to(dtype)
         info["friction"] = torch.stack([s["frozen"]["friction"] for s in finished]).to(dtype)
         info["gradient_noise"] = torch.stack([s["frozen"]["noise"] for s in finished]).to(dtype)
+        info["control_variate"] = torch.tensor([bool(s["frozen"]["cv"]) for s in finished])
     temps.warn_if_off(estimates, dynamics.temperature, method)
     return SamplesPosterior(model, samples, method, sample_stats=sample_stats, info=info)
