@@ -1,6 +1,7 @@
 """SGLD, SGHMC and cyclical SG-MCMC: against the closed-form Bayesian linear regression posterior,
 the cyclical schedule and stages against Zhang et al.'s formula, chains, seeds and resume."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -291,3 +292,36 @@ def test_bad_options_fail_before_work(method, opts, match, monkeypatch):
     x, y = blr_data()
     with pytest.raises(ValueError, match=match):
         bdl.fit(blr_model(), x, y, method=method, progress=False, **opts)
+
+
+def test_prior_curvature_is_the_tempered_prior_precision():
+    """`Objective.prior_curvature` = s_prior / Var_prior per weight: the prior's share of the Hessian's diagonal."""
+    from pyro_bdl.model.potential import Objective
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    for T, mode, expected in [(1.0, "posterior", 0.25), (0.1, "posterior", 2.5), (0.1, "likelihood", 0.25)]:
+        model = bdl.BayesianModel(net, prior=bdl.priors.Gaussian(0.0, 2.0), likelihood=bdl.likelihoods.Gaussian(scale=0.5),
+                                  temperature=T, tempering=mode)
+        curvature = Objective(model, torch.randn(2, 3)).prior_curvature()
+        assert curvature.shape == (21,) and torch.allclose(curvature, torch.full_like(curvature, expected))
+
+
+@pytest.mark.parametrize("method", ["sgld", "sghmc"])
+def test_adaptive_defaults_do_not_blow_up_on_a_relu_classifier(method):
+    """Digits MLP (dead ReLU units): without the prior-curvature floor on E[ĝ²] and the warm-up step cap the frozen
+    step of weights whose gradient was ≈ 0 in the estimation window was unbounded and the default run diverged at the
+    first sampling step. At defaults it now runs, and SGHMC's kinetic temperature is near T."""
+    from pyro_bdl.examples.datasets import load_dataset
+    ds = load_dataset("digits", train_size=500)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    model = bdl.BayesianModel(net, prior=bdl.priors.Gaussian(0.0, 1.0), likelihood=bdl.likelihoods.Categorical())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        post = bdl.fit(model, ds.x_train, ds.y_train, method=method, batch_size=100, epochs=60, num_chains=1,
+                       progress=False)
+    accuracy = float((post.predict(ds.x_test).probs.argmax(-1) == ds.y_test).float().mean())
+    assert accuracy > 0.85, accuracy
+    if method == "sghmc":
+        kinetic = float(post.info["kinetic_temperature"][0, 0])
+        assert 0.7 < kinetic < 1.4, kinetic
+    assert all(torch.isfinite(d).all() for d in post.flat_samples().values())

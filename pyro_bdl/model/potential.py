@@ -162,6 +162,37 @@ class Objective:
             self._verify(x, y, dataset_size)
         return self._compiled_log_joint(values, x, y, dataset_size)
 
+    def prior_curvature(self) -> torch.Tensor:
+        r"""A lower bound on the diagonal of the Hessian of −log p̃ per coordinate of θ, from the prior alone:
+        ``s_prior / Var_prior(w_i)`` for weights with a finite prior variance (``s_prior`` the tempering factor
+        of the prior, `pyro_bdl.model.tempering.prior_scale`), 0 elsewhere (constrained sites, hyperpriors, a
+        traced density, infinite variance).
+
+        For a Gaussian prior N(μ, σ²) it is exactly the prior's share s_prior/σ² of H_ii, and since
+        H = H_likelihood + H_prior with H_likelihood ⪰ 0 in expectation (its Fisher information),
+        E[ĝ_i²] ≥ H_ii ≥ s_prior/σ_i² at stationarity. Adaptive samplers floor their curvature estimates at it:
+        a coordinate whose gradient happened to be ≈ 0 in a short estimation window (a dead ReLU unit) would
+        otherwise get a step G_i ∝ 1/E[ĝ_i²] without bound."""
+        out = torch.zeros(self.size, dtype=self.initial().dtype, device=self.initial().device)
+        if not self.compiled:
+            return out
+        s_prior = tempering.prior_scale(self.model.temperature, self.model.tempering)
+        offset = 0
+        for name, shape in zip(self.layout.names, self.layout.shapes):
+            n = int(torch.Size(shape).numel())
+            d = self._priors.get(name)
+            if name in self._identity and d is not None:
+                try:
+                    var = d.variance
+                except (NotImplementedError, AttributeError):
+                    var = None
+                if var is not None:
+                    var = torch.as_tensor(var, dtype=out.dtype, device=out.device).expand(shape).reshape(-1)
+                    prec = torch.where(torch.isfinite(var) & (var > 0), 1.0 / var, torch.zeros_like(var))
+                    out[offset:offset + n] = s_prior * prec
+            offset += n
+        return out
+
     @property
     def size(self) -> int:
         return self.layout.size

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Union
 
 import pyro
@@ -64,6 +64,8 @@ class Dynamics:
     noise_correction: bool = False
     gradient: str = "plain"  # "plain", "cv" or "auto"
     pool_windows: bool = False  # cSG-MCMC: pool the moment means over the cycles' warm-ups (see `run_chain`)
+    #: per-coordinate floor of the frozen E[ĝ²] of the adaptive kernels (`Objective.prior_curvature`; set by `sample`)
+    curvature_floor: Optional[torch.Tensor] = None
 
 
 def _start_chain(theta0: torch.Tensor, seed: int) -> Dict[str, Any]:
@@ -169,7 +171,14 @@ def _freeze(moments: K.GradientMoments, plain: K.GradientMoments, dynamics: Dyna
     moments = K.centred(moments) if cv else (plain if dynamics.gradient == "auto" else moments)
     square = moments.square if moments.count > 0 else K.ema_square(moments)
     noise = torch.minimum(moments.noise, square) if moments.noise_count > 0 else torch.zeros_like(square)
-    cap = FROZEN_STEP_CAP * warm_step if cv and warm_step is not None else None
+    # the chain survived the warm-up's last (growth-limited) step: whichever estimate is kept, the frozen step stays
+    # within FROZEN_STEP_CAP of it (a plain estimate measured along a CV warm-up that has not spread under-reads H too)
+    cap = FROZEN_STEP_CAP * warm_step if warm_step is not None else None
+    if dynamics.curvature_floor is not None and not cv:
+        # E[ĝ_i²] ≥ H_ii ≥ the prior's curvature at stationarity (`Objective.prior_curvature`): a coordinate whose
+        # plain gradient was ≈ 0 in the estimation window (a dead ReLU unit) must not get an unbounded frozen step.
+        # (A control-variate step is bounded by the growth-limited warm-up step instead, through ``cap``.)
+        square = torch.maximum(square, dynamics.curvature_floor.to(square))
     return {**_constants(square, noise, dynamics, lr, cap), "cv": cv}
 
 
@@ -368,6 +377,8 @@ def sample(model: BayesianModel, data: FitData, *, method: str, plan: Plan, dyna
            config: Dict[str, Any], lr: float = 1.0) -> SamplesPosterior:
     """Run ``num_chains`` independent chains of ``plan`` and collect them in a [`SamplesPosterior`][pyro_bdl.SamplesPosterior]."""
     objective = Objective(model, _example_inputs(data))
+    if dynamics.preconditioner is not None:
+        dynamics = replace(dynamics, curvature_floor=objective.prior_curvature())
     if dynamics.preconditioner is not None and dynamics.gradient != "plain":
         _full_data(data)  # once, before any chain (and before a checkpoint's RNG is restored)
     seeds = chain_seeds(seed, num_chains)
