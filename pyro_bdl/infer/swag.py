@@ -26,7 +26,10 @@ like 1/√T for a given run length.
   minibatch gradient noise (Mandt et al. 2017; `GradientNoise`), checked on a burn-in
   (`_start_auto`), on minibatches drawn *with replacement*, a snapshot every
   max(N/(2B), 1/(1−β)) steps. On linear regression the SWAG covariance is then within 2× of the
-  exact (tempered) posterior; with a fixed rate and reshuffled epochs it is 0.1–0.3×.
+  exact (tempered) posterior; with a fixed rate and reshuffled epochs it is 0.1–0.3×. With data
+  augmentation the noise is measured on paired augmentations of the same batches, and the burn-in
+  check counts only coordinates the data's sampling noise sets, not the augmentation's
+  (`GradientNoise`).
 * a number: constant ``swa_lr`` on reshuffled epochs, a snapshot after every epoch (the paper).
 
 ``method="multiswag"`` (Wilson & Izmailov 2020) runs M independent SWAG fits from fresh
