@@ -135,7 +135,7 @@ def augmented_table(seeds=(0, 1), num_models: int = 3, epochs: int = 40, train_s
                                           likelihood=bdl.likelihoods.Categorical())
                 start = time.perf_counter()
                 post = bdl.fit(model, ds.x_train, ds.y_train, method=method, batch_size=50,
-                               **{"num_chains" if method == "ensemble" else "num_models": num_models},
+                               num_chains=num_models,
                                epochs=epochs, seed=seed, progress=False,
                                augment=ds.shift_augmentation(1) if augment else None)
                 seconds = time.perf_counter() - start
