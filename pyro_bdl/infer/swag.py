@@ -26,7 +26,10 @@ like 1/√T for a given run length.
   minibatch gradient noise (Mandt et al. 2017; `GradientNoise`), checked on a burn-in
   (`_start_auto`), on minibatches drawn *with replacement*, a snapshot every
   max(N/(2B), 1/(1−β)) steps. On linear regression the SWAG covariance is then within 2× of the
-  exact (tempered) posterior; with a fixed rate and reshuffled epochs it is 0.1–0.3×.
+  exact (tempered) posterior; with a fixed rate and reshuffled epochs it is 0.1–0.3×. With data
+  augmentation the noise is measured on paired augmentations of the same batches, and the burn-in
+  check counts only coordinates the data's sampling noise sets, not the augmentation's
+  (`GradientNoise`).
 * a number: constant ``swa_lr`` on reshuffled epochs, a snapshot after every epoch (the paper).
 
 ``method="multiswag"`` (Wilson & Izmailov 2020) runs M independent SWAG fits from fresh
@@ -59,6 +62,7 @@ from .._util.random import spawn_seeds
 from ..guides.swag import SWAG
 from ..model import batchnorm
 from ..model.bayesian_model import BayesianModel
+from ..model.inputs import take_rows
 from ..posterior.mixture import MixturePosterior
 from ..posterior.swag import SWAGPosterior
 from ..model.tempering import likelihood_scale
@@ -122,11 +126,30 @@ class GradientNoise:
     exploration-phase rate; SGD cannot spread a coordinate without noise anyway). On linear
     regression the cap never binds; on digits MLPs it binds for most weights, so there the
     collection phase is constant-rate SGD at 10·lr on i.i.d. batches (measured in the issue-13 note).
+
+    **Augmentation.** With random augmentation a minibatch gradient g(b, a) depends on the batch b
+    and on the augmentation draw a, and its second moment splits as
+
+        E[g²] = E_b[ḡ_b²] + E_b[Var_a(g | b)],   ḡ_b = E_a[g | b],
+
+    the data-sampling part (what the data's Fisher sets) and the augmentation part. Two independent
+    augmentations a₁, a₂ of the same batch are conditionally independent, so their cross moment
+    E[g(b, a₁) g(b, a₂)] = E_b[ḡ_b²] estimates the sampling part alone (`update_pair`; the
+    augmentation part is E[g²] minus it, and E[(g₁ − g₂)²]/2 is the same thing). The *rates* stay
+    Mandt's from the total E[g²]: the OU argument only needs the noise SGD actually feels, whatever
+    its source, and then gives the augmented likelihood's posterior. The *sampling part* decides
+    which coordinates count as set by the data in `_start_auto`'s stability allowance
+    (`free_coordinates`): a coordinate whose noise is mostly augmentation noise looks noise-driven
+    though the data hardly constrain it (on digits with ±1-pixel shifts the sampling part is a
+    median 25% of the total, and counting by the total let 4× more coordinates into the allowance,
+    which then admitted a collection 0.3 nats per image above the mode).
     """
 
     def __init__(self, like: torch.Tensor):
         self.count, self.mean, self.m2 = 0, torch.zeros_like(like), torch.zeros_like(like)
         self.factor = 1.0  # halved by the stability trial of _start_auto while the rates are too large
+        # Σ g(b, a₁)·g(b, a₂) over paired augmentations of the same batches, and their number
+        self.cross, self.pairs = torch.zeros_like(like), 0
 
     def update(self, grad: torch.Tensor) -> None:
         self.count += 1
@@ -134,30 +157,68 @@ class GradientNoise:
         self.mean += delta / self.count
         self.m2 += delta * (grad - self.mean)
 
-    def rates(self, dataset_size: int, batch_size: int, momentum: float, cap: float) -> torch.Tensor:
-        """ε_k (class docs) times the stability factor, capped at ``cap``."""
-        # The uncentred second moment E[g²] = V + (mean gradient)²: V at the mode, and smaller (safer)
-        # rates where the iterate is still drifting (a steady gradient with little noise is not flat).
-        var = self.m2 / max(1, self.count - 1) + self.mean ** 2
+    def update_pair(self, grad: torch.Tensor, other: torch.Tensor) -> None:
+        """Record the gradients of one batch under two independent augmentations (class docs); ``grad``
+        also enters the total moments."""
+        self.update(grad)
+        self.cross += grad * other
+        self.pairs += 1
+
+    def second_moment(self) -> torch.Tensor:
+        """The uncentred E[g²] = V + (mean gradient)²: V at the mode, and smaller (safer) rates where
+        the iterate is still drifting (a steady gradient with little noise is not flat)."""
+        return self.m2 / max(1, self.count - 1) + self.mean ** 2
+
+    def sampling_moment(self) -> torch.Tensor:
+        """The data-sampling part E_b[ḡ_b²] of `second_moment` (class docs): the paired cross moment
+        (clamped at 0 where its noise makes it negative), or the total without paired measurements."""
+        if self.pairs == 0:
+            return self.second_moment()
+        return (self.cross / self.pairs).clamp(min=0.0)
+
+    def _unscaled(self, moment: torch.Tensor, dataset_size: int, batch_size: int, momentum: float) -> torch.Tensor:
         # Discrete-time correction: heavy ball on a quadratic with curvature a has stationary variance
         # εV(1+β) / (a(1−β)(2(1+β) − εa)), not εV/(2a(1−β)); with the gradient noise as curvature
         # (Fisher ≈ Hessian: a ≈ B·V), εa = 2(1−β)B/N, so the rates shrink by 1/(1 + (1−β)B/((1+β)N)).
         shrink = 1.0 / (1.0 + (1 - momentum) * batch_size / ((1 + momentum) * dataset_size))
-        rates = self.factor * shrink * 2 * (1 - momentum) / (dataset_size * var)
+        return shrink * 2 * (1 - momentum) / (dataset_size * moment)
+
+    def rates(self, dataset_size: int, batch_size: int, momentum: float, cap: float) -> torch.Tensor:
+        """ε_k (class docs, from the total `second_moment`) times the stability factor, capped at ``cap``."""
+        rates = self.factor * self._unscaled(self.second_moment(), dataset_size, batch_size, momentum)
         return torch.nan_to_num(rates, nan=cap, posinf=cap).clamp(max=self.factor * cap)
 
+    def free_coordinates(self, dataset_size: int, batch_size: int, momentum: float, cap: float) -> int:
+        """How many coordinates the data's sampling noise alone would give a rate under ``cap``: those
+        SGD spreads to the posterior's width because the data constrain them (class docs)."""
+        rates = self._unscaled(self.sampling_moment(), dataset_size, batch_size, momentum)
+        return int((torch.nan_to_num(rates, nan=math.inf) < cap).sum())
+
     def state_dict(self) -> Dict[str, Any]:
-        return {"count": self.count, "mean": self.mean, "m2": self.m2, "factor": self.factor}
+        return {"count": self.count, "mean": self.mean, "m2": self.m2, "factor": self.factor,
+                "cross": self.cross, "pairs": self.pairs}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.count, self.mean, self.m2 = state["count"], state["mean"].clone(), state["m2"].clone()
         self.factor = state["factor"]
+        self.cross = state.get("cross", torch.zeros_like(self.mean)).clone()  # checkpoints before paired measurement
+        self.pairs = state.get("pairs", 0)
 
 
 #: swa_lr="auto" rates are at most AUTO_CAP·lr (see GradientNoise)
 AUTO_CAP = 10.0
 #: i.i.d. minibatch gradients measured at the end of the pre-collection phase before auto rates are first used
 MIN_NOISE_BATCHES = 32
+
+
+def _paired_batches(data: FitData, num_batches: int, generator: torch.Generator):
+    """Like `FitData.random_batches`, but each batch under two independent augmentations: (x₁, x₂, y)."""
+    x, y = data._host_full()
+    for _ in range(num_batches):
+        idx = torch.randint(data.dataset_size, (data.random_batch_size,), generator=generator).to(y.device)
+        xb, yb = take_rows(x, idx), y[idx]
+        (x1, y1), (x2, _) = (data.to_device((data.augment(xb, generator), yb)) for _ in range(2))
+        yield x1, x2, y1
 
 
 def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, momentum: float, gradient,
@@ -170,13 +231,25 @@ def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, 
     (nets that fit their data, directions only the prior holds) the rates can be far too large;
     a burn-in whose mean loss exceeds θ₀'s by more than 4× that (plus 3 standard errors), or that
     diverges, is restarted from θ₀ at half the rates.
+
+    With augmentation each measured batch is evaluated under two independent augmentations, so that
+    the noise splits into its data-sampling and augmentation parts (`GradientNoise`); only
+    coordinates the sampling noise would free count in the allowance.
     """
     N = data.dataset_size
     noise = GradientNoise(theta.detach())
     ref = []
-    for xb, yb in data.random_batches(max(MIN_NOISE_BATCHES, data.num_batches), generator):
-        ref.append(t * float(gradient(xb, yb).detach()))
-        noise.update(theta.grad)
+    num = max(MIN_NOISE_BATCHES, data.num_batches)
+    if data.augment is None:
+        for xb, yb in data.random_batches(num, generator):
+            ref.append(t * float(gradient(xb, yb).detach()))
+            noise.update(theta.grad)
+    else:
+        for xa, xb, yb in _paired_batches(data, num, generator):
+            ref.append(t * float(gradient(xa, yb).detach()))
+            first = theta.grad.detach().clone()
+            gradient(xb, yb)
+            noise.update_pair(first, theta.grad)
     ref_t = torch.tensor(ref, dtype=torch.float64)
     theta0 = theta.detach().clone()
     burn = max(data.num_batches, 2 * every)
@@ -187,7 +260,7 @@ def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, 
         # Only coordinates with gradient noise spread under SGD (those at the cap have too little to
         # set their rate), so only they count in the equipartition excess; counting all P allowed
         # ≈ 10 nats per data point on a digits MLP (P ≈ 5N) and let the iterate wander off the mode.
-        free = int((noise.rates(N, data.random_batch_size, momentum, math.inf) < noise.factor * cap).sum())
+        free = noise.free_coordinates(N, data.random_batch_size, momentum, cap)
         allowed = 2 * max(free, 1) / N + 3 * se
         total, count, stable = 0.0, 0, True
         for xb, yb in data.random_batches(burn, generator):
