@@ -37,7 +37,7 @@ matplotlib.use("Agg")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: keyword -> value at test size (applied as ``\bkey=<number>`` -> ``key=value``)
-SMALL = {"num_samples": 4, "warmup": 4, "warmup_steps": 4, "num_chains": 1, "num_steps": 5, "epochs": 3,
+SMALL = {"num_samples": 4, "warmup": 1, "warmup_steps": 4, "num_chains": 1, "num_steps": 5, "epochs": 3,
          "swa_start": 1, "num_models": 2, "steps": 5, "train_size": 200, "rank": 2}
 
 _BLOCK = re.compile(r"((?:<!--.*?-->\s*)*)```python\n(.*?)```", re.S)
