@@ -87,8 +87,12 @@ def curvature_scales(model: BayesianModel, data: FitData, values: Dict[str, torc
     """
     with torch.no_grad(), poutine.block():
         prototype = poutine.trace(model).get_trace(*next(data.random_batches(1, generator)), data.dataset_size)
+    observed = [name for name, site in prototype.nodes.items() if site["type"] == "sample" and site["is_observed"]]
+    if len(observed) != 1:  # a user's Pyro model with several observed sites: no Fisher estimate (fallback sds)
+        return {}
+    obs = observed[0]  # OBS_SITE for a BayesianModel; a user's lift-based model names its own
     real = [name for name, site in latent_sites(prototype).items()
-            if name != OBS_SITE and name in values and _is_real(site["fn"].support)]
+            if name != obs and name in values and _is_real(site["fn"].support)]
     if not real:
         return {}
     precision = {}
@@ -102,9 +106,12 @@ def curvature_scales(model: BayesianModel, data: FitData, values: Dict[str, torc
     N = data.dataset_size
     for xb, _ in data.random_batches(num_batches, generator):
         with torch.no_grad(), poutine.block():
-            y_model = poutine.trace(poutine.condition(model, data=values)).get_trace(xb, None, N).nodes[OBS_SITE]["value"]
+            drawn = poutine.trace(poutine.condition(model, data=values)).get_trace(xb, None, N).nodes
+        if obs not in drawn:  # a model that does not sample its likelihood without targets: no Fisher estimate
+            return {}
+        y_model = drawn[obs]["value"]
         trace = poutine.trace(poutine.condition(model, data={**values, **leaves})).get_trace(xb, y_model, N)
-        site = trace.nodes[OBS_SITE]
+        site = trace.nodes[obs]
         log_lik = (site["fn"].log_prob(site["value"]) * site["scale"]).sum()
         grads = torch.autograd.grad(log_lik, list(leaves.values()), allow_unused=True)
         for name, g in zip(leaves, grads):
