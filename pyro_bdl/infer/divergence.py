@@ -41,6 +41,7 @@ from pyro import poutine
 
 from ..model.bayesian_model import BayesianModel
 from ..model.lifting import latent_sites
+from ..model.sites import OBS_SITE
 
 #: how many times its initial excess over the floor a loss may grow before the run is stopped
 GROWTH = 100.0
@@ -154,3 +155,17 @@ def loss_floor(model: BayesianModel, x: torch.Tensor, y: torch.Tensor, dataset_s
         else:
             floor -= _log_integral_of_power(fn, scale)
     return floor if math.isfinite(floor) else -math.inf
+
+
+def nonfinite_start_message(trace, value: float) -> str:
+    """Why the loss ``value`` is not finite at step 0, from a model ``trace`` at the starting point (its log probs
+    computed): the sites whose log density is not finite there, and where to look. Shared by every method whose
+    first loss is already non-finite (``svi``'s guide draw, ``map``'s start)."""
+    bad = [name for name, site in trace.nodes.items()
+           if site["type"] == "sample" and not torch.isfinite(site["log_prob_sum"])]
+    where = (f"the log density of site(s) {bad} is not finite there" if bad else "the log joint is not finite there")
+    hint = ("; a prior scale far below the weights' size overflows float32 (log N(w | 0, s) ≈ -w²/2s²): "
+            "check the prior's scale" if bad and all(b != OBS_SITE for b in bad) else
+            "; check the likelihood (noise scale, labels) and the data")
+    return (f"the loss is {value} at the starting point (step 0, before any update), so the learning rate is not "
+            f"the cause: {where}{hint}.")

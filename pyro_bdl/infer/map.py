@@ -30,12 +30,11 @@ from .._util import checkpoint as ckpt
 from ..model.bayesian_model import BayesianModel
 from ..model.inputs import take_rows
 from ..model.potential import Objective
-from ..model.sites import OBS_SITE
 from ..model.tempering import likelihood_scale
 from ..posterior.samples import SamplesPosterior
 from . import driver
 from .data import FitData
-from .divergence import DivergenceCheck, loss_floor
+from .divergence import DivergenceCheck, loss_floor, nonfinite_start_message
 from .options import run_length
 from .registry import register
 
@@ -126,14 +125,7 @@ class MAPRule:
             sites = self.objective.to_constrained(theta[k].detach())
             trace = poutine.trace(poutine.condition(model, data=sites)).get_trace(x, y, self.N)
             trace.compute_log_prob()
-        bad = [name for name, site in trace.nodes.items()
-               if site["type"] == "sample" and not torch.isfinite(site["log_prob_sum"])]
-        where = (f"the log density of site(s) {bad} is not finite there" if bad else "the log joint is not finite there")
-        hint = ("; a prior scale far below the weights' size overflows float32 (log N(w | 0, s) ≈ -w²/2s²): "
-                "check the prior's scale" if bad and all(b != OBS_SITE for b in bad) else
-                "; check the likelihood (noise scale, labels) and the data")
-        return (f"the loss is {values[k]} at the starting point (step 0, before any update), so the learning rate is "
-                f"not the cause: {where}{hint}.")
+        return nonfinite_start_message(trace, values[k])
 
 
 def example_batch(data: FitData):

@@ -25,21 +25,20 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
-from pyro.infer.autoguide import (AutoDelta, AutoLowRankMultivariateNormal, AutoMultivariateNormal, AutoNormal,
+from pyro.infer.autoguide import (AutoLowRankMultivariateNormal, AutoMultivariateNormal, AutoNormal,
                                   init_to_value)
 from pyro.infer.autoguide.utils import deep_setattr
 from pyro.nn import PyroParam
 from torch.distributions import constraints
 
-from ..model.sites import OBS_SITE
 from ..model.bayesian_model import BayesianModel
 from ..model.lifting import latent_sites
 from ..model.tempering import likelihood_scale
-from ..posterior.samples import GuidePosterior, SamplesPosterior
+from ..posterior.samples import GuidePosterior
 from .._util import progress as progress_bars
 from .._util.checks import is_invalid_parameter_error
 from .data import FitData
-from .divergence import DivergenceCheck, DivergenceError, loss_floor
+from .divergence import DivergenceCheck, DivergenceError, loss_floor, nonfinite_start_message
 from .registry import register
 
 GUIDES = {"normal": AutoNormal, "lowrank": AutoLowRankMultivariateNormal, "fullrank": AutoMultivariateNormal}
@@ -304,14 +303,7 @@ def _nonfinite_start(model: BayesianModel, guide, x: torch.Tensor, y: torch.Tens
         guide_trace = poutine.trace(guide).get_trace(x, y, N)
         trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y, N)
         trace.compute_log_prob()
-    bad = [name for name, site in trace.nodes.items()
-           if site["type"] == "sample" and not torch.isfinite(site["log_prob_sum"])]
-    where = (f"the log density of site(s) {bad} is not finite there" if bad else "the log joint is not finite there")
-    hint = ("; a prior scale far below the weights' size overflows float32 (log N(w | 0, s) ≈ -w²/2s²): "
-            "check the prior's scale" if bad and all(b != OBS_SITE for b in bad) else
-            "; check the likelihood (noise scale, labels) and the data")
-    return (f"the loss is {value} at the starting point (step 0, before any update), so the learning rate is not "
-            f"the cause: {where}{hint}.")
+    return nonfinite_start_message(trace, value)
 
 
 @register("svi")
