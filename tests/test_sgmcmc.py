@@ -325,3 +325,86 @@ def test_adaptive_defaults_do_not_blow_up_on_a_relu_classifier(method):
         kinetic = float(post.info["kinetic_temperature"][0, 0])
         assert 0.7 < kinetic < 1.4, kinetic
     assert all(torch.isfinite(d).all() for d in post.flat_samples().values())
+
+
+# -- the loop: in-place steps, blocked host reads, the driver's info schema ----------------------------------------
+def test_in_place_step_and_moments_equal_the_formulas():
+    """`kernels.step_` (what the loop runs, in place) and `update_moments_` are the update rules of the module docs,
+    with per-coordinate G, α and B̂ (the adaptive sampling stage) and with numbers (the plain kernel)."""
+    from pyro_bdl.infer.sgmcmc import kernels as K
+    g = torch.Generator().manual_seed(0)
+    theta, v, grad, xi = (torch.randn(5, generator=g, dtype=torch.float64) for _ in range(4))
+    G, a, Bn, T = torch.rand(5, dtype=torch.float64) * 0.1, torch.rand(5, dtype=torch.float64), \
+        torch.rand(5, dtype=torch.float64) * 0.1, 0.7
+    for step, friction, noise in [(G, a, Bn), (0.05, 0.2, None)]:
+        th, mo = theta.clone(), v.clone()
+        K.step_(th, mo, grad, K.coefficients("sghmc", step, T, friction, noise), xi)
+        var = 2 * friction * step * T - (0 if noise is None else step ** 2 * noise)
+        v_expected = (1 - friction) * v - step * grad + torch.as_tensor(var).clamp(min=0).sqrt() * xi
+        assert torch.allclose(mo, v_expected) and torch.allclose(th, theta + v_expected)
+        th = theta.clone()
+        K.step_(th, th, grad, K.coefficients("sgld", step, T, grad_noise=noise), xi)
+        var = 2 * step * T - (0 if noise is None else step ** 2 * noise)
+        assert torch.allclose(th, theta - step * grad + torch.as_tensor(var).clamp(min=0).sqrt() * xi)
+    grads = [torch.randn(5, generator=g, dtype=torch.float64) for _ in range(4)]
+    m = K.init_moments(theta)
+    for i, gi in enumerate(grads):
+        m = K.update_moments_(m, gi, gi.abs(), decay=0.9, means=i > 0)
+    stacked = torch.stack(grads[1:])
+    assert m.count == 3 and m.noise_count == 3
+    assert torch.allclose(m.square, (stacked ** 2).mean(0)) and torch.allclose(m.mean, stacked.mean(0))
+    assert torch.allclose(m.noise, stacked.abs().mean(0))
+    w = [0.1 * 0.9 ** (3 - i) for i in range(4)]
+    assert torch.allclose(m.ema, sum(wi * gi ** 2 for wi, gi in zip(w, grads)))
+    assert math.isclose(m.ema_weight, sum(w))
+
+
+def test_recorded_temperature_sums_are_the_diagnostics_statistics():
+    """The loop's on-device sums, divided by d, are `diagnostics.sampler`'s T̂_conf and T̂_kin."""
+    from pyro_bdl.evaluate.diagnostics import sampler as temps
+    from pyro_bdl.infer.sgmcmc import kernels as K
+    from pyro_bdl.infer.sgmcmc.run import _kinetic_weight, _Record
+    g = torch.Generator().manual_seed(1)
+    theta, anchor, grad, v = (torch.randn(7, generator=g) for _ in range(4))
+    G, a = torch.rand(7, generator=g) * 0.1, torch.rand(7, generator=g)
+    record = _Record(theta, 3)
+    record.configurational(0, theta, anchor, grad)
+    record.kinetic(1, v, _kinetic_weight(K.coefficients("sghmc", G, 1.0, a), a))
+    record.kinetic(2, v, _kinetic_weight(K.coefficients("sghmc", 0.01, 1.0, 0.1), 0.1))
+    values = record.read(0, 3)
+    assert math.isclose(values[2][0] / 7, temps.configurational_temperature(theta - anchor, grad), rel_tol=1e-5)
+    assert math.isclose(values[3][1] / 7, temps.kinetic_temperature(v, G, a), rel_tol=1e-5)
+    assert math.isclose(values[3][2] / 7, temps.kinetic_temperature(v, 0.01, 0.1), rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("check_every", [1, 50])
+def test_nonfinite_gradient_is_named_at_its_step(monkeypatch, check_every):
+    """The loop reads its per-step checks to the host in blocks (`run.CHECK_EVERY`): a gradient that turns
+    non-finite at step 7 while the loss is still finite is reported as step 7 either way."""
+    import pyro_bdl.infer.sgmcmc.run as sg
+    from pyro_bdl.model.potential import Objective
+    monkeypatch.setattr(sg, "CHECK_EVERY", check_every)
+    real, calls = Objective.grad, {"n": 0}
+
+    def grad(self, *args, **kwargs):
+        u, g = real(self, *args, **kwargs)
+        calls["n"] += 1
+        return u, (g * math.nan if calls["n"] == 7 else g)
+
+    monkeypatch.setattr(Objective, "grad", grad)
+    x, y = blr_data()
+    with pytest.raises(FloatingPointError, match="gradient of the potential became non-finite at step 7 "):
+        bdl.fit(blr_model(), x, y, method="sgld", preconditioner=None, lr=1e-4, epochs=40, batch_size=B,
+                progress=False)
+
+
+def test_info_has_the_driver_schema():
+    """``info``: the one driver's ``loss`` (chains, steps), ``options`` and ``wall_time``, and the old keys."""
+    x, y = blr_data()
+    post = bdl.fit(blr_model(), x, y, method="sghmc", preconditioner=None, lr=1e-4, epochs=6, warmup=2, batch_size=B,
+                   num_chains=2, progress=False)
+    info = post.info
+    assert info["loss"].shape == (2, 6 * N // B) and torch.isfinite(info["loss"]).all()
+    assert info["options"]["lr"] == 1e-4 and info["options"]["epochs"] == 6 and info["options"]["momentum_decay"] == 0.05
+    assert isinstance(info["wall_time"], float) and info["wall_time"] > 0
+    assert info["lr"] == 1e-4 and info["burnin"] == 2  # the old top-level keys stay

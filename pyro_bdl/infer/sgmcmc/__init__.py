@@ -60,8 +60,14 @@ the control variate when it shortens the relaxation time max_i (S_i + B_i)/S_i (
 signal E[ĝ_i²] − B_i) by more than its 2× cost (`.kernels.prefer_control_variate`), per chain,
 recorded in ``info["control_variate"]``; ``"cv"`` / ``"plain"`` force the choice. Not with data
 augmentation (the anchor's full gradient would not be the augmented minibatches' mean) or the
-plain kernel; without minibatches both estimates are the full gradient. The loop also runs the
-shared divergence check (`pyro_bdl.infer.divergence`) on the loss it already reads.
+plain kernel; without minibatches both estimates are the full gradient.
+
+**The loop** (`.run.run_chain`) updates θ and v in place (fused multiply-adds, `.kernels.step_`; the
+constants of a frozen sampling stage computed once) and keeps each step's loss, a gradient check
+(Σĝ, finite iff ĝ is) and the temperature sums on θ's device; they are read to the host every 50
+steps (`.run.CHECK_EVERY`), before a checkpoint and at the end — one synchronisation per block, as
+the one driver (`pyro_bdl.infer.driver`) does — and run through the shared divergence check
+(`pyro_bdl.infer.divergence`) step by step, so an error still names the exact step.
 
 **Plain kernels** (``preconditioner=None``): G = ``lr`` (ε on the full-data potential;
 ``per_datapoint=True``: ε = lr/N) and α = ``momentum_decay`` fixed, as in the papers; use
@@ -80,7 +86,9 @@ temperature) of Wenzel et al. (2020) at every sampling step — per draw in ``sa
 [`pyro_bdl.diagnostics.summary`][pyro_bdl.evaluate.diagnostics.summary] — and warns with a
 [`SamplerWarning`][pyro_bdl.evaluate.diagnostics.SamplerWarning] when they disagree with T
 (`pyro_bdl.evaluate.diagnostics.sampler` defines both statistics). ``info`` also holds
-the per-step ``step_size`` schedule ``(K,)`` (units of the stage's lr), ``loss`` ``(chains, K)``,
+the driver's schema (``loss`` ``(chains, K)``, each chain's loss per step; ``options``, the method's
+options as plain data; ``wall_time``, seconds of sampling summed over resumes; and the options as top-level
+keys, as before), the per-step ``step_size`` schedule ``(K,)`` (units of the stage's lr),
 ``draw_steps`` (1-based), ``stage`` (0 explore, 1 warm-up, 2 sample), ``sampling_stage`` (noisy
 steps) and, for adaptive kernels, the fixed ``preconditioner_step`` G, ``friction`` α and
 ``gradient_noise`` B̂ per chain ``(chains, d)``.

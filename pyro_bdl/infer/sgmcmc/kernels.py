@@ -3,7 +3,9 @@ r"""Pure SG-MCMC step rules: ``init(theta) -> state`` and ``update(state, grad, 
 Nothing here draws random numbers, reads data or keeps history: the driver
 (`.run`) passes the minibatch gradient, the standard normal noise ξ and the step
 constants, so every rule can be tested on its own and reused by another driver (in the style
-of the ``posteriors`` package and of NumPyro's kernels).
+of the ``posteriors`` package and of NumPyro's kernels). Nothing changes its inputs except the
+functions whose names end in ``_`` (`step_`, `update_moments_`), the in-place forms a driver
+outside autograd uses to avoid θ-sized temporaries.
 
 Conventions. θ ∈ ℝ^P is the flat unconstrained parameter, and the samplers simulate the
 rescaled potential V(θ) = T·U_T(θ), where U_T is the tempered potential of
@@ -47,36 +49,87 @@ def _noise_scale(variance: Step) -> Step:
     return math.sqrt(max(variance, 0.0))
 
 
+class Coefficients(NamedTuple):
+    """The constants of one step, v ← decay·v − G ĝ + scale·ξ (SGLD: θ ← θ − G ĝ + scale·ξ).
+
+    ``step`` G, ``decay`` 1 − α (SGHMC; ``None`` for SGLD) and ``scale`` √(2αGT − G²B̂) (``None``:
+    the noise-free step), each a float or a ``(P,)`` tensor. They depend on the stage's step size,
+    friction and noise estimate only, so a driver computes them once per stage (`coefficients`)
+    and reuses them at every step of a stage whose constants are frozen."""
+
+    step: Step
+    decay: Optional[Step]
+    scale: Optional[Step]
+
+
+def coefficients(kernel: str, step_size: Step, temperature: float, friction: Step = 1.0,
+                 grad_noise: Optional[torch.Tensor] = None, noisy: bool = True) -> Coefficients:
+    """The `Coefficients` of ``kernel`` (``"sgld"`` or ``"sghmc"``); ``noisy=False``: no noise term."""
+    if kernel == "sgld":
+        variance = 2.0 * step_size * temperature
+        decay = None
+    else:
+        variance = 2.0 * friction * step_size * temperature
+        decay = 1.0 - friction
+    if not noisy:
+        return Coefficients(step_size, decay, None)
+    if grad_noise is not None:
+        variance = variance - step_size * step_size * grad_noise
+    return Coefficients(step_size, decay, _noise_scale(variance))
+
+
+def _axpy_(out: torch.Tensor, a: Step, x: torch.Tensor) -> torch.Tensor:
+    """out += a·x in place (a a float or a tensor): one pass, no temporary."""
+    return out.addcmul_(a, x) if isinstance(a, torch.Tensor) else out.add_(x, alpha=a)
+
+
+def _axmy_(out: torch.Tensor, a: Step, x: torch.Tensor) -> torch.Tensor:
+    """out −= a·x in place."""
+    return out.addcmul_(a, x, value=-1.0) if isinstance(a, torch.Tensor) else out.add_(x, alpha=-a)
+
+
+def step_(theta: torch.Tensor, momentum: torch.Tensor, grad: torch.Tensor, c: Coefficients,
+          noise: Optional[torch.Tensor]) -> None:
+    """One step with `Coefficients` ``c``, **in place** on ``theta`` (and ``momentum`` for SGHMC,
+    ``c.decay`` not ``None``): the one implementation of both update rules (module docs). Each term is a
+    fused multiply-add into the state (no temporaries; what a driver outside autograd wants)."""
+    if c.decay is None:  # SGLD: θ ← θ − G ĝ + scale·ξ
+        _axmy_(theta, c.step, grad)
+        if noise is not None and c.scale is not None:
+            _axpy_(theta, c.scale, noise)
+        return
+    if isinstance(c.decay, torch.Tensor) or c.decay != 1.0:
+        momentum.mul_(c.decay)
+    _axmy_(momentum, c.step, grad)
+    if noise is not None and c.scale is not None:
+        _axpy_(momentum, c.scale, noise)
+    theta.add_(momentum)
+
+
 def sgld_step(theta: torch.Tensor, grad: torch.Tensor, step_size: Step, temperature: float,
               noise: Optional[torch.Tensor], grad_noise: Optional[torch.Tensor] = None) -> torch.Tensor:
     """One SGLD step, θ − G ĝ + √(2GT − G²B̂) ξ (``grad`` = ĝ ≈ ∇V, ``noise`` = ξ ~ N(0, I)).
 
     ``noise=None`` is the noise-free step (SGD; cSG-MCMC's exploration stage); ``grad_noise=None``
-    means B̂ = 0 (Welling & Teh's rule).
+    means B̂ = 0 (Welling & Teh's rule). Returns a new tensor (``theta`` is not changed).
     """
-    out = theta - step_size * grad
-    if noise is not None:
-        variance = 2.0 * step_size * temperature
-        if grad_noise is not None:
-            variance = variance - step_size * step_size * grad_noise
-        out = out + _noise_scale(variance) * noise
+    out = theta.clone()
+    step_(out, out, grad, coefficients("sgld", step_size, temperature, grad_noise=grad_noise,
+                                       noisy=noise is not None), noise)
     return out
 
 
 def sghmc_step(theta: torch.Tensor, momentum: torch.Tensor, grad: torch.Tensor, step_size: Step,
                momentum_decay: Step, temperature: float, noise: Optional[torch.Tensor],
                grad_noise: Optional[torch.Tensor] = None):
-    """One SGHMC step: v ← (1 − α) v − G ĝ + √(2αGT − G²B̂) ξ, then θ ← θ + v. Returns ``(θ, v)``.
+    """One SGHMC step: v ← (1 − α) v − G ĝ + √(2αGT − G²B̂) ξ, then θ ← θ + v. Returns new ``(θ, v)``.
 
     ``noise=None`` gives SGD with momentum 1 − α (cSG-MCMC's exploration stage).
     """
-    v = (1.0 - momentum_decay) * momentum - step_size * grad
-    if noise is not None:
-        variance = 2.0 * momentum_decay * step_size * temperature
-        if grad_noise is not None:
-            variance = variance - step_size * step_size * grad_noise
-        v = v + _noise_scale(variance) * noise
-    return theta + v, v
+    out, v = theta.clone(), momentum.clone()
+    step_(out, v, grad, coefficients("sghmc", step_size, temperature, momentum_decay, grad_noise,
+                                     noisy=noise is not None), noise)
+    return out, v
 
 
 # -- kernels as (init, update) pairs ---------------------------------------------------------------
@@ -98,7 +151,8 @@ def init(theta: torch.Tensor) -> KernelState:
 def update(state: KernelState, grad: torch.Tensor, *, kernel: str, step_size: Step, temperature: float,
            noise: Optional[torch.Tensor], friction: Step = 1.0,
            grad_noise: Optional[torch.Tensor] = None) -> KernelState:
-    """One step of ``kernel`` (``"sgld"`` or ``"sghmc"``) from ``state`` with gradient ĝ = ``grad``."""
+    """One step of ``kernel`` (``"sgld"`` or ``"sghmc"``) from ``state`` with gradient ĝ = ``grad``
+    (a new state; `step_` is the in-place form)."""
     if kernel == "sgld":
         return KernelState(sgld_step(state.theta, grad, step_size, temperature, noise, grad_noise), state.momentum)
     theta, v = sghmc_step(state.theta, state.momentum, grad, step_size, friction, temperature, noise, grad_noise)
@@ -152,21 +206,31 @@ def reset_ema(m: GradientMoments) -> GradientMoments:
 def update_moments(m: GradientMoments, grad: torch.Tensor, grad_noise: Optional[torch.Tensor],
                    decay: float = EMA_DECAY, means: bool = True) -> GradientMoments:
     """Add one gradient (and its noise estimate, if any) to the running means (unless ``means=False``) and
-    the EMA (``decay``)."""
+    the EMA (``decay``): new moments (`update_moments_` is the in-place form)."""
+    copy = GradientMoments(*(v.clone() if isinstance(v, torch.Tensor) else v for v in m))
+    return update_moments_(copy, grad, grad_noise, decay, means)
+
+
+def update_moments_(m: GradientMoments, grad: torch.Tensor, grad_noise: Optional[torch.Tensor],
+                    decay: float = EMA_DECAY, means: bool = True) -> GradientMoments:
+    """`update_moments` **in place** on ``m``'s tensors (returned with the new counts and weight):
+
+        ema ← d·ema + (1 − d)·ĝ²,  ema_mean ← d·ema_mean + (1 − d)·ĝ,
+        and with ``means``: x̄ ← (1 − 1/n)·x̄ + x/n for ĝ² (square), ĝ (mean) and B̂ (noise).
+    """
+    m.ema.mul_(decay).addcmul_(grad, grad, value=1 - decay)
+    m.ema_mean.mul_(decay).add_(grad, alpha=1 - decay)
+    weight = decay * m.ema_weight + (1 - decay)
     if not means:
-        ema = decay * m.ema + (1 - decay) * grad * grad
-        return m._replace(ema=ema, ema_weight=decay * m.ema_weight + (1 - decay),
-                          ema_mean=decay * m.ema_mean + (1 - decay) * grad)
+        return m._replace(ema_weight=weight)
     count = m.count + 1
-    square = m.square + (grad * grad - m.square) / count
-    noise, noise_count = m.noise, m.noise_count
+    m.square.mul_(1 - 1 / count).addcmul_(grad, grad, value=1 / count)
+    m.mean.mul_(1 - 1 / count).add_(grad, alpha=1 / count)
+    noise_count = m.noise_count
     if grad_noise is not None:
         noise_count += 1
-        noise = m.noise + (grad_noise - m.noise) / noise_count
-    ema = decay * m.ema + (1 - decay) * grad * grad
-    mean = m.mean + (grad - m.mean) / count
-    ema_mean = decay * m.ema_mean + (1 - decay) * grad
-    return GradientMoments(square, noise, count, noise_count, ema, decay * m.ema_weight + (1 - decay), mean, ema_mean)
+        m.noise.mul_(1 - 1 / noise_count).add_(grad_noise, alpha=1 / noise_count)
+    return m._replace(count=count, noise_count=noise_count, ema_weight=weight)
 
 
 def centred(m: GradientMoments) -> GradientMoments:

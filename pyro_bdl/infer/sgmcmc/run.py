@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Union
 
@@ -15,6 +16,7 @@ from ...evaluate.diagnostics import sampler as temps
 from ...model.bayesian_model import BayesianModel
 from ...posterior.samples import SamplesPosterior
 from ..data import FitData
+from ..driver import info as driver_info
 from ..divergence import DivergenceCheck, loss_floor
 from ...model.inputs import num_rows, take_rows
 from ...model.potential import Objective
@@ -112,22 +114,21 @@ def _gradient(objective: Objective, theta, xb, yb, N: int, split: bool, anchor: 
     gradient evaluation, at θ̂, on the same rows)."""
     m = num_rows(xb)
     parts = _parts(xb, yb, split)
-    sizes = [num_rows(x) for x, _ in parts]
     with pyro.validation_enabled(False):
         here = [objective.grad(theta, x, y, N) for x, y in parts]
         there = [objective.grad(anchor["theta"], x, y, N)[1] for x, y in parts] if anchor is not None else None
-    u = sum(n * r[0] for n, r in zip(sizes, here)) / m
     estimates = {"plain": [r[1] for r in here]}
     if anchor is not None:
         estimates["cv"] = [K.control_variate(r[1], a, anchor["grad"]) for r, a in zip(here, there)]
+    if len(parts) == 1:  # the whole minibatch: its estimate as it is (no weighted sum of one part)
+        return here[0][0], {name: (gs[0], torch.zeros_like(gs[0]) if m == N else None)
+                            for name, gs in estimates.items()}
+    sizes = [num_rows(x) for x, _ in parts]
+    u = sum(n * r[0] for n, r in zip(sizes, here)) / m
     out = {}
     for name, gs in estimates.items():
         g = sum(n * gk for n, gk in zip(sizes, gs)) / m
-        if len(gs) == 2:
-            noise = K.split_batch_noise(gs[0], gs[1], sizes[0], sizes[1], N)
-        else:
-            noise = torch.zeros_like(g) if m == N else None
-        out[name] = (g, noise)
+        out[name] = (g, K.split_batch_noise(gs[0], gs[1], sizes[0], sizes[1], N))
     return u, out
 
 
@@ -204,6 +205,64 @@ def _constants(square, noise, dynamics: Dynamics, lr: float, cap: Optional[torch
     return {"step": step, "friction": friction, "noise": noise}
 
 
+#: steps between reads of a chain's per-step losses and diagnostics to the host (`run_chain`): one
+#: synchronisation per block, not per step, as the one driver's ``check_every`` (`pyro_bdl.infer.driver`)
+CHECK_EVERY = 50
+
+
+class _Noise:
+    """ξ ~ N(0, I) of θ's shape from the chain's generator, drawn into one reused buffer (a fresh θ-sized
+    tensor per step costs more than the draw). The numbers are `pyro_bdl._util.random.randn_like`'s: drawn on the
+    generator's device, then copied to θ's."""
+
+    def __init__(self, like: torch.Tensor, generator: torch.Generator):
+        self.generator = generator
+        self.buffer = torch.empty(like.shape, dtype=like.dtype, device=generator.device)
+        self.out = self.buffer if like.device == generator.device else torch.empty_like(like)
+
+    def draw(self) -> torch.Tensor:
+        torch.randn(self.buffer.shape, generator=self.generator, dtype=self.buffer.dtype, out=self.buffer)
+        if self.out is not self.buffer:
+            self.out.copy_(self.buffer)
+        return self.out
+
+
+class _Record:
+    """A chain's per-step values kept on θ's device and read to the host in blocks (`flush`): U, Σĝ (finite
+    iff ĝ is, for the non-finite-gradient check), and at SAMPLE steps the sums behind the temperature
+    estimates of `pyro_bdl.evaluate.diagnostics.sampler` (divided by d at the read):
+
+        configurational:  (θ − θ₀)·ĝ      (θ the state the gradient was computed at),
+        kinetic (SGHMC):  Σ_i v_i² (1 − α_i/2) / G_i  (v after the step, G and α of the step).
+    """
+
+    def __init__(self, like: torch.Tensor, steps: int):
+        self.values = torch.full((4, steps), math.nan, dtype=like.dtype, device=like.device)
+        self.buffer = torch.empty_like(like)
+
+    def step(self, k: int, u: torch.Tensor, g: torch.Tensor) -> None:
+        self.values[0, k] = u
+        self.values[1, k] = g.sum()
+
+    def configurational(self, k: int, theta: torch.Tensor, anchor: torch.Tensor, grad: torch.Tensor) -> None:
+        self.values[2, k] = torch.dot(torch.sub(theta, anchor, out=self.buffer), grad)
+
+    def kinetic(self, k: int, momentum: torch.Tensor, weight) -> None:
+        """``weight`` = (1 − α/2)/G, a number or a ``(P,)`` tensor."""
+        if isinstance(weight, torch.Tensor):
+            self.values[3, k] = torch.dot(torch.mul(momentum, weight, out=self.buffer), momentum)
+        else:
+            self.values[3, k] = torch.dot(momentum, momentum) * weight
+
+    def read(self, start: int, stop: int) -> List[List[float]]:
+        return self.values[:, start:stop].tolist()  # the one host synchronisation of the block
+
+
+def _kinetic_weight(c: K.Coefficients, friction) -> Any:
+    """(1 − α/2)/G of the kinetic temperature, for the step's `Coefficients` and friction α."""
+    return (1 - friction / 2) / c.step
+
+
 def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamics, state: Dict[str, Any],
               save=None, checkpoint_every: int = 1, bar=None, lr: float = 1.0) -> Dict[str, Any]:
     """Advance one chain from ``state`` (as made by `_start_chain` or loaded) to the end of the plan.
@@ -212,9 +271,16 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
     WARMUP or SAMPLE), the temperature estimates at SAMPLE steps, and a copy of θ when the step
     is in ``plan.draw_steps``. After every ``checkpoint_every`` epochs (and the last)
     ``save(state)`` is called.
+
+    The update is in place on the chain's θ and v (`.kernels.step_`; no autograd here), the constants of a
+    frozen SAMPLE stage are computed once, and the per-step values (loss, gradient check, temperature
+    sums) stay on θ's device until they are read every `CHECK_EVERY` steps, before a checkpoint and at the end
+    (the first step at once), then checked step by step: a divergence or a non-finite gradient is reported
+    at its exact step, as before, but the chain may have run on to the end of the block.
     """
     N = data.dataset_size
     T = dynamics.temperature
+    S = plan.steps_per_epoch
     adaptive = dynamics.preconditioner is not None
     anchored = adaptive and dynamics.gradient != "plain"
     generator = torch.Generator()
@@ -227,11 +293,45 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
     schedule = plan.step_size.tolist()
     stages = plan.stage.tolist()
     resets = window_resets(plan.stage).tolist()
+    noise_source = _Noise(chain.theta, generator)
+    record = _Record(chain.theta, plan.epochs * S)
+    d = chain.theta.numel()
+    sghmc = dynamics.kernel == "sghmc"
     check = None  # the divergence check, built on the first minibatch (its floor needs a trace)
+    sampling = None  # (frozen, step size, Coefficients, kinetic weight) of the current SAMPLE stage
+    read = state["epoch"] * S  # steps whose record is in `state`
+
+    def flush(upto: int) -> None:
+        """Read the record of steps [read, upto) and check and store it step by step."""
+        nonlocal read
+        if upto <= read:
+            return
+        values = record.read(read, upto)
+        for i in range(read, upto):
+            j = i - read
+            value = values[0][j]
+            check.check(value, i + 1, lr=schedule[i])
+            if not math.isfinite(values[1][j]):
+                raise FloatingPointError(
+                    f"the gradient of the potential became non-finite at step {i + 1} (epoch {i // S + 1}); "
+                    f"lower lr (step size now {schedule[i]}) or check the data scale")
+            state["loss"].append(value)
+            if stages[i] == SAMPLE:
+                state["configurational"].append(values[2][j] / d)
+                if sghmc:
+                    state["kinetic"].append(values[3][j] / d)
+            if i + 1 in draw_set:
+                state["draw_step_size"].append(schedule[i])
+                state["draw_loss"].append(value)
+                state["draw_configurational"].append(state["configurational"][-1] if state["configurational"]
+                                                     else math.nan)
+                state["draw_kinetic"].append(state["kinetic"][-1] if state["kinetic"] else math.nan)
+        read = upto
+
     for epoch in range(state["epoch"], plan.epochs):
-        k = epoch * plan.steps_per_epoch  # steps done before this epoch
+        k = epoch * S  # steps done before this epoch
         for xb, yb in data.epoch(generator):
-            if k >= (epoch + 1) * plan.steps_per_epoch:
+            if k >= (epoch + 1) * S:
                 raise ValueError("the DataLoader yielded more batches in an epoch than len(loader); "
                                  "SG-MCMC needs a fixed number of batches per epoch")
             stage = stages[k]
@@ -260,80 +360,81 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
             u, estimates = _gradient(objective, chain.theta, xb, yb, N, adaptive and stage == WARMUP,
                                      state["cv"] if use_cv else None)
             g, noise = estimates["cv" if use_cv else "plain"]
-            value = float(u)
+            record.step(k, u, g)
             if check is None:
                 snap = _rng_snapshot(data)  # the floor's trace draws from the prior: keep the run's RNG where it is
                 floor = loss_floor(objective.model, xb, yb, N, "point")
                 _restore_rng(data, snap)
                 check = DivergenceCheck(dynamics.kernel, lr, floor=floor, unit=N / T)
-            check.check(value, k + 1, lr=schedule[k])  # a Python float the loop reads anyway: no extra sync
-            if not torch.isfinite(g).all():
-                raise FloatingPointError(
-                    f"the gradient of the potential became non-finite at step {k + 1} (epoch {epoch + 1}); "
-                    f"lower lr (step size now {schedule[k]}) or check the data scale")
-            grad = T * g  # ĝ ≈ ∇V, V = T·U_T
-            grad_noise = None if noise is None else T * T * noise
-            xi = randn_like(chain.theta, generator) if stage != EXPLORE else None
-            if not adaptive:
-                step, friction, correction = schedule[k] * dynamics.eps_per_lr, dynamics.friction, None
+                if state["loss"]:  # a resumed chain: its start is the first loss it had
+                    check.start = state["loss"][0]
+            grad = g if T == 1.0 else g.mul_(T)  # ĝ ≈ ∇V, V = T·U_T (g is this step's own tensor)
+            xi = noise_source.draw() if stage != EXPLORE else None
+            kernel = dynamics.kernel if stage != EXPLORE or not adaptive else "sghmc"
+            if adaptive and stage == SAMPLE:  # frozen constants: computed once per stage and step size
+                if sampling is None or sampling[0] is not frozen or sampling[1] != schedule[k]:
+                    scale = schedule[k] / lr
+                    step = frozen["step"] if scale == 1.0 else frozen["step"] * scale
+                    c = K.coefficients(kernel, step, T, frozen["friction"],
+                                       frozen["noise"] if dynamics.noise_correction else None)
+                    sampling = (frozen, schedule[k], c, _kinetic_weight(c, frozen["friction"]) if sghmc else None)
+                c = sampling[2]
             else:
-                if stage != SAMPLE:
-                    moments = K.update_moments(moments, grad, grad_noise,
-                                               WARMUP_EMA_DECAY if use_cv and stage == WARMUP else K.EMA_DECAY,
-                                               means=stage == WARMUP)
+                if not adaptive:
+                    step, friction, correction = schedule[k] * dynamics.eps_per_lr, dynamics.friction, None
+                else:
+                    grad_noise = None if noise is None else (noise if T == 1.0 else noise.mul_(T * T))
+                    moments = K.update_moments_(moments, grad, grad_noise,
+                                                WARMUP_EMA_DECAY if use_cv and stage == WARMUP else K.EMA_DECAY,
+                                                means=stage == WARMUP)
                     if use_cv:  # the plain estimate at the same θ, for gradient="auto"'s choice
                         pg, pn = estimates["plain"]
-                        plain_moments = K.update_moments(plain_moments, T * pg, None if pn is None else T * T * pn)
-                if stage == WARMUP and anchored:
-                    state["cv_sum"] = chain.theta.clone() if state["cv_sum"] is None else state["cv_sum"] + chain.theta
-                    state["cv_count"] += 1
-                if stage == EXPLORE:
-                    step = K.rmsprop_step_size(K.ema_square(moments), schedule[k])
-                    friction, correction = 0.1, None  # SGD with momentum 0.9 towards the bulk
-                elif stage == WARMUP:
-                    now = K.ema_square(K.centred(moments) if use_cv else moments)
-                    est = torch.minimum(moments.noise, now) if moments.noise_count else torch.zeros_like(now)
-                    cap = None
-                    if use_cv:  # growth-limited; with no earlier step (no exploration), the raw EMA's step: a
-                        # centred EMA of one gradient is 0
-                        cap = WARMUP_STEP_GROWTH * state["warm_step"] if state.get("warm_step") is not None else \
-                            _constants(K.ema_square(moments), torch.zeros_like(now), dynamics, schedule[k])["step"]
-                    c = _constants(now, est, dynamics, schedule[k], cap)
-                    step, friction = c["step"], c["friction"]
-                    if use_cv:
-                        state["warm_step"] = step
-                    correction = c["noise"] if dynamics.noise_correction else None
-                else:
-                    scale = schedule[k] / lr
-                    step, friction = frozen["step"] * scale, frozen["friction"]
-                    correction = frozen["noise"] if dynamics.noise_correction else None
-            kernel = dynamics.kernel if stage != EXPLORE or not adaptive else "sghmc"
-            theta_before = chain.theta
-            chain = K.update(chain, grad, kernel=kernel, step_size=step, temperature=T, noise=xi,
-                             friction=friction, grad_noise=correction)
-            state["loss"].append(value)
-            k += 1
+                        plain_moments = K.update_moments_(plain_moments, pg if T == 1.0 else pg.mul_(T),
+                                                          None if pn is None else pn if T == 1.0 else pn.mul_(T * T))
+                    if stage == WARMUP and anchored:
+                        state["cv_sum"] = chain.theta.clone() if state["cv_sum"] is None else state["cv_sum"] + chain.theta
+                        state["cv_count"] += 1
+                    if stage == EXPLORE:
+                        step = K.rmsprop_step_size(K.ema_square(moments), schedule[k])
+                        friction, correction = 0.1, None  # SGD with momentum 0.9 towards the bulk
+                    else:  # WARMUP
+                        now = K.ema_square(K.centred(moments) if use_cv else moments)
+                        est = torch.minimum(moments.noise, now) if moments.noise_count else torch.zeros_like(now)
+                        cap = None
+                        if use_cv:  # growth-limited; with no earlier step (no exploration), the raw EMA's step: a
+                            # centred EMA of one gradient is 0
+                            cap = WARMUP_STEP_GROWTH * state["warm_step"] if state.get("warm_step") is not None else \
+                                _constants(K.ema_square(moments), torch.zeros_like(now), dynamics, schedule[k])["step"]
+                        cc = _constants(now, est, dynamics, schedule[k], cap)
+                        step, friction = cc["step"], cc["friction"]
+                        if use_cv:
+                            state["warm_step"] = step
+                        correction = cc["noise"] if dynamics.noise_correction else None
+                c = K.coefficients(kernel, step, T, friction, correction, noisy=xi is not None)
             if stage == SAMPLE:
                 # θ·ĝ pairs the gradient with the θ it was computed at (the state before the step)
-                state["configurational"].append(temps.configurational_temperature(theta_before - state["anchor"], grad))
-                if dynamics.kernel == "sghmc":
-                    state["kinetic"].append(temps.kinetic_temperature(chain.momentum, step, friction))
+                record.configurational(k, chain.theta, state["anchor"], grad)
+            K.step_(chain.theta, chain.momentum, grad, c, xi)
+            if stage == SAMPLE and sghmc:
+                record.kinetic(k, chain.momentum, sampling[3] if adaptive else _kinetic_weight(c, friction))
+            k += 1
             if k in draw_set:
                 state["draws"].append(chain.theta.clone())
-                state["draw_step_size"].append(schedule[k - 1])
-                state["draw_loss"].append(value)
-                state["draw_configurational"].append(state["configurational"][-1] if state["configurational"]
-                                                     else math.nan)
-                state["draw_kinetic"].append(state["kinetic"][-1] if state["kinetic"] else math.nan)
-        if k != (epoch + 1) * plan.steps_per_epoch:
-            raise ValueError(f"the data yielded {k - epoch * plan.steps_per_epoch} batches in epoch {epoch + 1}, "
-                             f"expected {plan.steps_per_epoch} (len of the DataLoader)")
+            if k == 1 or k - read >= CHECK_EVERY:  # the first step at once: a non-finite start is named as such
+                flush(k)
+        if k != (epoch + 1) * S:
+            raise ValueError(f"the data yielded {k - epoch * S} batches in epoch {epoch + 1}, "
+                             f"expected {S} (len of the DataLoader)")
         state.update(epoch=epoch + 1, theta=chain.theta, momentum=chain.momentum, moments=moments._asdict(),
                      plain_moments=plain_moments._asdict(), frozen=frozen, generator=generator.get_state())
+        saving = save is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == plan.epochs)
+        if saving or epoch + 1 == plan.epochs:
+            flush(k)
         if bar is not None:
-            bar.set_postfix(loss=f"{value:.4g}")
+            if state["loss"]:
+                bar.set_postfix(loss=f"{state['loss'][-1]:.4g}")
             bar.update()
-        if save is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == plan.epochs):
+        if saving:
             save(state)
     return state
 
@@ -389,11 +490,14 @@ def sample(model: BayesianModel, data: FitData, *, method: str, plan: Plan, dyna
         _restore_rng(data, saved["rng"])
         finished: List[Dict[str, Any]] = saved["finished"]
         current = saved["current"]
+        elapsed = float(saved.get("wall_time", 0.0))  # the sampling time before the interruption
     else:
-        finished, current = [], None
+        finished, current, elapsed = [], None, 0.0
+    started = time.perf_counter()
 
     def save(state):
-        ckpt.save(checkpoint, fingerprint, {"finished": finished, "current": state, "rng": _rng_snapshot(data)})
+        ckpt.save(checkpoint, fingerprint, {"finished": finished, "current": state, "rng": _rng_snapshot(data),
+                                            "wall_time": elapsed + time.perf_counter() - started})
 
     with progress_bars.bar(num_chains * plan.epochs, method, progress) as bar:
         bar.update(len(finished) * plan.epochs + (current["epoch"] if current is not None else 0))
@@ -408,10 +512,12 @@ def sample(model: BayesianModel, data: FitData, *, method: str, plan: Plan, dyna
             current = None
             if checkpoint is not None:
                 save(None)
-    return _posterior(model, objective, plan, dynamics, finished, config, method)
+    return _posterior(model, objective, plan, dynamics, finished, config, method,
+                      elapsed + time.perf_counter() - started)
 
 
-def _posterior(model, objective, plan: Plan, dynamics: Dynamics, finished, config, method) -> SamplesPosterior:
+def _posterior(model, objective, plan: Plan, dynamics: Dynamics, finished, config, method,
+               wall_time: float) -> SamplesPosterior:
     draws = torch.stack([torch.stack(s["draws"]) for s in finished])  # (C, D, P)
     samples = {k: v.detach() for k, v in objective.to_constrained(draws).items()}
     dtype = draws.dtype
@@ -427,8 +533,9 @@ def _posterior(model, objective, plan: Plan, dynamics: Dynamics, finished, confi
         estimates["kinetic_temperature"] = torch.stack([temps.mean_with_interval(s["kinetic"]) for s in finished])
     info = {
         **config,
+        # the one driver's schema (`pyro_bdl.infer.driver.info`): loss (chains, steps), options, wall_time
+        **driver_info(torch.tensor([s["loss"] for s in finished], dtype=dtype), config, wall_time),
         "step_size": plan.step_size.to(dtype),
-        "loss": torch.tensor([s["loss"] for s in finished], dtype=dtype),
         "draw_steps": plan.draw_steps.clone(),
         "sampling_stage": plan.noisy.clone(),
         "stage": plan.stage.clone(),
