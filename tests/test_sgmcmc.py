@@ -368,7 +368,7 @@ def test_recorded_temperature_sums_are_the_diagnostics_statistics():
     theta, anchor, grad, v = (torch.randn(7, generator=g) for _ in range(4))
     G, a = torch.rand(7, generator=g) * 0.1, torch.rand(7, generator=g)
     record = _Record(theta, 3)
-    record.configurational(0, theta, anchor, grad)
+    record.step(0, torch.tensor(1.0), grad, theta, anchor)
     record.kinetic(1, v, _kinetic_weight(K.coefficients("sghmc", G, 1.0, a), a))
     record.kinetic(2, v, _kinetic_weight(K.coefficients("sghmc", 0.01, 1.0, 0.1), 0.1))
     values = record.read(0, 3)
@@ -378,9 +378,10 @@ def test_recorded_temperature_sums_are_the_diagnostics_statistics():
 
 
 @pytest.mark.parametrize("check_every", [1, 50])
-def test_nonfinite_gradient_is_named_at_its_step(monkeypatch, check_every):
+@pytest.mark.parametrize("bad", [7, 30])  # a burn-in step (Σĝ checked) and a sampling step (θ·ĝ checked)
+def test_nonfinite_gradient_is_named_at_its_step(monkeypatch, check_every, bad):
     """The loop reads its per-step checks to the host in blocks (`run.CHECK_EVERY`): a gradient that turns
-    non-finite at step 7 while the loss is still finite is reported as step 7 either way."""
+    non-finite at step ``bad`` while the loss is still finite is reported at that step either way."""
     import pyro_bdl.infer.sgmcmc.run as sg
     from pyro_bdl.model.potential import Objective
     monkeypatch.setattr(sg, "CHECK_EVERY", check_every)
@@ -389,11 +390,11 @@ def test_nonfinite_gradient_is_named_at_its_step(monkeypatch, check_every):
     def grad(self, *args, **kwargs):
         u, g = real(self, *args, **kwargs)
         calls["n"] += 1
-        return u, (g * math.nan if calls["n"] == 7 else g)
+        return u, (g * math.inf if calls["n"] == bad else g)
 
     monkeypatch.setattr(Objective, "grad", grad)
     x, y = blr_data()
-    with pytest.raises(FloatingPointError, match="gradient of the potential became non-finite at step 7 "):
+    with pytest.raises(FloatingPointError, match=f"gradient of the potential became non-finite at step {bad} "):
         bdl.fit(blr_model(), x, y, method="sgld", preconditioner=None, lr=1e-4, epochs=40, batch_size=B,
                 progress=False)
 

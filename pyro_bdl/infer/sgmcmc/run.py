@@ -228,24 +228,30 @@ class _Noise:
 
 
 class _Record:
-    """A chain's per-step values kept on θ's device and read to the host in blocks (`flush`): U, Σĝ (finite
-    iff ĝ is, for the non-finite-gradient check), and at SAMPLE steps the sums behind the temperature
-    estimates of `pyro_bdl.evaluate.diagnostics.sampler` (divided by d at the read):
+    """A chain's per-step values, kept on θ's device and read to the host in blocks (`read`), with the sums behind
+    the temperature estimates of `pyro_bdl.evaluate.diagnostics.sampler` (divided by d at the read). Rows:
 
-        configurational:  (θ − θ₀)·ĝ      (θ the state the gradient was computed at),
-        kinetic (SGHMC):  Σ_i v_i² (1 − α_i/2) / G_i  (v after the step, G and α of the step).
+    0. U;
+    1. a number that is finite iff ĝ is (the non-finite-gradient check): Σĝ, or at SAMPLE steps θ·ĝ, which
+       serves the configurational temperature too (a non-finite ĝ_i makes θ_iĝ_i, hence the dot, non-finite);
+    2. θ₀·ĝ at SAMPLE steps: T̂_conf·d = (θ − θ₀)·ĝ = row 1 − row 2 (θ the state the gradient was computed at;
+       two dot products, no θ-sized temporary; their float rounding is far below the statistic's own spread);
+    3. Σ_i v_i² (1 − α_i/2) / G_i at SGHMC's SAMPLE steps (v after the step, G and α of the step): T̂_kin·d.
     """
 
     def __init__(self, like: torch.Tensor, steps: int):
         self.values = torch.full((4, steps), math.nan, dtype=like.dtype, device=like.device)
         self.buffer = torch.empty_like(like)
 
-    def step(self, k: int, u: torch.Tensor, g: torch.Tensor) -> None:
+    def step(self, k: int, u: torch.Tensor, g: torch.Tensor, theta: Optional[torch.Tensor] = None,
+             anchor: Optional[torch.Tensor] = None) -> None:
+        """Step ``k``'s U and gradient check; with ``theta`` and ``anchor`` θ₀ (SAMPLE steps) the configurational sums."""
         self.values[0, k] = u
-        self.values[1, k] = g.sum()
-
-    def configurational(self, k: int, theta: torch.Tensor, anchor: torch.Tensor, grad: torch.Tensor) -> None:
-        self.values[2, k] = torch.dot(torch.sub(theta, anchor, out=self.buffer), grad)
+        if theta is None:
+            self.values[1, k] = g.sum()
+        else:
+            self.values[1, k] = torch.dot(theta, g)
+            self.values[2, k] = torch.dot(anchor, g)
 
     def kinetic(self, k: int, momentum: torch.Tensor, weight) -> None:
         """``weight`` = (1 − α/2)/G, a number or a ``(P,)`` tensor."""
@@ -255,7 +261,9 @@ class _Record:
             self.values[3, k] = torch.dot(momentum, momentum) * weight
 
     def read(self, start: int, stop: int) -> List[List[float]]:
-        return self.values[:, start:stop].tolist()  # the one host synchronisation of the block
+        """Rows 0, 1, T̂_conf·d and T̂_kin·d of steps [start, stop): the one host synchronisation of the block."""
+        v = self.values[:, start:stop].tolist()
+        return [v[0], v[1], [a - b for a, b in zip(v[1], v[2])], v[3]]
 
 
 def _kinetic_weight(c: K.Coefficients, friction) -> Any:
@@ -360,7 +368,6 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
             u, estimates = _gradient(objective, chain.theta, xb, yb, N, adaptive and stage == WARMUP,
                                      state["cv"] if use_cv else None)
             g, noise = estimates["cv" if use_cv else "plain"]
-            record.step(k, u, g)
             if check is None:
                 snap = _rng_snapshot(data)  # the floor's trace draws from the prior: keep the run's RNG where it is
                 floor = loss_floor(objective.model, xb, yb, N, "point")
@@ -369,6 +376,8 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
                 if state["loss"]:  # a resumed chain: its start is the first loss it had
                     check.start = state["loss"][0]
             grad = g if T == 1.0 else g.mul_(T)  # ĝ ≈ ∇V, V = T·U_T (g is this step's own tensor)
+            # θ·ĝ pairs the gradient with the θ it was computed at (the state before the step)
+            record.step(k, u, grad, *((chain.theta, state["anchor"]) if stage == SAMPLE else ()))
             xi = noise_source.draw() if stage != EXPLORE else None
             kernel = dynamics.kernel if stage != EXPLORE or not adaptive else "sghmc"
             if adaptive and stage == SAMPLE:  # frozen constants: computed once per stage and step size
@@ -411,9 +420,6 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
                             state["warm_step"] = step
                         correction = cc["noise"] if dynamics.noise_correction else None
                 c = K.coefficients(kernel, step, T, friction, correction, noisy=xi is not None)
-            if stage == SAMPLE:
-                # θ·ĝ pairs the gradient with the θ it was computed at (the state before the step)
-                record.configurational(k, chain.theta, state["anchor"], grad)
             K.step_(chain.theta, chain.momentum, grad, c, xi)
             if stage == SAMPLE and sghmc:
                 record.kinetic(k, chain.momentum, sampling[3] if adaptive else _kinetic_weight(c, friction))
