@@ -228,42 +228,48 @@ class _Noise:
 
 
 class _Record:
-    """A chain's per-step values, kept on θ's device and read to the host in blocks (`read`), with the sums behind
-    the temperature estimates of `pyro_bdl.evaluate.diagnostics.sampler` (divided by d at the read). Rows:
+    """A chain's per-step values, kept on θ's device (a list of 0-dim tensors per step, no host read) and read to
+    the host in blocks (`read`), with the sums behind the temperature estimates of
+    `pyro_bdl.evaluate.diagnostics.sampler` (divided by d at the read). Per step:
 
     0. U;
     1. a number that is finite iff ĝ is (the non-finite-gradient check): Σĝ, or at SAMPLE steps θ·ĝ, which
        serves the configurational temperature too (a non-finite ĝ_i makes θ_iĝ_i, hence the dot, non-finite);
-    2. θ₀·ĝ at SAMPLE steps: T̂_conf·d = (θ − θ₀)·ĝ = row 1 − row 2 (θ the state the gradient was computed at;
-       two dot products, no θ-sized temporary; their float rounding is far below the statistic's own spread);
+    2. θ₀·ĝ at SAMPLE steps: T̂_conf·d = (θ − θ₀)·ĝ = value 1 − value 2 (θ the state the gradient was computed
+       at; two dot products, no θ-sized temporary; their float rounding is far below the statistic's own spread);
     3. Σ_i v_i² (1 − α_i/2) / G_i at SGHMC's SAMPLE steps (v after the step, G and α of the step): T̂_kin·d.
+
+    Values a step does not have are NaN.
     """
 
-    def __init__(self, like: torch.Tensor, steps: int):
-        self.values = torch.full((4, steps), math.nan, dtype=like.dtype, device=like.device)
+    def __init__(self, like: torch.Tensor):
+        self.nan = torch.tensor(math.nan, dtype=like.dtype, device=like.device)
         self.buffer = torch.empty_like(like)
+        self.pending: List[List[torch.Tensor]] = []
 
-    def step(self, k: int, u: torch.Tensor, g: torch.Tensor, theta: Optional[torch.Tensor] = None,
+    def step(self, u: torch.Tensor, g: torch.Tensor, theta: Optional[torch.Tensor] = None,
              anchor: Optional[torch.Tensor] = None) -> None:
-        """Step ``k``'s U and gradient check; with ``theta`` and ``anchor`` θ₀ (SAMPLE steps) the configurational sums."""
-        self.values[0, k] = u
+        """The next step's U and gradient check; with ``theta`` and ``anchor`` θ₀ (SAMPLE steps) the
+        configurational sums."""
         if theta is None:
-            self.values[1, k] = g.sum()
+            self.pending.append([u, g.sum(), self.nan, self.nan])
         else:
-            self.values[1, k] = torch.dot(theta, g)
-            self.values[2, k] = torch.dot(anchor, g)
+            self.pending.append([u, torch.dot(theta, g), torch.dot(anchor, g), self.nan])
 
-    def kinetic(self, k: int, momentum: torch.Tensor, weight) -> None:
-        """``weight`` = (1 − α/2)/G, a number or a ``(P,)`` tensor."""
+    def kinetic(self, momentum: torch.Tensor, weight) -> None:
+        """The last step's kinetic sum; ``weight`` = (1 − α/2)/G, a number or a ``(P,)`` tensor."""
         if isinstance(weight, torch.Tensor):
-            self.values[3, k] = torch.dot(torch.mul(momentum, weight, out=self.buffer), momentum)
+            self.pending[-1][3] = torch.dot(torch.mul(momentum, weight, out=self.buffer), momentum)
         else:
-            self.values[3, k] = torch.dot(momentum, momentum) * weight
+            self.pending[-1][3] = torch.dot(momentum, momentum) * weight
 
-    def read(self, start: int, stop: int) -> List[List[float]]:
-        """Rows 0, 1, T̂_conf·d and T̂_kin·d of steps [start, stop): the one host synchronisation of the block."""
-        v = self.values[:, start:stop].tolist()
-        return [v[0], v[1], [a - b for a, b in zip(v[1], v[2])], v[3]]
+    def read(self) -> List[List[float]]:
+        """``[U, check, T̂_conf·d, T̂_kin·d]`` of every step since the last read (one host synchronisation)."""
+        if not self.pending:
+            return []
+        flat = torch.stack([v.to(self.nan.dtype) for row in self.pending for v in row]).tolist()
+        self.pending = []
+        return [[flat[i], flat[i + 1], flat[i + 1] - flat[i + 2], flat[i + 3]] for i in range(0, len(flat), 4)]
 
 
 def _kinetic_weight(c: K.Coefficients, friction) -> Any:
@@ -302,7 +308,7 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
     stages = plan.stage.tolist()
     resets = window_resets(plan.stage).tolist()
     noise_source = _Noise(chain.theta, generator)
-    record = _Record(chain.theta, plan.epochs * S)
+    record = _Record(chain.theta)
     d = chain.theta.numel()
     sghmc = dynamics.kernel == "sghmc"
     check = None  # the divergence check, built on the first minibatch (its floor needs a trace)
@@ -314,20 +320,19 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
         nonlocal read
         if upto <= read:
             return
-        values = record.read(read, upto)
-        for i in range(read, upto):
-            j = i - read
-            value = values[0][j]
+        values = record.read()
+        assert len(values) == upto - read
+        for i, (value, finite, configurational, kinetic) in zip(range(read, upto), values):
             check.check(value, i + 1, lr=schedule[i])
-            if not math.isfinite(values[1][j]):
+            if not math.isfinite(finite):
                 raise FloatingPointError(
                     f"the gradient of the potential became non-finite at step {i + 1} (epoch {i // S + 1}); "
                     f"lower lr (step size now {schedule[i]}) or check the data scale")
             state["loss"].append(value)
             if stages[i] == SAMPLE:
-                state["configurational"].append(values[2][j] / d)
+                state["configurational"].append(configurational / d)
                 if sghmc:
-                    state["kinetic"].append(values[3][j] / d)
+                    state["kinetic"].append(kinetic / d)
             if i + 1 in draw_set:
                 state["draw_step_size"].append(schedule[i])
                 state["draw_loss"].append(value)
@@ -377,7 +382,7 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
                     check.start = state["loss"][0]
             grad = g if T == 1.0 else g.mul_(T)  # ĝ ≈ ∇V, V = T·U_T (g is this step's own tensor)
             # θ·ĝ pairs the gradient with the θ it was computed at (the state before the step)
-            record.step(k, u, grad, *((chain.theta, state["anchor"]) if stage == SAMPLE else ()))
+            record.step(u, grad, *((chain.theta, state["anchor"]) if stage == SAMPLE else ()))
             xi = noise_source.draw() if stage != EXPLORE else None
             kernel = dynamics.kernel if stage != EXPLORE or not adaptive else "sghmc"
             if adaptive and stage == SAMPLE:  # frozen constants: computed once per stage and step size
@@ -422,7 +427,7 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
                 c = K.coefficients(kernel, step, T, friction, correction, noisy=xi is not None)
             K.step_(chain.theta, chain.momentum, grad, c, xi)
             if stage == SAMPLE and sghmc:
-                record.kinetic(k, chain.momentum, sampling[3] if adaptive else _kinetic_weight(c, friction))
+                record.kinetic(chain.momentum, sampling[3] if adaptive else _kinetic_weight(c, friction))
             k += 1
             if k in draw_set:
                 state["draws"].append(chain.theta.clone())
