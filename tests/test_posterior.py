@@ -25,7 +25,7 @@ def _fit(method, **kw):
 
 
 @pytest.mark.parametrize("method,kw", [("map", {"num_steps": 30}), ("svi", {"num_steps": 30, "guide": "lowrank"}),
-                                       ("nuts", {"num_samples": 10, "warmup": 10})])
+                                       ("nuts", {"num_samples": 10, "warmup": 10, "max_tree_depth": 4})])
 def test_save_load_in_fresh_process_predicts_identically(tmp_path, method, kw):
     """The file records the factory; a fresh process rebuilds the model from it when asked."""
     post, x = _fit(method, **kw)
@@ -70,7 +70,7 @@ def test_sampling_is_reproducible_and_shaped():
 
 
 def test_samples_posterior_thins_evenly():
-    post, _ = _fit("nuts", num_samples=10, warmup=5, num_chains=2)
+    post, _ = _fit("nuts", num_samples=10, warmup=5, num_chains=2, max_tree_depth=4)
     assert post.sample(None)["0.weight"].shape[0] == 20
     assert torch.equal(post.sample(2)["0.weight"][1], post.samples["0.weight"][1, -1])
     assert post.sample(50, seed=0)["0.weight"].shape[0] == 50

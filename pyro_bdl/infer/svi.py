@@ -209,28 +209,32 @@ class ControlVariateELBO:
     with real support (the network's weights); constrained sites keep the plain estimator.
     """
 
-    def __init__(self, model: BayesianModel, guide, num_particles: int):
-        self.model, self.guide, self.num_particles = model, guide, num_particles
+    def __init__(self, model: BayesianModel, guide, elbo: Trace_ELBO):
+        self.model, self.guide, self.elbo = model, guide, elbo
 
     def __call__(self, x, y, N: int) -> Tuple[torch.Tensor, float]:
-        """(surrogate loss to differentiate, the negative ELBO estimate's value)."""
-        surrogate, value = 0.0, 0.0
+        """(surrogate loss to differentiate, the negative ELBO estimate's value).
+
+        The particles are drawn the way ``elbo`` draws them (vectorised in one trace when it
+        vectorises), so the control variate costs one extra gradient per step, not one trace per particle.
+        """
+        n = self.elbo.num_particles
         loc = _guide_locs(self.guide)
-        c = None  # ∇log p̃_b(μ): one gradient per step, shared by the particles
-        for _ in range(self.num_particles):
-            guide_trace = poutine.trace(self.guide).get_trace(x, y, N)
-            model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(x, y, N)
-            loss = guide_trace.log_prob_sum() - model_trace.log_prob_sum()
+        surrogate, value, c = 0.0, 0.0, None  # c = ∇log p̃_b(μ): one gradient per step, shared by the particles
+        for model_trace, guide_trace in self.elbo._get_traces(self.model, self.guide, (x, y, N), {}):
             z = {name: site["value"] for name, site in guide_trace.nodes.items()
                  if site["type"] == "sample" and not site["is_observed"] and name in loc}
             if c is None:
                 real = [name for name in z if _is_real(guide_trace.nodes[name]["fn"].support)]
                 anchor = {name: loc[name].detach().requires_grad_(True) for name in real}
-                values = {**{name: v.detach() for name, v in z.items()}, **anchor}
-                c = dict(zip(real, torch.autograd.grad(self.model.log_joint(values, x, y, N), list(anchor.values()))))
+                # the constrained sites enter ∇log p̃_b(μ) at the first particle's value
+                rest = {name: v.detach().reshape(-1, *loc[name].shape)[0] for name, v in z.items()}
+                c = dict(zip(real, torch.autograd.grad(self.model.log_joint({**rest, **anchor}, x, y, N),
+                                                       list(anchor.values()))))
+            loss = guide_trace.log_prob_sum() - model_trace.log_prob_sum()
             term = sum((ci * (z[name] - loc[name])).sum() for name, ci in c.items())
-            surrogate = surrogate + (loss + term) / self.num_particles
-            value += loss.item() / self.num_particles
+            surrogate = surrogate + (loss + term) / n
+            value += float(loss.detach()) / n
         return surrogate, value
 
 
@@ -260,7 +264,7 @@ def optimise(model: BayesianModel, guide, data: FitData, num_steps: int, lr: flo
         loss_fn = elbo(model, guide)
         x0, y0 = next(iter(data.epoch(generator)))
         loss_fn(x0, y0, N)  # builds the guide's parameters
-        cv = ControlVariateELBO(model, guide, num_particles) if control_variate else None
+        cv = ControlVariateELBO(model, guide, elbo) if control_variate else None
         check = DivergenceCheck(desc, lr, floor=loss_floor(model, x0, y0, N, floor_kind),
                                 unit=N * likelihood_scale(model.temperature, model.tempering))
         groups = param_groups(loss_fn, lr)
