@@ -94,7 +94,9 @@ class MemberBatches:
     def __init__(self, data: FitData, seeds: Sequence[int], like: torch.Tensor):
         self.data, self.like = data, like
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        self.shared = not data.minibatched and data.augment is None
+        # One run's batch is used as it comes (no stacking, no copy); full-batch data without
+        # augmentation are the same batch for every run.
+        self.shared = len(self.generators) == 1 or (not data.minibatched and data.augment is None)
         self._iters: List[Any] = []
 
     def new_epoch(self) -> None:

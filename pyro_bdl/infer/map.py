@@ -18,6 +18,7 @@ separate ones), learning rate decayed exponentially from ``lr`` to ``lr · lr_de
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -52,6 +53,22 @@ def optimiser_class(optimiser: Union[str, type]) -> type:
                      "torch.optim.Optimizer subclass")
 
 
+# Devices where torch's Adam, AdamW and SGD have fused kernels (torch checks only at the first step).
+FUSED_DEVICES = ("cpu", "cuda")
+
+
+def make_optimiser(optimiser: type, theta: torch.Tensor, lr: float) -> torch.optim.Optimizer:
+    """``optimiser([θ], lr=lr)``, with its fused kernel where it has one for θ's device and dtype.
+
+    θ is one ``(K, P)`` tensor, so the per-parameter loops of torch's default implementation are
+    already gone; the fused kernel also does Adam's five elementwise passes in one (≈ 3× faster at
+    P ≈ 5·10⁵ on a CPU). Same update up to rounding. Optimisers without one are built plainly."""
+    if (theta.device.type in FUSED_DEVICES and theta.is_floating_point()
+            and "fused" in inspect.signature(optimiser).parameters):
+        return optimiser([theta], lr=lr, fused=True)
+    return optimiser([theta], lr=lr)
+
+
 class MAPRule:
     """The MAP step rule (module docs): minimise −log p̃(D_batch, w(θ)) with a torch optimiser.
 
@@ -66,13 +83,21 @@ class MAPRule:
                  optimiser: type = torch.optim.Adam):
         self.objective, self.N, self.lr, self.optimiser = objective, int(dataset_size), float(lr), optimiser
         self.gamma = float(lr_decay) ** (1.0 / max(1, steps))
+        # Whether any site is transformed (a learned noise scale): only then is there a Jacobian to remove.
+        self._jacobian = bool(objective.constrain(objective.initial())[1])
         self._vmapped = torch.func.vmap(torch.func.grad_and_value(self.loss), in_dims=(0, 0, 0))
         self._vmapped_shared = torch.func.vmap(torch.func.grad_and_value(self.loss), in_dims=(0, None, None))
 
     def loss(self, theta: torch.Tensor, x, y: torch.Tensor) -> torch.Tensor:
-        """−log p̃(D_batch, w(θ)) of one run (no Jacobian: the mode in w)."""
-        values, _ = self.objective.constrain(theta)
-        return -self.objective.log_joint(values, x, y, self.N)
+        """−log p̃(D_batch, w(θ)) of one run θ ``(P,)`` (no Jacobian: the mode in w).
+
+        The compiled potential's flat hot path (`Objective.log_density`) with its log-Jacobian taken
+        back out; a model whose sites are all unconstrained (no learned noise) has none to take out."""
+        log_density = self.objective.log_density(theta, x, y, self.N)
+        if not self._jacobian:
+            return -log_density
+        _, log_dets = self.objective.constrain(theta)
+        return -(log_density - sum(log_dets.values()))
 
     def lr_at(self, step: int) -> float:
         """The learning rate after ``step`` (0-based) steps of the exponential decay."""
@@ -93,7 +118,7 @@ class MAPRule:
 
     def init(self, theta: torch.Tensor) -> Dict[str, Any]:
         theta = theta.detach().clone().requires_grad_(True)
-        opt = self.optimiser([theta], lr=self.lr)
+        opt = make_optimiser(self.optimiser, theta, self.lr)
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=self.gamma)
         return {"theta": theta, "optimiser": opt, "scheduler": sched}
 
