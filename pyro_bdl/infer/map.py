@@ -203,7 +203,7 @@ def start_values(model: BayesianModel, init: Optional[Dict[str, torch.Tensor]]) 
     if init is not None and not isinstance(init, dict):
         raise TypeError(f"init must be a dict of initial values {{site: tensor}}, got {type(init).__name__}")
     start = model.initial_values()
-    start.update({k: torch.as_tensor(v) for k, v in (init or {}).items()})
+    start.update(model.as_values(init or {}))
     return start
 
 

@@ -291,8 +291,8 @@ def run_numpyro_mcmc(model: BayesianModel, data: FitData, kernel_name: str, *, s
         raw, extra = sample_chains(program, states, model_args, num_chains, chain_method, progress)
     wall = time.perf_counter() - start
 
-    dtype = torch.get_default_dtype()  # JAX computes in float32 unless x64 is enabled; match torch's default
-    samples = {site: torch.from_numpy(np.array(raw[site])).to(dtype) for site in nmodel.sites}
+    # JAX computes in float32 unless x64 is enabled; the draws are returned with the network (its device and dtype)
+    samples = {site: torch.from_numpy(np.array(raw[site])).to(model.device, model.dtype) for site in nmodel.sites}
     num_steps = torch.from_numpy(extra["num_steps"].astype(np.int64))
     sample_stats = {
         "diverging": torch.from_numpy(extra["diverging"].astype(bool)),
