@@ -180,13 +180,16 @@ def test_randn_like_same_numbers_from_the_generator_whatever_the_target():
 
 
 def test_gpu_check_runs_on_cpu():
-    """The GPU benchmark script runs end to end on the CPU at a tiny size (on a GPU: --device cuda)."""
+    """The GPU benchmark script runs end to end on the CPU at a tiny size (on a GPU: --device cuda): draws,
+    predictions, metrics with host targets and a save/load round trip all on the device, for map and sgld
+    and their rows with a host init dict and a learned noise scale."""
     # two methods keep it short; every method's device/dtype path is covered by the float64 test above
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--tiny",
                           "--only", "map", "sgld"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| map") or line.startswith("| sgld")]
-    assert len(rows) == 2 and all(line.rstrip().endswith("| yes |") for line in rows), out.stdout
+    # map, sgld and their variants: a host init dict, a learned noise scale
+    assert len(rows) == 4 and all(line.rstrip().endswith("| yes |") for line in rows), out.stdout
 
 
 

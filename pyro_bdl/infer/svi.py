@@ -158,7 +158,8 @@ def initialise_scales(guide, model: BayesianModel, data: FitData, seed: int,
     flat = []
     for name, site in guide.prototype_trace.iter_stochastic_nodes():
         size = math.prod(guide._unconstrained_shapes[name])
-        flat.append(sds[name].reshape(-1) if name in sds else torch.full((size,), FALLBACK_SCALE))
+        flat.append(sds[name].reshape(-1) if name in sds else
+                    torch.full((size,), FALLBACK_SCALE, dtype=guide.loc.dtype, device=guide.loc.device))
     sd = torch.cat(flat).to(guide.loc)
     sd = torch.where(torch.isfinite(sd), sd, torch.full_like(sd, FALLBACK_SCALE))
     if isinstance(guide, AutoLowRankMultivariateNormal):

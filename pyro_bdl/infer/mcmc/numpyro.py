@@ -264,7 +264,7 @@ def run_numpyro_mcmc(model: BayesianModel, data: FitData, kernel_name: str, *, s
                          "(x is a tuple): use backend='pyro' (the default), which runs any torch network")
     nmodel = NumPyroModel(model)  # every translation error is raised here, before any sampling
     shapes = model.latent_shapes(x)
-    given = _check_init(init, shapes) if isinstance(init, dict) else {}
+    given = model.as_values(_check_init(init, shapes)) if isinstance(init, dict) else {}  # on the network's device
 
     # Starting points (torch, constrained): per chain for "prior" (seeds spawned from the run's seed, so runs
     # with different seeds share no chain); "net" and "map" are the same for all.
