@@ -8,10 +8,12 @@ through the one device helper (`FitData.to_device`, `Posterior.predictive_for`, 
 from __future__ import annotations
 
 import importlib.util
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+import pyro
 import pytest
 import torch
 
@@ -178,13 +180,16 @@ def test_randn_like_same_numbers_from_the_generator_whatever_the_target():
 
 
 def test_gpu_check_runs_on_cpu():
-    """The GPU benchmark script runs end to end on the CPU at a tiny size (on a GPU: --device cuda)."""
+    """The GPU benchmark script runs end to end on the CPU at a tiny size (on a GPU: --device cuda): draws,
+    predictions, metrics with host targets and a save/load round trip all on the device, for map and sgld
+    and their rows with a host init dict and a learned noise scale."""
     # two methods keep it short; every method's device/dtype path is covered by the float64 test above
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--tiny",
                           "--only", "map", "sgld"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| map") or line.startswith("| sgld")]
-    assert len(rows) == 2 and all(line.rstrip().endswith("| yes |") for line in rows), out.stdout
+    # map, sgld and their variants: a host init dict, a learned noise scale
+    assert len(rows) == 4 and all(line.rstrip().endswith("| yes |") for line in rows), out.stdout
 
 
 
@@ -196,3 +201,130 @@ def test_gpu_check_without_cuda_says_so_and_exits_cleanly(capsys):
     spec.loader.exec_module(module)
     assert module.main(["--only", "map"]) == 0
     assert "CUDA is not available" in capsys.readouterr().out
+
+
+# -- the device gaps closed in 15drv: user init dicts, the default noise prior, metrics, the NumPyro backend ----------
+# CPU tests show the dtype path for real (float64 networks, float32 inputs) and the device path only as far
+# as a CPU can: the values are sent to the network's device (a spied `Tensor.to` with the network's device
+# patched to the distinct object ``cpu:0``, or the ``meta`` device, which refuses to mix with CPU tensors).
+# That they run on CUDA is what `benchmarks/gpu_check.py` shows on a GPU.
+def _fake_device(monkeypatch):
+    """Patch the network's device to ``cpu:0`` and record every ``Tensor.to(device)`` target."""
+    from pyro_bdl.model.lifting import LiftedNetwork
+    fake = torch.device("cpu", 0)
+    real = LiftedNetwork.device
+    monkeypatch.setattr(LiftedNetwork, "device", property(lambda self: (real.fget(self), fake)[1]))
+    targets = []
+    original = torch.Tensor.to
+
+    def spy(self, *args, **kwargs):
+        target = args[0] if args else kwargs.get("device")
+        if isinstance(target, (torch.device, str)):
+            targets.append((torch.device(target), id(self)))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    return fake, targets
+
+
+def test_user_init_dict_takes_the_network_dtype_and_device(monkeypatch):
+    """A float32 (or list) ``init`` for a float64 network becomes float64 (map, svi, nuts, the shared helper)."""
+    from pyro_bdl.infer.mcmc.init import initial_point
+    b = make_blr(n=20)
+    init = {"weight": torch.tensor([[0.3, -0.2]]), "bias": [0.1]}  # float32 and a plain list
+    model = _model64()
+    data = FitData(model, b.x, b.y)
+    start = initial_point(model, data, init, seed=0, progress=False)  # mcmc/init.py (nuts, hmc)
+    assert {v.dtype for v in start.values()} == {torch.float64}
+    assert torch.equal(start["weight"], init["weight"].double())
+    from pyro_bdl.infer.map import start_values  # map and svi
+    assert {v.dtype for v in start_values(model, init).values()} == {torch.float64}
+    post = bdl.fit(_model64(), b.x, b.y, method="map", steps=1, lr=1e-9, init=init)
+    assert post.sample(1)["weight"].dtype == torch.float64
+    assert torch.allclose(post.sample(1)["weight"].reshape(-1), init["weight"].double().reshape(-1), atol=1e-6)
+    svi = bdl.fit(_model64(), b.x, b.y, method="svi", steps=1, lr=1e-9, init=init)
+    loc = svi.guide.median()
+    assert loc["weight"].dtype == torch.float64
+    assert torch.allclose(loc["weight"].reshape(-1), init["weight"].double().reshape(-1), atol=1e-6)
+    nuts = bdl.fit(_model64(), b.x, b.y, method="nuts", backend="pyro", num_samples=2, warmup=2, init=init)
+    assert nuts.sample(1)["weight"].dtype == torch.float64
+    fake, targets = _fake_device(monkeypatch)
+    values = model.as_values({"weight": torch.zeros(1, 2), "count": torch.tensor(3)})
+    sent = {i for d, i in targets if d == fake}
+    assert len(sent) == 2 and values["count"].dtype == torch.int64  # both sent to the network's device
+    monkeypatch.undo()
+
+
+def test_svi_init_refused_with_a_user_guide():
+    b = make_blr(n=20)
+    model = _model64()
+    guide = pyro_autonormal(model)
+    with pytest.raises(ValueError, match="init sets a built-in guide's starting means"):
+        bdl.fit(model, b.x, b.y, method="svi", guide=guide, steps=1, init={"bias": torch.zeros(1)})
+
+
+def pyro_autonormal(model):
+    from pyro.infer.autoguide import AutoNormal
+    return AutoNormal(model)
+
+
+def test_default_noise_prior_follows_the_network():
+    """The learned noise's default HalfNormal(1) is built in the network's dtype and on its device; a
+    user's own scale_prior is used as given."""
+    b = make_blr(n=20)
+    model = _model64(learned_noise=True)
+    draw = model.prior_sample(b.x[:3].double())["noise_scale"]
+    assert draw.dtype == torch.float64  # was float32: the default prior lived in torch's default dtype
+    lik = model.likelihood
+    with pyro.validation_enabled(False):  # validating the parameter would read a meta tensor's value
+        on_meta = lik.noise_prior(torch.device("meta"), torch.float64)
+    assert on_meta.scale.device.type == "meta" and on_meta.scale.dtype == torch.float64
+    assert lik.noise_prior(torch.device("meta"), torch.float64) is on_meta  # built once per device/dtype
+    import pyro.distributions as dist
+    own = dist.HalfCauchy(torch.tensor(2.0))
+    assert bdl.likelihoods.Gaussian(scale=None, scale_prior=own).noise_prior(torch.device("meta"), torch.float64) is own
+
+
+def test_metrics_move_targets_to_the_predictions():
+    """Metrics compare predictions with targets on the predictions' device and dtype: ``meta`` predictions
+    (a device CPU tensors do not mix with) get meta targets; float64 posteriors take float32 and int targets."""
+    from pyro_bdl.evaluate import metrics
+    like = torch.zeros(3, dtype=torch.float64, device="meta")
+    moved = metrics._targets(torch.ones(3), like)
+    assert moved.device.type == "meta" and moved.dtype == torch.float64
+    labels = metrics._targets(torch.tensor([0, 1, 1]), like)
+    assert labels.device.type == "meta" and labels.dtype == torch.int64
+
+    class MetaPredictive:  # what rmse/coverage/crps read of a predictive, on the meta device
+        mean = like
+
+        def interval(self, level):
+            return like - 1, like + 1
+
+        def sample(self, shape, generator=None):
+            return like.expand(*shape, 3)
+
+    # Each runs to its final float() (which cannot read a meta value) instead of failing on CPU targets
+    # meeting meta predictions ("... is not on the expected device meta").
+    for metric in (metrics.rmse, metrics.coverage, lambda p, y: metrics.crps(p, y, num_samples=4)):
+        with pytest.raises(RuntimeError, match="meta tensors"):
+            metric(MetaPredictive(), torch.ones(3))
+    b = make_blr(n=20)
+    post = bdl.fit(_model64(), b.x, b.y, method="map", steps=20)
+    out = metrics.evaluate(post, b.x[:8], b.y[:8].float())
+    assert all(math.isfinite(v) for v in out.values())
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 3)).double()
+    model = bdl.BayesianModel(net, likelihood=bdl.likelihoods.Categorical())
+    x, y = torch.randn(12, 2), torch.randint(3, (12,))
+    out = metrics.evaluate(bdl.fit(model, x, y, method="map", steps=5), x, y)
+    assert all(math.isfinite(v) for v in out.values())
+
+
+def test_numpyro_backend_returns_draws_with_the_network():
+    """NumPyro draws come back in the network's dtype (a float64 network: float64 draws); the backend reads
+    the network's tensors with ``.detach().cpu()`` (on the CPU a no-op; on CUDA the fix for ``.numpy()``)."""
+    pytest.importorskip("numpyro")
+    b = make_blr(n=20)
+    post = bdl.fit(_model64(), b.x, b.y, method="nuts", backend="numpyro", num_samples=4, warmup=4, progress=False)
+    assert post.sample(2)["weight"].dtype == torch.float64

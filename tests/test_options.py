@@ -85,3 +85,29 @@ def test_cli_defaults_use_the_canonical_names():
 
     for method, defaults in cli.CLI_DEFAULTS.items():
         assert set(defaults) <= set(bdl.infer.method_options(method)), method
+
+
+# The gradient methods whose info follows the driver schema (`pyro_bdl.infer.driver.info`). swag, multiswag,
+# sgld, sghmc and csgmcmc join this list when their own loops adopt it (other branches of issue 15).
+INFO_SCHEMA = {"map": dict(steps=4), "ensemble": dict(steps=3, num_chains=2), "svi": dict(steps=4)}
+
+
+@pytest.mark.parametrize("method", sorted(INFO_SCHEMA))
+def test_gradient_methods_share_the_info_schema(method):
+    """``loss`` a (num_chains, steps) tensor, ``options`` plain data, ``wall_time`` seconds."""
+    x, y, model = problem()
+    options = INFO_SCHEMA[method]
+    info = bdl.fit(model, x, y, method=method, batch_size=10, seed=0, progress=False, **options).info
+    chains, steps = options.get("num_chains", 1), options["steps"]
+    assert torch.is_tensor(info["loss"]) and info["loss"].shape == (chains, steps)
+    assert torch.isfinite(info["loss"]).all()
+    assert isinstance(info["options"], dict) and info["options"]["steps"] == steps
+    assert all(isinstance(v, (type(None), bool, int, float, str, list, dict)) for v in info["options"].values())
+    assert isinstance(info["wall_time"], float) and info["wall_time"] > 0
+    assert "losses" in info  # the old key, kept for one release
+
+
+def test_svi_losses_list_is_the_loss_history():
+    x, y, model = problem()
+    info = bdl.fit(model, x, y, method="svi", steps=5, seed=0, progress=False).info
+    assert info["losses"] == info["loss"][0].tolist() and info["guide"] == "AutoNormal"

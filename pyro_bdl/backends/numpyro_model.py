@@ -324,7 +324,7 @@ class NumPyroModel:
                         self.log_joint(jv, as_jax_array(x), as_jax_array(y)))
         out_jax, lp_jax = np.asarray(computed[0]), float(computed[1])
         with torch.no_grad():
-            out_torch = self.model.forward(weights, rows).numpy()
+            out_torch = self.model.forward(weights, rows).detach().cpu().numpy()
             lp_torch = float(self.model.log_joint(values, x, y))
         if out_jax.shape != out_torch.shape or not np.all(
                 np.abs(out_jax - out_torch) <= 1e-3 * (1.0 + np.abs(out_torch).max())):

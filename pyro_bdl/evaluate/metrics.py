@@ -43,6 +43,12 @@ def _as_tensor(value, name: str) -> torch.Tensor:
     raise TypeError(f"{name} must be a BMAPredictive or a torch.Tensor, got {type(value).__name__}")
 
 
+def _targets(y, like: torch.Tensor, name: str = "y") -> torch.Tensor:
+    """Targets on the predictions' device (a CUDA posterior with CPU targets), floating ones in their dtype."""
+    y = _as_tensor(y, name)
+    return y.to(like.device, like.dtype) if y.is_floating_point() and like.is_floating_point() else y.to(like.device)
+
+
 def _class_probs(pred: Predictive) -> torch.Tensor:
     """BMA class probabilities ``(n, C)`` of a predictive or a probability tensor."""
     if isinstance(pred, BMAPredictive):
@@ -56,7 +62,7 @@ def _class_probs(pred: Predictive) -> torch.Tensor:
         if ((p < 0) | (p > 1)).any() or not torch.isfinite(p).all():
             raise ValueError("class probabilities must lie in [0, 1]; pass probabilities, not logits "
                              "(use logits.softmax(-1))")
-        if p.dim() == 2 and not torch.allclose(p.sum(-1), torch.ones((), dtype=p.dtype), atol=1e-4):
+        if p.dim() == 2 and not torch.allclose(p.sum(-1), torch.ones((), dtype=p.dtype, device=p.device), atol=1e-4):
             raise ValueError("each row of class probabilities must sum to 1; pass probabilities, not logits")
     if p.dim() == 1:  # Bernoulli: probability of class 1
         p = torch.stack([1 - p, p], -1)
@@ -64,7 +70,7 @@ def _class_probs(pred: Predictive) -> torch.Tensor:
 
 
 def _labels(y, p: torch.Tensor) -> torch.Tensor:
-    y = _as_tensor(y, "y")
+    y = _as_tensor(y, "y").to(p.device)
     if y.dim() == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.shape != p.shape[:1]:
@@ -139,14 +145,15 @@ def calibration_bins(pred: Predictive, y: torch.Tensor, num_bins: int = 15) -> C
     correct = (guess == _labels(y, p)).to(p.dtype)
     # Inner edges k/K by division (correctly rounded, so a confidence of exactly 0.7 equals the
     # edge 7/10 and falls in the bin below it, as ((k−1)/K, k/K] says; ceil(conf·K) would not).
-    inner = torch.arange(1, num_bins, dtype=p.dtype) / num_bins
+    like = dict(dtype=p.dtype, device=p.device)
+    inner = torch.arange(1, num_bins, **like) / num_bins
     bins = torch.bucketize(conf, inner, right=False)
-    count = torch.zeros(num_bins, dtype=p.dtype).index_add_(0, bins, torch.ones_like(conf))
-    conf_sum = torch.zeros(num_bins, dtype=p.dtype).index_add_(0, bins, conf)
-    correct_sum = torch.zeros(num_bins, dtype=p.dtype).index_add_(0, bins, correct)
+    count = torch.zeros(num_bins, **like).index_add_(0, bins, torch.ones_like(conf))
+    conf_sum = torch.zeros(num_bins, **like).index_add_(0, bins, conf)
+    correct_sum = torch.zeros(num_bins, **like).index_add_(0, bins, correct)
     nan = torch.full_like(count, float("nan"))
     nonempty = count > 0
-    edges = torch.cat([torch.zeros(1, dtype=p.dtype), inner, torch.ones(1, dtype=p.dtype)])
+    edges = torch.cat([torch.zeros(1, **like), inner, torch.ones(1, **like)])
     return CalibrationBins(edges, count,
                            torch.where(nonempty, conf_sum / count.clamp_min(1), nan),
                            torch.where(nonempty, correct_sum / count.clamp_min(1), nan))
@@ -183,8 +190,8 @@ def auroc(scores_negative: torch.Tensor, scores_positive: torch.Tensor) -> float
     AUROC = P(s⁺ > s⁻) + ½ P(s⁺ = s⁻), computed from average ranks (Mann–Whitney U), so
     ties count one half. 1: perfect separation; 0.5: chance.
     """
-    neg = _as_tensor(scores_negative, "scores_negative").detach().reshape(-1).double()
-    pos = _as_tensor(scores_positive, "scores_positive").detach().reshape(-1).double()
+    neg = _as_tensor(scores_negative, "scores_negative").detach().reshape(-1).cpu().double()
+    pos = _as_tensor(scores_positive, "scores_positive").detach().reshape(-1).cpu().double()
     if len(neg) == 0 or len(pos) == 0:
         raise ValueError("AUROC needs at least one score in each group (in-distribution and out-of-distribution)")
     if not (torch.isfinite(neg).all() and torch.isfinite(pos).all()):
@@ -244,7 +251,7 @@ def total_variation(pred_a: Predictive, pred_b: Predictive, num_points: int = 10
                          f"vs {tuple(pred_b.component.batch_shape[1:])}")
     lo = torch.minimum(_support(pred_a, -12.0), _support(pred_b, -12.0))
     hi = torch.maximum(_support(pred_a, 12.0), _support(pred_b, 12.0))
-    t = torch.linspace(0, 1, num_points, dtype=lo.dtype)
+    t = torch.linspace(0, 1, num_points, dtype=lo.dtype, device=lo.device)
     integrand = []
     for chunk in torch.split(t, 128):
         grid = lo + (hi - lo) * chunk[:, None]  # (G, B)
@@ -279,12 +286,14 @@ def _mixture_log_prob(pred: BMAPredictive, grid: torch.Tensor) -> torch.Tensor:
 # -- regression ----------------------------------------------------------------------------
 def rmse(pred: BMAPredictive, y: torch.Tensor) -> float:
     """Root mean squared error of the predictive mean."""
-    return float(((pred.mean - y) ** 2).mean().sqrt())
+    mean = pred.mean
+    return float(((mean - _targets(y, mean)) ** 2).mean().sqrt())
 
 
 def coverage(pred: BMAPredictive, y: torch.Tensor, level: float = 0.9) -> float:
     """Fraction of targets inside the central ``level`` predictive interval (ideal: ``level``)."""
     lo, hi = pred.interval(level)
+    y = _targets(y, lo)
     return float(((y >= lo) & (y <= hi)).float().mean())
 
 
@@ -295,6 +304,7 @@ def crps(pred: BMAPredictive, y: torch.Tensor, num_samples: int = 1000, seed: in
     with seeded(seed):
         a = pred.sample((num_samples,), generator=g)
         b = pred.sample((num_samples,), generator=g)
+    y = _targets(y, a)
     return float(((a - y).abs().mean(0) - 0.5 * (a - b).abs().mean(0)).mean())
 
 

@@ -94,7 +94,9 @@ class MemberBatches:
     def __init__(self, data: FitData, seeds: Sequence[int], like: torch.Tensor):
         self.data, self.like = data, like
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        self.shared = not data.minibatched and data.augment is None
+        # One run's batch is used as it comes (no stacking, no copy); full-batch data without
+        # augmentation are the same batch for every run.
+        self.shared = len(self.generators) == 1 or (not data.minibatched and data.augment is None)
         self._iters: List[Any] = []
 
     def new_epoch(self) -> None:
@@ -192,15 +194,16 @@ def drive(rule: StepRule, theta0: torch.Tensor, data: FitData, *, steps: int, se
             "rule": rule.save(state), "step": step, "loss": loss[:, :step].clone(), "batches": batches_state,
             "check_start": [c.start for c in checks], "wall_time": elapsed + time.perf_counter() - started})
 
-    batches_state = batches.state()
+    batches_state = batches.state() if checkpoint is not None else None
     with progress_bars.bar(steps, desc, progress) as bar:
         bar.update(step)
         while step < steps:
             if step % per_epoch == 0:
-                batches_state = batches.state()  # what a checkpoint at this boundary resumes from
-                if checkpoint is not None and step > resumed_at and (step // per_epoch) % checkpoint_every == 0:
-                    check_losses(step)
-                    save_state()
+                if checkpoint is not None:
+                    batches_state = batches.state()  # what a checkpoint at this boundary resumes from
+                    if step > resumed_at and (step // per_epoch) % checkpoint_every == 0:
+                        check_losses(step)
+                        save_state()
                 batches.new_epoch()
             batch = batches.next()
             theta_before = state["theta"].detach().clone() if step == 0 else None  # optimisers step in place
@@ -218,7 +221,7 @@ def drive(rule: StepRule, theta0: torch.Tensor, data: FitData, *, steps: int, se
             if step - read >= check_every:
                 check_losses(step)
         check_losses(step)
-        if step % per_epoch == 0:
+        if checkpoint is not None and step % per_epoch == 0:
             batches_state = batches.state()
         if checkpoint is not None and (saved is None or int(saved["step"]) < steps):
             save_state()

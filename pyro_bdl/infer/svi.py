@@ -1,4 +1,4 @@
-"""Stochastic variational inference and MAP with Pyro autoguides.
+"""Stochastic variational inference with Pyro autoguides.
 
 SVI maximises the ELBO of the (tempered) model,
 
@@ -9,8 +9,8 @@ are scaled by N/B through the data plate and temperature through ``poutine.scale
 Guides: ``"normal"`` (mean-field, AutoNormal), ``"lowrank"`` (AutoLowRankMultivariateNormal),
 ``"fullrank"`` (AutoMultivariateNormal), or any Pyro guide object.
 
-MAP is the same loop with an AutoDelta guide: it maximises log p̃(D, w), the mode of the
-tempered posterior (which does not depend on T under posterior tempering).
+(MAP has its own step rule on the compiled potential, `pyro_bdl.infer.map`; ``optimise`` still takes
+``floor_kind="point"`` for a user's AutoDelta guide.)
 
 Guide parameters are module-local (``pyro.settings module_local_params``): no global
 parameter store, and the optimiser is a plain ``torch.optim.Adam`` with an exponential
@@ -19,6 +19,7 @@ decay from ``lr`` to ``lr * lr_decay`` over the run.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Dict, Optional, Tuple, Union
 
 import pyro
@@ -39,6 +40,9 @@ from .._util import progress as progress_bars
 from .._util.checks import is_invalid_parameter_error
 from .data import FitData
 from .divergence import DivergenceCheck, DivergenceError, loss_floor, nonfinite_start_message
+from . import driver
+from .map import start_values
+from .options import run_length
 from .registry import register
 
 GUIDES = {"normal": AutoNormal, "lowrank": AutoLowRankMultivariateNormal, "fullrank": AutoMultivariateNormal}
@@ -51,8 +55,10 @@ FALLBACK_SCALE = 0.01
 FISHER_BATCHES = 32
 
 
-def make_guide(model: BayesianModel, guide: Union[str, Any], init_scale: Union[float, str], rank: Optional[int]):
-    init = init_to_value(values=model.initial_values())
+def make_guide(model: BayesianModel, guide: Union[str, Any], init_scale: Union[float, str], rank: Optional[int],
+               start: Optional[Dict[str, torch.Tensor]] = None):
+    """The built-in guide ``guide`` with its means at ``start`` (default: the model's initial values)."""
+    init = init_to_value(values=model.initial_values() if start is None else start)
     if not isinstance(guide, str):
         return guide
     if guide not in GUIDES:
@@ -125,7 +131,8 @@ def _is_real(support) -> bool:
     return support is constraints.real
 
 
-def initialise_scales(guide, model: BayesianModel, data: FitData, seed: int) -> None:
+def initialise_scales(guide, model: BayesianModel, data: FitData, seed: int,
+                      start: Optional[Dict[str, torch.Tensor]] = None) -> None:
     """Set a built-in guide's initial sds to `curvature_scales` at its starting point (init_scale="auto").
 
     No sd starts above ``FALLBACK_SCALE`` (0.01): weights the data hardly touch at the start
@@ -140,7 +147,7 @@ def initialise_scales(guide, model: BayesianModel, data: FitData, seed: int) -> 
     generator = torch.Generator().manual_seed(seed + 1)
     x0, y0 = next(iter(data.epoch()))
     guide(x0, y0, data.dataset_size)  # builds the guide's parameters
-    start = model.initial_values()
+    start = model.initial_values() if start is None else start
     sds = curvature_scales(model, data, start, generator)
     sds = {name: sd.clamp(max=FALLBACK_SCALE) for name, sd in sds.items()}
     if isinstance(guide, AutoNormal):
@@ -151,25 +158,13 @@ def initialise_scales(guide, model: BayesianModel, data: FitData, seed: int) -> 
     flat = []
     for name, site in guide.prototype_trace.iter_stochastic_nodes():
         size = math.prod(guide._unconstrained_shapes[name])
-        flat.append(sds[name].reshape(-1) if name in sds else torch.full((size,), FALLBACK_SCALE))
+        flat.append(sds[name].reshape(-1) if name in sds else
+                    torch.full((size,), FALLBACK_SCALE, dtype=guide.loc.dtype, device=guide.loc.device))
     sd = torch.cat(flat).to(guide.loc)
     sd = torch.where(torch.isfinite(sd), sd, torch.full_like(sd, FALLBACK_SCALE))
     if isinstance(guide, AutoLowRankMultivariateNormal):
         sd = sd / (1 + guide.cov_factor.detach().pow(2).sum(-1)).sqrt()
     guide.scale = PyroParam(sd, guide.scale_constraint)
-
-
-def resolve_steps(data: FitData, num_steps: Optional[int], epochs: Optional[int], default: int) -> int:
-    if num_steps is not None and epochs is not None:
-        raise TypeError("pass num_steps or epochs, not both")
-    if epochs is not None:
-        if not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-        return epochs * data.num_batches
-    steps = default if num_steps is None else num_steps
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"num_steps must be a positive integer, got {steps!r}")
-    return steps
 
 
 def param_groups(loss_fn: torch.nn.Module, lr: float) -> list:
@@ -312,14 +307,15 @@ def _nonfinite_start(model: BayesianModel, guide, x: torch.Tensor, y: torch.Tens
 
 @register("svi")
 def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool],
-            guide: Union[str, Any] = "normal", num_steps: Optional[int] = None, epochs: Optional[int] = None,
+            guide: Union[str, Any] = "normal", steps: Optional[int] = None, epochs: Optional[int] = None,
             lr: float = 0.01, lr_decay: float = 0.1, num_particles: int = 1, init_scale: Union[float, str] = "auto",
-            rank: Optional[int] = None) -> GuidePosterior:
+            rank: Optional[int] = None, init: Optional[Dict[str, torch.Tensor]] = None) -> GuidePosterior:
     """Variational inference with a Pyro autoguide.
 
     Args:
         guide: ``"normal"`` (mean-field), ``"lowrank"``, ``"fullrank"``, or a Pyro guide.
-        num_steps / epochs: optimiser steps (default 2000), or passes over the data.
+        steps / epochs: optimiser steps (default 2000), or passes over the data (``num_steps`` is the
+            deprecated name of ``steps``).
         lr, lr_decay: Adam step size, decayed exponentially to ``lr * lr_decay``.
         num_particles: ELBO samples per step (vectorised).
         init_scale: initial guide standard deviation (loc starts at the network's weights):
@@ -334,14 +330,31 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
     near their start (variance 0.6× the mean-field target at T = 0.1 and 2.3× at T = 0.01 on
     linear regression with 2000 steps); with it they reach the target within 10% at T = 1 … 0.01.
         rank: rank of the ``"lowrank"`` guide (default ≈ √P).
+        init: the built-in guide's starting means ``{site: tensor}`` (moved to the network's device and
+            dtype); sites left out start at [`BayesianModel.initial_values`][pyro_bdl.BayesianModel].
+
+    ``info``: the driver schema (`pyro_bdl.infer.driver.info`) — ``loss`` ``(1, steps)`` (the negative
+    ELBO estimate per step), ``options``, ``wall_time`` — plus ``guide`` (its class name) and
+    ``losses`` (the same losses as a list; deprecated, kept for one release).
     """
-    steps = resolve_steps(data, num_steps, epochs, default=2000)
+    num = run_length(data, steps, epochs, default=2000)
     _check_init_scale(init_scale)
+    if init is not None and not isinstance(guide, str):
+        raise ValueError("init sets a built-in guide's starting means; a guide object you pass starts where it "
+                         "was built (drop init, or build the guide with init_loc_fn=init_to_value(values=...))")
+    start = start_values(model, init)
+    started = time.perf_counter()
     with pyro.settings.context(module_local_params=True):
-        g = make_guide(model, guide, init_scale, rank)
+        g = make_guide(model, guide, init_scale, rank, start)
         if init_scale == "auto" and isinstance(guide, str):
-            initialise_scales(g, model, data, seed)
-    losses = optimise(model, g, data, steps, lr, lr_decay, num_particles, seed, progress, "svi",
+            initialise_scales(g, model, data, seed, start)
+    losses = optimise(model, g, data, num, lr, lr_decay, num_particles, seed, progress, "svi",
                       control_variate=isinstance(guide, str) and data.minibatched)
+    wall_time = time.perf_counter() - started
     x0, _ = next(iter(data.epoch()))
-    return GuidePosterior(model, g, "svi", x0, info={"losses": losses, "guide": type(g).__name__})
+    options = {"guide": guide if isinstance(guide, str) else type(guide).__qualname__, "steps": steps,
+               "epochs": epochs, "lr": lr, "lr_decay": lr_decay, "num_particles": num_particles,
+               "init_scale": init_scale, "rank": rank, "init": None if init is None else sorted(init)}
+    loss = torch.tensor([losses], dtype=torch.float64)
+    return GuidePosterior(model, g, "svi", x0, info=driver.info(loss, options, wall_time, losses=losses,
+                                                                guide=type(g).__name__))

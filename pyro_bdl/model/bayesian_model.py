@@ -112,7 +112,7 @@ class BayesianModel:
         T, mode = self.temperature, self.tempering
         with tempering.tempered_prior(T, mode):
             weights = self.network.sample_weights()
-            lik_params = self.likelihood.sample_params()
+            lik_params = self.likelihood.sample_params(self.device, self.dtype)
         out = self.network.plate_aligned(self.network.forward(weights, x), weights)
         with tempering.tempered_likelihood(T, mode):
             self.likelihood(out, y, dataset_size=dataset_size, params=lik_params)
@@ -171,11 +171,22 @@ class BayesianModel:
         return {name: site["value"].detach().clone() if name not in weights else site["value"]
                 for name, site in latent_sites(trace).items()}
 
+    def as_values(self, values: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """User-given site values (``init={site: value}``: tensors, arrays or numbers) as tensors on the
+        network's device, floating ones in its dtype (integer ones keep theirs): the one place a user's
+        starting point meets the network's device."""
+        device, dtype = self.device, self.dtype
+        out = {}
+        for name, value in values.items():
+            t = torch.as_tensor(value)
+            out[name] = t.to(device, dtype) if t.is_floating_point() else t.to(device)
+        return out
+
     def _sample_prior(self) -> None:
         """The latent part of the model (weights, hyperprior and likelihood sites) without data."""
         with tempering.tempered_prior(self.temperature, self.tempering):
             self.network.sample_weights()
-            self.likelihood.sample_params()
+            self.likelihood.sample_params(self.device, self.dtype)
 
     def __repr__(self) -> str:
         return (f"BayesianModel(net={type(self.net).__name__}, prior={self.network.prior!r}, likelihood={self.likelihood!r}, "

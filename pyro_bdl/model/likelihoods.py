@@ -37,8 +37,9 @@ class Likelihood:
 
     kind = "regression"  # or "classification"
 
-    def sample_params(self) -> Params:
-        """Draw latent likelihood parameters (e.g. a learned noise scale) as Pyro sample sites."""
+    def sample_params(self, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> Params:
+        """Draw latent likelihood parameters (e.g. a learned noise scale) as Pyro sample sites, with default
+        priors on ``device`` in ``dtype`` (the network's)."""
         return {}
 
     @property
@@ -101,6 +102,8 @@ class _LocScale(Likelihood):
         self.heteroskedastic = bool(heteroskedastic)
         self.min_scale = float(min_scale)
         self.scale_prior = scale_prior if scale_prior is not None else dist.HalfNormal(torch.tensor(1.0))
+        self._default_prior = scale_prior is None
+        self._priors_on: Dict[tuple, dist.Distribution] = {}  # the default prior per (device, dtype)
 
     @property
     def learned(self) -> bool:
@@ -110,10 +113,21 @@ class _LocScale(Likelihood):
     def param_sites(self) -> tuple:
         return (self.noise_site,) if self.learned else ()
 
-    def sample_params(self) -> Params:
+    def noise_prior(self, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> dist.Distribution:
+        """The prior of a learned noise scale: ``scale_prior``; the default HalfNormal(1) is built on ``device``
+        in ``dtype`` (the network's), so its draws and log densities live with the weights. A user's own
+        ``scale_prior`` is used as given (it carries the device and dtype of its parameters)."""
+        if not self._default_prior or (device is None and dtype is None):
+            return self.scale_prior
+        key = (torch.device(device) if device is not None else None, dtype)
+        if key not in self._priors_on:
+            self._priors_on[key] = dist.HalfNormal(torch.ones((), device=device, dtype=dtype))
+        return self._priors_on[key]
+
+    def sample_params(self, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> Params:
         if not self.learned:
             return {}
-        return {self.noise_site: pyro.sample(self.noise_site, self.scale_prior)}
+        return {self.noise_site: pyro.sample(self.noise_site, self.noise_prior(device, dtype))}
 
     def _loc_scale(self, output, params: Optional[Params], softplus=F.softplus, number: bool = False):
         """Location and scale of p(y | f) from the network output: the one definition of this link.

@@ -111,7 +111,7 @@ class Objective:
         prior = as_prior(net.prior)
         out = {net.site_name(n): prior.distribution(net.site_name(n), net._values[n], net.owner(n)) for n in net.param_names}
         for site in self.model.likelihood_sites:
-            out[site] = self.model.likelihood.scale_prior
+            out[site] = self.model.likelihood.noise_prior(self.model.device, self.model.dtype)
         return out
 
     def _compiled_log_joint(self, values: Dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,

@@ -122,10 +122,12 @@ class FlatLogDensity:
             scale = scale.to(w)
         z = w if isinstance(loc, float) and loc == 0.0 else w - loc
         if self.kind == "normal":
+            # Σ z² as a product and a sum, not linalg.vecdot: the same on one θ, and under torch.func.vmap
+            # (stacked ensemble members) vecdot's batching is ≈ 2× slower than (z·z).sum (8 × 29k entries)
             if isinstance(scale, float):  # one scale: a squared norm
-                return (0.5 / scale ** 2) * torch.linalg.vecdot(z, z)
+                return (0.5 / scale ** 2) * (z * z).sum(-1)
             z = z / scale
-            return 0.5 * torch.linalg.vecdot(z, z)
+            return 0.5 * (z * z).sum(-1)
         if self.kind == "laplace":
             return (z.abs() / scale).sum(-1)
         df = self.df if isinstance(self.df, float) else self.df.to(w)

@@ -210,7 +210,7 @@ def to_jax(net: nn.Module, params: Optional[Iterable[str]] = None) -> JaxNetwork
     Example::
 
         f = to_jax(net)
-        out = f({k: jnp.asarray(v.detach().numpy()) for k, v in net.named_parameters()}, x)
+        out = f({k: jnp.asarray(v.detach().cpu().numpy()) for k, v in net.named_parameters()}, x)
     """
     if not isinstance(net, nn.Module):
         raise TypeError(f"to_jax expects a torch.nn.Module, got {type(net).__name__}")

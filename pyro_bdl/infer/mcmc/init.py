@@ -18,7 +18,7 @@ def initial_point(model: BayesianModel, data: FitData, init: Union[str, Dict[str
                   progress: Optional[bool]) -> Dict[str, torch.Tensor]:
     """Where a chain starts: a prior draw (default, overdispersed), the network's weights, the MAP, or given values."""
     if isinstance(init, dict):
-        return {k: torch.as_tensor(v) for k, v in init.items()}
+        return model.as_values(init)
     if init == "prior":
         x, _ = data.full()
         with seeded(seed):

@@ -264,7 +264,7 @@ def run_numpyro_mcmc(model: BayesianModel, data: FitData, kernel_name: str, *, s
                          "(x is a tuple): use backend='pyro' (the default), which runs any torch network")
     nmodel = NumPyroModel(model)  # every translation error is raised here, before any sampling
     shapes = model.latent_shapes(x)
-    given = _check_init(init, shapes) if isinstance(init, dict) else {}
+    given = model.as_values(_check_init(init, shapes)) if isinstance(init, dict) else {}  # on the network's device
 
     # Starting points (torch, constrained): per chain for "prior" (seeds spawned from the run's seed, so runs
     # with different seeds share no chain); "net" and "map" are the same for all.
@@ -291,8 +291,8 @@ def run_numpyro_mcmc(model: BayesianModel, data: FitData, kernel_name: str, *, s
         raw, extra = sample_chains(program, states, model_args, num_chains, chain_method, progress)
     wall = time.perf_counter() - start
 
-    dtype = torch.get_default_dtype()  # JAX computes in float32 unless x64 is enabled; match torch's default
-    samples = {site: torch.from_numpy(np.array(raw[site])).to(dtype) for site in nmodel.sites}
+    # JAX computes in float32 unless x64 is enabled; the draws are returned with the network (its device and dtype)
+    samples = {site: torch.from_numpy(np.array(raw[site])).to(model.device, model.dtype) for site in nmodel.sites}
     num_steps = torch.from_numpy(extra["num_steps"].astype(np.int64))
     sample_stats = {
         "diverging": torch.from_numpy(extra["diverging"].astype(bool)),
