@@ -462,7 +462,7 @@ def _example_inputs(data: FitData) -> torch.Tensor:
 def _initial_theta(objective: Objective, model: BayesianModel, init: Union[str, Dict[str, torch.Tensor]],
                    seed: int) -> torch.Tensor:
     if isinstance(init, dict):
-        values = {k: torch.as_tensor(v) for k, v in init.items()}
+        values = model.as_values(init)
         missing = [n for n in objective.layout.names if n not in values]
         if missing:
             raise ValueError(f"init is missing values for sites {missing}")
