@@ -18,7 +18,7 @@ from ..data import FitData
 from ..registry import register
 from .run import Dynamics, sample
 from .schedules import (EXPLORE, Plan, constant_schedule, constant_stages, cyclical_draw_steps,
-                        cyclical_schedule, cyclical_stages, epoch_draw_steps)
+                        cyclical_schedule, cyclical_stages, epoch_draw_steps, exploration_descent)
 
 SAMPLERS = ("sgld", "sghmc")
 INITS = ("fresh", "net")
@@ -30,6 +30,10 @@ DEFAULT_LR = {("fisher", "sgld"): 0.1, ("fisher", "sghmc"): 0.05, ("rmsprop", "s
 DEFAULT_FRICTION = {"fisher": 0.01, "rmsprop": 0.05, None: 0.05}
 EXPLORE_LR = 0.01
 GRADIENTS = ("auto", "cv", "plain")
+#: cSG-MCMC: the last fraction of each exploration stage that descends to the mode on the control-variate
+#: gradient (`.schedules.exploration_descent`); at momentum 0.9 the noise-free descent contracts by at best
+#: √0.9 per step, so 0.25 of a default exploration stage (hundreds of steps) is many e-folds
+DESCENT_FRACTION = 0.25
 
 
 def _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every) -> None:
@@ -281,7 +285,8 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
                                torch.full((K,), lr, dtype=torch.float64))
     else:
         schedule = cyclical_schedule(lr, K, cycles)
-    plan = Plan(schedule, stage, cyclical_draw_steps(K, cycles, exploration, samples_per_cycle, warmup), epochs, S)
+    plan = Plan(schedule, stage, cyclical_draw_steps(K, cycles, exploration, samples_per_cycle, warmup), epochs, S,
+                descent=exploration_descent(stage, DESCENT_FRACTION) if adaptive else None)
     dynamics = Dynamics(sampler, model.temperature, 1.0 / data.dataset_size if per_datapoint else 1.0, alpha,
                         preconditioner, adaptive and _noise_correction(noise_correction, data),
                         _gradient_mode(gradient, data, adaptive), pool_windows=True)
