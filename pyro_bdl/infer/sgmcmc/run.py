@@ -19,7 +19,7 @@ from ..divergence import DivergenceCheck, loss_floor
 from ...model.inputs import num_rows, take_rows
 from ...model.potential import Objective
 from . import kernels as K
-from .schedules import EXPLORE, SAMPLE, WARMUP, Plan, window_resets
+from .schedules import EXPLORE, SAMPLE, WARMUP, Plan, descent_anchors, window_resets
 
 
 #: EMA decay of ĝ² in a control-variate warm-up: the chain starts at the anchor, with no spread, and the
@@ -204,6 +204,15 @@ def _constants(square, noise, dynamics: Dynamics, lr: float, cap: Optional[torch
     return {"step": step, "friction": friction, "noise": noise}
 
 
+def _refresh_momentum(chain: K.KernelState, frozen: Dict[str, Any], T: float, generator) -> K.KernelState:
+    """Draw v ~ N(0, G·T/(1 − α/2)), the stationary law of the SGHMC momentum (`pyro_bdl.evaluate.diagnostics.sampler`),
+    at the start of a sampling stage: a Gibbs step on v that leaves the target invariant (as HMC's momentum
+    refresh), so the stage does not inherit the exploration's or warm-up's momentum, whose scale belongs to
+    other step sizes (it heated cSG-MCMC's short sampling stages' kinetic temperature to ~5000·T on a network)."""
+    scale = (frozen["step"] * T / (1 - frozen["friction"] / 2)).sqrt()
+    return K.KernelState(chain.theta, scale * randn_like(chain.theta, generator))
+
+
 def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamics, state: Dict[str, Any],
               save=None, checkpoint_every: int = 1, bar=None, lr: float = 1.0) -> Dict[str, Any]:
     """Advance one chain from ``state`` (as made by `_start_chain` or loaded) to the end of the plan.
@@ -227,6 +236,10 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
     schedule = plan.step_size.tolist()
     stages = plan.stage.tolist()
     resets = window_resets(plan.stage).tolist()
+    # the plan's descent steps (cSG-MCMC's exploration end) run on the control-variate gradient, re-anchored at
+    # the steps of `descent_anchors`, so the sampling stage starts at the mode (`schedules.exploration_descent`)
+    descent = plan.descent.tolist() if anchored and plan.descent is not None else [False] * len(stages)
+    descent_anchor = descent_anchors(plan.descent).tolist() if anchored and plan.descent is not None else descent
     check = None  # the divergence check, built on the first minibatch (its floor needs a trace)
     for epoch in range(state["epoch"], plan.epochs):
         k = epoch * plan.steps_per_epoch  # steps done before this epoch
@@ -251,12 +264,20 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
                                               _constants(plain_square, torch.zeros_like(plain_square), dynamics, lr)["step"])
                         moments = K.reset_ema(moments)
                     state["cv_sum"], state["cv_count"] = torch.zeros_like(chain.theta), 0
+            if descent[k] and descent_anchor[k]:
+                state["cv"] = _anchor(objective, data, chain.theta)
             if adaptive and stage == SAMPLE and frozen is None:
                 frozen = _freeze(moments, plain_moments, dynamics, lr, state["warm_step"])
                 state["frozen_once"], state["last_step"] = True, frozen["step"]
             if stage == SAMPLE and (k == 0 or stages[k - 1] != SAMPLE):
-                state["anchor"] = chain.theta.clone()  # θ₀ of the configurational temperature
-            use_cv = anchored and state["cv"] is not None and (stage == WARMUP or (stage == SAMPLE and frozen["cv"]))
+                # θ₀ of the configurational temperature: fixed before the sampling stage and, unlike the stage's first
+                # position, nearly independent of its draws (the last anchor, the warm-up's mean θ) — a θ₀ the chain
+                # has not forgotten biases E[(θ − θ₀)·∇V] below T on short stages
+                state["anchor"] = (state["cv"]["theta"] if anchored and state["cv"] is not None else chain.theta).clone()
+                if adaptive and dynamics.kernel == "sghmc":
+                    chain = _refresh_momentum(chain, frozen, T, generator)
+            use_cv = anchored and state["cv"] is not None and (
+                descent[k] or stage == WARMUP or (stage == SAMPLE and frozen["cv"]))
             u, estimates = _gradient(objective, chain.theta, xb, yb, N, adaptive and stage == WARMUP,
                                      state["cv"] if use_cv else None)
             g, noise = estimates["cv" if use_cv else "plain"]
@@ -277,7 +298,10 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
             if not adaptive:
                 step, friction, correction = schedule[k] * dynamics.eps_per_lr, dynamics.friction, None
             else:
-                if stage != SAMPLE:
+                if stage == EXPLORE and use_cv:  # descent: the RMSprop normaliser stays on the plain gradient's scale
+                    pg, pn = estimates["plain"]
+                    moments = K.update_moments(moments, T * pg, None if pn is None else T * T * pn, means=False)
+                elif stage != SAMPLE:
                     moments = K.update_moments(moments, grad, grad_noise,
                                                WARMUP_EMA_DECAY if use_cv and stage == WARMUP else K.EMA_DECAY,
                                                means=stage == WARMUP)
