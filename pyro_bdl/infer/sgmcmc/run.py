@@ -184,6 +184,12 @@ def _freeze(moments: K.GradientMoments, plain: K.GradientMoments, dynamics: Dyna
 
 def _constants(square, noise, dynamics: Dynamics, lr: float, cap: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
     T = dynamics.temperature
+    if dynamics.curvature_floor is not None:
+        # at stationarity E[ĝ_i²] = T·H_ii(V) ≥ T·H_prior,ii(V) = T²·(prior curvature of U_T): no step may exceed the one
+        # that suits the prior alone, G_i = lr/H_prior,ii(V) — a control-variate chain that has not spread from its anchor
+        # reads E[ĝ²] low (measured on a digits MLP at T = 0.01: frozen steps 6× that bound on every coordinate, and
+        # the chain diverged); the plain estimate's frozen step is floored more tightly in `_freeze`
+        square = torch.maximum(square, T * T * dynamics.curvature_floor.to(square))
     if dynamics.preconditioner == "fisher":
         step = K.fisher_step_size(square, lr, T)
         if cap is not None:
@@ -236,8 +242,8 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
     schedule = plan.step_size.tolist()
     stages = plan.stage.tolist()
     resets = window_resets(plan.stage).tolist()
-    # the plan's descent steps (cSG-MCMC's exploration end) run on the control-variate gradient, re-anchored at
-    # the steps of `descent_anchors`, so the sampling stage starts at the mode (`schedules.exploration_descent`)
+    # the plan's descent steps (cSG-MCMC's exploration end) run on the control-variate gradient, re-anchored at the
+    # steps of `descent_anchors`, with noise at T, so the warm-up starts in the target's bulk (`schedules.exploration_descent`)
     descent = plan.descent.tolist() if anchored and plan.descent is not None else [False] * len(stages)
     descent_anchor = descent_anchors(plan.descent).tolist() if anchored and plan.descent is not None else descent
     check = None  # the divergence check, built on the first minibatch (its floor needs a trace)
@@ -294,7 +300,8 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
                     f"lower lr (step size now {schedule[k]}) or check the data scale")
             grad = T * g  # ĝ ≈ ∇V, V = T·U_T
             grad_noise = None if noise is None else T * T * noise
-            xi = randn_like(chain.theta, generator) if stage != EXPLORE else None
+            # the descent injects the noise of temperature T (`schedules.exploration_descent`)
+            xi = randn_like(chain.theta, generator) if stage != EXPLORE or descent[k] else None
             if not adaptive:
                 step, friction, correction = schedule[k] * dynamics.eps_per_lr, dynamics.friction, None
             else:
@@ -312,7 +319,10 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
                     state["cv_sum"] = chain.theta.clone() if state["cv_sum"] is None else state["cv_sum"] + chain.theta
                     state["cv_count"] += 1
                 if stage == EXPLORE:
-                    step = K.rmsprop_step_size(K.ema_square(moments), schedule[k])
+                    square = K.ema_square(moments)
+                    if descent[k] and dynamics.curvature_floor is not None:  # a dead unit's weights get noise now
+                        square = torch.maximum(square, dynamics.curvature_floor.to(square))
+                    step = K.rmsprop_step_size(square, schedule[k])
                     friction, correction = 0.1, None  # SGD with momentum 0.9 towards the bulk
                 elif stage == WARMUP:
                     now = K.ema_square(K.centred(moments) if use_cv else moments)
