@@ -276,10 +276,12 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
                 frozen = _freeze(moments, plain_moments, dynamics, lr, state["warm_step"])
                 state["frozen_once"], state["last_step"] = True, frozen["step"]
             if stage == SAMPLE and (k == 0 or stages[k - 1] != SAMPLE):
-                # θ₀ of the configurational temperature: fixed before the sampling stage and, unlike the stage's first
-                # position, nearly independent of its draws (the last anchor, the warm-up's mean θ) — a θ₀ the chain
-                # has not forgotten biases E[(θ − θ₀)·∇V] below T on short stages
-                state["anchor"] = (state["cv"]["theta"] if anchored and state["cv"] is not None else chain.theta).clone()
+                # θ₀ of the configurational temperature, fixed before the sampling stage. cSG-MCMC's stages are short: a
+                # θ₀ the chain has not forgotten (the stage's first position) biases E[(θ − θ₀)·∇V] below T, so it takes
+                # the last anchor (the warm-up's mean θ, half a warm-up earlier). SGLD/SGHMC's long stage forgets its
+                # start within a few % of its length, and the start is nearer the bulk than a mid-warm-up mean.
+                pooled_anchor = dynamics.pool_windows and anchored and state["cv"] is not None
+                state["anchor"] = (state["cv"]["theta"] if pooled_anchor else chain.theta).clone()
                 if adaptive and dynamics.kernel == "sghmc":
                     chain = _refresh_momentum(chain, frozen, T, generator)
             use_cv = anchored and state["cv"] is not None and (
