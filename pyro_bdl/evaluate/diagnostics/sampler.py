@@ -9,9 +9,14 @@ T is the run's temperature — with tempering, the target is the tempered poster
 
 * **configurational temperature** T̂_conf = (1/d) (θ − θ₀)·∇V(θ). Integration by parts gives
   E[(θ_i − θ₀ᵢ) ∂_i V] = T under exp(−V/T) (when (θ_i − θ₀ᵢ) e^{−V/T} vanishes at infinity),
-  for any V and any fixed θ₀. Wenzel et al. take θ₀ = 0; we take θ₀ = the chain's position when
-  its sampling stage begins (fixed before the steps it is averaged over), which has the same
-  expectation and a far smaller variance when the posterior sits away from 0. It measures the *positions*: a chain whose draws are too spread out (a step size
+  for any V and any fixed θ₀ independent of θ. Wenzel et al. take θ₀ = 0; we take θ₀ = the
+  chain's position when its sampling stage begins or, for cSG-MCMC (short stages), the last
+  control-variate anchor before it (the mean θ of the first half of the warm-up): fixed before the
+  steps it is averaged over, with the same expectation and a far smaller variance when the
+  posterior sits away from 0. The stage's own first position is not independent of the draws
+  that follow it (the chain has not forgotten it on a short stage), which biased the reading
+  low — E[(θ₀ − μ)·H(θ − μ)] > 0 — on cSG-MCMC's short sampling stages; the anchor is half a
+  warm-up earlier. It measures the *positions*: a chain whose draws are too spread out (a step size
   too large for its noise, untempered minibatch noise) reads T̂_conf > T. ∇V is the minibatch
   estimate, unbiased, so the average over the sampling steps is unbiased.
 * **kinetic temperature** (SGHMC only) T̂_kin = (1/d) Σ_i p_i²/M_i for momentum p ~ N(0, T·M):

@@ -261,12 +261,17 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
     α_k = α₀/2 · [cos(π · mod(k − 1, ⌈K/M⌉) / ⌈K/M⌉) + 1] over K = epochs × batches steps. In the
     first fraction β of each cycle the inner update runs without noise (optimisation); the rest is
     the sampling stage. With the adaptive kernel (default) exploration takes RMSprop steps
-    α_k/√EMA[ĝ²] with α₀ = ``explore_lr`` (default 0.01) and momentum 0.9; the first half of each
-    sampling stage is a warm-up (a new control-variate anchor at the cycle's mode when
+    α_k/√EMA[ĝ²] with α₀ = ``explore_lr`` (default 0.01) and momentum 0.9; when the control-variate
+    gradient is available (un-augmented minibatches) its last quarter is a descent on that gradient
+    with the noise of T (`.schedules.exploration_descent`), because minibatch SGD ends in a noise ball
+    of T-independent radius, many posterior sds wide at cold T. The first half of each
+    sampling stage is a warm-up (a new control-variate anchor where the descent ends when
     ``gradient`` picks it; its measured moments are pooled with the earlier cycles', since one
-    cycle's warm-up is tens of steps, and its step starts from the previous cycle's) and the
-    second half samples with the fixed adaptive step of `fit_sghmc`/`fit_sgld` (lr
-    dimensionless), where the ``samples_per_cycle`` draws are taken. With ``preconditioner=None``
+    cycle's warm-up is tens of steps, and its step starts from the previous cycle's; fewer than 20
+    steps per cycle and a SamplerWarning says the run is too short, and the descent is skipped) and
+    the second half samples with the fixed adaptive step of `fit_sghmc`/`fit_sgld` (lr
+    dimensionless), the SGHMC momentum first drawn from its stationary law N(0, G·T/(1 − α/2)),
+    where the ``samples_per_cycle`` draws are taken. With ``preconditioner=None``
     it is Zhang et al.'s plain rule: the same step α_k in both stages, noise √(2ε_kT) (× √α for
     SGHMC) in the sampling stage, ε_k = α_k/N per data point, draws over the whole sampling stage.
 
