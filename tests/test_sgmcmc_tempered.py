@@ -44,8 +44,9 @@ def test_defaults_sample_blr_posterior_with_minibatches(method):
     opts = dict(epochs=200, num_chains=3) if method != "csgmcmc" else \
         dict(epochs=200, cycles=2, samples_per_cycle=25, num_chains=3)
     with warnings.catch_warnings():
-        # a healthy run is not flagged (cSG-MCMC's short sampling stages start at the exploration's end, so
-        # their temperatures are still rising: not judged here)
+        # a healthy run is not flagged (cSG-MCMC is not judged here: its configurational temperature no longer reads
+        # low — 9 chains over seeds 0–2 average 1.1·T — but 2 stages of 40 steps per chain give batch-means intervals
+        # too narrow for the autocorrelation, and 1 of those 9 chains is flagged at 1.72·T)
         warnings.simplefilter("error" if method != "csgmcmc" else "ignore", bdl.diagnostics.SamplerWarning)
         post = bdl.fit(blr.model(T), blr.x, blr.y, method=method, batch_size=12, seed=0, progress=False, **opts)
     ratio, z = ratios(post, blr, T)
