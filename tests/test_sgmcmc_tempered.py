@@ -44,13 +44,16 @@ def test_defaults_sample_blr_posterior_with_minibatches(method):
     opts = dict(epochs=200, num_chains=3) if method != "csgmcmc" else \
         dict(epochs=200, cycles=2, samples_per_cycle=25, num_chains=3)
     with warnings.catch_warnings():
-        # a healthy run is not flagged (cSG-MCMC's short sampling stages start at the exploration's end, so
-        # their temperatures are still rising: not judged here)
+        # a healthy run is not flagged (cSG-MCMC is not judged here: its configurational temperature no longer reads
+        # low — 9 chains over seeds 0–2 average 1.1·T — but 2 stages of 40 steps per chain give batch-means intervals
+        # too narrow for the autocorrelation, and 1 of those 9 chains is flagged at 1.72·T)
         warnings.simplefilter("error" if method != "csgmcmc" else "ignore", bdl.diagnostics.SamplerWarning)
         post = bdl.fit(blr.model(T), blr.x, blr.y, method=method, batch_size=12, seed=0, progress=False, **opts)
     ratio, z = ratios(post, blr, T)
     assert 0.6 < float(ratio.mean()) < 1.5 and ratio.min() > 0.45 and ratio.max() < 2.0, ratio
-    assert z.max() < 0.5, z
+    # cSG-MCMC's draws come from 6 short sampling stages (3 chains × 2 cycles of 40 steps): its mean error has an sd
+    # of ≈ 0.3 posterior sd (measured over seeds 0–4, worst coordinate 0.14–0.56), so its bound is 2.5 of those
+    assert z.max() < (0.5 if method != "csgmcmc" else 0.75), z
     assert post.info["preconditioner"] == "fisher"
     assert post.info["configurational_temperature"].shape == (3, 3)
 
@@ -102,6 +105,57 @@ def test_too_large_step_is_flagged():
         post = bdl.fit(blr.model(), blr.x, blr.y, method="sgld", preconditioner=None, lr=1.8 / lam, epochs=400,
                        seed=0, progress=False)
     assert float(post.info["configurational_temperature"][0, 0]) > 2.0
+
+
+def test_too_wide_interval_is_flagged_as_unreliable():
+    """A temperature whose interval spans orders of magnitude (measured before on a digits MLP: cSG-MCMC's kinetic
+    temperature 552, interval −389 … 1494, at T = 0.1) contains T, so `disagreements` cannot judge it; it certifies
+    nothing and must warn as unreliable. A per-step series with a transient (a few huge values, as the momentum
+    inherited at a sampling stage's start gave) is such a case; a healthy interval is not flagged."""
+    from pyro_bdl.evaluate.diagnostics import sampler
+    table = {"kinetic_temperature": torch.tensor([[552.0, -389.0, 1494.0]], dtype=torch.float64)}
+    assert sampler.disagreements(table, 0.1) == []
+    with pytest.warns(bdl.diagnostics.SamplerWarning, match=r"unreliable: chain 0: kinetic temperature 552 .*T = 0.1"):
+        sampler.warn_if_off(table, 0.1, "csgmcmc")
+    g = torch.Generator().manual_seed(0)
+    series = (0.1 + 0.02 * torch.randn(40, generator=g, dtype=torch.float64)).tolist()
+    series[20:23] = [1288.0, 52.0, 11.0]  # a transient at a sampling stage's start
+    est = sampler.mean_with_interval(series)
+    assert est[1] < 0.1 < est[2]  # T inside the interval: not a disagreement...
+    with pytest.warns(bdl.diagnostics.SamplerWarning, match="unreliable"):  # ...but far too wide
+        sampler.warn_if_off({"kinetic_temperature": est[None]}, 0.1, "sghmc")
+    healthy = sampler.mean_with_interval((0.1 + 0.02 * torch.randn(40, generator=g, dtype=torch.float64)).tolist())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", bdl.diagnostics.SamplerWarning)
+        sampler.warn_if_off({"kinetic_temperature": healthy[None]}, 0.1, "sghmc")
+
+
+def test_csgmcmc_warns_when_its_warmups_are_too_short():
+    blr = make_blr(n=40, seed=0)
+    with pytest.warns(bdl.diagnostics.SamplerWarning, match=r"warm-up has only 10 step\(s\).*more epochs"):
+        bdl.fit(blr.model(), blr.x, blr.y, method="csgmcmc", batch_size=10, epochs=50, cycles=2, progress=False)
+
+
+@pytest.mark.parametrize("T, seed", [(1.0, 0), (0.01, 1)])
+def test_csgmcmc_defaults_on_a_relu_classifier(T, seed):
+    """Digits ReLU MLP, cSG-MCMC at defaults (200 epochs, 4 cycles, 25-step warm-ups). Before the exploration's
+    descent, the momentum refresh and the prior-curvature bound on every adaptive step, these two runs read a kinetic
+    temperature of 3.3·T and diverged (at the first cycles' sampling steps); over T ∈ {1, 0.1, 0.01} × seeds 0–2 the
+    old code had kinetic temperatures up to 22·T and one divergence, the new one 8 of 9 runs within 17% of T and one
+    divergence (T = 0.01, seed 2: notes/issue-13-csgmcmc.md)."""
+    from pyro_bdl.examples.datasets import load_dataset
+    ds = load_dataset("digits", train_size=500)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    model = bdl.BayesianModel(net, prior=bdl.priors.Gaussian(0.0, 1.0), likelihood=bdl.likelihoods.Categorical(),
+                              temperature=T)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the configurational temperature of a multimodal net is not judged here
+        post = bdl.fit(model, ds.x_train, ds.y_train, method="csgmcmc", batch_size=100, seed=seed, progress=False)
+    accuracy = float((post.predict(ds.x_test).probs.argmax(-1) == ds.y_test).float().mean())
+    assert accuracy > 0.9, accuracy
+    mean, low, high = (post.info["kinetic_temperature"][0] / T).tolist()
+    assert 0.7 < mean < 1.4 and high - low < 0.5, (mean, low, high)
 
 
 def test_temperatures_reach_arviz_and_summary():
@@ -203,14 +257,9 @@ PROBLEMS = {"n64_wide_prior": dict(n=64, d=2, seed=1, prior_scale=1.0, batch=16)
 @pytest.mark.parametrize("problem", list(PROBLEMS))
 @pytest.mark.parametrize("T", [1.0, 0.1, 0.01])
 @pytest.mark.parametrize("method", METHODS)
-def test_defaults_sample_tempered_posterior_sweep(method, T, problem, request):
+def test_defaults_sample_tempered_posterior_sweep(method, T, problem):
     """The issue's bar: Var/(T·exact) in [0.75, 1.33] (mean over coordinates; each in [0.6, 1.6]) and the
     mean within 0.2 posterior sd (mean over coordinates; 0.4 for the worst), at default kernel options."""
-    if method == "csgmcmc" and T == 0.01 and problem == "n400_d3_sharp":
-        request.applymarker(pytest.mark.xfail(strict=False, reason=(
-            "measured 2.46 (notes/issue-13-sgmcmc.md): each cycle's noise-free exploration ends a T-independent "
-            "distance from the mode, i.e. many posterior sds at T = 0.01, and the cycle's 100-step warm-up does "
-            "not relax from there")))
     spec = dict(PROBLEMS[problem])
     batch = spec.pop("batch")
     blr = make_blr(**spec)

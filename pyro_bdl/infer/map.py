@@ -88,6 +88,8 @@ class MAPRule:
         self._jacobian = bool(objective.constrain(objective.initial())[1])
         self._losses = torch.func.vmap(self.loss, in_dims=(0, 0, 0))
         self._losses_shared = torch.func.vmap(self.loss, in_dims=(0, None, None))
+        #: K > 1 runs by vmap (True), one at a time (False, a network vmap cannot batch), or not yet tried (None)
+        self._stacked: Optional[bool] = None
 
     def loss(self, theta: torch.Tensor, x, y: torch.Tensor) -> torch.Tensor:
         """−log p̃(D_batch, w(θ)) of one run θ ``(P,)`` (no Jacobian: the mode in w).
@@ -113,14 +115,32 @@ class MAPRule:
                 u = self.loss(t, x, y)
                 (g,) = torch.autograd.grad(u, t)
                 return u.detach().reshape(1), g.unsqueeze(0)
-            # The K losses by vmap of the forward pass; their gradients by one ordinary backward pass of
-            # their sum (run k's loss depends on θ_k only, so ∂Σu/∂θ_k = ∇u_k): cheaper than a vmapped
-            # torch.func.grad_and_value (3.9 against 5.3 ms for 8 members of 29k parameters, 1 thread).
-            t = theta.detach().requires_grad_(True)
-            fn = self._losses_shared if batch.shared else self._losses
-            u = fn(t, batch.x, batch.y)
-            (g,) = torch.autograd.grad(u.sum(), t)
-            return u.detach(), g
+            if self._stacked is not False:
+                try:
+                    return self._stacked_value_and_grad(theta, batch)
+                except RuntimeError:
+                    if self._stacked:  # vmap worked for this network before: a real error
+                        raise
+                    self._stacked = False  # e.g. nn.LSTM: aten::lstm has no batching rule
+            # one run at a time, as a network vmap cannot batch is evaluated over draws (`LiftedNetwork`)
+            us, gs = [], []
+            for k in range(theta.shape[0]):
+                t = theta[k].detach().requires_grad_(True)
+                u = self.loss(t, *batch.member(k))
+                us.append(u.detach())
+                gs.append(torch.autograd.grad(u, t)[0])
+            return torch.stack(us), torch.stack(gs)
+
+    def _stacked_value_and_grad(self, theta: torch.Tensor, batch: driver.Batch) -> Tuple[torch.Tensor, torch.Tensor]:
+        # The K losses by vmap of the forward pass; their gradients by one ordinary backward pass of
+        # their sum (run k's loss depends on θ_k only, so ∂Σu/∂θ_k = ∇u_k): cheaper than a vmapped
+        # torch.func.grad_and_value (3.9 against 5.3 ms for 8 members of 29k parameters, 1 thread).
+        t = theta.detach().requires_grad_(True)
+        fn = self._losses_shared if batch.shared else self._losses
+        u = fn(t, batch.x, batch.y)
+        (g,) = torch.autograd.grad(u.sum(), t)
+        self._stacked = True
+        return u.detach(), g
 
     def init(self, theta: torch.Tensor) -> Dict[str, Any]:
         theta = theta.detach().clone().requires_grad_(True)

@@ -9,9 +9,14 @@ T is the run's temperature — with tempering, the target is the tempered poster
 
 * **configurational temperature** T̂_conf = (1/d) (θ − θ₀)·∇V(θ). Integration by parts gives
   E[(θ_i − θ₀ᵢ) ∂_i V] = T under exp(−V/T) (when (θ_i − θ₀ᵢ) e^{−V/T} vanishes at infinity),
-  for any V and any fixed θ₀. Wenzel et al. take θ₀ = 0; we take θ₀ = the chain's position when
-  its sampling stage begins (fixed before the steps it is averaged over), which has the same
-  expectation and a far smaller variance when the posterior sits away from 0. It measures the *positions*: a chain whose draws are too spread out (a step size
+  for any V and any fixed θ₀ independent of θ. Wenzel et al. take θ₀ = 0; we take θ₀ = the
+  chain's position when its sampling stage begins or, for cSG-MCMC (short stages), the last
+  control-variate anchor before it (the mean θ of the first half of the warm-up): fixed before the
+  steps it is averaged over, with the same expectation and a far smaller variance when the
+  posterior sits away from 0. The stage's own first position is not independent of the draws
+  that follow it (the chain has not forgotten it on a short stage), which biased the reading
+  low — E[(θ₀ − μ)·H(θ − μ)] > 0 — on cSG-MCMC's short sampling stages; the anchor is half a
+  warm-up earlier. It measures the *positions*: a chain whose draws are too spread out (a step size
   too large for its noise, untempered minibatch noise) reads T̂_conf > T. ∇V is the minibatch
   estimate, unbiased, so the average over the sampling steps is unbiased.
 * **kinetic temperature** (SGHMC only) T̂_kin = (1/d) Σ_i p_i²/M_i for momentum p ~ N(0, T·M):
@@ -29,7 +34,11 @@ unless the chain is long).
 A [`SamplerWarning`][pyro_bdl.evaluate.diagnostics.SamplerWarning] is issued when a chain's interval excludes T *and* the estimate is
 off by more than ``tolerance`` (default 30%) relatively (chains with fewer than 20 sampling
 steps have no interval and are not judged): the first condition says the gap is
-not Monte Carlo error, the second that it matters. Under random reshuffling (each epoch
+not Monte Carlo error, the second that it matters. It is also issued when a chain's interval is
+so wide (half-width > ``max_spread`` × T, default 1) that it cannot tell T from 0 or 2T: such a
+reading certifies nothing, whatever its mean (a few steps with extreme values dominate the
+batch means — a transient at the start of a sampling stage, a chain still moving — or the
+chain has too few sampling steps). Under random reshuffling (each epoch
 visits every point once) the minibatch noise cancels over an epoch, so it barely widens the
 positions but can heat the momentum: a high T̂_kin with T̂_conf ≈ T is that, not a bad sampler.
 """
@@ -44,6 +53,8 @@ import torch
 NUM_BATCHES = 10
 T_QUANTILE = 2.262  # Student t, 0.975 quantile, 9 degrees of freedom
 TOLERANCE = 0.3
+#: an interval whose half-width exceeds this multiple of T cannot certify the run (`unreliable`)
+MAX_SPREAD = 1.0
 NAMES = ("configurational_temperature", "kinetic_temperature")
 
 
@@ -94,18 +105,43 @@ def disagreements(estimates: Dict[str, torch.Tensor], temperature: float,
     return lines
 
 
+def unreliable(estimates: Dict[str, torch.Tensor], temperature: float, max_spread: float = MAX_SPREAD) -> List[str]:
+    """Lines naming every chain whose temperature interval (``{name: (chains, 3)}``) is too wide to judge:
+    half-width > ``max_spread`` × ``temperature``, so it cannot tell T from 0 or 2T."""
+    lines = []
+    for name, table in estimates.items():
+        for c, (mean, low, high) in enumerate(table.tolist()):
+            if not (math.isfinite(low) and math.isfinite(high)):
+                continue
+            if (high - low) / 2 > max_spread * temperature:
+                kind = name.split("_")[0]
+                lines.append(f"chain {c}: {kind} temperature {mean:.3g} (95% interval {low:.3g} to {high:.3g}) "
+                             f"vs target T = {temperature:g}")
+    return lines
+
+
 def warn_if_off(estimates: Dict[str, torch.Tensor], temperature: float, method: str,
-                tolerance: float = TOLERANCE) -> None:
-    """Issue a [`SamplerWarning`][pyro_bdl.evaluate.diagnostics.SamplerWarning] listing the chains that `disagreements` finds, with the fix."""
-    lines = disagreements(estimates, temperature, tolerance)
-    if not lines:
-        return
-    warnings.warn(
-        f"{method} does not sample its target p_T: " + "; ".join(lines) + ". A measured temperature above T "
-        "means the step is too large for the curvature or the minibatch noise: lower lr (with a preconditioner, "
-        "keep the default lr=None and preconditioner='fisher'), use larger batches, or raise momentum_decay; one "
-        "below T means the chain has not mixed: run more epochs or a longer burn-in.",
-        SamplerWarning, stacklevel=4)
+                tolerance: float = TOLERANCE, max_spread: float = MAX_SPREAD) -> None:
+    """Issue a [`SamplerWarning`][pyro_bdl.evaluate.diagnostics.SamplerWarning] listing the chains that
+    `disagreements` finds, and those whose interval is too wide to judge (`unreliable`), with the fix."""
+    off = disagreements(estimates, temperature, tolerance)
+    wide = [line for line in unreliable(estimates, temperature, max_spread) if line not in off]
+    parts = []
+    if off:
+        parts.append(
+            f"{method} does not sample its target p_T: " + "; ".join(off) + ". A measured temperature above T "
+            "means the step is too large for the curvature or the minibatch noise: lower lr (with a preconditioner, "
+            "keep the default lr=None and preconditioner='fisher'), use larger batches, or raise momentum_decay; one "
+            "below T means the chain has not mixed: run more epochs or a longer burn-in.")
+    if wide:
+        parts.append(
+            f"{method}'s sampler diagnostics are unreliable: " + "; ".join(wide) + f". An interval wider than "
+            f"±{max_spread:g}·T cannot tell T from 0 or 2T, so it certifies nothing: a few sampling steps with "
+            "extreme values dominate (a transient at the start of a sampling stage, a chain still moving; see "
+            "sample_stats for the draws concerned) or the chains have too few sampling steps. Run more epochs "
+            "(longer sampling stages) before trusting these draws.")
+    if parts:
+        warnings.warn(" ".join(parts), SamplerWarning, stacklevel=4)
 
 
 def temperature_rows(posterior):

@@ -21,7 +21,7 @@ from ..divergence import DivergenceCheck, loss_floor
 from ...model.inputs import num_rows, take_rows
 from ...model.potential import Objective
 from . import kernels as K
-from .schedules import EXPLORE, SAMPLE, WARMUP, Plan, window_resets
+from .schedules import EXPLORE, SAMPLE, WARMUP, Plan, descent_anchors, window_resets
 
 
 #: EMA decay of ĝ² in a control-variate warm-up: the chain starts at the anchor, with no spread, and the
@@ -185,6 +185,12 @@ def _freeze(moments: K.GradientMoments, plain: K.GradientMoments, dynamics: Dyna
 
 def _constants(square, noise, dynamics: Dynamics, lr: float, cap: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
     T = dynamics.temperature
+    if dynamics.curvature_floor is not None:
+        # at stationarity E[ĝ_i²] = T·H_ii(V) ≥ T·H_prior,ii(V) = T²·(prior curvature of U_T): no step may exceed the one
+        # that suits the prior alone, G_i = lr/H_prior,ii(V) — a control-variate chain that has not spread from its anchor
+        # reads E[ĝ²] low (measured on a digits MLP at T = 0.01: frozen steps 6× that bound on every coordinate, and
+        # the chain diverged); the plain estimate's frozen step is floored more tightly in `_freeze`
+        square = torch.maximum(square, T * T * dynamics.curvature_floor.to(square))
     if dynamics.preconditioner == "fisher":
         step = K.fisher_step_size(square, lr, T)
         if cap is not None:
@@ -277,6 +283,15 @@ def _kinetic_weight(c: K.Coefficients, friction) -> Any:
     return (1 - friction / 2) / c.step
 
 
+def _refresh_momentum(chain: K.KernelState, frozen: Dict[str, Any], T: float, generator) -> K.KernelState:
+    """Draw v ~ N(0, G·T/(1 − α/2)), the stationary law of the SGHMC momentum (`pyro_bdl.evaluate.diagnostics.sampler`),
+    at the start of a sampling stage: a Gibbs step on v that leaves the target invariant (as HMC's momentum
+    refresh), so the stage does not inherit the exploration's or warm-up's momentum, whose scale belongs to
+    other step sizes (it heated cSG-MCMC's short sampling stages' kinetic temperature to ~5000·T on a network)."""
+    scale = (frozen["step"] * T / (1 - frozen["friction"] / 2)).sqrt()
+    return K.KernelState(chain.theta, scale * randn_like(chain.theta, generator))
+
+
 def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamics, state: Dict[str, Any],
               save=None, checkpoint_every: int = 1, bar=None, lr: float = 1.0) -> Dict[str, Any]:
     """Advance one chain from ``state`` (as made by `_start_chain` or loaded) to the end of the plan.
@@ -311,6 +326,10 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
     record = _Record(chain.theta)
     d = chain.theta.numel()
     sghmc = dynamics.kernel == "sghmc"
+    # the plan's descent steps (cSG-MCMC's exploration end) run on the control-variate gradient, re-anchored at the
+    # steps of `descent_anchors`, with noise at T, so the warm-up starts in the target's bulk (`schedules.exploration_descent`)
+    descent = plan.descent.tolist() if anchored and plan.descent is not None else [False] * len(stages)
+    descent_anchor = descent_anchors(plan.descent).tolist() if anchored and plan.descent is not None else descent
     check = None  # the divergence check, built on the first minibatch (its floor needs a trace)
     sampling = None  # (frozen, step size, Coefficients, kinetic weight) of the current SAMPLE stage
     read = state["epoch"] * S  # steps whose record is in `state`
@@ -364,12 +383,22 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
                                               _constants(plain_square, torch.zeros_like(plain_square), dynamics, lr)["step"])
                         moments = K.reset_ema(moments)
                     state["cv_sum"], state["cv_count"] = torch.zeros_like(chain.theta), 0
+            if descent[k] and descent_anchor[k]:
+                state["cv"] = _anchor(objective, data, chain.theta)
             if adaptive and stage == SAMPLE and frozen is None:
                 frozen = _freeze(moments, plain_moments, dynamics, lr, state["warm_step"])
                 state["frozen_once"], state["last_step"] = True, frozen["step"]
             if stage == SAMPLE and (k == 0 or stages[k - 1] != SAMPLE):
-                state["anchor"] = chain.theta.clone()  # θ₀ of the configurational temperature
-            use_cv = anchored and state["cv"] is not None and (stage == WARMUP or (stage == SAMPLE and frozen["cv"]))
+                # θ₀ of the configurational temperature, fixed before the sampling stage. cSG-MCMC's stages are short: a
+                # θ₀ the chain has not forgotten (the stage's first position) biases E[(θ − θ₀)·∇V] below T, so it takes
+                # the last anchor (the warm-up's mean θ, half a warm-up earlier). SGLD/SGHMC's long stage forgets its
+                # start within a few % of its length, and the start is nearer the bulk than a mid-warm-up mean.
+                pooled_anchor = dynamics.pool_windows and anchored and state["cv"] is not None
+                state["anchor"] = (state["cv"]["theta"] if pooled_anchor else chain.theta).clone()
+                if adaptive and dynamics.kernel == "sghmc":
+                    chain = _refresh_momentum(chain, frozen, T, generator)
+            use_cv = anchored and state["cv"] is not None and (
+                descent[k] or stage == WARMUP or (stage == SAMPLE and frozen["cv"]))
             u, estimates = _gradient(objective, chain.theta, xb, yb, N, adaptive and stage == WARMUP,
                                      state["cv"] if use_cv else None)
             g, noise = estimates["cv" if use_cv else "plain"]
@@ -383,7 +412,8 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
             grad = g if T == 1.0 else g.mul_(T)  # ĝ ≈ ∇V, V = T·U_T (g is this step's own tensor)
             # θ·ĝ pairs the gradient with the θ it was computed at (the state before the step)
             record.step(u, grad, *((chain.theta, state["anchor"]) if stage == SAMPLE else ()))
-            xi = noise_source.draw() if stage != EXPLORE else None
+            # the descent injects the noise of temperature T (`schedules.exploration_descent`)
+            xi = noise_source.draw() if stage != EXPLORE or descent[k] else None
             kernel = dynamics.kernel if stage != EXPLORE or not adaptive else "sghmc"
             if adaptive and stage == SAMPLE:  # frozen constants: computed once per stage and step size
                 if sampling is None or sampling[0] is not frozen or sampling[1] != schedule[k]:
@@ -397,19 +427,28 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
                 if not adaptive:
                     step, friction, correction = schedule[k] * dynamics.eps_per_lr, dynamics.friction, None
                 else:
-                    grad_noise = None if noise is None else (noise if T == 1.0 else noise.mul_(T * T))
-                    moments = K.update_moments_(moments, grad, grad_noise,
-                                                WARMUP_EMA_DECAY if use_cv and stage == WARMUP else K.EMA_DECAY,
-                                                means=stage == WARMUP)
-                    if use_cv:  # the plain estimate at the same θ, for gradient="auto"'s choice
+                    if stage == EXPLORE and use_cv:  # descent: the RMSprop normaliser stays on the plain gradient's scale
                         pg, pn = estimates["plain"]
-                        plain_moments = K.update_moments_(plain_moments, pg if T == 1.0 else pg.mul_(T),
-                                                          None if pn is None else pn if T == 1.0 else pn.mul_(T * T))
+                        moments = K.update_moments_(moments, pg if T == 1.0 else pg.mul_(T),
+                                                    None if pn is None else pn if T == 1.0 else pn.mul_(T * T),
+                                                    means=False)
+                    else:
+                        grad_noise = None if noise is None else (noise if T == 1.0 else noise.mul_(T * T))
+                        moments = K.update_moments_(moments, grad, grad_noise,
+                                                    WARMUP_EMA_DECAY if use_cv and stage == WARMUP else K.EMA_DECAY,
+                                                    means=stage == WARMUP)
+                        if use_cv:  # the plain estimate at the same θ, for gradient="auto"'s choice
+                            pg, pn = estimates["plain"]
+                            plain_moments = K.update_moments_(plain_moments, pg if T == 1.0 else pg.mul_(T),
+                                                              None if pn is None else pn if T == 1.0 else pn.mul_(T * T))
                     if stage == WARMUP and anchored:
                         state["cv_sum"] = chain.theta.clone() if state["cv_sum"] is None else state["cv_sum"] + chain.theta
                         state["cv_count"] += 1
                     if stage == EXPLORE:
-                        step = K.rmsprop_step_size(K.ema_square(moments), schedule[k])
+                        square = K.ema_square(moments)
+                        if descent[k] and dynamics.curvature_floor is not None:  # a dead unit's weights get noise now
+                            square = torch.maximum(square, dynamics.curvature_floor.to(square))
+                        step = K.rmsprop_step_size(square, schedule[k])
                         friction, correction = 0.1, None  # SGD with momentum 0.9 towards the bulk
                     else:  # WARMUP
                         now = K.ema_square(K.centred(moments) if use_cv else moments)
