@@ -48,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -194,6 +195,31 @@ class GradientNoise:
         rates = self._unscaled(self.sampling_moment(), dataset_size, batch_size, momentum)
         return int((torch.nan_to_num(rates, nan=math.inf) < cap).sum())
 
+    def covariance_scale(self, rates: torch.Tensor, dataset_size: int, batch_size: int, momentum: float) -> float:
+        """c = min_k ε_k*/ε_k ≥ 1/factor: the covariance of SGD at the rates c·ε that bring the closest coordinate
+        to its Mandt rate ε_k* (class docs), relative to the covariance at the collection rates ε.
+
+        The stationary covariance solves the Lyapunov equation εAΣ + ΣAε = εVε, which is linear in a global
+        scalar: rates c·ε give c·Σ, for any A and V (not only diagonal ones). So the collection can run at the
+        rates the stability trial found safe (`_start_auto`: the iterate stays at the mode) while the covariance
+        is that of the larger rates. Only a global c follows from the equation (a per-coordinate rescaling does
+        not: SGD's spread in one coordinate is driven by the others through A), and c is the largest global
+        one under which no coordinate is spread wider than Mandt's rate would spread it. Where some coordinate
+        is below the cap this is exactly 1/factor, undoing the trial's halvings.
+
+        Σ is linear in V as well, and the trace of the same equation gives tr(AΣ) = ½·tr(εV) exactly: the
+        expected excess loss of the spread is ¼·Σ_k ε_k V_kk/(1 − β), a sum over the noise's sources. With
+        augmentation only the data-sampling part (`sampling_moment`) is posterior spread, so c is multiplied by
+        ρ = Σ_k ε_k S_k / Σ_k ε_k E[g_k²] (S the sampling part), which gives the spread the excess loss of the
+        sampling noise alone; without augmentation ρ = 1."""
+        moment = self.second_moment()
+        full = self._unscaled(moment, dataset_size, batch_size, momentum)
+        ratio = float(torch.nan_to_num(full / rates, nan=math.inf, posinf=math.inf).min())
+        c = max(1.0 / self.factor, ratio) if math.isfinite(ratio) else 1.0 / self.factor
+        if self.pairs:
+            c *= min(1.0, float((rates * self.sampling_moment()).sum() / (rates * moment).sum().clamp_min(1e-300)))
+        return c
+
     def state_dict(self) -> Dict[str, Any]:
         return {"count": self.count, "mean": self.mean, "m2": self.m2, "factor": self.factor,
                 "cross": self.cross, "pairs": self.pairs}
@@ -307,7 +333,8 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
         model, data, CHECKPOINT_KIND, dict(epochs=epochs, swa_start=swa_start, lr=lr, swa_lr=swa_lr, momentum=momentum,
                                            collect=collect, rank=guide.rank),
         seed, start=checkpoints.tensor_hash(theta), num_parameters=guide.num_parameters)
-    history: Dict[str, Any] = {"loss": [], "lr": []}
+    history: Dict[str, Any] = {"loss": [], "lr": [], "wall_time": 0.0}
+    started = time.perf_counter()
     noise: Optional[GradientNoise] = None
     start = 0
     state = checkpoints.load(checkpoint, fingerprint)
@@ -319,6 +346,7 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
         if loader_gen is not None and state["loader_generator"] is not None:
             loader_gen.set_state(state["loader_generator"])
         history = state["history"]
+        history.setdefault("wall_time", 0.0)  # checkpoints written before wall_time was recorded
         start = state["epoch"]
         if state.get("noise") is not None:
             noise = GradientNoise(theta.detach())
@@ -386,6 +414,8 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
                 guide.collect()
             history["loss"].append(total / count)
             history["lr"].append(rate)
+            history["wall_time"] += time.perf_counter() - started
+            started = time.perf_counter()
             if checkpoint is not None:
                 checkpoints.save(checkpoint, fingerprint, {
                     "epoch": epoch + 1, "guide": dict(guide.state_dict()),
@@ -396,6 +426,10 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
             bar.update()
     if collect and guide.num_snapshots == 0:  # a run shorter than one snapshot interval: its final iterate
         guide.collect()
+    history["wall_time"] += time.perf_counter() - started
+    history["covariance_scale"] = (1.0 if noise is None or swa_lr != "auto" else
+                                   noise.covariance_scale(noise.rates(N, data.random_batch_size, momentum, AUTO_CAP * lr),
+                                                          N, data.random_batch_size, momentum))
     return history
 
 
@@ -441,8 +475,12 @@ def _run_swag(model: BayesianModel, data: FitData, seed: int, progress: Optional
     history = train_swag(guide, data, epochs=options["epochs"], swa_start=options["swa_start"], lr=options["lr"],
                          swa_lr=options["swa_lr"], momentum=options["momentum"], seed=seed, progress=progress,
                          checkpoint=checkpoint, desc=desc)
-    info = {"losses": history["loss"], "lr": history["lr"], "num_snapshots": guide.num_snapshots,
-            "snapshot_every": history["snapshot_every"],
+    guide.scale = guide.scale * history["covariance_scale"]  # Lyapunov rescaling (GradientNoise.covariance_scale)
+    # The driver's info schema (pyro_bdl.infer.driver.info): loss (1, epochs) per epoch here, options, wall_time;
+    # "losses" (a list) is kept for one release.
+    info = {"loss": torch.tensor(history["loss"])[None], "options": dict(options), "wall_time": history["wall_time"],
+            "losses": history["loss"], "lr": history["lr"], "num_snapshots": guide.num_snapshots,
+            "snapshot_every": history["snapshot_every"], "covariance_scale": history["covariance_scale"],
             "num_parameters": guide.num_parameters, "seed": seed}
     return guide, info
 
@@ -526,12 +564,15 @@ def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: O
     x0, y0 = next(iter(data.epoch()))
     members = []
     for m, (state, info) in enumerate(results):
-        guide = SWAG(model, rank=rank, scale=scale * model.temperature, variant=variant, var_clamp=var_clamp,
-                     init_loc_fn=init_to_value(values=model.initial_values()))
+        guide = SWAG(model, rank=rank, scale=scale * model.temperature * info["covariance_scale"], variant=variant,
+                     var_clamp=var_clamp, init_loc_fn=init_to_value(values=model.initial_values()))
         with pyro.settings.context(module_local_params=True):
             guide.setup(x0, y0, data.dataset_size)
         guide.load_state_dict(state)
         members.append(_posterior(model, data, guide, "swag", info))
-    return MixturePosterior(members, "multiswag", info={"num_models": num_models, "members": [m.info for m in members],
-                                                         "epochs": epochs, "swa_start": swa_start, "swa_lr": swa_lr,
-                                                         "rank": rank})
+    infos = [m.info for m in members]
+    return MixturePosterior(members, "multiswag", info={
+        "loss": torch.cat([i["loss"] for i in infos]), "options": dict(options, num_models=num_models, workers=workers),
+        "wall_time": sum(i["wall_time"] for i in infos),  # summed over members (CPU time when run in parallel)
+        "num_models": num_models, "members": infos, "epochs": epochs, "swa_start": swa_start, "swa_lr": swa_lr,
+        "rank": rank})
