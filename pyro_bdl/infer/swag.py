@@ -151,6 +151,7 @@ class GradientNoise:
         self.factor = 1.0  # halved by the stability trial of _start_auto while the rates are too large
         # Σ g(b, a₁)·g(b, a₂) over paired augmentations of the same batches, and their number
         self.cross, self.pairs = torch.zeros_like(like), 0
+        self.cap = math.inf  # the rate cap _start_auto chose (stability_cap)
 
     def update(self, grad: torch.Tensor) -> None:
         self.count += 1
@@ -222,13 +223,14 @@ class GradientNoise:
 
     def state_dict(self) -> Dict[str, Any]:
         return {"count": self.count, "mean": self.mean, "m2": self.m2, "factor": self.factor,
-                "cross": self.cross, "pairs": self.pairs}
+                "cross": self.cross, "pairs": self.pairs, "cap": self.cap}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.count, self.mean, self.m2 = state["count"], state["mean"].clone(), state["m2"].clone()
         self.factor = state["factor"]
         self.cross = state.get("cross", torch.zeros_like(self.mean)).clone()  # checkpoints before paired measurement
         self.pairs = state.get("pairs", 0)
+        self.cap = state.get("cap", math.inf)
 
 
 #: swa_lr="auto" rates are at most AUTO_CAP·lr (see GradientNoise)
@@ -247,8 +249,42 @@ def _paired_batches(data: FitData, num_batches: int, generator: torch.Generator)
         yield x1, x2, y1
 
 
+def stability_cap(noise: "GradientNoise", hvp, dataset_size: int, batch_size: int, momentum: float,
+                  iterations: int = 3, power_steps: int = 20) -> Optional[float]:
+    """κ with λ_max(ε^½ A ε^½) = 1 + β for the rates ε_k = min(ε_k*, κ): the largest cap on Mandt's rates under
+    which the preconditioned heavy ball stays within a factor 2 of its continuous-time (OU) limit.
+
+    Heavy ball with preconditioner ε on a quadratic with Hessian A is stable iff every eigenvalue ελ of
+    ε^½Aε^½ lies in (0, 2(1 + β)), and its stationary variance along an eigenvector is the OU one times
+    2(1 + β)/(2(1 + β) − ελ) (see `GradientNoise._unscaled`): at ελ = 1 + β that factor is 2, and it grows
+    without bound towards the edge. λ_max comes from a power iteration on Hessian-vector products
+    ``hvp(v)`` of one fixed batch of 4B points (a subsample's λ_max is, if anything, above the data's); the fixed point κ ← κ(1 + β)/λ_max(κ) is approached monotonically from
+    either side (λ_max(κ)/κ decreases in κ), from κ₀ = the median Mandt rate. Where no coordinate needs
+    capping (linear regression) κ ends at or above every ε_k* and the cap is inert."""
+    full = torch.nan_to_num(noise._unscaled(noise.second_moment(), dataset_size, batch_size, momentum),
+                            nan=math.inf, posinf=math.inf)
+    finite = full[torch.isfinite(full)]
+    if finite.numel() == 0:
+        return None
+    kappa = float(finite.median())
+    v = torch.randn(full.shape, generator=torch.Generator().manual_seed(0), dtype=full.dtype).to(full.device)
+    for _ in range(iterations):
+        root = full.clamp(max=kappa).sqrt()
+        lam = 0.0
+        for _ in range(power_steps):
+            v = v / v.norm()
+            w = root * hvp(root * v)
+            lam, v = float(v @ w), w
+        if not lam > 0 or not math.isfinite(lam):
+            break
+        kappa *= (1 + momentum) / lam
+        if kappa >= float(finite.max()):
+            return float(finite.max())
+    return kappa
+
+
 def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, momentum: float, gradient,
-                t: float, every: int, cap: float) -> GradientNoise:
+                t: float, every: int, cap: float, hvp=None) -> GradientNoise:
     """Measure the gradient noise at the pre-collection iterate θ₀, then check the auto rates on a
     burn-in run of i.i.d. batches (no snapshots), halving them until it is stable.
 
@@ -277,9 +313,19 @@ def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, 
             gradient(xb, yb)
             noise.update_pair(first, theta.grad)
     ref_t = torch.tensor(ref, dtype=torch.float64)
+    if hvp is not None:
+        x, y = data._host_full()
+        idx = torch.randperm(N, generator=generator)[:min(N, 4 * data.random_batch_size)].to(y.device)
+        batch = data.to_device((take_rows(x, idx), y[idx]))  # one fixed operator, so the power iteration converges
+        kappa = stability_cap(noise, lambda v: hvp(v, batch), N, data.random_batch_size, momentum)
+        cap = cap if kappa is None else kappa
+    noise.cap = cap
     theta0 = theta.detach().clone()
     burn = max(data.num_batches, 2 * every)
-    se = float(ref_t.std()) * math.sqrt(1 / len(ref) + 1 / burn)
+    # The first half of the burn-in is the transient from θ₀ (≥ one relaxation time, `every`); the stationary
+    # excess is judged on the second half, so a loss that is still climbing fails.
+    judged = burn - burn // 2
+    se = float(ref_t.std()) * math.sqrt(1 / len(ref) + 1 / judged)
     for _ in range(20):
         opt = torch.optim.SGD([theta], lr=1.0, momentum=momentum)
         rates = noise.rates(N, data.random_batch_size, momentum, cap)
@@ -289,14 +335,15 @@ def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, 
         free = noise.free_coordinates(N, data.random_batch_size, momentum, cap)
         allowed = 2 * max(free, 1) / N + 3 * se
         total, count, stable = 0.0, 0, True
-        for xb, yb in data.random_batches(burn, generator):
+        for i, (xb, yb) in enumerate(data.random_batches(burn, generator)):
             value = t * float(gradient(xb, yb).detach())
             theta.grad.mul_(rates)
             opt.step()
             if not math.isfinite(value) or value - float(ref_t.mean()) > 100 * allowed:
                 stable = False
                 break
-            total, count = total + value, count + 1
+            if i >= burn // 2:
+                total, count = total + value, count + 1
         if stable and total / count - float(ref_t.mean()) <= allowed:
             return noise
         with torch.no_grad():
@@ -370,6 +417,16 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
         (t * loss).backward()
         return loss
 
+    def hvp(v, batch):
+        # A·v for the per-data-point objective T·L_T on one batch (double backward)
+        xb, yb = batch
+        point = theta.detach().requires_grad_(True)
+        with norm_mode():
+            loss = t * objective.potential(point, xb, yb, N) / N
+        (g,) = torch.autograd.grad(loss, point, create_graph=True)
+        (hv,) = torch.autograd.grad(g @ v, point)
+        return hv.detach()
+
     step = start * data.num_batches
     # With auto rates the iterate relaxes in ≈ N/(2B) steps (Fisher ≈ Hessian) and the momentum forgets
     # in 1/(1 − β) steps: snapshots the longer of the two apart are nearly independent.
@@ -385,9 +442,9 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
         for epoch in range(start, epochs):
             auto = swa_lr == "auto" and epoch >= swa_start
             if auto and noise is None:  # measure the gradient noise at the end of the pre-collection phase
-                noise = _start_auto(theta, data, generator, momentum, gradient, t, every, AUTO_CAP * lr)
+                noise = _start_auto(theta, data, generator, momentum, gradient, t, every, AUTO_CAP * lr, hvp)
                 opt = torch.optim.SGD([theta], lr=1.0, momentum=momentum)  # fresh momentum at the new rates
-            rates = noise.rates(N, data.random_batch_size, momentum, AUTO_CAP * lr) if auto else None
+            rates = noise.rates(N, data.random_batch_size, momentum, noise.cap) if auto else None
             # auto: the record is the rates' geometric mean
             rate = (float(rates.log().mean().exp()) if auto else
                     swag_learning_rate(epoch, lr, lr / 5 if swa_lr == "auto" else float(swa_lr), swa_start))
@@ -428,7 +485,7 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
         guide.collect()
     history["wall_time"] += time.perf_counter() - started
     history["covariance_scale"] = (1.0 if noise is None or swa_lr != "auto" else
-                                   noise.covariance_scale(noise.rates(N, data.random_batch_size, momentum, AUTO_CAP * lr),
+                                   noise.covariance_scale(noise.rates(N, data.random_batch_size, momentum, noise.cap),
                                                           N, data.random_batch_size, momentum))
     return history
 
