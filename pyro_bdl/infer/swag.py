@@ -23,13 +23,24 @@ like 1/√T for a given run length.
 (or a numeric ``swa_lr``) until 90% of ``swa_start`` (Maddox et al.). Then:
 
 * ``swa_lr="auto"`` (default): per-coordinate rates ε_k = 2(1−β)/(N·E[g_k²]) from the measured
-  minibatch gradient noise (Mandt et al. 2017; `GradientNoise`), checked on a burn-in
-  (`_start_auto`), on minibatches drawn *with replacement*, a snapshot every
-  max(N/(2B), 1/(1−β)) steps. On linear regression the SWAG covariance is then within 2× of the
-  exact (tempered) posterior; with a fixed rate and reshuffled epochs it is 0.1–0.3×. With data
-  augmentation the noise is measured on paired augmentations of the same batches, and the burn-in
-  check counts only coordinates the data's sampling noise sets, not the augmentation's
-  (`GradientNoise`).
+  minibatch gradient noise (Mandt et al. 2017, Thm. 2; `GradientNoise`), on minibatches drawn *with
+  replacement*, a snapshot every max(N/(2B), 1/(1−β)) steps. Three steps keep the theory's premises:
+
+  1. the rates are capped at κ, the largest cap under which the preconditioned heavy ball is within
+     2× of its continuous-time limit, λ_max(ε^½Aε^½) = 1 + β (`stability_cap`; A from Hessian-vector
+     products), instead of a fixed multiple of ``lr``;
+  2. a burn-in (`_start_auto`) halves all rates by a factor f until the collection stays near the
+     mode (its stationary excess loss within the equipartition allowance);
+  3. the collected covariance is multiplied by c = max(1/f, min_k ε_k*/ε_k)
+     (`GradientNoise.covariance_scale`): the stationary covariance solves a Lyapunov equation linear
+     in a global rate scale, so the halvings keep the iterate local without shrinking the spread.
+
+  On linear regression the SWAG covariance is then within 2× of the exact (tempered) posterior
+  (with a fixed rate and reshuffled epochs it is 0.1–0.3×); on digits SWAG's predictive mutual
+  information is 0.3–0.7 of SGHMC's at T = 1 (`benchmarks/bench_swag.py --digits-mi`). With data
+  augmentation the noise is measured on paired augmentations of the same batches; the burn-in check
+  and c count only the data's sampling noise, not the augmentation's (`GradientNoise`). The
+  run's c is ``info["covariance_scale"]``.
 * a number: constant ``swa_lr`` on reshuffled epochs, a snapshot after every epoch (the paper).
 
 ``method="multiswag"`` (Wilson & Izmailov 2020) runs M independent SWAG fits from fresh
@@ -121,12 +132,13 @@ class GradientNoise:
     already computes; near the mode their variation from the moving iterate (AΣA = A/N) is
     B/N of the noise (B the batch size) and is neglected.
 
-    The argument needs Fisher ≈ Hessian (noise where there is curvature). In a network, weights
-    with almost no gradient noise (into dead ReLU units, say) get huge ε_k while their curvature
-    can appear as soon as the others move, so the rates are capped at ``AUTO_CAP · lr`` (10× the
-    exploration-phase rate; SGD cannot spread a coordinate without noise anyway). On linear
-    regression the cap never binds; on digits MLPs it binds for most weights, so there the
-    collection phase is constant-rate SGD at 10·lr on i.i.d. batches (measured in the issue-13 note).
+    Stability needs Fisher ≈ Hessian (noise where there is curvature). In a network, weights with
+    almost no gradient noise (into dead ReLU units, or fitted so confidently that the empirical
+    Fisher is far below the Hessian; Kunstner et al. 2019) get huge ε_k, so the rates are capped at
+    the heavy ball's stability bound (`stability_cap`). On linear regression the cap never binds;
+    on digits MLPs it binds for most weights. A capped coordinate is spread less than Mandt's rate
+    would spread it, and `covariance_scale` rescales the covariance by the one global factor the
+    Lyapunov equation allows (see there); the rest of the gap to the posterior is SGD's shape.
 
     **Augmentation.** With random augmentation a minibatch gradient g(b, a) depends on the batch b
     and on the augmentation draw a, and its second moment splits as
@@ -233,7 +245,7 @@ class GradientNoise:
         self.cap = state.get("cap", math.inf)
 
 
-#: swa_lr="auto" rates are at most AUTO_CAP·lr (see GradientNoise)
+#: swa_lr="auto" rates are at most AUTO_CAP·lr only where the stability bound cannot be computed (no finite rate)
 AUTO_CAP = 10.0
 #: i.i.d. minibatch gradients measured at the end of the pre-collection phase before auto rates are first used
 MIN_NOISE_BATCHES = 32
@@ -285,14 +297,16 @@ def stability_cap(noise: "GradientNoise", hvp, dataset_size: int, batch_size: in
 
 def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, momentum: float, gradient,
                 t: float, every: int, cap: float, hvp=None) -> GradientNoise:
-    """Measure the gradient noise at the pre-collection iterate θ₀, then check the auto rates on a
-    burn-in run of i.i.d. batches (no snapshots), halving them until it is stable.
+    """Measure the gradient noise at the pre-collection iterate θ₀, cap the rates at the stability bound
+    (`stability_cap`, when ``hvp`` gives Hessian-vector products), then check the auto rates on a
+    burn-in run of i.i.d. batches (no snapshots), halving them until the iterate stays near the mode.
 
     At the posterior's spread a quadratic loss lies, on average, P/(2N) per data point above its
     minimum (½ nat per coordinate: equipartition, in T·L_T units). Where Fisher ≈ Hessian fails
     (nets that fit their data, directions only the prior holds) the rates can be far too large;
-    a burn-in whose mean loss exceeds θ₀'s by more than 4× that (plus 3 standard errors), or that
-    diverges, is restarted from θ₀ at half the rates.
+    a burn-in whose mean loss over its second half (the first is the transient from θ₀) exceeds θ₀'s
+    by more than 4× that (plus 3 standard errors), or that diverges, is restarted from θ₀ at half
+    the rates. The halvings do not shrink SWAG's covariance: `GradientNoise.covariance_scale` undoes them.
 
     With augmentation each measured batch is evaluated under two independent augmentations, so that
     the noise splits into its data-sampling and augmentation parts (`GradientNoise`); only
