@@ -233,6 +233,11 @@ def test_fit_swag_reproducible_save_load_and_variants(tmp_path):
     assert isinstance(post, bdl.SWAGPosterior) and post.info["snapshot_every"] == 10
     assert post.guide.num_snapshots == 1
     assert post.bn_inputs is None  # no BatchNorm: no refresh
+    # the driver's info schema (pyro_bdl.infer.driver.info), one row of per-epoch losses; the old keys stay
+    info = post.info
+    assert info["loss"].shape == (1, 8) and info["loss"][0].tolist() == pytest.approx(info["losses"])
+    assert info["options"]["swa_lr"] == "auto" and info["options"]["epochs"] == 8 and info["wall_time"] > 0
+    assert info["covariance_scale"] >= 1 and post.scale == pytest.approx(0.5 * info["covariance_scale"])
     for k, v in post.moments().items():
         assert torch.equal(v, again.moments()[k]), k
     pred = post.predict(x, num_samples=10, seed=0)
@@ -364,6 +369,10 @@ def test_multiswag_is_an_equal_weight_mixture_with_one_chain_per_member():
     means = [m.guide.mean for m in post.members]
     assert not torch.allclose(means[0], means[1])  # different initialisations and data orders
     assert post.draws_by_chain(5)["0.weight"].shape == (3, 5, 16, 4)
+    assert post.info["loss"].shape == (3, 6) and post.info["options"]["num_models"] == 3
+    assert post.info["wall_time"] == pytest.approx(sum(m.info["wall_time"] for m in post.members))
+    for m, member_info in zip(post.members, post.info["members"]):
+        assert m.scale == pytest.approx(0.5 * member_info["covariance_scale"])
     assert post.sample(10, seed=0)["0.weight"].shape == (10, 16, 4)
     # Member m of multiswag(seed) is the SWAG fit from a fresh init with seed spawn_seeds(seed, M)[m].
     single = bdl.fit(model, x, y, method="swag", init="fresh", batch_size=20, epochs=6, swa_start=3, lr=0.05,
