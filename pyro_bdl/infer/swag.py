@@ -23,13 +23,25 @@ like 1/√T for a given run length.
 (or a numeric ``swa_lr``) until 90% of ``swa_start`` (Maddox et al.). Then:
 
 * ``swa_lr="auto"`` (default): per-coordinate rates ε_k = 2(1−β)/(N·E[g_k²]) from the measured
-  minibatch gradient noise (Mandt et al. 2017; `GradientNoise`), checked on a burn-in
-  (`_start_auto`), on minibatches drawn *with replacement*, a snapshot every
-  max(N/(2B), 1/(1−β)) steps. On linear regression the SWAG covariance is then within 2× of the
-  exact (tempered) posterior; with a fixed rate and reshuffled epochs it is 0.1–0.3×. With data
-  augmentation the noise is measured on paired augmentations of the same batches, and the burn-in
-  check counts only coordinates the data's sampling noise sets, not the augmentation's
-  (`GradientNoise`).
+  minibatch gradient noise (Mandt et al. 2017, Thm. 2; `GradientNoise`), on minibatches drawn *with
+  replacement*, a snapshot every max(N/(2B), 1/(1−β)) steps. Three steps keep the theory's premises:
+
+  1. the rates are capped at κ, the largest cap under which the preconditioned heavy ball is within
+     2× of its continuous-time limit, λ_max(ε^½Aε^½) = 1 + β (`stability_cap`; A from Hessian-vector
+     products), instead of a fixed multiple of ``lr``;
+  2. a burn-in (`_start_auto`) halves all rates by a factor f until the linear (OU) picture holds:
+     its excess loss is not above the OU prediction tr(εV)/(4(1−β)) (`stationary_excess`) by more
+     than 3 standard errors;
+  3. the collected covariance is multiplied by c = max(1/f, min_k ε_k*/ε_k)
+     (`GradientNoise.covariance_scale`): the stationary covariance solves a Lyapunov equation linear
+     in a global rate scale, so the halvings keep the iterate local without shrinking the spread.
+
+  On linear regression the SWAG covariance is then within 2× of the exact (tempered) posterior
+  (with a fixed rate and reshuffled epochs it is 0.1–0.3×); on digits SWAG's predictive mutual
+  information is 0.3–0.7 of SGHMC's at T = 1 (`benchmarks/bench_swag.py --digits-mi`). With data
+  augmentation the noise is measured on paired augmentations of the same batches; the burn-in check
+  and c count only the data's sampling noise, not the augmentation's (`GradientNoise`). The
+  run's c is ``info["covariance_scale"]``.
 * a number: constant ``swa_lr`` on reshuffled epochs, a snapshot after every epoch (the paper).
 
 ``method="multiswag"`` (Wilson & Izmailov 2020) runs M independent SWAG fits from fresh
@@ -48,6 +60,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -120,12 +133,13 @@ class GradientNoise:
     already computes; near the mode their variation from the moving iterate (AΣA = A/N) is
     B/N of the noise (B the batch size) and is neglected.
 
-    The argument needs Fisher ≈ Hessian (noise where there is curvature). In a network, weights
-    with almost no gradient noise (into dead ReLU units, say) get huge ε_k while their curvature
-    can appear as soon as the others move, so the rates are capped at ``AUTO_CAP · lr`` (10× the
-    exploration-phase rate; SGD cannot spread a coordinate without noise anyway). On linear
-    regression the cap never binds; on digits MLPs it binds for most weights, so there the
-    collection phase is constant-rate SGD at 10·lr on i.i.d. batches (measured in the issue-13 note).
+    Stability needs Fisher ≈ Hessian (noise where there is curvature). In a network, weights with
+    almost no gradient noise (into dead ReLU units, or fitted so confidently that the empirical
+    Fisher is far below the Hessian; Kunstner et al. 2019) get huge ε_k, so the rates are capped at
+    the heavy ball's stability bound (`stability_cap`). On linear regression the cap never binds;
+    on digits MLPs it binds for most weights. A capped coordinate is spread less than Mandt's rate
+    would spread it, and `covariance_scale` rescales the covariance by the one global factor the
+    Lyapunov equation allows (see there); the rest of the gap to the posterior is SGD's shape.
 
     **Augmentation.** With random augmentation a minibatch gradient g(b, a) depends on the batch b
     and on the augmentation draw a, and its second moment splits as
@@ -137,12 +151,10 @@ class GradientNoise:
     E[g(b, a₁) g(b, a₂)] = E_b[ḡ_b²] estimates the sampling part alone (`update_pair`; the
     augmentation part is E[g²] minus it, and E[(g₁ − g₂)²]/2 is the same thing). The *rates* stay
     Mandt's from the total E[g²]: the OU argument only needs the noise SGD actually feels, whatever
-    its source, and then gives the augmented likelihood's posterior. The *sampling part* decides
-    which coordinates count as set by the data in `_start_auto`'s stability allowance
-    (`free_coordinates`): a coordinate whose noise is mostly augmentation noise looks noise-driven
-    though the data hardly constrain it (on digits with ±1-pixel shifts the sampling part is a
-    median 25% of the total, and counting by the total let 4× more coordinates into the allowance,
-    which then admitted a collection 0.3 nats per image above the mode).
+    its source, and then gives the augmented likelihood's posterior. The *sampling part* sets
+    `_start_auto`'s allowance (`stationary_excess`) and the share ρ in `covariance_scale`: on digits
+    with ±1-pixel shifts it is a median 25% of the total, and counting the total let the collection
+    wander off the mode.
     """
 
     def __init__(self, like: torch.Tensor):
@@ -150,6 +162,8 @@ class GradientNoise:
         self.factor = 1.0  # halved by the stability trial of _start_auto while the rates are too large
         # Σ g(b, a₁)·g(b, a₂) over paired augmentations of the same batches, and their number
         self.cross, self.pairs = torch.zeros_like(like), 0
+        self.cap = math.inf  # the rate cap _start_auto chose (stability_cap)
+        self.reference, self.allowed = math.nan, math.inf  # θ₀'s loss and the excess the burn-in allowed
 
     def update(self, grad: torch.Tensor) -> None:
         self.count += 1
@@ -188,24 +202,56 @@ class GradientNoise:
         rates = self.factor * self._unscaled(self.second_moment(), dataset_size, batch_size, momentum)
         return torch.nan_to_num(rates, nan=cap, posinf=cap).clamp(max=self.factor * cap)
 
-    def free_coordinates(self, dataset_size: int, batch_size: int, momentum: float, cap: float) -> int:
-        """How many coordinates the data's sampling noise alone would give a rate under ``cap``: those
-        SGD spreads to the posterior's width because the data constrain them (class docs)."""
-        rates = self._unscaled(self.sampling_moment(), dataset_size, batch_size, momentum)
-        return int((torch.nan_to_num(rates, nan=math.inf) < cap).sum())
+    def stationary_excess(self, rates: torch.Tensor, momentum: float) -> float:
+        """The OU prediction of the mean excess loss per data point of SGD at ``rates``, from the data's
+        sampling noise: ½·tr(AΣ) = Σ_k ε_k S_k / (4(1 − β)).
+
+        Exact for any A and V on a quadratic: the trace of the Lyapunov equation εAΣ + ΣAε = εVε/(1 − β)
+        (heavy ball's effective rate ε/(1 − β)) gives 2·tr(AΣ) = tr(εV)/(1 − β). S is `sampling_moment`
+        (the total without augmentation): augmentation noise also moves the iterate, but counting it let
+        the collection wander off the mode on augmented digits (accuracy 0.79 instead of 0.9)."""
+        return float((rates * self.sampling_moment()).sum()) / (4 * (1 - momentum))
+
+    def covariance_scale(self, rates: torch.Tensor, dataset_size: int, batch_size: int, momentum: float) -> float:
+        """c = min_k ε_k*/ε_k ≥ 1/factor: the covariance of SGD at the rates c·ε that bring the closest coordinate
+        to its Mandt rate ε_k* (class docs), relative to the covariance at the collection rates ε.
+
+        The stationary covariance solves the Lyapunov equation εAΣ + ΣAε = εVε, which is linear in a global
+        scalar: rates c·ε give c·Σ, for any A and V (not only diagonal ones). So the collection can run at the
+        rates the stability trial found safe (`_start_auto`: the iterate stays at the mode) while the covariance
+        is that of the larger rates. Only a global c follows from the equation (a per-coordinate rescaling does
+        not: SGD's spread in one coordinate is driven by the others through A), and c is the largest global
+        one under which no coordinate is spread wider than Mandt's rate would spread it. Where some coordinate
+        is below the cap this is exactly 1/factor, undoing the trial's halvings.
+
+        Σ is linear in V as well, and the trace of the same equation gives tr(AΣ) = ½·tr(εV) exactly: the
+        expected excess loss of the spread is ¼·Σ_k ε_k V_kk/(1 − β), a sum over the noise's sources. With
+        augmentation only the data-sampling part (`sampling_moment`) is posterior spread, so c is multiplied by
+        ρ = Σ_k ε_k S_k / Σ_k ε_k E[g_k²] (S the sampling part), which gives the spread the excess loss of the
+        sampling noise alone; without augmentation ρ = 1."""
+        moment = self.second_moment()
+        full = self._unscaled(moment, dataset_size, batch_size, momentum)
+        ratio = float(torch.nan_to_num(full / rates, nan=math.inf, posinf=math.inf).min())
+        c = max(1.0 / self.factor, ratio) if math.isfinite(ratio) else 1.0 / self.factor
+        if self.pairs:
+            c *= min(1.0, float((rates * self.sampling_moment()).sum() / (rates * moment).sum().clamp_min(1e-300)))
+        return c
 
     def state_dict(self) -> Dict[str, Any]:
         return {"count": self.count, "mean": self.mean, "m2": self.m2, "factor": self.factor,
-                "cross": self.cross, "pairs": self.pairs}
+                "cross": self.cross, "pairs": self.pairs, "cap": self.cap, "reference": self.reference,
+                "allowed": self.allowed}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.count, self.mean, self.m2 = state["count"], state["mean"].clone(), state["m2"].clone()
         self.factor = state["factor"]
         self.cross = state.get("cross", torch.zeros_like(self.mean)).clone()  # checkpoints before paired measurement
         self.pairs = state.get("pairs", 0)
+        self.cap = state.get("cap", math.inf)
+        self.reference, self.allowed = state.get("reference", math.nan), state.get("allowed", math.inf)
 
 
-#: swa_lr="auto" rates are at most AUTO_CAP·lr (see GradientNoise)
+#: swa_lr="auto" rates are at most AUTO_CAP·lr only where the stability bound cannot be computed (no finite rate)
 AUTO_CAP = 10.0
 #: i.i.d. minibatch gradients measured at the end of the pre-collection phase before auto rates are first used
 MIN_NOISE_BATCHES = 32
@@ -221,20 +267,57 @@ def _paired_batches(data: FitData, num_batches: int, generator: torch.Generator)
         yield x1, x2, y1
 
 
-def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, momentum: float, gradient,
-                t: float, every: int, cap: float) -> GradientNoise:
-    """Measure the gradient noise at the pre-collection iterate θ₀, then check the auto rates on a
-    burn-in run of i.i.d. batches (no snapshots), halving them until it is stable.
+def stability_cap(noise: "GradientNoise", hvp, dataset_size: int, batch_size: int, momentum: float,
+                  iterations: int = 3, power_steps: int = 20) -> Optional[float]:
+    """κ with λ_max(ε^½ A ε^½) = 1 + β for the rates ε_k = min(ε_k*, κ): the largest cap on Mandt's rates under
+    which the preconditioned heavy ball stays within a factor 2 of its continuous-time (OU) limit.
 
-    At the posterior's spread a quadratic loss lies, on average, P/(2N) per data point above its
-    minimum (½ nat per coordinate: equipartition, in T·L_T units). Where Fisher ≈ Hessian fails
-    (nets that fit their data, directions only the prior holds) the rates can be far too large;
-    a burn-in whose mean loss exceeds θ₀'s by more than 4× that (plus 3 standard errors), or that
-    diverges, is restarted from θ₀ at half the rates.
+    Heavy ball with preconditioner ε on a quadratic with Hessian A is stable iff every eigenvalue ελ of
+    ε^½Aε^½ lies in (0, 2(1 + β)), and its stationary variance along an eigenvector is the OU one times
+    2(1 + β)/(2(1 + β) − ελ) (see `GradientNoise._unscaled`): at ελ = 1 + β that factor is 2, and it grows
+    without bound towards the edge. λ_max comes from a power iteration on Hessian-vector products
+    ``hvp(v)`` of one fixed batch of 4B points (a subsample's λ_max is, if anything, above the data's); the fixed point κ ← κ(1 + β)/λ_max(κ) is approached monotonically from
+    either side (λ_max(κ)/κ decreases in κ), from κ₀ = the median Mandt rate. Where no coordinate needs
+    capping (linear regression) κ ends at or above every ε_k* and the cap is inert."""
+    full = torch.nan_to_num(noise._unscaled(noise.second_moment(), dataset_size, batch_size, momentum),
+                            nan=math.inf, posinf=math.inf)
+    finite = full[torch.isfinite(full)]
+    if finite.numel() == 0:
+        return None
+    kappa = float(finite.median())
+    v = torch.randn(full.shape, generator=torch.Generator().manual_seed(0), dtype=full.dtype).to(full.device)
+    for _ in range(iterations):
+        root = full.clamp(max=kappa).sqrt()
+        lam = 0.0
+        for _ in range(power_steps):
+            v = v / v.norm()
+            w = root * hvp(root * v)
+            lam, v = float(v @ w), w
+        if not lam > 0 or not math.isfinite(lam):
+            break
+        kappa *= (1 + momentum) / lam
+        if kappa >= float(finite.max()):
+            return float(finite.max())
+    return kappa
+
+
+def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, momentum: float, gradient,
+                t: float, every: int, cap: float, hvp=None) -> GradientNoise:
+    """Measure the gradient noise at the pre-collection iterate θ₀, cap the rates at the stability bound
+    (`stability_cap`, when ``hvp`` gives Hessian-vector products), then check the auto rates on a
+    burn-in run of i.i.d. batches (no snapshots), halving them until the iterate stays near the mode.
+
+    On a quadratic, SGD at rates ε lies on average tr(εV)/(4(1 − β)) per data point above the minimum
+    (`GradientNoise.stationary_excess`, exact by the trace of the Lyapunov equation). Where the iterate
+    leaves the quadratic region (nets that fit their data, directions only the prior holds, units that
+    come alive) the loss climbs above that. A burn-in whose mean loss over its second half (the first is
+    the transient from θ₀) exceeds θ₀'s by more than the prediction plus 3 standard errors, or that
+    diverges, is restarted from θ₀ at half the rates. The halvings do not shrink SWAG's covariance:
+    `GradientNoise.covariance_scale` undoes them, which is valid exactly where the linear picture holds.
 
     With augmentation each measured batch is evaluated under two independent augmentations, so that
-    the noise splits into its data-sampling and augmentation parts (`GradientNoise`); only
-    coordinates the sampling noise would free count in the allowance.
+    the noise splits into its data-sampling and augmentation parts (`GradientNoise`); the prediction
+    counts the sampling part only.
     """
     N = data.dataset_size
     noise = GradientNoise(theta.detach())
@@ -251,27 +334,38 @@ def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, 
             gradient(xb, yb)
             noise.update_pair(first, theta.grad)
     ref_t = torch.tensor(ref, dtype=torch.float64)
+    if hvp is not None:
+        x, y = data._host_full()
+        idx = torch.randperm(N, generator=generator)[:min(N, 4 * data.random_batch_size)].to(y.device)
+        batch = data.to_device((take_rows(x, idx), y[idx]))  # one fixed operator, so the power iteration converges
+        kappa = stability_cap(noise, lambda v: hvp(v, batch), N, data.random_batch_size, momentum)
+        cap = cap if kappa is None else kappa
+    noise.cap = cap
     theta0 = theta.detach().clone()
     burn = max(data.num_batches, 2 * every)
-    se = float(ref_t.std()) * math.sqrt(1 / len(ref) + 1 / burn)
+    # The first half of the burn-in is the transient from θ₀ (≥ one relaxation time, `every`); the stationary
+    # excess is judged on the second half, so a loss that is still climbing fails.
+    judged = burn - burn // 2
+    se = float(ref_t.std()) * math.sqrt(1 / len(ref) + 1 / judged)
     for _ in range(20):
         opt = torch.optim.SGD([theta], lr=1.0, momentum=momentum)
         rates = noise.rates(N, data.random_batch_size, momentum, cap)
-        # Only coordinates with gradient noise spread under SGD (those at the cap have too little to
-        # set their rate), so only they count in the equipartition excess; counting all P allowed
-        # ≈ 10 nats per data point on a digits MLP (P ≈ 5N) and let the iterate wander off the mode.
-        free = noise.free_coordinates(N, data.random_batch_size, momentum, cap)
-        allowed = 2 * max(free, 1) / N + 3 * se
+        # The rescaled covariance (covariance_scale) is right only where the linear (OU) picture holds at
+        # these rates: the null hypothesis "quadratic" predicts this mean excess exactly; test it at 3 s.e.
+        # (2× the prediction let SWAG spread wider than SGHMC at a worse NLL on digits 500.)
+        allowed = noise.stationary_excess(rates, momentum) + 3 * se
         total, count, stable = 0.0, 0, True
-        for xb, yb in data.random_batches(burn, generator):
+        for i, (xb, yb) in enumerate(data.random_batches(burn, generator)):
             value = t * float(gradient(xb, yb).detach())
             theta.grad.mul_(rates)
             opt.step()
             if not math.isfinite(value) or value - float(ref_t.mean()) > 100 * allowed:
                 stable = False
                 break
-            total, count = total + value, count + 1
+            if i >= burn // 2:
+                total, count = total + value, count + 1
         if stable and total / count - float(ref_t.mean()) <= allowed:
+            noise.reference, noise.allowed = float(ref_t.mean()), allowed
             return noise
         with torch.no_grad():
             theta.copy_(theta0)
@@ -307,7 +401,8 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
         model, data, CHECKPOINT_KIND, dict(epochs=epochs, swa_start=swa_start, lr=lr, swa_lr=swa_lr, momentum=momentum,
                                            collect=collect, rank=guide.rank),
         seed, start=checkpoints.tensor_hash(theta), num_parameters=guide.num_parameters)
-    history: Dict[str, Any] = {"loss": [], "lr": []}
+    history: Dict[str, Any] = {"loss": [], "lr": [], "wall_time": 0.0}
+    started = time.perf_counter()
     noise: Optional[GradientNoise] = None
     start = 0
     state = checkpoints.load(checkpoint, fingerprint)
@@ -319,6 +414,7 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
         if loader_gen is not None and state["loader_generator"] is not None:
             loader_gen.set_state(state["loader_generator"])
         history = state["history"]
+        history.setdefault("wall_time", 0.0)  # checkpoints written before wall_time was recorded
         start = state["epoch"]
         if state.get("noise") is not None:
             noise = GradientNoise(theta.detach())
@@ -342,6 +438,16 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
         (t * loss).backward()
         return loss
 
+    def hvp(v, batch):
+        # A·v for the per-data-point objective T·L_T on one batch (double backward)
+        xb, yb = batch
+        point = theta.detach().requires_grad_(True)
+        with norm_mode():
+            loss = t * objective.potential(point, xb, yb, N) / N
+        (g,) = torch.autograd.grad(loss, point, create_graph=True)
+        (hv,) = torch.autograd.grad(g @ v, point)
+        return hv.detach()
+
     step = start * data.num_batches
     # With auto rates the iterate relaxes in ≈ N/(2B) steps (Fisher ≈ Hessian) and the momentum forgets
     # in 1/(1 − β) steps: snapshots the longer of the two apart are nearly independent.
@@ -357,9 +463,9 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
         for epoch in range(start, epochs):
             auto = swa_lr == "auto" and epoch >= swa_start
             if auto and noise is None:  # measure the gradient noise at the end of the pre-collection phase
-                noise = _start_auto(theta, data, generator, momentum, gradient, t, every, AUTO_CAP * lr)
+                noise = _start_auto(theta, data, generator, momentum, gradient, t, every, AUTO_CAP * lr, hvp)
                 opt = torch.optim.SGD([theta], lr=1.0, momentum=momentum)  # fresh momentum at the new rates
-            rates = noise.rates(N, data.random_batch_size, momentum, AUTO_CAP * lr) if auto else None
+            rates = noise.rates(N, data.random_batch_size, momentum, noise.cap) if auto else None
             # auto: the record is the rates' geometric mean
             rate = (float(rates.log().mean().exp()) if auto else
                     swag_learning_rate(epoch, lr, lr / 5 if swa_lr == "auto" else float(swa_lr), swa_start))
@@ -373,9 +479,19 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
                     noise.update(theta.grad)
                     theta.grad.mul_(rates)
                 opt.step()
+                value = loss.item()
+                if auto and (not math.isfinite(value) or t * value - noise.reference > 100 * noise.allowed):
+                    # The burn-in's instability test, kept while collecting (the rates follow the measured
+                    # noise): back to the SWA mean (or θ₀'s neighbourhood) at half the rates.
+                    noise.factor /= 2
+                    rates = noise.rates(N, data.random_batch_size, momentum, noise.cap)
+                    opt = torch.optim.SGD([theta], lr=1.0, momentum=momentum)
+                    if guide.num_snapshots:
+                        with torch.no_grad():
+                            theta.copy_(guide.swa_mean)
+                    value = noise.reference / t
                 if auto and collect and (step + 1) % every == 0:
                     guide.collect()
-                value = loss.item()
                 if check is None:  # the loss is per data point: floor / N, one nat per point is 1/T
                     check = DivergenceCheck(desc, lr, floor=loss_floor(model, xb, yb, N, "point") / N,
                                             unit=likelihood_scale(model.temperature, model.tempering))
@@ -386,6 +502,8 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
                 guide.collect()
             history["loss"].append(total / count)
             history["lr"].append(rate)
+            history["wall_time"] += time.perf_counter() - started
+            started = time.perf_counter()
             if checkpoint is not None:
                 checkpoints.save(checkpoint, fingerprint, {
                     "epoch": epoch + 1, "guide": dict(guide.state_dict()),
@@ -396,6 +514,10 @@ def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: f
             bar.update()
     if collect and guide.num_snapshots == 0:  # a run shorter than one snapshot interval: its final iterate
         guide.collect()
+    history["wall_time"] += time.perf_counter() - started
+    history["covariance_scale"] = (1.0 if noise is None or swa_lr != "auto" else
+                                   noise.covariance_scale(noise.rates(N, data.random_batch_size, momentum, noise.cap),
+                                                          N, data.random_batch_size, momentum))
     return history
 
 
@@ -441,8 +563,12 @@ def _run_swag(model: BayesianModel, data: FitData, seed: int, progress: Optional
     history = train_swag(guide, data, epochs=options["epochs"], swa_start=options["swa_start"], lr=options["lr"],
                          swa_lr=options["swa_lr"], momentum=options["momentum"], seed=seed, progress=progress,
                          checkpoint=checkpoint, desc=desc)
-    info = {"losses": history["loss"], "lr": history["lr"], "num_snapshots": guide.num_snapshots,
-            "snapshot_every": history["snapshot_every"],
+    guide.scale = guide.scale * history["covariance_scale"]  # Lyapunov rescaling (GradientNoise.covariance_scale)
+    # The driver's info schema (pyro_bdl.infer.driver.info): loss (1, epochs) per epoch here, options, wall_time;
+    # "losses" (a list) is kept for one release.
+    info = {"loss": torch.tensor(history["loss"])[None], "options": dict(options), "wall_time": history["wall_time"],
+            "losses": history["loss"], "lr": history["lr"], "num_snapshots": guide.num_snapshots,
+            "snapshot_every": history["snapshot_every"], "covariance_scale": history["covariance_scale"],
             "num_parameters": guide.num_parameters, "seed": seed}
     return guide, info
 
@@ -526,12 +652,15 @@ def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: O
     x0, y0 = next(iter(data.epoch()))
     members = []
     for m, (state, info) in enumerate(results):
-        guide = SWAG(model, rank=rank, scale=scale * model.temperature, variant=variant, var_clamp=var_clamp,
-                     init_loc_fn=init_to_value(values=model.initial_values()))
+        guide = SWAG(model, rank=rank, scale=scale * model.temperature * info["covariance_scale"], variant=variant,
+                     var_clamp=var_clamp, init_loc_fn=init_to_value(values=model.initial_values()))
         with pyro.settings.context(module_local_params=True):
             guide.setup(x0, y0, data.dataset_size)
         guide.load_state_dict(state)
         members.append(_posterior(model, data, guide, "swag", info))
-    return MixturePosterior(members, "multiswag", info={"num_models": num_models, "members": [m.info for m in members],
-                                                         "epochs": epochs, "swa_start": swa_start, "swa_lr": swa_lr,
-                                                         "rank": rank})
+    infos = [m.info for m in members]
+    return MixturePosterior(members, "multiswag", info={
+        "loss": torch.cat([i["loss"] for i in infos]), "options": dict(options, num_models=num_models, workers=workers),
+        "wall_time": sum(i["wall_time"] for i in infos),  # summed over members (CPU time when run in parallel)
+        "num_models": num_models, "members": infos, "epochs": epochs, "swa_start": swa_start, "swa_lr": swa_lr,
+        "rank": rank})
