@@ -20,7 +20,9 @@ updates); one extra row shows sghmc with its default adaptive (Fisher) precondit
 one-epoch burn-in (its per-step figure is the sampling stage's; the burn-in, which takes two half-batch
 gradients per step, is counted in start-up). A last row times a K = 8 member ensemble against 8 single
 ``map`` fits (whole runs, start-up included), with whatever option the ensemble takes for its size
-(``num_chains`` or ``num_models``).
+(``num_chains`` or ``num_models``); ``--ensemble-threads 1 2`` repeats that row with 2 torch threads in wall
+time (the issue states the target for 2 CPU cores, where the stacked members' batched matmuls use both and
+single small runs hardly can; meaningful only on otherwise idle cores).
 
 Targets (issue 15): ≤ 1.15× the plain loop per step for every method; the ensemble ≤ 0.4× of 8 singles.
 The machine may be shared: times are this process's CPU time (``time.process_time``; one torch
@@ -203,8 +205,19 @@ def ensemble_option() -> str:
     return "num_chains" if "num_chains" in accepted else "num_models"
 
 
-def time_ensemble(size: str, k: int, epochs: int, x, y) -> Tuple[float, float]:
-    """(seconds for a K-member ensemble, seconds for K single map fits), whole runs."""
+def time_ensemble(size: str, k: int, epochs: int, x, y, threads: int = 1) -> Tuple[float, float]:
+    """(seconds for a K-member ensemble, seconds for K single map fits), whole runs: CPU time at one thread,
+    wall time at ``threads`` > 1 (the issue's target is stated for 2 cores; CPU time would count both)."""
+    timer = clock if threads == 1 else time.perf_counter
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _time_ensemble(size, k, epochs, x, y, timer)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _time_ensemble(size: str, k: int, epochs: int, x, y, clock) -> Tuple[float, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t = clock()
@@ -227,6 +240,8 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="*", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--methods", nargs="*", default=["map", "swag", "sgld", "sghmc", "csgmcmc", "sghmc (fisher)"])
     parser.add_argument("--no-ensemble", action="store_true")
+    parser.add_argument("--ensemble-threads", type=int, nargs="*", default=[1],
+                        help="torch threads for the ensemble row (> 1: wall time; needs otherwise idle cores)")
     parser.add_argument("--stat", choices=["median", "min"], default="median",
                         help="median over repeats (default) or min (steadier on a loaded machine; module docs)")
     args = parser.parse_args()
@@ -281,11 +296,12 @@ def main() -> None:
         k, size = 8, "30k"
         x, y = data.get(size) or make_data(SIZES[size][0])
         e = 1 if args.quick else 3
-        times = [time_ensemble(size, k, e, x, y) for _ in range(max(1, repeats // 2))]
-        ens, singles = statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
-        print(f"\nK = {k} ensemble ({ensemble_option()}={k}, {e} epoch(s) each, 30k parameters, whole runs): "
-              f"{ens:.2f} s vs {k} single map fits {singles:.2f} s -> {ens / singles:.2f}x (target <= 0.4x)")
-
+        for threads in args.ensemble_threads:
+            times = [time_ensemble(size, k, e, x, y, threads) for _ in range(max(1, repeats // 2))]
+            ens, singles = statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
+            kind = "CPU time, 1 thread" if threads == 1 else f"wall time, {threads} threads"
+            print(f"\nK = {k} ensemble ({ensemble_option()}={k}, {e} epoch(s) each, 30k parameters, whole runs, {kind}): "
+                  f"{ens:.2f} s vs {k} single map fits {singles:.2f} s -> {ens / singles:.2f}x (target <= 0.4x)")
 
 if __name__ == "__main__":
     main()
