@@ -12,7 +12,7 @@ from scipy import stats
 import pyro_bdl as bdl
 from pyro_bdl._util import checkpoint as checkpoints
 from pyro_bdl._util.random import spawn_seeds
-from pyro_bdl.infer.swag import SWAGPosterior, swag_learning_rate
+from pyro_bdl.infer.swag import SWAGPosterior, equipartition_directions, swag_learning_rate
 
 
 # -- Bayesian linear regression, closed form ---------------------------------------------------
@@ -557,8 +557,11 @@ def test_auto_swag_spreads_like_sghmc_on_digits():
 
     With the stability trial's halvings kept in the covariance and the rate cap at 10·lr, SWAG had 0.050 vs
     SGHMC's 0.227 (0.0012 vs 0.114 on 1000 images): the collection stayed at the mode but hardly spread.
-    Now (stability cap, OU burn-in test, Lyapunov rescaling; `GradientNoise`) ≈ 0.19 vs 0.22 with NLL ≈ 0.20 vs
-    0.19–0.21. The NLL bound fails when the burn-in allows 2× the OU excess (SWAG NLL 0.27). About 15 s."""
+    With the stability cap, OU burn-in test and Lyapunov rescaling (`GradientNoise`) it was 0.19 vs 0.22 (NLL
+    0.20); the equipartition cap on the low-rank directions (`equipartition_directions`) brings it to 0.066 vs
+    0.227 (ratio 0.29) with NLL 0.142 vs 0.209. On other settings the ratio is 0.11–0.25 (notes/issue-13-swag.md):
+    this test's setting is the one where the bar holds with the most room. The NLL bound fails when the burn-in
+    allows 2× the OU excess (SWAG NLL 0.27). About 15 s."""
     ds = bdl.data.load_dataset("digits", seed=0, train_size=500)
     mi, nll = {}, {}
     for method in ("swag", "sghmc"):
@@ -571,3 +574,21 @@ def test_auto_swag_spreads_like_sghmc_on_digits():
         nll[method] = bdl.metrics.nll(post.predict(ds.x_test, num_samples=30), ds.y_test)
     assert mi["swag"] >= 0.25 * mi["sghmc"], mi
     assert nll["swag"] <= nll["sghmc"] + 0.05, nll
+
+
+def test_equipartition_directions_caps_only_the_over_wide_directions():
+    """On U = ½θᵀAθ (A = diag(1, 4, 9)) the identity E[(v·δ)(v·∇U)] = 1 along an eigenvector v of the low-rank
+    part gives C = λ·vᵀAv exactly (3-point Gauss–Hermite is exact for a quadratic): the direction with
+    C = 4 is cut to C = 1 (variance 1/4 = 1/vᵀAv), the one with C = 0.5 is left alone, and the other
+    coordinate (no low-rank spread) is untouched. Pure ``D`` rewrite: DᵀD keeps its eigenvectors."""
+    from types import SimpleNamespace
+
+    a = torch.tensor([1.0, 4.0, 9.0], dtype=torch.float64)
+    # k = 3 rows of D with DᵀD/(k − 1) = diag(λ), λ = (0.5, 1, 0) in the basis e₁, e₂ (scale 1)
+    D = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 2 ** 0.5, 0.0]], dtype=torch.float64)
+    D[:2, 0] *= 0.5 ** 0.5
+    guide = SimpleNamespace(num_snapshots=3, rank=3, swa_deviations=D.clone(), swa_mean=torch.zeros(3, dtype=torch.float64))
+    b = equipartition_directions(guide, 1.0, lambda theta: a * theta)
+    cov = guide.swa_deviations.T @ guide.swa_deviations / 2
+    torch.testing.assert_close(cov, torch.diag(torch.tensor([0.5, 0.25, 0.0], dtype=torch.float64)), atol=1e-12, rtol=0)
+    torch.testing.assert_close(torch.sort(b).values, torch.tensor([0.25, 1.0, 1.0], dtype=torch.float64), atol=1e-12, rtol=0)
