@@ -28,7 +28,14 @@ locally Gaussian posterior with Hessian H of V), so the preconditioned curvature
 independent of the data set size N, the curvature and T; and the gradient noise's share of the
 diffusion, G_iB_ii/(2αT) ≤ lr/(2α), is bounded. α_i = 2ω_i damps each coordinate critically.
 Fixing the constants after the burn-in keeps the chain a time-homogeneous Markov chain (no
-Γ-term needed, unlike pSGLD's running preconditioner).
+Γ-term needed, unlike pSGLD's running preconditioner) — except where a minibatch gradient is far
+outside what they were fitted to: a *spike guard* (`.run._guarded_step`), an EMA of ĝ² started at
+the frozen E[ĝ²], shrinks G_i where it exceeds twice that value (ten times its own fluctuation for
+Gaussian gradients, so it does not bind on a Gaussian posterior). On a ReLU network rare minibatches
+give gradients 10³–10⁵× the frozen E[ĝ²] on a few weights, which threw default SGHMC out of the
+posterior (digits MLP, T = 1: 2 of 4 seeds diverged); where the guard binds the step is state
+dependent, pSGLD's small Γ bias. Every adaptive step also obeys E[ĝ_i²] ≥ T²·(the prior's curvature),
+the prior-alone bound on the step (`Objective.prior_curvature`).
 
 **Minibatch noise.** ``noise_correction=True`` subtracts G²B̂ from the injected variance and
 raises α where needed so that 2αGT − G²B̂ ≥ 0.2·αGT (Chen et al. 2014, α ≥ β̂; SGLD shrinks its
