@@ -328,23 +328,30 @@ def test_adaptive_defaults_do_not_blow_up_on_a_relu_classifier(method):
 
 
 def test_spike_guard_shrinks_the_step_only_for_outlying_gradients():
-    """`run._guarded_step`: typical gradients (EMA within 2× the frozen E[ĝ²]) keep the frozen step exactly; a
-    coordinate hit by a gradient 10⁴× its E[ĝ²] gets a step whose move G·|ĝ| is bounded by ≈ 200·lr·T/|ĝ|."""
-    from pyro_bdl.infer.sgmcmc.run import Dynamics, _guarded_step, _implied_square
-    lr, T = 0.05, 1.0
-    dynamics = Dynamics("sghmc", temperature=T, preconditioner="fisher")
-    square = torch.tensor([4.0, 1.0, 0.25])
+    """`run._Guard`: typical gradients (EMA within 2× the frozen E[ĝ²]) keep the frozen constants exactly; a
+    coordinate hit by a gradient 10⁴× its E[ĝ²] gets a step whose move G·|ĝ| is bounded by ≈ 200·lr·T/|ĝ|, with
+    the noise and kinetic weight of that smaller step (with and without the subtracted gradient noise)."""
+    from pyro_bdl.infer.sgmcmc import kernels as K
+    from pyro_bdl.infer.sgmcmc.run import Dynamics, _Guard, _implied_square
+    lr, T = 0.05, 0.5
+    square, alpha, noise = torch.tensor([4.0, 1.0, 0.25]), torch.tensor([0.3, 0.5, 0.2]), torch.tensor([0.1, 0.2, 0.0])
     step = lr * T / square
-    reference = _implied_square(step, dynamics, lr)
+    reference = _implied_square(step, Dynamics("sghmc", temperature=T, preconditioner="fisher"), lr)
     assert torch.allclose(reference, square)
-    guard = reference.clone()
-    g = torch.Generator().manual_seed(0)
-    for _ in range(200):  # Gaussian gradients with the frozen second moment: the guard never binds
-        assert torch.equal(_guarded_step(step, guard, reference, torch.randn(3, generator=g) * square.sqrt(), dynamics), step)
-    spike = torch.tensor([0.0, 100.0, 0.0])  # ĝ² = 10⁴ × E[ĝ²] on coordinate 1
-    guarded = _guarded_step(step, guard, reference, spike, dynamics)
-    assert torch.equal(guarded[[0, 2]], step[[0, 2]])
-    assert float(guarded[1] * 100.0) <= 200 * lr * T / 100.0 * 1.01 < float(step[1] * 100.0)
+    for correction in (None, noise):
+        c = K.coefficients("sghmc", step, T, alpha, correction)
+        parts = None if correction is None else (2 * alpha * step * T, step * step * correction)
+        weight = (1 - alpha / 2) / step
+        guard = _Guard(c, weight, reference, reference.clone(), True, parts)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(200):  # Gaussian gradients with the frozen second moment: the guard never binds
+            got, w = guard(torch.randn(3, generator=g) * square.sqrt())
+            assert torch.equal(got.step, step) and torch.allclose(got.scale, c.scale) and torch.allclose(w, weight)
+        got, w = guard(torch.tensor([0.0, 100.0, 0.0]))  # ĝ² = 10⁴ × E[ĝ²] on coordinate 1
+        assert torch.equal(got.step[[0, 2]], step[[0, 2]])
+        assert float(got.step[1] * 100.0) <= 200 * lr * T / 100.0 * 1.01 < float(step[1] * 100.0)
+        shrunk = K.coefficients("sghmc", got.step.clone(), T, alpha, correction)
+        assert torch.allclose(got.scale, shrunk.scale) and torch.allclose(w, (1 - alpha / 2) / got.step)
 
 
 @pytest.mark.parametrize("method", ["sgld", "sghmc"])

@@ -29,7 +29,7 @@ independent of the data set size N, the curvature and T; and the gradient noise'
 diffusion, G_iB_ii/(2αT) ≤ lr/(2α), is bounded. α_i = 2ω_i damps each coordinate critically.
 Fixing the constants after the burn-in keeps the chain a time-homogeneous Markov chain (no
 Γ-term needed, unlike pSGLD's running preconditioner) — except where a minibatch gradient is far
-outside what they were fitted to: a *spike guard* (`.run._guarded_step`), an EMA of ĝ² started at
+outside what they were fitted to: a *spike guard* (`.run._Guard`), an EMA of ĝ² started at
 the frozen E[ĝ²], shrinks G_i where it exceeds twice that value (ten times its own fluctuation for
 Gaussian gradients, so it does not bind on a Gaussian posterior). On a ReLU network rare minibatches
 give gradients 10³–10⁵× the frozen E[ĝ²] on a few weights, which threw default SGHMC out of the

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import pyro
 import torch
@@ -184,7 +184,7 @@ def _freeze(moments: K.GradientMoments, plain: K.GradientMoments, dynamics: Dyna
     return {**_constants(square, noise, dynamics, lr, cap), "cv": cv}
 
 
-#: EMA decay of the sampling stage's spike guard (`_guarded_step`): pSGLD's (Li et al. 2016) 0.99
+#: EMA decay of the sampling stage's spike guard (`_Guard`): pSGLD's (Li et al. 2016) 0.99
 GUARD_DECAY = 0.99
 #: ...which binds only where its EMA exceeds this multiple of the frozen E[ĝ²]: for Gaussian gradients the EMA's
 #: relative fluctuation is ≈ √((1 − d)/(1 + d)·2) ≈ 0.1, so 2× is ten of them and the guard never binds there
@@ -199,22 +199,46 @@ def _implied_square(step: torch.Tensor, dynamics: Dynamics, lr: float) -> torch.
     return (lr / step) ** 2
 
 
-def _guarded_step(step: torch.Tensor, guard: torch.Tensor, reference: torch.Tensor, grad: torch.Tensor,
-                  dynamics: Dynamics) -> torch.Tensor:
-    r"""The frozen step, shrunk where this step's gradient is far outside what it was fitted to.
+class _Guard:
+    r"""The sampling stage's spike guard: the frozen step, shrunk where this step's gradient is far outside what it
+    was fitted to.
 
-    The guard is an EMA of ĝ² started at the frozen step's own E[ĝ²] (``reference``, `_implied_square`), updated in place
-    with this step's ĝ *before* the step is taken (pSGLD's running estimate, Li et al. 2016); the step is the
-    frozen G_i wherever the guard stays below ``GUARD_SLACK`` × that E[ĝ²], and G_i·2E[ĝ_i²]/guard_i (Fisher;
-    the square root of that ratio for RMSprop) where it does not. A minibatch whose gradient on a coordinate is
-    far above the frozen E[ĝ²] (a ReLU unit firing on a rare batch) therefore moves it by at most
-    ≈ 200·lr·T/|ĝ_i| (Fisher) instead of G_i·|ĝ_i|: measured on a digits ReLU MLP at T = 1 (500 images, 64-32-10, batch 50), such spikes
+    ``ema`` is an EMA of ĝ² (decay ``GUARD_DECAY``) started at the frozen step's own E[ĝ²] (``reference``,
+    `_implied_square`) and updated in place with this step's ĝ *before* the step is taken (pSGLD's running estimate,
+    Li et al. 2016). With r_i = min(1, ``GUARD_SLACK``·E[ĝ_i²]/ema_i) the step is G_i·r_i (Fisher; G_i·√r_i for
+    RMSprop), the noise variance that of the shrunk step (2αG r T − G²r²B̂) and the kinetic weight (1 − α/2)/(G r):
+    r = 1, the frozen constants, wherever the EMA stays below twice the frozen E[ĝ²]. A minibatch whose gradient on
+    a coordinate is far above it (a ReLU unit firing on a rare batch) moves it by at most ≈ 200·lr·T/|ĝ_i| (Fisher)
+    instead of G_i·|ĝ_i|: measured on a digits ReLU MLP at T = 1 (500 images, 64-32-10, batch 50), such spikes
     of 10³–10⁵ × E[ĝ²] within 100 sampling steps threw default SGHMC out of the posterior on 2 of 4 seeds. On
-    a Gaussian posterior the guard does not bind (its EMA fluctuates by ≈ 10% around the frozen E[ĝ²]); where it binds
-    the step is state dependent without pSGLD's Γ correction, which Li et al. show is a small bias."""
-    guard.mul_(GUARD_DECAY).addcmul_(grad, grad, value=1 - GUARD_DECAY)
-    ratio = torch.div(reference, guard).mul_(GUARD_SLACK).clamp_(max=1.0)  # reference: `_implied_square` of ``step``
-    return step * (ratio if dynamics.preconditioner == "fisher" else ratio.sqrt_())
+    a Gaussian posterior the guard does not bind (its EMA fluctuates by ≈ 10% around the frozen E[ĝ²]); where it
+    binds the step is state dependent without pSGLD's Γ correction, which Li et al. show is a small bias.
+    Every per-step quantity is computed into a buffer (no allocation), ≈ 8 elementwise passes per step."""
+
+    def __init__(self, c: K.Coefficients, kinetic_weight: Optional[torch.Tensor], reference: torch.Tensor,
+                 ema: torch.Tensor, fisher: bool, variance_parts: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+        self.c, self.kinetic, self.ema, self.fisher, self.parts = c, kinetic_weight, ema, fisher, variance_parts
+        self.limit = reference * GUARD_SLACK
+        self.ratio, self.step = torch.empty_like(ema), torch.empty_like(ema)
+        self.scale = None if c.scale is None else torch.empty_like(ema)
+        self.weight = None if kinetic_weight is None else torch.empty_like(ema)
+
+    def __call__(self, grad: torch.Tensor) -> Tuple[K.Coefficients, Optional[torch.Tensor]]:
+        """This step's `Coefficients` and kinetic weight (views of the guard's buffers, valid until the next call)."""
+        self.ema.mul_(GUARD_DECAY).addcmul_(grad, grad, value=1 - GUARD_DECAY)
+        r = torch.div(self.limit, self.ema, out=self.ratio).clamp_(max=1.0)
+        if not self.fisher:
+            r.sqrt_()
+        torch.mul(self.c.step, r, out=self.step)
+        if self.scale is not None:
+            if self.parts is None:  # variance 2αGT·r (no noise subtracted): the frozen scale × √r
+                torch.sqrt(r, out=self.scale).mul_(self.c.scale)
+            else:  # r·(2αGT) − r²·(G²B̂)
+                a, b = self.parts
+                torch.mul(b, r, out=self.scale).neg_().add_(a).mul_(r).clamp_(min=0.0).sqrt_()
+        if self.weight is not None:
+            torch.div(self.kinetic, r, out=self.weight)
+        return K.Coefficients(self.step, self.c.decay, self.scale), self.weight
 
 
 def _constants(square, noise, dynamics: Dynamics, lr: float, cap: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
@@ -366,7 +390,7 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
     descent = plan.descent.tolist() if anchored and plan.descent is not None else [False] * len(stages)
     descent_anchor = descent_anchors(plan.descent).tolist() if anchored and plan.descent is not None else descent
     check = None  # the divergence check, built on the first minibatch (its floor needs a trace)
-    sampling = None  # (frozen, step size, Coefficients, kinetic weight) of the current SAMPLE stage
+    sampling = None  # (frozen, step size, `_Guard`) of the current SAMPLE stage
     read = state["epoch"] * S  # steps whose record is in `state`
 
     def flush(upto: int) -> None:
@@ -450,16 +474,22 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
             # the descent injects the noise of temperature T (`schedules.exploration_descent`)
             xi = noise_source.draw() if stage != EXPLORE or descent[k] else None
             kernel = dynamics.kernel if stage != EXPLORE or not adaptive else "sghmc"
-            if adaptive and stage == SAMPLE:  # frozen constants, bounded by the spike guard (`_guarded_step`)
+            if adaptive and stage == SAMPLE:  # frozen constants, bounded by the spike guard (`_Guard`)
                 if state.get("guard") is None or k == 0 or stages[k - 1] != SAMPLE:
                     state["guard_ref"] = _implied_square(frozen["step"], dynamics, lr)
                     state["guard"] = state["guard_ref"].clone()
-                scale = schedule[k] / lr
-                step = _guarded_step(frozen["step"], state["guard"], state["guard_ref"], grad, dynamics)
-                step = step if scale == 1.0 else step * scale
-                c = K.coefficients(kernel, step, T, frozen["friction"],
-                                   frozen["noise"] if dynamics.noise_correction else None)
-                sampling = (frozen, schedule[k], c, _kinetic_weight(c, frozen["friction"]) if sghmc else None)
+                    sampling = None
+                if sampling is None or sampling[0] is not frozen or sampling[1] != schedule[k]:
+                    scale = schedule[k] / lr
+                    step = frozen["step"] if scale == 1.0 else frozen["step"] * scale
+                    correction = frozen["noise"] if dynamics.noise_correction else None
+                    c = K.coefficients(kernel, step, T, frozen["friction"], correction)
+                    parts = None if correction is None else (
+                        2 * (frozen["friction"] if kernel == "sghmc" else 1.0) * step * T, step * step * correction)
+                    guard = _Guard(c, _kinetic_weight(c, frozen["friction"]) if sghmc else None, state["guard_ref"],
+                                   state["guard"], dynamics.preconditioner == "fisher", parts)
+                    sampling = (frozen, schedule[k], guard)
+                c, kinetic_weight = sampling[2](grad)
             else:
                 if not adaptive:
                     step, friction, correction = schedule[k] * dynamics.eps_per_lr, dynamics.friction, None
@@ -503,7 +533,7 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
                 c = K.coefficients(kernel, step, T, friction, correction, noisy=xi is not None)
             K.step_(chain.theta, chain.momentum, grad, c, xi)
             if stage == SAMPLE and sghmc:
-                record.kinetic(chain.momentum, sampling[3] if adaptive else _kinetic_weight(c, friction))
+                record.kinetic(chain.momentum, kinetic_weight if adaptive else _kinetic_weight(c, friction))
             k += 1
             if k in draw_set:
                 state["draws"].append(chain.theta.clone())
