@@ -228,7 +228,8 @@ def _fake_device(monkeypatch):
 
 
 def test_user_init_dict_takes_the_network_dtype_and_device(monkeypatch):
-    """A float32 (or list) ``init`` for a float64 network becomes float64 (map, svi, nuts, the shared helper)."""
+    """A float32 (or list) ``init`` for a float64 network becomes float64 (map, svi, nuts, SG-MCMC, SWAG, the shared
+    helper)."""
     from pyro_bdl.infer.mcmc.init import initial_point
     b = make_blr(n=20)
     init = {"weight": torch.tensor([[0.3, -0.2]]), "bias": [0.1]}  # float32 and a plain list
@@ -248,6 +249,11 @@ def test_user_init_dict_takes_the_network_dtype_and_device(monkeypatch):
     assert torch.allclose(loc["weight"].reshape(-1), init["weight"].double().reshape(-1), atol=1e-6)
     nuts = bdl.fit(_model64(), b.x, b.y, method="nuts", backend="pyro", num_samples=2, warmup=2, init=init)
     assert nuts.sample(1)["weight"].dtype == torch.float64
+    from pyro_bdl.infer.sgmcmc.run import _initial_theta  # sgld, sghmc, csgmcmc
+    from pyro_bdl.infer.swag import _initial_values  # swag, multiswag
+    from pyro_bdl.model.potential import Objective
+    assert _initial_theta(Objective(model, b.x[:2].double()), model, init, seed=0).dtype == torch.float64
+    assert {v.dtype for v in _initial_values(model, init, seed=0).values()} == {torch.float64}
     fake, targets = _fake_device(monkeypatch)
     values = model.as_values({"weight": torch.zeros(1, 2), "count": torch.tensor(3)})
     sent = {i for d, i in targets if d == fake}

@@ -606,7 +606,7 @@ def _initial_values(model: BayesianModel, init: Any, seed: int) -> Dict[str, tor
     if init == "fresh":
         return model.initial_values(seed=seed)
     if isinstance(init, dict):
-        return {k: torch.as_tensor(v) for k, v in init.items()}
+        return model.as_values(init)
     raise ValueError(f"unknown init {init!r}; use 'net' (the network's weights), 'fresh' (a seeded default "
                      "initialisation) or a dict of initial values")
 
