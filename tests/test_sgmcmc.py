@@ -352,6 +352,12 @@ def test_spike_guard_shrinks_the_step_only_for_outlying_gradients():
         assert float(got.step[1] * 100.0) <= 200 * lr * T / 100.0 * 1.01 < float(step[1] * 100.0)
         shrunk = K.coefficients("sghmc", got.step.clone(), T, alpha, correction)
         assert torch.allclose(got.scale, shrunk.scale) and torch.allclose(w, (1 - alpha / 2) / got.step)
+        # a schedule scale (cSG-MCMC's cosine) multiplies the frozen step, noise and weight follow
+        fresh = _Guard(c, weight, reference, reference.clone(), True, parts)
+        got, w = fresh(square.sqrt(), 0.5)
+        half = K.coefficients("sghmc", 0.5 * step, T, alpha, correction)
+        assert torch.allclose(got.step, half.step) and torch.allclose(got.scale, half.scale)
+        assert torch.allclose(w, (1 - alpha / 2) / half.step)
 
 
 @pytest.mark.parametrize("method", ["sgld", "sghmc"])

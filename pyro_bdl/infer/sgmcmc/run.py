@@ -75,7 +75,7 @@ def _start_chain(theta0: torch.Tensor, seed: int) -> Dict[str, Any]:
     return {"epoch": 0, "theta": theta0.detach().clone(), "momentum": torch.zeros_like(theta0),
             "moments": K.init_moments(theta0)._asdict(), "frozen": None, "anchor": None,
             "plain_moments": K.init_moments(theta0)._asdict(), "cv": None, "cv_sum": None, "cv_count": 0,
-            "frozen_once": False, "last_step": None, "warm_step": None, "guard": None, "guard_ref": None,
+            "frozen_once": False, "last_step": None, "warm_step": None, "guard": None,
             "draws": [], "draw_step_size": [], "draw_loss": [], "draw_kinetic": [], "draw_configurational": [],
             "loss": [], "kinetic": [], "configurational": [], "generator": generator.get_state()}
 
@@ -223,12 +223,15 @@ class _Guard:
         self.scale = None if c.scale is None else torch.empty_like(ema)
         self.weight = None if kinetic_weight is None else torch.empty_like(ema)
 
-    def __call__(self, grad: torch.Tensor) -> Tuple[K.Coefficients, Optional[torch.Tensor]]:
-        """This step's `Coefficients` and kinetic weight (views of the guard's buffers, valid until the next call)."""
+    def __call__(self, grad: torch.Tensor, scale: float = 1.0) -> Tuple[K.Coefficients, Optional[torch.Tensor]]:
+        """This step's `Coefficients` and kinetic weight (views of the guard's buffers, valid until the next call),
+        for the frozen step times the schedule's ``scale`` (cSG-MCMC's cosine within a sampling stage)."""
         self.ema.mul_(GUARD_DECAY).addcmul_(grad, grad, value=1 - GUARD_DECAY)
         r = torch.div(self.limit, self.ema, out=self.ratio).clamp_(max=1.0)
         if not self.fisher:
             r.sqrt_()
+        if scale != 1.0:  # r is now the factor on the frozen step: the formulas below hold for any factor
+            r.mul_(scale)
         torch.mul(self.c.step, r, out=self.step)
         if self.scale is not None:
             if self.parts is None:  # variance 2αGT·r (no noise subtracted): the frozen scale × √r
@@ -390,7 +393,7 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
     descent = plan.descent.tolist() if anchored and plan.descent is not None else [False] * len(stages)
     descent_anchor = descent_anchors(plan.descent).tolist() if anchored and plan.descent is not None else descent
     check = None  # the divergence check, built on the first minibatch (its floor needs a trace)
-    sampling = None  # (frozen, step size, `_Guard`) of the current SAMPLE stage
+    sampling = None  # (frozen, `_Guard`) of the current SAMPLE stage
     read = state["epoch"] * S  # steps whose record is in `state`
 
     def flush(upto: int) -> None:
@@ -475,21 +478,20 @@ def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamic
             xi = noise_source.draw() if stage != EXPLORE or descent[k] else None
             kernel = dynamics.kernel if stage != EXPLORE or not adaptive else "sghmc"
             if adaptive and stage == SAMPLE:  # frozen constants, bounded by the spike guard (`_Guard`)
-                if state.get("guard") is None or k == 0 or stages[k - 1] != SAMPLE:
-                    state["guard_ref"] = _implied_square(frozen["step"], dynamics, lr)
-                    state["guard"] = state["guard_ref"].clone()
-                    sampling = None
-                if sampling is None or sampling[0] is not frozen or sampling[1] != schedule[k]:
-                    scale = schedule[k] / lr
-                    step = frozen["step"] if scale == 1.0 else frozen["step"] * scale
+                if k == 0 or stages[k - 1] != SAMPLE:
+                    state["guard"], sampling = None, None  # a new stage: its guard starts at the frozen E[ĝ²]
+                if sampling is None or sampling[0] is not frozen:  # once per stage (and after a resume)
                     correction = frozen["noise"] if dynamics.noise_correction else None
-                    c = K.coefficients(kernel, step, T, frozen["friction"], correction)
+                    c = K.coefficients(kernel, frozen["step"], T, frozen["friction"], correction)
                     parts = None if correction is None else (
-                        2 * (frozen["friction"] if kernel == "sghmc" else 1.0) * step * T, step * step * correction)
-                    guard = _Guard(c, _kinetic_weight(c, frozen["friction"]) if sghmc else None, state["guard_ref"],
-                                   state["guard"], dynamics.preconditioner == "fisher", parts)
-                    sampling = (frozen, schedule[k], guard)
-                c, kinetic_weight = sampling[2](grad)
+                        2 * (frozen["friction"] if kernel == "sghmc" else 1.0) * frozen["step"] * T,
+                        frozen["step"] * frozen["step"] * correction)
+                    reference = _implied_square(frozen["step"], dynamics, lr)
+                    if state.get("guard") is None:
+                        state["guard"] = reference.clone()
+                    sampling = (frozen, _Guard(c, _kinetic_weight(c, frozen["friction"]) if sghmc else None, reference,
+                                               state["guard"], dynamics.preconditioner == "fisher", parts))
+                c, kinetic_weight = sampling[1](grad, schedule[k] / lr)
             else:
                 if not adaptive:
                     step, friction, correction = schedule[k] * dynamics.eps_per_lr, dynamics.friction, None
