@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 
@@ -97,6 +97,20 @@ def cyclical_stages(num_steps: int, cycles: int, exploration: float, warmup: flo
     return stage
 
 
+def _runs(flags: List[bool]) -> Iterator[Tuple[int, int]]:
+    """``(start, end)`` of every maximal run of true ``flags`` (end exclusive): the stage windows of a plan."""
+    k = 0
+    while k < len(flags):
+        if flags[k]:
+            j = k
+            while j < len(flags) and flags[j]:
+                j += 1
+            yield k, j
+            k = j
+        else:
+            k += 1
+
+
 def exploration_descent(stage: torch.Tensor, fraction: float) -> torch.Tensor:
     """``(K,)`` booleans: the last fraction ``fraction`` of every EXPLORE window that is followed by a
     WARMUP window (cSG-MCMC's exploration stages): the descent, where the chain moves on the
@@ -114,18 +128,9 @@ def exploration_descent(stage: torch.Tensor, fraction: float) -> torch.Tensor:
     E[ĝ²] low and (measured on a ReLU network at T ≤ 0.1) fits a step that diverges."""
     descent = torch.zeros(len(stage), dtype=torch.bool)
     st = stage.tolist()
-    k = 0
-    while k < len(st):
-        if st[k] == EXPLORE:
-            j = k
-            while j < len(st) and st[j] == EXPLORE:
-                j += 1
-            if j < len(st) and st[j] == WARMUP:
-                n = int(math.ceil(fraction * (j - k)))
-                descent[j - n:j] = True
-            k = j
-        else:
-            k += 1
+    for k, j in _runs([s == EXPLORE for s in st]):
+        if j < len(st) and st[j] == WARMUP:
+            descent[j - int(math.ceil(fraction * (j - k))):j] = True
     return descent
 
 
@@ -133,18 +138,9 @@ def descent_anchors(descent: torch.Tensor, count: int = 3) -> torch.Tensor:
     """``(K,)`` booleans: where a descent window (`exploration_descent`) sets a new anchor at the
     chain's position: ``count`` equally spaced steps of each window, the first at its start."""
     anchors = torch.zeros(len(descent), dtype=torch.bool)
-    d = descent.tolist()
-    k = 0
-    while k < len(d):
-        if d[k]:
-            j = k
-            while j < len(d) and d[j]:
-                j += 1
-            for i in range(count):
-                anchors[k + (i * (j - k)) // count] = True
-            k = j
-        else:
-            k += 1
+    for k, j in _runs(descent.tolist()):
+        for i in range(count):
+            anchors[k + (i * (j - k)) // count] = True
     return anchors
 
 
@@ -168,18 +164,9 @@ def window_resets(stage: torch.Tensor) -> torch.Tensor:
     every WARMUP window and its midpoint, so the frozen estimate comes from the second half of the
     warm-up, nearer stationarity (a two-window scheme in the spirit of Stan's adaptation)."""
     reset = torch.zeros(len(stage), dtype=torch.bool)
-    warm = (stage == WARMUP).tolist()
-    k = 0
-    while k < len(warm):
-        if warm[k]:
-            j = k
-            while j < len(warm) and warm[j]:
-                j += 1
-            reset[k] = True
-            reset[k + (j - k) // 2] = True
-            k = j
-        else:
-            k += 1
+    for k, j in _runs((stage == WARMUP).tolist()):
+        reset[k] = True
+        reset[k + (j - k) // 2] = True
     return reset
 
 
