@@ -115,10 +115,8 @@ def test_every_batch_goes_through_the_device_helper(monkeypatch):
     assert data.device == model.net.weight.device and data.dtype == model.net.weight.dtype
 
 
-def test_fit_and_predict_move_tensors_to_the_model_device(monkeypatch):
-    """Data batches, predict's inputs and draws are moved to ``model.device``. The network's device
-    is patched to report ``cpu:0`` (a distinct device object that still runs here), and every
-    ``Tensor.to(device)`` call is recorded: the data and the predictions must be sent there."""
+def _fake_device(monkeypatch):
+    """Patch the network's device to ``cpu:0`` and record every ``Tensor.to(device)`` target."""
     from pyro_bdl.model.lifting import LiftedNetwork
     fake = torch.device("cpu", 0)
     real = LiftedNetwork.device
@@ -128,17 +126,25 @@ def test_fit_and_predict_move_tensors_to_the_model_device(monkeypatch):
 
     def spy(self, *args, **kwargs):
         target = args[0] if args else kwargs.get("device")
-        if isinstance(target, torch.device):
-            targets.append(target)
+        if isinstance(target, (torch.device, str)):
+            targets.append((torch.device(target), id(self)))
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.Tensor, "to", spy)
+    return fake, targets
+
+
+def test_fit_and_predict_move_tensors_to_the_model_device(monkeypatch):
+    """Data batches, predict's inputs and draws are moved to ``model.device``. The network's device
+    is patched to report ``cpu:0`` (a distinct device object that still runs here), and every
+    ``Tensor.to(device)`` call is recorded: the data and the predictions must be sent there."""
+    fake, sent = _fake_device(monkeypatch)
     b = make_blr(n=20)
     post = bdl.fit(b.model(), b.x, b.y, method="sgld", epochs=2, batch_size=10)
-    assert targets.count(fake) >= 4  # every minibatch (x and y) went to the network's device
-    targets.clear()
+    assert [d for d, _ in sent].count(fake) >= 4  # every minibatch (x and y) went to the network's device
+    sent.clear()
     post.predict(b.x[:3], num_samples=2)
-    assert targets.count(fake) >= 2  # inputs and draws
+    assert [d for d, _ in sent].count(fake) >= 2  # inputs and draws
     monkeypatch.undo()
 
 
@@ -208,25 +214,6 @@ def test_gpu_check_without_cuda_says_so_and_exits_cleanly(capsys):
 # as a CPU can: the values are sent to the network's device (a spied `Tensor.to` with the network's device
 # patched to the distinct object ``cpu:0``, or the ``meta`` device, which refuses to mix with CPU tensors).
 # That they run on CUDA is what `benchmarks/gpu_check.py` shows on a GPU.
-def _fake_device(monkeypatch):
-    """Patch the network's device to ``cpu:0`` and record every ``Tensor.to(device)`` target."""
-    from pyro_bdl.model.lifting import LiftedNetwork
-    fake = torch.device("cpu", 0)
-    real = LiftedNetwork.device
-    monkeypatch.setattr(LiftedNetwork, "device", property(lambda self: (real.fget(self), fake)[1]))
-    targets = []
-    original = torch.Tensor.to
-
-    def spy(self, *args, **kwargs):
-        target = args[0] if args else kwargs.get("device")
-        if isinstance(target, (torch.device, str)):
-            targets.append((torch.device(target), id(self)))
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.Tensor, "to", spy)
-    return fake, targets
-
-
 def test_user_init_dict_takes_the_network_dtype_and_device(monkeypatch):
     """A float32 (or list) ``init`` for a float64 network becomes float64 (map, svi, nuts, SG-MCMC, SWAG, the shared
     helper)."""
