@@ -109,26 +109,23 @@ class MAPRule:
     def value_and_grad(self, theta: torch.Tensor, batch: driver.Batch) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(loss (K,), gradient (K, P))`` at θ ``(K, P)``."""
         with pyro.validation_enabled(False):  # validation's data-dependent checks cannot run under vmap
-            if theta.shape[0] == 1:
-                t = theta[0].detach().requires_grad_(True)
-                x, y = batch.member(0)
-                u = self.loss(t, x, y)
-                (g,) = torch.autograd.grad(u, t)
-                return u.detach().reshape(1), g.unsqueeze(0)
-            if self._stacked is not False:
+            if theta.shape[0] > 1 and self._stacked is not False:
                 try:
                     return self._stacked_value_and_grad(theta, batch)
                 except RuntimeError:
                     if self._stacked:  # vmap worked for this network before: a real error
                         raise
                     self._stacked = False  # e.g. nn.LSTM: aten::lstm has no batching rule
-            # one run at a time, as a network vmap cannot batch is evaluated over draws (`LiftedNetwork`)
+            # one run (K = 1), or one run at a time, as a network vmap cannot batch is evaluated over draws
+            # (`LiftedNetwork`)
             us, gs = [], []
             for k in range(theta.shape[0]):
                 t = theta[k].detach().requires_grad_(True)
                 u = self.loss(t, *batch.member(k))
                 us.append(u.detach())
                 gs.append(torch.autograd.grad(u, t)[0])
+            if len(gs) == 1:  # a view, not a copy of θ's size: the single run's hot path
+                return us[0].reshape(1), gs[0].unsqueeze(0)
             return torch.stack(us), torch.stack(gs)
 
     def _stacked_value_and_grad(self, theta: torch.Tensor, batch: driver.Batch) -> Tuple[torch.Tensor, torch.Tensor]:
