@@ -244,18 +244,21 @@ def interrupt_after(monkeypatch, saves):
     return lambda: monkeypatch.setattr(checkpoint, "save", real)
 
 
-@pytest.mark.parametrize("method,opts", [
-    ("sghmc", dict(lr=1e-4, epochs=12, burnin=4, thin=2, num_chains=2)),
-    ("csgmcmc", dict(lr=0.5, cycles=2, epochs=12, exploration=0.5, samples_per_cycle=2)),
+@pytest.mark.parametrize("method,opts,saves", [
+    # two chains stacked: one driver run, a save per epoch (12 in all); interrupted mid-run
+    ("sghmc", dict(lr=1e-4, epochs=12, burnin=4, thin=2, num_chains=2), 5),
+    # one chain after another: one driver run (and file) per chain, 12 saves each; interrupted in chain 2
+    ("sghmc", dict(lr=1e-4, epochs=12, burnin=4, thin=2, num_chains=2, stack=False), 15),
+    ("csgmcmc", dict(lr=0.5, cycles=2, epochs=12, exploration=0.5, samples_per_cycle=2), 5),
 ])
-def test_resume_after_interrupt_is_identical(tmp_path, monkeypatch, method, opts):
+def test_resume_after_interrupt_is_identical(tmp_path, monkeypatch, method, opts, saves):
     x, y = blr_data()
     # a user DataLoader shuffling with the global RNG, so the resume must restore it too
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=B, shuffle=True)
     torch.manual_seed(0)
     full = bdl.fit(blr_model(), loader, method=method, seed=7, progress=False, **opts)
     path = str(tmp_path / "run.ckpt")
-    restore = interrupt_after(monkeypatch, saves=15 if method == "sghmc" else 5)  # chain 2 / mid-chain
+    restore = interrupt_after(monkeypatch, saves=saves)
     torch.manual_seed(0)
     with pytest.raises(Interrupted):
         bdl.fit(blr_model(), loader, method=method, seed=7, progress=False, checkpoint=path, **opts)

@@ -125,7 +125,7 @@ def _example_burnin(epochs: int, burnin: Optional[int], thin: int, adaptive: boo
 
 def _constant_run(method: str, model, data, *, seed, progress, lr, epochs, burnin, thin, num_chains, per_datapoint,
                   init, checkpoint, checkpoint_every, preconditioner, noise_correction, explore_lr=None,
-                  momentum_decay=None, gradient="auto") -> SamplesPosterior:
+                  momentum_decay=None, gradient="auto", stack="auto") -> SamplesPosterior:
     _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every)
     preconditioner = _preconditioner(preconditioner, per_datapoint)
     adaptive = preconditioner is not None
@@ -153,10 +153,11 @@ def _constant_run(method: str, model, data, *, seed, progress, lr, epochs, burni
         config["momentum_decay"] = friction
     return sample(model, data, method=method, plan=plan, dynamics=dynamics, seed=seed, progress=progress,
                   num_chains=num_chains, init=init, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                  config=config, lr=lr)
+                  config=config, lr=lr, stack=stack)
 
 
 Init = Union[str, Dict[str, torch.Tensor]]
+Stack = Union[str, bool, int]
 
 
 @register("sgld")
@@ -164,7 +165,8 @@ def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Option
              epochs: int = 200, burnin: Optional[int] = None, thin: int = 1, num_chains: int = 1,
              preconditioner: Optional[str] = "fisher", noise_correction: Union[str, bool] = "auto",
              explore_lr: Optional[float] = None, gradient: str = "auto", per_datapoint: bool = False,
-             init: Init = "fresh", checkpoint: Optional[str] = None, checkpoint_every: int = 1) -> SamplesPosterior:
+             init: Init = "fresh", checkpoint: Optional[str] = None, checkpoint_every: int = 1,
+             stack: Stack = "auto") -> SamplesPosterior:
     """Stochastic gradient Langevin dynamics (Welling & Teh 2011) on the tempered posterior p_T.
 
     θ ← θ − G ĝ + √(2GT − G²B̂) ξ with ĝ the minibatch gradient of V = T·U_T (stationary density
@@ -198,11 +200,16 @@ def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Option
         init: ``"fresh"`` (a fresh default initialisation of the network per chain), ``"net"`` (the
             network's current weights) or a dict of initial values for every latent site.
         checkpoint, checkpoint_every: resumable runs (package docs).
+        stack: how many of the ``num_chains`` chains step together, their gradients one ``torch.func.vmap``
+            evaluation (package docs, "Chains"): ``"auto"`` (default: all that fit in memory on a GPU; on the
+            CPU only networks of at most 100k parameters), ``True`` (all), ``False`` (one chain after
+            another) or a number. A stacked chain equals the chain run alone with its seed (to float
+            rounding); a network vmap cannot batch (an LSTM) runs its chains one after another.
     """
     return _constant_run("sgld", model, data, seed=seed, progress=progress, lr=lr, epochs=epochs, burnin=burnin,
                          thin=thin, num_chains=num_chains, per_datapoint=per_datapoint, init=init,
                          checkpoint=checkpoint, checkpoint_every=checkpoint_every, preconditioner=preconditioner,
-                         noise_correction=noise_correction, explore_lr=explore_lr, gradient=gradient)
+                         noise_correction=noise_correction, explore_lr=explore_lr, gradient=gradient, stack=stack)
 
 
 @register("sghmc")
@@ -211,7 +218,7 @@ def fit_sghmc(model: BayesianModel, data: FitData, *, seed: int, progress: Optio
               num_chains: int = 1, preconditioner: Optional[str] = "fisher",
               noise_correction: Union[str, bool] = "auto", explore_lr: Optional[float] = None,
               gradient: str = "auto", per_datapoint: bool = False, init: Init = "fresh",
-              checkpoint: Optional[str] = None, checkpoint_every: int = 1) -> SamplesPosterior:
+              checkpoint: Optional[str] = None, checkpoint_every: int = 1, stack: Stack = "auto") -> SamplesPosterior:
     """Stochastic gradient Hamiltonian Monte Carlo (Chen et al. 2014) on the tempered posterior p_T.
 
     v ← (1 − α) v − G ĝ + √(2αGT − G²B̂) ξ,  θ ← θ + v (SGD with momentum 1 − α as T → 0). By
@@ -231,7 +238,7 @@ def fit_sghmc(model: BayesianModel, data: FitData, *, seed: int, progress: Optio
                          thin=thin, num_chains=num_chains, per_datapoint=per_datapoint, init=init,
                          checkpoint=checkpoint, checkpoint_every=checkpoint_every, preconditioner=preconditioner,
                          noise_correction=noise_correction, explore_lr=explore_lr, momentum_decay=momentum_decay,
-                         gradient=gradient)
+                         gradient=gradient, stack=stack)
 
 
 def _warmups_long_enough(stage: torch.Tensor, cycles: int, epochs: int, steps_per_epoch: int) -> bool:
@@ -255,7 +262,8 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
                 sampler: str = "sghmc", momentum_decay: Optional[float] = None, num_chains: int = 1,
                 preconditioner: Optional[str] = "fisher", noise_correction: Union[str, bool] = "auto",
                 explore_lr: Optional[float] = None, gradient: str = "auto", per_datapoint: Optional[bool] = None,
-                init: Init = "fresh", checkpoint: Optional[str] = None, checkpoint_every: int = 1) -> SamplesPosterior:
+                init: Init = "fresh", checkpoint: Optional[str] = None, checkpoint_every: int = 1,
+                stack: Stack = "auto") -> SamplesPosterior:
     """Cyclical SG-MCMC (Zhang et al. 2020): cosine step-size cycles, each exploring then sampling.
 
     α_k = α₀/2 · [cos(π · mod(k − 1, ⌈K/M⌉) / ⌈K/M⌉) + 1] over K = epochs × batches steps. In the
@@ -330,4 +338,4 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
         config["momentum_decay"] = alpha
     return sample(model, data, method="csgmcmc", plan=plan, dynamics=dynamics, seed=seed, progress=progress,
                   num_chains=num_chains, init=init, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                  config=config, lr=lr)
+                  config=config, lr=lr, stack=stack)

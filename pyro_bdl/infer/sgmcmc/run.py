@@ -2,21 +2,24 @@
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import pyro
 import torch
 
 from ..._util import checkpoint as ckpt
-from ..._util import progress as progress_bars
 from ..._util.random import randn_like, spawn_seeds
 from ...evaluate.diagnostics import sampler as temps
 from ...model.bayesian_model import BayesianModel
 from ...posterior.samples import SamplesPosterior
 from ..data import FitData
+from ..driver import Batch, drive
 from ..driver import info as driver_info
+from ..ensemble import group_path
+from ..map import example_batch
+from ..stacking import StackedGradient, chain_stack_size
+from ..stacking import rows as stacked_rows
 from ..divergence import DivergenceCheck, loss_floor
 from ...model.inputs import num_rows, take_rows
 from ...model.potential import Objective
@@ -70,14 +73,14 @@ class Dynamics:
     curvature_floor: Optional[torch.Tensor] = None
 
 
-def _start_chain(theta0: torch.Tensor, seed: int) -> Dict[str, Any]:
-    generator = torch.Generator().manual_seed(seed)
-    return {"epoch": 0, "theta": theta0.detach().clone(), "momentum": torch.zeros_like(theta0),
+def _start_chain(theta0: torch.Tensor) -> Dict[str, Any]:
+    """A chain's state at ``theta0`` (kept as given: the rule's row of the stacked θ, updated in place)."""
+    return {"epoch": 0, "theta": theta0, "momentum": torch.zeros_like(theta0),
             "moments": K.init_moments(theta0)._asdict(), "frozen": None, "anchor": None,
             "plain_moments": K.init_moments(theta0)._asdict(), "cv": None, "cv_sum": None, "cv_count": 0,
             "frozen_once": False, "last_step": None, "warm_step": None, "guard": None,
             "draws": [], "draw_step_size": [], "draw_loss": [], "draw_kinetic": [], "draw_configurational": [],
-            "loss": [], "kinetic": [], "configurational": [], "generator": generator.get_state()}
+            "loss": [], "kinetic": [], "configurational": []}
 
 
 def _loader_generator(data: FitData) -> Optional[torch.Generator]:
@@ -117,19 +120,7 @@ def _gradient(objective: Objective, theta, xb, yb, N: int, split: bool, anchor: 
     with pyro.validation_enabled(False):
         here = [objective.grad(theta, x, y, N) for x, y in parts]
         there = [objective.grad(anchor["theta"], x, y, N)[1] for x, y in parts] if anchor is not None else None
-    estimates = {"plain": [r[1] for r in here]}
-    if anchor is not None:
-        estimates["cv"] = [K.control_variate(r[1], a, anchor["grad"]) for r, a in zip(here, there)]
-    if len(parts) == 1:  # the whole minibatch: its estimate as it is (no weighted sum of one part)
-        return here[0][0], {name: (gs[0], torch.zeros_like(gs[0]) if m == N else None)
-                            for name, gs in estimates.items()}
-    sizes = [num_rows(x) for x, _ in parts]
-    u = sum(n * r[0] for n, r in zip(sizes, here)) / m
-    out = {}
-    for name, gs in estimates.items():
-        g = sum(n * gk for n, gk in zip(sizes, gs)) / m
-        out[name] = (g, K.split_batch_noise(gs[0], gs[1], sizes[0], sizes[1], N))
-    return u, out
+    return _estimates(here, there, anchor, m, N, [num_rows(x) for x, _ in parts])
 
 
 def _full_data(data: FitData):
@@ -354,208 +345,362 @@ def _refresh_momentum(chain: K.KernelState, frozen: Dict[str, Any], T: float, ge
     return K.KernelState(chain.theta, scale * randn_like(chain.theta, generator))
 
 
-def run_chain(objective: Objective, data: FitData, plan: Plan, dynamics: Dynamics, state: Dict[str, Any],
-              save=None, checkpoint_every: int = 1, bar=None, lr: float = 1.0) -> Dict[str, Any]:
-    """Advance one chain from ``state`` (as made by `_start_chain` or loaded) to the end of the plan.
+class _Context:
+    """What the chains of a run share: the objective, the data, the `Plan` (as host lists) and the `Dynamics`."""
 
-    Every step: (U, ∇U) on a minibatch, ĝ = T·∇U, one kernel update (noise where the stage is
-    WARMUP or SAMPLE), the temperature estimates at SAMPLE steps, and a copy of θ when the step
-    is in ``plan.draw_steps``. After every ``checkpoint_every`` epochs (and the last)
-    ``save(state)`` is called.
+    def __init__(self, objective: Objective, data: FitData, plan: Plan, dynamics: Dynamics, lr: float):
+        self.objective, self.data, self.plan, self.dynamics, self.lr = objective, data, plan, dynamics, lr
+        self.N = data.dataset_size
+        self.T = dynamics.temperature
+        self.S = plan.steps_per_epoch
+        self.steps = plan.epochs * plan.steps_per_epoch
+        self.adaptive = dynamics.preconditioner is not None
+        self.anchored = self.adaptive and dynamics.gradient != "plain"
+        self.draw_set = set(plan.draw_steps.tolist())
+        self.schedule = plan.step_size.tolist()
+        self.stages = plan.stage.tolist()
+        self.resets = window_resets(plan.stage).tolist()
+        self.sghmc = dynamics.kernel == "sghmc"
+        # the plan's descent steps (cSG-MCMC's exploration end) run on the control-variate gradient, re-anchored at
+        # the steps of `descent_anchors`, with noise at T, so the warm-up starts in the target's bulk
+        # (`schedules.exploration_descent`)
+        has_descent = self.anchored and plan.descent is not None
+        self.descent = plan.descent.tolist() if has_descent else [False] * len(self.stages)
+        self.descent_anchor = descent_anchors(plan.descent).tolist() if has_descent else self.descent
 
-    The update is in place on the chain's θ and v (`.kernels.step_`; no autograd here), the constants of a
-    frozen SAMPLE stage are computed once, and the per-step values (loss, gradient check, temperature
-    sums) stay on θ's device until they are read every `CHECK_EVERY` steps, before a checkpoint and at the end
-    (the first step at once), then checked step by step: a divergence or a non-finite gradient is reported
-    at its exact step, as before, but the chain may have run on to the end of the block.
+
+class _Chain:
+    """One chain's loop: its state (as made by `_start_chain` or loaded) and its step, split around the gradient.
+
+    A step is `begin` (window resets and anchors, the frozen constants at a sampling stage's start, the momentum
+    refresh; returns which gradient estimates the step needs), the gradient (`_gradient` for this chain alone, or
+    `_stacked_gradients` for all chains at once), then `finish`: ĝ = T·∇U, one kernel update (noise where the stage
+    is WARMUP or SAMPLE), the temperature sums at SAMPLE steps, and a copy of θ when the step is in
+    ``plan.draw_steps``. Chains that run together share only the plan; every adaptive quantity (moments, frozen
+    constants, control-variate choice, spike guard) is the chain's own.
+
+    The update is in place on the chain's θ (a row of the rule's stacked ``(K, P)`` θ) and v (`.kernels.step_`; no
+    autograd here), the constants of a frozen SAMPLE stage are computed once, and the per-step values (loss,
+    gradient check, temperature sums) stay on θ's device until they are read every `CHECK_EVERY` steps, before a
+    checkpoint and at the end (the first step at once), then checked step by step: a divergence or a non-finite
+    gradient is reported at its exact step, but the chain may have run on to the end of the block.
     """
-    N = data.dataset_size
-    T = dynamics.temperature
-    S = plan.steps_per_epoch
-    adaptive = dynamics.preconditioner is not None
-    anchored = adaptive and dynamics.gradient != "plain"
-    generator = torch.Generator()
-    generator.set_state(state["generator"])
-    chain = K.KernelState(state["theta"], state["momentum"])
-    moments = K.GradientMoments(**state["moments"])
-    plain_moments = K.GradientMoments(**state["plain_moments"])
-    frozen = state["frozen"]
-    draw_set = set(plan.draw_steps.tolist())
-    schedule = plan.step_size.tolist()
-    stages = plan.stage.tolist()
-    resets = window_resets(plan.stage).tolist()
-    noise_source = _Noise(chain.theta, generator)
-    record = _Record(chain.theta)
-    d = chain.theta.numel()
-    sghmc = dynamics.kernel == "sghmc"
-    # the plan's descent steps (cSG-MCMC's exploration end) run on the control-variate gradient, re-anchored at the
-    # steps of `descent_anchors`, with noise at T, so the warm-up starts in the target's bulk (`schedules.exploration_descent`)
-    descent = plan.descent.tolist() if anchored and plan.descent is not None else [False] * len(stages)
-    descent_anchor = descent_anchors(plan.descent).tolist() if anchored and plan.descent is not None else descent
-    check = None  # the divergence check, built on the first minibatch (its floor needs a trace)
-    sampling = None  # (frozen, `_Guard`) of the current SAMPLE stage
-    read = state["epoch"] * S  # steps whose record is in `state`
 
-    def flush(upto: int) -> None:
+    def __init__(self, ctx: _Context, state: Dict[str, Any]):
+        self.ctx, self.state = ctx, state
+        self.chain = K.KernelState(state["theta"], state["momentum"])
+        self.moments = K.GradientMoments(**state["moments"])
+        self.plain_moments = K.GradientMoments(**state["plain_moments"])
+        self.frozen = state["frozen"]
+        self.record = _Record(self.chain.theta)
+        self.d = self.chain.theta.numel()
+        self.check: Optional[DivergenceCheck] = None  # built on the first minibatch (its floor needs a trace)
+        self.sampling = None  # (frozen, `_Guard`) of the current SAMPLE stage
+        self.k = state["epoch"] * ctx.S  # steps done
+        self.read = self.k  # steps whose record is in `state`
+        self.generator: Optional[torch.Generator] = None
+        self.noise_source: Optional[_Noise] = None
+        self.use_cv = False
+
+    def bind(self, generator: torch.Generator) -> None:
+        """Draw the chain's noise from ``generator`` (the driver's generator of this chain, which also orders its data)."""
+        if generator is not self.generator:
+            self.generator = generator
+            self.noise_source = _Noise(self.chain.theta, generator)
+
+    def begin(self) -> Tuple[bool, Optional[Dict[str, torch.Tensor]]]:
+        """The step's preparation; returns ``(split, anchor)``: whether the gradient noise is estimated from the batch's
+        two halves, and the control variate's anchor {θ̂, ∇U(θ̂)} (None: the plain estimate only)."""
+        ctx, state, dynamics = self.ctx, self.state, self.ctx.dynamics
+        k, stages, lr = self.k, ctx.stages, ctx.lr
+        chain, moments, plain_moments, frozen = self.chain, self.moments, self.plain_moments, self.frozen
+        stage = stages[k]
+        if ctx.adaptive and ctx.resets[k]:
+            if not (dynamics.pool_windows and state["frozen_once"]):
+                moments, plain_moments = K.reset_means(moments), K.reset_means(plain_moments)
+            frozen = None
+            if ctx.anchored:  # window start: anchor where exploration ended; midpoint: at the first half's mean θ
+                start = k == 0 or stages[k - 1] != WARMUP
+                at = chain.theta if start or not state["cv_count"] else state["cv_sum"] / state["cv_count"]
+                state["cv"] = _anchor(ctx.objective, ctx.data, at)
+                if start:  # forget the plain gradients' scale: the step adapts to the control variate's,
+                    # growing from the plain estimate's step by at most WARMUP_STEP_GROWTH per step
+                    plain_square = K.ema_square(moments)
+                    state["warm_step"] = (state["last_step"] if state["last_step"] is not None else
+                                          None if moments.ema_weight == 0 else  # no gradient seen yet
+                                          _constants(plain_square, torch.zeros_like(plain_square), dynamics, lr)["step"])
+                    moments = K.reset_ema(moments)
+                state["cv_sum"], state["cv_count"] = torch.zeros_like(chain.theta), 0
+        if ctx.descent[k] and ctx.descent_anchor[k]:
+            state["cv"] = _anchor(ctx.objective, ctx.data, chain.theta)
+        if ctx.adaptive and stage == SAMPLE and frozen is None:
+            frozen = _freeze(moments, plain_moments, dynamics, lr, state["warm_step"])
+            state["frozen_once"], state["last_step"] = True, frozen["step"]
+        if stage == SAMPLE and (k == 0 or stages[k - 1] != SAMPLE):
+            # θ₀ of the configurational temperature, fixed before the sampling stage. cSG-MCMC's stages are short: a
+            # θ₀ the chain has not forgotten (the stage's first position) biases E[(θ − θ₀)·∇V] below T, so it takes
+            # the last anchor (the warm-up's mean θ, half a warm-up earlier). SGLD/SGHMC's long stage forgets its
+            # start within a few % of its length, and the start is nearer the bulk than a mid-warm-up mean.
+            pooled_anchor = dynamics.pool_windows and ctx.anchored and state["cv"] is not None
+            state["anchor"] = (state["cv"]["theta"] if pooled_anchor else chain.theta).clone()
+            if ctx.adaptive and dynamics.kernel == "sghmc":
+                chain = _refresh_momentum(chain, frozen, ctx.T, self.generator)
+        self.chain, self.moments, self.plain_moments, self.frozen = chain, moments, plain_moments, frozen
+        self.use_cv = ctx.anchored and state["cv"] is not None and (
+            ctx.descent[k] or stage == WARMUP or (stage == SAMPLE and frozen["cv"]))
+        return ctx.adaptive and stage == WARMUP, state["cv"] if self.use_cv else None
+
+    def finish(self, u: torch.Tensor, estimates: Dict[str, Tuple[torch.Tensor, Optional[torch.Tensor]]], xb, yb) -> None:
+        """The step's update from ``(u, estimates)`` (`_gradient`'s output on this chain's batch ``(xb, yb)``)."""
+        ctx, state, dynamics = self.ctx, self.state, self.ctx.dynamics
+        k, T, lr, N = self.k, ctx.T, ctx.lr, ctx.N
+        stage, schedule, stages, adaptive, sghmc = ctx.stages[k], ctx.schedule, ctx.stages, ctx.adaptive, ctx.sghmc
+        chain, moments, plain_moments, frozen, use_cv = self.chain, self.moments, self.plain_moments, self.frozen, self.use_cv
+        descent = ctx.descent
+        g, noise = estimates["cv" if use_cv else "plain"]
+        if self.check is None:
+            snap = _rng_snapshot(ctx.data)  # the floor's trace draws from the prior: keep the run's RNG where it is
+            floor = loss_floor(ctx.objective.model, xb, yb, N, "point")
+            _restore_rng(ctx.data, snap)
+            self.check = DivergenceCheck(dynamics.kernel, lr, floor=floor, unit=N / T)
+            if state["loss"]:  # a resumed chain: its start is the first loss it had
+                self.check.start = state["loss"][0]
+        grad = g if T == 1.0 else g.mul_(T)  # ĝ ≈ ∇V, V = T·U_T (g is this step's own tensor)
+        # θ·ĝ pairs the gradient with the θ it was computed at (the state before the step)
+        self.record.step(u, grad, *((chain.theta, state["anchor"]) if stage == SAMPLE else ()))
+        # the descent injects the noise of temperature T (`schedules.exploration_descent`)
+        xi = self.noise_source.draw() if stage != EXPLORE or descent[k] else None
+        kernel = dynamics.kernel if stage != EXPLORE or not adaptive else "sghmc"
+        if adaptive and stage == SAMPLE:  # frozen constants, bounded by the spike guard (`_Guard`)
+            if k == 0 or stages[k - 1] != SAMPLE:
+                state["guard"], self.sampling = None, None  # a new stage: its guard starts at the frozen E[ĝ²]
+            if self.sampling is None or self.sampling[0] is not frozen:  # once per stage (and after a resume)
+                correction = frozen["noise"] if dynamics.noise_correction else None
+                c = K.coefficients(kernel, frozen["step"], T, frozen["friction"], correction)
+                parts = None if correction is None else (
+                    2 * (frozen["friction"] if kernel == "sghmc" else 1.0) * frozen["step"] * T,
+                    frozen["step"] * frozen["step"] * correction)
+                reference = _implied_square(frozen["step"], dynamics, lr)
+                if state.get("guard") is None:
+                    state["guard"] = reference.clone()
+                self.sampling = (frozen, _Guard(c, _kinetic_weight(c, frozen["friction"]) if sghmc else None, reference,
+                                                state["guard"], dynamics.preconditioner == "fisher", parts))
+            c, kinetic_weight = self.sampling[1](grad, schedule[k] / lr)
+        else:
+            if not adaptive:
+                step, friction, correction = schedule[k] * dynamics.eps_per_lr, dynamics.friction, None
+            else:
+                if stage == EXPLORE and use_cv:  # descent: the RMSprop normaliser stays on the plain gradient's scale
+                    pg, pn = estimates["plain"]
+                    moments = K.update_moments_(moments, pg if T == 1.0 else pg.mul_(T),
+                                                None if pn is None else pn if T == 1.0 else pn.mul_(T * T),
+                                                means=False)
+                else:
+                    grad_noise = None if noise is None else (noise if T == 1.0 else noise.mul_(T * T))
+                    moments = K.update_moments_(moments, grad, grad_noise,
+                                                WARMUP_EMA_DECAY if use_cv and stage == WARMUP else K.EMA_DECAY,
+                                                means=stage == WARMUP)
+                    if use_cv:  # the plain estimate at the same θ, for gradient="auto"'s choice
+                        pg, pn = estimates["plain"]
+                        plain_moments = K.update_moments_(plain_moments, pg if T == 1.0 else pg.mul_(T),
+                                                          None if pn is None else pn if T == 1.0 else pn.mul_(T * T))
+                if stage == WARMUP and ctx.anchored:
+                    state["cv_sum"] = chain.theta.clone() if state["cv_sum"] is None else state["cv_sum"] + chain.theta
+                    state["cv_count"] += 1
+                if stage == EXPLORE:
+                    square = K.ema_square(moments)
+                    if descent[k] and dynamics.curvature_floor is not None:  # a dead unit's weights get noise now
+                        square = torch.maximum(square, dynamics.curvature_floor.to(square))
+                    step = K.rmsprop_step_size(square, schedule[k])
+                    friction, correction = 0.1, None  # SGD with momentum 0.9 towards the bulk
+                else:  # WARMUP
+                    now = K.ema_square(K.centred(moments) if use_cv else moments)
+                    est = torch.minimum(moments.noise, now) if moments.noise_count else torch.zeros_like(now)
+                    cap = None
+                    if use_cv:  # growth-limited; with no earlier step (no exploration), the raw EMA's step: a
+                        # centred EMA of one gradient is 0
+                        cap = WARMUP_STEP_GROWTH * state["warm_step"] if state.get("warm_step") is not None else \
+                            _constants(K.ema_square(moments), torch.zeros_like(now), dynamics, schedule[k])["step"]
+                    cc = _constants(now, est, dynamics, schedule[k], cap)
+                    step, friction = cc["step"], cc["friction"]
+                    if use_cv:
+                        state["warm_step"] = step
+                    correction = cc["noise"] if dynamics.noise_correction else None
+            c = K.coefficients(kernel, step, T, friction, correction, noisy=xi is not None)
+        K.step_(chain.theta, chain.momentum, grad, c, xi)
+        if stage == SAMPLE and sghmc:
+            self.record.kinetic(chain.momentum, kinetic_weight if adaptive else _kinetic_weight(c, friction))
+        self.moments, self.plain_moments = moments, plain_moments
+        k += 1
+        self.k = k
+        if k in ctx.draw_set:
+            state["draws"].append(chain.theta.clone())
+        if k == 1 or k - self.read >= CHECK_EVERY:  # the first step at once: a non-finite start is named as such
+            self.flush(k)
+        if k % ctx.S == 0:
+            self.sync()
+
+    def sync(self) -> None:
+        """Write the loop's variables back into ``state`` (at epoch ends: what a checkpoint saves)."""
+        self.state.update(epoch=self.k // self.ctx.S, theta=self.chain.theta, momentum=self.chain.momentum,
+                          moments=self.moments._asdict(), plain_moments=self.plain_moments._asdict(), frozen=self.frozen)
+
+    def flush(self, upto: int) -> None:
         """Read the record of steps [read, upto) and check and store it step by step."""
-        nonlocal read
-        if upto <= read:
+        if upto <= self.read:
             return
-        values = record.read()
-        assert len(values) == upto - read
-        for i, (value, finite, configurational, kinetic) in zip(range(read, upto), values):
-            check.check(value, i + 1, lr=schedule[i])
+        ctx, state = self.ctx, self.state
+        S, schedule = ctx.S, ctx.schedule
+        values = self.record.read()
+        assert len(values) == upto - self.read
+        for i, (value, finite, configurational, kinetic) in zip(range(self.read, upto), values):
+            self.check.check(value, i + 1, lr=schedule[i])
             if not math.isfinite(finite):
                 raise FloatingPointError(
                     f"the gradient of the potential became non-finite at step {i + 1} (epoch {i // S + 1}); "
                     f"lower lr (step size now {schedule[i]}) or check the data scale")
             state["loss"].append(value)
-            if stages[i] == SAMPLE:
-                state["configurational"].append(configurational / d)
-                if sghmc:
-                    state["kinetic"].append(kinetic / d)
-            if i + 1 in draw_set:
+            if ctx.stages[i] == SAMPLE:
+                state["configurational"].append(configurational / self.d)
+                if ctx.sghmc:
+                    state["kinetic"].append(kinetic / self.d)
+            if i + 1 in ctx.draw_set:
                 state["draw_step_size"].append(schedule[i])
                 state["draw_loss"].append(value)
                 state["draw_configurational"].append(state["configurational"][-1] if state["configurational"]
                                                      else math.nan)
                 state["draw_kinetic"].append(state["kinetic"][-1] if state["kinetic"] else math.nan)
-        read = upto
+        self.read = upto
 
-    for epoch in range(state["epoch"], plan.epochs):
-        k = epoch * S  # steps done before this epoch
-        for xb, yb in data.epoch(generator):
-            if k >= (epoch + 1) * S:
-                raise ValueError("the DataLoader yielded more batches in an epoch than len(loader); "
-                                 "SG-MCMC needs a fixed number of batches per epoch")
-            stage = stages[k]
-            if adaptive and resets[k]:
-                if not (dynamics.pool_windows and state["frozen_once"]):
-                    moments, plain_moments = K.reset_means(moments), K.reset_means(plain_moments)
-                frozen = None
-                if anchored:  # window start: anchor where exploration ended; midpoint: at the first half's mean θ
-                    start = k == 0 or stages[k - 1] != WARMUP
-                    at = chain.theta if start or not state["cv_count"] else state["cv_sum"] / state["cv_count"]
-                    state["cv"] = _anchor(objective, data, at)
-                    if start:  # forget the plain gradients' scale: the step adapts to the control variate's,
-                        # growing from the plain estimate's step by at most WARMUP_STEP_GROWTH per step
-                        plain_square = K.ema_square(moments)
-                        state["warm_step"] = (state["last_step"] if state["last_step"] is not None else
-                                              None if moments.ema_weight == 0 else  # no gradient seen yet
-                                              _constants(plain_square, torch.zeros_like(plain_square), dynamics, lr)["step"])
-                        moments = K.reset_ema(moments)
-                    state["cv_sum"], state["cv_count"] = torch.zeros_like(chain.theta), 0
-            if descent[k] and descent_anchor[k]:
-                state["cv"] = _anchor(objective, data, chain.theta)
-            if adaptive and stage == SAMPLE and frozen is None:
-                frozen = _freeze(moments, plain_moments, dynamics, lr, state["warm_step"])
-                state["frozen_once"], state["last_step"] = True, frozen["step"]
-            if stage == SAMPLE and (k == 0 or stages[k - 1] != SAMPLE):
-                # θ₀ of the configurational temperature, fixed before the sampling stage. cSG-MCMC's stages are short: a
-                # θ₀ the chain has not forgotten (the stage's first position) biases E[(θ − θ₀)·∇V] below T, so it takes
-                # the last anchor (the warm-up's mean θ, half a warm-up earlier). SGLD/SGHMC's long stage forgets its
-                # start within a few % of its length, and the start is nearer the bulk than a mid-warm-up mean.
-                pooled_anchor = dynamics.pool_windows and anchored and state["cv"] is not None
-                state["anchor"] = (state["cv"]["theta"] if pooled_anchor else chain.theta).clone()
-                if adaptive and dynamics.kernel == "sghmc":
-                    chain = _refresh_momentum(chain, frozen, T, generator)
-            use_cv = anchored and state["cv"] is not None and (
-                descent[k] or stage == WARMUP or (stage == SAMPLE and frozen["cv"]))
-            u, estimates = _gradient(objective, chain.theta, xb, yb, N, adaptive and stage == WARMUP,
-                                     state["cv"] if use_cv else None)
-            g, noise = estimates["cv" if use_cv else "plain"]
-            if check is None:
-                snap = _rng_snapshot(data)  # the floor's trace draws from the prior: keep the run's RNG where it is
-                floor = loss_floor(objective.model, xb, yb, N, "point")
-                _restore_rng(data, snap)
-                check = DivergenceCheck(dynamics.kernel, lr, floor=floor, unit=N / T)
-                if state["loss"]:  # a resumed chain: its start is the first loss it had
-                    check.start = state["loss"][0]
-            grad = g if T == 1.0 else g.mul_(T)  # ĝ ≈ ∇V, V = T·U_T (g is this step's own tensor)
-            # θ·ĝ pairs the gradient with the θ it was computed at (the state before the step)
-            record.step(u, grad, *((chain.theta, state["anchor"]) if stage == SAMPLE else ()))
-            # the descent injects the noise of temperature T (`schedules.exploration_descent`)
-            xi = noise_source.draw() if stage != EXPLORE or descent[k] else None
-            kernel = dynamics.kernel if stage != EXPLORE or not adaptive else "sghmc"
-            if adaptive and stage == SAMPLE:  # frozen constants, bounded by the spike guard (`_Guard`)
-                if k == 0 or stages[k - 1] != SAMPLE:
-                    state["guard"], sampling = None, None  # a new stage: its guard starts at the frozen E[ĝ²]
-                if sampling is None or sampling[0] is not frozen:  # once per stage (and after a resume)
-                    correction = frozen["noise"] if dynamics.noise_correction else None
-                    c = K.coefficients(kernel, frozen["step"], T, frozen["friction"], correction)
-                    parts = None if correction is None else (
-                        2 * (frozen["friction"] if kernel == "sghmc" else 1.0) * frozen["step"] * T,
-                        frozen["step"] * frozen["step"] * correction)
-                    reference = _implied_square(frozen["step"], dynamics, lr)
-                    if state.get("guard") is None:
-                        state["guard"] = reference.clone()
-                    sampling = (frozen, _Guard(c, _kinetic_weight(c, frozen["friction"]) if sghmc else None, reference,
-                                               state["guard"], dynamics.preconditioner == "fisher", parts))
-                c, kinetic_weight = sampling[1](grad, schedule[k] / lr)
-            else:
-                if not adaptive:
-                    step, friction, correction = schedule[k] * dynamics.eps_per_lr, dynamics.friction, None
-                else:
-                    if stage == EXPLORE and use_cv:  # descent: the RMSprop normaliser stays on the plain gradient's scale
-                        pg, pn = estimates["plain"]
-                        moments = K.update_moments_(moments, pg if T == 1.0 else pg.mul_(T),
-                                                    None if pn is None else pn if T == 1.0 else pn.mul_(T * T),
-                                                    means=False)
-                    else:
-                        grad_noise = None if noise is None else (noise if T == 1.0 else noise.mul_(T * T))
-                        moments = K.update_moments_(moments, grad, grad_noise,
-                                                    WARMUP_EMA_DECAY if use_cv and stage == WARMUP else K.EMA_DECAY,
-                                                    means=stage == WARMUP)
-                        if use_cv:  # the plain estimate at the same θ, for gradient="auto"'s choice
-                            pg, pn = estimates["plain"]
-                            plain_moments = K.update_moments_(plain_moments, pg if T == 1.0 else pg.mul_(T),
-                                                              None if pn is None else pn if T == 1.0 else pn.mul_(T * T))
-                    if stage == WARMUP and anchored:
-                        state["cv_sum"] = chain.theta.clone() if state["cv_sum"] is None else state["cv_sum"] + chain.theta
-                        state["cv_count"] += 1
-                    if stage == EXPLORE:
-                        square = K.ema_square(moments)
-                        if descent[k] and dynamics.curvature_floor is not None:  # a dead unit's weights get noise now
-                            square = torch.maximum(square, dynamics.curvature_floor.to(square))
-                        step = K.rmsprop_step_size(square, schedule[k])
-                        friction, correction = 0.1, None  # SGD with momentum 0.9 towards the bulk
-                    else:  # WARMUP
-                        now = K.ema_square(K.centred(moments) if use_cv else moments)
-                        est = torch.minimum(moments.noise, now) if moments.noise_count else torch.zeros_like(now)
-                        cap = None
-                        if use_cv:  # growth-limited; with no earlier step (no exploration), the raw EMA's step: a
-                            # centred EMA of one gradient is 0
-                            cap = WARMUP_STEP_GROWTH * state["warm_step"] if state.get("warm_step") is not None else \
-                                _constants(K.ema_square(moments), torch.zeros_like(now), dynamics, schedule[k])["step"]
-                        cc = _constants(now, est, dynamics, schedule[k], cap)
-                        step, friction = cc["step"], cc["friction"]
-                        if use_cv:
-                            state["warm_step"] = step
-                        correction = cc["noise"] if dynamics.noise_correction else None
-                c = K.coefficients(kernel, step, T, friction, correction, noisy=xi is not None)
-            K.step_(chain.theta, chain.momentum, grad, c, xi)
-            if stage == SAMPLE and sghmc:
-                record.kinetic(chain.momentum, kinetic_weight if adaptive else _kinetic_weight(c, friction))
-            k += 1
-            if k in draw_set:
-                state["draws"].append(chain.theta.clone())
-            if k == 1 or k - read >= CHECK_EVERY:  # the first step at once: a non-finite start is named as such
-                flush(k)
-        if k != (epoch + 1) * S:
-            raise ValueError(f"the data yielded {k - epoch * S} batches in epoch {epoch + 1}, "
-                             f"expected {S} (len of the DataLoader)")
-        state.update(epoch=epoch + 1, theta=chain.theta, momentum=chain.momentum, moments=moments._asdict(),
-                     plain_moments=plain_moments._asdict(), frozen=frozen, generator=generator.get_state())
-        saving = save is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == plan.epochs)
-        if saving or epoch + 1 == plan.epochs:
-            flush(k)
-        if bar is not None:
-            if state["loss"]:
-                bar.set_postfix(loss=f"{state['loss'][-1]:.4g}")
-            bar.update()
-        if saving:
-            save(state)
-    return state
+
+def _estimates(here, there, anchor: Optional[Dict[str, torch.Tensor]], m: int, N: int, sizes: List[int]):
+    """`_gradient`'s output from the parts' ``here`` = [(U, ĝ(θ))] and ``there`` = [ĝ(θ̂)] (with an ``anchor``)."""
+    estimates = {"plain": [r[1] for r in here]}
+    if anchor is not None:
+        estimates["cv"] = [K.control_variate(r[1], a, anchor["grad"]) for r, a in zip(here, there)]
+    if len(here) == 1:  # the whole minibatch: its estimate as it is (no weighted sum of one part)
+        return here[0][0], {name: (gs[0], torch.zeros_like(gs[0]) if m == N else None)
+                            for name, gs in estimates.items()}
+    u = sum(n * r[0] for n, r in zip(sizes, here)) / m
+    out = {}
+    for name, gs in estimates.items():
+        g = sum(n * gk for n, gk in zip(sizes, gs)) / m
+        out[name] = (g, K.split_batch_noise(gs[0], gs[1], sizes[0], sizes[1], N))
+    return u, out
+
+
+def _stacked_gradients(gradient: StackedGradient, theta: torch.Tensor, chains: List[_Chain],
+                       needs: List[Tuple[bool, Optional[Dict[str, torch.Tensor]]]], batch: Batch, N: int):
+    """`_gradient` of every chain at once: θ ``(K, P)`` (the chains' rows), chain k on ``batch.member(k)`` and with
+    ``needs[k]`` = (split, anchor) from `_Chain.begin`. The minibatch gradients of every part at θ are one vmapped
+    evaluation, and, when any chain drives with a control variate, those at the anchors θ̂ another (chains without
+    an anchor stand in with their θ, and their result is not used). ``split`` is the plan's, so the chains' own."""
+    m = num_rows(batch.y) if batch.shared else batch.y.shape[1]
+    split = needs[0][0] and m >= 2
+    slices = [slice(None, m // 2), slice(m // 2, None)] if split else [slice(None)]
+
+    def part(rows_: slice):
+        if not split:
+            return batch.x, batch.y
+        if batch.shared:
+            return take_rows(batch.x, rows_), batch.y[rows_]
+        return stacked_rows(batch.x, rows_), batch.y[:, rows_]
+
+    sizes = [len(range(m)[s]) for s in slices]
+    with pyro.validation_enabled(False):
+        here = [gradient(theta, *part(s), batch.shared) for s in slices]
+        anchors = [a for _, a in needs]
+        there = None
+        if any(a is not None for a in anchors):
+            at = torch.stack([a["theta"] if a is not None else c.chain.theta for a, c in zip(anchors, chains)])
+            there = [gradient(at, *part(s), batch.shared)[1] for s in slices]
+    return [_estimates([(u[k], g[k]) for u, g in here], None if a is None else [g[k] for g in there], a, m, N, sizes)
+            for k, a in enumerate(anchors)]
+
+
+class _OwnChecks:
+    """The driver's per-run check for a chain: none, because each chain checks its own record (`_Chain.flush`) with
+    the SG-MCMC messages (the divergence floor of its first batch, a non-finite gradient named at its step)."""
+
+    def __init__(self):
+        self.start = math.nan
+
+    def check(self, value: float, step: int, lr: Optional[float] = None) -> None:
+        pass
+
+
+class SGMCMCRule:
+    """The SG-MCMC step rule on the one driver (`pyro_bdl.infer.driver.drive`): K chains, θ ``(K, P)``.
+
+    The state is ``{"theta": (K, P), "chains": [_Chain]}``, chain k's θ a row of the stack (updated in place).
+    ``stacked``: the K chains' gradients are one `StackedGradient` (vmap) evaluation per step; otherwise the chains
+    are stepped one after another within the step, each by the single-chain path (`_gradient`). Either way every
+    other part of the step is the chain's own (`_Chain`), so chain k is the chain run alone with the same seed —
+    exactly when not stacked, to float rounding when stacked (vmap's batched matrix products round differently).
+    """
+
+    def __init__(self, ctx: _Context, stacked: bool):
+        self.ctx = ctx
+        objective, N = ctx.objective, ctx.N
+        self.gradient = StackedGradient(lambda t, x, y: objective.potential(t, x, y, N),
+                                        lambda t, x, y: objective.grad(t, x, y, N)) if stacked else None
+
+    def _state(self, theta: torch.Tensor, chains: List[Dict[str, Any]]) -> Dict[str, Any]:
+        return {"theta": theta, "chains": [_Chain(self.ctx, {**s, "theta": theta[k]}) for k, s in enumerate(chains)]}
+
+    def init(self, theta: torch.Tensor) -> Dict[str, Any]:
+        theta = theta.detach().clone()
+        return self._state(theta, [_start_chain(theta[k]) for k in range(theta.shape[0])])
+
+    def update(self, state: Dict[str, Any], batch: Batch,
+               generators: Sequence[torch.Generator]) -> Tuple[Dict[str, Any], torch.Tensor]:
+        chains: List[_Chain] = state["chains"]
+        for c, g in zip(chains, generators):
+            c.bind(g)
+        if self.gradient is None or len(chains) == 1:
+            us = []
+            for k, c in enumerate(chains):
+                xb, yb = batch.member(k)
+                split, anchor = c.begin()
+                u, estimates = _gradient(self.ctx.objective, c.chain.theta, xb, yb, self.ctx.N, split, anchor)
+                c.finish(u, estimates, xb, yb)
+                us.append(u)
+        else:
+            needs = [c.begin() for c in chains]
+            results = _stacked_gradients(self.gradient, state["theta"], chains, needs, batch, self.ctx.N)
+            us = []
+            for k, (c, (u, estimates)) in enumerate(zip(chains, results)):
+                c.finish(u, estimates, *batch.member(k))
+                us.append(u)
+        return state, torch.stack(us)
+
+    def finish(self, state: Dict[str, Any]) -> List[Dict[str, Any]]:
+        """Every chain's record read and checked, and its state written back: the chains' states."""
+        for c in state["chains"]:
+            c.flush(c.k)
+            c.sync()
+        return [c.state for c in state["chains"]]
+
+    def save(self, state: Dict[str, Any]) -> Dict[str, Any]:
+        chains = self.finish(state)
+        return {"theta": state["theta"].clone(), "chains": [{**s, "theta": None} for s in chains]}
+
+    def restore(self, saved: Dict[str, Any]) -> Dict[str, Any]:
+        return self._state(saved["theta"].clone(), saved["chains"])
+
+
+def run_chain(ctx: _Context, theta0: torch.Tensor, seeds: Sequence[int], *, stacked: bool, desc: str,
+              progress: Optional[bool], checkpoint: Optional[str], fingerprint: Optional[Dict[str, Any]],
+              checkpoint_every: int) -> Tuple[List[Dict[str, Any]], float]:
+    """Run the chains from ``theta0`` ``(K, P)`` (chain k with seed ``seeds[k]``: its data order and noise) to the end
+    of the plan on the driver, stacked or one after another within each step (`SGMCMCRule`); the driver's state is
+    the checkpoint (saved every ``checkpoint_every`` epochs and at the end). Returns the chains' states and the
+    wall time."""
+    rule = SGMCMCRule(ctx, stacked and theta0.shape[0] > 1)
+    result = drive(rule, theta0, ctx.data, steps=ctx.steps, seeds=seeds, desc=desc, progress=progress,
+                   checks=[_OwnChecks() for _ in seeds], checkpoint=checkpoint, fingerprint=fingerprint,
+                   checkpoint_every=checkpoint_every, check_every=CHECK_EVERY)
+    return rule.finish(result.state), result.wall_time
 
 
 # ----------------------------------------------------------------------------------------
@@ -579,11 +724,11 @@ def _initial_theta(objective: Objective, model: BayesianModel, init: Union[str, 
 
 
 def _fingerprint(method: str, config: Dict[str, Any], model: BayesianModel, data: FitData,
-                 objective: Objective, seed: int, theta0: torch.Tensor) -> Dict[str, Any]:
+                 objective: Objective, seed: int, theta0: torch.Tensor, **extra: Any) -> Dict[str, Any]:
     """What identifies a run, so a checkpoint is only resumed by the same run (``theta0``, the first
     chain's start, stands for ``init`` whatever its form)."""
     return ckpt.fingerprint(model, data, method, config, seed, start=ckpt.tensor_hash(theta0), sites=list(objective.layout.names),
-                            size=objective.size)
+                            size=objective.size, **extra)
 
 
 def chain_seeds(seed: int, num_chains: int) -> List[int]:
@@ -594,45 +739,40 @@ def chain_seeds(seed: int, num_chains: int) -> List[int]:
 
 def sample(model: BayesianModel, data: FitData, *, method: str, plan: Plan, dynamics: Dynamics, seed: int,
            progress: Optional[bool], num_chains: int, init, checkpoint: Optional[str], checkpoint_every: int,
-           config: Dict[str, Any], lr: float = 1.0) -> SamplesPosterior:
-    """Run ``num_chains`` independent chains of ``plan`` and collect them in a [`SamplesPosterior`][pyro_bdl.SamplesPosterior]."""
+           config: Dict[str, Any], lr: float = 1.0, stack: Union[str, bool, int] = "auto") -> SamplesPosterior:
+    """Run ``num_chains`` independent chains of ``plan`` and collect them in a [`SamplesPosterior`][pyro_bdl.SamplesPosterior].
+
+    Chain c has seed ``chain_seeds(seed, num_chains)[c]`` (its data order and noise) and starts at ``init`` for that
+    seed. The chains run on the one driver in groups of ``chain_stack_size(stack, ...)`` stepped together (`run_chain`);
+    groups run one after another, each with its own checkpoint file when there are several
+    (`pyro_bdl.infer.ensemble.group_path`; finished groups are read back, not rerun)."""
     objective = Objective(model, _example_inputs(data))
+    size = chain_stack_size(stack, num_chains, model, data, objective)  # a bad `stack` fails before any work
     if dynamics.preconditioner is not None:
         dynamics = replace(dynamics, curvature_floor=objective.prior_curvature())
     if dynamics.preconditioner is not None and dynamics.gradient != "plain":
         _full_data(data)  # once, before any chain (and before a checkpoint's RNG is restored)
     seeds = chain_seeds(seed, num_chains)
-    fingerprint = _fingerprint(method, config, model, data, objective, seed,
-                               _initial_theta(objective, model, init, seeds[0]))
-    saved = ckpt.load(checkpoint, fingerprint)
-    if saved is not None:
-        _restore_rng(data, saved["rng"])
-        finished: List[Dict[str, Any]] = saved["finished"]
-        current = saved["current"]
-        elapsed = float(saved.get("wall_time", 0.0))  # the sampling time before the interruption
-    else:
-        finished, current, elapsed = [], None, 0.0
-    started = time.perf_counter()
-
-    def save(state):
-        ckpt.save(checkpoint, fingerprint, {"finished": finished, "current": state, "rng": _rng_snapshot(data),
-                                            "wall_time": elapsed + time.perf_counter() - started})
-
-    with progress_bars.bar(num_chains * plan.epochs, method, progress) as bar:
-        bar.update(len(finished) * plan.epochs + (current["epoch"] if current is not None else 0))
-        for c in range(len(finished), num_chains):
-            if current is None:
-                current = _start_chain(_initial_theta(objective, model, init, seeds[c]), seeds[c])
-            bar.set_description(f"{method} chain {c + 1}/{num_chains}")
-            state = run_chain(objective, data, plan, dynamics, current,
-                              save=save if checkpoint is not None else None,
-                              checkpoint_every=checkpoint_every, bar=bar, lr=lr)
-            finished.append(state)
-            current = None
-            if checkpoint is not None:
-                save(None)
-    return _posterior(model, objective, plan, dynamics, finished, config, method,
-                      elapsed + time.perf_counter() - started)
+    first = _initial_theta(objective, model, init, seeds[0])
+    ctx = _Context(objective, data, plan, dynamics, lr)
+    groups = [list(range(i, min(i + size, num_chains))) for i in range(0, num_chains, size)]
+    finished: List[Dict[str, Any]] = []
+    wall_time = 0.0
+    for i, group in enumerate(groups):
+        theta0 = torch.stack([first if c == 0 else _initial_theta(objective, model, init, seeds[c]) for c in group])
+        if len(group) > 1 and not getattr(objective, "_verified", True):
+            with torch.no_grad():  # the compiled density is verified once, outside vmap
+                x0, y0 = example_batch(data)
+                objective.log_density(theta0[0], x0, y0, data.dataset_size)
+        fingerprint = None if checkpoint is None else _fingerprint(method, config, model, data, objective, seed, first,
+                                                                   chains=group, stack=size)
+        states, elapsed = run_chain(ctx, theta0, [seeds[c] for c in group], stacked=len(group) > 1,
+                                    desc=method if len(groups) == 1 else f"{method} chains {group[0] + 1}-{group[-1] + 1}",
+                                    progress=progress, checkpoint=group_path(checkpoint, i, len(groups)),
+                                    fingerprint=fingerprint, checkpoint_every=checkpoint_every)
+        finished.extend(states)
+        wall_time += elapsed
+    return _posterior(model, objective, plan, dynamics, finished, dict(config, stack=size), method, wall_time)
 
 
 def _posterior(model, objective, plan: Plan, dynamics: Dynamics, finished, config, method,
