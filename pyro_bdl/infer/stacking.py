@@ -22,6 +22,7 @@ import torch
 
 from ..model.inputs import Inputs
 from .driver import Batch
+from .ensemble import stack_size  # the memory rule of stacked ensemble members
 
 #: on the CPU, chains are stacked by default only up to this many parameters (module docs)
 CPU_STACK_MAX_PARAMS = 100_000
@@ -77,8 +78,6 @@ def chain_stack_size(stack: Union[str, bool, int], num_chains: int, model, data,
     ``"auto"`` as many as memory allows on a GPU, and on the CPU that many only up to `CPU_STACK_MAX_PARAMS`
     parameters. A model whose density is not compiled (the Pyro trace: no pure function of θ to vmap) is never
     stacked."""
-    from .ensemble import stack_size  # the memory rule of stacked ensemble members
-
     size = stack_size(stack, num_chains, model, data, objective)
     if not getattr(objective, "compiled", False):
         return 1
