@@ -18,7 +18,9 @@ likelihood σ = 0.1, N(0, 1) prior), it times in ONE run, interleaved, with one 
 The SG-MCMC rows use the plain kernels (``preconditioner=None``: a fixed step, the textbook
 updates); one extra row shows sghmc with its default adaptive (Fisher) preconditioner (plain gradient) after a fixed
 one-epoch burn-in (its per-step figure is the sampling stage's; the burn-in, which takes two half-batch
-gradients per step, is counted in start-up). A last row times a K = 8 member ensemble against 8 single
+gradients per step, is counted in start-up). A chains row times K = 4 sghmc chains (the plain kernel) stepped
+together (``stack=True``: their gradients one ``torch.func.vmap`` evaluation) against the same 4 chains one after
+another (``stack=False``), per step of all four, at both sizes (``--no-chains`` skips it). A last row times a K = 8 member ensemble against 8 single
 ``map`` fits (whole runs, start-up included), with whatever option the ensemble takes for its size
 (``num_chains`` or ``num_models``); ``--ensemble-threads 1 2`` repeats that row with 2 torch threads in wall
 time (the issue states the target for 2 CPU cores, where the stacked members' batched matmuls use both and
@@ -233,6 +235,19 @@ def _time_ensemble(size: str, k: int, epochs: int, x, y, clock) -> Tuple[float, 
     return ensemble, singles
 
 
+# -- the chains row --------------------------------------------------------------------------------
+def time_chains(size: str, k: int, epochs: int, x, y, stack: bool) -> float:
+    """Seconds (CPU time) of a whole ``sghmc`` run (the plain kernel of the sghmc row) with ``k`` chains, stepped
+    together (``stack=True``: one vmapped gradient per step) or one after another (``stack=False``)."""
+    name, options = fit_options("sghmc", epochs)
+    model = make_model(*SIZES[size])
+    t = clock()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bdl.fit(model, x, y, method=name, batch_size=B, progress=False, seed=0, num_chains=k, stack=stack, **options)
+    return clock() - t
+
+
 # -- the table -----------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -241,6 +256,8 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="*", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--methods", nargs="*", default=["map", "swag", "sgld", "sghmc", "csgmcmc", "sghmc (fisher)"])
     parser.add_argument("--no-ensemble", action="store_true")
+    parser.add_argument("--no-chains", action="store_true",
+                        help="skip the K = 4 sghmc chains row (stacked vs one after another, per step, both sizes)")
     parser.add_argument("--ensemble-threads", type=int, nargs="*", default=[1],
                         help="torch threads for the ensemble row (> 1: wall time; needs otherwise idle cores)")
     parser.add_argument("--stat", choices=["median", "min"], default="median",
@@ -293,6 +310,29 @@ def main() -> None:
             startup = statistics.median(row["startup"])
         print(f"| {method:16s} | {params[size]:>10,d} | {fit_ms:7.2f} | {torch_ms:8.2f} | {fit_ms / torch_ms:9.2f} | "
               f"{flat_ms:7.2f} | {flat_ms / torch_ms:10.2f} | {startup:14.2f} |")
+    if not args.no_chains:  # per step of 4 chains: the difference of two run lengths, as the rows above
+        k = 4
+        print(f"\nK = {k} sghmc chains (plain kernel), stack=True (one vmapped gradient per step) vs stack=False "
+              f"(one chain after another), per step of all {k} chains, CPU time, 1 thread, {args.stat} of {repeats}")
+        print(f"| {'parameters':>10s} | {'stacked ms':>10s} | {'sequential ms':>13s} | {'stacked/sequential':>18s} |")
+        print(f"| {'-' * 10} | {'-' * 10} | {'-' * 13} | {'-' * 18} |")
+        for size in args.sizes:
+            x, y = data[size]
+            e1, e2 = epochs[size]
+            steps = (e2 - e1) * math.ceil(N / B)
+            time_chains(size, k, e1, x, y, True)  # warm-up
+            runs = {True: [], False: []}
+            for _ in range(repeats):
+                for stack in (True, False):
+                    runs[stack].append((time_chains(size, k, e1, x, y, stack), time_chains(size, k, e2, x, y, stack)))
+            per_step = {}
+            for stack, ts in runs.items():
+                if args.stat == "min":
+                    per_step[stack] = (min(t[1] for t in ts) - min(t[0] for t in ts)) / steps
+                else:
+                    per_step[stack] = statistics.median((t[1] - t[0]) / steps for t in ts)
+            print(f"| {params[size]:>10,d} | {per_step[True] * 1e3:10.2f} | {per_step[False] * 1e3:13.2f} | "
+                  f"{per_step[True] / per_step[False]:18.2f} |")
     if not args.no_ensemble:
         k, size = 8, "30k"
         x, y = data.get(size) or make_data(SIZES[size][0])

@@ -69,7 +69,9 @@ recorded in ``info["control_variate"]``; ``"cv"`` / ``"plain"`` force the choice
 augmentation (the anchor's full gradient would not be the augmented minibatches' mean) or the
 plain kernel; without minibatches both estimates are the full gradient.
 
-**The loop** (`.run.run_chain`) updates θ and v in place (fused multiply-adds, `.kernels.step_`; the
+**The loop** is a step rule on the one driver (`.run.SGMCMCRule` on `pyro_bdl.infer.driver.drive`, run by
+`.run.run_chain`): the driver owns the minibatches, each chain's generator (its data order and noise), the
+progress bar and the checkpoint; each chain (`.run._Chain`) updates θ and v in place (fused multiply-adds, `.kernels.step_`; the
 constants of a frozen sampling stage computed once) and keeps each step's loss, a gradient check
 (Σĝ, finite iff ĝ is) and the temperature sums on θ's device; they are read to the host every 50
 steps (`.run.CHECK_EVERY`), before a checkpoint and at the end — one synchronisation per block, as
@@ -102,9 +104,19 @@ steps) and, for adaptive kernels, the fixed ``preconditioner_step`` G, ``frictio
 
 **Chains and checkpoints.** ``num_chains`` independent runs, seeded by
 `pyro_bdl._util.random.spawn_seeds` (runs with different seeds share no chain), each
-from a fresh default initialisation. With ``checkpoint=path`` the run state (θ, momentum,
-moments, draws, random number generators) is written atomically every ``checkpoint_every``
-epochs; the same call resumes bit-identically; a checkpoint of another run is refused.
+from a fresh default initialisation. Chains are stepped together in groups of ``stack``
+(`pyro_bdl.infer.stacking.chain_stack_size`): θ ``(K, P)``, the K minibatch gradients (and the control
+variate's anchor gradients, and the warm-up's half-batch gradients) one ``torch.func.vmap`` evaluation of the
+compiled potential per step (`pyro_bdl.infer.stacking.StackedGradient`), everything else — the kernel update, the
+moments, the frozen constants, the control-variate choice, the spike guard, the temperature sums, the draws —
+each chain's own, so stacked chain k equals the chain run alone with its seed to float rounding (vmap's batched
+matrix products round differently). ``stack="auto"`` stacks on a GPU as memory allows and on the CPU only networks
+of at most 100k parameters (where vmap pays; measured in ``notes/issue-15-chains.md``); ``False`` runs the chains
+one after another (exactly the single-chain numbers); a network vmap cannot batch (an LSTM) falls back to that by
+itself. With ``checkpoint=path`` the driver's state (θ, momentum, moments, draws, every
+generator) is written atomically every ``checkpoint_every`` epochs (one file per group,
+``path.group<i>``, when the chains run in several groups); the same call resumes bit-identically; a checkpoint of
+another run is refused.
 """
 from .kernels import sghmc_step, sgld_step
 from .methods import fit_csgmcmc, fit_sghmc, fit_sgld

@@ -36,7 +36,7 @@ The injected variance must be ≥ 0: α ≥ G B̂ / (2T) (Chen et al.'s conditio
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 
@@ -65,17 +65,22 @@ class Coefficients(NamedTuple):
 def coefficients(kernel: str, step_size: Step, temperature: float, friction: Step = 1.0,
                  grad_noise: Optional[torch.Tensor] = None, noisy: bool = True) -> Coefficients:
     """The `Coefficients` of ``kernel`` (``"sgld"`` or ``"sghmc"``); ``noisy=False``: no noise term."""
-    if kernel == "sgld":
-        variance = 2.0 * step_size * temperature
-        decay = None
-    else:
-        variance = 2.0 * friction * step_size * temperature
-        decay = 1.0 - friction
+    decay = None if kernel == "sgld" else 1.0 - friction
     if not noisy:
         return Coefficients(step_size, decay, None)
-    if grad_noise is not None:
-        variance = variance - step_size * step_size * grad_noise
+    variance, supplied = variance_parts(kernel, step_size, temperature, friction, grad_noise)
+    if supplied is not None:
+        variance = variance - supplied
     return Coefficients(step_size, decay, _noise_scale(variance))
+
+
+def variance_parts(kernel: str, step_size: Step, temperature: float, friction: Step = 1.0,
+                   grad_noise: Optional[torch.Tensor] = None) -> Tuple[Step, Optional[Step]]:
+    """The injected noise's variance as ``(2αGT, G²B̂)``: the variance the dynamics need (α = 1 for SGLD) and the
+    share the gradient noise B̂ already supplies (None without ``grad_noise``); the noise term's variance is their
+    difference (`coefficients`; the spike guard scales the two parts separately, `pyro_bdl.infer.sgmcmc.run._Guard`)."""
+    needed = 2.0 * step_size * temperature if kernel == "sgld" else 2.0 * friction * step_size * temperature
+    return needed, None if grad_noise is None else step_size * step_size * grad_noise
 
 
 def _axpy_(out: torch.Tensor, a: Step, x: torch.Tensor) -> torch.Tensor:

@@ -477,9 +477,8 @@ class _Chain:
             if self.sampling is None or self.sampling[0] is not frozen:  # once per stage (and after a resume)
                 correction = frozen["noise"] if dynamics.noise_correction else None
                 c = K.coefficients(kernel, frozen["step"], T, frozen["friction"], correction)
-                parts = None if correction is None else (
-                    2 * (frozen["friction"] if kernel == "sghmc" else 1.0) * frozen["step"] * T,
-                    frozen["step"] * frozen["step"] * correction)
+                parts = None if correction is None else K.variance_parts(kernel, frozen["step"], T, frozen["friction"],
+                                                                         correction)
                 reference = _implied_square(frozen["step"], dynamics, lr)
                 if state.get("guard") is None:
                     state["guard"] = reference.clone()
