@@ -10,9 +10,9 @@ single-run function, so the results are then exactly those of K separate runs.
 `chain_stack_size` is the SG-MCMC chains' ``stack`` option (module docs of `pyro_bdl.infer.sgmcmc`): on a
 GPU as many chains as memory allows (`pyro_bdl.infer.ensemble.stack_size`); on the CPU only networks of at
 most `CPU_STACK_MAX_PARAMS` parameters, because there vmap turns each layer's ``mm`` into a ``bmm`` that
-the CPU runs no faster than K separate ``mm`` calls, and slower at large sizes (measured, one thread:
-K = 4 chains' gradients 0.93× the sequential time at 29k parameters, 1.84× at 537k;
-`notes/issue-15-chains.md` has the whole-run figures).
+the CPU runs faster than K separate ``mm`` calls only for small layers (measured, one thread, tanh MLPs, K = 4
+chains' gradients by this class against 4 ``Objective.grad`` calls: 0.80× at 22k parameters, 0.90× at 29k,
+1.11× at 53k, 1.20–1.41× at 79k–110k, 1.37× at 537k, 1.27× at 2.1M; `notes/issue-15-chains.md`).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from .driver import Batch
 from .ensemble import stack_size  # the memory rule of stacked ensemble members
 
 #: on the CPU, chains are stacked by default only up to this many parameters (module docs)
-CPU_STACK_MAX_PARAMS = 100_000
+CPU_STACK_MAX_PARAMS = 40_000
 
 
 def rows(x: Inputs, index) -> Inputs:

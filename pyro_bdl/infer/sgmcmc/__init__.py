@@ -111,7 +111,7 @@ compiled potential per step (`pyro_bdl.infer.stacking.StackedGradient`), everyth
 moments, the frozen constants, the control-variate choice, the spike guard, the temperature sums, the draws —
 each chain's own, so stacked chain k equals the chain run alone with its seed to float rounding (vmap's batched
 matrix products round differently). ``stack="auto"`` stacks on a GPU as memory allows and on the CPU only networks
-of at most 100k parameters (where vmap pays; measured in ``notes/issue-15-chains.md``); ``False`` runs the chains
+of at most 40k parameters (where vmap pays; measured in ``notes/issue-15-chains.md``); ``False`` runs the chains
 one after another (exactly the single-chain numbers); a network vmap cannot batch (an LSTM) falls back to that by
 itself. With ``checkpoint=path`` the driver's state (θ, momentum, moments, draws, every
 generator) is written atomically every ``checkpoint_every`` epochs (one file per group,

@@ -202,7 +202,7 @@ def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Option
         checkpoint, checkpoint_every: resumable runs (package docs).
         stack: how many of the ``num_chains`` chains step together, their gradients one ``torch.func.vmap``
             evaluation (package docs, "Chains"): ``"auto"`` (default: all that fit in memory on a GPU; on the
-            CPU only networks of at most 100k parameters), ``True`` (all), ``False`` (one chain after
+            CPU only networks of at most 40k parameters), ``True`` (all), ``False`` (one chain after
             another) or a number. A stacked chain equals the chain run alone with its seed (to float
             rounding); a network vmap cannot batch (an LSTM) runs its chains one after another.
     """
