@@ -113,7 +113,9 @@ each chain's own, so stacked chain k equals the chain run alone with its seed to
 matrix products round differently). ``stack="auto"`` stacks on a GPU as memory allows and on the CPU only networks
 of at most 40k parameters (where vmap pays; measured in ``notes/issue-15-chains.md``); ``False`` runs the chains
 one after another (exactly the single-chain numbers); a network vmap cannot batch (an LSTM) falls back to that by
-itself. With ``checkpoint=path`` the driver's state (θ, momentum, moments, draws, every
+itself. With a user's ``DataLoader`` each stacked chain iterates the loader itself, so its order depends on how
+the loader's shuffling RNG advances (stacked and one-after-another chains then see different, equally valid
+orders). With ``checkpoint=path`` the driver's state (θ, momentum, moments, draws, every
 generator) is written atomically every ``checkpoint_every`` epochs (one file per group,
 ``path.group<i>``, when the chains run in several groups); the same call resumes bit-identically; a checkpoint of
 another run is refused.
