@@ -1,4 +1,5 @@
-"""The SG-MCMC driver: one loop for every kernel, chains, checkpoints and the collected posterior."""
+"""SG-MCMC on the one driver: the step rule of every kernel (`SGMCMCRule`, each chain a `_Chain`), K chains stepped
+together with their gradients by ``torch.func.vmap`` (`pyro_bdl.infer.stacking`), and the collected posterior."""
 from __future__ import annotations
 
 import math
