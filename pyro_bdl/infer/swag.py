@@ -65,31 +65,34 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import time
 import warnings
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import pyro
 import torch
 from pyro.infer.autoguide import init_to_value
 
 from .._util import checkpoint as checkpoints
-from .._util import progress as progress_bars
-from .._util.checks import is_invalid_parameter_error
+from .._util.checks import check_int, is_invalid_parameter_error
 from .._util.random import spawn_seeds
 from ..guides.swag import SWAG
 from ..model import batchnorm
 from ..model.bayesian_model import BayesianModel
 from ..model.inputs import take_rows
+from ..model.potential import Objective
 from ..posterior.mixture import MixturePosterior
 from ..posterior.swag import SWAGPosterior
 from ..model.tempering import likelihood_scale
+from . import driver
 from .data import FitData
 from .divergence import DivergenceCheck, loss_floor
+from .ensemble import MEMORY_SHARE, _free_memory as free_memory, member_bytes, stack_size
+from .map import MAPRule, example_batch
 from .members import run_members
 from .registry import register
 
-CHECKPOINT_KIND = "pyro_bdl.swag"
+#: the driver's checkpoint of SWAG runs (`train_runs`); files of the loop before the driver are not read
+CHECKPOINT_KIND = "pyro_bdl.swag.driver"
 
 
 def swag_learning_rate(epoch: int, lr: float, swa_lr: float, swa_start: int) -> float:
@@ -111,12 +114,7 @@ def swag_learning_rate(epoch: int, lr: float, swa_lr: float, swa_start: int) -> 
     return lr * factor
 
 
-# -- training -------------------------------------------------------------------------------
-def _loader_generator(data: FitData) -> Optional[torch.Generator]:
-    # A user's DataLoader shuffles with its own generator (if any) or torch's global RNG.
-    return getattr(data.loader, "generator", None) if data.loader is not None and data._x is None else None
-
-
+# -- the auto rates ---------------------------------------------------------------------------
 class GradientNoise:
     """Running per-coordinate variance V_kk of i.i.d. minibatch gradients (Welford), and the SGD
     rates whose stationary spread is the posterior's (Mandt et al. 2017).
@@ -422,164 +420,326 @@ def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, 
     return noise
 
 
-def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: float, swa_lr: Any,
-               momentum: float, seed: int, progress: Optional[bool] = None, checkpoint: Optional[str] = None,
-               collect: bool = True, desc: str = "swag") -> Dict[str, List[float]]:
-    """SGD with momentum on the per-data-point MAP objective, collecting SWAG snapshots.
+# -- the step rule ----------------------------------------------------------------------------
+@contextlib.contextmanager
+def _weights_valid(lr: float):
+    """A distribution refusing NaN/inf weights (the traced path validates) is SWAG diverging: say so, naming lr."""
+    try:
+        yield
+    except ValueError as err:
+        if not is_invalid_parameter_error(err):
+            raise
+        raise FloatingPointError(f"SWAG diverged: the weights became NaN or inf (a distribution got invalid "
+                                 f"parameters); lower lr (now {lr:g}) or check the data scale") from None
 
-    Args:
-        guide: a set-up [`SWAG`][pyro_bdl.guides.SWAG] guide; its ``loc`` is the iterate.
-        epochs, swa_start, lr, swa_lr, momentum: the schedule (see `swag_learning_rate`).
-        seed: seeds the data order (and augmentation).
-        checkpoint: a file written after every epoch; if it exists, the run resumes from it.
-        collect: ``False`` runs plain SGD with the same schedule (the benchmark's baseline).
 
-    Returns:
-        ``{"loss": per-epoch mean loss, "lr": per-epoch learning rate}``.
+class SWAGRule(MAPRule):
+    """SWAG's step rule (`pyro_bdl.infer.driver`) for K runs stacked as θ ``(K, P)``.
+
+    Heavy-ball SGD (torch's update: b ← βb + g, θ ← θ − ε·b, b = g at a fresh start) on the per-data-point
+    objective in temperature-free units, T·L(θ) = T·U(θ)/N (module docs; U includes the log-Jacobian,
+    as the guide's Delta sites do), with the schedule `swag_learning_rate` per epoch. With
+    ``swa_lr="auto"`` each run, from ``swa_start`` on, has its own noise estimate, rates ε_k (g ← ε ⊙ g,
+    step 1), stability cap, burn-in and instability guard (`GradientNoise`, `_start_auto`); its
+    minibatches are then i.i.d. (`_Batches`). The SWAG moments of every run — mean, Welford's squared
+    deviations, the ring of the last ``rank`` deviations (`pyro_bdl.guides.SWAG.collect`'s update, elementwise,
+    so run k's moments are what run k alone would collect) — are part of the state, collected at the end of
+    every epoch past ``swa_start`` (numeric ``swa_lr``) or every ``every`` steps (auto). The losses and
+    gradients of the K runs come from `MAPRule.value_and_grad` (one vmapped forward and one backward; one
+    run at a time for networks vmap cannot batch).
     """
-    objective = guide.objective
-    theta = guide.loc_unconstrained
+
+    def __init__(self, objective: Objective, data: FitData, *, epochs: int, swa_start: int, lr: float, swa_lr: Any,
+                 momentum: float, rank: int, collect: bool):
+        super().__init__(objective, data.dataset_size, lr, 1.0, epochs * data.num_batches)
+        model = objective.model
+        self.data, self.per_epoch = data, data.num_batches
+        self.epochs, self.swa_start, self.swa_lr, self.beta = epochs, swa_start, swa_lr, float(momentum)
+        self.auto, self.rank, self.collect = swa_lr == "auto", rank, collect
+        self.temperature = model.temperature
+        self.norm_mode = (model.network.batch_statistics if batchnorm.has_batchnorm(model.net)
+                          else contextlib.nullcontext)
+        # With auto rates the iterate relaxes in ≈ N/(2B) steps (Fisher ≈ Hessian) and the momentum forgets
+        # in 1/(1 − β) steps: snapshots the longer of the two apart are nearly independent.
+        self.every = max(1, round(self.N / (2 * data.random_batch_size)), round(1 / (1 - momentum)))
+        self.state: Optional[Dict[str, Any]] = None  # the latest state (the burn-in at swa_start works on it)
+
+    def loss(self, theta: torch.Tensor, x, y: torch.Tensor) -> torch.Tensor:
+        """T·L(θ) = T·(U(θ)/N) on a batch, the objective SGD follows (its gradient exactly as the loop before the
+        driver took it, ``(t * loss).backward()``)."""
+        return self.temperature * (self.objective.potential(theta, x, y, self.N) / self.N)
+
+    def schedule(self, epoch: int) -> float:
+        """The exploration rate of ``epoch`` (`swag_learning_rate`; towards lr/5 before auto rates)."""
+        return swag_learning_rate(epoch, self.lr, self.lr / 5 if self.auto else float(self.swa_lr), self.swa_start)
+
+    def lr_at(self, step: int) -> float:
+        """The rate of ``step``'s epoch (auto: run 0's geometric mean rate), named by a divergence message."""
+        epoch = step // self.per_epoch
+        record = self.state["lr"][0] if self.state is not None else []
+        return record[epoch] if epoch < len(record) else self.schedule(epoch)
+
+    def init(self, theta: torch.Tensor) -> Dict[str, Any]:
+        K, P = theta.shape
+        zeros = theta.new_zeros
+        self.state = {"theta": theta.detach().clone(), "momentum": zeros(K, P), "fresh": [True] * K, "step": 0,
+                      "mean": zeros(K, P), "sq_dev": zeros(K, P), "deviations": zeros(K, self.rank, P), "count": 0,
+                      "noise": [None] * K, "rates": None, "lr": [[] for _ in range(K)]}
+        return self.state
+
+    def update(self, state: Dict[str, Any], batch: driver.Batch,
+               generators: Sequence[torch.Generator]) -> Tuple[Dict[str, Any], torch.Tensor]:
+        self.state = state
+        step, theta = state["step"], state["theta"]
+        epoch, i = divmod(step, self.per_epoch)
+        auto = self.auto and epoch >= self.swa_start
+        N, B = self.N, self.data.random_batch_size
+        if i == 0:  # a new epoch: its rates (auto: from each run's noise measured so far)
+            if auto:
+                state["rates"] = torch.stack([n.rates(N, B, self.beta, n.cap) for n in state["noise"]])
+                for record, rates in zip(state["lr"], state["rates"]):
+                    record.append(float(rates.log().mean().exp()))  # the record is the rates' geometric mean
+            else:
+                for record in state["lr"]:
+                    record.append(self.schedule(epoch))
+        with _weights_valid(self.lr), self.norm_mode():
+            scaled, grad = self.value_and_grad(theta, batch)  # T·L and ∇(T·L), (K,) and (K, P)
+        if auto:
+            for k, noise in enumerate(state["noise"]):
+                noise.update(grad[k])
+            grad = grad * state["rates"]
+        lr = 1.0 if auto else state["lr"][0][-1]
+        buf = state["momentum"]
+        buf.mul_(self.beta).add_(grad)
+        for k, fresh in enumerate(state["fresh"]):
+            if fresh:  # a fresh optimiser's first step: b = g
+                buf[k].copy_(grad[k])
+                state["fresh"][k] = False
+        theta.add_(buf, alpha=-lr)
+        value = scaled / self.temperature if self.temperature != 1 else scaled.clone()  # L, per data point
+        if auto:
+            for k, v in enumerate(scaled.tolist()):  # one host read per step, as the loop before the driver did
+                noise = state["noise"][k]
+                if not math.isfinite(v) or v - noise.reference > 100 * noise.allowed:
+                    # The burn-in's instability test, kept while collecting (the rates follow the measured
+                    # noise): back to the SWA mean (or θ₀'s neighbourhood) at half the rates, fresh momentum.
+                    noise.factor /= 2
+                    state["rates"][k] = noise.rates(N, B, self.beta, noise.cap)
+                    state["fresh"][k] = True
+                    if state["count"]:
+                        theta[k].copy_(state["mean"][k])
+                    value[k] = noise.reference / self.temperature
+        if self.collect and ((auto and (step + 1) % self.every == 0) or
+                             (not self.auto and i == self.per_epoch - 1 and epoch + 1 > self.swa_start)):
+            self.collect_snapshot(state)
+        state["step"] = step + 1
+        return state, value
+
+    @staticmethod
+    @torch.no_grad()
+    def collect_snapshot(state: Dict[str, Any]) -> None:
+        """`pyro_bdl.guides.SWAG.collect` for every run: θ̄ += (θ − θ̄)/n, S += (θ − θ̄_old)(θ − θ̄_new), D's newest row."""
+        n = state["count"] + 1
+        theta, mean = state["theta"], state["mean"]
+        delta = theta - mean
+        mean.add_(delta / n)
+        deviation = theta - mean
+        state["sq_dev"].add_(delta * deviation)
+        state["deviations"][:, (n - 1) % state["deviations"].shape[1]] = deviation
+        state["count"] = n
+
+    def member_closures(self, theta: torch.Tensor):
+        """A leaf copy of one run's θ ``(P,)``, its gradient ``gradient(x, y)`` (L, ∇(T·L) left in ``.grad``) and
+        Hessian-vector products ``hvp(v, (x, y))`` of T·L (double backward): what `_start_auto` steps on."""
+        theta = theta.detach().clone().requires_grad_(True)
+        t, N = self.temperature, self.N
+
+        def gradient(xb, yb):
+            theta.grad = None
+            with _weights_valid(self.lr), self.norm_mode():
+                loss = self.objective.potential(theta, xb, yb, N) / N
+            (t * loss).backward()
+            return loss
+
+        def hvp(v, batch):
+            xb, yb = batch
+            point = theta.detach().requires_grad_(True)
+            with self.norm_mode():
+                loss = t * self.objective.potential(point, xb, yb, N) / N
+            (g,) = torch.autograd.grad(loss, point, create_graph=True)
+            (hv,) = torch.autograd.grad(g @ v, point)
+            return hv.detach()
+
+        return theta, gradient, hvp
+
+    def begin_auto(self, k: int, generator: torch.Generator) -> None:
+        """Run k's noise measurement, stability cap and burn-in (`_start_auto`) from its current iterate, drawn
+        from its own generator; then fresh momentum at the new rates."""
+        state = self.state
+        theta, gradient, hvp = self.member_closures(state["theta"][k])
+        state["noise"][k] = _start_auto(theta, self.data, generator, self.beta, gradient, self.temperature,
+                                        self.every, AUTO_CAP * self.lr, hvp)
+        with torch.no_grad():
+            state["theta"][k].copy_(theta)
+        state["fresh"][k] = True
+
+    def save(self, state: Dict[str, Any]) -> Dict[str, Any]:
+        out = {k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in state.items()
+               if k not in ("noise", "lr", "fresh")}
+        out["noise"] = [None if n is None else {k: (v.clone() if torch.is_tensor(v) else v)
+                                                for k, v in n.state_dict().items()} for n in state["noise"]]
+        out["lr"], out["fresh"] = [list(r) for r in state["lr"]], list(state["fresh"])
+        return out
+
+    def restore(self, saved: Dict[str, Any]) -> Dict[str, Any]:
+        state = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in saved.items()}
+        state["lr"], state["fresh"] = [list(r) for r in saved["lr"]], list(saved["fresh"])
+        noises = []
+        for k, s in enumerate(saved["noise"]):
+            noise = None
+            if s is not None:
+                noise = GradientNoise(state["theta"][k])
+                noise.load_state_dict(s)
+            noises.append(noise)
+        state["noise"] = noises
+        self.state = state
+        return state
+
+
+class _Batches:
+    """The fit's data as `pyro_bdl.infer.driver.drive` sees it for SWAG: reshuffled epochs (`FitData.epoch`) while
+    exploring; with ``swa_lr="auto"``, from ``swa_start`` on, i.i.d. minibatches (`FitData.random_batches`), run k's
+    burn-in (`SWAGRule.begin_auto`) drawn from its own generator just before its first such batch — the order of
+    random draws of one SWAG run. Everything else is the `FitData`'s."""
+
+    def __init__(self, data: FitData, rule: SWAGRule, runs: int):
+        self._data, self._rule, self._runs, self._opened = data, rule, runs, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._data, name)
+
+    @property
+    def minibatched(self) -> bool:
+        # Stacked runs never share a batch: each draws its own i.i.d. batches (and burn-in) once collecting.
+        return self._data.minibatched or self._runs > 1
+
+    def epoch(self, generator: Optional[torch.Generator] = None):
+        k = self._opened % self._runs  # the driver opens the runs' epochs in run order
+        self._opened += 1
+        rule = self._rule
+        epoch = rule.state["step"] // rule.per_epoch
+        if rule.auto and epoch >= rule.swa_start:
+            return self._iid(k, generator, epoch == rule.swa_start)
+        return self._data.epoch(generator)
+
+    def _iid(self, k: int, generator: torch.Generator, first: bool):
+        if first:  # lazily, at the epoch's first batch: after every earlier draw of run k's generator
+            self._rule.begin_auto(k, generator)
+        yield from self._data.random_batches(self._data.num_batches, generator)
+
+
+def train_runs(guides: Sequence[SWAG], data: FitData, seeds: Sequence[int], *, epochs: int, swa_start: int,
+               lr: float, swa_lr: Any, momentum: float, progress: Optional[bool] = None,
+               checkpoint: Optional[str] = None, fingerprint: Optional[Dict[str, Any]] = None, collect: bool = True,
+               desc: str = "swag") -> Tuple[List[Dict[str, Any]], torch.Tensor, float]:
+    """K SWAG runs stacked on the driver (`SWAGRule`), run k from guide k's ``loc`` with seed ``seeds[k]``; the
+    results are written into the guides (iterate and moments). Returns each run's history (per-epoch ``loss`` and
+    ``lr``, ``snapshot_every``, ``covariance_scale``, ``direction_scales``), the loss per step ``(K, steps)`` and
+    the wall time."""
+    objective = guides[0].objective
     model = objective.model
-    N = data.dataset_size
-    opt = torch.optim.SGD([theta], lr=lr, momentum=momentum)
-    generator = torch.Generator().manual_seed(seed)
-    loader_gen = _loader_generator(data)
-    fingerprint = checkpoints.fingerprint(
-        model, data, CHECKPOINT_KIND, dict(epochs=epochs, swa_start=swa_start, lr=lr, swa_lr=swa_lr, momentum=momentum,
-                                           collect=collect, rank=guide.rank),
-        seed, start=checkpoints.tensor_hash(theta), num_parameters=guide.num_parameters)
-    history: Dict[str, Any] = {"loss": [], "lr": [], "wall_time": 0.0}
-    started = time.perf_counter()
-    noise: Optional[GradientNoise] = None
-    start = 0
-    state = checkpoints.load(checkpoint, fingerprint)
-    if state is not None:
-        guide.load_state_dict(state["guide"])
-        opt.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        checkpoints.set_rng_state(state["rng"])
-        if loader_gen is not None and state["loader_generator"] is not None:
-            loader_gen.set_state(state["loader_generator"])
-        history = state["history"]
-        history.setdefault("wall_time", 0.0)  # checkpoints written before wall_time was recorded
-        start = state["epoch"]
-        if state.get("noise") is not None:
-            noise = GradientNoise(theta.detach())
-            noise.load_state_dict(state["noise"])
-    check: Optional[DivergenceCheck] = None
-    norm_mode = model.network.batch_statistics if batchnorm.has_batchnorm(model.net) else contextlib.nullcontext
-    # SGD follows T·L_T, the per-data-point objective in temperature-free units (= L_1 under
-    # posterior tempering): the mode is p_T's and lr means the same at every T (module docs).
-    t = model.temperature
-
-    def gradient(xb, yb):
-        opt.zero_grad(set_to_none=True)
-        try:
-            with norm_mode():
-                loss = objective.potential(theta, xb, yb, N) / N
-        except ValueError as err:
-            if not is_invalid_parameter_error(err):
-                raise
-            raise FloatingPointError(f"SWAG diverged: the weights became NaN or inf (a distribution got invalid "
-                                     f"parameters); lower lr (now {lr:g}) or check the data scale") from None
-        (t * loss).backward()
-        return loss
-
-    def hvp(v, batch):
-        # A·v for the per-data-point objective T·L_T on one batch (double backward)
-        xb, yb = batch
-        point = theta.detach().requires_grad_(True)
-        with norm_mode():
-            loss = t * objective.potential(point, xb, yb, N) / N
-        (g,) = torch.autograd.grad(loss, point, create_graph=True)
-        (hv,) = torch.autograd.grad(g @ v, point)
-        return hv.detach()
-
-    step = start * data.num_batches
-    # With auto rates the iterate relaxes in ≈ N/(2B) steps (Fisher ≈ Hessian) and the momentum forgets
-    # in 1/(1 − β) steps: snapshots the longer of the two apart are nearly independent.
-    every = max(1, round(N / (2 * data.random_batch_size)), round(1 / (1 - momentum)))
+    N, K = data.dataset_size, len(guides)
+    rule = SWAGRule(objective, data, epochs=epochs, swa_start=swa_start, lr=lr, swa_lr=swa_lr, momentum=momentum,
+                    rank=guides[0].rank, collect=collect)
+    every = rule.every
     if swa_lr == "auto" and collect and (epochs - swa_start) * data.num_batches < 10 * every:
         warnings.warn(f"SWAG will collect only {(epochs - swa_start) * data.num_batches // every} nearly independent "
                       f"snapshots ({(epochs - swa_start) * data.num_batches} steps past swa_start, one per {every}); "
                       "its covariance will be noisy and too small. Raise epochs or use minibatches (batch_size).",
                       RuntimeWarning, stacklevel=3)
-    history["snapshot_every"] = every if swa_lr == "auto" else data.num_batches
-    with progress_bars.bar(epochs, desc, progress) as bar:
-        bar.update(start)
-        for epoch in range(start, epochs):
-            auto = swa_lr == "auto" and epoch >= swa_start
-            if auto and noise is None:  # measure the gradient noise at the end of the pre-collection phase
-                noise = _start_auto(theta, data, generator, momentum, gradient, t, every, AUTO_CAP * lr, hvp)
-                opt = torch.optim.SGD([theta], lr=1.0, momentum=momentum)  # fresh momentum at the new rates
-            rates = noise.rates(N, data.random_batch_size, momentum, noise.cap) if auto else None
-            # auto: the record is the rates' geometric mean
-            rate = (float(rates.log().mean().exp()) if auto else
-                    swag_learning_rate(epoch, lr, lr / 5 if swa_lr == "auto" else float(swa_lr), swa_start))
-            for group in opt.param_groups:
-                group["lr"] = 1.0 if auto else rate
-            total, count = 0.0, 0
-            batches = data.random_batches(data.num_batches, generator) if auto else data.epoch(generator)
-            for xb, yb in batches:
-                loss = gradient(xb, yb)
-                if auto:
-                    noise.update(theta.grad)
-                    theta.grad.mul_(rates)
-                opt.step()
-                value = loss.item()
-                if auto and (not math.isfinite(value) or t * value - noise.reference > 100 * noise.allowed):
-                    # The burn-in's instability test, kept while collecting (the rates follow the measured
-                    # noise): back to the SWA mean (or θ₀'s neighbourhood) at half the rates.
-                    noise.factor /= 2
-                    rates = noise.rates(N, data.random_batch_size, momentum, noise.cap)
-                    opt = torch.optim.SGD([theta], lr=1.0, momentum=momentum)
-                    if guide.num_snapshots:
-                        with torch.no_grad():
-                            theta.copy_(guide.swa_mean)
-                    value = noise.reference / t
-                if auto and collect and (step + 1) % every == 0:
-                    guide.collect()
-                if check is None:  # the loss is per data point: floor / N, one nat per point is 1/T
-                    check = DivergenceCheck(desc, lr, floor=loss_floor(model, xb, yb, N, "point") / N,
-                                            unit=likelihood_scale(model.temperature, model.tempering))
-                check.check(value, step, lr=rate)
-                step += 1
-                total, count = total + value, count + 1
-            if collect and not auto and epoch + 1 > swa_start:
-                guide.collect()
-            history["loss"].append(total / count)
-            history["lr"].append(rate)
-            history["wall_time"] += time.perf_counter() - started
-            started = time.perf_counter()
-            if checkpoint is not None:
-                checkpoints.save(checkpoint, fingerprint, {
-                    "epoch": epoch + 1, "guide": dict(guide.state_dict()),
-                    "optimizer": opt.state_dict(), "generator": generator.get_state(), "rng": checkpoints.rng_state(),
-                    "loader_generator": None if loader_gen is None else loader_gen.get_state(), "history": history,
-                    "noise": None if noise is None else noise.state_dict()})
-            bar.set_postfix(loss=f"{total / count:.4g}", lr=f"{rate:.3g}")
-            bar.update()
-    if collect and guide.num_snapshots == 0:  # a run shorter than one snapshot interval: its final iterate
-        guide.collect()
-    history["wall_time"] += time.perf_counter() - started
-    history["covariance_scale"] = (1.0 if noise is None or swa_lr != "auto" else
-                                   noise.covariance_scale(noise.rates(N, data.random_batch_size, momentum, noise.cap),
-                                                          N, data.random_batch_size, momentum))
-    history["direction_scales"] = torch.ones(0)
-    if noise is not None and swa_lr == "auto" and collect:
-        x, y = data._host_full()
-        points = min(N, max(EQUIPARTITION_POINTS, 4 * data.random_batch_size))
-        idx = torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:points].to(y.device)
-        xb, yb = data.to_device((take_rows(x, idx), y[idx]))
+    theta0 = torch.stack([g.loc_unconstrained.detach() for g in guides])
+    x0, y0 = example_batch(data)
+    with torch.no_grad():  # verifies the compiled density once, outside vmap
+        objective.potential(theta0[0], x0, y0, N)
+    # the loss is per data point: floor / N, one nat per point is 1/T
+    checks = [DivergenceCheck(desc, lr, floor=loss_floor(model, x0, y0, N, "point") / N,
+                              unit=likelihood_scale(model.temperature, model.tempering)) for _ in range(K)]
+    result = driver.drive(rule, theta0, _Batches(data, rule, K), steps=epochs * data.num_batches, seeds=seeds,
+                          desc=desc, progress=progress, checks=checks, lr_at=rule.lr_at, checkpoint=checkpoint,
+                          fingerprint=fingerprint)
+    state = rule.state = result.state
+    if collect and state["count"] == 0:  # a run shorter than one snapshot interval: its final iterate
+        SWAGRule.collect_snapshot(state)
+    histories = []
+    losses = result.loss.tolist()
+    B = data.random_batch_size
+    for k, guide in enumerate(guides):
+        with torch.no_grad():
+            guide.loc_unconstrained.copy_(state["theta"][k])
+            guide.swa_mean.copy_(state["mean"][k])
+            guide.swa_sq_dev.copy_(state["sq_dev"][k])
+            guide.swa_deviations.copy_(state["deviations"][k])
+            guide.swa_count.fill_(state["count"])
+        per_epoch = []
+        for e in range(epochs):  # the per-epoch mean, summed as the loop before the driver summed it
+            total = 0.0
+            for v in losses[k][e * data.num_batches:(e + 1) * data.num_batches]:
+                total = total + v
+            per_epoch.append(total / data.num_batches)
+        noise = state["noise"][k]
+        history: Dict[str, Any] = {"loss": per_epoch, "lr": state["lr"][k],
+                                   "snapshot_every": every if swa_lr == "auto" else data.num_batches}
+        history["covariance_scale"] = (1.0 if noise is None or swa_lr != "auto" else
+                                       noise.covariance_scale(noise.rates(N, B, momentum, noise.cap), N, B, momentum))
+        history["direction_scales"] = torch.ones(0)
+        if noise is not None and swa_lr == "auto" and collect:
+            history["direction_scales"] = _equipartition(rule, guide, data, seeds[k], history["covariance_scale"])
+        histories.append(history)
+    return histories, result.loss, result.wall_time
 
-        def grad_u(point):
-            point = point.detach().requires_grad_(True)
-            with norm_mode():
-                (g,) = torch.autograd.grad(objective.potential(point, xb, yb, N), point)
-            return g
 
-        history["direction_scales"] = equipartition_directions(guide, guide.scale * history["covariance_scale"],
-                                                               grad_u)
+def _equipartition(rule: SWAGRule, guide: SWAG, data: FitData, seed: int, covariance_scale: float) -> torch.Tensor:
+    """Step 4 of the auto rule (`equipartition_directions`) on one fitted run, ∇U on a fixed batch drawn with ``seed``."""
+    N = data.dataset_size
+    x, y = data._host_full()
+    points = min(N, max(EQUIPARTITION_POINTS, 4 * data.random_batch_size))
+    idx = torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:points].to(y.device)
+    xb, yb = data.to_device((take_rows(x, idx), y[idx]))
+
+    def grad_u(point):
+        point = point.detach().requires_grad_(True)
+        with rule.norm_mode():
+            (g,) = torch.autograd.grad(rule.objective.potential(point, xb, yb, N), point)
+        return g
+
+    return equipartition_directions(guide, guide.scale * covariance_scale, grad_u)
+
+
+def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: float, swa_lr: Any,
+               momentum: float, seed: int, progress: Optional[bool] = None, checkpoint: Optional[str] = None,
+               collect: bool = True, desc: str = "swag") -> Dict[str, Any]:
+    """SGD with momentum on the per-data-point MAP objective, collecting SWAG snapshots (one run of `train_runs`).
+
+    Args:
+        guide: a set-up [`SWAG`][pyro_bdl.guides.SWAG] guide; its ``loc`` is the iterate.
+        epochs, swa_start, lr, swa_lr, momentum: the schedule (see `swag_learning_rate`).
+        seed: seeds the data order (and augmentation).
+        checkpoint: the driver's state, saved after every epoch; if the file exists, the run resumes from it.
+        collect: ``False`` runs plain SGD with the same schedule (the benchmark's baseline).
+
+    Returns:
+        ``{"loss": per-epoch mean loss, "lr": per-epoch learning rate, "wall_time", "snapshot_every",
+        "covariance_scale", "direction_scales"}``.
+    """
+    theta = guide.loc_unconstrained
+    fp = None if checkpoint is None else checkpoints.fingerprint(
+        guide.objective.model, data, CHECKPOINT_KIND,
+        dict(epochs=epochs, swa_start=swa_start, lr=lr, swa_lr=swa_lr, momentum=momentum, collect=collect,
+             rank=guide.rank), seed, start=checkpoints.tensor_hash(theta.detach()), num_parameters=guide.num_parameters)
+    (history,), loss, wall_time = train_runs([guide], data, [seed], epochs=epochs, swa_start=swa_start, lr=lr,
+                                             swa_lr=swa_lr, momentum=momentum, progress=progress,
+                                             checkpoint=checkpoint, fingerprint=fp, collect=collect, desc=desc)
+    history["wall_time"], history["steps_loss"] = wall_time, loss
     return history
 
 
@@ -614,33 +774,52 @@ def _initial_values(model: BayesianModel, init: Any, seed: int) -> Dict[str, tor
 _check_checkpoint = checkpoints.check_path
 
 
-def _run_swag(model: BayesianModel, data: FitData, seed: int, progress: Optional[bool], init: Any,
-              options: Dict[str, Any], checkpoint: Optional[str], desc: str) -> Tuple[SWAG, Dict[str, Any]]:
-    """One SWAG fit: the guide (moments, final iterate) and its records."""
-    guide = SWAG(model, rank=options["rank"], scale=options["scale"] * model.temperature, variant=options["variant"],
-                 var_clamp=options["var_clamp"], init_loc_fn=init_to_value(values=_initial_values(model, init, seed)))
+def _guide(model: BayesianModel, data: FitData, options: Dict[str, Any], values: Dict[str, torch.Tensor],
+           scale: float) -> SWAG:
+    """A set-up SWAG guide starting at ``values`` (its ``loc`` is a run's θ₀)."""
+    guide = SWAG(model, rank=options["rank"], scale=scale, variant=options["variant"], var_clamp=options["var_clamp"],
+                 init_loc_fn=init_to_value(values=values))
     x0, y0 = next(iter(data.epoch()))
     with pyro.settings.context(module_local_params=True):
         guide.setup(x0, y0, data.dataset_size)
-    history = train_swag(guide, data, epochs=options["epochs"], swa_start=options["swa_start"], lr=options["lr"],
-                         swa_lr=options["swa_lr"], momentum=options["momentum"], seed=seed, progress=progress,
-                         checkpoint=checkpoint, desc=desc)
-    guide.scale = guide.scale * history["covariance_scale"]  # Lyapunov rescaling (GradientNoise.covariance_scale)
-    # The driver's info schema (pyro_bdl.infer.driver.info): loss (1, epochs) per epoch here, options, wall_time;
-    # "losses" (a list) is kept for one release.
-    info = {"loss": torch.tensor(history["loss"])[None], "options": dict(options), "wall_time": history["wall_time"],
-            "losses": history["loss"], "lr": history["lr"], "num_snapshots": guide.num_snapshots,
-            "snapshot_every": history["snapshot_every"], "covariance_scale": history["covariance_scale"],
-            "direction_scales": history["direction_scales"],
-            "num_parameters": guide.num_parameters, "seed": seed}
-    return guide, info
+    return guide
 
 
-def _member(model: BayesianModel, data: FitData, seed: int, progress: Optional[bool], options: Dict[str, Any],
-            checkpoint: Optional[str], desc: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    # Runs in a worker process: return plain state, rebuilt on the caller's model.
-    guide, info = _run_swag(model, data, seed, progress, "fresh", options, checkpoint, desc)
-    return guide.state_dict(), info
+def _run_group(model: BayesianModel, data: FitData, members: Sequence[int], seeds: Sequence[int],
+               inits: Sequence[Dict[str, torch.Tensor]], progress: Optional[bool], options: Dict[str, Any],
+               checkpoint: Optional[str], fingerprint_seed: int, desc: str) -> List[Tuple[SWAG, Dict[str, Any]]]:
+    """SWAG runs ``members`` (seeds ``seeds``, starting values ``inits``) stacked on the driver: each run's guide
+    (moments, final iterate, ``scale`` with its Lyapunov factor) and its records."""
+    guides = [_guide(model, data, options, v, options["scale"] * model.temperature) for v in inits]
+    theta0 = torch.stack([g.loc_unconstrained.detach() for g in guides])
+    run_options = {k: options[k] for k in ("epochs", "swa_start", "lr", "swa_lr", "momentum", "rank")}
+    fp = None if checkpoint is None else checkpoints.fingerprint(
+        model, data, CHECKPOINT_KIND, dict(run_options, collect=True), fingerprint_seed, members=list(members),
+        seeds=list(seeds), start=checkpoints.tensor_hash(theta0), num_parameters=guides[0].num_parameters)
+    histories, loss, wall_time = train_runs(
+        guides, data, seeds, epochs=options["epochs"], swa_start=options["swa_start"], lr=options["lr"],
+        swa_lr=options["swa_lr"], momentum=options["momentum"], progress=progress, checkpoint=checkpoint,
+        fingerprint=fp, desc=desc)
+    out = []
+    for k, (guide, history) in enumerate(zip(guides, histories)):
+        guide.scale = guide.scale * history["covariance_scale"]  # Lyapunov rescaling (GradientNoise.covariance_scale)
+        # The driver's info schema (pyro_bdl.infer.driver.info): loss (1, steps), options, wall_time (stacked runs:
+        # an equal share of their group's); "losses" (per-epoch means, a list) is kept for one release.
+        info = driver.info(loss[k:k + 1], options, wall_time / len(guides), losses=history["loss"], lr=history["lr"],
+                           num_snapshots=guide.num_snapshots, snapshot_every=history["snapshot_every"],
+                           covariance_scale=history["covariance_scale"], direction_scales=history["direction_scales"],
+                           num_parameters=guide.num_parameters, seed=seeds[k])
+        out.append((guide, info))
+    return out
+
+
+def _member_group(model: BayesianModel, data: FitData, members: Sequence[int], seeds: Sequence[int],
+                  progress: Optional[bool], options: Dict[str, Any], checkpoint: Optional[str], seed: int,
+                  desc: str) -> List[Tuple[Dict[str, torch.Tensor], Dict[str, Any]]]:
+    # May run in a worker process: returns plain state, rebuilt on the caller's model.
+    inits = [_initial_values(model, "fresh", s) for s in seeds]
+    return [(guide.state_dict(), info) for guide, info in
+            _run_group(model, data, members, seeds, inits, progress, options, checkpoint, seed, desc)]
 
 
 def _posterior(model: BayesianModel, data: FitData, guide: SWAG, method: str, info: Dict[str, Any]) -> SWAGPosterior:
@@ -670,51 +849,76 @@ def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Option
         variant: ``"swag"``, ``"diagonal"`` (SWAG-Diag) or ``"swa"`` (the mean only).
         var_clamp: floor on the diagonal variance.
         init: ``"net"`` (the network's weights), ``"fresh"`` (seeded default init) or a dict of values.
-        checkpoint: file written after every epoch; an interrupted run resumes from it.
+        checkpoint: the driver's state, saved after every epoch; an interrupted run resumes from it.
+
+    ``info``: the driver's ``loss`` ``(1, steps)`` (per step), ``options``, ``wall_time``; ``losses`` (per-epoch
+    means), ``lr`` (per epoch), ``num_snapshots``, ``snapshot_every``, ``covariance_scale``, ``direction_scales``.
     """
     swa_start, swa_lr = _check_options(epochs, swa_start, lr, swa_lr, momentum)
     SWAG(model, rank=rank, scale=scale, variant=variant, var_clamp=var_clamp)  # validates before any work
     options = dict(epochs=epochs, swa_start=swa_start, lr=float(lr), swa_lr=swa_lr, momentum=float(momentum),
                    rank=rank, scale=scale, variant=variant, var_clamp=var_clamp)
     init_values = _initial_values(model, init, seed)
-    guide, info = _run_swag(model, data, seed, progress, init_values, options, _check_checkpoint(checkpoint), "swag")
+    ((guide, info),) = _run_group(model, data, [0], [seed], [init_values], progress, options,
+                                  _check_checkpoint(checkpoint), seed, "swag")
     info.update({k: options[k] for k in ("epochs", "swa_start", "swa_lr", "rank")})
     return _posterior(model, data, guide, "swag", info)
+
+
+def _stack_size(stack: Union[str, bool, int], num_models: int, model: BayesianModel, data: FitData,
+                rank: int) -> int:
+    """Members stepped together (`pyro_bdl.infer.ensemble.stack_size`); ``"auto"`` also counts each member's SWAG
+    moments (mean, squared deviations, ``rank`` deviation rows, momentum: (rank + 3)·P more values)."""
+    objective = Objective(model, data.example_x(2))
+    size = stack_size(stack, num_models, model, data, objective)
+    if stack == "auto":
+        theta = objective.initial()
+        extra = (rank + 3) * objective.size * theta.element_size()
+        per_member = member_bytes(model, data, objective.size) + extra
+        size = int(max(1, min(size, free_memory(theta.device) * MEMORY_SHARE // per_member)))
+    return size
 
 
 @register("multiswag")
 def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], num_models: int = 5,
                   workers: int = 1, epochs: int = 60, swa_start: Optional[int] = None, lr: float = 0.05,
                   swa_lr: Any = "auto", momentum: float = 0.9, rank: int = 20, scale: float = 0.5,
-                  variant: str = "swag", var_clamp: float = 1e-30,
+                  variant: str = "swag", var_clamp: float = 1e-30, stack: Union[str, bool, int] = "auto",
                   checkpoint: Optional[str] = None) -> MixturePosterior:
     """Multi-SWAG (Wilson & Izmailov 2020): an equal-weight mixture of ``num_models`` SWAG posteriors.
 
     Member m starts from a fresh default initialisation and data order, both seeded with
-    ``spawn_seeds(seed, num_models)[m]``, so the members settle in different basins. ``workers`` > 1 runs members in
-    parallel processes. With ``checkpoint="run.pt"`` member m checkpoints to ``run.member<m>.pt``.
-    Other options as for `fit_swag`. ``predict(x, num_samples=S)`` splits the S draws
-    evenly over the members; ``draws_by_chain`` gives one chain per member.
+    ``spawn_seeds(seed, num_models)[m]``, so the members settle in different basins. Members are stepped
+    together (``torch.func.vmap``, `SWAGRule`), each with its own data order, augmentation, auto rates, stability
+    cap, burn-in and instability guard, so a stacked member equals the member fitted alone with its seed (to float
+    rounding). ``stack``: ``"auto"`` (as many as a quarter of the free memory holds), ``True``, ``False`` (one at a
+    time) or a number; ``workers`` > 1 runs groups of members in parallel processes. With ``checkpoint="run.pt"``
+    the group whose first member is m checkpoints to ``run.member<m>.pt`` (one file per member with
+    ``stack=False``); finished groups are read back, not retrained. Other options as for `fit_swag`.
+    ``predict(x, num_samples=S)`` splits the S draws evenly over the members; ``draws_by_chain`` gives one chain
+    per member.
     """
-    if isinstance(num_models, bool) or not isinstance(num_models, int) or num_models < 1:
-        raise ValueError(f"num_models must be a positive integer, got {num_models!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    check_int(num_models, "num_models", 1)
+    check_int(workers, "workers", 1)
     swa_start, swa_lr = _check_options(epochs, swa_start, lr, swa_lr, momentum)
     SWAG(model, rank=rank, scale=scale, variant=variant, var_clamp=var_clamp)
     checkpoint = _check_checkpoint(checkpoint)
     options = dict(epochs=epochs, swa_start=swa_start, lr=float(lr), swa_lr=swa_lr, momentum=float(momentum),
                    rank=rank, scale=scale, variant=variant, var_clamp=var_clamp)
+    size = _stack_size(stack, num_models, model, data, rank)
+    if workers > 1:  # spread the members over the processes
+        size = min(size, math.ceil(num_models / workers))
+    groups = [list(range(i, min(i + size, num_models))) for i in range(0, num_models, size)]
     root, ext = os.path.splitext(checkpoint) if checkpoint is not None else (None, None)
-    member_progress = progress if workers == 1 else False
     seeds = spawn_seeds(seed, num_models)
-    args = [(model, data, seeds[m], member_progress, options,
-             None if checkpoint is None else f"{root}.member{m}{ext}", f"swag {m + 1}/{num_models}")
-            for m in range(num_models)]
-    results = run_members(_member, args, workers)
+    args = [(model, data, g, [seeds[m] for m in g], progress if workers == 1 else False, options,
+             None if checkpoint is None else f"{root}.member{g[0]}{ext}", seed,
+             f"swag {g[0] + 1}/{num_models}" if len(g) == 1 else f"swag {g[0] + 1}-{g[-1] + 1}/{num_models}")
+            for g in groups]
+    results = [r for group in run_members(_member_group, args, workers) for r in group]
     x0, y0 = next(iter(data.epoch()))
     members = []
-    for m, (state, info) in enumerate(results):
+    for state, info in results:
         guide = SWAG(model, rank=rank, scale=scale * model.temperature * info["covariance_scale"], variant=variant,
                      var_clamp=var_clamp, init_loc_fn=init_to_value(values=model.initial_values()))
         with pyro.settings.context(module_local_params=True):
@@ -723,7 +927,8 @@ def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: O
         members.append(_posterior(model, data, guide, "swag", info))
     infos = [m.info for m in members]
     return MixturePosterior(members, "multiswag", info={
-        "loss": torch.cat([i["loss"] for i in infos]), "options": dict(options, num_models=num_models, workers=workers),
-        "wall_time": sum(i["wall_time"] for i in infos),  # summed over members (CPU time when run in parallel)
+        "loss": torch.cat([i["loss"] for i in infos]),
+        "options": dict(options, num_models=num_models, workers=workers, stack=stack),
+        "wall_time": sum(i["wall_time"] for i in infos),  # summed over groups (CPU time when run in parallel)
         "num_models": num_models, "members": infos, "epochs": epochs, "swa_start": swa_start, "swa_lr": swa_lr,
-        "rank": rank})
+        "rank": rank, "stack": size, "member_seeds": seeds})
