@@ -656,7 +656,7 @@ def train_runs(guides: Sequence[SWAG], data: FitData, seeds: Sequence[int], *, e
         warnings.warn(f"SWAG will collect only {(epochs - swa_start) * data.num_batches // every} nearly independent "
                       f"snapshots ({(epochs - swa_start) * data.num_batches} steps past swa_start, one per {every}); "
                       "its covariance will be noisy and too small. Raise epochs or use minibatches (batch_size).",
-                      RuntimeWarning, stacklevel=3)
+                      RuntimeWarning, stacklevel=4)
     theta0 = torch.stack([g.loc_unconstrained.detach() for g in guides])
     x0, y0 = example_batch(data)
     with torch.no_grad():  # verifies the compiled density once, outside vmap
