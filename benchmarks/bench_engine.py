@@ -20,7 +20,8 @@ updates); one extra row shows sghmc with its default adaptive (Fisher) precondit
 one-epoch burn-in (its per-step figure is the sampling stage's; the burn-in, which takes two half-batch
 gradients per step, is counted in start-up). A last row times a K = 8 member ensemble against 8 single
 ``map`` fits (whole runs, start-up included), with whatever option the ensemble takes for its size
-(``num_chains`` or ``num_models``); ``--ensemble-threads 1 2`` repeats that row with 2 torch threads in wall
+(``num_chains`` or ``num_models``), and one a Multi-SWAG fit of M = 4 members stacked against the same fit with ``stack=False``
+(`time_multiswag`); ``--ensemble-threads 1 2`` repeats those rows with 2 torch threads in wall
 time (the issue states the target for 2 CPU cores, where the stacked members' batched matmuls use both and
 single small runs hardly can; meaningful only on otherwise idle cores).
 
@@ -233,6 +234,35 @@ def _time_ensemble(size: str, k: int, epochs: int, x, y, clock) -> Tuple[float, 
     return ensemble, singles
 
 
+# -- the Multi-SWAG row ----------------------------------------------------------------------------
+def time_multiswag(size: str, m: int, epochs: int, x, y, threads: int = 1) -> Tuple[float, float]:
+    """(seconds for Multi-SWAG with its M members stacked, seconds for the same fit with ``stack=False``, its
+    members one after another), whole runs at the defaults (``swa_lr="auto"``: SGD exploration for 3/4 of the
+    epochs, then each member's noise measurement, stability cap and burn-in, and the collection at auto rates).
+    CPU time at one thread, wall time at ``threads`` > 1 (as `time_ensemble`)."""
+    timer = clock if threads == 1 else time.perf_counter
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    times = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # short runs warn about their few snapshots
+            for stack in ("auto", False):
+                t = timer()
+                bdl.fit(make_model(*SIZES[size]), x, y, method="multiswag", batch_size=B, progress=False, seed=0,
+                        epochs=epochs, lr=LR["swag"], rank=5, stack=stack, **{multiswag_option(): m})
+                times.append(timer() - t)
+    finally:
+        torch.set_num_threads(previous)
+    return times[0], times[1]
+
+
+def multiswag_option() -> str:
+    """Multi-SWAG's option for its number of members (``num_chains``, or ``num_models`` before the vocabulary)."""
+    accepted = method_options("multiswag")
+    return "num_chains" if "num_chains" in accepted else "num_models"
+
+
 # -- the table -----------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -241,6 +271,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="*", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--methods", nargs="*", default=["map", "swag", "sgld", "sghmc", "csgmcmc", "sghmc (fisher)"])
     parser.add_argument("--no-ensemble", action="store_true")
+    parser.add_argument("--no-multiswag", action="store_true", help="skip the Multi-SWAG M = 4 stacked-vs-sequential row")
     parser.add_argument("--ensemble-threads", type=int, nargs="*", default=[1],
                         help="torch threads for the ensemble row (> 1: wall time; needs otherwise idle cores)")
     parser.add_argument("--stat", choices=["median", "min"], default="median",
@@ -303,6 +334,19 @@ def main() -> None:
             kind = "CPU time, 1 thread" if threads == 1 else f"wall time, {threads} threads"
             print(f"\nK = {k} ensemble ({ensemble_option()}={k}, {e} epoch(s) each, 30k parameters, whole runs, {kind}): "
                   f"{ens:.2f} s vs {k} single map fits {singles:.2f} s -> {ens / singles:.2f}x (target <= 0.4x)")
+
+    if not args.no_multiswag:
+        m, size = 4, "30k"
+        x, y = data.get(size) or make_data(SIZES[size][0])
+        e = 2 if args.quick else 4
+        for threads in args.ensemble_threads:
+            times = [time_multiswag(size, m, e, x, y, threads) for _ in range(max(1, repeats // 2))]
+            pick = min if args.stat == "min" else statistics.median
+            stacked, sequential = pick(t[0] for t in times), pick(t[1] for t in times)
+            kind = "CPU time, 1 thread" if threads == 1 else f"wall time, {threads} threads"
+            print(f"\nMulti-SWAG M = {m} ({multiswag_option()}={m}, {e} epochs each, defaults, 30k parameters, whole "
+                  f"runs, {kind}): stacked {stacked:.2f} s vs {m} sequential members (stack=False) {sequential:.2f} s "
+                  f"-> {stacked / sequential:.2f}x")
 
 if __name__ == "__main__":
     main()
