@@ -371,7 +371,7 @@ def test_multiswag_is_an_equal_weight_mixture_with_one_chain_per_member():
     means = [m.guide.mean for m in post.members]
     assert not torch.allclose(means[0], means[1])  # different initialisations and data orders
     assert post.draws_by_chain(5)["0.weight"].shape == (3, 5, 16, 4)
-    assert post.info["loss"].shape == (3, 18) and post.info["options"]["num_models"] == 3  # per step
+    assert post.info["loss"].shape == (3, 18) and post.info["options"]["num_chains"] == 3  # per step
     assert post.info["wall_time"] == pytest.approx(sum(m.info["wall_time"] for m in post.members))
     for m, member_info in zip(post.members, post.info["members"]):
         assert m.scale == pytest.approx(0.5 * member_info["covariance_scale"])

@@ -28,13 +28,14 @@ from .rule import CHECKPOINT_KIND, train_runs
 
 
 def _check_options(epochs, swa_start, lr, swa_lr, momentum) -> Tuple[int, Any]:
+    """``(swa_start, swa_lr)`` checked (``swa_start``: the ``warmup`` option, default 3/4 of the epochs)."""
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     if swa_start is None:
         swa_start = (3 * epochs) // 4
     if isinstance(swa_start, bool) or not isinstance(swa_start, int) or not 0 <= swa_start < epochs:
-        raise ValueError(f"swa_start must be an integer in [0, epochs) = [0, {epochs}) so that at least one "
-                         f"snapshot is collected, got {swa_start!r}")
+        raise ValueError(f"warmup (formerly swa_start) must be an integer in [0, epochs) = [0, {epochs}) so that at "
+                         f"least one snapshot is collected, got {swa_start!r}")
     for name, value in (("lr", lr), ("swa_lr", None if swa_lr == "auto" else swa_lr)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not math.isfinite(value) or value <= 0):
@@ -76,12 +77,12 @@ def _run_group(model: BayesianModel, data: FitData, members: Sequence[int], seed
     (moments, final iterate, ``scale`` with its Lyapunov factor) and its records."""
     guides = [_guide(model, data, options, v, options["scale"] * model.temperature) for v in inits]
     theta0 = torch.stack([g.loc_unconstrained.detach() for g in guides])
-    run_options = {k: options[k] for k in ("epochs", "swa_start", "lr", "swa_lr", "momentum", "rank")}
+    run_options = {k: options[k] for k in ("epochs", "warmup", "lr", "swa_lr", "momentum", "rank")}
     fp = None if checkpoint is None else checkpoints.fingerprint(
         model, data, CHECKPOINT_KIND, dict(run_options, collect=True), fingerprint_seed, members=list(members),
         seeds=list(seeds), start=checkpoints.tensor_hash(theta0), num_parameters=guides[0].num_parameters)
     histories, loss, wall_time = train_runs(
-        guides, data, seeds, epochs=options["epochs"], swa_start=options["swa_start"], lr=options["lr"],
+        guides, data, seeds, epochs=options["epochs"], swa_start=options["warmup"], lr=options["lr"],
         swa_lr=options["swa_lr"], momentum=options["momentum"], progress=progress, checkpoint=checkpoint,
         fingerprint=fp, desc=desc)
     out = []
@@ -116,15 +117,16 @@ def _posterior(model: BayesianModel, data: FitData, guide: SWAG, method: str, in
 
 @register("swag")
 def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], epochs: int = 60,
-             swa_start: Optional[int] = None, lr: float = 0.05, swa_lr: Any = "auto", momentum: float = 0.9,
+             warmup: Optional[int] = None, lr: float = 0.05, swa_lr: Any = "auto", momentum: float = 0.9,
              rank: int = 20, scale: float = 0.5, variant: str = "swag", var_clamp: float = 1e-30, init: Any = "net",
              checkpoint: Optional[str] = None) -> SWAGPosterior:
     """SWA-Gaussian (Maddox et al. 2019): SGD on the MAP objective, then a Gaussian fitted to its iterates.
 
     Args:
         epochs: passes over the data.
-        swa_start: epochs before collection starts (default 3/4 of ``epochs``); one snapshot is
-            collected after every later epoch, so ``epochs − swa_start`` snapshots in all.
+        warmup: epochs before collection starts, the paper's ``swa_start`` (the deprecated name
+            `pyro_bdl.infer.options` maps; default 3/4 of ``epochs``); with a numeric ``swa_lr`` one snapshot is
+            collected after every later epoch, so ``epochs − warmup`` snapshots in all.
         lr: exploration learning rate on the per-data-point objective T·L (module docs).
         swa_lr: ``"auto"`` (default; posterior-matching rates, module docs) or a constant
             collection rate (the paper's schedule, `swag_learning_rate`).
@@ -138,14 +140,14 @@ def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Option
     ``info``: the driver's ``loss`` ``(1, steps)`` (per step), ``options``, ``wall_time``; ``losses`` (per-epoch
     means), ``lr`` (per epoch), ``num_snapshots``, ``snapshot_every``, ``covariance_scale``, ``direction_scales``.
     """
-    swa_start, swa_lr = _check_options(epochs, swa_start, lr, swa_lr, momentum)
+    swa_start, swa_lr = _check_options(epochs, warmup, lr, swa_lr, momentum)
     SWAG(model, rank=rank, scale=scale, variant=variant, var_clamp=var_clamp)  # validates before any work
-    options = dict(epochs=epochs, swa_start=swa_start, lr=float(lr), swa_lr=swa_lr, momentum=float(momentum),
+    options = dict(epochs=epochs, warmup=swa_start, lr=float(lr), swa_lr=swa_lr, momentum=float(momentum),
                    rank=rank, scale=scale, variant=variant, var_clamp=var_clamp)
     init_values = _initial_values(model, init, seed)
     ((guide, info),) = _run_group(model, data, [0], [seed], [init_values], progress, options,
                                   _check_checkpoint(checkpoint), seed, "swag")
-    info.update({k: options[k] for k in ("epochs", "swa_start", "swa_lr", "rank")})
+    info.update(epochs=epochs, swa_start=swa_start, swa_lr=swa_lr, rank=rank)
     return _posterior(model, data, guide, "swag", info)
 
 
@@ -164,15 +166,16 @@ def _stack_size(stack: Union[str, bool, int], num_models: int, model: BayesianMo
 
 
 @register("multiswag")
-def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], num_models: int = 5,
-                  workers: int = 1, epochs: int = 60, swa_start: Optional[int] = None, lr: float = 0.05,
+def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], num_chains: int = 5,
+                  workers: int = 1, epochs: int = 60, warmup: Optional[int] = None, lr: float = 0.05,
                   swa_lr: Any = "auto", momentum: float = 0.9, rank: int = 20, scale: float = 0.5,
                   variant: str = "swag", var_clamp: float = 1e-30, stack: Union[str, bool, int] = "auto",
                   checkpoint: Optional[str] = None) -> MixturePosterior:
-    """Multi-SWAG (Wilson & Izmailov 2020): an equal-weight mixture of ``num_models`` SWAG posteriors.
+    """Multi-SWAG (Wilson & Izmailov 2020): an equal-weight mixture of ``num_chains`` SWAG posteriors (formerly
+    ``num_models``; ``warmup`` formerly ``swa_start``: the deprecated names `pyro_bdl.infer.options` maps).
 
     Member m starts from a fresh default initialisation and data order, both seeded with
-    ``spawn_seeds(seed, num_models)[m]``, so the members settle in different basins. Members are stepped
+    ``spawn_seeds(seed, num_chains)[m]``, so the members settle in different basins. Members are stepped
     together (``torch.func.vmap``, `SWAGRule`), each with its own data order, augmentation, auto rates, stability
     cap, burn-in and instability guard, so a stacked member equals the member fitted alone with its seed (to float
     rounding). ``stack``: ``"auto"`` (as many as a quarter of the free memory holds), ``True``, ``False`` (one at a
@@ -182,12 +185,13 @@ def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: O
     ``predict(x, num_samples=S)`` splits the S draws evenly over the members; ``draws_by_chain`` gives one chain
     per member.
     """
-    check_int(num_models, "num_models", 1)
+    num_models = num_chains
+    check_int(num_chains, "num_chains", 1)
     check_int(workers, "workers", 1)
-    swa_start, swa_lr = _check_options(epochs, swa_start, lr, swa_lr, momentum)
+    swa_start, swa_lr = _check_options(epochs, warmup, lr, swa_lr, momentum)
     SWAG(model, rank=rank, scale=scale, variant=variant, var_clamp=var_clamp)
     checkpoint = _check_checkpoint(checkpoint)
-    options = dict(epochs=epochs, swa_start=swa_start, lr=float(lr), swa_lr=swa_lr, momentum=float(momentum),
+    options = dict(epochs=epochs, warmup=swa_start, lr=float(lr), swa_lr=swa_lr, momentum=float(momentum),
                    rank=rank, scale=scale, variant=variant, var_clamp=var_clamp)
     size = _stack_size(stack, num_models, model, data, rank)
     if workers > 1:  # spread the members over the processes
@@ -212,7 +216,7 @@ def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: O
     infos = [m.info for m in members]
     return MixturePosterior(members, "multiswag", info={
         "loss": torch.cat([i["loss"] for i in infos]),
-        "options": dict(options, num_models=num_models, workers=workers, stack=stack),
+        "options": dict(options, num_chains=num_chains, workers=workers, stack=stack),
         "wall_time": sum(i["wall_time"] for i in infos),  # summed over groups (CPU time when run in parallel)
         "num_models": num_models, "members": infos, "epochs": epochs, "swa_start": swa_start, "swa_lr": swa_lr,
         "rank": rank, "stack": size, "member_seeds": seeds})
