@@ -45,6 +45,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 import pyro_bdl as bdl
+from pyro_bdl._util.random import spawn_seeds
 from pyro_bdl.infer.fit import method_options
 from pyro_bdl.model.potential import Objective
 
@@ -235,9 +236,11 @@ def _time_ensemble(size: str, k: int, epochs: int, x, y, clock) -> Tuple[float, 
 
 
 # -- the Multi-SWAG row ----------------------------------------------------------------------------
-def time_multiswag(size: str, m: int, epochs: int, x, y, threads: int = 1, swa_lr="auto") -> Tuple[float, float]:
+def time_multiswag(size: str, m: int, epochs: int, x, y, threads: int = 1,
+                   swa_lr="auto") -> Tuple[float, float, float]:
     """(seconds for Multi-SWAG with its M members stacked, seconds for the same fit with ``stack=False``, its
-    members one after another), whole runs. ``swa_lr="auto"`` (the default): SGD exploration for 3/4 of the
+    members one after another, seconds for M single ``swag`` fits of the members, ``init="fresh"`` with the
+    member seeds, as the ensemble row's singles), whole runs. ``swa_lr="auto"`` (the default): SGD exploration for 3/4 of the
     epochs (stacked), then each member's noise measurement, stability cap and burn-in (one member at a time),
     the collection at auto rates (stacked) and the equipartition cap (one at a time); a number: the paper's
     schedule, every step stacked. CPU time at one thread, wall time at ``threads`` > 1 (as `time_ensemble`)."""
@@ -253,9 +256,14 @@ def time_multiswag(size: str, m: int, epochs: int, x, y, threads: int = 1, swa_l
                 bdl.fit(make_model(*SIZES[size]), x, y, method="multiswag", batch_size=B, progress=False, seed=0,
                         epochs=epochs, lr=LR["swag"], swa_lr=swa_lr, rank=5, stack=stack, **{multiswag_option(): m})
                 times.append(timer() - t)
+            t = timer()
+            for s in spawn_seeds(0, m):
+                bdl.fit(make_model(*SIZES[size]), x, y, method="swag", batch_size=B, progress=False, seed=s,
+                        init="fresh", epochs=epochs, lr=LR["swag"], swa_lr=swa_lr, rank=5)
+            times.append(timer() - t)
     finally:
         torch.set_num_threads(previous)
-    return times[0], times[1]
+    return times[0], times[1], times[2]
 
 
 def multiswag_option() -> str:
@@ -344,11 +352,12 @@ def main() -> None:
             for swa_lr in ("auto", LR["swag"]):
                 times = [time_multiswag(size, m, e, x, y, threads, swa_lr) for _ in range(max(1, repeats // 2))]
                 pick = min if args.stat == "min" else statistics.median
-                stacked, sequential = pick(t[0] for t in times), pick(t[1] for t in times)
+                stacked, sequential, singles = (pick(t[i] for t in times) for i in range(3))
                 kind = "CPU time, 1 thread" if threads == 1 else f"wall time, {threads} threads"
                 print(f"\nMulti-SWAG M = {m} ({multiswag_option()}={m}, swa_lr={swa_lr}, {e} epochs each, 30k "
                       f"parameters, whole runs, {kind}): stacked {stacked:.2f} s vs {m} sequential members "
-                      f"(stack=False) {sequential:.2f} s -> {stacked / sequential:.2f}x")
+                      f"(stack=False) {sequential:.2f} s -> {stacked / sequential:.2f}x; vs {m} single swag fits "
+                      f"{singles:.2f} s -> {stacked / singles:.2f}x")
 
 if __name__ == "__main__":
     main()

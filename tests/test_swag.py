@@ -657,3 +657,16 @@ def test_equipartition_directions_caps_only_the_over_wide_directions():
     cov = guide.swa_deviations.T @ guide.swa_deviations / 2
     torch.testing.assert_close(cov, torch.diag(torch.tensor([0.5, 0.25, 0.0], dtype=torch.float64)), atol=1e-12, rtol=0)
     torch.testing.assert_close(torch.sort(b).values, torch.tensor([0.25, 1.0, 1.0], dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("stack", [True, False])
+def test_multiswag_divergence_names_the_member_step_and_lr(stack):
+    """The driver checks each stacked member's losses in blocks (no host read per step) and still names the step
+    and lr, as the single-member loop did."""
+    from blr import make_blr
+    from pyro_bdl.infer.divergence import DivergenceError
+
+    problem = make_blr(n=30, d=2)
+    with pytest.raises(DivergenceError, match=r"swag 1(-2)?/2 diverged at step \d+.*lr=1e\+06.*try lr=100000"):
+        bdl.fit(problem.model(), problem.x, problem.y, method="multiswag", num_chains=2, epochs=6, lr=1e6,
+                swa_lr=0.01, batch_size=10, seed=0, progress=False, stack=stack)
