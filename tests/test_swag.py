@@ -419,8 +419,10 @@ def test_multiswag_members_in_processes_equal_sequential_members():
     model = bdl.BayesianModel(small_classifier(), likelihood=bdl.likelihoods.Categorical())
     kw = dict(method="multiswag", num_models=2, batch_size=20, epochs=6, swa_start=3, lr=0.05, rank=3, seed=0,
               progress=False)
-    sequential = bdl.fit(model, x, y, workers=1, **kw)
+    # workers=2 trains one member per process, so it is exactly the members one at a time (stack=False)
+    sequential = bdl.fit(model, x, y, workers=1, stack=False, **kw)
     parallel = bdl.fit(model, x, y, workers=2, **kw)
+    assert parallel.info["stack"] == 1
     for a, b in zip(sequential.members, parallel.members):
         for k, v in a.moments().items():
             assert torch.equal(v, b.moments()[k]), k

@@ -49,7 +49,8 @@ def swag_learning_rate(epoch: int, lr: float, swa_lr: float, swa_start: int) -> 
 
 @contextlib.contextmanager
 def _weights_valid(lr: float):
-    """A distribution refusing NaN/inf weights (the traced path validates) is SWAG diverging: say so, naming lr."""
+    """A distribution refusing NaN/inf weights (where Pyro validates: the burn-in's gradients on the traced path) is
+    SWAG diverging: say so, naming lr."""
     try:
         yield
     except ValueError as err:
@@ -106,6 +107,7 @@ class SWAGRule(MAPRule):
         return record[epoch] if epoch < len(record) else self.schedule(epoch)
 
     def init(self, theta: torch.Tensor) -> Dict[str, Any]:
+        """The state at θ ``(K, P)``: no momentum yet (every run fresh), no snapshots, no noise estimate."""
         K, P = theta.shape
         zeros = theta.new_zeros
         self.state = {"theta": theta.detach().clone(), "momentum": zeros(K, P), "fresh": [True] * K, "step": 0,
@@ -115,6 +117,7 @@ class SWAGRule(MAPRule):
 
     def update(self, state: Dict[str, Any], batch: driver.Batch,
                generators: Sequence[torch.Generator]) -> Tuple[Dict[str, Any], torch.Tensor]:
+        """One SGD step of every run (class docs); returns the state and each run's L = U/N before the step."""
         self.state = state
         step, theta = state["step"], state["theta"]
         epoch, i = divmod(step, self.per_epoch)
@@ -210,6 +213,7 @@ class SWAGRule(MAPRule):
         state["fresh"][k] = True
 
     def save(self, state: Dict[str, Any]) -> Dict[str, Any]:
+        """The state as tensors and plain data (noise estimates as their state dicts), copied."""
         out = {k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in state.items()
                if k not in ("noise", "lr", "fresh")}
         out["noise"] = [None if n is None else {k: (v.clone() if torch.is_tensor(v) else v)
@@ -218,6 +222,7 @@ class SWAGRule(MAPRule):
         return out
 
     def restore(self, saved: Dict[str, Any]) -> Dict[str, Any]:
+        """The state from `save`'s output (noise estimates rebuilt)."""
         state = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in saved.items()}
         state["lr"], state["fresh"] = [list(r) for r in saved["lr"]], list(saved["fresh"])
         noises = []
