@@ -672,3 +672,28 @@ def test_multiswag_divergence_names_the_member_step_and_lr(stack):
     with pytest.raises(DivergenceError, match=r"swag 1(-2)?/2 diverged at step \d+.*lr=1e\+06.*try lr=100000"):
         bdl.fit(problem.model(), problem.x, problem.y, method="multiswag", num_chains=2, epochs=6, lr=1e6,
                 swa_lr=0.01, batch_size=10, seed=0, progress=False, stack=stack)
+
+
+def test_multiswag_stack_auto_counts_the_swag_moments(monkeypatch):
+    """``stack="auto"`` stacks as many members as a quarter of the free memory holds, each member costing the
+    ensemble's estimate plus its SWAG moments ((rank + 3)·P values); bad ``stack`` values are refused."""
+    import pyro_bdl.infer.ensemble as ens
+    import pyro_bdl.infer.swag.fit as swag_fit
+    from pyro_bdl.infer.data import FitData
+    from pyro_bdl.model.potential import Objective
+
+    x, y = toy_classification()
+    model = bdl.BayesianModel(small_classifier(), likelihood=bdl.likelihoods.Categorical())
+    data = FitData(model, x, y, batch_size=20)
+    objective = Objective(model, data.example_x(2))
+    rank = 3
+    one = ens.member_bytes(model, data, objective.size) + (rank + 3) * objective.size * 4
+    for members, fits in ((1, 1.5), (2, 2.5), (4, 100.0)):
+        free = lambda device, fits=fits: int(fits * one / ens.MEMORY_SHARE)  # noqa: E731
+        monkeypatch.setattr(ens, "_free_memory", free)
+        monkeypatch.setattr(swag_fit, "free_memory", free)
+        assert swag_fit._stack_size("auto", 4, model, data, rank) == members
+    assert swag_fit._stack_size(False, 4, model, data, rank) == 1
+    assert swag_fit._stack_size(3, 4, model, data, rank) == 3
+    with pytest.raises(ValueError, match="stack"):
+        bdl.fit(model, x, y, method="multiswag", num_chains=2, epochs=2, stack="all", progress=False)
