@@ -233,9 +233,11 @@ def test_fit_swag_reproducible_save_load_and_variants(tmp_path):
     assert isinstance(post, bdl.SWAGPosterior) and post.info["snapshot_every"] == 10
     assert post.guide.num_snapshots == 1
     assert post.bn_inputs is None  # no BatchNorm: no refresh
-    # the driver's info schema (pyro_bdl.infer.driver.info), one row of per-epoch losses; the old keys stay
+    # the driver's info schema (pyro_bdl.infer.driver.info): one row of per-step losses (8 epochs × 3 batches);
+    # the old keys stay, "losses" the per-epoch means
     info = post.info
-    assert info["loss"].shape == (1, 8) and info["loss"][0].tolist() == pytest.approx(info["losses"])
+    assert info["loss"].shape == (1, 24)
+    assert info["loss"][0].view(8, 3).double().mean(-1).tolist() == pytest.approx(info["losses"])
     assert info["options"]["swa_lr"] == "auto" and info["options"]["epochs"] == 8 and info["wall_time"] > 0
     assert info["covariance_scale"] >= 1 and post.scale == pytest.approx(0.5 * info["covariance_scale"])
     for k, v in post.moments().items():
@@ -286,10 +288,10 @@ def test_resume_after_interruption_gives_identical_moments(tmp_path, monkeypatch
     path = str(tmp_path / "run.ckpt")
     save, calls = checkpoints.save, []
 
-    def interrupted(p, fp, state):
+    def interrupted(p, fp, state):  # the driver's checkpoint, at every epoch boundary (3 steps an epoch)
         save(p, fp, state)
-        calls.append(state["epoch"])
-        if state["epoch"] == 4:  # killed right after epoch 4's checkpoint (2 snapshots in)
+        calls.append(state["step"] // 3)
+        if state["step"] == 4 * 3:  # killed right after epoch 4's checkpoint (2 snapshots in)
             raise KeyboardInterrupt
 
     monkeypatch.setattr(checkpoints, "save", interrupted)
@@ -369,15 +371,20 @@ def test_multiswag_is_an_equal_weight_mixture_with_one_chain_per_member():
     means = [m.guide.mean for m in post.members]
     assert not torch.allclose(means[0], means[1])  # different initialisations and data orders
     assert post.draws_by_chain(5)["0.weight"].shape == (3, 5, 16, 4)
-    assert post.info["loss"].shape == (3, 6) and post.info["options"]["num_models"] == 3
+    assert post.info["loss"].shape == (3, 18) and post.info["options"]["num_chains"] == 3  # per step
     assert post.info["wall_time"] == pytest.approx(sum(m.info["wall_time"] for m in post.members))
     for m, member_info in zip(post.members, post.info["members"]):
         assert m.scale == pytest.approx(0.5 * member_info["covariance_scale"])
     assert post.sample(10, seed=0)["0.weight"].shape == (10, 16, 4)
-    # Member m of multiswag(seed) is the SWAG fit from a fresh init with seed spawn_seeds(seed, M)[m].
+    # Member m of multiswag(seed) is the SWAG fit from a fresh init with seed spawn_seeds(seed, M)[m]: exactly so
+    # one at a time (stack=False); stacked, to float rounding (test_stacked_multiswag_members_equal_sequential_members)
     single = bdl.fit(model, x, y, method="swag", init="fresh", batch_size=20, epochs=6, swa_start=3, lr=0.05,
                      rank=3, seed=spawn_seeds(0, 3)[1], progress=False)
-    assert torch.equal(single.guide.mean, post.members[1].guide.mean)
+    alone = bdl.fit(model, x, y, method="multiswag", num_models=3, batch_size=20, epochs=6, swa_start=3, lr=0.05,
+                    rank=3, seed=0, progress=False, stack=False)
+    assert post.info["stack"] == 3 and alone.info["stack"] == 1
+    assert torch.equal(single.guide.mean, alone.members[1].guide.mean)
+    torch.testing.assert_close(single.guide.mean, post.members[1].guide.mean, atol=1e-3, rtol=0)
     pred = post.predict(x, num_samples=9, seed=0)
     assert pred.num_samples == 9 and torch.allclose(pred.probs.sum(-1), torch.ones(60))
 
@@ -412,8 +419,10 @@ def test_multiswag_members_in_processes_equal_sequential_members():
     model = bdl.BayesianModel(small_classifier(), likelihood=bdl.likelihoods.Categorical())
     kw = dict(method="multiswag", num_models=2, batch_size=20, epochs=6, swa_start=3, lr=0.05, rank=3, seed=0,
               progress=False)
-    sequential = bdl.fit(model, x, y, workers=1, **kw)
+    # workers=2 trains one member per process, so it is exactly the members one at a time (stack=False)
+    sequential = bdl.fit(model, x, y, workers=1, stack=False, **kw)
     parallel = bdl.fit(model, x, y, workers=2, **kw)
+    assert parallel.info["stack"] == 1
     for a, b in zip(sequential.members, parallel.members):
         for k, v in a.moments().items():
             assert torch.equal(v, b.moments()[k]), k
@@ -424,12 +433,70 @@ def test_multiswag_checkpoints_every_member(tmp_path):
     model = bdl.BayesianModel(small_classifier(), likelihood=bdl.likelihoods.Categorical())
     kw = dict(method="multiswag", num_models=2, batch_size=20, epochs=4, swa_start=2, lr=0.05, rank=3, seed=0,
               progress=False)
-    path = tmp_path / "multi.pt"
-    first = bdl.fit(model, x, y, checkpoint=str(path), **kw)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["multi.member0.pt", "multi.member1.pt"]
-    again = bdl.fit(model, x, y, checkpoint=str(path), **kw)  # finished members are read back, not retrained
-    for a, b in zip(first.members, again.members):
-        assert torch.equal(a.guide.mean, b.guide.mean) and a.info["losses"] == b.info["losses"]
+    # one file per group of stacked members, named after its first member: one per member with stack=False
+    for stack, files in ((False, ["multi.member0.pt", "multi.member1.pt"]), (True, ["multi.member0.pt"])):
+        folder = tmp_path / str(stack)
+        folder.mkdir()
+        path = folder / "multi.pt"
+        first = bdl.fit(model, x, y, checkpoint=str(path), stack=stack, **kw)
+        assert sorted(p.name for p in folder.iterdir()) == files
+        again = bdl.fit(model, x, y, checkpoint=str(path), stack=stack, **kw)  # finished: read back, not retrained
+        for a, b in zip(first.members, again.members):
+            assert torch.equal(a.guide.mean, b.guide.mean) and a.info["losses"] == b.info["losses"]
+
+
+def _shift(x, generator):
+    return x + 0.1 * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+
+
+@pytest.mark.parametrize("augment", [None, _shift])
+@pytest.mark.parametrize("swa_lr,dtype,atol", [(0.01, torch.float32, 1e-5), ("auto", torch.float64, 1e-10)])
+def test_stacked_multiswag_members_equal_sequential_members(augment, swa_lr, dtype, atol):
+    """Members stepped together by vmap (stack=True) are the members fitted one at a time (stack=False), each with
+    its own data order, augmentation, init and (auto) noise, cap, burn-in and guard, to float rounding. The auto
+    rates run near the heavy ball's stability edge (stability_cap), where float32 rounding (≈1e-7) grows to ≈1e-4
+    over a run; in float64 the same comparison is at 1e-14."""
+    x, y = toy_classification()
+    torch.manual_seed(0)
+    model = bdl.BayesianModel(small_classifier().to(dtype), likelihood=bdl.likelihoods.Categorical())
+    kw = dict(method="multiswag", num_chains=3, batch_size=20, epochs=10, warmup=5, lr=0.05, swa_lr=swa_lr,
+              rank=3, seed=0, progress=False, augment=augment)
+    stacked = bdl.fit(model, x.to(dtype), y, stack=True, **kw)
+    sequential = bdl.fit(model, x.to(dtype), y, stack=False, **kw)
+    assert stacked.info["stack"] == 3 and sequential.info["stack"] == 1
+    for a, b in zip(stacked.members, sequential.members):
+        assert a.guide.num_snapshots == b.guide.num_snapshots >= 2
+        for name in ("swa_mean", "swa_sq_dev", "swa_deviations", "loc"):
+            torch.testing.assert_close(getattr(a.guide, name), getattr(b.guide, name), atol=atol, rtol=0)
+        assert a.info["covariance_scale"] == pytest.approx(b.info["covariance_scale"], rel=1e-5)
+        assert a.info["losses"] == pytest.approx(b.info["losses"], rel=1e-5)
+    means = [m.guide.mean for m in stacked.members]
+    assert not torch.allclose(means[0], means[1]) and not torch.allclose(means[1], means[2])
+
+
+def test_stacked_multiswag_resumes_bit_identically(tmp_path, monkeypatch):
+    x, y = toy_classification()
+    model = bdl.BayesianModel(small_classifier(), likelihood=bdl.likelihoods.Categorical())
+    kw = dict(method="multiswag", num_chains=2, batch_size=20, epochs=7, warmup=2, lr=0.05, rank=3, seed=5,
+              progress=False, augment=_shift)
+    full = bdl.fit(model, x, y, **kw)
+    path = str(tmp_path / "run.ckpt")
+    save = checkpoints.save
+
+    def interrupted(p, fp, state):
+        save(p, fp, state)
+        if state["step"] == 4 * 3:  # killed right after epoch 4's checkpoint, inside the auto collection
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoints, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        bdl.fit(model, x, y, checkpoint=path, **kw)
+    monkeypatch.setattr(checkpoints, "save", save)
+    resumed = bdl.fit(model, x, y, checkpoint=path, **kw)
+    for a, b in zip(full.members, resumed.members):
+        for k, v in a.moments().items():
+            assert torch.equal(v, b.moments()[k]), k
+        assert torch.equal(a.guide.loc.detach(), b.guide.loc.detach()) and a.info["losses"] == b.info["losses"]
 
 
 @pytest.mark.slow
@@ -592,3 +659,41 @@ def test_equipartition_directions_caps_only_the_over_wide_directions():
     cov = guide.swa_deviations.T @ guide.swa_deviations / 2
     torch.testing.assert_close(cov, torch.diag(torch.tensor([0.5, 0.25, 0.0], dtype=torch.float64)), atol=1e-12, rtol=0)
     torch.testing.assert_close(torch.sort(b).values, torch.tensor([0.25, 1.0, 1.0], dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("stack", [True, False])
+def test_multiswag_divergence_names_the_member_step_and_lr(stack):
+    """The driver checks each stacked member's losses in blocks (no host read per step) and still names the step
+    and lr, as the single-member loop did."""
+    from blr import make_blr
+    from pyro_bdl.infer.divergence import DivergenceError
+
+    problem = make_blr(n=30, d=2)
+    with pytest.raises(DivergenceError, match=r"swag 1(-2)?/2 diverged at step \d+.*lr=1e\+06.*try lr=100000"):
+        bdl.fit(problem.model(), problem.x, problem.y, method="multiswag", num_chains=2, epochs=6, lr=1e6,
+                swa_lr=0.01, batch_size=10, seed=0, progress=False, stack=stack)
+
+
+def test_multiswag_stack_auto_counts_the_swag_moments(monkeypatch):
+    """``stack="auto"`` stacks as many members as a quarter of the free memory holds, each member costing the
+    ensemble's estimate plus its SWAG moments ((rank + 3)·P values); bad ``stack`` values are refused."""
+    import pyro_bdl.infer.ensemble as ens
+    import pyro_bdl.infer.swag.fit as swag_fit
+    from pyro_bdl.infer.data import FitData
+    from pyro_bdl.model.potential import Objective
+
+    x, y = toy_classification()
+    model = bdl.BayesianModel(small_classifier(), likelihood=bdl.likelihoods.Categorical())
+    data = FitData(model, x, y, batch_size=20)
+    objective = Objective(model, data.example_x(2))
+    rank = 3
+    one = ens.member_bytes(model, data, objective.size) + (rank + 3) * objective.size * 4
+    for members, fits in ((1, 1.5), (2, 2.5), (4, 100.0)):
+        free = lambda device, fits=fits: int(fits * one / ens.MEMORY_SHARE)  # noqa: E731
+        monkeypatch.setattr(ens, "_free_memory", free)
+        monkeypatch.setattr(swag_fit, "free_memory", free)
+        assert swag_fit._stack_size("auto", 4, model, data, rank) == members
+    assert swag_fit._stack_size(False, 4, model, data, rank) == 1
+    assert swag_fit._stack_size(3, 4, model, data, rank) == 3
+    with pytest.raises(ValueError, match="stack"):
+        bdl.fit(model, x, y, method="multiswag", num_chains=2, epochs=2, stack="all", progress=False)

@@ -1,0 +1,85 @@
+"""SWAG and Multi-SWAG: Gaussian posteriors from the SGD trajectory, and mixtures over basins.
+
+``method="swag"`` (Maddox et al. 2019) runs SGD with momentum on the per-data-point MAP
+objective of the tempered model,
+
+    L(θ) = −(1/N) [log p̃(D_batch, w(θ)) + log|det ∂w/∂θ|]
+         = (1/T)·(mean minibatch NLL) + s_prior·(−log p(w))/N,
+
+with log p̃ = [`log_joint`][pyro_bdl.BayesianModel] through
+`Objective` (N/B scaling and temperature are the core's).
+For a Gaussian prior N(0, σ²) the prior term is weight decay with coefficient 1/(σ²N) — the
+prior precision over N — so the SGD fixed point is the mode of the tempered posterior.
+
+**Temperature.** SGD steps on T·L (temperature-free units: under posterior tempering T·L is the
+T = 1 objective, whose mode is p_T's), so ``lr`` means the same at every T and a cold run does
+not diverge; the collected covariance is multiplied by T (the guide's ``scale`` is
+``scale·T``). For a Gaussian approximation around the mode this is exactly p_T's covariance
+under posterior tempering (and (N·A_T)⁻¹ under likelihood tempering). The price: the SWA mean
+averages iterates that spread like the T = 1 posterior, so its error in units of p_T's sd grows
+like 1/√T for a given run length.
+
+**Schedule.** ``lr`` for the first half of ``swa_start`` epochs, a linear decay to ``lr/5``
+(or a numeric ``swa_lr``) until 90% of ``swa_start`` (Maddox et al.). Then:
+
+* ``swa_lr="auto"`` (default): per-coordinate rates ε_k = 2(1−β)/(N·E[g_k²]) from the measured
+  minibatch gradient noise (Mandt et al. 2017, Thm. 2; `GradientNoise`), on minibatches drawn *with
+  replacement*, a snapshot every max(N/(2B), 1/(1−β)) steps. Three steps keep the theory's premises:
+
+  1. the rates are capped at κ, the largest cap under which the preconditioned heavy ball is within
+     2× of its continuous-time limit, λ_max(ε^½Aε^½) = 1 + β (`stability_cap`; A from Hessian-vector
+     products), instead of a fixed multiple of ``lr``;
+  2. a burn-in (`_start_auto`) halves all rates by a factor f until the linear (OU) picture holds:
+     its excess loss is not above the OU prediction tr(εV)/(4(1−β)) (`stationary_excess`) by more
+     than 3 standard errors;
+  3. the collected covariance is multiplied by c = max(1/f, min_k ε_k*/ε_k)
+     (`GradientNoise.covariance_scale`): the stationary covariance solves a Lyapunov equation linear
+     in a global rate scale, so the halvings keep the iterate local without shrinking the spread;
+  4. each direction of the low-rank part is then shrunk, never widened, to what equipartition supports
+     (`equipartition_directions`): the variance λ along v is cut to 1/(vᵀAv) where λ·vᵀAv > 1, with vᵀAv
+     the secant curvature at ±√3 sd (E_p[(v·δ)(v·∇U)] = 1 for the target; Wenzel et al. 2020).
+
+  On linear regression the SWAG covariance is then within 2× of the exact (tempered) posterior
+  (with a fixed rate and reshuffled epochs it is 0.1–0.3×); on digits SWAG's predictive mutual
+  information is 0.11–0.29 of SGHMC's at T = 1 (`benchmarks/bench_swag.py --digits-mi`; 0.26–0.85
+  before step 4, at a worse NLL on every setting), and Multi-SWAG's NLL is within 0.003–0.023 of a
+  deep ensemble's without augmentation and below it with augmentation. With data
+  augmentation the noise is measured on paired augmentations of the same batches; the burn-in check
+  and c count only the data's sampling noise, not the augmentation's (`GradientNoise`). The
+  run's c is ``info["covariance_scale"]`` and the direction factors ``info["direction_scales"]``.
+* a number: constant ``swa_lr`` on reshuffled epochs, a snapshot after every epoch (the paper).
+
+``method="multiswag"`` (Wilson & Izmailov 2020) runs M independent SWAG fits from fresh
+initialisations and data orders (member m: seed ``spawn_seeds(seed, M)[m]``) and returns their
+equal-weight mixture ([`MixturePosterior`][pyro_bdl.MixturePosterior]).
+
+**Engine.** Every run is a step rule on the one driver (`pyro_bdl.infer.driver.drive`): `SWAGRule`
+steps the flat θ of `pyro_bdl.model.potential.Objective` (the compiled potential), counts its steps
+and collects the SWAG moments in its own state at epoch ends (numeric ``swa_lr``) or every
+``snapshot_every`` steps (auto); the driver owns minibatching, divergence checks without a host
+synchronisation per step (the auto collection still reads each step's loss for its instability guard),
+progress, and the checkpoint. With ``swa_lr="auto"`` the driver's batches come from `_Batches`:
+i.i.d. minibatches from ``swa_start`` on, each run's noise measurement, stability cap and burn-in
+drawn from its own generator just before (exactly the order of random draws of one run). Multi-SWAG
+members are stacked (θ ``(M, P)``, one vmapped forward and one backward per step, `MAPRule.value_and_grad`):
+exploration and collection run stacked, with per-member rates, caps, burn-ins and guards; the burn-in
+itself, the stability cap's Hessian-vector products and step 4's gradients run one member at a time.
+A stacked member equals the member fitted alone with its seed to float rounding (exactly, for
+``stack=False`` or a single SWAG fit, which reproduces the loop before the driver bit for bit).
+
+With BatchNorm, SGD uses batch statistics and every posterior draw gets its own statistics,
+recomputed by one pass over the training inputs (`pyro_bdl.batchnorm`); networks
+without BatchNorm skip this.
+
+Runs are checkpointed by the driver after every epoch (``checkpoint=path``) and resumed bit for bit:
+the rule's state (iterates, momenta, SWAG moments, noise estimates and rates), every generator and
+the global RNG are saved.
+"""
+# The package's modules: `noise` (the auto rates, steps 1–4), `rule` (the step rule on the driver, `train_swag`),
+# `fit` (the registered methods). Every name importable from ``pyro_bdl.infer.swag`` before the split still is.
+from ...guides.swag import SWAG  # noqa: F401
+from ...posterior.swag import SWAGPosterior  # noqa: F401
+from .fit import _check_options, _initial_values, fit_multiswag, fit_swag  # noqa: F401
+from .noise import (AUTO_CAP, EQUIPARTITION_POINTS, MIN_NOISE_BATCHES, GradientNoise, _start_auto,  # noqa: F401
+                    equipartition_directions, stability_cap)
+from .rule import CHECKPOINT_KIND, SWAGRule, swag_learning_rate, train_runs, train_swag  # noqa: F401

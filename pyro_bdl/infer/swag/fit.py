@@ -1,0 +1,222 @@
+"""``fit(method="swag")`` and ``fit(method="multiswag")``: options, starting points, groups of stacked members
+(`pyro_bdl.infer.ensemble.stack_size`, process ``workers``) and the posteriors."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import pyro
+import torch
+from pyro.infer.autoguide import init_to_value
+
+from ..._util import checkpoint as checkpoints
+from ..._util.checks import check_int
+from ..._util.random import spawn_seeds
+from ...guides.swag import SWAG
+from ...model import batchnorm
+from ...model.bayesian_model import BayesianModel
+from ...model.potential import Objective
+from ...posterior.mixture import MixturePosterior
+from ...posterior.swag import SWAGPosterior
+from .. import driver
+from ..data import FitData
+from ..ensemble import MEMORY_SHARE, _free_memory as free_memory, member_bytes, stack_size
+from ..members import run_members
+from ..registry import register
+from .rule import CHECKPOINT_KIND, train_runs
+
+
+def _check_options(epochs, swa_start, lr, swa_lr, momentum) -> Tuple[int, Any]:
+    """``(swa_start, swa_lr)`` checked (``swa_start``: the ``warmup`` option, default 3/4 of the epochs)."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+    if swa_start is None:
+        swa_start = (3 * epochs) // 4
+    if isinstance(swa_start, bool) or not isinstance(swa_start, int) or not 0 <= swa_start < epochs:
+        raise ValueError(f"warmup (formerly swa_start) must be an integer in [0, epochs) = [0, {epochs}) so that at "
+                         f"least one snapshot is collected, got {swa_start!r}")
+    for name, value in (("lr", lr), ("swa_lr", None if swa_lr == "auto" else swa_lr)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value <= 0):
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    return swa_start, ("auto" if swa_lr in (None, "auto") else float(swa_lr))
+
+
+def _initial_values(model: BayesianModel, init: Any, seed: int) -> Dict[str, torch.Tensor]:
+    if init is None or init == "net":
+        return model.initial_values()
+    if init == "fresh":
+        return model.initial_values(seed=seed)
+    if isinstance(init, dict):
+        return model.as_values(init)
+    raise ValueError(f"unknown init {init!r}; use 'net' (the network's weights), 'fresh' (a seeded default "
+                     "initialisation) or a dict of initial values")
+
+
+_check_checkpoint = checkpoints.check_path
+
+
+def _guide(model: BayesianModel, data: FitData, options: Dict[str, Any], values: Dict[str, torch.Tensor],
+           scale: float) -> SWAG:
+    """A set-up SWAG guide starting at ``values`` (its ``loc`` is a run's θ₀)."""
+    guide = SWAG(model, rank=options["rank"], scale=scale, variant=options["variant"], var_clamp=options["var_clamp"],
+                 init_loc_fn=init_to_value(values=values))
+    x0, y0 = next(iter(data.epoch()))
+    with pyro.settings.context(module_local_params=True):
+        guide.setup(x0, y0, data.dataset_size)
+    return guide
+
+
+def _run_group(model: BayesianModel, data: FitData, members: Sequence[int], seeds: Sequence[int],
+               inits: Sequence[Dict[str, torch.Tensor]], progress: Optional[bool], options: Dict[str, Any],
+               checkpoint: Optional[str], fingerprint_seed: int, desc: str) -> List[Tuple[SWAG, Dict[str, Any]]]:
+    """SWAG runs ``members`` (seeds ``seeds``, starting values ``inits``) stacked on the driver: each run's guide
+    (moments, final iterate, ``scale`` with its Lyapunov factor) and its records."""
+    guides = [_guide(model, data, options, v, options["scale"] * model.temperature) for v in inits]
+    theta0 = torch.stack([g.loc_unconstrained.detach() for g in guides])
+    run_options = {k: options[k] for k in ("epochs", "warmup", "lr", "swa_lr", "momentum", "rank")}
+    fp = None if checkpoint is None else checkpoints.fingerprint(
+        model, data, CHECKPOINT_KIND, dict(run_options, collect=True), fingerprint_seed, members=list(members),
+        seeds=list(seeds), start=checkpoints.tensor_hash(theta0), num_parameters=guides[0].num_parameters)
+    histories, loss, wall_time = train_runs(
+        guides, data, seeds, epochs=options["epochs"], swa_start=options["warmup"], lr=options["lr"],
+        swa_lr=options["swa_lr"], momentum=options["momentum"], progress=progress, checkpoint=checkpoint,
+        fingerprint=fp, desc=desc)
+    out = []
+    for k, (guide, history) in enumerate(zip(guides, histories)):
+        guide.scale = guide.scale * history["covariance_scale"]  # Lyapunov rescaling (GradientNoise.covariance_scale)
+        # The driver's info schema (pyro_bdl.infer.driver.info): loss (1, steps), options, wall_time (stacked runs:
+        # an equal share of their group's); "losses" (per-epoch means, a list) is kept for one release.
+        info = driver.info(loss[k:k + 1], options, wall_time / len(guides), losses=history["loss"], lr=history["lr"],
+                           num_snapshots=guide.num_snapshots, snapshot_every=history["snapshot_every"],
+                           covariance_scale=history["covariance_scale"], direction_scales=history["direction_scales"],
+                           num_parameters=guide.num_parameters, seed=seeds[k])
+        out.append((guide, info))
+    return out
+
+
+def _member_group(model: BayesianModel, data: FitData, members: Sequence[int], seeds: Sequence[int],
+                  progress: Optional[bool], options: Dict[str, Any], checkpoint: Optional[str], seed: int,
+                  desc: str) -> List[Tuple[Dict[str, torch.Tensor], Dict[str, Any]]]:
+    # May run in a worker process: returns plain state, rebuilt on the caller's model.
+    inits = [_initial_values(model, "fresh", s) for s in seeds]
+    return [(guide.state_dict(), info) for guide, info in
+            _run_group(model, data, members, seeds, inits, progress, options, checkpoint, seed, desc)]
+
+
+def _posterior(model: BayesianModel, data: FitData, guide: SWAG, method: str, info: Dict[str, Any]) -> SWAGPosterior:
+    bn_inputs = bn_batch = None
+    if batchnorm.has_batchnorm(model.net):
+        bn_inputs = data.full()[0]
+        bn_batch = data.loader.batch_size if data.minibatched else None
+    return SWAGPosterior(model, guide, method, bn_inputs=bn_inputs, bn_batch_size=bn_batch, info=info)
+
+
+@register("swag")
+def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], epochs: int = 60,
+             warmup: Optional[int] = None, lr: float = 0.05, swa_lr: Any = "auto", momentum: float = 0.9,
+             rank: int = 20, scale: float = 0.5, variant: str = "swag", var_clamp: float = 1e-30, init: Any = "net",
+             checkpoint: Optional[str] = None) -> SWAGPosterior:
+    """SWA-Gaussian (Maddox et al. 2019): SGD on the MAP objective, then a Gaussian fitted to its iterates.
+
+    Args:
+        epochs: passes over the data.
+        warmup: epochs before collection starts, the paper's ``swa_start`` (the deprecated name
+            `pyro_bdl.infer.options` maps; default 3/4 of ``epochs``); with a numeric ``swa_lr`` one snapshot is
+            collected after every later epoch, so ``epochs − warmup`` snapshots in all.
+        lr: exploration learning rate on the per-data-point objective T·L (module docs).
+        swa_lr: ``"auto"`` (default; posterior-matching rates, module docs) or a constant
+            collection rate (the paper's schedule, `swag_learning_rate`).
+        momentum: SGD momentum.
+        rank: K, deviation columns kept; scale: covariance scale of the draws (0.5).
+        variant: ``"swag"``, ``"diagonal"`` (SWAG-Diag) or ``"swa"`` (the mean only).
+        var_clamp: floor on the diagonal variance.
+        init: ``"net"`` (the network's weights), ``"fresh"`` (seeded default init) or a dict of values.
+        checkpoint: the driver's state, saved after every epoch; an interrupted run resumes from it.
+
+    ``info``: the driver's ``loss`` ``(1, steps)`` (per step), ``options``, ``wall_time``; ``losses`` (per-epoch
+    means), ``lr`` (per epoch), ``num_snapshots``, ``snapshot_every``, ``covariance_scale``, ``direction_scales``.
+    """
+    swa_start, swa_lr = _check_options(epochs, warmup, lr, swa_lr, momentum)
+    SWAG(model, rank=rank, scale=scale, variant=variant, var_clamp=var_clamp)  # validates before any work
+    options = dict(epochs=epochs, warmup=swa_start, lr=float(lr), swa_lr=swa_lr, momentum=float(momentum),
+                   rank=rank, scale=scale, variant=variant, var_clamp=var_clamp)
+    init_values = _initial_values(model, init, seed)
+    ((guide, info),) = _run_group(model, data, [0], [seed], [init_values], progress, options,
+                                  _check_checkpoint(checkpoint), seed, "swag")
+    info.update(epochs=epochs, swa_start=swa_start, swa_lr=swa_lr, rank=rank)
+    return _posterior(model, data, guide, "swag", info)
+
+
+def _stack_size(stack: Union[str, bool, int], num_models: int, model: BayesianModel, data: FitData,
+                rank: int) -> int:
+    """Members stepped together (`pyro_bdl.infer.ensemble.stack_size`); ``"auto"`` also counts each member's SWAG
+    moments (mean, squared deviations, ``rank`` deviation rows, momentum: (rank + 3)·P more values)."""
+    objective = Objective(model, data.example_x(2))
+    size = stack_size(stack, num_models, model, data, objective)
+    if stack == "auto":
+        theta = objective.initial()
+        extra = (rank + 3) * objective.size * theta.element_size()
+        per_member = member_bytes(model, data, objective.size) + extra
+        size = int(max(1, min(size, free_memory(theta.device) * MEMORY_SHARE // per_member)))
+    return size
+
+
+@register("multiswag")
+def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], num_chains: int = 5,
+                  workers: int = 1, epochs: int = 60, warmup: Optional[int] = None, lr: float = 0.05,
+                  swa_lr: Any = "auto", momentum: float = 0.9, rank: int = 20, scale: float = 0.5,
+                  variant: str = "swag", var_clamp: float = 1e-30, stack: Union[str, bool, int] = "auto",
+                  checkpoint: Optional[str] = None) -> MixturePosterior:
+    """Multi-SWAG (Wilson & Izmailov 2020): an equal-weight mixture of ``num_chains`` SWAG posteriors (formerly
+    ``num_models``; ``warmup`` formerly ``swa_start``: the deprecated names `pyro_bdl.infer.options` maps).
+
+    Member m starts from a fresh default initialisation and data order, both seeded with
+    ``spawn_seeds(seed, num_chains)[m]``, so the members settle in different basins. Members are stepped
+    together (``torch.func.vmap``, `SWAGRule`), each with its own data order, augmentation, auto rates, stability
+    cap, burn-in and instability guard, so a stacked member equals the member fitted alone with its seed (to float
+    rounding). ``stack``: ``"auto"`` (as many as a quarter of the free memory holds), ``True``, ``False`` (one at a
+    time) or a number; ``workers`` > 1 runs groups of members in parallel processes. With ``checkpoint="run.pt"``
+    the group whose first member is m checkpoints to ``run.member<m>.pt`` (one file per member with
+    ``stack=False``); finished groups are read back, not retrained. Other options as for `fit_swag`.
+    ``predict(x, num_samples=S)`` splits the S draws evenly over the members; ``draws_by_chain`` gives one chain
+    per member.
+    """
+    num_models = num_chains
+    check_int(num_chains, "num_chains", 1)
+    check_int(workers, "workers", 1)
+    swa_start, swa_lr = _check_options(epochs, warmup, lr, swa_lr, momentum)
+    SWAG(model, rank=rank, scale=scale, variant=variant, var_clamp=var_clamp)
+    checkpoint = _check_checkpoint(checkpoint)
+    options = dict(epochs=epochs, warmup=swa_start, lr=float(lr), swa_lr=swa_lr, momentum=float(momentum),
+                   rank=rank, scale=scale, variant=variant, var_clamp=var_clamp)
+    size = _stack_size(stack, num_models, model, data, rank)
+    if workers > 1:  # spread the members over the processes
+        size = min(size, math.ceil(num_models / workers))
+    groups = [list(range(i, min(i + size, num_models))) for i in range(0, num_models, size)]
+    root, ext = os.path.splitext(checkpoint) if checkpoint is not None else (None, None)
+    seeds = spawn_seeds(seed, num_models)
+    args = [(model, data, g, [seeds[m] for m in g], progress if workers == 1 else False, options,
+             None if checkpoint is None else f"{root}.member{g[0]}{ext}", seed,
+             f"swag {g[0] + 1}/{num_models}" if len(g) == 1 else f"swag {g[0] + 1}-{g[-1] + 1}/{num_models}")
+            for g in groups]
+    results = [r for group in run_members(_member_group, args, workers) for r in group]
+    x0, y0 = next(iter(data.epoch()))
+    members = []
+    for state, info in results:
+        guide = SWAG(model, rank=rank, scale=scale * model.temperature * info["covariance_scale"], variant=variant,
+                     var_clamp=var_clamp, init_loc_fn=init_to_value(values=model.initial_values()))
+        with pyro.settings.context(module_local_params=True):
+            guide.setup(x0, y0, data.dataset_size)
+        guide.load_state_dict(state)
+        members.append(_posterior(model, data, guide, "swag", info))
+    infos = [m.info for m in members]
+    return MixturePosterior(members, "multiswag", info={
+        "loss": torch.cat([i["loss"] for i in infos]),
+        "options": dict(options, num_chains=num_chains, workers=workers, stack=stack),
+        "wall_time": sum(i["wall_time"] for i in infos),  # summed over groups (CPU time when run in parallel)
+        "num_models": num_models, "members": infos, "epochs": epochs, "swa_start": swa_start, "swa_lr": swa_lr,
+        "rank": rank, "stack": size, "member_seeds": seeds})

@@ -1,0 +1,374 @@
+"""SWAG's step rule on the driver: `SWAGRule` (heavy-ball SGD on the flat θ of K stacked runs, the SWAG
+moments in its state), its batch source `_Batches` (i.i.d. minibatches and the burn-in for auto rates),
+`train_runs` (K runs on `pyro_bdl.infer.driver.drive`, results written into SWAG guides) and `train_swag`
+(one run, the Pyro-user entry point)."""
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..._util import checkpoint as checkpoints
+from ..._util.checks import is_invalid_parameter_error
+from ...guides.swag import SWAG
+from ...model import batchnorm
+from ...model.inputs import take_rows
+from ...model.potential import Objective
+from ...model.tempering import likelihood_scale
+from .. import driver
+from ..data import FitData
+from ..divergence import DivergenceCheck, loss_floor
+from ..map import MAPRule, example_batch
+from .noise import AUTO_CAP, EQUIPARTITION_POINTS, GradientNoise, _start_auto, equipartition_directions
+
+#: the driver's checkpoint of SWAG runs (`train_runs`); files of the loop before the driver are not read
+CHECKPOINT_KIND = "pyro_bdl.swag.driver"
+
+
+def swag_learning_rate(epoch: int, lr: float, swa_lr: float, swa_start: int) -> float:
+    """The learning rate of epoch ``epoch`` (0-based) in Maddox et al. (2019), with t = epoch/swa_start:
+
+    lr for t ≤ 0.5; lr·(1 − (1 − swa_lr/lr)·(t − 0.5)/0.4) for 0.5 < t ≤ 0.9; swa_lr for t > 0.9
+    (so constant ``swa_lr`` while snapshots are collected).
+    """
+    if swa_start <= 0:
+        return swa_lr
+    t = epoch / swa_start
+    ratio = swa_lr / lr
+    if t <= 0.5:
+        factor = 1.0
+    elif t <= 0.9:
+        factor = 1.0 - (1.0 - ratio) * (t - 0.5) / 0.4
+    else:
+        factor = ratio
+    return lr * factor
+
+
+@contextlib.contextmanager
+def _weights_valid(lr: float):
+    """A distribution refusing NaN/inf weights (where Pyro validates: the burn-in's gradients on the traced path) is
+    SWAG diverging: say so, naming lr."""
+    try:
+        yield
+    except ValueError as err:
+        if not is_invalid_parameter_error(err):
+            raise
+        raise FloatingPointError(f"SWAG diverged: the weights became NaN or inf (a distribution got invalid "
+                                 f"parameters); lower lr (now {lr:g}) or check the data scale") from None
+
+
+class SWAGRule(MAPRule):
+    """SWAG's step rule (`pyro_bdl.infer.driver`) for K runs stacked as θ ``(K, P)``.
+
+    Heavy-ball SGD (torch's update: b ← βb + g, θ ← θ − ε·b, b = g at a fresh start) on the per-data-point
+    objective in temperature-free units, T·L(θ) = T·U(θ)/N (module docs; U includes the log-Jacobian,
+    as the guide's Delta sites do), with the schedule `swag_learning_rate` per epoch. With
+    ``swa_lr="auto"`` each run, from ``swa_start`` on, has its own noise estimate, rates ε_k (g ← ε ⊙ g,
+    step 1), stability cap, burn-in and instability guard (`GradientNoise`, `_start_auto`); its
+    minibatches are then i.i.d. (`_Batches`). The SWAG moments of every run — mean, Welford's squared
+    deviations, the ring of the last ``rank`` deviations (`pyro_bdl.guides.SWAG.collect`'s update, elementwise,
+    so run k's moments are what run k alone would collect) — are part of the state, collected at the end of
+    every epoch past ``swa_start`` (numeric ``swa_lr``) or every ``every`` steps (auto). The losses and
+    gradients of the K runs come from `MAPRule.value_and_grad` (one vmapped forward and one backward; one
+    run at a time for networks vmap cannot batch).
+    """
+
+    def __init__(self, objective: Objective, data: FitData, *, epochs: int, swa_start: int, lr: float, swa_lr: Any,
+                 momentum: float, rank: int, collect: bool):
+        super().__init__(objective, data.dataset_size, lr, 1.0, epochs * data.num_batches)
+        model = objective.model
+        self.data, self.per_epoch = data, data.num_batches
+        self.epochs, self.swa_start, self.swa_lr, self.beta = epochs, swa_start, swa_lr, float(momentum)
+        self.auto, self.rank, self.collect = swa_lr == "auto", rank, collect
+        self.temperature = model.temperature
+        self.norm_mode = (model.network.batch_statistics if batchnorm.has_batchnorm(model.net)
+                          else contextlib.nullcontext)
+        # With auto rates the iterate relaxes in ≈ N/(2B) steps (Fisher ≈ Hessian) and the momentum forgets
+        # in 1/(1 − β) steps: snapshots the longer of the two apart are nearly independent.
+        self.every = max(1, round(self.N / (2 * data.random_batch_size)), round(1 / (1 - momentum)))
+        self.state: Optional[Dict[str, Any]] = None  # the latest state (the burn-in at swa_start works on it)
+
+    def loss(self, theta: torch.Tensor, x, y: torch.Tensor) -> torch.Tensor:
+        """T·L(θ) = T·(U(θ)/N) on a batch, the objective SGD follows (its gradient exactly as the loop before the
+        driver took it, ``(t * loss).backward()``)."""
+        return self.temperature * (self.objective.potential(theta, x, y, self.N) / self.N)
+
+    def schedule(self, epoch: int) -> float:
+        """The exploration rate of ``epoch`` (`swag_learning_rate`; towards lr/5 before auto rates)."""
+        return swag_learning_rate(epoch, self.lr, self.lr / 5 if self.auto else float(self.swa_lr), self.swa_start)
+
+    def lr_at(self, step: int) -> float:
+        """The rate of ``step``'s epoch (auto: run 0's geometric mean rate), named by a divergence message."""
+        epoch = step // self.per_epoch
+        record = self.state["lr"][0] if self.state is not None else []
+        return record[epoch] if epoch < len(record) else self.schedule(epoch)
+
+    def init(self, theta: torch.Tensor) -> Dict[str, Any]:
+        """The state at θ ``(K, P)``: no momentum yet (every run fresh), no snapshots, no noise estimate."""
+        K, P = theta.shape
+        zeros = theta.new_zeros
+        self.state = {"theta": theta.detach().clone(), "momentum": zeros(K, P), "fresh": [True] * K, "step": 0,
+                      "mean": zeros(K, P), "sq_dev": zeros(K, P), "deviations": zeros(K, self.rank, P), "count": 0,
+                      "noise": [None] * K, "rates": None, "lr": [[] for _ in range(K)]}
+        return self.state
+
+    def update(self, state: Dict[str, Any], batch: driver.Batch,
+               generators: Sequence[torch.Generator]) -> Tuple[Dict[str, Any], torch.Tensor]:
+        """One SGD step of every run (class docs); returns the state and each run's L = U/N before the step."""
+        self.state = state
+        step, theta = state["step"], state["theta"]
+        epoch, i = divmod(step, self.per_epoch)
+        auto = self.auto and epoch >= self.swa_start
+        N, B = self.N, self.data.random_batch_size
+        if i == 0:  # a new epoch: its rates (auto: from each run's noise measured so far)
+            if auto:
+                state["rates"] = torch.stack([n.rates(N, B, self.beta, n.cap) for n in state["noise"]])
+                for record, rates in zip(state["lr"], state["rates"]):
+                    record.append(float(rates.log().mean().exp()))  # the record is the rates' geometric mean
+            else:
+                for record in state["lr"]:
+                    record.append(self.schedule(epoch))
+        with _weights_valid(self.lr), self.norm_mode():
+            scaled, grad = self.value_and_grad(theta, batch)  # T·L and ∇(T·L), (K,) and (K, P)
+        if auto:
+            for k, noise in enumerate(state["noise"]):
+                noise.update(grad[k])
+            grad = grad * state["rates"]
+        lr = 1.0 if auto else state["lr"][0][-1]
+        buf = state["momentum"]
+        buf.mul_(self.beta).add_(grad)
+        for k, fresh in enumerate(state["fresh"]):
+            if fresh:  # a fresh optimiser's first step: b = g
+                buf[k].copy_(grad[k])
+                state["fresh"][k] = False
+        theta.add_(buf, alpha=-lr)
+        value = scaled / self.temperature if self.temperature != 1 else scaled.clone()  # L, per data point
+        if auto:
+            for k, v in enumerate(scaled.tolist()):  # one host read per step, as the loop before the driver did
+                noise = state["noise"][k]
+                if not math.isfinite(v) or v - noise.reference > 100 * noise.allowed:
+                    # The burn-in's instability test, kept while collecting (the rates follow the measured
+                    # noise): back to the SWA mean (or θ₀'s neighbourhood) at half the rates, fresh momentum.
+                    noise.factor /= 2
+                    state["rates"][k] = noise.rates(N, B, self.beta, noise.cap)
+                    state["fresh"][k] = True
+                    if state["count"]:
+                        theta[k].copy_(state["mean"][k])
+                    value[k] = noise.reference / self.temperature
+        if self.collect and ((auto and (step + 1) % self.every == 0) or
+                             (not self.auto and i == self.per_epoch - 1 and epoch + 1 > self.swa_start)):
+            self.collect_snapshot(state)
+        state["step"] = step + 1
+        return state, value
+
+    @staticmethod
+    @torch.no_grad()
+    def collect_snapshot(state: Dict[str, Any]) -> None:
+        """`pyro_bdl.guides.SWAG.collect` for every run: θ̄ += (θ − θ̄)/n, S += (θ − θ̄_old)(θ − θ̄_new), D's newest row."""
+        n = state["count"] + 1
+        theta, mean = state["theta"], state["mean"]
+        delta = theta - mean
+        mean.add_(delta / n)
+        deviation = theta - mean
+        state["sq_dev"].add_(delta * deviation)
+        state["deviations"][:, (n - 1) % state["deviations"].shape[1]] = deviation
+        state["count"] = n
+
+    def member_closures(self, theta: torch.Tensor):
+        """A leaf copy of one run's θ ``(P,)``, its gradient ``gradient(x, y)`` (L, ∇(T·L) left in ``.grad``) and
+        Hessian-vector products ``hvp(v, (x, y))`` of T·L (double backward): what `_start_auto` steps on."""
+        theta = theta.detach().clone().requires_grad_(True)
+        t, N = self.temperature, self.N
+
+        def gradient(xb, yb):
+            theta.grad = None
+            with _weights_valid(self.lr), self.norm_mode():
+                loss = self.objective.potential(theta, xb, yb, N) / N
+            (t * loss).backward()
+            return loss
+
+        def hvp(v, batch):
+            xb, yb = batch
+            point = theta.detach().requires_grad_(True)
+            with self.norm_mode():
+                loss = t * self.objective.potential(point, xb, yb, N) / N
+            (g,) = torch.autograd.grad(loss, point, create_graph=True)
+            (hv,) = torch.autograd.grad(g @ v, point)
+            return hv.detach()
+
+        return theta, gradient, hvp
+
+    def begin_auto(self, k: int, generator: torch.Generator) -> None:
+        """Run k's noise measurement, stability cap and burn-in (`_start_auto`) from its current iterate, drawn
+        from its own generator; then fresh momentum at the new rates."""
+        state = self.state
+        theta, gradient, hvp = self.member_closures(state["theta"][k])
+        state["noise"][k] = _start_auto(theta, self.data, generator, self.beta, gradient, self.temperature,
+                                        self.every, AUTO_CAP * self.lr, hvp)
+        with torch.no_grad():
+            state["theta"][k].copy_(theta)
+        state["fresh"][k] = True
+
+    def save(self, state: Dict[str, Any]) -> Dict[str, Any]:
+        """The state as tensors and plain data (noise estimates as their state dicts), copied."""
+        out = {k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in state.items()
+               if k not in ("noise", "lr", "fresh")}
+        out["noise"] = [None if n is None else {k: (v.clone() if torch.is_tensor(v) else v)
+                                                for k, v in n.state_dict().items()} for n in state["noise"]]
+        out["lr"], out["fresh"] = [list(r) for r in state["lr"]], list(state["fresh"])
+        return out
+
+    def restore(self, saved: Dict[str, Any]) -> Dict[str, Any]:
+        """The state from `save`'s output (noise estimates rebuilt)."""
+        state = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in saved.items()}
+        state["lr"], state["fresh"] = [list(r) for r in saved["lr"]], list(saved["fresh"])
+        noises = []
+        for k, s in enumerate(saved["noise"]):
+            noise = None
+            if s is not None:
+                noise = GradientNoise(state["theta"][k])
+                noise.load_state_dict(s)
+            noises.append(noise)
+        state["noise"] = noises
+        self.state = state
+        return state
+
+
+class _Batches:
+    """The fit's data as `pyro_bdl.infer.driver.drive` sees it for SWAG: reshuffled epochs (`FitData.epoch`) while
+    exploring; with ``swa_lr="auto"``, from ``swa_start`` on, i.i.d. minibatches (`FitData.random_batches`), run k's
+    burn-in (`SWAGRule.begin_auto`) drawn from its own generator just before its first such batch — the order of
+    random draws of one SWAG run. Everything else is the `FitData`'s."""
+
+    def __init__(self, data: FitData, rule: SWAGRule, runs: int):
+        self._data, self._rule, self._runs, self._opened = data, rule, runs, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._data, name)
+
+    @property
+    def minibatched(self) -> bool:
+        # Stacked runs never share a batch: each draws its own i.i.d. batches (and burn-in) once collecting.
+        return self._data.minibatched or self._runs > 1
+
+    def epoch(self, generator: Optional[torch.Generator] = None):
+        k = self._opened % self._runs  # the driver opens the runs' epochs in run order
+        self._opened += 1
+        rule = self._rule
+        epoch = rule.state["step"] // rule.per_epoch
+        if rule.auto and epoch >= rule.swa_start:
+            return self._iid(k, generator, epoch == rule.swa_start)
+        return self._data.epoch(generator)
+
+    def _iid(self, k: int, generator: torch.Generator, first: bool):
+        if first:  # lazily, at the epoch's first batch: after every earlier draw of run k's generator
+            self._rule.begin_auto(k, generator)
+        yield from self._data.random_batches(self._data.num_batches, generator)
+
+
+def train_runs(guides: Sequence[SWAG], data: FitData, seeds: Sequence[int], *, epochs: int, swa_start: int,
+               lr: float, swa_lr: Any, momentum: float, progress: Optional[bool] = None,
+               checkpoint: Optional[str] = None, fingerprint: Optional[Dict[str, Any]] = None, collect: bool = True,
+               desc: str = "swag") -> Tuple[List[Dict[str, Any]], torch.Tensor, float]:
+    """K SWAG runs stacked on the driver (`SWAGRule`), run k from guide k's ``loc`` with seed ``seeds[k]``; the
+    results are written into the guides (iterate and moments). Returns each run's history (per-epoch ``loss`` and
+    ``lr``, ``snapshot_every``, ``covariance_scale``, ``direction_scales``), the loss per step ``(K, steps)`` and
+    the wall time."""
+    objective = guides[0].objective
+    model = objective.model
+    N, K = data.dataset_size, len(guides)
+    rule = SWAGRule(objective, data, epochs=epochs, swa_start=swa_start, lr=lr, swa_lr=swa_lr, momentum=momentum,
+                    rank=guides[0].rank, collect=collect)
+    every = rule.every
+    if swa_lr == "auto" and collect and (epochs - swa_start) * data.num_batches < 10 * every:
+        warnings.warn(f"SWAG will collect only {(epochs - swa_start) * data.num_batches // every} nearly independent "
+                      f"snapshots ({(epochs - swa_start) * data.num_batches} steps past swa_start, one per {every}); "
+                      "its covariance will be noisy and too small. Raise epochs or use minibatches (batch_size).",
+                      RuntimeWarning, stacklevel=4)
+    theta0 = torch.stack([g.loc_unconstrained.detach() for g in guides])
+    x0, y0 = example_batch(data)
+    with torch.no_grad():  # verifies the compiled density once, outside vmap
+        objective.potential(theta0[0], x0, y0, N)
+    # the loss is per data point: floor / N, one nat per point is 1/T
+    checks = [DivergenceCheck(desc, lr, floor=loss_floor(model, x0, y0, N, "point") / N,
+                              unit=likelihood_scale(model.temperature, model.tempering)) for _ in range(K)]
+    result = driver.drive(rule, theta0, _Batches(data, rule, K), steps=epochs * data.num_batches, seeds=seeds,
+                          desc=desc, progress=progress, checks=checks, lr_at=rule.lr_at, checkpoint=checkpoint,
+                          fingerprint=fingerprint)
+    state = rule.state = result.state
+    if collect and state["count"] == 0:  # a run shorter than one snapshot interval: its final iterate
+        SWAGRule.collect_snapshot(state)
+    histories = []
+    losses = result.loss.tolist()
+    B = data.random_batch_size
+    for k, guide in enumerate(guides):
+        with torch.no_grad():
+            guide.loc_unconstrained.copy_(state["theta"][k])
+            guide.swa_mean.copy_(state["mean"][k])
+            guide.swa_sq_dev.copy_(state["sq_dev"][k])
+            guide.swa_deviations.copy_(state["deviations"][k])
+            guide.swa_count.fill_(state["count"])
+        per_epoch = []
+        for e in range(epochs):  # the per-epoch mean, summed as the loop before the driver summed it
+            total = 0.0
+            for v in losses[k][e * data.num_batches:(e + 1) * data.num_batches]:
+                total = total + v
+            per_epoch.append(total / data.num_batches)
+        noise = state["noise"][k]
+        history: Dict[str, Any] = {"loss": per_epoch, "lr": state["lr"][k],
+                                   "snapshot_every": every if swa_lr == "auto" else data.num_batches}
+        history["covariance_scale"] = (1.0 if noise is None or swa_lr != "auto" else
+                                       noise.covariance_scale(noise.rates(N, B, momentum, noise.cap), N, B, momentum))
+        history["direction_scales"] = torch.ones(0)
+        if noise is not None and swa_lr == "auto" and collect:
+            history["direction_scales"] = _equipartition(rule, guide, data, seeds[k], history["covariance_scale"])
+        histories.append(history)
+    return histories, result.loss, result.wall_time
+
+
+def _equipartition(rule: SWAGRule, guide: SWAG, data: FitData, seed: int, covariance_scale: float) -> torch.Tensor:
+    """Step 4 of the auto rule (`equipartition_directions`) on one fitted run, ∇U on a fixed batch drawn with ``seed``."""
+    N = data.dataset_size
+    x, y = data._host_full()
+    points = min(N, max(EQUIPARTITION_POINTS, 4 * data.random_batch_size))
+    idx = torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:points].to(y.device)
+    xb, yb = data.to_device((take_rows(x, idx), y[idx]))
+
+    def grad_u(point):
+        point = point.detach().requires_grad_(True)
+        with rule.norm_mode():
+            (g,) = torch.autograd.grad(rule.objective.potential(point, xb, yb, N), point)
+        return g
+
+    return equipartition_directions(guide, guide.scale * covariance_scale, grad_u)
+
+
+def train_swag(guide: SWAG, data: FitData, *, epochs: int, swa_start: int, lr: float, swa_lr: Any,
+               momentum: float, seed: int, progress: Optional[bool] = None, checkpoint: Optional[str] = None,
+               collect: bool = True, desc: str = "swag") -> Dict[str, Any]:
+    """SGD with momentum on the per-data-point MAP objective, collecting SWAG snapshots (one run of `train_runs`).
+
+    Args:
+        guide: a set-up [`SWAG`][pyro_bdl.guides.SWAG] guide; its ``loc`` is the iterate.
+        epochs, swa_start, lr, swa_lr, momentum: the schedule (see `swag_learning_rate`).
+        seed: seeds the data order (and augmentation).
+        checkpoint: the driver's state, saved after every epoch; if the file exists, the run resumes from it.
+        collect: ``False`` runs plain SGD with the same schedule (the benchmark's baseline).
+
+    Returns:
+        ``{"loss": per-epoch mean loss, "lr": per-epoch learning rate, "wall_time", "snapshot_every",
+        "covariance_scale", "direction_scales"}``.
+    """
+    theta = guide.loc_unconstrained
+    fp = None if checkpoint is None else checkpoints.fingerprint(
+        guide.objective.model, data, CHECKPOINT_KIND,
+        dict(epochs=epochs, swa_start=swa_start, lr=lr, swa_lr=swa_lr, momentum=momentum, collect=collect,
+             rank=guide.rank), seed, start=checkpoints.tensor_hash(theta.detach()), num_parameters=guide.num_parameters)
+    (history,), loss, wall_time = train_runs([guide], data, [seed], epochs=epochs, swa_start=swa_start, lr=lr,
+                                             swa_lr=swa_lr, momentum=momentum, progress=progress,
+                                             checkpoint=checkpoint, fingerprint=fp, collect=collect, desc=desc)
+    history["wall_time"], history["steps_loss"] = wall_time, loss
+    return history
