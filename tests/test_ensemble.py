@@ -146,12 +146,12 @@ def test_map_resumes_bit_identically(tmp_path, monkeypatch):
 
 
 def test_stack_auto_follows_memory(monkeypatch):
-    import pyro_bdl.infer.ensemble as ens
+    import pyro_bdl.infer.stacking as stacking
 
     x, y, model = data_and_model()
-    one = ens.member_bytes(model, bdl.infer.data.FitData(model, x, y, batch_size=16), 65)
+    one = stacking.run_bytes(model, bdl.infer.data.FitData(model, x, y, batch_size=16), 65)
     assert one >= 4 * 8 * 65  # at least the parameters' copies
-    monkeypatch.setattr(ens, "_free_memory", lambda device: int(2.5 * one / ens.MEMORY_SHARE))
+    monkeypatch.setattr(stacking, "free_memory", lambda device: int(2.5 * one / stacking.MEMORY_SHARE))
     post = bdl.fit(model, x, y, method="ensemble", num_chains=5, steps=5, batch_size=16, progress=False)
     assert post.info["stack"] == 2  # 2.5 members fit: groups of 2
 

@@ -202,13 +202,13 @@ def test_stack_rule(monkeypatch):
     model = mlp_model()
     data = FitData(model, x, y, batch_size=B)
     objective = Objective(model, x[:2])
-    assert stacking.chain_stack_size(True, 5, model, data, objective) == 5
-    assert stacking.chain_stack_size(False, 5, model, data, objective) == 1
-    assert stacking.chain_stack_size(2, 5, model, data, objective) == 2
-    assert stacking.chain_stack_size("auto", 5, model, data, objective) == 5
+    assert stacking.stack_size(True, 5, model, data, objective) == 5
+    assert stacking.stack_size(False, 5, model, data, objective) == 1
+    assert stacking.stack_size(2, 5, model, data, objective) == 2
+    assert stacking.stack_size("auto", 5, model, data, objective) == 5
     monkeypatch.setattr(stacking, "CPU_STACK_MAX_PARAMS", objective.size - 1)
-    assert stacking.chain_stack_size("auto", 5, model, data, objective) == 1
-    assert stacking.chain_stack_size(True, 5, model, data, objective) == 5
+    assert stacking.stack_size("auto", 5, model, data, objective) == 1
+    assert stacking.stack_size(True, 5, model, data, objective) == 5
     import pyro_bdl.infer.sgmcmc.run as sg
     monkeypatch.setattr(sg, "run_chain", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(ValueError, match="stack"):

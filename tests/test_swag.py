@@ -677,7 +677,7 @@ def test_multiswag_divergence_names_the_member_step_and_lr(stack):
 def test_multiswag_stack_auto_counts_the_swag_moments(monkeypatch):
     """``stack="auto"`` stacks as many members as a quarter of the free memory holds, each member costing the
     ensemble's estimate plus its SWAG moments ((rank + 3)·P values); bad ``stack`` values are refused."""
-    import pyro_bdl.infer.ensemble as ens
+    import pyro_bdl.infer.stacking as stacking
     import pyro_bdl.infer.swag.fit as swag_fit
     from pyro_bdl.infer.data import FitData
     from pyro_bdl.model.potential import Objective
@@ -687,11 +687,10 @@ def test_multiswag_stack_auto_counts_the_swag_moments(monkeypatch):
     data = FitData(model, x, y, batch_size=20)
     objective = Objective(model, data.example_x(2))
     rank = 3
-    one = ens.member_bytes(model, data, objective.size) + (rank + 3) * objective.size * 4
+    one = stacking.run_bytes(model, data, objective.size) + (rank + 3) * objective.size * 4
     for members, fits in ((1, 1.5), (2, 2.5), (4, 100.0)):
-        free = lambda device, fits=fits: int(fits * one / ens.MEMORY_SHARE)  # noqa: E731
-        monkeypatch.setattr(ens, "_free_memory", free)
-        monkeypatch.setattr(swag_fit, "free_memory", free)
+        free = lambda device, fits=fits: int(fits * one / stacking.MEMORY_SHARE)  # noqa: E731
+        monkeypatch.setattr(stacking, "free_memory", free)
         assert swag_fit._stack_size("auto", 4, model, data, rank) == members
     assert swag_fit._stack_size(False, 4, model, data, rank) == 1
     assert swag_fit._stack_size(3, 4, model, data, rank) == 3

@@ -17,7 +17,7 @@ gathered to ``(M, B, ...)``, the M losses by ``torch.func.vmap`` over the potent
 by one backward pass, and one Adam step on the stack (`pyro_bdl.infer.map.MAPRule`), so an ensemble pays one step's Python and
 dispatch overhead per step instead of M. A stacked member equals the member trained alone with
 the same seed (to float rounding). ``stack="auto"`` (default) stacks as many members as fit in a
-quarter of the free memory (`stack_size`); ``stack=False`` trains them one at a time; an integer
+quarter of the free memory, on the CPU only small networks (`pyro_bdl.infer.stacking.stack_size`); ``stack=False`` trains them one at a time; an integer
 stacks that many. ``workers > 1`` trains groups of members in that many spawned processes
 (`run_members`), for members too large to stack. With a user's ``DataLoader`` every member
 iterates the loader itself (orders differ as the loader's shuffling RNG advances).
@@ -29,7 +29,6 @@ resumes it bit for bit, and finished groups are not trained again.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
@@ -38,7 +37,6 @@ from .._util import checkpoint as ckpt
 from .._util.checks import check_int
 from .._util.random import spawn_seeds
 from ..model.bayesian_model import BayesianModel
-from ..model.inputs import as_args
 from ..model.potential import Objective
 from ..posterior.samples import SamplesPosterior
 from . import driver
@@ -47,65 +45,7 @@ from .map import initial_theta, optimiser_class, run_map
 from .members import run_members
 from .options import run_length
 from .registry import register
-
-#: share of the free memory a stack of members may use (``stack="auto"``)
-MEMORY_SHARE = 0.25
-
-
-def _free_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return 2 ** 31
-
-
-def member_bytes(model: BayesianModel, data: FitData, size: int) -> int:
-    """Estimated memory of one stacked member: 8 copies of its P parameters (θ, gradient, optimiser
-    moments, vmap temporaries) and 3 of the activations of one minibatch (forward, backward, gather)."""
-    x = data.example_x(1)
-    numel = [0]
-
-    def count(_module, _inputs, output):
-        numel[0] += sum(t.numel() for t in (output if isinstance(output, (tuple, list)) else (output,))
-                        if isinstance(t, torch.Tensor))
-
-    leaves = [m for m in model.net.modules() if not list(m.children())]
-    hooks = [m.register_forward_hook(count) for m in leaves]
-    try:
-        with torch.no_grad():
-            model.net(*as_args(x))
-    finally:
-        for h in hooks:
-            h.remove()
-    itemsize = torch.finfo(next(model.net.parameters(), torch.zeros(())).dtype).bits // 8
-    return itemsize * (8 * size + 3 * numel[0] * data.random_batch_size)
-
-
-def stack_size(stack: Union[str, bool, int], num_chains: int, model: BayesianModel, data: FitData,
-               objective: Objective) -> int:
-    """How many members are stepped together (module docs)."""
-    if stack is True:
-        return num_chains
-    if stack is False:
-        return 1
-    if stack == "auto":
-        device = objective.initial().device
-        fits = _free_memory(device) * MEMORY_SHARE // max(1, member_bytes(model, data, objective.size))
-        return int(max(1, min(num_chains, fits)))
-    if isinstance(stack, int) and not isinstance(stack, bool) and stack >= 1:
-        return min(stack, num_chains)
-    raise ValueError(f"stack must be 'auto', True, False or a positive integer, got {stack!r}")
-
-
-def group_path(checkpoint: Optional[str], group: int, num_groups: int) -> Optional[str]:
-    """The checkpoint file of a group of stacked members (``checkpoint`` itself when there is one group)."""
-    if checkpoint is None or num_groups == 1:
-        return checkpoint
-    root, ext = os.path.splitext(checkpoint)
-    return f"{root}.group{group}{ext}"
-
+from .stacking import group_path, stack_size
 
 def fit_group(model: BayesianModel, data: FitData, members: Sequence[int], seeds: Sequence[int],
               options: Dict[str, Any], seed: int, progress: Optional[bool], checkpoint: Optional[str]):

@@ -7,25 +7,29 @@ depends on θ_k only, so ∂ΣU/∂θ_k = ∇U_k; cheaper than a vmapped ``grad_
 batching rule) is detected at the first call and evaluated one run at a time from then on, with the
 single-run function, so the results are then exactly those of K separate runs.
 
-`chain_stack_size` is the SG-MCMC chains' ``stack`` option (module docs of `pyro_bdl.infer.sgmcmc`): on a
-GPU as many chains as memory allows (`pyro_bdl.infer.ensemble.stack_size`); on the CPU only networks of at
-most `CPU_STACK_MAX_PARAMS` parameters, because there vmap turns each layer's ``mm`` into a ``bmm`` that
-the CPU runs faster than K separate ``mm`` calls only for small layers (measured, one thread, tanh MLPs, K = 4
+`stack_size` is the one ``stack`` option of every method with independent runs (ensemble members,
+Multi-SWAG members, SG-MCMC chains): ``True`` all, ``False`` one at a time, an integer that many, and
+``"auto"`` as many as fit in `MEMORY_SHARE` of the free memory (`run_bytes` per run, plus what the method
+keeps besides), on the CPU only for networks of at most `CPU_STACK_MAX_PARAMS` parameters, because there
+vmap turns each layer's ``mm`` into a ``bmm`` that the CPU runs faster than K separate ``mm`` calls only
+for small layers (measured, one thread, tanh MLPs, K = 4
 chains' gradients by this class against 4 ``Objective.grad`` calls: 0.80× at 22k parameters, 0.90× at 29k,
 1.11× at 53k, 1.20–1.41× at 79k–110k, 1.37× at 537k, 1.27× at 2.1M; `notes/issue-15-chains.md`).
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Optional, Tuple, Union
 
 import torch
 
-from ..model.inputs import Inputs
+from ..model.inputs import Inputs, as_args
 from .driver import Batch
-from .ensemble import stack_size  # the memory rule of stacked ensemble members
 
-#: on the CPU, chains are stacked by default only up to this many parameters (module docs)
+#: on the CPU, runs are stacked by default only up to this many parameters (module docs)
 CPU_STACK_MAX_PARAMS = 40_000
+#: share of the free memory a stack of runs may use (``stack="auto"``)
+MEMORY_SHARE = 0.25
 
 
 def rows(x: Inputs, index) -> Inputs:
@@ -73,14 +77,62 @@ class StackedGradient:
         return torch.stack(us), torch.stack(gs)
 
 
-def chain_stack_size(stack: Union[str, bool, int], num_chains: int, model, data, objective) -> int:
-    """How many SG-MCMC chains are stepped together (module docs): ``True`` all, ``False`` one, an integer that many,
-    ``"auto"`` as many as memory allows on a GPU, and on the CPU that many only up to `CPU_STACK_MAX_PARAMS`
-    parameters. A model whose density is not compiled (the Pyro trace: no pure function of θ to vmap) is never
-    stacked."""
-    size = stack_size(stack, num_chains, model, data, objective)
-    if not getattr(objective, "compiled", False):
-        return 1
-    if stack == "auto" and objective.initial().device.type == "cpu" and objective.size > CPU_STACK_MAX_PARAMS:
-        return 1
-    return size
+def free_memory(device: torch.device) -> int:
+    """Free bytes on ``device`` (the GPU's free memory; the host's available pages on the CPU)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 2 ** 31
+
+
+def run_bytes(model, data, size: int) -> int:
+    """Estimated memory of one stacked run: 8 copies of its P parameters (θ, gradient, optimiser
+    moments, vmap temporaries) and 3 of the activations of one minibatch (forward, backward, gather)."""
+    x = data.example_x(1)
+    numel = [0]
+
+    def count(_module, _inputs, output):
+        numel[0] += sum(t.numel() for t in (output if isinstance(output, (tuple, list)) else (output,))
+                        if isinstance(t, torch.Tensor))
+
+    leaves = [m for m in model.net.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            model.net(*as_args(x))
+    finally:
+        for h in hooks:
+            h.remove()
+    itemsize = torch.finfo(next(model.net.parameters(), torch.zeros(())).dtype).bits // 8
+    return itemsize * (8 * size + 3 * numel[0] * data.random_batch_size)
+
+
+def stack_size(stack: Union[str, bool, int], num_runs: int, model, data, objective, extra_bytes: int = 0) -> int:
+    """How many of ``num_runs`` independent runs are stepped together (module docs); ``extra_bytes``: what one
+    run keeps besides `run_bytes` (e.g. SWAG's moments). A model whose density is not compiled (the Pyro trace:
+    no pure function of θ to vmap) is never stacked. A bad ``stack`` fails here, before any work."""
+    if stack is True:
+        size = num_runs
+    elif stack is False:
+        size = 1
+    elif stack == "auto":
+        device = objective.initial().device
+        if device.type == "cpu" and objective.size > CPU_STACK_MAX_PARAMS:
+            return 1
+        fits = free_memory(device) * MEMORY_SHARE // max(1, run_bytes(model, data, objective.size) + extra_bytes)
+        size = int(max(1, min(num_runs, fits)))
+    elif isinstance(stack, int) and not isinstance(stack, bool) and stack >= 1:
+        size = min(stack, num_runs)
+    else:
+        raise ValueError(f"stack must be 'auto', True, False or a positive integer, got {stack!r}")
+    return size if getattr(objective, "compiled", False) else 1
+
+
+def group_path(checkpoint: Optional[str], group: int, num_groups: int) -> Optional[str]:
+    """The checkpoint file of a group of stacked runs (``checkpoint`` itself when there is one group)."""
+    if checkpoint is None or num_groups == 1:
+        return checkpoint
+    root, ext = os.path.splitext(checkpoint)
+    return f"{root}.group{group}{ext}"

@@ -105,7 +105,7 @@ steps) and, for adaptive kernels, the fixed ``preconditioner_step`` G, ``frictio
 **Chains and checkpoints.** ``num_chains`` independent runs, seeded by
 `pyro_bdl._util.random.spawn_seeds` (runs with different seeds share no chain), each
 from a fresh default initialisation. Chains are stepped together in groups of ``stack``
-(`pyro_bdl.infer.stacking.chain_stack_size`): θ ``(K, P)``, the K minibatch gradients (and the control
+(`pyro_bdl.infer.stacking.stack_size`): θ ``(K, P)``, the K minibatch gradients (and the control
 variate's anchor gradients, and the warm-up's half-batch gradients) one ``torch.func.vmap`` evaluation of the
 compiled potential per step (`pyro_bdl.infer.stacking.StackedGradient`), everything else — the kernel update, the
 moments, the frozen constants, the control-variate choice, the spike guard, the temperature sums, the draws —

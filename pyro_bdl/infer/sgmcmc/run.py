@@ -17,9 +17,8 @@ from ...posterior.samples import SamplesPosterior
 from ..data import FitData
 from ..driver import Batch, drive
 from ..driver import info as driver_info
-from ..ensemble import group_path
 from ..map import example_batch
-from ..stacking import StackedGradient, chain_stack_size
+from ..stacking import StackedGradient, group_path, stack_size
 from ..stacking import rows as stacked_rows
 from ..divergence import DivergenceCheck, loss_floor
 from ...model.inputs import num_rows, take_rows
@@ -743,11 +742,11 @@ def sample(model: BayesianModel, data: FitData, *, method: str, plan: Plan, dyna
     """Run ``num_chains`` independent chains of ``plan`` and collect them in a [`SamplesPosterior`][pyro_bdl.SamplesPosterior].
 
     Chain c has seed ``chain_seeds(seed, num_chains)[c]`` (its data order and noise) and starts at ``init`` for that
-    seed. The chains run on the one driver in groups of ``chain_stack_size(stack, ...)`` stepped together (`run_chain`);
+    seed. The chains run on the one driver in groups of ``stack_size(stack, ...)`` stepped together (`run_chain`);
     groups run one after another, each with its own checkpoint file when there are several
-    (`pyro_bdl.infer.ensemble.group_path`; finished groups are read back, not rerun)."""
+    (`pyro_bdl.infer.stacking.group_path`; finished groups are read back, not rerun)."""
     objective = Objective(model, _example_inputs(data))
-    size = chain_stack_size(stack, num_chains, model, data, objective)  # a bad `stack` fails before any work
+    size = stack_size(stack, num_chains, model, data, objective)  # a bad `stack` fails before any work
     if dynamics.preconditioner is not None:
         dynamics = replace(dynamics, curvature_floor=objective.prior_curvature())
     if dynamics.preconditioner is not None and dynamics.gradient != "plain":

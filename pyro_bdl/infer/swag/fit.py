@@ -1,5 +1,5 @@
 """``fit(method="swag")`` and ``fit(method="multiswag")``: options, starting points, groups of stacked members
-(`pyro_bdl.infer.ensemble.stack_size`, process ``workers``) and the posteriors."""
+(`pyro_bdl.infer.stacking.stack_size`, process ``workers``) and the posteriors."""
 from __future__ import annotations
 
 import math
@@ -21,7 +21,7 @@ from ...posterior.mixture import MixturePosterior
 from ...posterior.swag import SWAGPosterior
 from .. import driver
 from ..data import FitData
-from ..ensemble import MEMORY_SHARE, _free_memory as free_memory, member_bytes, stack_size
+from ..stacking import stack_size
 from ..members import run_members
 from ..registry import register
 from .rule import CHECKPOINT_KIND, train_runs
@@ -153,16 +153,11 @@ def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Option
 
 def _stack_size(stack: Union[str, bool, int], num_models: int, model: BayesianModel, data: FitData,
                 rank: int) -> int:
-    """Members stepped together (`pyro_bdl.infer.ensemble.stack_size`); ``"auto"`` also counts each member's SWAG
+    """Members stepped together (`pyro_bdl.infer.stacking.stack_size`); ``"auto"`` also counts each member's SWAG
     moments (mean, squared deviations, ``rank`` deviation rows, momentum: (rank + 3)·P more values)."""
     objective = Objective(model, data.example_x(2))
-    size = stack_size(stack, num_models, model, data, objective)
-    if stack == "auto":
-        theta = objective.initial()
-        extra = (rank + 3) * objective.size * theta.element_size()
-        per_member = member_bytes(model, data, objective.size) + extra
-        size = int(max(1, min(size, free_memory(theta.device) * MEMORY_SHARE // per_member)))
-    return size
+    extra = (rank + 3) * objective.size * objective.initial().element_size()
+    return stack_size(stack, num_models, model, data, objective, extra_bytes=extra)
 
 
 @register("multiswag")
