@@ -1,6 +1,8 @@
 """Every network that runs forward fits and predicts: recurrent networks (no vmap batching rule) and
 networks whose forward takes several inputs, through every inference method."""
 import pyro
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -256,15 +258,18 @@ class Attention(nn.Module):
 
 
 def test_swag_diverging_on_attention_ends_in_the_library_message_naming_lr():
-    """At SWAG's default lr this attention net diverges; the weights go NaN inside a distribution's
-    argument check (a raw Pyro ValueError before): now the divergence message naming lr (from the
-    invalid-argument handler on the traced path, or from the divergence check when the compiled potential,
-    which skips validation, returns a NaN loss)."""
+    """At lr = 0.05 (Maddox et al.'s step, SWAG's default before ``lr="auto"``) this attention net diverges; the
+    weights go NaN inside a distribution's argument check (a raw Pyro ValueError before): now the divergence
+    message naming lr (from the invalid-argument handler on the traced path, or from the divergence check when
+    the compiled potential, which skips validation, returns a NaN loss). The default ``lr="auto"`` measures the
+    start's curvature and steps below it: the same fit runs."""
     torch.manual_seed(0)
     x = torch.randn(64, 5, 8)
     model = bdl.BayesianModel(Attention(), likelihood=bdl.likelihoods.Gaussian(scale=None))
     with pytest.raises(FloatingPointError, match=r"diverged.*(lower lr \(now 0.05\)|learning rate \(lr=0.05)"):
-        bdl.fit(model, x, x.sum((1, 2)), method="swag", epochs=10, progress=False)
+        bdl.fit(model, x, x.sum((1, 2)), method="swag", epochs=10, lr=0.05, progress=False)
+    post = bdl.fit(model, x, x.sum((1, 2)), method="swag", epochs=10, progress=False)
+    assert post.info["lr"][0] < 0.05 and all(math.isfinite(v) for v in post.info["losses"])
 
 
 def test_two_input_network_through_diagnostics_and_arviz():

@@ -35,8 +35,9 @@ LR_UNITS: Dict[str, str] = {
     "map": "Adam step size (parameter units: independent of the loss's scale)",
     "ensemble": "Adam step size of each member (parameter units)",
     "svi": "Adam step size on the guide's parameters (parameter units)",
-    "swag": "SGD step size on the per-data-point loss U/N",
-    "multiswag": "SGD step size on the per-data-point loss U/N",
+    "swag": "SGD step size on the per-data-point loss U/N (\"auto\", default: min(0.05, below the start's curvature))",
+    "multiswag": "SGD step size on the per-data-point loss U/N (\"auto\", default: min(0.05, below the start's "
+                 "curvature))",
     "csgmcmc": "step size on the per-data-point potential U/N",
     "sgld": "step size ε on the full-data potential U (per_datapoint=True: on U/N); preconditioned: see the method",
     "sghmc": "step size ε on the full-data potential U (per_datapoint=True: on U/N); preconditioned: see the method",

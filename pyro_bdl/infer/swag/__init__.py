@@ -20,7 +20,11 @@ averages iterates that spread like the T = 1 posterior, so its error in units of
 like 1/√T for a given run length.
 
 **Schedule.** ``lr`` for the first half of ``swa_start`` epochs, a linear decay to ``lr/5``
-(or a numeric ``swa_lr``) until 90% of ``swa_start`` (Maddox et al.). Then:
+(or a numeric ``swa_lr``) until 90% of ``swa_start`` (Maddox et al.). ``lr="auto"`` (default) is
+min(0.05, (1 + β)/λ_max) with λ_max the largest eigenvalue of the per-data-point Hessian at the run's start
+(`exploration_lr`): heavy ball diverges on a quadratic once lr·λ ≥ 2(1 + β), so Maddox et al.'s 0.05 —
+right for classifiers, whose λ_max is ≈ 1 — would diverge on a regression with a Gaussian likelihood of
+scale 0.1 (λ_max ∝ 1/σ²: 1.4·10³ on the gap data). Then:
 
 * ``swa_lr="auto"`` (default): per-coordinate rates ε_k = 2(1−β)/(N·E[g_k²]) from the measured
   minibatch gradient noise (Mandt et al. 2017, Thm. 2; `GradientNoise`), on minibatches drawn *with

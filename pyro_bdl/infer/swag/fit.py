@@ -36,7 +36,7 @@ def _check_options(epochs, swa_start, lr, swa_lr, momentum) -> Tuple[int, Any]:
     if isinstance(swa_start, bool) or not isinstance(swa_start, int) or not 0 <= swa_start < epochs:
         raise ValueError(f"warmup (formerly swa_start) must be an integer in [0, epochs) = [0, {epochs}) so that at "
                          f"least one snapshot is collected, got {swa_start!r}")
-    for name, value in (("lr", lr), ("swa_lr", None if swa_lr == "auto" else swa_lr)):
+    for name, value in (("lr", None if lr == "auto" else lr), ("swa_lr", None if swa_lr == "auto" else swa_lr)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not math.isfinite(value) or value <= 0):
             raise ValueError(f"{name} must be a positive number, got {value!r}")
@@ -117,7 +117,7 @@ def _posterior(model: BayesianModel, data: FitData, guide: SWAG, method: str, in
 
 @register("swag")
 def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], epochs: int = 60,
-             warmup: Optional[int] = None, lr: float = 0.05, swa_lr: Any = "auto", momentum: float = 0.9,
+             warmup: Optional[int] = None, lr: Union[float, str] = "auto", swa_lr: Any = "auto", momentum: float = 0.9,
              rank: int = 20, scale: float = 0.5, variant: str = "swag", var_clamp: float = 1e-30, init: Any = "net",
              checkpoint: Optional[str] = None) -> SWAGPosterior:
     """SWA-Gaussian (Maddox et al. 2019): SGD on the MAP objective, then a Gaussian fitted to its iterates.
@@ -127,7 +127,10 @@ def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Option
         warmup: epochs before collection starts, the paper's ``swa_start`` (the deprecated name
             `pyro_bdl.infer.options` maps; default 3/4 of ``epochs``); with a numeric ``swa_lr`` one snapshot is
             collected after every later epoch, so ``epochs − warmup`` snapshots in all.
-        lr: exploration learning rate on the per-data-point objective T·L (module docs).
+        lr: exploration learning rate on the per-data-point objective T·L (module docs); ``"auto"`` (default):
+            min(0.05, (1 + β)/λ_max) with λ_max the largest Hessian eigenvalue at the start (half the heavy
+            ball's stability limit, `pyro_bdl.infer.swag.noise.exploration_lr`), so a sharply curved problem
+            (a Gaussian likelihood of small scale) gets a step that does not diverge.
         swa_lr: ``"auto"`` (default; posterior-matching rates, module docs) or a constant
             collection rate (the paper's schedule, `swag_learning_rate`).
         momentum: SGD momentum.
@@ -142,7 +145,7 @@ def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Option
     """
     swa_start, swa_lr = _check_options(epochs, warmup, lr, swa_lr, momentum)
     SWAG(model, rank=rank, scale=scale, variant=variant, var_clamp=var_clamp)  # validates before any work
-    options = dict(epochs=epochs, warmup=swa_start, lr=float(lr), swa_lr=swa_lr, momentum=float(momentum),
+    options = dict(epochs=epochs, warmup=swa_start, lr=lr if lr == "auto" else float(lr), swa_lr=swa_lr, momentum=float(momentum),
                    rank=rank, scale=scale, variant=variant, var_clamp=var_clamp)
     init_values = _initial_values(model, init, seed)
     ((guide, info),) = _run_group(model, data, [0], [seed], [init_values], progress, options,
@@ -162,7 +165,7 @@ def _stack_size(stack: Union[str, bool, int], num_models: int, model: BayesianMo
 
 @register("multiswag")
 def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], num_chains: int = 5,
-                  workers: int = 1, epochs: int = 60, warmup: Optional[int] = None, lr: float = 0.05,
+                  workers: int = 1, epochs: int = 60, warmup: Optional[int] = None, lr: Union[float, str] = "auto",
                   swa_lr: Any = "auto", momentum: float = 0.9, rank: int = 20, scale: float = 0.5,
                   variant: str = "swag", var_clamp: float = 1e-30, stack: Union[str, bool, int] = "auto",
                   checkpoint: Optional[str] = None) -> MixturePosterior:
@@ -186,7 +189,7 @@ def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: O
     swa_start, swa_lr = _check_options(epochs, warmup, lr, swa_lr, momentum)
     SWAG(model, rank=rank, scale=scale, variant=variant, var_clamp=var_clamp)
     checkpoint = _check_checkpoint(checkpoint)
-    options = dict(epochs=epochs, warmup=swa_start, lr=float(lr), swa_lr=swa_lr, momentum=float(momentum),
+    options = dict(epochs=epochs, warmup=swa_start, lr=lr if lr == "auto" else float(lr), swa_lr=swa_lr, momentum=float(momentum),
                    rank=rank, scale=scale, variant=variant, var_clamp=var_clamp)
     size = _stack_size(stack, num_models, model, data, rank)
     if workers > 1:  # spread the members over the processes

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
@@ -152,6 +152,42 @@ class GradientNoise:
         self.pairs = state.get("pairs", 0)
         self.cap = state.get("cap", math.inf)
         self.reference, self.allowed = state.get("reference", math.nan), state.get("allowed", math.inf)
+
+
+#: the exploration step of ``lr="auto"`` where the curvature allows it (Maddox et al. 2019's schedule)
+LR_CEILING = 0.05
+
+
+#: minibatches whose sharpest one sets the exploration step (`exploration_lr`)
+LR_PROBE_BATCHES = 8
+
+
+def exploration_lr(hvps: Sequence, size: int, like: torch.Tensor, momentum: float, ceiling: float = LR_CEILING,
+                   power_steps: int = 20) -> float:
+    """The exploration step η of ``lr="auto"``: min(``ceiling``, (1 + β)/(2 λ̂)), λ̂ the largest Hessian eigenvalue
+    of the per-data-point objective over a few minibatches at the run's start (power iteration on each batch's
+    Hessian-vector products ``hvps[i](v)``; ``size`` = P).
+
+    Heavy ball with step η and momentum β on a fixed quadratic diverges once ηλ ≥ 2(1 + β). Minibatches make the
+    curvature itself random, which shrinks the stable region (a mean-square condition): on linear regression with
+    B = 5–50 points, η = (1 + β)/λ_max of the full data — half the deterministic limit — diverged for B ≤ 20,
+    while a quarter of the limit on the sharpest of 8 minibatches, this rule, ran at every B tried
+    (`notes/issue-15-lead2.md`). Maddox et al.'s 0.05 is the ceiling: classifiers have λ̂ ≈ 1 at their start
+    (digits MLPs), so the ceiling binds and their runs are as before; a Gaussian likelihood of scale σ has
+    λ ∝ 1/σ² (≈ 1.4·10³ on the README's gap regression with σ = 0.1), where 0.05 diverges in the first epoch."""
+    v0 = torch.randn(size, generator=torch.Generator().manual_seed(0), dtype=like.dtype).to(like.device)
+    sharpest = 0.0
+    for hvp in hvps:
+        v, lam = v0, 0.0
+        for _ in range(power_steps):
+            v = v / v.norm()
+            w = hvp(v)
+            lam, v = float(v @ w), w
+        if math.isfinite(lam):
+            sharpest = max(sharpest, lam)
+    if not sharpest > 0:
+        return ceiling
+    return min(ceiling, (1 + momentum) / (2 * sharpest))
 
 
 #: swa_lr="auto" rates are at most AUTO_CAP·lr only where the stability bound cannot be computed (no finite rate)

@@ -22,7 +22,8 @@ from .. import driver
 from ..data import FitData
 from ..divergence import DivergenceCheck, loss_floor
 from ..map import MAPRule, example_batch
-from .noise import AUTO_CAP, EQUIPARTITION_POINTS, GradientNoise, _start_auto, equipartition_directions
+from .noise import (AUTO_CAP, EQUIPARTITION_POINTS, LR_CEILING, LR_PROBE_BATCHES, GradientNoise, _start_auto,
+                    equipartition_directions, exploration_lr)
 
 #: the driver's checkpoint of SWAG runs (`train_runs`); files of the loop before the driver are not read
 CHECKPOINT_KIND = "pyro_bdl.swag.driver"
@@ -76,9 +77,11 @@ class SWAGRule(MAPRule):
     run at a time for networks vmap cannot batch).
     """
 
-    def __init__(self, objective: Objective, data: FitData, *, epochs: int, swa_start: int, lr: float, swa_lr: Any,
-                 momentum: float, rank: int, collect: bool):
-        super().__init__(objective, data.dataset_size, lr, 1.0, epochs * data.num_batches)
+    def __init__(self, objective: Objective, data: FitData, *, epochs: int, swa_start: int, lr: Sequence[float],
+                 swa_lr: Any, momentum: float, rank: int, collect: bool):
+        # one exploration step per run (lr="auto": each from its own start's curvature, `exploration_lr`)
+        self.lrs = [float(r) for r in lr]
+        super().__init__(objective, data.dataset_size, max(self.lrs), 1.0, epochs * data.num_batches)
         model = objective.model
         self.data, self.per_epoch = data, data.num_batches
         self.epochs, self.swa_start, self.swa_lr, self.beta = epochs, swa_start, swa_lr, float(momentum)
@@ -96,9 +99,10 @@ class SWAGRule(MAPRule):
         driver took it, ``(t * loss).backward()``)."""
         return self.temperature * (self.objective.potential(theta, x, y, self.N) / self.N)
 
-    def schedule(self, epoch: int) -> float:
-        """The exploration rate of ``epoch`` (`swag_learning_rate`; towards lr/5 before auto rates)."""
-        return swag_learning_rate(epoch, self.lr, self.lr / 5 if self.auto else float(self.swa_lr), self.swa_start)
+    def schedule(self, epoch: int, run: int = 0) -> float:
+        """Run ``run``'s exploration rate in ``epoch`` (`swag_learning_rate`; towards lr/5 before auto rates)."""
+        lr = self.lrs[run]
+        return swag_learning_rate(epoch, lr, lr / 5 if self.auto else float(self.swa_lr), self.swa_start)
 
     def lr_at(self, step: int) -> float:
         """The rate of ``step``'s epoch (auto: run 0's geometric mean rate), named by a divergence message."""
@@ -129,22 +133,25 @@ class SWAGRule(MAPRule):
                 for record, rates in zip(state["lr"], state["rates"]):
                     record.append(float(rates.log().mean().exp()))  # the record is the rates' geometric mean
             else:
-                for record in state["lr"]:
-                    record.append(self.schedule(epoch))
+                for k, record in enumerate(state["lr"]):
+                    record.append(self.schedule(epoch, k))
         with _weights_valid(self.lr), self.norm_mode():
             scaled, grad = self.value_and_grad(theta, batch)  # T·L and ∇(T·L), (K,) and (K, P)
         if auto:
             for k, noise in enumerate(state["noise"]):
                 noise.update(grad[k])
             grad = grad * state["rates"]
-        lr = 1.0 if auto else state["lr"][0][-1]
+        rates = [1.0] if auto else [record[-1] for record in state["lr"]]
         buf = state["momentum"]
         buf.mul_(self.beta).add_(grad)
         for k, fresh in enumerate(state["fresh"]):
             if fresh:  # a fresh optimiser's first step: b = g
                 buf[k].copy_(grad[k])
                 state["fresh"][k] = False
-        theta.add_(buf, alpha=-lr)
+        if all(r == rates[0] for r in rates):
+            theta.add_(buf, alpha=-rates[0])
+        else:  # runs with their own exploration steps (lr="auto")
+            theta.sub_(buf * theta.new_tensor(rates)[:, None])
         value = scaled / self.temperature if self.temperature != 1 else scaled.clone()  # L, per data point
         if auto:
             for k, v in enumerate(scaled.tolist()):  # one host read per step, as the loop before the driver did
@@ -207,7 +214,7 @@ class SWAGRule(MAPRule):
         state = self.state
         theta, gradient, hvp = self.member_closures(state["theta"][k])
         state["noise"][k] = _start_auto(theta, self.data, generator, self.beta, gradient, self.temperature,
-                                        self.every, AUTO_CAP * self.lr, hvp)
+                                        self.every, AUTO_CAP * self.lrs[k], hvp)
         with torch.no_grad():
             state["theta"][k].copy_(theta)
         state["fresh"][k] = True
@@ -269,6 +276,15 @@ class _Batches:
         yield from self._data.random_batches(self._data.num_batches, generator)
 
 
+def _start_lr(rule: SWAGRule, theta: torch.Tensor, data: FitData, seed: int, momentum: float) -> float:
+    """``lr="auto"``: `exploration_lr` at θ₀ on `LR_PROBE_BATCHES` i.i.d. minibatches drawn by a generator of
+    their own (seeded ``seed``, so the run's data order is untouched)."""
+    _, _, hvp = rule.member_closures(theta)
+    generator = torch.Generator().manual_seed(int(seed))
+    batches = list(data.random_batches(LR_PROBE_BATCHES, generator))
+    return exploration_lr([lambda v, b=b: hvp(v, b) for b in batches], theta.numel(), theta, momentum)
+
+
 def train_runs(guides: Sequence[SWAG], data: FitData, seeds: Sequence[int], *, epochs: int, swa_start: int,
                lr: float, swa_lr: Any, momentum: float, progress: Optional[bool] = None,
                checkpoint: Optional[str] = None, fingerprint: Optional[Dict[str, Any]] = None, collect: bool = True,
@@ -280,21 +296,24 @@ def train_runs(guides: Sequence[SWAG], data: FitData, seeds: Sequence[int], *, e
     objective = guides[0].objective
     model = objective.model
     N, K = data.dataset_size, len(guides)
-    rule = SWAGRule(objective, data, epochs=epochs, swa_start=swa_start, lr=lr, swa_lr=swa_lr, momentum=momentum,
-                    rank=guides[0].rank, collect=collect)
+    theta0 = torch.stack([g.loc_unconstrained.detach() for g in guides])
+    rule = SWAGRule(objective, data, epochs=epochs, swa_start=swa_start, lr=[LR_CEILING if lr == "auto" else lr] * K,
+                    swa_lr=swa_lr, momentum=momentum, rank=guides[0].rank, collect=collect)
+    if lr == "auto":  # each run's step from the curvature at its own start, on a batch of its own seed
+        rule.lrs = [_start_lr(rule, theta0[k], data, seeds[k], momentum) for k in range(K)]
+        rule.lr = max(rule.lrs)
     every = rule.every
     if swa_lr == "auto" and collect and (epochs - swa_start) * data.num_batches < 10 * every:
         warnings.warn(f"SWAG will collect only {(epochs - swa_start) * data.num_batches // every} nearly independent "
                       f"snapshots ({(epochs - swa_start) * data.num_batches} steps past swa_start, one per {every}); "
                       "its covariance will be noisy and too small. Raise epochs or use minibatches (batch_size).",
                       RuntimeWarning, stacklevel=4)
-    theta0 = torch.stack([g.loc_unconstrained.detach() for g in guides])
     x0, y0 = example_batch(data)
     with torch.no_grad():  # verifies the compiled density once, outside vmap
         objective.potential(theta0[0], x0, y0, N)
     # the loss is per data point: floor / N, one nat per point is 1/T
-    checks = [DivergenceCheck(desc, lr, floor=loss_floor(model, x0, y0, N, "point") / N,
-                              unit=likelihood_scale(model.temperature, model.tempering)) for _ in range(K)]
+    checks = [DivergenceCheck(desc, rule.lrs[k], floor=loss_floor(model, x0, y0, N, "point") / N,
+                              unit=likelihood_scale(model.temperature, model.tempering)) for k in range(K)]
     result = driver.drive(rule, theta0, _Batches(data, rule, K), steps=epochs * data.num_batches, seeds=seeds,
                           desc=desc, progress=progress, checks=checks, lr_at=rule.lr_at, checkpoint=checkpoint,
                           fingerprint=fingerprint)
