@@ -90,17 +90,17 @@ def main(full: bool = False, out_dir: str = "tutorials/figures") -> dict:
     torch.set_num_threads(1)
     M = 10 if full else 3
     n, hidden = (200, 50) if full else (100, 32)
-    epochs, swa_start = (400, 300) if full else (200, 150)
+    epochs, warmup = (400, 300) if full else (200, 150)
     num_samples = 30  # per SWAG posterior; Multi-SWAG gets 30 per member
     x, y, x_test, y_test = make_data(n)
     model = make_model(hidden)
     # A constant learning rate small enough for the per-data-point objective (curvature ~ 1/NOISE²).
-    swag_options = dict(batch_size=20, epochs=epochs, swa_start=swa_start, lr=0.003, swa_lr=0.003, momentum=0.9,
+    swag_options = dict(batch_size=20, epochs=epochs, warmup=warmup, lr=0.003, swa_lr=0.003, momentum=0.9,
                         rank=20, progress=False)
 
     swag = bdl.fit(model, x, y, method="swag", init="fresh", seed=0, **swag_options)
-    multi = bdl.fit(model, x, y, method="multiswag", num_models=M, seed=0, **swag_options)
-    ensemble = bdl.fit(model, x, y, method="ensemble", num_models=M, seed=0, batch_size=20, epochs=epochs,
+    multi = bdl.fit(model, x, y, method="multiswag", num_chains=M, seed=0, **swag_options)
+    ensemble = bdl.fit(model, x, y, method="ensemble", num_chains=M, seed=0, batch_size=20, epochs=epochs,
                        lr=0.01, progress=False)
 
     posteriors = {"SWAG": (swag, num_samples), f"Deep ensemble (M={M})": (ensemble, None),
