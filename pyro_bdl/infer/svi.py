@@ -19,8 +19,7 @@ decay from ``lr`` to ``lr * lr_decay`` over the run.
 from __future__ import annotations
 
 import math
-import time
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import pyro
 import torch
@@ -36,12 +35,12 @@ from ..model.bayesian_model import BayesianModel
 from ..model.lifting import latent_sites
 from ..model.tempering import likelihood_scale
 from ..posterior.samples import GuidePosterior
-from .._util import progress as progress_bars
+from .._util import checkpoint as ckpt
 from .._util.checks import is_invalid_parameter_error
 from .data import FitData
-from .divergence import DivergenceCheck, DivergenceError, loss_floor, nonfinite_start_message
+from .divergence import DivergenceCheck, loss_floor, nonfinite_start_message
 from . import driver
-from .map import start_values
+from .map import example_batch, start_values
 from .options import run_length
 from .registry import register
 
@@ -207,8 +206,8 @@ class ControlVariateELBO:
     def __init__(self, model: BayesianModel, guide, elbo: Trace_ELBO):
         self.model, self.guide, self.elbo = model, guide, elbo
 
-    def __call__(self, x, y, N: int) -> Tuple[torch.Tensor, float]:
-        """(surrogate loss to differentiate, the negative ELBO estimate's value).
+    def __call__(self, x, y, N: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(surrogate loss to differentiate, the negative ELBO estimate, detached).
 
         The particles are drawn the way ``elbo`` draws them (vectorised in one trace when it
         vectorises), so the control variate costs one extra gradient per step, not one trace per particle.
@@ -229,7 +228,7 @@ class ControlVariateELBO:
             loss = guide_trace.log_prob_sum() - model_trace.log_prob_sum()
             term = sum((ci * (z[name] - loc[name])).sum() for name, ci in c.items())
             surrogate = surrogate + (loss + term) / n
-            value += float(loss.detach()) / n
+            value = value + loss.detach() / n  # a tensor: the driver reads losses in blocks, not per step
         return surrogate, value
 
 
@@ -241,59 +240,162 @@ def _guide_locs(guide) -> Dict[str, torch.Tensor]:
     return {site["name"]: value for site, value in guide._unpack_latent(loc)}
 
 
+def flatten_parameters(params: List[torch.nn.Parameter]) -> torch.Tensor:
+    """One ``(1, P)`` tensor whose storage the ``params`` become views of (their values unchanged).
+
+    An optimiser stepping the parameters in place then writes θ, so the driver's state ``"theta"``
+    is the variational parameters themselves, never a stale copy (`SVIRule`). `unflatten_parameters`
+    gives each parameter its own storage back."""
+    if not params:
+        raise ValueError("the guide has no parameters to optimise")
+    first = params[0]
+    if any(p.dtype != first.dtype or p.device != first.device for p in params):
+        raise ValueError("the guide's parameters must share one dtype and device, got "
+                         f"{sorted({(str(p.dtype), str(p.device)) for p in params})}")
+    flat = torch.cat([p.detach().reshape(-1) for p in params]).unsqueeze(0)
+    offset = 0
+    for p in params:
+        p.data = flat[0, offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return flat
+
+
+def unflatten_parameters(params: List[torch.nn.Parameter]) -> None:
+    """Each parameter in its own storage again (undoes `flatten_parameters`; values unchanged)."""
+    for p in params:
+        p.data = p.data.clone()
+
+
+class SVIRule:
+    """The SVI step rule: one Adam step on the negative ELBO of ``(model, guide)`` per minibatch.
+
+    **State.** The rule owns the Pyro side — the ELBO (Pyro's ``Trace_ELBO``, or `ControlVariateELBO`
+    on top of it), the guide and its parameters — and the driver's state holds the parameters:
+    ``"theta"`` ``(1, P)`` is the guide's unconstrained variational parameters (AutoNormal's locs and
+    unconstrained scales; the low-rank/full-rank guide's loc, scale and factor), flattened *as one
+    storage*: the guide's ``nn.Parameter`` objects are views of θ (`flatten_parameters`), so the Adam
+    steps on the guide write θ, and restoring θ restores the guide. ``"optimiser"`` and
+    ``"scheduler"`` are the ``torch.optim.Adam`` (parameter groups of `param_groups`: the covariance
+    factors at ``lr/√width``) and its exponential decay from ``lr`` to ``lr · lr_decay`` over
+    ``steps``, exactly the optimiser the loop before the driver used. Nothing is copied per step.
+
+    **Noise.** The ELBO's reparameterised draws ε come from torch's global RNG, as in every Pyro
+    guide; the driver saves and restores that RNG with the data order at each checkpoint, so a
+    resumed run draws the same ε. One run (K = 1): a second run needs a second guide and its own
+    ε stream, which this rule does not provide.
+
+    **Divergence.** The loss stays a device tensor (no host read per step; the driver reads it in
+    blocks). A step whose distributions get invalid parameters (Pyro's validation raises
+    ``ValueError`` once a guide parameter is NaN or inf) yields loss NaN and the run is marked
+    diverged: its remaining steps up to the driver's next read return NaN without computing, and the
+    driver's `DivergenceCheck` then names the first diverged step and the learning rate.
+    """
+
+    def __init__(self, model: BayesianModel, guide, data: FitData, lr: float, lr_decay: float, steps: int,
+                 num_particles: int = 1, control_variate: bool = False):
+        self.model, self.guide, self.N, self.lr = model, guide, int(data.dataset_size), float(lr)
+        self.gamma = float(lr_decay) ** (1.0 / max(1, steps))
+        self.elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1,
+                               max_plate_nesting=1)
+        self.loss_fn = self.elbo(model, guide)
+        x0, y0 = example_batch(data)
+        with pyro.settings.context(module_local_params=True):
+            self.loss_fn(x0, y0, self.N)  # builds the guide's parameters
+        self.cv = ControlVariateELBO(model, guide, self.elbo) if control_variate else None
+        self.params = [p for _, p in self.loss_fn.named_parameters()]
+        self.theta = flatten_parameters(self.params)
+        self._diverged = False
+        self._invalid: Optional[str] = None  # why the last failed step failed (a distribution's ValueError)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate after ``step`` (0-based) steps of the exponential decay."""
+        return self.lr * self.gamma ** (step + 1)
+
+    def init(self, theta: torch.Tensor) -> Dict[str, Any]:
+        if theta.shape[0] != 1:
+            raise ValueError(f"SVIRule runs one guide (K = 1), got θ of shape {tuple(theta.shape)}")
+        with torch.no_grad():
+            if theta.data_ptr() != self.theta.data_ptr():
+                self.theta.copy_(theta)
+        opt = torch.optim.Adam(param_groups(self.loss_fn, self.lr), lr=self.lr)
+        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=self.gamma)
+        return {"theta": self.theta, "optimiser": opt, "scheduler": sched}
+
+    def update(self, state: Dict[str, Any], batch: driver.Batch,
+               generators: Sequence[torch.Generator]) -> Tuple[Dict[str, Any], torch.Tensor]:
+        if self._diverged:
+            return state, torch.full((1,), math.nan, dtype=self.theta.dtype, device=self.theta.device)
+        x, y = batch.member(0)
+        opt = state["optimiser"]
+        opt.zero_grad()
+        try:
+            if self.cv is None:
+                loss = self.loss_fn(x, y, self.N)
+                value = loss.detach()
+            else:
+                loss, value = self.cv(x, y, self.N)
+        except ValueError as err:
+            if not is_invalid_parameter_error(err):
+                raise
+            self._diverged, self._invalid = True, str(err).splitlines()[0]
+            return state, torch.full((1,), math.nan, dtype=self.theta.dtype, device=self.theta.device)
+        loss.backward()
+        opt.step()
+        state["scheduler"].step()
+        return state, value.reshape(1)
+
+    def save(self, state: Dict[str, Any]) -> Dict[str, Any]:
+        return {"theta": state["theta"].detach().clone(), "optimiser": state["optimiser"].state_dict(),
+                "scheduler": state["scheduler"].state_dict()}
+
+    def restore(self, saved: Dict[str, Any]) -> Dict[str, Any]:
+        state = self.init(saved["theta"].to(self.theta))
+        state["optimiser"].load_state_dict(saved["optimiser"])
+        state["scheduler"].load_state_dict(saved["scheduler"])
+        return state
+
+    def nonfinite_start(self, theta: torch.Tensor, batch: driver.Batch, values: List[float]) -> str:
+        """Why the loss is not finite at step 0: the sites whose log density is not finite at the guide's
+        first draw (from the starting parameters ``theta``)."""
+        if self._invalid is not None:
+            return (f"the loss cannot be evaluated at the starting point (step 0, before any update), so the "
+                    f"learning rate is not the cause: a distribution got invalid parameters ({self._invalid}); "
+                    "check the prior, the likelihood, the guide's start and the data")
+        with torch.no_grad():
+            self.theta.copy_(theta)  # the run stops here: back to where step 0 evaluated the loss
+        x, y = batch.member(0)
+        with pyro.settings.context(module_local_params=True):
+            return _nonfinite_start(self.model, self.guide, x, y, self.N, values[0])
+
+
 def optimise(model: BayesianModel, guide, data: FitData, num_steps: int, lr: float, lr_decay: float,
              num_particles: int, seed: int, progress: Optional[bool], desc: str, floor_kind: str = "elbo",
-             control_variate: bool = False) -> list:
-    """Minimise the negative ELBO of ``(model, guide)``; returns the loss per step.
+             control_variate: bool = False, checkpoint: Optional[str] = None,
+             fingerprint: Optional[Callable[[torch.Tensor], Dict[str, Any]]] = None) -> driver.Result:
+    """Minimise the negative ELBO of ``(model, guide)`` on the driver (`SVIRule`); the guide is trained in place.
 
-    Stops with a `DivergenceError` when the loss diverges
-    (`divergence`; ``floor_kind``: ``"elbo"``, or ``"point"`` for MAP's
-    AutoDelta, whose loss is −log p̃(D, w)). ``control_variate``: use `ControlVariateELBO`
-    (built-in SVI guides under minibatches).
+    Returns the driver's `Result` (``loss`` ``(1, num_steps)``, ``wall_time``). Data order from
+    ``seed`` (`pyro_bdl.infer.driver`); the ELBO's draws from torch's global RNG. Stops with a
+    `DivergenceError` naming ``lr`` when the loss diverges (`pyro_bdl.infer.divergence`;
+    ``floor_kind``: ``"elbo"``, or ``"point"`` for a user's AutoDelta guide, whose loss is
+    −log p̃(D, w)), read every 50 steps. ``control_variate``: use `ControlVariateELBO` (built-in
+    guides under minibatches). ``checkpoint``: a file for the driver's state, under the fingerprint
+    ``fingerprint(θ₀)`` of the run (θ₀ the guide's starting parameters, flattened).
     """
-    generator = torch.Generator().manual_seed(seed)
-    N = data.dataset_size
-    elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
-    losses = []
-    with pyro.settings.context(module_local_params=True):
-        loss_fn = elbo(model, guide)
-        x0, y0 = next(iter(data.epoch(generator)))
-        loss_fn(x0, y0, N)  # builds the guide's parameters
-        cv = ControlVariateELBO(model, guide, elbo) if control_variate else None
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    rule = SVIRule(model, guide, data, lr, lr_decay, num_steps, num_particles, control_variate)
+    try:
+        x0, y0 = example_batch(data)
+        N = data.dataset_size
         check = DivergenceCheck(desc, lr, floor=loss_floor(model, x0, y0, N, floor_kind),
                                 unit=N * likelihood_scale(model.temperature, model.tempering))
-        groups = param_groups(loss_fn, lr)
-        if not groups:
-            raise ValueError("the guide has no parameters to optimise")
-        opt = torch.optim.Adam(groups, lr=lr)
-        gamma = lr_decay ** (1.0 / max(1, num_steps))
-        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
-        with progress_bars.bar(num_steps, desc, progress) as bar:
-            for i, (xb, yb) in enumerate(data.steps(num_steps, generator)):
-                opt.zero_grad()
-                try:
-                    if cv is None:
-                        loss = loss_fn(xb, yb, N)
-                        value = loss.item()
-                    else:
-                        loss, value = cv(xb, yb, N)
-                except ValueError as err:
-                    if not is_invalid_parameter_error(err):
-                        raise
-                    raise DivergenceError(f"{desc} diverged at step {i}: the weights became NaN or inf (a "
-                                          f"distribution got invalid parameters). Lower the learning rate (lr={lr:g}; "
-                                          f"try lr={lr / 10:g}) or check the data scale") from None
-                if i == 0 and not math.isfinite(value):  # before any update: the start is at fault, not lr
-                    raise FloatingPointError(_nonfinite_start(model, guide, xb, yb, N, value))
-                loss.backward()
-                opt.step()
-                sched.step()
-                check.check(value, i, lr=lr * sched.get_last_lr()[0] / opt.param_groups[0]["initial_lr"])
-                losses.append(value)
-                if i % 50 == 0:
-                    bar.set_postfix(loss=f"{value:.4g}")
-                bar.update()
-    return losses
+        fp = None if checkpoint is None else fingerprint(rule.theta)
+        with pyro.settings.context(module_local_params=True):
+            return driver.drive(rule, rule.theta, data, steps=num_steps, seeds=[seed], desc=desc, progress=progress,
+                                checks=[check], lr_at=rule.lr_at, checkpoint=checkpoint, fingerprint=fp)
+    finally:
+        unflatten_parameters(rule.params)
 
 
 def _nonfinite_start(model: BayesianModel, guide, x: torch.Tensor, y: torch.Tensor, N: int, value: float) -> str:
@@ -309,8 +411,9 @@ def _nonfinite_start(model: BayesianModel, guide, x: torch.Tensor, y: torch.Tens
 def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool],
             guide: Union[str, Any] = "normal", steps: Optional[int] = None, epochs: Optional[int] = None,
             lr: float = 0.01, lr_decay: float = 0.1, num_particles: int = 1, init_scale: Union[float, str] = "auto",
-            rank: Optional[int] = None, init: Optional[Dict[str, torch.Tensor]] = None) -> GuidePosterior:
-    """Variational inference with a Pyro autoguide.
+            rank: Optional[int] = None, init: Optional[Dict[str, torch.Tensor]] = None,
+            checkpoint: Optional[str] = None) -> GuidePosterior:
+    """Variational inference with a Pyro autoguide, run by the driver (`SVIRule`, `pyro_bdl.infer.driver`).
 
     Args:
         guide: ``"normal"`` (mean-field), ``"lowrank"``, ``"fullrank"``, or a Pyro guide.
@@ -324,37 +427,51 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
             start (`curvature_scales`; for a Gaussian posterior 1/√Λ_kk is the mean-field optimum), so
             a posterior narrower than 0.01 (cold T, large N) is not approached from far above; a
             number sets every sd to it.
+        rank: rank of the ``"lowrank"`` guide (default ≈ √P).
+        init: the built-in guide's starting means ``{site: tensor}`` (moved to the network's device and
+            dtype); sites left out start at [`BayesianModel.initial_values`][pyro_bdl.BayesianModel].
+        checkpoint: file where the run's state (guide parameters, Adam and its schedule, the data
+            order's and the ELBO draws' random generators, the loss history) is saved after every
+            epoch and at the end; rerunning the same call resumes it bit-identically, and a checkpoint of
+            another run (other model, data, options or seed) is refused naming what differs.
 
     Under minibatches the built-in guides use `ControlVariateELBO`: the ELBO gradient of a guide sd
     otherwise has signal-to-noise ratio ≈ √(B·T/N) (B of N points), and at cold T the sds stayed
     near their start (variance 0.6× the mean-field target at T = 0.1 and 2.3× at T = 0.01 on
     linear regression with 2000 steps); with it they reach the target within 10% at T = 1 … 0.01.
-        rank: rank of the ``"lowrank"`` guide (default ≈ √P).
-        init: the built-in guide's starting means ``{site: tensor}`` (moved to the network's device and
-            dtype); sites left out start at [`BayesianModel.initial_values`][pyro_bdl.BayesianModel].
+
+    The driver shuffles run ``seed``'s minibatches (`pyro_bdl.infer.driver`) and reads the loss every
+    50 steps: a loss that turns non-finite, grows by orders of magnitude or falls below any
+    attainable value (`pyro_bdl.infer.divergence`) stops the run within that block with a
+    `DivergenceError` naming ``lr``.
 
     ``info``: the driver schema (`pyro_bdl.infer.driver.info`) — ``loss`` ``(1, steps)`` (the negative
-    ELBO estimate per step), ``options``, ``wall_time`` — plus ``guide`` (its class name) and
-    ``losses`` (the same losses as a list; deprecated, kept for one release).
+    ELBO estimate per step), ``options``, ``wall_time`` (training, summed over resumes) — plus
+    ``guide`` (its class name) and ``losses`` (the same losses as a list; deprecated, kept for one release).
     """
     num = run_length(data, steps, epochs, default=2000)
     _check_init_scale(init_scale)
+    checkpoint = ckpt.check_path(checkpoint)
     if init is not None and not isinstance(guide, str):
         raise ValueError("init sets a built-in guide's starting means; a guide object you pass starts where it "
                          "was built (drop init, or build the guide with init_loc_fn=init_to_value(values=...))")
     start = start_values(model, init)
-    started = time.perf_counter()
     with pyro.settings.context(module_local_params=True):
         g = make_guide(model, guide, init_scale, rank, start)
         if init_scale == "auto" and isinstance(guide, str):
             initialise_scales(g, model, data, seed, start)
-    losses = optimise(model, g, data, num, lr, lr_decay, num_particles, seed, progress, "svi",
-                      control_variate=isinstance(guide, str) and data.minibatched)
-    wall_time = time.perf_counter() - started
-    x0, _ = next(iter(data.epoch()))
     options = {"guide": guide if isinstance(guide, str) else type(guide).__qualname__, "steps": steps,
                "epochs": epochs, "lr": lr, "lr_decay": lr_decay, "num_particles": num_particles,
                "init_scale": init_scale, "rank": rank, "init": None if init is None else sorted(init)}
-    loss = torch.tensor([losses], dtype=torch.float64)
-    return GuidePosterior(model, g, "svi", x0, info=driver.info(loss, options, wall_time, losses=losses,
+
+    def fingerprint(theta0: torch.Tensor) -> Dict[str, Any]:
+        # the starting parameters stand for init, init_scale="auto"'s estimate and a user guide's own start
+        return ckpt.fingerprint(model, data, "svi", options, seed, start=ckpt.tensor_hash(theta0))
+
+    result = optimise(model, g, data, num, lr, lr_decay, num_particles, seed, progress, "svi",
+                      control_variate=isinstance(guide, str) and data.minibatched, checkpoint=checkpoint,
+                      fingerprint=fingerprint)
+    x0, _ = next(iter(data.epoch()))
+    return GuidePosterior(model, g, "svi", x0, info=driver.info(result.loss, options, result.wall_time,
+                                                                losses=result.loss[0].tolist(),
                                                                 guide=type(g).__name__))
