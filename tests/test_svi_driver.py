@@ -191,7 +191,8 @@ def test_svi_info_schema_on_the_driver(tmp_path):
     info = post.info
     assert info["loss"].shape == (1, 12) and torch.isfinite(info["loss"]).all()  # 3 epochs × 4 batches
     assert info["losses"] == info["loss"][0].tolist() and info["guide"] == "AutoLowRankMultivariateNormal"
-    assert info["options"]["guide"] == "lowrank" and info["options"]["epochs"] == 3 and "checkpoint" not in info["options"]
+    assert info["options"]["guide"] == "lowrank" and info["options"]["epochs"] == 3
+    assert "checkpoint" not in info["options"]  # where a run is saved is not part of what it is
     assert isinstance(info["wall_time"], float) and info["wall_time"] > 0 and info["seed"] == 0
 
 

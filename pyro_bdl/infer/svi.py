@@ -15,6 +15,12 @@ Guides: ``"normal"`` (mean-field, AutoNormal), ``"lowrank"`` (AutoLowRankMultiva
 Guide parameters are module-local (``pyro.settings module_local_params``): no global
 parameter store, and the optimiser is a plain ``torch.optim.Adam`` with an exponential
 decay from ``lr`` to ``lr * lr_decay`` over the run.
+
+The loop is the one driver's (`pyro_bdl.infer.driver`): `SVIRule` is SVI's step rule (one Adam step
+on the negative ELBO per minibatch), and the driver owns the data order (seeded per run), the
+blocked divergence checks, progress, the checkpoint (`checkpoint=path`, bit-identical resume) and
+the ``info`` schema. The ELBO itself is still evaluated by Pyro's traces of model and guide (any
+Pyro guide works); the compiled potential that map/swag/SG-MCMC step on is not used here.
 """
 from __future__ import annotations
 
