@@ -8,7 +8,8 @@ Targets (tests/blr.py's closed form; posterior tempering scales the precision Λ
 
 Bar: every variance within [0.75, 1.33] of its target and the mean within 0.2 posterior sds (0.3 at
 T = 0.01, see `MEAN_BAR`), at T ∈ {1, 0.1, 0.01}, default options (only the batch size is set).
-Before init_scale="auto" and the control variate, mean-field SVI here had variances 0.6× the target at T = 0.1 and 2.3× at T = 0.01.
+Before init_scale="auto" and the control variate, mean-field SVI here had variances 0.6× the target
+at T = 0.1 and 2.3× at T = 0.01.
 """
 import pytest
 import torch
