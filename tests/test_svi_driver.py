@@ -211,3 +211,55 @@ def test_the_guide_owns_its_parameters_after_the_fit():
     params = [p for p in post.guide.parameters()]
     assert len({p.untyped_storage().data_ptr() for p in params}) == len(params)
     assert all(math.isfinite(float(p.sum())) for p in params)
+
+
+def _mlp_model():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    return bdl.BayesianModel(net, prior=bdl.priors.Gaussian(0.0, 1.0), likelihood=bdl.likelihoods.Gaussian(scale=0.1))
+
+
+def test_svi_chains_are_single_runs_with_spawned_seeds_and_fresh_starts():
+    """Run k of num_chains = fit(seed=s_k, init=model.initial_values(seed=s_k)) bit for bit (s = spawn_seeds)."""
+    from pyro_bdl._util.random import spawn_seeds
+
+    problem = make_blr(n=30, d=2)
+    m = _mlp_model()
+    post = bdl.fit(m, problem.x, problem.y, method="svi", num_chains=3, epochs=4, batch_size=8, seed=5, progress=False)
+    assert isinstance(post, bdl.MixturePosterior) and post.num_members == 3
+    assert post.info["loss"].shape == (3, 16) and post.info["options"]["num_chains"] == 3 and "losses" not in post.info
+    for k, s in enumerate(spawn_seeds(5, 3)):
+        single = bdl.fit(m, problem.x, problem.y, method="svi", epochs=4, batch_size=8, seed=s,
+                         init=m.initial_values(seed=s), progress=False)
+        assert torch.equal(post.info["loss"][k], single.info["loss"][0])
+        assert _same(_guide_params(post.members[k]), _guide_params(single)) and post.members[k].info["seed"] == s
+    means = [_guide_params(member)["locs.0.weight_unconstrained"] for member in post.members]
+    assert not torch.equal(means[0], means[1])  # different starts, different runs
+
+
+def test_svi_chains_resume_bit_identically_and_save(tmp_path, monkeypatch):
+    problem = make_blr(n=30, d=2)
+    kw = dict(method="svi", guide="lowrank", num_chains=2, batch_size=8, epochs=5, lr=0.05, seed=1, progress=False)
+    full = bdl.fit(_mlp_model(), problem.x, problem.y, **kw)
+    resumed, _ = _interrupted_then_resumed(
+        monkeypatch, tmp_path, lambda path: bdl.fit(_mlp_model(), problem.x, problem.y, checkpoint=path, **kw))
+    assert torch.equal(full.info["loss"], resumed.info["loss"])
+    for a, b in zip(full.members, resumed.members):
+        assert _same(_guide_params(a), _guide_params(b))
+    full.save(str(tmp_path / "post.pt"))
+    loaded = bdl.Posterior.load(str(tmp_path / "post.pt"), model=_mlp_model())
+    a, b = full.sample(6, seed=0), loaded.sample(6, seed=0)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_svi_chains_need_a_built_in_guide():
+    from pyro.infer.autoguide import AutoNormal
+
+    problem = make_blr(n=20, d=2)
+    m = problem.model()
+    with pyro.settings.context(module_local_params=True):
+        guide = AutoNormal(m)
+    with pytest.raises(ValueError, match="num_chains > 1 .* built-in guide"):
+        bdl.fit(m, problem.x, problem.y, method="svi", guide=guide, num_chains=2, steps=2, progress=False)
+    with pytest.raises(ValueError, match="num_chains"):
+        bdl.fit(m, problem.x, problem.y, method="svi", num_chains=0, steps=2, progress=False)
