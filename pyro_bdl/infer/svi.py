@@ -514,9 +514,9 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
     near their start (variance 0.6× the mean-field target at T = 0.1 and 2.3× at T = 0.01 on
     linear regression with 2000 steps); with it they reach the target within 10% at T = 1 … 0.01.
 
-    The driver shuffles run ``seed``'s minibatches (`pyro_bdl.infer.driver`) and reads the loss every
-    50 steps: a loss that turns non-finite, grows by orders of magnitude or falls below any
-    attainable value (`pyro_bdl.infer.divergence`) stops the run within that block with a
+    The driver shuffles the minibatches with a generator seeded ``seed`` (`pyro_bdl.infer.driver`) and
+    reads the loss every 50 steps: a loss that turns non-finite, grows by orders of magnitude or falls
+    below any attainable value (`pyro_bdl.infer.divergence`) stops the run within that block with a
     `DivergenceError` naming ``lr``.
 
     ``info``: the driver schema (`pyro_bdl.infer.driver.info`) — ``loss`` ``(1, steps)`` (the negative
