@@ -6,15 +6,24 @@ Targets (tests/blr.py's closed form; posterior tempering scales the precision Λ
   (Bishop 2006, §10.1.2) — not the exact marginal variances, which are larger;
 * low-rank and full-rank guides: the exact tempered posterior, covariance T·Λ⁻¹.
 
-Bar: every variance within [0.75, 1.33] of its target and the mean within 0.2 posterior sds, at
-T ∈ {1, 0.1, 0.01}, default options (only the batch size is set). Before init_scale="auto" and the
-control variate, mean-field SVI here had variances 0.6× the target at T = 0.1 and 2.3× at T = 0.01.
+Bar: every variance within [0.75, 1.33] of its target and the mean within 0.2 posterior sds (0.3 at
+T = 0.01, see `MEAN_BAR`), at T ∈ {1, 0.1, 0.01}, default options (only the batch size is set).
+Before init_scale="auto" and the control variate, mean-field SVI here had variances 0.6× the target
+at T = 0.1 and 2.3× at T = 0.01.
 """
 import pytest
 import torch
 
 import pyro_bdl as bdl
 from blr import make_blr, moments
+
+#: how far (in posterior sds) the guide's mean may be from the target's. At T = 0.01 the posterior sds are
+#: 0.0049–0.0057, so Adam's final step at the defaults (lr · lr_decay = 0.001, in parameter units) is already
+#: 0.17–0.20 sds: the mean jitters by about one step, whatever the batch order. Measured |z| over seeds 0–17
+#: (mean-field, T = 0.01): mean 0.157, max 0.385 with the pre-driver batch order; mean 0.148, max 0.251 with the
+#: driver's (issue 15: the driver no longer skips one permutation before training). Seed 0 reads 0.244
+#: (was 0.143); full-rank 0.219. 0.2 sds stays the bar where a step is ≤ 0.06 sds (T ≥ 0.1).
+MEAN_BAR = {1.0: 0.2, 0.1: 0.2, 0.01: 0.3}
 
 COLD = [pytest.param(1.0, marks=pytest.mark.slow), pytest.param(0.1, marks=pytest.mark.slow), 0.01]
 
@@ -29,7 +38,7 @@ def _check(guide: str, temperature: float, n: int = 100, batch_size: int = 10, s
     ratio = cov.diag() / target
     assert ((ratio > 0.75) & (ratio < 1.33)).all(), f"{guide} at T={temperature}: variance / target = {ratio}"
     z = ((mean - true_mean) / true_cov.diag().sqrt()).abs().max()
-    assert z < 0.2, f"{guide} at T={temperature}: mean off by {z:.3f} posterior sds"
+    assert z < MEAN_BAR[temperature], f"{guide} at T={temperature}: mean off by {z:.3f} posterior sds"
 
 
 @pytest.mark.parametrize("temperature", COLD)

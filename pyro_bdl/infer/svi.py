@@ -15,12 +15,18 @@ Guides: ``"normal"`` (mean-field, AutoNormal), ``"lowrank"`` (AutoLowRankMultiva
 Guide parameters are module-local (``pyro.settings module_local_params``): no global
 parameter store, and the optimiser is a plain ``torch.optim.Adam`` with an exponential
 decay from ``lr`` to ``lr * lr_decay`` over the run.
+
+The loop is the one driver's (`pyro_bdl.infer.driver`): `SVIRule` is SVI's step rule (one Adam step
+on the negative ELBO per minibatch), and the driver owns the data order (seeded per run), the
+blocked divergence checks, progress, the checkpoint (`checkpoint=path`, bit-identical resume) and
+the ``info`` schema. The ELBO itself is still evaluated by Pyro's traces of model and guide (any
+Pyro guide works); the compiled potential that map/swag/SG-MCMC step on is not used here.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-import time
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import pyro
 import torch
@@ -35,13 +41,15 @@ from torch.distributions import constraints
 from ..model.bayesian_model import BayesianModel
 from ..model.lifting import latent_sites
 from ..model.tempering import likelihood_scale
+from ..posterior.mixture import MixturePosterior
 from ..posterior.samples import GuidePosterior
-from .._util import progress as progress_bars
-from .._util.checks import is_invalid_parameter_error
+from .._util import checkpoint as ckpt
+from .._util.checks import check_int, is_invalid_parameter_error
+from .._util.random import seeded, spawn_seeds
 from .data import FitData
-from .divergence import DivergenceCheck, DivergenceError, loss_floor, nonfinite_start_message
+from .divergence import DivergenceCheck, loss_floor, nonfinite_start_message
 from . import driver
-from .map import start_values
+from .map import example_batch, start_values
 from .options import run_length
 from .registry import register
 
@@ -207,8 +215,8 @@ class ControlVariateELBO:
     def __init__(self, model: BayesianModel, guide, elbo: Trace_ELBO):
         self.model, self.guide, self.elbo = model, guide, elbo
 
-    def __call__(self, x, y, N: int) -> Tuple[torch.Tensor, float]:
-        """(surrogate loss to differentiate, the negative ELBO estimate's value).
+    def __call__(self, x, y, N: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(surrogate loss to differentiate, the negative ELBO estimate, detached).
 
         The particles are drawn the way ``elbo`` draws them (vectorised in one trace when it
         vectorises), so the control variate costs one extra gradient per step, not one trace per particle.
@@ -229,7 +237,7 @@ class ControlVariateELBO:
             loss = guide_trace.log_prob_sum() - model_trace.log_prob_sum()
             term = sum((ci * (z[name] - loc[name])).sum() for name, ci in c.items())
             surrogate = surrogate + (loss + term) / n
-            value += float(loss.detach()) / n
+            value = value + loss.detach() / n  # a tensor: the driver reads losses in blocks, not per step
         return surrogate, value
 
 
@@ -241,59 +249,220 @@ def _guide_locs(guide) -> Dict[str, torch.Tensor]:
     return {site["name"]: value for site, value in guide._unpack_latent(loc)}
 
 
+def flatten_parameters(runs: Sequence[List[torch.nn.Parameter]]) -> torch.Tensor:
+    """One ``(K, P)`` tensor whose row k's storage run k's parameters become views of (values unchanged).
+
+    An optimiser stepping the parameters in place then writes θ, so the driver's state ``"theta"``
+    is the variational parameters themselves, never a stale copy (`SVIRule`). `unflatten_parameters`
+    gives each parameter its own storage back. Every run's parameters have the same shapes (K
+    copies of one guide)."""
+    params = [p for run in runs for p in run]
+    if not runs[0]:
+        raise ValueError("the guide has no parameters to optimise")
+    first = params[0]
+    if any(p.dtype != first.dtype or p.device != first.device for p in params):
+        raise ValueError("the guide's parameters must share one dtype and device, got "
+                         f"{sorted({(str(p.dtype), str(p.device)) for p in params})}")
+    flat = torch.stack([torch.cat([p.detach().reshape(-1) for p in run]) for run in runs])
+    for k, run in enumerate(runs):
+        offset = 0
+        for p in run:
+            p.data = flat[k, offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+    return flat
+
+
+def unflatten_parameters(runs: Sequence[List[torch.nn.Parameter]]) -> None:
+    """Each parameter in its own storage again (undoes `flatten_parameters`; values unchanged)."""
+    for run in runs:
+        for p in run:
+            p.data = p.data.clone()
+
+
+def _rng_state(device: torch.device) -> Dict[str, Any]:
+    """torch's global RNG state for draws on ``device`` (the CPU generator, and the CUDA one for a CUDA device)."""
+    return {"cpu": torch.get_rng_state(),
+            "device": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _set_rng_state(state: Dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if state["device"] is not None:
+        torch.cuda.set_rng_state(state["device"], device)
+
+
+class SVIRun:
+    """One SVI run's Pyro side, set up under the current global RNG: the ELBO of ``(model, guide)``
+    (Pyro's ``Trace_ELBO``, or `ControlVariateELBO` on top of it) with the guide's parameters built, its
+    `DivergenceCheck`, and the state of the global RNG after that set-up, where its ELBO draws continue."""
+
+    def __init__(self, model: BayesianModel, guide, data: FitData, lr: float, num_particles: int = 1,
+                 control_variate: bool = False, floor_kind: str = "elbo", desc: str = "svi"):
+        self.model, self.guide, self.N = model, guide, int(data.dataset_size)
+        self.elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1,
+                               max_plate_nesting=1)
+        self.loss_fn = self.elbo(model, guide)
+        x0, y0 = example_batch(data)
+        with pyro.settings.context(module_local_params=True):
+            self.loss_fn(x0, y0, self.N)  # builds the guide's parameters
+        self.cv = ControlVariateELBO(model, guide, self.elbo) if control_variate else None
+        self.params = [p for _, p in self.loss_fn.named_parameters()]
+        # the floor's trace draws from the global RNG too (kept in this order: the same draws as before the driver)
+        self.check = DivergenceCheck(desc, lr, floor=loss_floor(model, x0, y0, self.N, floor_kind),
+                                     unit=self.N * likelihood_scale(model.temperature, model.tempering))
+        device = self.params[0].device if self.params else torch.device("cpu")
+        self.rng = _rng_state(device)
+
+
+class SVIRule:
+    """The SVI step rule: per run, one Adam step on the negative ELBO of ``(model, guide_k)`` per minibatch.
+
+    **State.** The rule owns the Pyro side — K `SVIRun` (ELBO, guide and its parameters) — and the
+    driver's state holds the numbers: ``"theta"`` ``(K, P)`` is the guides' unconstrained variational
+    parameters (AutoNormal's locs and unconstrained scales; the low-rank/full-rank guide's loc, scale
+    and factor), flattened *as one storage*: guide k's ``nn.Parameter`` objects are views of row k
+    (`flatten_parameters`), so the Adam steps on the guides write θ, and restoring θ restores the
+    guides. ``"optimiser"`` and ``"scheduler"`` are one ``torch.optim.Adam`` over every run's
+    parameter groups (`param_groups`: the covariance factors at ``lr/√width``; Adam is elementwise, so
+    this is K separate optimisers) and its exponential decay from ``lr`` to ``lr · lr_decay`` over
+    ``steps`` — for K = 1 exactly the optimiser of the loop before the driver. ``"rng"``: run k's
+    state of torch's global RNG, where its ELBO draws ε continue (a step swaps it in and out, so the
+    runs' draws are independent of each other and of the data order, and a resumed run draws the same
+    ε). Nothing is copied per step but the RNG states (a few kB).
+
+    **Divergence.** The loss stays a device tensor (no host read per step; the driver reads it in
+    blocks). A step whose distributions get invalid parameters (Pyro's validation raises
+    ``ValueError`` once a guide parameter is NaN or inf) yields loss NaN and that run is frozen: its
+    remaining steps up to the driver's next read return NaN without computing, and the driver's
+    `DivergenceCheck` then names the first diverged step and the learning rate.
+    """
+
+    def __init__(self, runs: Sequence[SVIRun], lr: float, lr_decay: float, steps: int):
+        self.runs, self.lr = list(runs), float(lr)
+        self.gamma = float(lr_decay) ** (1.0 / max(1, steps))
+        self.theta = flatten_parameters([run.params for run in self.runs])
+        self._diverged = [False] * len(self.runs)
+        self._invalid: List[Optional[str]] = [None] * len(self.runs)  # why a run's failed step failed
+
+    @property
+    def checks(self) -> List[DivergenceCheck]:
+        return [run.check for run in self.runs]
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate after ``step`` (0-based) steps of the exponential decay."""
+        return self.lr * self.gamma ** (step + 1)
+
+    def init(self, theta: torch.Tensor) -> Dict[str, Any]:
+        if theta.shape != self.theta.shape:
+            raise ValueError(f"θ of shape {tuple(theta.shape)} for {len(self.runs)} runs of "
+                             f"{self.theta.shape[1]} parameters")
+        with torch.no_grad():
+            if theta.data_ptr() != self.theta.data_ptr():
+                self.theta.copy_(theta)
+        groups = [g for run in self.runs for g in param_groups(run.loss_fn, self.lr)]
+        opt = torch.optim.Adam(groups, lr=self.lr)
+        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=self.gamma)
+        return {"theta": self.theta, "optimiser": opt, "scheduler": sched,
+                "rng": [dict(run.rng) for run in self.runs]}
+
+    def _loss(self, k: int, x, y) -> Optional[torch.Tensor]:
+        """Run k's negative ELBO estimate (detached), its gradient accumulated; ``None`` if the run diverged."""
+        run = self.runs[k]
+        try:
+            if run.cv is None:
+                loss = run.loss_fn(x, y, run.N)
+                value = loss.detach()
+            else:
+                loss, value = run.cv(x, y, run.N)
+        except ValueError as err:
+            if not is_invalid_parameter_error(err):
+                raise
+            self._diverged[k], self._invalid[k] = True, str(err).splitlines()[0]
+            return None
+        loss.backward()
+        return value
+
+    def update(self, state: Dict[str, Any], batch: driver.Batch,
+               generators: Sequence[torch.Generator]) -> Tuple[Dict[str, Any], torch.Tensor]:
+        device = self.theta.device
+        nan = torch.full((), math.nan, dtype=self.theta.dtype, device=device)
+        opt = state["optimiser"]
+        opt.zero_grad()  # a frozen (diverged) run's parameters keep grad None: Adam leaves them alone
+        outer = _rng_state(device)  # what else draws from the global RNG (a user's DataLoader) keeps its stream
+        values = []
+        for k in range(len(self.runs)):
+            if self._diverged[k]:
+                values.append(nan)
+                continue
+            _set_rng_state(state["rng"][k], device)
+            value = self._loss(k, *batch.member(k))
+            state["rng"][k] = _rng_state(device)
+            values.append(nan if value is None else value.reshape(()))
+        _set_rng_state(outer, device)
+        opt.step()
+        state["scheduler"].step()
+        return state, torch.stack(values)
+
+    def save(self, state: Dict[str, Any]) -> Dict[str, Any]:
+        return {"theta": state["theta"].detach().clone(), "optimiser": state["optimiser"].state_dict(),
+                "scheduler": state["scheduler"].state_dict(), "rng": [dict(r) for r in state["rng"]]}
+
+    def restore(self, saved: Dict[str, Any]) -> Dict[str, Any]:
+        state = self.init(saved["theta"].to(self.theta))
+        state["optimiser"].load_state_dict(saved["optimiser"])
+        state["scheduler"].load_state_dict(saved["scheduler"])
+        state["rng"] = [dict(r) for r in saved["rng"]]
+        return state
+
+    def nonfinite_start(self, theta: torch.Tensor, batch: driver.Batch, values: List[float]) -> str:
+        """Why the loss is not finite at step 0: the sites whose log density is not finite at the guide's
+        first draw (from the starting parameters ``theta``)."""
+        k = next(i for i, v in enumerate(values) if not math.isfinite(v))
+        if self._invalid[k] is not None:
+            return (f"the loss cannot be evaluated at the starting point (step 0, before any update), so the "
+                    f"learning rate is not the cause: a distribution got invalid parameters ({self._invalid[k]}); "
+                    "check the prior, the likelihood, the guide's start and the data")
+        with torch.no_grad():
+            self.theta.copy_(theta)  # the run stops here: back to where step 0 evaluated the loss
+        run, (x, y) = self.runs[k], batch.member(k)
+        with pyro.settings.context(module_local_params=True):
+            return _nonfinite_start(run.model, run.guide, x, y, run.N, values[k])
+
+
+def run_svi(runs: Sequence[SVIRun], data: FitData, steps: int, lr: float, lr_decay: float, seeds: Sequence[int],
+            progress: Optional[bool], desc: str, checkpoint: Optional[str] = None,
+            fingerprint: Optional[Callable[[torch.Tensor], Dict[str, Any]]] = None) -> driver.Result:
+    """K SVI runs (`SVIRun`, run k's data order from ``seeds[k]``) on the driver; the guides are trained in place.
+
+    ``checkpoint``: a file for the driver's state, under the fingerprint ``fingerprint(θ₀)`` (θ₀ the
+    guides' starting parameters, flattened ``(K, P)``)."""
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    rule = SVIRule(runs, lr, lr_decay, steps)
+    try:
+        fp = None if checkpoint is None else fingerprint(rule.theta)
+        with pyro.settings.context(module_local_params=True):
+            return driver.drive(rule, rule.theta, data, steps=steps, seeds=seeds, desc=desc, progress=progress,
+                                checks=rule.checks, lr_at=rule.lr_at, checkpoint=checkpoint, fingerprint=fp)
+    finally:
+        unflatten_parameters([run.params for run in rule.runs])
+
+
 def optimise(model: BayesianModel, guide, data: FitData, num_steps: int, lr: float, lr_decay: float,
              num_particles: int, seed: int, progress: Optional[bool], desc: str, floor_kind: str = "elbo",
-             control_variate: bool = False) -> list:
-    """Minimise the negative ELBO of ``(model, guide)``; returns the loss per step.
+             control_variate: bool = False, checkpoint: Optional[str] = None,
+             fingerprint: Optional[Callable[[torch.Tensor], Dict[str, Any]]] = None) -> driver.Result:
+    """Minimise the negative ELBO of ``(model, guide)`` on the driver (`SVIRule`); the guide is trained in place.
 
-    Stops with a `DivergenceError` when the loss diverges
-    (`divergence`; ``floor_kind``: ``"elbo"``, or ``"point"`` for MAP's
-    AutoDelta, whose loss is −log p̃(D, w)). ``control_variate``: use `ControlVariateELBO`
-    (built-in SVI guides under minibatches).
+    Returns the driver's `Result` (``loss`` ``(1, num_steps)``, ``wall_time``). Data order from
+    ``seed`` (`pyro_bdl.infer.driver`); the ELBO's draws continue torch's global RNG from here. Stops
+    with a `DivergenceError` naming ``lr`` when the loss diverges (`pyro_bdl.infer.divergence`;
+    ``floor_kind``: ``"elbo"``, or ``"point"`` for a user's AutoDelta guide, whose loss is
+    −log p̃(D, w)), read every 50 steps. ``control_variate``: use `ControlVariateELBO` (built-in
+    guides under minibatches). ``checkpoint``, ``fingerprint``: as in `run_svi`.
     """
-    generator = torch.Generator().manual_seed(seed)
-    N = data.dataset_size
-    elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
-    losses = []
-    with pyro.settings.context(module_local_params=True):
-        loss_fn = elbo(model, guide)
-        x0, y0 = next(iter(data.epoch(generator)))
-        loss_fn(x0, y0, N)  # builds the guide's parameters
-        cv = ControlVariateELBO(model, guide, elbo) if control_variate else None
-        check = DivergenceCheck(desc, lr, floor=loss_floor(model, x0, y0, N, floor_kind),
-                                unit=N * likelihood_scale(model.temperature, model.tempering))
-        groups = param_groups(loss_fn, lr)
-        if not groups:
-            raise ValueError("the guide has no parameters to optimise")
-        opt = torch.optim.Adam(groups, lr=lr)
-        gamma = lr_decay ** (1.0 / max(1, num_steps))
-        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
-        with progress_bars.bar(num_steps, desc, progress) as bar:
-            for i, (xb, yb) in enumerate(data.steps(num_steps, generator)):
-                opt.zero_grad()
-                try:
-                    if cv is None:
-                        loss = loss_fn(xb, yb, N)
-                        value = loss.item()
-                    else:
-                        loss, value = cv(xb, yb, N)
-                except ValueError as err:
-                    if not is_invalid_parameter_error(err):
-                        raise
-                    raise DivergenceError(f"{desc} diverged at step {i}: the weights became NaN or inf (a "
-                                          f"distribution got invalid parameters). Lower the learning rate (lr={lr:g}; "
-                                          f"try lr={lr / 10:g}) or check the data scale") from None
-                if i == 0 and not math.isfinite(value):  # before any update: the start is at fault, not lr
-                    raise FloatingPointError(_nonfinite_start(model, guide, xb, yb, N, value))
-                loss.backward()
-                opt.step()
-                sched.step()
-                check.check(value, i, lr=lr * sched.get_last_lr()[0] / opt.param_groups[0]["initial_lr"])
-                losses.append(value)
-                if i % 50 == 0:
-                    bar.set_postfix(loss=f"{value:.4g}")
-                bar.update()
-    return losses
+    run = SVIRun(model, guide, data, lr, num_particles, control_variate, floor_kind, desc)
+    return run_svi([run], data, num_steps, lr, lr_decay, [seed], progress, desc, checkpoint, fingerprint)
 
 
 def _nonfinite_start(model: BayesianModel, guide, x: torch.Tensor, y: torch.Tensor, N: int, value: float) -> str:
@@ -309,8 +478,9 @@ def _nonfinite_start(model: BayesianModel, guide, x: torch.Tensor, y: torch.Tens
 def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool],
             guide: Union[str, Any] = "normal", steps: Optional[int] = None, epochs: Optional[int] = None,
             lr: float = 0.01, lr_decay: float = 0.1, num_particles: int = 1, init_scale: Union[float, str] = "auto",
-            rank: Optional[int] = None, init: Optional[Dict[str, torch.Tensor]] = None) -> GuidePosterior:
-    """Variational inference with a Pyro autoguide.
+            rank: Optional[int] = None, init: Optional[Dict[str, torch.Tensor]] = None, num_chains: int = 1,
+            checkpoint: Optional[str] = None) -> Union[GuidePosterior, MixturePosterior]:
+    """Variational inference with a Pyro autoguide, run by the driver (`SVIRule`, `pyro_bdl.infer.driver`).
 
     Args:
         guide: ``"normal"`` (mean-field), ``"lowrank"``, ``"fullrank"``, or a Pyro guide.
@@ -324,37 +494,77 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
             start (`curvature_scales`; for a Gaussian posterior 1/√Λ_kk is the mean-field optimum), so
             a posterior narrower than 0.01 (cold T, large N) is not approached from far above; a
             number sets every sd to it.
+        rank: rank of the ``"lowrank"`` guide (default ≈ √P).
+        init: the built-in guide's starting means ``{site: tensor}`` (moved to the network's device and
+            dtype); sites left out start at [`BayesianModel.initial_values`][pyro_bdl.BayesianModel].
+        num_chains: independent SVI runs (default 1). Run k has seed ``s_k = spawn_seeds(seed, num_chains)[k]``:
+            its guide's means start at ``model.initial_values(seed=s_k)`` (a fresh initialisation of the
+            network, with ``init``'s sites replaced), and its data order, ``init_scale="auto"`` estimate and
+            ELBO draws come from ``s_k`` — run k is ``fit(method="svi", seed=s_k, init=<that start>)``. The
+            runs are stepped together on the driver and returned as their equal-weight mixture
+            ([`MixturePosterior`][pyro_bdl.MixturePosterior]), as for deep ensembles and Multi-SWAG: the
+            runs settle in different modes, which one Gaussian cannot cover. Built-in guides only.
+        checkpoint: file where the run's state (guide parameters, Adam and its schedule, the data
+            order's and the ELBO draws' random generators, the loss history) is saved after every
+            epoch and at the end; rerunning the same call resumes it bit-identically, and a checkpoint of
+            another run (other model, data, options or seed) is refused naming what differs.
 
     Under minibatches the built-in guides use `ControlVariateELBO`: the ELBO gradient of a guide sd
     otherwise has signal-to-noise ratio ≈ √(B·T/N) (B of N points), and at cold T the sds stayed
     near their start (variance 0.6× the mean-field target at T = 0.1 and 2.3× at T = 0.01 on
     linear regression with 2000 steps); with it they reach the target within 10% at T = 1 … 0.01.
-        rank: rank of the ``"lowrank"`` guide (default ≈ √P).
-        init: the built-in guide's starting means ``{site: tensor}`` (moved to the network's device and
-            dtype); sites left out start at [`BayesianModel.initial_values`][pyro_bdl.BayesianModel].
+
+    The driver shuffles the minibatches with a generator seeded ``seed`` (`pyro_bdl.infer.driver`) and
+    reads the loss every 50 steps: a loss that turns non-finite, grows by orders of magnitude or falls
+    below any attainable value (`pyro_bdl.infer.divergence`) stops the run within that block with a
+    `DivergenceError` naming ``lr``.
 
     ``info``: the driver schema (`pyro_bdl.infer.driver.info`) — ``loss`` ``(1, steps)`` (the negative
-    ELBO estimate per step), ``options``, ``wall_time`` — plus ``guide`` (its class name) and
-    ``losses`` (the same losses as a list; deprecated, kept for one release).
+    ELBO estimate per step), ``options``, ``wall_time`` (training, summed over resumes) — plus
+    ``guide`` (its class name) and, for one run, ``losses`` (the same losses as a list; deprecated, kept for
+    one release). With ``num_chains`` > 1, ``loss`` is ``(num_chains, steps)`` and the mixture carries the
+    ``info``; each member's ``info`` has its ``seed``.
     """
     num = run_length(data, steps, epochs, default=2000)
     _check_init_scale(init_scale)
-    if init is not None and not isinstance(guide, str):
-        raise ValueError("init sets a built-in guide's starting means; a guide object you pass starts where it "
-                         "was built (drop init, or build the guide with init_loc_fn=init_to_value(values=...))")
+    check_int(num_chains, "num_chains", 1)
+    checkpoint = ckpt.check_path(checkpoint)
+    if not isinstance(guide, str):
+        if init is not None:
+            raise ValueError("init sets a built-in guide's starting means; a guide object you pass starts where it "
+                             "was built (drop init, or build the guide with init_loc_fn=init_to_value(values=...))")
+        if num_chains > 1:
+            raise ValueError("num_chains > 1 builds one fresh guide per run, so it needs a built-in guide "
+                             f"({sorted(GUIDES)}); fit several runs of your own guide one at a time")
     start = start_values(model, init)
-    started = time.perf_counter()
-    with pyro.settings.context(module_local_params=True):
-        g = make_guide(model, guide, init_scale, rank, start)
-        if init_scale == "auto" and isinstance(guide, str):
-            initialise_scales(g, model, data, seed, start)
-    losses = optimise(model, g, data, num, lr, lr_decay, num_particles, seed, progress, "svi",
-                      control_variate=isinstance(guide, str) and data.minibatched)
-    wall_time = time.perf_counter() - started
-    x0, _ = next(iter(data.epoch()))
+    seeds = [seed] if num_chains == 1 else spawn_seeds(seed, num_chains)
+    runs = []
+    for s in seeds:
+        # One run sets up under fit's seeded global RNG, as before the driver; run k of several under s_k,
+        # exactly as fit(seed=s_k) would (and the global RNG is left as it was).
+        with contextlib.nullcontext() if num_chains == 1 else seeded(s):
+            run_start = start if num_chains == 1 else {**model.initial_values(seed=s), **model.as_values(init or {})}
+            with pyro.settings.context(module_local_params=True):
+                g = make_guide(model, guide, init_scale, rank, run_start)
+                if init_scale == "auto" and isinstance(guide, str):
+                    initialise_scales(g, model, data, s, run_start)
+            runs.append(SVIRun(model, g, data, lr, num_particles,
+                               control_variate=isinstance(guide, str) and data.minibatched))
     options = {"guide": guide if isinstance(guide, str) else type(guide).__qualname__, "steps": steps,
                "epochs": epochs, "lr": lr, "lr_decay": lr_decay, "num_particles": num_particles,
-               "init_scale": init_scale, "rank": rank, "init": None if init is None else sorted(init)}
-    loss = torch.tensor([losses], dtype=torch.float64)
-    return GuidePosterior(model, g, "svi", x0, info=driver.info(loss, options, wall_time, losses=losses,
-                                                                guide=type(g).__name__))
+               "init_scale": init_scale, "rank": rank, "init": None if init is None else sorted(init),
+               "num_chains": num_chains}
+
+    def fingerprint(theta0: torch.Tensor) -> Dict[str, Any]:
+        # the starting parameters stand for init, init_scale="auto"'s estimate and a user guide's own start
+        return ckpt.fingerprint(model, data, "svi", options, seed, start=ckpt.tensor_hash(theta0))
+
+    result = run_svi(runs, data, num, lr, lr_decay, seeds, progress, "svi", checkpoint, fingerprint)
+    x0, _ = next(iter(data.epoch()))
+    name = type(runs[0].guide).__name__
+    if num_chains == 1:
+        return GuidePosterior(model, runs[0].guide, "svi", x0,
+                              info=driver.info(result.loss, options, result.wall_time,
+                                               losses=result.loss[0].tolist(), guide=name))
+    members = [GuidePosterior(model, run.guide, "svi", x0, info={"seed": s}) for run, s in zip(runs, seeds)]
+    return MixturePosterior(members, "svi", info=driver.info(result.loss, options, result.wall_time, guide=name))
