@@ -90,6 +90,7 @@ def test_cli_defaults_use_the_canonical_names():
 # The gradient methods whose info follows the driver schema (`pyro_bdl.infer.driver.info`); for the epoch-based
 # ones the loss history has epochs × batches per epoch steps (20 points in batches of 10).
 INFO_SCHEMA = {"map": dict(steps=4), "ensemble": dict(steps=3, num_chains=2), "svi": dict(steps=4),
+               "svi (2 runs)": dict(steps=4, num_chains=2),
                "sgld": dict(epochs=4, num_chains=2), "sghmc": dict(epochs=4),
                "csgmcmc": dict(epochs=10, cycles=2, samples_per_cycle=1)}
 
@@ -99,7 +100,7 @@ def test_gradient_methods_share_the_info_schema(method):
     """``loss`` a (num_chains, steps) tensor, ``options`` plain data, ``wall_time`` seconds."""
     x, y, model = problem()
     options = INFO_SCHEMA[method]
-    info = bdl.fit(model, x, y, method=method, batch_size=10, seed=0, progress=False, **options).info
+    info = bdl.fit(model, x, y, method=method.split(" ")[0], batch_size=10, seed=0, progress=False, **options).info
     chains, steps = options.get("num_chains", 1), options.get("steps", options.get("epochs", 0) * 2)
     assert torch.is_tensor(info["loss"]) and info["loss"].shape == (chains, steps)
     assert torch.isfinite(info["loss"]).all()

@@ -20,7 +20,7 @@ VOCABULARY: Dict[str, str] = {
              "leapfrog count, which keeps Pyro's name num_steps",
     "warmup": "what is discarded before draws or averages are kept: HMC/NUTS warm-up draws, SG-MCMC burn-in "
               "epochs, SWAG's epochs before snapshot collection",
-    "num_chains": "independent runs of any method: MCMC chains, ensemble members, Multi-SWAG members",
+    "num_chains": "independent runs of any method: MCMC chains, ensemble members, Multi-SWAG members, SVI runs",
     "lr": "step size of the method's update rule, in the unit LR_UNITS states for the method",
     "init": "the starting point: a dict {site: tensor} or a named start of the method",
     "checkpoint": "a file path: the run saves its state there (atomically) and a rerun with the same arguments "
