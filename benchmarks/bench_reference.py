@@ -232,6 +232,12 @@ def reference_table(train_size: int, hidden: int, T: float, seeds, quick: bool =
                 stats = post.info.get("configurational_temperature")
                 if stats is not None:
                     row["lib_tconf/T"] = float(torch.as_tensor(stats)[..., 0].mean()) / T
+        # SWAG's covariance scaled: does any global width of SWAG's Gaussian match the reference?
+        for label in ("swag", "swag-nocap"):
+            for f in (4.0, 16.0):
+                post = fitted[label]
+                r, _ = scores(post.with_variant(scale=post.scale * f), ds, ref_pred)
+                rows.append({"seed": str(seed), "method": f"{label} x{f:g}", **r, "fit_s": float("nan")})
         # the gap split, on this seed's fits: members' means vs spread
         multi, ens = fitted["multiswag"], fitted["ensemble"]
         multi_swa = MixturePosterior([m.with_variant("swa") for m in multi.members], "multiswa")
