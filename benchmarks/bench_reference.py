@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_reference.py --quick
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_reference.py --size 300 --hidden 16 --T 1 --seeds 0 1
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_reference.py --gap --seeds 0 1 2
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_reference.py --length --size 500 --hidden 32 --T 1
 
 Issue 13, item 5 asks SWAG's predictive mutual information (MI) to be at least a quarter of SGHMC's. Whether
 SGHMC is the right yardstick is the question here: Izmailov et al. (2021, "What are Bayesian neural network
@@ -32,6 +33,8 @@ the posterior itself at T = 1 and T = 0.1 (posterior tempering, the library defa
    40 epochs, M = 3, no augmentation), per seed: the ensemble, its members alone, Multi-SWAG, its members
    alone, their SWA means alone, multi-SWA, and Multi-SWAG with its covariance scaled by 0.25 / 0.5 / 2
    (the spread's own dose-response).
+4. **Run length** (``--length``): SGHMC and SGLD at 200 (default), 1000 and 3000 epochs against the reference:
+   whether their understated spread is a mixing problem that closes with length.
 """
 from __future__ import annotations
 
@@ -264,6 +267,33 @@ def _mean(results: List[Dict[str, float]]) -> Dict[str, float]:
     return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
 
 
+# -- SG-MCMC run length ---------------------------------------------------------------------------------
+def length_table(train_size: int, hidden: int, T: float, epochs=(200, 1000, 3000), seed: int = 0,
+                 quick: bool = False) -> Dict[str, list]:
+    """SGHMC and SGLD (defaults but ``epochs``, 2 chains) against the reference as the runs get longer: does
+    the understated spread (configurational temperature < 1) close with run length, i.e. is it mixing?"""
+    ds = bdl.data.load_dataset("digits", seed=0, train_size=train_size)
+    ref_model, ref, conv = reference(ds, hidden, T, *((200, 200) if quick else (400, 400)))
+    ref_scores, ref_pred = scores(ref, ds, num_samples=None)
+    identity = Identity(ref_model, ds)
+    rows = [{"method": "nuts (reference)", "epochs": "", **ref_scores, "tconf": identity.chains(ref.samples, None)["tconf"],
+             "fit_s": conv["fit_s"]}]
+    for method in ("sghmc", "sgld"):
+        for n in epochs:
+            model = make_model(hidden, T, seed)
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                post = bdl.fit(model, ds.x_train, ds.y_train, method=method, batch_size=BATCH, seed=seed,
+                               progress=False, num_chains=2, epochs=n)
+            seconds = time.perf_counter() - start
+            r, _ = scores(post, ds, ref_pred)
+            stats = torch.as_tensor(post.info["configurational_temperature"])[..., 0]
+            rows.append({"method": method, "epochs": str(n), **r, **identity.chains(post.samples, None),
+                         "lib_tconf/T": float(stats.mean()) / T, "fit_s": seconds})
+    return {"convergence": conv, "rows": rows}
+
+
 # -- the gap table --------------------------------------------------------------------------------------
 def gap_table(seeds, train_size: int = 500, hidden: int = 32, epochs: int = 40, num_models: int = 3) -> list:
     """Multi-SWAG vs deep ensemble without augmentation (`bench_swag.augmented_table`'s setting, T = 1),
@@ -316,9 +346,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--T", type=float, default=1.0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--json", default=None, help="also write the rows to this file")
+    parser.add_argument("--length", action="store_true", help="SG-MCMC at growing run length vs the reference")
     parser.add_argument("--gap", action="store_true", help="the Multi-SWAG vs ensemble gap table only")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(1)
+    if args.length:
+        print(f"SG-MCMC run length against full-batch NUTS (digits {args.size}, MLP 64-{args.hidden}-10, T = {args.T:g}, "
+              f"batch {BATCH}, 2 chains, seed {args.seeds[0]})")
+        out = length_table(args.size, args.hidden, args.T, seed=args.seeds[0],
+                           epochs=(60, 200) if args.quick else (200, 1000, 3000), quick=args.quick)
+        _print(out["rows"], ["method", "epochs", "nll", "accuracy", "mi", "agree", "tv", "tconf", "lib_tconf/T",
+                             "fit_s"])
+        return out
     if args.gap:
         print("Multi-SWAG vs deep ensemble, no augmentation (digits 500, 64-32-10, batch 50, 40 epochs, M = 3, "
               "T = 1): test NLL")
