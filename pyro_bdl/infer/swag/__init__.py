@@ -39,9 +39,11 @@ scale 0.1 (λ_max ∝ 1/σ²: 1.4·10³ on the gap data). Then:
   3. the collected covariance is multiplied by c = max(1/f, min_k ε_k*/ε_k)
      (`GradientNoise.covariance_scale`): the stationary covariance solves a Lyapunov equation linear
      in a global rate scale, so the halvings keep the iterate local without shrinking the spread;
-  4. each direction of the low-rank part is then shrunk, never widened, to what equipartition supports
-     (`equipartition_directions`): the variance λ along v is cut to 1/(vᵀAv) where λ·vᵀAv > 1, with vᵀAv
-     the secant curvature at ±√3 sd (E_p[(v·δ)(v·∇U)] = 1 for the target; Wenzel et al. 2020).
+  4. each direction of the low-rank part is then shrunk, never widened (`equipartition_directions`): the
+     variance λ along v is cut to 1/(vᵀAv) where λ·vᵀAv > 1, with vᵀAv the secant curvature at ±√3 sd
+     (E_p[(v·δ)(v·∇U)] = 1 for the target; Wenzel et al. 2020). Read on a slice through the mean, this is
+     biased narrow off the posterior's eigenvectors; it is kept as a guard against over-spread members
+     (the function's docs give the reference measurements).
 
   On linear regression the SWAG covariance is then within 2× of the exact (tempered) posterior
   (with a fixed rate and reshuffled epochs it is 0.1–0.3×); on digits SWAG's predictive mutual

@@ -254,10 +254,19 @@ def equipartition_directions(guide: SWAG, scale: float, grad) -> torch.Tensor:
     low-rank covariance scale·DᵀD/(k − 1) (variance λ, draws δ = √λ·z·v), the Gaussian's left side is
     C = √λ·E[z·h(z)] with h(z) = v·(∇U(θ̄ + √λ z v) − ∇U(θ̄ − √λ z v))/2, evaluated by the 3-point
     Gauss–Hermite rule, C = √λ·h(√3)/√3 (exact for a quartic U along v; C = λ·vᵀAv on a quadratic). Where
-    C > 1 the direction is spread wider than the loss's climb along it allows, and λ is cut to λ/C; where
-    C ≤ 1 it is left alone (1/(vᵀAv) is the *conditional* variance, a lower bound on the marginal one, so it
-    may only cap). On digits these are the directions where the rescaled SGD spread (c, `covariance_scale`)
-    climbs faster than a quadratic: the cap brings Multi-SWAG's NLL back near the deep ensemble's.
+    C > 1, λ is cut to λ/C; where C ≤ 1 it is left alone.
+
+    **This cut is biased narrow** and is kept as a guard, not as an exact rule. C is read on a one-dimensional
+    slice through θ̄, so at the exact posterior's marginal variance λ = vᵀΣv it reads (vᵀΣv)(vᵀΣ⁻¹v) ≥ 1
+    (Cauchy–Schwarz), with equality only along eigenvectors of the posterior covariance Σ: off them the cut
+    takes λ down towards the conditional variance 1/(vᵀAv), a lower bound on the marginal one (6.6× too narrow
+    on a BLR with posterior correlation −0.92, `tests/test_bench_reference.py`). Measured against a full-batch
+    NUTS reference on digits (`benchmarks/bench_reference.py`, `notes/issue-13-reference.md`): without the cut
+    single SWAG is closer to the reference in 10 of 10 cells but only by 0.001–0.012 TV, while Multi-SWAG
+    members from fresh starts, whose Lyapunov rescaling c (`covariance_scale`) over-spreads them, reach 14–29×
+    the width the full-draw identity allows at 1000 images (TV 0.029 → 0.072, NLL 0.100 → 0.189). The cut
+    catches those. The principled replacement, the identity on SWAG's full draws (which the exact posterior
+    satisfies along any direction), is not built.
     ``grad(θ)`` is ∇U on one fixed batch (scaled to the data set). Cost: 2 gradients per direction.
     The rewrite is D ← R·D with R = Q·diag(√b)·Qᵀ (D = Q·diag(s)·Vᵀ), so DᵀD ← V·diag(b·s²)·Vᵀ."""
     k = min(guide.num_snapshots, guide.rank)
