@@ -49,7 +49,7 @@ from typing import Dict, List, Optional
 import torch
 
 import pyro_bdl as bdl
-import pyro_bdl.infer.swag as swag_module
+import pyro_bdl.infer.swag.rule as swag_rule
 from pyro_bdl.examples.networks import mlp
 from pyro_bdl.model.potential import Objective
 from pyro_bdl.posterior.mixture import MixturePosterior
@@ -146,15 +146,21 @@ def multiswag_reading(identity: Identity, post, num: int = 100) -> Dict[str, flo
 
 
 # -- the reference table --------------------------------------------------------------------------------
-def no_cap():
-    """Context: SWAG's per-direction equipartition cap (`swag.equipartition_directions`) switched off."""
+def no_cap(reading: Optional[str] = None):
+    """Context: SWAG's per-direction equipartition cap switched off (``reading=None``) or read on the full draws
+    (``"full"``, `equipartition_full_draws`). `swag/rule.py` imports `equipartition_directions` by name, so the
+    name is replaced there (replacing the package's attribute would change nothing)."""
     class _Ctx:
         def __enter__(self):
-            self.saved = swag_module.equipartition_directions
-            swag_module.equipartition_directions = lambda guide, scale, grad: torch.ones(0)
+            self.saved = swag_rule.equipartition_directions
+            if reading is None:
+                swag_rule.equipartition_directions = lambda guide, scale, grad: torch.ones(0)
+            else:
+                swag_rule.equipartition_directions = lambda guide, scale, grad: self.saved(guide, scale, grad,
+                                                                                           reading=reading)
 
         def __exit__(self, *exc):
-            swag_module.equipartition_directions = self.saved
+            swag_rule.equipartition_directions = self.saved
     return _Ctx()
 
 
@@ -177,13 +183,16 @@ def reference(ds, hidden: int, T: float, warmup: int, draws: int, seed: int = 0)
     return model, post, conv
 
 
-def method_fits(ds, hidden: int, T: float, seed: int, quick: bool):
-    """(label, posterior, seconds) at defaults (batch 50; SG-MCMC 2 chains) — ``quick`` shortens epochs."""
+def method_fits(ds, hidden: int, T: float, seed: int, quick: bool, swag_only: bool = False):
+    """(label, posterior, seconds) at defaults (batch 50; SG-MCMC 2 chains) — ``quick`` shortens epochs;
+    ``swag_only`` fits the SWAG variants alone (the slice cut, no cut, the full-draw cut)."""
     short = {"epochs": 30} if quick else {}
     sg_short = {"epochs": 60} if quick else {}
-    specs = [("swag", "swag", {}), ("swag-nocap", "swag", {}), ("multiswag", "multiswag", {}),
-             ("multiswag-nocap", "multiswag", {}), ("sghmc", "sghmc", {"num_chains": 2}), ("sgld", "sgld", {"num_chains": 2}),
-             ("ensemble", "ensemble", {}), ("map", "map", {})]
+    specs = [("swag", "swag", {}), ("swag-nocap", "swag", {}), ("swag-full", "swag", {}), ("multiswag", "multiswag", {}),
+             ("multiswag-nocap", "multiswag", {}), ("multiswag-full", "multiswag", {})]
+    if not swag_only:
+        specs += [("sghmc", "sghmc", {"num_chains": 2}), ("sgld", "sgld", {"num_chains": 2}),
+                  ("ensemble", "ensemble", {}), ("map", "map", {})]
     for label, method, extra in specs:
         model = make_model(hidden, T, seed)
         opts = dict(extra)
@@ -196,8 +205,8 @@ def method_fits(ds, hidden: int, T: float, seed: int, quick: bool):
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if label.endswith("-nocap"):
-                with no_cap():
+            if label.endswith(("-nocap", "-full")):
+                with no_cap("full" if label.endswith("-full") else None):
                     post = bdl.fit(model, ds.x_train, ds.y_train, method=method, batch_size=BATCH, seed=seed,
                                    progress=False, **opts)
             else:
@@ -206,7 +215,8 @@ def method_fits(ds, hidden: int, T: float, seed: int, quick: bool):
         yield label, post, time.perf_counter() - start
 
 
-def reference_table(train_size: int, hidden: int, T: float, seeds, quick: bool = False) -> Dict[str, list]:
+def reference_table(train_size: int, hidden: int, T: float, seeds, quick: bool = False,
+                    swag_only: bool = False) -> Dict[str, list]:
     ds = bdl.data.load_dataset("digits", seed=0, train_size=train_size)
     warmup, draws = (200, 200) if quick else (400, 400)
     ref_model, ref, conv = reference(ds, hidden, T, warmup, draws)
@@ -215,7 +225,7 @@ def reference_table(train_size: int, hidden: int, T: float, seeds, quick: bool =
     rows = []
     for seed in seeds:
         fitted = {}
-        for label, post, seconds in method_fits(ds, hidden, T, seed, quick):
+        for label, post, seconds in method_fits(ds, hidden, T, seed, quick, swag_only):
             fitted[label] = post
             r, _ = scores(post, ds, ref_pred)
             rows.append({"seed": str(seed), "method": label, **r, "fit_s": seconds})
@@ -226,15 +236,17 @@ def reference_table(train_size: int, hidden: int, T: float, seeds, quick: bool =
             if row["seed"] != str(seed) or "tconf" in row:
                 continue
             post = fitted.get(row["method"])
-            if row["method"] in ("swag", "swag-nocap"):
+            if row["method"] in ("swag", "swag-nocap", "swag-full"):
                 row.update(swag_reading(identity, post, directions))
-            elif row["method"] in ("multiswag", "multiswag-nocap"):
+            elif row["method"] in ("multiswag", "multiswag-nocap", "multiswag-full"):
                 row.update(multiswag_reading(identity, post))
             elif row["method"] in ("sghmc", "sgld"):
                 row.update(identity.chains(post.samples, directions))
                 stats = post.info.get("configurational_temperature")
                 if stats is not None:
                     row["lib_tconf/T"] = float(torch.as_tensor(stats)[..., 0].mean()) / T
+        if swag_only:
+            continue
         # SWAG's covariance scaled: does any global width of SWAG's Gaussian match the reference?
         for label in ("swag", "swag-nocap"):
             for f in (4.0, 16.0):
@@ -348,6 +360,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     parser.add_argument("--length", action="store_true", help="SG-MCMC at growing run length vs the reference")
     parser.add_argument("--gap", action="store_true", help="the Multi-SWAG vs ensemble gap table only")
+    parser.add_argument("--swag-only", action="store_true",
+                        help="the SWAG / Multi-SWAG variants only (slice cut, no cut, full-draw cut) against NUTS")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(1)
     if args.length:
@@ -367,7 +381,7 @@ def main(argv=None) -> dict:
     size, hidden, T, seeds = (200, 16, 1.0, [0]) if args.quick else (args.size, args.hidden, args.T, args.seeds)
     print(f"Against full-batch NUTS (digits {size}, MLP 64-{hidden}-10 ReLU, N(0, 1), T = {T:g}, batch {BATCH}, "
           f"defaults{'; --quick: short runs' if args.quick else ''})")
-    out = reference_table(size, hidden, T, seeds, quick=args.quick)
+    out = reference_table(size, hidden, T, seeds, quick=args.quick, swag_only=args.swag_only)
     if args.json:
         import json
         with open(args.json, "w") as f:
