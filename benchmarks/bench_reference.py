@@ -3,6 +3,8 @@
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_reference.py --quick
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_reference.py --size 300 --hidden 16 --T 1 --seeds 0 1
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_reference.py --gap --seeds 0 1 2
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_reference.py --swag-only --size 1000 --hidden 32 --T 1
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_reference.py --split --size 500 --hidden 32
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_reference.py --length --size 500 --hidden 32 --T 1
 
 Issue 13, item 5 asks SWAG's predictive mutual information (MI) to be at least a quarter of SGHMC's. Whether
@@ -35,6 +37,10 @@ the posterior itself at T = 1 and T = 0.1 (posterior tempering, the library defa
    (the spread's own dose-response).
 4. **Run length** (``--length``): SGHMC and SGLD at 200 (default), 1000 and 3000 epochs against the reference:
    whether their understated spread is a mixing problem that closes with length.
+5. **SWAG variants** (``--swag-only``): the reference and SWAG / Multi-SWAG alone, with step 4 of the auto
+   rule as it is (the slice cut), off (``-nocap``) and read on the full draws (``-full``,
+   `equipartition_directions(reading="full")`); ``--split`` splits the two readings on uncut fits
+   (`split_table`). `notes/issue-13-fulldraw.md`.
 """
 from __future__ import annotations
 
@@ -279,6 +285,64 @@ def _mean(results: List[Dict[str, float]]) -> Dict[str, float]:
     return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
 
 
+# -- the full-draw reading split -----------------------------------------------------------------------
+def split_table(train_size: int, hidden: int, seeds, num_pairs: int = 256) -> list:
+    """On uncut SWAG fits (T = 1, defaults, batch 50), per low-rank direction v_j: the slice reading of
+    `equipartition_directions` and the full-draw reading of `equipartition_full_draws`, split as
+    C_j = C^L_j + C^D_j (the shares of δ's low-rank and diagonal parts; by Stein's lemma
+    C^L_j = λ_j·v_jᵀE_q[∇²U]v_j, the slice's λ_j·v_jᵀ∇²U(θ̄)v_j with the curvature averaged over q instead of
+    read at θ̄), with ``num_pairs`` antithetic pairs; medians over the directions."""
+    ds = bdl.data.load_dataset("digits", seed=0, train_size=train_size)
+    rows = []
+    for seed in seeds:
+        captured = {}
+
+        def spy(guide, scale, grad):  # the rule's own inputs: guide, scale (guide's × Lyapunov c), fixed-batch ∇U
+            captured.update(guide=guide, scale=scale, grad=grad)
+            return torch.ones(0)
+
+        saved, swag_rule.equipartition_directions = swag_rule.equipartition_directions, spy
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                bdl.fit(make_model(hidden, 1.0, seed), ds.x_train, ds.y_train, method="swag", batch_size=BATCH,
+                        seed=seed, progress=False)
+        finally:
+            swag_rule.equipartition_directions = saved
+        g, scale, rule_grad = captured["guide"], captured["scale"], captured["grad"]
+
+        def grad(point, rule_grad=rule_grad):  # the rule runs under no_grad and turns gradients back on itself
+            with torch.enable_grad():
+                return rule_grad(point)
+
+        with torch.no_grad():
+            k = min(g.num_snapshots, g.rank)
+            _, sv, vt = torch.linalg.svd(g.swa_deviations[:k], full_matrices=False)
+            lam = scale * sv ** 2 / (k - 1)
+            sd = (scale * g.variance).sqrt()
+            gen = torch.Generator().manual_seed(1)
+            diag = torch.randn((num_pairs, sd.numel()), generator=gen).to(sd) * sd
+            low = (torch.randn((num_pairs, lam.numel()), generator=gen).to(sd) * lam.sqrt()) @ vt
+            x_low, x_diag = torch.zeros(num_pairs, lam.numel()), torch.zeros(num_pairs, lam.numel())
+            for i in range(num_pairs):
+                d = diag[i] + low[i]
+                dg = 0.5 * (grad(g.swa_mean + d) - grad(g.swa_mean - d))
+                x_low[i], x_diag[i] = (vt @ low[i]) * (vt @ dg), (vt @ diag[i]) * (vt @ dg)
+            full = (x_low + x_diag).mean(0)
+            node, sl = math.sqrt(3.0), []
+            for j in range(lam.numel()):  # the slice reading, as equipartition_directions computes it
+                step = lam[j].sqrt() * node * vt[j]
+                h = 0.5 * float(vt[j] @ (grad(g.swa_mean + step) - grad(g.swa_mean - step)))
+                sl.append(float(lam[j].sqrt()) * h / node)
+            sl = torch.tensor(sl)
+            rel_se = (x_low + x_diag).std(0) / math.sqrt(num_pairs) / full.abs()
+        rows.append({"seed": str(seed), "k": str(k), "slice": float(sl.median()), "full": float(full.median()),
+                     "low-rank share": float(x_low.mean(0).median()), "diagonal share": float(x_diag.mean(0).median()),
+                     "full/slice": float((full / sl).median()), "share full>slice": float((full > sl).float().mean()),
+                     "rel s.e. (S=64)": float(rel_se.median()) * math.sqrt(num_pairs / 64)})
+    return rows
+
+
 # -- SG-MCMC run length ---------------------------------------------------------------------------------
 def length_table(train_size: int, hidden: int, T: float, epochs=(200, 1000, 3000), seed: int = 0,
                  quick: bool = False) -> Dict[str, list]:
@@ -360,6 +424,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     parser.add_argument("--length", action="store_true", help="SG-MCMC at growing run length vs the reference")
     parser.add_argument("--gap", action="store_true", help="the Multi-SWAG vs ensemble gap table only")
+    parser.add_argument("--split", action="store_true",
+                        help="the slice vs full-draw equipartition readings on uncut SWAG fits (T = 1)")
     parser.add_argument("--swag-only", action="store_true",
                         help="the SWAG / Multi-SWAG variants only (slice cut, no cut, full-draw cut) against NUTS")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -372,6 +438,12 @@ def main(argv=None) -> dict:
         _print(out["rows"], ["method", "epochs", "nll", "accuracy", "mi", "agree", "tv", "tconf", "lib_tconf/T",
                              "fit_s"])
         return out
+    if args.split:
+        print(f"Equipartition readings along SWAG's directions, uncut fits (digits {args.size}, 64-{args.hidden}-10, "
+              f"T = 1; medians over directions)")
+        rows = split_table(args.size, args.hidden, args.seeds)
+        _print(rows, list(rows[0]))
+        return {"split": rows}
     if args.gap:
         print("Multi-SWAG vs deep ensemble, no augmentation (digits 500, 64-32-10, batch 50, 40 epochs, M = 3, "
               "T = 1): test NLL")
