@@ -3,6 +3,8 @@
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_reference.py --quick
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_reference.py --size 300 --hidden 16 --T 1 --seeds 0 1
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_reference.py --gap --seeds 0 1 2
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_reference.py --swag-only --size 1000 --hidden 32 --T 1
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_reference.py --split --size 500 --hidden 32
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_reference.py --length --size 500 --hidden 32 --T 1
 
 Issue 13, item 5 asks SWAG's predictive mutual information (MI) to be at least a quarter of SGHMC's. Whether
@@ -35,6 +37,10 @@ the posterior itself at T = 1 and T = 0.1 (posterior tempering, the library defa
    (the spread's own dose-response).
 4. **Run length** (``--length``): SGHMC and SGLD at 200 (default), 1000 and 3000 epochs against the reference:
    whether their understated spread is a mixing problem that closes with length.
+5. **SWAG variants** (``--swag-only``): the reference and SWAG / Multi-SWAG alone, with step 4 of the auto
+   rule as it is (the slice cut), off (``-nocap``) and read on the full draws (``-full``,
+   `equipartition_directions(reading="full")`); ``--split`` splits the two readings on uncut fits
+   (`split_table`). `notes/issue-13-fulldraw.md`.
 """
 from __future__ import annotations
 
@@ -49,7 +55,7 @@ from typing import Dict, List, Optional
 import torch
 
 import pyro_bdl as bdl
-import pyro_bdl.infer.swag as swag_module
+import pyro_bdl.infer.swag.rule as swag_rule
 from pyro_bdl.examples.networks import mlp
 from pyro_bdl.model.potential import Objective
 from pyro_bdl.posterior.mixture import MixturePosterior
@@ -146,15 +152,21 @@ def multiswag_reading(identity: Identity, post, num: int = 100) -> Dict[str, flo
 
 
 # -- the reference table --------------------------------------------------------------------------------
-def no_cap():
-    """Context: SWAG's per-direction equipartition cap (`swag.equipartition_directions`) switched off."""
+def no_cap(reading: Optional[str] = None):
+    """Context: SWAG's per-direction equipartition cap switched off (``reading=None``) or read on the full draws
+    (``"full"``, `equipartition_full_draws`). `swag/rule.py` imports `equipartition_directions` by name, so the
+    name is replaced there (replacing the package's attribute would change nothing)."""
     class _Ctx:
         def __enter__(self):
-            self.saved = swag_module.equipartition_directions
-            swag_module.equipartition_directions = lambda guide, scale, grad: torch.ones(0)
+            self.saved = swag_rule.equipartition_directions
+            if reading is None:
+                swag_rule.equipartition_directions = lambda guide, scale, grad: torch.ones(0)
+            else:
+                swag_rule.equipartition_directions = lambda guide, scale, grad: self.saved(guide, scale, grad,
+                                                                                           reading=reading)
 
         def __exit__(self, *exc):
-            swag_module.equipartition_directions = self.saved
+            swag_rule.equipartition_directions = self.saved
     return _Ctx()
 
 
@@ -177,13 +189,16 @@ def reference(ds, hidden: int, T: float, warmup: int, draws: int, seed: int = 0)
     return model, post, conv
 
 
-def method_fits(ds, hidden: int, T: float, seed: int, quick: bool):
-    """(label, posterior, seconds) at defaults (batch 50; SG-MCMC 2 chains) — ``quick`` shortens epochs."""
+def method_fits(ds, hidden: int, T: float, seed: int, quick: bool, swag_only: bool = False):
+    """(label, posterior, seconds) at defaults (batch 50; SG-MCMC 2 chains) — ``quick`` shortens epochs;
+    ``swag_only`` fits the SWAG variants alone (the slice cut, no cut, the full-draw cut)."""
     short = {"epochs": 30} if quick else {}
     sg_short = {"epochs": 60} if quick else {}
-    specs = [("swag", "swag", {}), ("swag-nocap", "swag", {}), ("multiswag", "multiswag", {}),
-             ("multiswag-nocap", "multiswag", {}), ("sghmc", "sghmc", {"num_chains": 2}), ("sgld", "sgld", {"num_chains": 2}),
-             ("ensemble", "ensemble", {}), ("map", "map", {})]
+    specs = [("swag", "swag", {}), ("swag-nocap", "swag", {}), ("swag-full", "swag", {}), ("multiswag", "multiswag", {}),
+             ("multiswag-nocap", "multiswag", {}), ("multiswag-full", "multiswag", {})]
+    if not swag_only:
+        specs += [("sghmc", "sghmc", {"num_chains": 2}), ("sgld", "sgld", {"num_chains": 2}),
+                  ("ensemble", "ensemble", {}), ("map", "map", {})]
     for label, method, extra in specs:
         model = make_model(hidden, T, seed)
         opts = dict(extra)
@@ -196,8 +211,8 @@ def method_fits(ds, hidden: int, T: float, seed: int, quick: bool):
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if label.endswith("-nocap"):
-                with no_cap():
+            if label.endswith(("-nocap", "-full")):
+                with no_cap("full" if label.endswith("-full") else None):
                     post = bdl.fit(model, ds.x_train, ds.y_train, method=method, batch_size=BATCH, seed=seed,
                                    progress=False, **opts)
             else:
@@ -206,7 +221,8 @@ def method_fits(ds, hidden: int, T: float, seed: int, quick: bool):
         yield label, post, time.perf_counter() - start
 
 
-def reference_table(train_size: int, hidden: int, T: float, seeds, quick: bool = False) -> Dict[str, list]:
+def reference_table(train_size: int, hidden: int, T: float, seeds, quick: bool = False,
+                    swag_only: bool = False) -> Dict[str, list]:
     ds = bdl.data.load_dataset("digits", seed=0, train_size=train_size)
     warmup, draws = (200, 200) if quick else (400, 400)
     ref_model, ref, conv = reference(ds, hidden, T, warmup, draws)
@@ -215,7 +231,7 @@ def reference_table(train_size: int, hidden: int, T: float, seeds, quick: bool =
     rows = []
     for seed in seeds:
         fitted = {}
-        for label, post, seconds in method_fits(ds, hidden, T, seed, quick):
+        for label, post, seconds in method_fits(ds, hidden, T, seed, quick, swag_only):
             fitted[label] = post
             r, _ = scores(post, ds, ref_pred)
             rows.append({"seed": str(seed), "method": label, **r, "fit_s": seconds})
@@ -226,15 +242,17 @@ def reference_table(train_size: int, hidden: int, T: float, seeds, quick: bool =
             if row["seed"] != str(seed) or "tconf" in row:
                 continue
             post = fitted.get(row["method"])
-            if row["method"] in ("swag", "swag-nocap"):
+            if row["method"] in ("swag", "swag-nocap", "swag-full"):
                 row.update(swag_reading(identity, post, directions))
-            elif row["method"] in ("multiswag", "multiswag-nocap"):
+            elif row["method"] in ("multiswag", "multiswag-nocap", "multiswag-full"):
                 row.update(multiswag_reading(identity, post))
             elif row["method"] in ("sghmc", "sgld"):
                 row.update(identity.chains(post.samples, directions))
                 stats = post.info.get("configurational_temperature")
                 if stats is not None:
                     row["lib_tconf/T"] = float(torch.as_tensor(stats)[..., 0].mean()) / T
+        if swag_only:
+            continue
         # SWAG's covariance scaled: does any global width of SWAG's Gaussian match the reference?
         for label in ("swag", "swag-nocap"):
             for f in (4.0, 16.0):
@@ -265,6 +283,64 @@ def _members(post) -> List[bdl.SamplesPosterior]:
 
 def _mean(results: List[Dict[str, float]]) -> Dict[str, float]:
     return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
+
+
+# -- the full-draw reading split -----------------------------------------------------------------------
+def split_table(train_size: int, hidden: int, seeds, num_pairs: int = 256) -> list:
+    """On uncut SWAG fits (T = 1, defaults, batch 50), per low-rank direction v_j: the slice reading of
+    `equipartition_directions` and the full-draw reading of `equipartition_full_draws`, split as
+    C_j = C^L_j + C^D_j (the shares of δ's low-rank and diagonal parts; by Stein's lemma
+    C^L_j = λ_j·v_jᵀE_q[∇²U]v_j, the slice's λ_j·v_jᵀ∇²U(θ̄)v_j with the curvature averaged over q instead of
+    read at θ̄), with ``num_pairs`` antithetic pairs; medians over the directions."""
+    ds = bdl.data.load_dataset("digits", seed=0, train_size=train_size)
+    rows = []
+    for seed in seeds:
+        captured = {}
+
+        def spy(guide, scale, grad):  # the rule's own inputs: guide, scale (guide's × Lyapunov c), fixed-batch ∇U
+            captured.update(guide=guide, scale=scale, grad=grad)
+            return torch.ones(0)
+
+        saved, swag_rule.equipartition_directions = swag_rule.equipartition_directions, spy
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                bdl.fit(make_model(hidden, 1.0, seed), ds.x_train, ds.y_train, method="swag", batch_size=BATCH,
+                        seed=seed, progress=False)
+        finally:
+            swag_rule.equipartition_directions = saved
+        g, scale, rule_grad = captured["guide"], captured["scale"], captured["grad"]
+
+        def grad(point, rule_grad=rule_grad):  # the rule runs under no_grad and turns gradients back on itself
+            with torch.enable_grad():
+                return rule_grad(point)
+
+        with torch.no_grad():
+            k = min(g.num_snapshots, g.rank)
+            _, sv, vt = torch.linalg.svd(g.swa_deviations[:k], full_matrices=False)
+            lam = scale * sv ** 2 / (k - 1)
+            sd = (scale * g.variance).sqrt()
+            gen = torch.Generator().manual_seed(1)
+            diag = torch.randn((num_pairs, sd.numel()), generator=gen).to(sd) * sd
+            low = (torch.randn((num_pairs, lam.numel()), generator=gen).to(sd) * lam.sqrt()) @ vt
+            x_low, x_diag = torch.zeros(num_pairs, lam.numel()), torch.zeros(num_pairs, lam.numel())
+            for i in range(num_pairs):
+                d = diag[i] + low[i]
+                dg = 0.5 * (grad(g.swa_mean + d) - grad(g.swa_mean - d))
+                x_low[i], x_diag[i] = (vt @ low[i]) * (vt @ dg), (vt @ diag[i]) * (vt @ dg)
+            full = (x_low + x_diag).mean(0)
+            node, sl = math.sqrt(3.0), []
+            for j in range(lam.numel()):  # the slice reading, as equipartition_directions computes it
+                step = lam[j].sqrt() * node * vt[j]
+                h = 0.5 * float(vt[j] @ (grad(g.swa_mean + step) - grad(g.swa_mean - step)))
+                sl.append(float(lam[j].sqrt()) * h / node)
+            sl = torch.tensor(sl)
+            rel_se = (x_low + x_diag).std(0) / math.sqrt(num_pairs) / full.abs()
+        rows.append({"seed": str(seed), "k": str(k), "slice": float(sl.median()), "full": float(full.median()),
+                     "low-rank share": float(x_low.mean(0).median()), "diagonal share": float(x_diag.mean(0).median()),
+                     "full/slice": float((full / sl).median()), "share full>slice": float((full > sl).float().mean()),
+                     "rel s.e. (S=64)": float(rel_se.median()) * math.sqrt(num_pairs / 64)})
+    return rows
 
 
 # -- SG-MCMC run length ---------------------------------------------------------------------------------
@@ -348,6 +424,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     parser.add_argument("--length", action="store_true", help="SG-MCMC at growing run length vs the reference")
     parser.add_argument("--gap", action="store_true", help="the Multi-SWAG vs ensemble gap table only")
+    parser.add_argument("--split", action="store_true",
+                        help="the slice vs full-draw equipartition readings on uncut SWAG fits (T = 1)")
+    parser.add_argument("--swag-only", action="store_true",
+                        help="the SWAG / Multi-SWAG variants only (slice cut, no cut, full-draw cut) against NUTS")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(1)
     if args.length:
@@ -358,6 +438,12 @@ def main(argv=None) -> dict:
         _print(out["rows"], ["method", "epochs", "nll", "accuracy", "mi", "agree", "tv", "tconf", "lib_tconf/T",
                              "fit_s"])
         return out
+    if args.split:
+        print(f"Equipartition readings along SWAG's directions, uncut fits (digits {args.size}, 64-{args.hidden}-10, "
+              f"T = 1; medians over directions)")
+        rows = split_table(args.size, args.hidden, args.seeds)
+        _print(rows, list(rows[0]))
+        return {"split": rows}
     if args.gap:
         print("Multi-SWAG vs deep ensemble, no augmentation (digits 500, 64-32-10, batch 50, 40 epochs, M = 3, "
               "T = 1): test NLL")
@@ -367,7 +453,7 @@ def main(argv=None) -> dict:
     size, hidden, T, seeds = (200, 16, 1.0, [0]) if args.quick else (args.size, args.hidden, args.T, args.seeds)
     print(f"Against full-batch NUTS (digits {size}, MLP 64-{hidden}-10 ReLU, N(0, 1), T = {T:g}, batch {BATCH}, "
           f"defaults{'; --quick: short runs' if args.quick else ''})")
-    out = reference_table(size, hidden, T, seeds, quick=args.quick)
+    out = reference_table(size, hidden, T, seeds, quick=args.quick, swag_only=args.swag_only)
     if args.json:
         import json
         with open(args.json, "w") as f:

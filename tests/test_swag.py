@@ -721,3 +721,69 @@ def test_default_lr_adapts_to_sharp_curvature():
     assert 0.5 < eig.min() and eig.max() < 2.0, f"SWAG / exact covariance eigenvalues {eig}"
     z = ((mean - true_mean) / true_cov.diag().sqrt()).abs().max()
     assert z < 0.6, f"SWA mean off by {z:.2f} posterior sds"
+
+
+def _gaussian_guide(sigma: torch.Tensor, diag: torch.Tensor):
+    """A SWAG-like namespace whose Gaussian (scale 1) is exactly N(0, diag(diag) + L), L = Σ − diag(diag), with
+    L as k = P + 1 deviation rows (one zero): DᵀD/(k − 1) = L."""
+    from types import SimpleNamespace
+
+    P = sigma.shape[0]
+    mu, u = torch.linalg.eigh(sigma - torch.diag(diag))
+    D = torch.cat([(P ** 0.5) * mu.clamp_min(0).sqrt()[:, None] * u.t(), torch.zeros(1, P, dtype=sigma.dtype)])
+    return SimpleNamespace(num_snapshots=P + 1, rank=P + 1, swa_deviations=D, swa_mean=torch.zeros(P, dtype=sigma.dtype),
+                           variance=diag.clone())
+
+
+def test_equipartition_full_draws_keeps_the_exact_gaussian_and_cuts_a_wide_one():
+    """On U = ½θᵀAθ with a correlated posterior Σ = A⁻¹ (correlations up to −0.8), the full-draw reading
+    E_q[(v·δ)(v·∇U)] of `equipartition_full_draws` is vᵀAΣ_q v: 1 along every direction when the SWAG Gaussian
+    (diagonal part half of Σ's smallest eigenvalue, the rest low-rank) is exactly Σ, so nothing is cut (up to
+    Monte-Carlo error, 2000 pairs); for 4Σ with a negligible diagonal part it reads 4 and the fixed point cuts
+    every direction back to 1/4, i.e. DᵀD/(k − 1) back to Σ."""
+    from pyro_bdl.infer.swag import noise
+
+    torch.manual_seed(0)
+    a = torch.tensor([[2.0, 1.6, 0.4], [1.6, 2.0, 0.9], [0.4, 0.9, 1.5]], dtype=torch.float64)
+    sigma = torch.linalg.inv(a)
+    grad = lambda theta: a @ theta  # noqa: E731
+    exact = _gaussian_guide(sigma, torch.full((3,), 0.5 * float(torch.linalg.eigvalsh(sigma).min()), dtype=torch.float64))
+    D0 = exact.swa_deviations.clone()
+    b = noise.equipartition_full_draws(exact, 1.0, grad, num_pairs=2000)
+    assert bool((b > 0.9).all()), b
+    wide = _gaussian_guide(sigma, torch.full((3,), 1e-8, dtype=torch.float64))
+    b = noise.equipartition_full_draws(wide, 4.0, grad, num_pairs=2000)
+    torch.testing.assert_close(b, torch.full((3,), 0.25, dtype=torch.float64), atol=0.03, rtol=0)
+    cov = 4.0 * wide.swa_deviations.T @ wide.swa_deviations / 3
+    torch.testing.assert_close(cov, sigma, atol=0.1 * float(sigma.abs().max()), rtol=0)
+    # the dispatcher of swa_lr="auto"'s step 4 reaches it, and refuses unknown readings
+    again = _gaussian_guide(sigma, torch.full((3,), 1e-8, dtype=torch.float64))
+    assert float(equipartition_directions(again, 4.0, grad, reading="full").max()) < 0.45  # 64 pairs: s.e. ≈ 0.18
+    with pytest.raises(ValueError, match="reading"):
+        equipartition_directions(exact, 1.0, grad, reading="other")
+    assert D0.shape == exact.swa_deviations.shape
+
+
+def test_bench_reference_switch_replaces_the_name_rule_calls():
+    """`benchmarks/bench_reference.py`'s variant switch must replace `equipartition_directions` where
+    `swag/rule.py` looks it up (it imports the name; replacing the package attribute was inert after the split)."""
+    import importlib.util
+    from pathlib import Path
+
+    import pyro_bdl.infer.swag.rule as rule
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_reference.py"
+    spec = importlib.util.spec_from_file_location("bench_reference_switch", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    saved = rule.equipartition_directions
+    with bench.no_cap():
+        assert rule.equipartition_directions is not saved
+        assert rule.equipartition_directions(None, 1.0, None).numel() == 0
+    assert rule.equipartition_directions is saved
+    a = torch.eye(3, dtype=torch.float64)
+    guide = _gaussian_guide(4.0 * torch.eye(3, dtype=torch.float64), torch.full((3,), 1e-8, dtype=torch.float64))
+    with bench.no_cap("full"):
+        b = rule.equipartition_directions(guide, 1.0, lambda theta: a @ theta)
+    assert float(b.max()) < 0.45
+    assert rule.equipartition_directions is saved

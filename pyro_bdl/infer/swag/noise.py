@@ -244,8 +244,14 @@ def stability_cap(noise: "GradientNoise", hvp, dataset_size: int, batch_size: in
 EQUIPARTITION_POINTS = 512
 
 
+#: antithetic pairs of full SWAG draws per fixed-point iteration of the full-draw reading (`equipartition_full_draws`)
+FULL_DRAW_PAIRS = 64
+#: fixed-point iterations of the full-draw reading (the readings couple through the diagonal part)
+FULL_DRAW_ITERATIONS = 3
+
+
 @torch.no_grad()
-def equipartition_directions(guide: SWAG, scale: float, grad) -> torch.Tensor:
+def equipartition_directions(guide: SWAG, scale: float, grad, reading: str = "slice") -> torch.Tensor:
     """Shrink SWAG's low-rank part, direction by direction, to the spread equipartition supports; returns the
     factors b (one per direction, in (0, 1]) and rewrites the guide's deviations D in place.
 
@@ -265,10 +271,18 @@ def equipartition_directions(guide: SWAG, scale: float, grad) -> torch.Tensor:
     single SWAG is closer to the reference in 10 of 10 cells but only by 0.001–0.012 TV, while Multi-SWAG
     members from fresh starts, whose Lyapunov rescaling c (`covariance_scale`) over-spreads them, reach 14–29×
     the width the full-draw identity allows at 1000 images (TV 0.029 → 0.072, NLL 0.100 → 0.189). The cut
-    catches those. The principled replacement, the identity on SWAG's full draws (which the exact posterior
-    satisfies along any direction), is not built.
+    catches those. ``reading="full"`` reads the identity on SWAG's full draws instead
+    (`equipartition_full_draws`, which the exact posterior satisfies along any direction). Measured against the
+    same reference it is *further* from it than the slice in 12 of 12 (cell, seed, SWAG / Multi-SWAG) cases at
+    300–1000 images, T = 1: on these fits the full draws read 1.7–5× the slice (the curvature along v averaged
+    over q is larger than at θ̄), so it cuts more, not less (`notes/issue-13-fulldraw.md`). The slice stays the
+    default.
     ``grad(θ)`` is ∇U on one fixed batch (scaled to the data set). Cost: 2 gradients per direction.
     The rewrite is D ← R·D with R = Q·diag(√b)·Qᵀ (D = Q·diag(s)·Vᵀ), so DᵀD ← V·diag(b·s²)·Vᵀ."""
+    if reading == "full":
+        return equipartition_full_draws(guide, scale, grad)
+    if reading != "slice":
+        raise ValueError(f"reading must be 'slice' or 'full', got {reading!r}")
     k = min(guide.num_snapshots, guide.rank)
     if k < 2:
         return torch.ones(0)
@@ -287,6 +301,83 @@ def equipartition_directions(guide: SWAG, scale: float, grad) -> torch.Tensor:
         c = float(lam[j].sqrt()) * h / node
         if math.isfinite(c) and c > 1:
             b[j] = 1 / c
+    guide.swa_deviations[:k] = (q * b.sqrt()) @ q.t() @ D
+    return b
+
+
+@torch.no_grad()
+def equipartition_full_draws(guide: SWAG, scale: float, grad, num_pairs: int = FULL_DRAW_PAIRS,
+                             iterations: int = FULL_DRAW_ITERATIONS, seed: int = 0) -> torch.Tensor:
+    """The per-direction cut of `equipartition_directions` with the identity read on SWAG's *full* draws; returns
+    the factors b ∈ (0, 1] (one per low-rank direction) and rewrites the guide's deviations D in place.
+
+    **Identity.** For p ∝ exp(−U) and any constant θ̄ and v, integration by parts gives
+    E_p[(v·(θ − θ̄))(v·∇U(θ))] = |v|² (Wenzel et al. 2020, App. E, the configurational temperature along v). The
+    exact posterior reads 1 along *every* direction, not only along its covariance's eigenvectors, which is what
+    the slice reading of `equipartition_directions` gets wrong. Here the left side is read on the SWAG Gaussian
+    q = N(θ̄, scale·(diag(σ²) + DᵀD/(k − 1))) itself, diagonal part included, along each unit eigendirection v_j
+    of the low-rank part (variance λ_j = scale·s_j²/(k − 1)):
+
+        C_j = E_q[(v_j·δ)(v_j·∇U(θ̄ + δ))],   δ = √scale·(σ ⊙ z₁ + Dᵀz₂/√(k − 1)).
+
+    **Estimator.** S antithetic pairs ±δ_s: Ĉ_j = (1/S) Σ_s (v_j·δ_s)·v_j·(∇U(θ̄ + δ_s) − ∇U(θ̄ − δ_s))/2, which
+    removes the term (v_j·δ)(v_j·∇U(θ̄)) — zero in expectation but the dominant noise when the SWA mean is not a
+    stationary point — and is exact on a quadratic along with every odd term. One pair serves all directions.
+
+    **Monte-Carlo error.** On a quadratic U = ½θᵀAθ, (x, y) = (v·δ, v·Aδ) is Gaussian and
+    Var(xy) = E[x²]E[y²] + C², so the relative standard error is √((κ + 1)/S) with
+    κ = (vᵀΣ_q v)(vᵀAΣ_qAv)/C² ≥ 1 (Cauchy–Schwarz again: the spread of v·Aδ that the other directions
+    and the diagonal part feed into it). κ = 1 along Σ_q's eigenvectors at C = 1 (s.e. 0.18 at S = 64); κ grows
+    with the coupling. Measured on digits MLPs: a median relative s.e. of 0.23 at S = 64.
+
+    **Fixed point.** On the quadratic C_j = λ_j·v_jᵀAv_j + v_jᵀAΣ_d v_j (Σ_d = scale·diag(σ²); the low-rank
+    directions are orthonormal, so their cross terms vanish): the directions couple through the diagonal part
+    only, and a plain cut λ_j/C_j overshoots when the diagonal's share is positive. The iteration
+    b_j ← min(1, b_j/Ĉ_j(b)) on common random numbers (the same z each time, so the noise does not accumulate)
+    has the fixed point b_j = (1 − r_j)/(λ_j a_jj) of the linear picture (r_j the diagonal's share), approached
+    within a few steps when r_j ≪ 1; where r_j ≥ 1 the diagonal part alone over-spreads v_j, b_j falls
+    geometrically and is floored at 1/64 of λ_j (that is the diagonal's fault, which this step does not touch).
+    b never exceeds 1: the rule only cuts, as the slice does.
+
+    What the reading can and cannot do for a low-rank Gaussian: by Stein's lemma C_j = v_jᵀE_q[∇²U]Σ_q v_j =
+    λ_j·v_jᵀE_q[∇²U]v_j + (the diagonal part's share). C_j = 1 asks q to be self-consistent along v_j (the
+    λ_j-stationarity of KL(q‖p) when the diagonal part is negligible: ∂/∂λ_j of E_q U − ½ log det Σ_q is
+    ½(v_jᵀE_q[∇²U]v_j − 1/λ_j)), not to carry the marginal variance v_jᵀΣv_j that the posterior's correlations
+    with directions outside q's span add; it is exact when q is the posterior, which a rank-k SWAG Gaussian is
+    not. On a quadratic it is the slice's reading plus the diagonal's share, so it cuts at least as much as the
+    slice wherever that share is positive. On digits MLPs (`benchmarks/bench_reference.py --split`) both parts
+    raise it: the low-rank share alone is 1.7–5× the slice's reading (the curvature along v averaged over q
+    exceeds the curvature at θ̄) and the diagonal share adds 0.2–1.0; the cut is then narrower than the slice's,
+    and further from a NUTS reference (hence not the default).
+
+    **Cost.** 2·S gradients of U per iteration on the fixed batch, whatever the rank (2·64·3 = 384 at defaults,
+    against 2 per direction for the slice), plus O((k + P)·S) for the draws."""
+    k = min(guide.num_snapshots, guide.rank)
+    if k < 2:
+        return torch.ones(0)
+    D = guide.swa_deviations[:k]
+    q, s, vt = torch.linalg.svd(D, full_matrices=False)
+    lam = scale * s ** 2 / (k - 1)
+    live = lam > 1e-12 * float(lam.max())
+    mean = guide.swa_mean
+    sd = (scale * guide.variance).sqrt()
+    gen = torch.Generator().manual_seed(seed)
+    z1 = torch.randn((num_pairs, mean.numel()), generator=gen, dtype=torch.float64).to(mean)
+    z2 = torch.randn((num_pairs, lam.numel()), generator=gen, dtype=torch.float64).to(mean)
+    diag_draws = z1 * sd  # the diagonal part, fixed across iterations
+    b = torch.ones_like(lam)
+    for _ in range(iterations):
+        # low-rank part in its eigenbasis: Dᵀz/√(k − 1) ~ N(0, Vᵀdiag(s²)V/(k − 1)) = Σ_j √(λ_j b_j) w_j v_j
+        delta = diag_draws + (z2 * (lam * b).sqrt()) @ vt
+        reading = torch.zeros_like(lam)
+        for d in delta:
+            with torch.enable_grad():
+                dg = 0.5 * (grad(mean + d) - grad(mean - d))
+            reading += (vt @ d) * (vt @ dg)
+        reading /= num_pairs
+        if not bool(torch.isfinite(reading).all()):
+            break
+        b = torch.where(live & (reading > 0), (b / reading.clamp_min(1e-300)).clamp(max=1.0), b).clamp(min=1 / 64)
     guide.swa_deviations[:k] = (q * b.sqrt()) @ q.t() @ D
     return b
 
