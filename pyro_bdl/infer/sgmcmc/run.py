@@ -35,6 +35,27 @@ WARMUP_EMA_DECAY = 0.9
 WARMUP_STEP_GROWTH = 1.1
 #: ...and the frozen sampling step at most this multiple of the warm-up's last step (`_freeze`)
 FROZEN_STEP_CAP = 2.0
+#: ...and SGHMC's warm-up friction is raised so that the minibatch noise it does not subtract heats the chain by at
+#: most this fraction of T (`warmup_friction`)
+WARMUP_HEAT = 0.25
+
+
+def warmup_friction(friction: torch.Tensor, step: torch.Tensor, noise: torch.Tensor, temperature: float,
+                    heat: float = WARMUP_HEAT) -> torch.Tensor:
+    r"""SGHMC's WARMUP friction when the gradient noise B̂ is not subtracted: α_i ≥ G_i B̂_i / (2·heat·T), at most 1.
+
+    Injecting 2αGT while the minibatch gradient adds G²B more makes the momentum's stationary variance
+    (2αGT + G²B)/(2α), i.e. temperature T_eff = T + G B/(2α) (Chen, Fox & Guestrin 2014, §3: the friction must
+    dominate the noise, α ≥ β̂ = G B̂/2 in these units); the bound keeps T_eff ≤ (1 + heat)·T. With the Fisher step
+    G = lr·T/E[ĝ²] and B̂ ≤ E[ĝ²] it asks α ≤ lr/(2·heat) (0.1 at the defaults). Why only the warm-up: its
+    step follows an EMA of ĝ² (decay 0.9, about an epoch), so the noise-free-over-an-epoch argument that lets the
+    frozen stage skip the correction under reshuffling (package docs) does not hold there. Without it, noise-dominated
+    coordinates stay at the friction floor 0.01, T_eff ≤ T(1 + lr/0.02) = 3.5·T, and on a long warm-up the hot chain
+    runs away: digits 500 / 64-32-10 ReLU / T = 1, default SGHMC at 3000 epochs (a 375-epoch warm-up) read a
+    kinetic temperature of 3.5–75·T in the warm-up, mean θ² 2 → 16 (prior 1) and a loss 2·10⁴ above its stationary
+    3.5·10³; the frozen step fitted out there (E[ĝ²] huge) is ~10× too small to come back in the sampling stage,
+    whose configurational temperature read −0.4 (the chain still descending, θ − θ₀ against ∇V; issue 13)."""
+    return K.valid_friction(friction, step, noise, temperature, margin=1.0 - heat)
 
 
 @dataclass
@@ -522,6 +543,8 @@ class _Chain:
                             _constants(K.ema_square(moments), torch.zeros_like(now), dynamics, schedule[k])["step"]
                     cc = _constants(now, est, dynamics, schedule[k], cap)
                     step, friction = cc["step"], cc["friction"]
+                    if dynamics.kernel == "sghmc" and not dynamics.noise_correction:  # the unsubtracted noise's heat
+                        friction = warmup_friction(friction, step, est, T)
                     if use_cv:
                         state["warm_step"] = step
                     correction = cc["noise"] if dynamics.noise_correction else None
