@@ -92,7 +92,7 @@ def fit_options(method: str, epochs: int) -> Tuple[str, Dict]:
         return "csgmcmc", dict(epochs=epochs, lr=LR[method], cycles=1, preconditioner=None, init="net")
     if method == "sghmc (fisher)":  # a fixed one-epoch burn-in (its split gradients land in start-up); the plain
         # gradient: gradient="auto" may keep the control variate, which takes a second gradient per step by design
-        return "sghmc", dict(epochs=epochs + 1, burnin=1, init="net", lr=0.01, gradient="plain")
+        return "sghmc", dict(epochs=epochs + 1, warmup=1, init="net", lr=0.01, gradient="plain")
     raise ValueError(method)
 
 

@@ -86,7 +86,7 @@ def test_matches_blr_posterior(method):
     lam = curvature()
     # ελ = 0.1 (SGLD) / 0.02 with friction 0.2 (SGHMC): both mix within ~10 steps.
     opts = dict(lr=0.1 / lam) if method == "sgld" else dict(lr=0.02 / lam, momentum_decay=0.2)
-    post = bdl.fit(blr_model(), x, y, method=method, batch_size=B, epochs=1500, burnin=100, seed=1,
+    post = bdl.fit(blr_model(), x, y, method=method, batch_size=B, epochs=1500, warmup=100, seed=1,
                    progress=False, preconditioner=None, **opts)
     assert post.samples["weight"].shape == (1, 1400, 1, 2)
     assert_matches(post, *blr_posterior(x, y))
@@ -101,7 +101,7 @@ def test_cold_posterior_covariance(method, tempering):
     lam = curvature(T, tempering)
     opts = (dict(lr=0.1 / lam) if method == "sgld"
             else dict(lr=0.02 / lam * N, per_datapoint=True, momentum_decay=0.2))
-    post = bdl.fit(blr_model(tempering=tempering), x, y, method=method, batch_size=B, epochs=1500, burnin=100,
+    post = bdl.fit(blr_model(tempering=tempering), x, y, method=method, batch_size=B, epochs=1500, warmup=100,
                    seed=2, temperature=T, progress=False, preconditioner=None, **opts)
     assert post.info["temperature"] == T
     assert_matches(post, *blr_posterior(x, y, T, tempering))
@@ -185,7 +185,7 @@ def test_csgmcmc_sghmc_inner_and_chains():
 
 def test_chains_independent_and_reproducible():
     x, y = blr_data()
-    kw = dict(method="sgld", lr=1e-4, epochs=30, burnin=10, thin=5, batch_size=B, num_chains=2, progress=False,
+    kw = dict(method="sgld", lr=1e-4, epochs=30, warmup=10, thin=5, batch_size=B, num_chains=2, progress=False,
               preconditioner=None)
     a = bdl.fit(blr_model(), x, y, seed=4, **kw)
     b = bdl.fit(blr_model(), x, y, seed=4, **kw)
@@ -205,7 +205,7 @@ def test_learned_noise_site_is_sampled_in_its_support():
     x, y = blr_data()
     torch.manual_seed(0)
     model = bdl.BayesianModel(torch.nn.Linear(2, 1), likelihood=bdl.likelihoods.Gaussian(scale=None))
-    post = bdl.fit(model, x, y, method="sgld", lr=5e-4, epochs=200, burnin=160, batch_size=B, progress=False,
+    post = bdl.fit(model, x, y, method="sgld", lr=5e-4, epochs=200, warmup=160, batch_size=B, progress=False,
                    preconditioner=None)
     noise = post.samples["noise_scale"]
     assert noise.shape == (1, 40) and (noise > 0).all()
@@ -246,9 +246,9 @@ def interrupt_after(monkeypatch, saves):
 
 @pytest.mark.parametrize("method,opts,saves", [
     # two chains stacked: one driver run, a save per epoch (12 in all); interrupted mid-run
-    ("sghmc", dict(lr=1e-4, epochs=12, burnin=4, thin=2, num_chains=2), 5),
+    ("sghmc", dict(lr=1e-4, epochs=12, warmup=4, thin=2, num_chains=2), 5),
     # one chain after another: one driver run (and file) per chain, 12 saves each; interrupted in chain 2
-    ("sghmc", dict(lr=1e-4, epochs=12, burnin=4, thin=2, num_chains=2, stack=False), 15),
+    ("sghmc", dict(lr=1e-4, epochs=12, warmup=4, thin=2, num_chains=2, stack=False), 15),
     ("csgmcmc", dict(lr=0.5, cycles=2, epochs=12, exploration=0.5, samples_per_cycle=2), 5),
 ])
 def test_resume_after_interrupt_is_identical(tmp_path, monkeypatch, method, opts, saves):
@@ -279,7 +279,7 @@ def test_resume_after_interrupt_is_identical(tmp_path, monkeypatch, method, opts
 # -- bad input ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method,opts,match", [
     ("sgld", dict(lr=-1.0), "lr"),
-    ("sgld", dict(epochs=10, burnin=10), "no draws"),
+    ("sgld", dict(epochs=10, warmup=10), "no draws"),
     ("sgld", dict(thin=0), "thin"),
     ("sgld", dict(init="prior"), "init"),
     ("sghmc", dict(momentum_decay=1.5), "momentum_decay"),

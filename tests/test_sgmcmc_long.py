@@ -57,7 +57,7 @@ def test_long_warmup_does_not_run_away_on_a_relu_mlp():
                               likelihood=bdl.likelihoods.Categorical())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        post = bdl.fit(model, ds.x_train, ds.y_train, method="sghmc", batch_size=50, epochs=800, burnin=750, seed=0,
+        post = bdl.fit(model, ds.x_train, ds.y_train, method="sghmc", batch_size=50, epochs=800, warmup=750, seed=0,
                        progress=False)
     S = post.info["steps_per_epoch"]
     loss = post.info["loss"][0].reshape(-1, S).mean(1)

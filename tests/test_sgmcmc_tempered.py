@@ -229,8 +229,8 @@ def test_bad_adaptive_options():
         bdl.fit(blr.model(), blr.x, blr.y, method="sghmc", per_datapoint=True, progress=False)
     with pytest.raises(ValueError, match="noise_correction"):
         bdl.fit(blr.model(), blr.x, blr.y, method="sgld", noise_correction="yes", progress=False)
-    with pytest.raises(ValueError, match="burnin"):
-        bdl.fit(blr.model(), blr.x, blr.y, method="sgld", burnin=0, progress=False)
+    with pytest.raises(ValueError, match="warmup"):
+        bdl.fit(blr.model(), blr.x, blr.y, method="sgld", warmup=0, progress=False)
     with pytest.raises(ValueError, match="gradient"):
         bdl.fit(blr.model(), blr.x, blr.y, method="sgld", gradient="svrg", progress=False)
     with pytest.raises(ValueError, match="gradient='cv' needs the adaptive kernel"):

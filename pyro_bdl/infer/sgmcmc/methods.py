@@ -112,13 +112,13 @@ def _gradient_mode(value, data: FitData, adaptive: bool) -> str:
 def _example_burnin(epochs: int, burnin: Optional[int], thin: int, adaptive: bool) -> int:
     if burnin is None:  # the adaptive kernel measures the gradients in its burn-in: at least one epoch
         burnin = max(epochs // 4, 1 if adaptive and epochs > 1 else 0)
-    check_int(burnin, "burnin", 0)
+    check_int(burnin, "warmup", 0)
     if adaptive and burnin < 1:
-        raise ValueError("the adaptive kernel needs burnin >= 1 epoch (it measures the gradient scale there); "
-                         f"pass burnin=1 or more (epochs={epochs}), or preconditioner=None for the plain kernel")
+        raise ValueError("the adaptive kernel needs warmup >= 1 epoch of burn-in (it measures the gradient scale "
+                         f"there); pass warmup=1 or more (epochs={epochs}), or preconditioner=None for the plain kernel")
     check_int(thin, "thin", 1)
     if burnin + thin > epochs:
-        raise ValueError(f"burnin={burnin} and thin={thin} leave no draws in {epochs} epochs; "
+        raise ValueError(f"warmup={burnin} and thin={thin} leave no draws in {epochs} epochs; "
                          "draws are taken after every thin-th epoch past the burn-in")
     return burnin
 
@@ -144,7 +144,7 @@ def _constant_run(method: str, model, data, *, seed, progress, lr, epochs, burni
     dynamics = Dynamics(method, model.temperature, 1.0 / data.dataset_size if per_datapoint else 1.0, friction,
                         preconditioner, adaptive and _noise_correction(noise_correction, data),
                         _gradient_mode(gradient, data, adaptive))
-    config = {"lr": lr, "epochs": epochs, "burnin": burnin, "thin": thin, "per_datapoint": per_datapoint,
+    config = {"lr": lr, "epochs": epochs, "warmup": burnin, "burnin": burnin, "thin": thin, "per_datapoint": per_datapoint,
               "preconditioner": preconditioner, "noise_correction": dynamics.noise_correction,
               "gradient": dynamics.gradient}
     if adaptive:
@@ -162,7 +162,7 @@ Stack = Union[str, bool, int]
 
 @register("sgld")
 def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], lr: Optional[float] = None,
-             epochs: int = 200, burnin: Optional[int] = None, thin: int = 1, num_chains: int = 1,
+             epochs: int = 200, warmup: Optional[int] = None, thin: int = 1, num_chains: int = 1,
              preconditioner: Optional[str] = "fisher", noise_correction: Union[str, bool] = "auto",
              explore_lr: Optional[float] = None, gradient: str = "auto", per_datapoint: bool = False,
              init: Init = "fresh", checkpoint: Optional[str] = None, checkpoint_every: int = 1,
@@ -179,8 +179,8 @@ def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Option
             in parameter units (G_i = lr/√E[ĝ_i²], default 1e-4); ``None``: the plain constant step ε on
             the full-data potential (default 1e-4; ``per_datapoint=True``: ε = lr/N).
         epochs: passes over the data; each epoch is ``len(loader)`` steps (1 step for full-batch data).
-        burnin: epochs discarded before the first draw (default ``epochs // 4``). The adaptive kernels
-            spend its first half moving to the posterior's bulk (noise-free RMSprop steps of size
+        warmup: burn-in epochs discarded before the first draw (default ``epochs // 4``; formerly
+            ``burnin``). The adaptive kernels spend its first half moving to the posterior's bulk (noise-free RMSprop steps of size
             ``explore_lr`` with momentum 0.9) and its second half estimating E[ĝ²] and the gradient noise.
         thin: a draw at the end of every ``thin``-th epoch after the burn-in.
         num_chains: independent runs (seeds spawned from ``seed``), kept as separate chains.
@@ -206,7 +206,7 @@ def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Option
             another) or a number. A stacked chain equals the chain run alone with its seed (to float
             rounding); a network vmap cannot batch (an LSTM) runs its chains one after another.
     """
-    return _constant_run("sgld", model, data, seed=seed, progress=progress, lr=lr, epochs=epochs, burnin=burnin,
+    return _constant_run("sgld", model, data, seed=seed, progress=progress, lr=lr, epochs=epochs, burnin=warmup,
                          thin=thin, num_chains=num_chains, per_datapoint=per_datapoint, init=init,
                          checkpoint=checkpoint, checkpoint_every=checkpoint_every, preconditioner=preconditioner,
                          noise_correction=noise_correction, explore_lr=explore_lr, gradient=gradient, stack=stack)
@@ -214,7 +214,7 @@ def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Option
 
 @register("sghmc")
 def fit_sghmc(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], lr: Optional[float] = None,
-              momentum_decay: Optional[float] = None, epochs: int = 200, burnin: Optional[int] = None, thin: int = 1,
+              momentum_decay: Optional[float] = None, epochs: int = 200, warmup: Optional[int] = None, thin: int = 1,
               num_chains: int = 1, preconditioner: Optional[str] = "fisher",
               noise_correction: Union[str, bool] = "auto", explore_lr: Optional[float] = None,
               gradient: str = "auto", per_datapoint: bool = False, init: Init = "fresh",
@@ -234,7 +234,7 @@ def fit_sghmc(model: BayesianModel, data: FitData, *, seed: int, progress: Optio
 
     The other options are as in `fit_sgld`.
     """
-    return _constant_run("sghmc", model, data, seed=seed, progress=progress, lr=lr, epochs=epochs, burnin=burnin,
+    return _constant_run("sghmc", model, data, seed=seed, progress=progress, lr=lr, epochs=epochs, burnin=warmup,
                          thin=thin, num_chains=num_chains, per_datapoint=per_datapoint, init=init,
                          checkpoint=checkpoint, checkpoint_every=checkpoint_every, preconditioner=preconditioner,
                          noise_correction=noise_correction, explore_lr=explore_lr, momentum_decay=momentum_decay,
