@@ -85,9 +85,9 @@ def fit_options(method: str, epochs: int) -> Tuple[str, Dict]:
     if method == "map":
         return "map", dict(epochs=epochs, lr=LR[method])
     if method == "swag":  # a numeric collection rate: no auto-rate burn-in, one snapshot per epoch
-        return "swag", dict(epochs=epochs, swa_start=0, lr=LR[method], swa_lr=LR[method], rank=5)
+        return "swag", dict(epochs=epochs, warmup=0, lr=LR[method], swa_lr=LR[method], rank=5)
     if method in ("sgld", "sghmc"):
-        return method, dict(epochs=epochs, lr=LR[method], preconditioner=None, init="net")
+        return method, dict(epochs=epochs, lr=LR[method], preconditioner=None, per_datapoint=False, init="net")
     if method == "csgmcmc":
         return "csgmcmc", dict(epochs=epochs, lr=LR[method], cycles=1, preconditioner=None, init="net")
     if method == "sghmc (fisher)":  # a fixed one-epoch burn-in (its split gradients land in start-up); the plain

@@ -32,8 +32,8 @@ from pyro_bdl.examples.networks import mlp
 
 SAMPLERS = {
     # the plain kernels with the papers' step sizes (preconditioner=None)
-    "sgld": dict(method="sgld", lr=1e-4, epochs=200, warmup=50, thin=1, preconditioner=None),
-    "sghmc": dict(method="sghmc", lr=1e-4, momentum_decay=0.05, epochs=200, warmup=50, thin=1, preconditioner=None),
+    "sgld": dict(method="sgld", lr=1e-4, epochs=200, warmup=50, thin=1, preconditioner=None, per_datapoint=False),
+    "sghmc": dict(method="sghmc", lr=1e-4, momentum_decay=0.05, epochs=200, warmup=50, thin=1, preconditioner=None, per_datapoint=False),
     "csgmcmc": dict(method="csgmcmc", lr=0.5, cycles=4, exploration=0.8, samples_per_cycle=3, epochs=200,
                     preconditioner=None, sampler="sgld"),
 }

@@ -116,3 +116,24 @@ def test_svi_losses_list_is_the_loss_history():
     x, y, model = problem()
     info = bdl.fit(model, x, y, method="svi", steps=5, seed=0, progress=False).info
     assert info["losses"] == info["loss"][0].tolist() and info["guide"] == "AutoNormal"
+
+
+@pytest.mark.parametrize("method", ["sgld", "sghmc"])
+def test_plain_kernel_lr_unit_migration(method):
+    """The plain kernel's ``lr`` is read on the full-data potential for one more release and warns when given;
+    ``per_datapoint=True`` with lr = N·ε is the same run in the stated unit (U/N); the default kernel never warns."""
+    import warnings
+
+    x, y, model = problem()
+    N, eps = len(y), 1e-4
+    kw = dict(method=method, preconditioner=None, epochs=4, batch_size=10, seed=0, progress=False)
+    with pytest.warns(FutureWarning, match="per_datapoint"):
+        old = bdl.fit(model, x, y, lr=eps, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        kept = bdl.fit(model, x, y, lr=eps, per_datapoint=False, **kw)
+        new = bdl.fit(model, x, y, lr=N * eps, per_datapoint=True, **kw)
+        bdl.fit(model, x, y, method=method, epochs=4, batch_size=10, seed=0, progress=False)
+    for site in old.samples:
+        assert torch.equal(old.samples[site], kept.samples[site])
+        torch.testing.assert_close(new.samples[site], old.samples[site], rtol=1e-4, atol=1e-5)

@@ -39,8 +39,10 @@ LR_UNITS: Dict[str, str] = {
     "multiswag": "SGD step size on the per-data-point loss U/N (\"auto\", default: min(0.05, below the start's "
                  "curvature))",
     "csgmcmc": "step size on the per-data-point potential U/N",
-    "sgld": "step size ε on the full-data potential U (per_datapoint=True: on U/N); preconditioned: see the method",
-    "sghmc": "step size ε on the full-data potential U (per_datapoint=True: on U/N); preconditioned: see the method",
+    "sgld": "default (Fisher-preconditioned) kernel: dimensionless, G_i·H_ii ≤ lr; plain kernel: ε on the full-data "
+            "potential U for one more release (a FutureWarning says so), per_datapoint=True: on U/N",
+    "sghmc": "default (Fisher-preconditioned) kernel: dimensionless, G_i·H_ii ≤ lr; plain kernel: ε on the full-data "
+             "potential U for one more release (a FutureWarning says so), per_datapoint=True: on U/N",
 }
 
 #: method -> {deprecated name: canonical name}; the old names work for one release

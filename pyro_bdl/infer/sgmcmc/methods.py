@@ -123,9 +123,27 @@ def _example_burnin(epochs: int, burnin: Optional[int], thin: int, adaptive: boo
     return burnin
 
 
+def _lr_unit(method: str, per_datapoint: Optional[bool], lr: Optional[float], preconditioner) -> bool:
+    """``per_datapoint`` resolved for sgld/sghmc. ``None`` (default) is today's reading, the full-data potential
+    U, for one more release; a plain-kernel run given its own ``lr`` is warned that the one unit of ``lr`` across
+    methods (`pyro_bdl.infer.options.LR_UNITS`: the step on U/N, as swag and csgmcmc read it) becomes the
+    default then. The adaptive kernels' ``lr`` is dimensionless and is not affected."""
+    if per_datapoint is not None:
+        return per_datapoint
+    if preconditioner in (None, "none", "plain") and lr is not None:
+        warnings.warn(
+            f"{method}: the plain kernel (preconditioner=None) reads lr={lr:g} as the step on the full-data potential "
+            "U (ε = lr); the unit of lr across methods is the per-data-point loss U/N (ε = lr/N, as swag and "
+            "csgmcmc read it), which becomes the default in the next release. Pass per_datapoint=False to keep "
+            "this reading without the warning, or per_datapoint=True with lr = N·ε to adopt the new unit now.",
+            FutureWarning, stacklevel=5)
+    return False
+
+
 def _constant_run(method: str, model, data, *, seed, progress, lr, epochs, burnin, thin, num_chains, per_datapoint,
                   init, checkpoint, checkpoint_every, preconditioner, noise_correction, explore_lr=None,
                   momentum_decay=None, gradient="auto", stack="auto") -> SamplesPosterior:
+    per_datapoint = _lr_unit(method, per_datapoint, lr, preconditioner)
     _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every)
     preconditioner = _preconditioner(preconditioner, per_datapoint)
     adaptive = preconditioner is not None
@@ -164,7 +182,7 @@ Stack = Union[str, bool, int]
 def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], lr: Optional[float] = None,
              epochs: int = 200, warmup: Optional[int] = None, thin: int = 1, num_chains: int = 1,
              preconditioner: Optional[str] = "fisher", noise_correction: Union[str, bool] = "auto",
-             explore_lr: Optional[float] = None, gradient: str = "auto", per_datapoint: bool = False,
+             explore_lr: Optional[float] = None, gradient: str = "auto", per_datapoint: Optional[bool] = None,
              init: Init = "fresh", checkpoint: Optional[str] = None, checkpoint_every: int = 1,
              stack: Stack = "auto") -> SamplesPosterior:
     """Stochastic gradient Langevin dynamics (Welling & Teh 2011) on the tempered posterior p_T.
@@ -196,7 +214,9 @@ def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Option
             gradient; ``"auto"`` (default) measures both in the warm-up and keeps the control variate
             when its lower noise more than pays for its cost (package docs). Minibatched, un-augmented
             data and the adaptive kernel only; otherwise ``"plain"``.
-        per_datapoint: read a plain ``lr`` per data point (ε = lr / N).
+        per_datapoint: read a plain ``lr`` per data point (ε = lr / N), the unit of ``lr`` across methods;
+            ``None`` (default) reads it on the full-data potential for one more release and warns
+            (``FutureWarning``) when a plain-kernel run is given an ``lr`` (`_lr_unit`).
         init: ``"fresh"`` (a fresh default initialisation of the network per chain), ``"net"`` (the
             network's current weights) or a dict of initial values for every latent site.
         checkpoint, checkpoint_every: resumable runs (package docs).
@@ -217,7 +237,7 @@ def fit_sghmc(model: BayesianModel, data: FitData, *, seed: int, progress: Optio
               momentum_decay: Optional[float] = None, epochs: int = 200, warmup: Optional[int] = None, thin: int = 1,
               num_chains: int = 1, preconditioner: Optional[str] = "fisher",
               noise_correction: Union[str, bool] = "auto", explore_lr: Optional[float] = None,
-              gradient: str = "auto", per_datapoint: bool = False, init: Init = "fresh",
+              gradient: str = "auto", per_datapoint: Optional[bool] = None, init: Init = "fresh",
               checkpoint: Optional[str] = None, checkpoint_every: int = 1, stack: Stack = "auto") -> SamplesPosterior:
     """Stochastic gradient Hamiltonian Monte Carlo (Chen et al. 2014) on the tempered posterior p_T.
 
