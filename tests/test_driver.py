@@ -7,7 +7,7 @@ import torch
 from pyro.infer.autoguide import AutoDelta, init_to_value
 
 import pyro_bdl as bdl
-from pyro_bdl._util import checkpoint
+from interrupt import interrupt_after
 from pyro_bdl.infer import driver
 from pyro_bdl.infer.data import FitData
 from pyro_bdl.infer.divergence import DivergenceCheck, DivergenceError
@@ -104,16 +104,10 @@ def test_user_dataloader_run_resumes_bit_identically(tmp_path, monkeypatch):
     kw = dict(method="map", epochs=4, lr=0.05, progress=False, seed=0)
     full = bdl.fit(model, loader(), **kw)
     path = str(tmp_path / "map.ckpt")
-    real = checkpoint.save
-
-    def die(p, fp, state):
-        real(p, fp, state)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoint, "save", die)
+    restore = interrupt_after(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         bdl.fit(model, loader(), checkpoint=path, **kw)
-    monkeypatch.setattr(checkpoint, "save", real)
+    restore()
     resumed = bdl.fit(model, loader(), checkpoint=path, **kw)
     assert torch.equal(full.info["loss"], resumed.info["loss"])
     assert torch.equal(full.samples["weight"], resumed.samples["weight"])

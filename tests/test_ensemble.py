@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import pyro_bdl as bdl
+from interrupt import interrupt_after
 from pyro_bdl._util.random import spawn_seeds
-from pyro_bdl._util import checkpoint
 
 
 def data_and_model():
@@ -89,30 +89,16 @@ def test_parallel_members_equal_sequential():
         assert torch.allclose(seq.samples[site], par.samples[site], atol=1e-5)
 
 
-def interrupt_after(monkeypatch, saves):
-    """Make checkpoint.save raise KeyboardInterrupt after ``saves`` saves (each written first)."""
-    real, count = checkpoint.save, [0]
-
-    def save(p, fp, state):
-        real(p, fp, state)
-        count[0] += 1
-        if count[0] == saves:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoint, "save", save)
-    return real
-
-
 @pytest.mark.parametrize("stack", [True, False])
 def test_interrupted_run_resumes_bit_identically(tmp_path, monkeypatch, stack):
     x, y, model = data_and_model()
     kw = dict(method="ensemble", num_chains=3, epochs=4, lr=0.02, batch_size=10, progress=False, seed=2, stack=stack)
     full = bdl.fit(model, x, y, **kw)
     path = str(tmp_path / "ens.ckpt")
-    real = interrupt_after(monkeypatch, 2 if stack else 5)  # stacked: after epoch 2; alone: member 0 done + 1 epoch
+    restore = interrupt_after(monkeypatch, 2 if stack else 5)  # stacked: after epoch 2; alone: member 0 done + 1 epoch
     with pytest.raises(KeyboardInterrupt):
         bdl.fit(model, x, y, checkpoint=path, **kw)
-    monkeypatch.setattr(checkpoint, "save", real)
+    restore()
     import pyro_bdl.infer.ensemble as ens
 
     groups = []
@@ -134,10 +120,10 @@ def test_map_resumes_bit_identically(tmp_path, monkeypatch):
     kw = dict(method="map", epochs=5, lr=0.02, batch_size=10, progress=False, seed=1)
     full = bdl.fit(model, x, y, **kw)
     path = str(tmp_path / "map.ckpt")
-    real = interrupt_after(monkeypatch, 3)
+    restore = interrupt_after(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         bdl.fit(model, x, y, checkpoint=path, **kw)
-    monkeypatch.setattr(checkpoint, "save", real)
+    restore()
     resumed = bdl.fit(model, x, y, checkpoint=path, **kw)
     assert torch.equal(full.samples["0.weight"], resumed.samples["0.weight"])
     assert torch.equal(full.info["loss"], resumed.info["loss"])

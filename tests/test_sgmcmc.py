@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pyro_bdl as bdl
-from pyro_bdl._util import checkpoint
+from interrupt import interrupt_after
 from pyro_bdl.infer import cyclical_draw_steps, cyclical_schedule, sampling_stage, sghmc_step, sgld_step
 
 SIGMA, S, N, B = 0.5, 1.0, 64, 32  # noise std, prior std, data points, minibatch (N/B = 2)
@@ -230,20 +230,6 @@ class Interrupted(Exception):
     pass
 
 
-def interrupt_after(monkeypatch, saves):
-    """Make the run die right after its ``saves``-th checkpoint, as a killed process would."""
-    real, count = checkpoint.save, {"n": 0}
-
-    def save(path, fp, state):
-        real(path, fp, state)
-        count["n"] += 1
-        if count["n"] == saves:
-            raise Interrupted
-
-    monkeypatch.setattr(checkpoint, "save", save)
-    return lambda: monkeypatch.setattr(checkpoint, "save", real)
-
-
 @pytest.mark.parametrize("method,opts,saves", [
     # two chains stacked: one driver run, a save per epoch (12 in all); interrupted mid-run
     ("sghmc", dict(lr=1e-4, epochs=12, warmup=4, thin=2, num_chains=2), 5),
@@ -258,7 +244,7 @@ def test_resume_after_interrupt_is_identical(tmp_path, monkeypatch, method, opts
     torch.manual_seed(0)
     full = bdl.fit(blr_model(), loader, method=method, seed=7, progress=False, **opts)
     path = str(tmp_path / "run.ckpt")
-    restore = interrupt_after(monkeypatch, saves=saves)
+    restore = interrupt_after(monkeypatch, saves, Interrupted)
     torch.manual_seed(0)
     with pytest.raises(Interrupted):
         bdl.fit(blr_model(), loader, method=method, seed=7, progress=False, checkpoint=path, **opts)

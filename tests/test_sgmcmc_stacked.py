@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import pyro_bdl as bdl
+from interrupt import interrupt_after
 from blr import as_matrix, make_blr
-from pyro_bdl._util import checkpoint
 from pyro_bdl.infer import stacking
 
 N, B = 64, 16
@@ -109,18 +109,11 @@ def test_stacked_resume_is_bit_identical(tmp_path, monkeypatch, opts):
         warnings.simplefilter("ignore")
         full = bdl.fit(mlp_model(), x, y, **run)
         path = str(tmp_path / "run.ckpt")
-        real, count = checkpoint.save, {"n": 0}
-
-        def save(p, fp, state):
-            real(p, fp, state)
-            count["n"] += 1
-            if count["n"] == opts["epochs"] // 2 + 1:  # mid-run, within the sampling stage's first half
-                raise Interrupted
-
-        monkeypatch.setattr(checkpoint, "save", save)
+        # mid-run, within the sampling stage's first half
+        restore = interrupt_after(monkeypatch, opts["epochs"] // 2 + 1, Interrupted)
         with pytest.raises(Interrupted):
             bdl.fit(mlp_model(), x, y, checkpoint=path, **run)
-        monkeypatch.setattr(checkpoint, "save", real)
+        restore()
         torch.manual_seed(99)
         resumed = bdl.fit(mlp_model(), x, y, checkpoint=path, **run)
     for site in full.samples:

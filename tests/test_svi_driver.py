@@ -9,7 +9,7 @@ import torch
 from pyro.infer import Trace_ELBO
 
 import pyro_bdl as bdl
-from pyro_bdl._util import checkpoint
+from interrupt import interrupt_after
 from pyro_bdl.infer import svi
 from pyro_bdl.infer.data import FitData
 from pyro_bdl.infer.divergence import DivergenceError, loss_floor
@@ -66,18 +66,11 @@ def test_svi_is_the_hand_written_pyro_loop_on_the_drivers_batches(guide, batch_s
 def _interrupted_then_resumed(monkeypatch, tmp_path, fit, at_save=2):
     """Run ``fit(path)`` until its ``at_save``-th checkpoint is written, stop it there, then rerun it."""
     path = str(tmp_path / "svi.ckpt")
-    real, saves = checkpoint.save, []
-
-    def die(p, fp, state):
-        real(p, fp, state)
-        saves.append(state["step"])
-        if len(saves) == at_save:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoint, "save", die)
+    saves: list = []
+    restore = interrupt_after(monkeypatch, at_save, steps=saves)
     with pytest.raises(KeyboardInterrupt):
         fit(path)
-    monkeypatch.setattr(checkpoint, "save", real)
+    restore()
     assert 0 < saves[-1]  # interrupted mid-run, with Adam's moments and the RNGs part-way
     return fit(path), saves[-1]
 

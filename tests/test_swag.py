@@ -10,7 +10,7 @@ from pyro.infer import SVI, Predictive, Trace_ELBO
 from scipy import stats
 
 import pyro_bdl as bdl
-from pyro_bdl._util import checkpoint as checkpoints
+from interrupt import interrupt_after
 from pyro_bdl._util.random import spawn_seeds
 from pyro_bdl.infer.swag import SWAGPosterior, equipartition_directions, swag_learning_rate
 
@@ -286,20 +286,15 @@ def test_resume_after_interruption_gives_identical_moments(tmp_path, monkeypatch
     kw = dict(method="swag", batch_size=20, epochs=7, swa_start=2, lr=0.05, rank=3, seed=5, progress=False)
     full = bdl.fit(model, x, y, **kw)
     path = str(tmp_path / "run.ckpt")
-    save, calls = checkpoints.save, []
-
-    def interrupted(p, fp, state):  # the driver's checkpoint, at every epoch boundary (3 steps an epoch)
-        save(p, fp, state)
-        calls.append(state["step"] // 3)
-        if state["step"] == 4 * 3:  # killed right after epoch 4's checkpoint (2 snapshots in)
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoints, "save", interrupted)
+    # the driver's checkpoint, at every epoch boundary (3 steps an epoch): killed right after epoch 4's (2
+    # snapshots in)
+    steps: list = []
+    restore = interrupt_after(monkeypatch, 4, steps=steps)
     with pytest.raises(KeyboardInterrupt):
         bdl.fit(model, x, y, checkpoint=path, **kw)
-    monkeypatch.setattr(checkpoints, "save", save)
+    restore()
     resumed = bdl.fit(model, x, y, checkpoint=path, **kw)
-    assert calls == [1, 2, 3, 4]
+    assert steps == [3, 6, 9, 12]
     for k, v in full.moments().items():
         assert torch.equal(v, resumed.moments()[k]), k
     assert torch.equal(full.guide.loc.detach(), resumed.guide.loc.detach())
@@ -481,17 +476,12 @@ def test_stacked_multiswag_resumes_bit_identically(tmp_path, monkeypatch):
               progress=False, augment=_shift)
     full = bdl.fit(model, x, y, **kw)
     path = str(tmp_path / "run.ckpt")
-    save = checkpoints.save
-
-    def interrupted(p, fp, state):
-        save(p, fp, state)
-        if state["step"] == 4 * 3:  # killed right after epoch 4's checkpoint, inside the auto collection
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoints, "save", interrupted)
+    steps: list = []
+    restore = interrupt_after(monkeypatch, 4, steps=steps)  # right after epoch 4's checkpoint, in the auto collection
     with pytest.raises(KeyboardInterrupt):
         bdl.fit(model, x, y, checkpoint=path, **kw)
-    monkeypatch.setattr(checkpoints, "save", save)
+    restore()
+    assert steps[-1] == 4 * 3
     resumed = bdl.fit(model, x, y, checkpoint=path, **kw)
     for a, b in zip(full.members, resumed.members):
         for k, v in a.moments().items():
