@@ -305,6 +305,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     repeats = args.repeats or (3 if args.quick else 5)
+    pick = min if args.stat == "min" else statistics.median  # the whole-run rows' statistic over repeats
     # epochs (E₁, E₂) per size: enough steps that the difference dominates the timer's noise
     epochs = {"30k": (1, 3) if args.quick else (2, 8), "540k": (1, 2) if args.quick else (1, 4)}
     data = {size: make_data(SIZES[size][0]) for size in args.sizes}
@@ -379,7 +380,7 @@ def main() -> None:
         e = 1 if args.quick else 3
         for threads in args.ensemble_threads:
             times = [time_ensemble(size, k, e, x, y, threads) for _ in range(max(1, repeats // 2))]
-            ens, singles = statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
+            ens, singles = pick(t[0] for t in times), pick(t[1] for t in times)
             kind = "CPU time, 1 thread" if threads == 1 else f"wall time, {threads} threads"
             print(f"\nK = {k} ensemble ({ensemble_option()}={k}, {e} epoch(s) each, 30k parameters, whole runs, {kind}): "
                   f"{ens:.2f} s vs {k} single map fits {singles:.2f} s -> {ens / singles:.2f}x (target <= 0.4x)")
@@ -391,7 +392,6 @@ def main() -> None:
         for threads in args.ensemble_threads:
             for swa_lr in ("auto", LR["swag"]):
                 times = [time_multiswag(size, m, e, x, y, threads, swa_lr) for _ in range(max(1, repeats // 2))]
-                pick = min if args.stat == "min" else statistics.median
                 stacked, sequential, singles = (pick(t[i] for t in times) for i in range(3))
                 kind = "CPU time, 1 thread" if threads == 1 else f"wall time, {threads} threads"
                 print(f"\nMulti-SWAG M = {m} ({multiswag_option()}={m}, swa_lr={swa_lr}, {e} epochs each, 30k "
