@@ -223,11 +223,15 @@ def check_path(checkpoint: Any) -> Optional[str]:
     return None if checkpoint is None else os.fspath(checkpoint)
 
 
-def rng_state() -> Dict[str, Any]:
-    """torch's global RNG state, to store in a checkpoint."""
-    return {"torch": torch.get_rng_state()}
+def rng_state(device: Optional[torch.device] = None) -> Dict[str, Any]:
+    """torch's global RNG state, to store in a checkpoint; with a CUDA ``device``, that device's generator too
+    (where draws on the device come from)."""
+    cuda = device is not None and device.type == "cuda"
+    return {"torch": torch.get_rng_state(), "device": torch.cuda.get_rng_state(device) if cuda else None}
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
-    """Restore the RNG state saved by `rng_state`."""
+def set_rng_state(state: Dict[str, Any], device: Optional[torch.device] = None) -> None:
+    """Restore the RNG state saved by `rng_state` (the device generator's where one was saved)."""
     torch.set_rng_state(state["torch"])
+    if state.get("device") is not None:
+        torch.cuda.set_rng_state(state["device"], device)

@@ -279,18 +279,6 @@ def unflatten_parameters(runs: Sequence[List[torch.nn.Parameter]]) -> None:
             p.data = p.data.clone()
 
 
-def _rng_state(device: torch.device) -> Dict[str, Any]:
-    """torch's global RNG state for draws on ``device`` (the CPU generator, and the CUDA one for a CUDA device)."""
-    return {"cpu": torch.get_rng_state(),
-            "device": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def _set_rng_state(state: Dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if state["device"] is not None:
-        torch.cuda.set_rng_state(state["device"], device)
-
-
 class SVIRun:
     """One SVI run's Pyro side, set up under the current global RNG: the ELBO of ``(model, guide)``
     (Pyro's ``Trace_ELBO``, or `ControlVariateELBO` on top of it) with the guide's parameters built, its
@@ -311,7 +299,7 @@ class SVIRun:
         self.check = DivergenceCheck(desc, lr, floor=loss_floor(model, x0, y0, self.N, floor_kind),
                                      unit=self.N * likelihood_scale(model.temperature, model.tempering))
         device = self.params[0].device if self.params else torch.device("cpu")
-        self.rng = _rng_state(device)
+        self.rng = ckpt.rng_state(device)
 
 
 class SVIRule:
@@ -388,17 +376,17 @@ class SVIRule:
         nan = torch.full((), math.nan, dtype=self.theta.dtype, device=device)
         opt = state["optimiser"]
         opt.zero_grad()  # a frozen (diverged) run's parameters keep grad None: Adam leaves them alone
-        outer = _rng_state(device)  # what else draws from the global RNG (a user's DataLoader) keeps its stream
+        outer = ckpt.rng_state(device)  # what else draws from the global RNG (a user's DataLoader) keeps its stream
         values = []
         for k in range(len(self.runs)):
             if self._diverged[k]:
                 values.append(nan)
                 continue
-            _set_rng_state(state["rng"][k], device)
+            ckpt.set_rng_state(state["rng"][k], device)
             value = self._loss(k, *batch.member(k))
-            state["rng"][k] = _rng_state(device)
+            state["rng"][k] = ckpt.rng_state(device)
             values.append(nan if value is None else value.reshape(()))
-        _set_rng_state(outer, device)
+        ckpt.set_rng_state(outer, device)
         opt.step()
         state["scheduler"].step()
         return state, torch.stack(values)
