@@ -12,9 +12,9 @@ Multi-SWAG members, SG-MCMC chains): ``True`` all, ``False`` one at a time, an i
 ``"auto"`` as many as fit in `MEMORY_SHARE` of the free memory (`run_bytes` per run, plus what the method
 keeps besides), on the CPU only for networks of at most `CPU_STACK_MAX_PARAMS` parameters, because there
 vmap turns each layer's ``mm`` into a ``bmm`` that the CPU runs faster than K separate ``mm`` calls only
-for small layers (measured, one thread, tanh MLPs, K = 4
-chains' gradients by this class against 4 ``Objective.grad`` calls: 0.80× at 22k parameters, 0.90× at 29k,
-1.11× at 53k, 1.20–1.41× at 79k–110k, 1.37× at 537k, 1.27× at 2.1M; `notes/issue-15-chains.md`).
+for small layers (measured, one thread, tanh MLPs, K = 4 chains' gradients by this class against 4
+``Objective.grad`` calls: 0.80× at 22k parameters, 0.90× at 29k, 1.11× at 53k, 1.20–1.41× at 79k–110k, 1.37×
+at 537k, 1.27× at 2.1M; `notes/issue-15-chains.md`).
 """
 from __future__ import annotations
 
