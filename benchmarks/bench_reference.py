@@ -6,6 +6,7 @@
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_reference.py --swag-only --size 1000 --hidden 32 --T 1
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_reference.py --split --size 500 --hidden 32
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_reference.py --length --size 500 --hidden 32 --T 1
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_reference.py --start --size 500 --hidden 32 --T 1 --seeds 0 1 2
 
 Issue 13, item 5 asks SWAG's predictive mutual information (MI) to be at least a quarter of SGHMC's. Whether
 SGHMC is the right yardstick is the question here: Izmailov et al. (2021, "What are Bayesian neural network
@@ -41,6 +42,10 @@ the posterior itself at T = 1 and T = 0.1 (posterior tempering, the library defa
    rule as it is (the slice cut), off (``-nocap``) and read on the full draws (``-full``,
    `equipartition_directions(reading="full")`); ``--split`` splits the two readings on uncut fits
    (`split_table`). `notes/issue-13-fulldraw.md`.
+6. **Starting points** (``--start``, `start_table`): the means' part of the gap. The points SWAG's SGD
+   exploration reaches when collection begins, the same points taken to their basins' modes (full-batch L-BFGS),
+   and Multi-SWAG collecting from a shorter deep ensemble (``init=ensemble, warmup=0``) in the same epochs.
+   `notes/issue-13-multiswag-nll.md`.
 """
 from __future__ import annotations
 
@@ -401,6 +406,82 @@ def gap_table(seeds, train_size: int = 500, hidden: int = 32, epochs: int = 40, 
     return rows
 
 
+# -- the starting-point split -----------------------------------------------------------------------------
+def polish(objective: Objective, ds, theta: torch.Tensor, iterations: int = 300) -> torch.Tensor:
+    """θ taken to its basin's mode: full-batch L-BFGS (strong Wolfe) on U/N from ``theta`` ``(P,)``."""
+    th = theta.detach().clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([th], lr=1, max_iter=iterations, history_size=50, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-9, tolerance_change=1e-12)
+    n = len(ds.y_train)
+
+    def closure():
+        opt.zero_grad()
+        loss = objective.potential(th, ds.x_train, ds.y_train, n) / n
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return th.detach()
+
+
+def start_table(train_size: int, hidden: int, T: float, seeds, epochs: int = 40, warmup: int = 30,
+                num_models: int = 3, with_reference: bool = True) -> Dict[str, list]:
+    """Where the Multi-SWAG / ensemble gap's means' part comes from (`notes/issue-13-multiswag-nll.md`): per seed,
+    the ensemble and Multi-SWAG at ``epochs`` (batch 50), the points SWAG's SGD exploration reaches at ``warmup``
+    (the iterates its collection starts from), those points taken to their basins' modes (full-batch L-BFGS, the
+    headroom), an ensemble of ``warmup`` epochs (Adam, `fit(method="ensemble")`) and Multi-SWAG collecting for
+    ``epochs − warmup`` epochs from it (``init=ensemble, warmup=0``: the same epochs in all). Mixtures of the M
+    points are equal-weight; agreement / TV against NUTS when ``with_reference``."""
+    ds = bdl.data.load_dataset("digits", seed=0, train_size=train_size)
+    conv, ref_pred, rows = None, None, []
+    if with_reference:
+        ref_model, ref, conv = reference(ds, hidden, T, 400, 400)
+        ref_scores, ref_pred = scores(ref, ds, num_samples=None)
+        rows.append({"seed": "", "method": "nuts (reference)", **ref_scores})
+    starts: Dict[int, torch.Tensor] = {}
+    saved = swag_rule.SWAGRule.begin_auto
+
+    def record(rule, k, generator):  # the exploration's end point, just before the auto collection begins
+        starts[k] = rule.state["theta"][k].detach().clone()
+        return saved(rule, k, generator)
+
+    def points(model, thetas, objective):
+        values = [objective.to_constrained(t) for t in thetas]
+        return bdl.SamplesPosterior(model, {k: torch.stack([v[k] for v in values])[:, None] for k in values[0]},
+                                    "map")
+
+    for seed in seeds:
+        model = make_model(hidden, T, seed)
+        objective = Objective(model, ds.x_train)
+        common = dict(batch_size=BATCH, num_chains=num_models, seed=seed, progress=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ens = bdl.fit(model, ds.x_train, ds.y_train, method="ensemble", epochs=epochs, **common)
+            swag_rule.SWAGRule.begin_auto = record
+            try:
+                multi = bdl.fit(model, ds.x_train, ds.y_train, method="multiswag", epochs=epochs, warmup=warmup,
+                                **common)
+            finally:
+                swag_rule.SWAGRule.begin_auto = saved
+            pre = [starts[k] for k in range(num_models)]
+            short = bdl.fit(model, ds.x_train, ds.y_train, method="ensemble", epochs=warmup, **common)
+            from_map = bdl.fit(model, ds.x_train, ds.y_train, method="multiswag", epochs=epochs - warmup, warmup=0,
+                               init=short, **common)
+        fits = [(f"ensemble ({epochs} ep)", ens, None), (f"multiswag ({epochs} ep, default)", multi, None),
+                ("  its SWA means", MixturePosterior([m.with_variant("swa") for m in multi.members], "swa"),
+                 num_models),
+                (f"  its SGD points at {warmup} ep", points(model, pre, objective), num_models),
+                ("  those points' basin modes", points(model, [polish(objective, ds, t) for t in pre], objective),
+                 num_models),
+                (f"ensemble ({warmup} ep)", short, None),
+                (f"multiswag from it (+{epochs - warmup} ep)", from_map, None),
+                ("  its SWA means", MixturePosterior([m.with_variant("swa") for m in from_map.members], "swa"),
+                 num_models)]
+        for label, post, num in fits:
+            r, _ = scores(post, ds, ref_pred, num_samples=PRED_DRAWS if num is None else num)
+            rows.append({"seed": str(seed), "method": label, **r})
+    return {"convergence": conv, "rows": rows}
+
+
 # -- printing -------------------------------------------------------------------------------------------
 def _print(rows, columns):
     cols = [c for c in columns if any(c in r for r in rows)]
@@ -426,6 +507,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--gap", action="store_true", help="the Multi-SWAG vs ensemble gap table only")
     parser.add_argument("--split", action="store_true",
                         help="the slice vs full-draw equipartition readings on uncut SWAG fits (T = 1)")
+    parser.add_argument("--start", action="store_true",
+                        help="the means' part of the Multi-SWAG / ensemble gap: SGD's exploration point, its basin's "
+                             "mode, Multi-SWAG from a deep ensemble (--size/--hidden/--T/--seeds; NUTS unless "
+                             "--no-reference)")
+    parser.add_argument("--no-reference", action="store_true", help="--start without the NUTS reference")
     parser.add_argument("--swag-only", action="store_true",
                         help="the SWAG / Multi-SWAG variants only (slice cut, no cut, full-draw cut) against NUTS")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -444,6 +530,12 @@ def main(argv=None) -> dict:
         rows = split_table(args.size, args.hidden, args.seeds)
         _print(rows, list(rows[0]))
         return {"split": rows}
+    if args.start:
+        print(f"Starting points of Multi-SWAG's collection (digits {args.size}, 64-{args.hidden}-10, T = {args.T:g}, "
+              f"batch {BATCH}, 40 epochs, collection from 30, M = 3)")
+        out = start_table(args.size, args.hidden, args.T, args.seeds, with_reference=not args.no_reference)
+        _print(out["rows"], ["seed", "method", "nll", "accuracy", "mi", "agree", "tv"])
+        return out
     if args.gap:
         print("Multi-SWAG vs deep ensemble, no augmentation (digits 500, 64-32-10, batch 50, 40 epochs, M = 3, "
               "T = 1): test NLL")

@@ -777,3 +777,38 @@ def test_bench_reference_switch_replaces_the_name_rule_calls():
         b = rule.equipartition_directions(guide, 1.0, lambda theta: a @ theta)
     assert float(b.max()) < 0.45
     assert rule.equipartition_directions is saved
+
+
+def test_multiswag_from_a_fitted_ensemble_starts_each_member_at_its_chain():
+    """``init=<posterior>`` (Maddox et al. 2019 / Wilson & Izmailov 2020: SWAG from pretrained solutions): member m
+    of Multi-SWAG starts at chain m's last draw and equals `fit(method="swag")` from that draw with member m's seed,
+    stacked or not (float64: to rounding); `fit(method="swag", init=<MAP posterior>)` is the dict start; too few
+    chains or another network are refused."""
+    x, y = toy_classification()
+    torch.manual_seed(0)
+    model = bdl.BayesianModel(small_classifier().to(torch.float64), likelihood=bdl.likelihoods.Categorical())
+    x = x.to(torch.float64)
+    ens = bdl.fit(model, x, y, method="ensemble", num_chains=3, batch_size=20, epochs=5, seed=1, progress=False)
+    kw = dict(batch_size=10, epochs=20, warmup=0, rank=3, progress=False)
+    stacked = bdl.fit(model, x, y, method="multiswag", num_chains=3, init=ens, seed=0, stack=True, **kw)
+    sequential = bdl.fit(model, x, y, method="multiswag", num_chains=3, init=ens, seed=0, stack=False, **kw)
+    assert stacked.info["init"] == "posterior"
+    fresh = bdl.fit(model, x, y, method="multiswag", num_chains=3, seed=0, **kw)
+    for m, (a, b, f) in enumerate(zip(stacked.members, sequential.members, fresh.members)):
+        start = {k: v[m, -1] for k, v in ens.samples.items()}
+        alone = bdl.fit(model, x, y, method="swag", init=start, seed=stacked.info["member_seeds"][m], **kw)
+        for other in (b, alone):
+            torch.testing.assert_close(a.guide.swa_mean, other.guide.swa_mean, atol=1e-10, rtol=0)
+            torch.testing.assert_close(a.guide.swa_deviations, other.guide.swa_deviations, atol=1e-10, rtol=0)
+        assert a.guide.num_snapshots >= 10 and not torch.allclose(a.guide.swa_mean, f.guide.swa_mean)  # the start matters
+    mp = bdl.fit(model, x, y, method="map", batch_size=20, epochs=5, seed=1, progress=False)
+    a = bdl.fit(model, x, y, method="swag", init=mp, seed=0, **kw)
+    b = bdl.fit(model, x, y, method="swag", init={k: v[0, -1] for k, v in mp.samples.items()}, seed=0, **kw)
+    assert torch.equal(a.guide.swa_mean, b.guide.swa_mean)
+    with pytest.raises(ValueError, match="chain"):
+        bdl.fit(model, x, y, method="multiswag", num_chains=4, init=ens, seed=0, **kw)
+    other = bdl.BayesianModel(small_classifier(hidden=8).to(torch.float64), likelihood=bdl.likelihoods.Categorical())
+    with pytest.raises(ValueError, match="shapes"):
+        bdl.fit(other, x, y, method="multiswag", num_chains=3, init=ens, seed=0, **kw)
+    with pytest.raises(ValueError, match="init"):
+        bdl.fit(model, x, y, method="multiswag", num_chains=3, init="net", seed=0, **kw)

@@ -17,6 +17,7 @@ from ...guides.swag import SWAG
 from ...model import batchnorm
 from ...model.bayesian_model import BayesianModel
 from ...model.potential import Objective
+from ...posterior.base import Posterior
 from ...posterior.mixture import MixturePosterior
 from ...posterior.swag import SWAGPosterior
 from .. import driver
@@ -52,8 +53,26 @@ def _initial_values(model: BayesianModel, init: Any, seed: int) -> Dict[str, tor
         return model.initial_values(seed=seed)
     if isinstance(init, dict):
         return model.as_values(init)
+    if isinstance(init, Posterior):
+        return _chain_starts(model, init, 1)[0]
     raise ValueError(f"unknown init {init!r}; use 'net' (the network's weights), 'fresh' (a seeded default "
-                     "initialisation) or a dict of initial values")
+                     "initialisation), a dict of initial values or a fitted posterior (its last draw)")
+
+
+def _chain_starts(model: BayesianModel, init: Posterior, num: int) -> List[Dict[str, torch.Tensor]]:
+    """The last draw of each of the first ``num`` chains of a fitted posterior (a MAP fit, a deep ensemble: one
+    chain per member), as starting values: Maddox et al. (2019) and Wilson & Izmailov (2020) start each SWAG run
+    from a pretrained solution (`pyro_bdl.infer.swag`'s docs, "Starting point")."""
+    chains = init.draws_by_chain(1, seed=0)
+    default = model.initial_values()
+    shapes = {k: tuple(v.shape[2:]) for k, v in chains.items()}
+    if shapes != {k: tuple(v.shape) for k, v in default.items() if k in shapes} or not set(shapes) <= set(default):
+        raise ValueError("init is a posterior whose sites or shapes differ from this model's; fit SWAG on the model "
+                         "(network) the posterior was fitted on")
+    have = next(iter(chains.values())).shape[0]
+    if have < num:
+        raise ValueError(f"init has {have} chain(s), but {num} SWAG run(s) need one starting point each")
+    return [dict(default, **model.as_values({k: v[m, -1] for k, v in chains.items()})) for m in range(num)]
 
 
 _check_checkpoint = checkpoints.check_path
@@ -100,9 +119,11 @@ def _run_group(model: BayesianModel, data: FitData, members: Sequence[int], seed
 
 def _member_group(model: BayesianModel, data: FitData, members: Sequence[int], seeds: Sequence[int],
                   progress: Optional[bool], options: Dict[str, Any], checkpoint: Optional[str], seed: int,
-                  desc: str) -> List[Tuple[Dict[str, torch.Tensor], Dict[str, Any]]]:
-    # May run in a worker process: returns plain state, rebuilt on the caller's model.
-    inits = [_initial_values(model, "fresh", s) for s in seeds]
+                  desc: str, starts: Optional[Sequence[Dict[str, torch.Tensor]]] = None
+                  ) -> List[Tuple[Dict[str, torch.Tensor], Dict[str, Any]]]:
+    # May run in a worker process: returns plain state, rebuilt on the caller's model. ``starts``: the members'
+    # starting values (``init`` a fitted posterior), else each member's seeded fresh initialisation.
+    inits = [_initial_values(model, "fresh", s) for s in seeds] if starts is None else list(starts)
     return [(guide.state_dict(), info) for guide, info in
             _run_group(model, data, members, seeds, inits, progress, options, checkpoint, seed, desc)]
 
@@ -137,7 +158,9 @@ def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Option
         rank: K, deviation columns kept; scale: covariance scale of the draws (0.5).
         variant: ``"swag"``, ``"diagonal"`` (SWAG-Diag) or ``"swa"`` (the mean only).
         var_clamp: floor on the diagonal variance.
-        init: ``"net"`` (the network's weights), ``"fresh"`` (seeded default init) or a dict of values.
+        init: ``"net"`` (the network's weights), ``"fresh"`` (seeded default init), a dict of values, or a fitted
+            posterior (its first chain's last draw: a `fit(method="map")` solution, the pretrained start of
+            Maddox et al. 2019; `pyro_bdl.infer.swag`'s "Starting point").
         checkpoint: the driver's state, saved after every epoch; an interrupted run resumes from it.
 
     ``info``: the driver's ``loss`` ``(1, steps)`` (per step), ``options``, ``wall_time``; ``losses`` (per-epoch
@@ -168,7 +191,7 @@ def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: O
                   workers: int = 1, epochs: int = 60, warmup: Optional[int] = None, lr: Union[float, str] = "auto",
                   swa_lr: Any = "auto", momentum: float = 0.9, rank: int = 20, scale: float = 0.5,
                   variant: str = "swag", var_clamp: float = 1e-30, stack: Union[str, bool, int] = "auto",
-                  checkpoint: Optional[str] = None) -> MixturePosterior:
+                  init: Any = "fresh", checkpoint: Optional[str] = None) -> MixturePosterior:
     """Multi-SWAG (Wilson & Izmailov 2020): an equal-weight mixture of ``num_chains`` SWAG posteriors (formerly
     ``num_models``; ``warmup`` formerly ``swa_start``: the deprecated names `pyro_bdl.infer.options` maps).
 
@@ -179,8 +202,11 @@ def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: O
     rounding). ``stack``: ``"auto"`` (as many as a quarter of the free memory holds), ``True``, ``False`` (one at a
     time) or a number; ``workers`` > 1 runs groups of members in parallel processes. With ``checkpoint="run.pt"``
     the group whose first member is m checkpoints to ``run.member<m>.pt`` (one file per member with
-    ``stack=False``); finished groups are read back, not retrained. Other options as for `fit_swag`.
-    ``predict(x, num_samples=S)`` splits the S draws evenly over the members; ``draws_by_chain`` gives one chain
+    ``stack=False``); finished groups are read back, not retrained. ``init``: ``"fresh"`` (default, above) or a
+    fitted posterior with at least ``num_chains`` chains (a deep ensemble, `fit(method="ensemble")`): member m
+    starts from chain m's last draw (Wilson & Izmailov 2020's Multi-SWAG: SWAG from each of M pretrained
+    solutions; with ``warmup=0`` the runs collect from the start, `pyro_bdl.infer.swag`'s "Starting point").
+    Other options as for `fit_swag`. ``predict(x, num_samples=S)`` splits the S draws evenly over the members; ``draws_by_chain`` gives one chain
     per member.
     """
     num_models = num_chains
@@ -191,6 +217,12 @@ def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: O
     checkpoint = _check_checkpoint(checkpoint)
     options = dict(epochs=epochs, warmup=swa_start, lr=lr if lr == "auto" else float(lr), swa_lr=swa_lr, momentum=float(momentum),
                    rank=rank, scale=scale, variant=variant, var_clamp=var_clamp)
+    starts = None
+    if isinstance(init, Posterior):
+        starts = _chain_starts(model, init, num_models)
+    elif init != "fresh":
+        raise ValueError(f"unknown init {init!r} for multiswag; use 'fresh' (each member's seeded default "
+                         "initialisation) or a fitted posterior with one chain per member")
     size = _stack_size(stack, num_models, model, data, rank)
     if workers > 1:  # spread the members over the processes
         size = min(size, math.ceil(num_models / workers))
@@ -199,7 +231,8 @@ def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: O
     seeds = spawn_seeds(seed, num_models)
     args = [(model, data, g, [seeds[m] for m in g], progress if workers == 1 else False, options,
              None if checkpoint is None else f"{root}.member{g[0]}{ext}", seed,
-             f"swag {g[0] + 1}/{num_models}" if len(g) == 1 else f"swag {g[0] + 1}-{g[-1] + 1}/{num_models}")
+             f"swag {g[0] + 1}/{num_models}" if len(g) == 1 else f"swag {g[0] + 1}-{g[-1] + 1}/{num_models}",
+             None if starts is None else [starts[m] for m in g])
             for g in groups]
     results = [r for group in run_members(_member_group, args, workers) for r in group]
     x0, y0 = next(iter(data.epoch()))
@@ -217,4 +250,4 @@ def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: O
         "options": dict(options, num_chains=num_chains, workers=workers, stack=stack),
         "wall_time": sum(i["wall_time"] for i in infos),  # summed over groups (CPU time when run in parallel)
         "num_models": num_models, "members": infos, "epochs": epochs, "swa_start": swa_start, "swa_lr": swa_lr,
-        "rank": rank, "stack": size, "member_seeds": seeds})
+        "rank": rank, "stack": size, "member_seeds": seeds, "init": "fresh" if starts is None else "posterior"})
