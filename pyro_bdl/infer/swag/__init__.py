@@ -55,6 +55,24 @@ scale 0.1 (λ_max ∝ 1/σ²: 1.4·10³ on the gap data). Then:
   run's c is ``info["covariance_scale"]`` and the direction factors ``info["direction_scales"]``.
 * a number: constant ``swa_lr`` on reshuffled epochs, a snapshot after every epoch (the paper).
 
+**Starting point.** Maddox et al. (2019) start SWAG's collection from a pretrained solution; here the
+exploration (the first ``warmup`` epochs of the schedule above) is that pretraining, and ``init=<posterior>``
+starts from a fitted one instead (a `fit(method="map")` solution; for Multi-SWAG a deep ensemble, member m from
+chain m, Wilson & Izmailov 2020), with ``warmup=0`` to collect from the first epoch. What the start buys is the
+SWA mean's *transient*, not its Monte-Carlo error. Near a mode, SGD at rates ε is an OU process whose time
+average over L steps has covariance ≈ V/(a²L) along a direction of curvature a and minibatch-gradient
+variance V, whatever ε (the stationary spread εV/(2a) times the 2/(εa)-step correlation time, over L); with
+Fisher ≈ Hessian, V ≈ a/B, so the SWA mean's error is ≈ (NA)⁻¹·N/(BL) = Σ₁/E_c, the T = 1 posterior's
+covariance over the E_c collection epochs (0.1·Σ₁ at 10 epochs; in p_T's units 1/(T·E_c)). Where the
+collection starts off the mode, the mean also carries the start's relaxation, which decays like τ/L only
+(τ = 1/(εa), long along the weakly curved directions the prior alone holds). On digits without augmentation
+(`benchmarks/bench_reference.py --start`, `notes/issue-13-multiswag-nll.md`) the second term is the one that
+shows: collecting from the basin's mode, 10 or 40 epochs give the same SWA-mean NLL (within 0.002–0.004 of the
+mode's), while from the default exploration's end point the SWA mean is 0.03 nats worse than the basin's mode
+and improves steadily with collection length. Neither optimiser reaches the mode in 40 epochs (Adam's deep-
+ensemble members are 0.02 above it too), and starting from an Adam ensemble of the same epochs did not help
+consistently (better on digits 500, worse on 300 and 1000), so the default stays the SGD exploration.
+
 ``method="multiswag"`` (Wilson & Izmailov 2020) runs M independent SWAG fits from fresh
 initialisations and data orders (member m: seed ``spawn_seeds(seed, M)[m]``) and returns their
 equal-weight mixture ([`MixturePosterior`][pyro_bdl.MixturePosterior]).
