@@ -67,9 +67,9 @@ covariance over the E_c collection epochs (0.1·Σ₁ at 10 epochs; in p_T's uni
 collection starts off the mode, the mean also carries the start's relaxation, which decays like τ/L only
 (τ = 1/(εa), long along the weakly curved directions the prior alone holds). On digits without augmentation
 (`benchmarks/bench_reference.py --start`, `notes/issue-13-multiswag-nll.md`) the second term is the one that
-shows: collecting from the basin's mode, 10 or 40 epochs give the same SWA-mean NLL (within 0.002–0.004 of the
-mode's), while from the default exploration's end point the SWA mean is 0.03 nats worse than the basin's mode
-and improves steadily with collection length. Neither optimiser reaches the mode in 40 epochs (Adam's deep-
+shows: collecting from the basin's mode, the SWA mean after 10 epochs predicts within 0.000–0.007 nats of the
+mode (40 epochs: within 0.002), while from the default exploration's end point it is 0.03 nats worse than the
+basin's mode and improves steadily with collection length. Neither optimiser reaches the mode in 40 epochs (Adam's deep-
 ensemble members are 0.02 above it too), and starting from an Adam ensemble of the same epochs did not help
 consistently (better on digits 500, worse on 300 and 1000), so the default stays the SGD exploration.
 
