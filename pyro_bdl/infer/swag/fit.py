@@ -160,7 +160,8 @@ def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Option
         var_clamp: floor on the diagonal variance.
         init: ``"net"`` (the network's weights), ``"fresh"`` (seeded default init), a dict of values, or a fitted
             posterior (its first chain's last draw: a `fit(method="map")` solution, the pretrained start of
-            Maddox et al. 2019; `pyro_bdl.infer.swag`'s "Starting point").
+            Maddox et al. 2019; a posterior that draws on demand gives one draw, seed 0; `pyro_bdl.infer.swag`'s
+            "Starting point").
         checkpoint: the driver's state, saved after every epoch; an interrupted run resumes from it.
 
     ``info``: the driver's ``loss`` ``(1, steps)`` (per step), ``options``, ``wall_time``; ``losses`` (per-epoch
