@@ -442,6 +442,20 @@ def test_nonfinite_gradient_is_named_at_its_step(monkeypatch, check_every, bad):
                 progress=False)
 
 
+@pytest.mark.parametrize("method,opts,name", [
+    ("csgmcmc", dict(preconditioner=None, lr=50.0, cycles=2), "csgmcmc"),  # not its inner kernel's name (sghmc)
+    ("sgld", dict(preconditioner=None, lr=1.0, num_chains=2, stack=False), "sgld chain [12]/2"),
+    ("sgld", dict(preconditioner=None, lr=1.0, num_chains=2, stack=True), "sgld chain [12]/2"),
+])
+def test_divergence_names_the_method_and_the_chain(method, opts, name):
+    """A diverging run is named as the user called it (``method``), and with several chains by the chain."""
+    from pyro_bdl.infer.divergence import DivergenceError
+    x, y = blr_data()
+    with pytest.raises(DivergenceError, match=f"^{name} diverged at step "):
+        bdl.fit(blr_model(), x, y, method=method, epochs=20, batch_size=B, progress=False, per_datapoint=False,
+                **opts)
+
+
 def test_info_has_the_driver_schema():
     """``info``: the one driver's ``loss`` (chains, steps), ``options`` and ``wall_time``, and the old keys."""
     x, y = blr_data()

@@ -19,7 +19,8 @@ from ...model.bayesian_model import BayesianModel
 from ...posterior.samples import SamplesPosterior
 from ..data import FitData
 from ..registry import register
-from .run import Dynamics, sample
+from .adaptation import Dynamics
+from .run import sample
 from .schedules import (EXPLORE, WARMUP, Plan, constant_schedule, constant_stages, cyclical_draw_steps,
                         cyclical_schedule, cyclical_stages, epoch_draw_steps, exploration_descent)
 
