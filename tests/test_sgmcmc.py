@@ -317,7 +317,7 @@ def test_adaptive_defaults_do_not_blow_up_on_a_relu_classifier(method):
 
 
 def test_spike_guard_shrinks_the_step_only_for_outlying_gradients():
-    """`run._Guard`: typical gradients (EMA within 2× the frozen E[ĝ²]) keep the frozen constants exactly; a
+    """`guard.SpikeGuard` (`run._Guard`): typical gradients (EMA within 2× the frozen E[ĝ²]) keep the frozen constants exactly; a
     coordinate hit by a gradient 10⁴× its E[ĝ²] gets a step whose move G·|ĝ| is bounded by ≈ 200·lr·T/|ĝ|, with
     the noise and kinetic weight of that smaller step (with and without the subtracted gradient noise)."""
     from pyro_bdl.infer.sgmcmc import kernels as K
@@ -454,6 +454,19 @@ def test_divergence_names_the_method_and_the_chain(method, opts, name):
     with pytest.raises(DivergenceError, match=f"^{name} diverged at step "):
         bdl.fit(blr_model(), x, y, method=method, epochs=20, batch_size=B, progress=False, per_datapoint=False,
                 **opts)
+
+
+def test_noise_for_a_device_theta_is_copied_without_waiting(monkeypatch):
+    """`chain.NoiseSource`: ξ is drawn from the chain's CPU generator and copied to θ's device with
+    ``non_blocking=True`` — a blocking ``copy_`` from host memory waits for the device (a host synchronisation per
+    step on CUDA). θ on the meta device stands for a GPU here."""
+    from pyro_bdl.infer.sgmcmc.chain import NoiseSource
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "copy_", lambda self, src, non_blocking=False: calls.append(non_blocking) or self)
+    noise = NoiseSource(torch.empty(5, device="meta", dtype=torch.float64), torch.Generator().manual_seed(0))
+    out = noise.draw()
+    assert calls == [True] and out.device.type == "meta" and out.dtype == torch.float64
+    assert noise.buffer.device.type == "cpu" and noise.buffer.dtype == torch.float64
 
 
 def test_info_has_the_driver_schema():
