@@ -368,6 +368,29 @@ def test_adaptive_defaults_survive_gradient_spikes_on_a_relu_mlp(method):
 
 
 # -- the loop: in-place steps, blocked host reads, the driver's info schema ----------------------------------------
+def test_pure_kernel_pair_is_the_in_place_step():
+    """`kernels.init` / `kernels.update` (the pure (init, update) pair of the module docs) leave their inputs alone and
+    give the in-place step `kernels.step_` (what the chains run), for both kernels; `update_moments` = its in-place
+    form on a copy."""
+    from pyro_bdl.infer.sgmcmc import kernels as K
+    g = torch.Generator().manual_seed(3)
+    theta, grad, xi, noise = (torch.randn(4, generator=g, dtype=torch.float64) for _ in range(4))
+    state = K.init(theta)
+    assert torch.equal(state.theta, theta) and state.theta is not theta and torch.equal(state.momentum, 0 * theta)
+    for kernel in ("sgld", "sghmc"):
+        before = K.KernelState(state.theta.clone(), state.momentum.clone() + 0.1)
+        new = K.update(before, grad, kernel=kernel, step_size=0.01, temperature=0.5, noise=xi, friction=0.2,
+                       grad_noise=noise.abs() * 1e-3)
+        th, mo = before.theta.clone(), before.momentum.clone()
+        K.step_(th, mo, grad, K.coefficients(kernel, 0.01, 0.5, 0.2, noise.abs() * 1e-3), xi)
+        assert torch.equal(new.theta, th) and torch.equal(new.momentum, mo)
+        assert torch.equal(before.theta, state.theta) and torch.equal(before.momentum, state.momentum + 0.1)
+    m = K.init_moments(theta)
+    copy = K.update_moments(m, grad, noise.abs())
+    assert m.count == 0 and torch.equal(m.square, 0 * theta) and copy.count == 1
+    assert torch.equal(copy.square, grad * grad) and torch.equal(copy.noise, noise.abs())
+
+
 def test_in_place_step_and_moments_equal_the_formulas():
     """`kernels.step_` (what the loop runs, in place) and `update_moments_` are the update rules of the module docs,
     with per-coordinate G, α and B̂ (the adaptive sampling stage) and with numbers (the plain kernel)."""

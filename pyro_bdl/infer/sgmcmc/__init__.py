@@ -101,8 +101,8 @@ temperature) of Wenzel et al. (2020) at every sampling step — per draw in ``sa
 the driver's schema (``loss`` ``(chains, K)``, each chain's loss per step; ``options``, the method's
 options as plain data; ``wall_time``, seconds of sampling summed over resumes; and the options as top-level
 keys, as before), the per-step ``step_size`` schedule ``(K,)`` (units of the stage's lr),
-``draw_steps`` (1-based), ``stage`` (0 explore, 1 warm-up, 2 sample), ``sampling_stage`` (noisy
-steps) and, for adaptive kernels, the fixed ``preconditioner_step`` G, ``friction`` α and
+``draw_steps`` (1-based), ``stage`` (0 explore, 1 warm-up, 2 sample), ``sampling_stage`` (WARMUP and
+SAMPLE steps) and, for adaptive kernels, the fixed ``preconditioner_step`` G, ``friction`` α and
 ``gradient_noise`` B̂ per chain ``(chains, d)``.
 
 **Chains and checkpoints.** ``num_chains`` independent runs, seeded by

@@ -27,7 +27,7 @@ def start_chain(theta0: torch.Tensor) -> Dict[str, Any]:
             "plain_moments": K.init_moments(theta0)._asdict(), "cv": None, "cv_sum": None, "cv_count": 0,
             "frozen_once": False, "last_step": None, "warm_step": None, "guard": None,
             "draws": [], "draw_step_size": [], "draw_loss": [], "draw_kinetic": [], "draw_configurational": [],
-            "loss": [], "kinetic": [], "configurational": []}
+            "check_start": None, "kinetic": [], "configurational": []}
 
 
 class NoiseSource:
@@ -68,7 +68,7 @@ class Context:
         self.N = data.dataset_size
         self.T = dynamics.temperature
         self.S = plan.steps_per_epoch
-        self.steps = plan.epochs * plan.steps_per_epoch
+        self.steps = plan.num_steps
         self.adaptive = dynamics.preconditioner is not None
         self.anchored = self.adaptive and dynamics.gradient != "plain"
         self.draw_set = set(plan.draw_steps.tolist())
@@ -179,8 +179,10 @@ class Chain:
             with outside_rng_kept(ctx.data):  # the floor's trace draws from the prior: keep the run's RNG where it is
                 floor = loss_floor(ctx.objective.model, xb, yb, N, "point")
             self.check = DivergenceCheck(self.name, lr, floor=floor, unit=N / T)
-            if state["loss"]:  # a resumed chain: its start is the first loss it had
-                self.check.start = state["loss"][0]
+            # a resumed chain's check starts from the run's first loss (a checkpoint of an older version kept
+            # every loss; the driver keeps the history now)
+            self.check.start = state["check_start"] if "check_start" in state else \
+                (state["loss"][0] if state.get("loss") else None)
         grad = g if T == 1.0 else g.mul_(T)  # ĝ ≈ ∇V, V = T·U_T (g is this step's own tensor)
         # θ·ĝ pairs the gradient with the θ it was computed at (the state before the step)
         self.record.step(u, grad, *((chain.theta, state["anchor"]) if stage == SAMPLE else ()))
@@ -271,9 +273,8 @@ class Chain:
             self.check.check(value, i + 1, lr=schedule[i])
             if not math.isfinite(finite):
                 raise FloatingPointError(
-                    f"{self.name}: the gradient of the potential became non-finite at step {i + 1} (epoch {i // S + 1}); "
-                    f"lower lr (step size now {schedule[i]}) or check the data scale")
-            state["loss"].append(value)
+                    f"{self.name}: the gradient of the potential became non-finite at step {i + 1} "
+                    f"(epoch {i // S + 1}); lower lr (step size now {schedule[i]}) or check the data scale")
             if ctx.stages[i] == SAMPLE:
                 state["configurational"].append(configurational / self.d)
                 if ctx.sghmc:
@@ -284,4 +285,5 @@ class Chain:
                 state["draw_configurational"].append(state["configurational"][-1] if state["configurational"]
                                                      else math.nan)
                 state["draw_kinetic"].append(state["kinetic"][-1] if state["kinetic"] else math.nan)
+        state["check_start"] = self.check.start
         self.read = upto

@@ -45,16 +45,17 @@ CHECK_EVERY = 50
 
 def run_chain(ctx: Context, theta0: torch.Tensor, seeds: Sequence[int], *, stacked: bool, desc: str,
               progress: Optional[bool], checkpoint: Optional[str], fingerprint: Optional[Dict[str, Any]],
-              checkpoint_every: int, names: Optional[Sequence[str]] = None) -> Tuple[List[Dict[str, Any]], float]:
+              checkpoint_every: int,
+              names: Optional[Sequence[str]] = None) -> Tuple[List[Dict[str, Any]], torch.Tensor, float]:
     """Run the chains from ``theta0`` ``(K, P)`` (chain k with seed ``seeds[k]``: its data order and noise; named
     ``names[k]`` in messages) to the end of the plan on the driver, stacked or one after another within each step
     (`.rule.SGMCMCRule`); the driver's state is the checkpoint (saved every ``checkpoint_every`` epochs and at the
-    end). Returns the chains' states and the wall time."""
+    end). Returns the chains' states, the driver's loss history ``(K, steps)`` and the wall time."""
     rule = SGMCMCRule(ctx, stacked and theta0.shape[0] > 1, names)
     result = drive(rule, theta0, ctx.data, steps=ctx.steps, seeds=seeds, desc=desc, progress=progress,
                    checks=[OwnChecks() for _ in seeds], checkpoint=checkpoint, fingerprint=fingerprint,
                    checkpoint_every=checkpoint_every, check_every=ctx.check_every)
-    return rule.finish(result.state), result.wall_time
+    return rule.finish(result.state), result.loss, result.wall_time
 
 
 def _initial_theta(objective: Objective, model: BayesianModel, init: Union[str, Dict[str, torch.Tensor]],
@@ -102,6 +103,7 @@ def sample(model: BayesianModel, data: FitData, *, method: str, plan: Plan, dyna
     ctx = Context(objective, data, plan, dynamics, lr, method, CHECK_EVERY)
     groups = [list(range(i, min(i + size, num_chains))) for i in range(0, num_chains, size)]
     finished: List[Dict[str, Any]] = []
+    losses: List[torch.Tensor] = []
     wall_time = 0.0
     for i, group in enumerate(groups):
         theta0 = torch.stack([first if c == 0 else _initial_theta(objective, model, init, seeds[c]) for c in group])
@@ -111,18 +113,20 @@ def sample(model: BayesianModel, data: FitData, *, method: str, plan: Plan, dyna
                 objective.log_density(theta0[0], x0, y0, data.dataset_size)
         fingerprint = None if checkpoint is None else _fingerprint(method, config, model, data, objective, seed, first,
                                                                    chains=group, stack=size)
-        states, elapsed = run_chain(ctx, theta0, [seeds[c] for c in group], stacked=len(group) > 1,
+        states, loss, elapsed = run_chain(ctx, theta0, [seeds[c] for c in group], stacked=len(group) > 1,
                                     desc=method if len(groups) == 1 else f"{method} chains {group[0] + 1}-{group[-1] + 1}",
                                     progress=progress, checkpoint=group_path(checkpoint, i, len(groups)),
                                     fingerprint=fingerprint, checkpoint_every=checkpoint_every,
                                     names=[method if num_chains == 1 else f"{method} chain {c + 1}/{num_chains}"
                                            for c in group])
         finished.extend(states)
+        losses.append(loss)
         wall_time += elapsed
-    return _posterior(model, objective, plan, dynamics, finished, dict(config, stack=size), method, wall_time)
+    return _posterior(model, objective, plan, dynamics, finished, torch.cat(losses), dict(config, stack=size), method,
+                      wall_time)
 
 
-def _posterior(model, objective, plan: Plan, dynamics: Dynamics, finished, config, method,
+def _posterior(model, objective, plan: Plan, dynamics: Dynamics, finished, loss: torch.Tensor, config, method,
                wall_time: float) -> SamplesPosterior:
     draws = torch.stack([torch.stack(s["draws"]) for s in finished])  # (C, D, P)
     samples = {k: v.detach() for k, v in objective.to_constrained(draws).items()}
@@ -140,7 +144,7 @@ def _posterior(model, objective, plan: Plan, dynamics: Dynamics, finished, confi
     info = {
         **config,
         # the one driver's schema (`pyro_bdl.infer.driver.info`): loss (chains, steps), options, wall_time
-        **driver_info(torch.tensor([s["loss"] for s in finished], dtype=dtype), config, wall_time),
+        **driver_info(loss, config, wall_time),
         "step_size": plan.step_size.to(dtype),
         "draw_steps": plan.draw_steps.clone(),
         "sampling_stage": plan.noisy.clone(),
