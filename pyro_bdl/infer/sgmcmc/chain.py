@@ -168,94 +168,115 @@ class Chain:
 
     def finish(self, u: torch.Tensor, estimates: Estimates, xb, yb) -> None:
         """The step's update from ``(u, estimates)`` (`.gradients.gradient_estimates`' output on this chain's batch
-        ``(xb, yb)``)."""
+        ``(xb, yb)``): the frozen constants under the spike guard at an adaptive kernel's SAMPLE steps (`_guarded`),
+        the moments and the step they give at its EXPLORE and WARMUP steps (`_adapted`), the schedule's step for
+        the plain kernel."""
         ctx, state, dynamics = self.ctx, self.state, self.ctx.dynamics
-        k, T, lr, N = self.k, ctx.T, ctx.lr, ctx.N
-        stage, schedule, stages, adaptive, sghmc = ctx.stages[k], ctx.schedule, ctx.stages, ctx.adaptive, ctx.sghmc
-        chain, moments, plain_moments, frozen, use_cv = self.chain, self.moments, self.plain_moments, self.frozen, self.use_cv
-        descent = ctx.descent
-        g, noise = estimates["cv" if use_cv else "plain"]
+        k, T, stage = self.k, ctx.T, ctx.stages[self.k]
+        chain = self.chain
+        g, noise = estimates["cv" if self.use_cv else "plain"]
         if self.check is None:
-            with outside_rng_kept(ctx.data):  # the floor's trace draws from the prior: keep the run's RNG where it is
-                floor = loss_floor(ctx.objective.model, xb, yb, N, "point")
-            self.check = DivergenceCheck(self.name, lr, floor=floor, unit=N / T)
-            # a resumed chain's check starts from the run's first loss (a checkpoint of an older version kept
-            # every loss; the driver keeps the history now)
-            self.check.start = state["check_start"] if "check_start" in state else \
-                (state["loss"][0] if state.get("loss") else None)
+            self._start_check(xb, yb)
         grad = g if T == 1.0 else g.mul_(T)  # ĝ ≈ ∇V, V = T·U_T (g is this step's own tensor)
         # θ·ĝ pairs the gradient with the θ it was computed at (the state before the step)
         self.record.step(u, grad, *((chain.theta, state["anchor"]) if stage == SAMPLE else ()))
         # the descent injects the noise of temperature T (`schedules.exploration_descent`)
-        xi = self.noise_source.draw() if stage != EXPLORE or descent[k] else None
-        kernel = dynamics.kernel if stage != EXPLORE or not adaptive else "sghmc"
-        if adaptive and stage == SAMPLE:  # frozen constants, bounded by the spike guard (`.guard.SpikeGuard`)
-            if k == 0 or stages[k - 1] != SAMPLE:
-                state["guard"], self.sampling = None, None  # a new stage: its guard starts at the frozen E[ĝ²]
-            if self.sampling is None or self.sampling[0] is not frozen:  # once per stage (and after a resume)
-                correction = frozen["noise"] if dynamics.noise_correction else None
-                c = K.coefficients(kernel, frozen["step"], T, frozen["friction"], correction)
-                parts = None if correction is None else K.variance_parts(kernel, frozen["step"], T, frozen["friction"],
-                                                                         correction)
-                reference = implied_square(frozen["step"], dynamics, lr)
-                if state.get("guard") is None:
-                    state["guard"] = reference.clone()
-                self.sampling = (frozen, SpikeGuard(c, kinetic_weight(c, frozen["friction"]) if sghmc else None, reference,
-                                                state["guard"], dynamics.preconditioner == "fisher", parts))
-            c, guarded_weight = self.sampling[1](grad, schedule[k] / lr)
+        xi = self.noise_source.draw() if stage != EXPLORE or ctx.descent[k] else None
+        if ctx.adaptive and stage == SAMPLE:
+            c, weight = self._guarded(grad)
+        elif ctx.adaptive:
+            c, weight = self._adapted(grad, noise, estimates["plain"], xi is not None), None
         else:
-            if not adaptive:
-                step, friction, correction = schedule[k] * dynamics.eps_per_lr, dynamics.friction, None
-            else:
-                if stage == EXPLORE and use_cv:  # descent: the RMSprop normaliser stays on the plain gradient's scale
-                    pg, pn = estimates["plain"]
-                    moments = K.update_moments_(moments, pg if T == 1.0 else pg.mul_(T),
-                                                None if pn is None else pn if T == 1.0 else pn.mul_(T * T),
-                                                means=False)
-                else:
-                    grad_noise = None if noise is None else (noise if T == 1.0 else noise.mul_(T * T))
-                    moments = K.update_moments_(moments, grad, grad_noise,
-                                                WARMUP_EMA_DECAY if use_cv and stage == WARMUP else K.EMA_DECAY,
-                                                means=stage == WARMUP)
-                    if use_cv:  # the plain estimate at the same θ, for gradient="auto"'s choice
-                        pg, pn = estimates["plain"]
-                        plain_moments = K.update_moments_(plain_moments, pg if T == 1.0 else pg.mul_(T),
-                                                          None if pn is None else pn if T == 1.0 else pn.mul_(T * T))
-                if stage == WARMUP and ctx.anchored:
-                    state["cv_sum"] = chain.theta.clone() if state["cv_sum"] is None else state["cv_sum"] + chain.theta
-                    state["cv_count"] += 1
-                if stage == EXPLORE:
-                    square = K.ema_square(moments)
-                    if descent[k] and dynamics.curvature_floor is not None:  # a dead unit's weights get noise now
-                        square = torch.maximum(square, dynamics.curvature_floor.to(square))
-                    step = K.rmsprop_step_size(square, schedule[k])
-                    friction, correction = 0.1, None  # SGD with momentum 0.9 towards the bulk
-                else:  # WARMUP
-                    now = K.ema_square(K.centred(moments) if use_cv else moments)
-                    est = torch.minimum(moments.noise, now) if moments.noise_count else torch.zeros_like(now)
-                    cap = None
-                    if use_cv:  # growth-limited; with no earlier step (no exploration), the raw EMA's step: a
-                        # centred EMA of one gradient is 0
-                        cap = WARMUP_STEP_GROWTH * state["warm_step"] if state.get("warm_step") is not None else \
-                            step_constants(K.ema_square(moments), torch.zeros_like(now), dynamics, schedule[k])["step"]
-                    cc = step_constants(now, est, dynamics, schedule[k], cap)
-                    step, friction = cc["step"], cc["friction"]
-                    if dynamics.kernel == "sghmc" and not dynamics.noise_correction:  # the unsubtracted noise's heat
-                        friction = warmup_friction(friction, step, est, T)
-                    if use_cv:
-                        state["warm_step"] = step
-                    correction = cc["noise"] if dynamics.noise_correction else None
-            c = K.coefficients(kernel, step, T, friction, correction, noisy=xi is not None)
+            step, friction = ctx.schedule[k] * dynamics.eps_per_lr, dynamics.friction
+            c = K.coefficients(dynamics.kernel, step, T, friction, None, noisy=xi is not None)
+            weight = kinetic_weight(c, friction) if stage == SAMPLE and ctx.sghmc else None
         K.step_(chain.theta, chain.momentum, grad, c, xi)
-        if stage == SAMPLE and sghmc:
-            self.record.kinetic(chain.momentum, guarded_weight if adaptive else kinetic_weight(c, friction))
-        self.moments, self.plain_moments = moments, plain_moments
+        if stage == SAMPLE and ctx.sghmc:
+            self.record.kinetic(chain.momentum, weight)
         k += 1
         self.k = k
         if k in ctx.draw_set:
             state["draws"].append(chain.theta.clone())
         if k % ctx.S == 0:
             self.sync()
+
+    def _start_check(self, xb, yb) -> None:
+        """The chain's `DivergenceCheck`, its floor from its first batch; a resumed chain's starts from the run's first
+        loss (``check_start``; a checkpoint of an older version kept every loss, the driver keeps the history now)."""
+        ctx, state, N = self.ctx, self.state, self.ctx.N
+        with outside_rng_kept(ctx.data):  # the floor's trace draws from the prior: keep the run's RNG where it is
+            floor = loss_floor(ctx.objective.model, xb, yb, N, "point")
+        self.check = DivergenceCheck(self.name, ctx.lr, floor=floor, unit=N / ctx.T)
+        self.check.start = state["check_start"] if "check_start" in state else \
+            (state["loss"][0] if state.get("loss") else None)
+
+    def _guarded(self, grad: torch.Tensor) -> Tuple[K.Coefficients, Optional[torch.Tensor]]:
+        """A SAMPLE step of an adaptive kernel: the frozen constants bounded by the stage's spike guard
+        (`.guard.SpikeGuard`, built once per stage and after a resume), and the kinetic weight of the step taken."""
+        ctx, state, dynamics, frozen = self.ctx, self.state, self.ctx.dynamics, self.frozen
+        k, T, lr = self.k, ctx.T, ctx.lr
+        if k == 0 or ctx.stages[k - 1] != SAMPLE:
+            state["guard"], self.sampling = None, None  # a new stage: its guard starts at the frozen E[ĝ²]
+        if self.sampling is None or self.sampling[0] is not frozen:
+            correction = frozen["noise"] if dynamics.noise_correction else None
+            c = K.coefficients(dynamics.kernel, frozen["step"], T, frozen["friction"], correction)
+            parts = None if correction is None else K.variance_parts(dynamics.kernel, frozen["step"], T,
+                                                                     frozen["friction"], correction)
+            reference = implied_square(frozen["step"], dynamics, lr)
+            if state.get("guard") is None:
+                state["guard"] = reference.clone()
+            weight = kinetic_weight(c, frozen["friction"]) if ctx.sghmc else None
+            self.sampling = (frozen, SpikeGuard(c, weight, reference, state["guard"],
+                                                dynamics.preconditioner == "fisher", parts))
+        return self.sampling[1](grad, ctx.schedule[k] / lr)
+
+    def _adapted(self, grad: torch.Tensor, noise: Optional[torch.Tensor],
+                 plain: Tuple[torch.Tensor, Optional[torch.Tensor]], noisy: bool) -> K.Coefficients:
+        """An EXPLORE or WARMUP step of an adaptive kernel: the gradient moments updated with this step's ĝ (and B̂;
+        ``plain``: the plain estimate, measured alongside a control variate), and the step they give — RMSprop with
+        momentum 0.9 (EXPLORE; ``noisy`` in a descent) or the warm-up's `.adaptation.step_constants`."""
+        ctx, state, dynamics = self.ctx, self.state, self.ctx.dynamics
+        k, T, use_cv = self.k, ctx.T, self.use_cv
+        stage, lr_k = ctx.stages[k], ctx.schedule[k]
+        chain, moments, plain_moments = self.chain, self.moments, self.plain_moments
+        if stage == EXPLORE and use_cv:  # descent: the RMSprop normaliser stays on the plain gradient's scale
+            pg, pn = plain
+            moments = K.update_moments_(moments, pg if T == 1.0 else pg.mul_(T),
+                                        None if pn is None else pn if T == 1.0 else pn.mul_(T * T), means=False)
+        else:
+            grad_noise = None if noise is None else (noise if T == 1.0 else noise.mul_(T * T))
+            moments = K.update_moments_(moments, grad, grad_noise,
+                                        WARMUP_EMA_DECAY if use_cv and stage == WARMUP else K.EMA_DECAY,
+                                        means=stage == WARMUP)
+            if use_cv:  # the plain estimate at the same θ, for gradient="auto"'s choice
+                pg, pn = plain
+                plain_moments = K.update_moments_(plain_moments, pg if T == 1.0 else pg.mul_(T),
+                                                  None if pn is None else pn if T == 1.0 else pn.mul_(T * T))
+        self.moments, self.plain_moments = moments, plain_moments
+        if stage == WARMUP and ctx.anchored:
+            state["cv_sum"] = chain.theta.clone() if state["cv_sum"] is None else state["cv_sum"] + chain.theta
+            state["cv_count"] += 1
+        if stage == EXPLORE:
+            square = K.ema_square(moments)
+            if ctx.descent[k] and dynamics.curvature_floor is not None:  # a dead unit's weights get noise now
+                square = torch.maximum(square, dynamics.curvature_floor.to(square))
+            # SGD with momentum 0.9 towards the bulk, for either kernel
+            return K.coefficients("sghmc", K.rmsprop_step_size(square, lr_k), T, 0.1, None, noisy=noisy)
+        now = K.ema_square(K.centred(moments) if use_cv else moments)
+        est = torch.minimum(moments.noise, now) if moments.noise_count else torch.zeros_like(now)
+        cap = None
+        if use_cv:  # growth-limited; with no earlier step (no exploration), the raw EMA's step: a centred EMA of one
+            # gradient is 0
+            cap = WARMUP_STEP_GROWTH * state["warm_step"] if state["warm_step"] is not None else \
+                step_constants(K.ema_square(moments), torch.zeros_like(now), dynamics, lr_k)["step"]
+        cc = step_constants(now, est, dynamics, lr_k, cap)
+        step, friction = cc["step"], cc["friction"]
+        if dynamics.kernel == "sghmc" and not dynamics.noise_correction:  # the unsubtracted noise's heat
+            friction = warmup_friction(friction, step, est, T)
+        if use_cv:
+            state["warm_step"] = step
+        correction = cc["noise"] if dynamics.noise_correction else None
+        return K.coefficients(dynamics.kernel, step, T, friction, correction, noisy=noisy)
 
     def sync(self) -> None:
         """Write the loop's variables back into ``state`` (at epoch ends: what a checkpoint saves)."""
