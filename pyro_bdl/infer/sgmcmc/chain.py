@@ -85,7 +85,7 @@ class Context:
 
 
 class Chain:
-    """One chain's loop: its state (as made by `start_chain` or loaded) and its step, split around the gradient.
+    """One chain: its state (as made by `start_chain` or loaded) and its step, split around the gradient.
 
     A step is `begin` (window resets and anchors, the frozen constants at a sampling stage's start, the momentum
     refresh; returns which gradient estimates the step needs), the gradient (`.gradients.gradient_estimates` for
@@ -279,7 +279,7 @@ class Chain:
         return K.coefficients(dynamics.kernel, step, T, friction, correction, noisy=noisy)
 
     def sync(self) -> None:
-        """Write the loop's variables back into ``state`` (at epoch ends: what a checkpoint saves)."""
+        """Write the chain's working variables back into ``state`` (at epoch ends: what a checkpoint saves)."""
         self.state.update(epoch=self.k // self.ctx.S, theta=self.chain.theta, momentum=self.chain.momentum,
                           moments=self.moments._asdict(), plain_moments=self.plain_moments._asdict(), frozen=self.frozen)
 

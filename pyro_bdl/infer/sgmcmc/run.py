@@ -60,6 +60,8 @@ def run_chain(ctx: Context, theta0: torch.Tensor, seeds: Sequence[int], *, stack
 
 def _initial_theta(objective: Objective, model: BayesianModel, init: Union[str, Dict[str, torch.Tensor]],
                    seed: int) -> torch.Tensor:
+    """A chain's flat start θ: ``init`` a dict of values for every site, ``"net"`` the network's weights, ``"fresh"``
+    the default initialisation drawn with ``seed``."""
     if isinstance(init, dict):
         values = model.as_values(init)
         missing = [n for n in objective.layout.names if n not in values]
@@ -107,8 +109,9 @@ def sample(model: BayesianModel, data: FitData, *, method: str, plan: Plan, dyna
     wall_time = 0.0
     for i, group in enumerate(groups):
         theta0 = torch.stack([first if c == 0 else _initial_theta(objective, model, init, seeds[c]) for c in group])
-        if len(group) > 1 and not getattr(objective, "_verified", True):
-            with torch.no_grad():  # the compiled density is verified once, outside vmap
+        if i == 0 and len(group) > 1:  # stacked chains: the compiled density (stack_size stacks no other) is verified
+            # once, outside vmap, which cannot read its check's numbers to the host (`Objective`), as `map` does
+            with torch.no_grad():
                 x0, y0 = example_batch(data)
                 objective.log_density(theta0[0], x0, y0, data.dataset_size)
         fingerprint = None if checkpoint is None else _fingerprint(method, config, model, data, objective, seed, first,
