@@ -317,7 +317,7 @@ def test_adaptive_defaults_do_not_blow_up_on_a_relu_classifier(method):
 
 
 def test_spike_guard_shrinks_the_step_only_for_outlying_gradients():
-    """`run._Guard`: typical gradients (EMA within 2× the frozen E[ĝ²]) keep the frozen constants exactly; a
+    """`guard.SpikeGuard` (`run._Guard`): typical gradients (EMA within 2× the frozen E[ĝ²]) keep the frozen constants exactly; a
     coordinate hit by a gradient 10⁴× its E[ĝ²] gets a step whose move G·|ĝ| is bounded by ≈ 200·lr·T/|ĝ|, with
     the noise and kinetic weight of that smaller step (with and without the subtracted gradient noise)."""
     from pyro_bdl.infer.sgmcmc import kernels as K
@@ -368,6 +368,29 @@ def test_adaptive_defaults_survive_gradient_spikes_on_a_relu_mlp(method):
 
 
 # -- the loop: in-place steps, blocked host reads, the driver's info schema ----------------------------------------
+def test_pure_kernel_pair_is_the_in_place_step():
+    """`kernels.init` / `kernels.update` (the pure (init, update) pair of the module docs) leave their inputs alone and
+    give the in-place step `kernels.step_` (what the chains run), for both kernels; `update_moments` = its in-place
+    form on a copy."""
+    from pyro_bdl.infer.sgmcmc import kernels as K
+    g = torch.Generator().manual_seed(3)
+    theta, grad, xi, noise = (torch.randn(4, generator=g, dtype=torch.float64) for _ in range(4))
+    state = K.init(theta)
+    assert torch.equal(state.theta, theta) and state.theta is not theta and torch.equal(state.momentum, 0 * theta)
+    for kernel in ("sgld", "sghmc"):
+        before = K.KernelState(state.theta.clone(), state.momentum.clone() + 0.1)
+        new = K.update(before, grad, kernel=kernel, step_size=0.01, temperature=0.5, noise=xi, friction=0.2,
+                       grad_noise=noise.abs() * 1e-3)
+        th, mo = before.theta.clone(), before.momentum.clone()
+        K.step_(th, mo, grad, K.coefficients(kernel, 0.01, 0.5, 0.2, noise.abs() * 1e-3), xi)
+        assert torch.equal(new.theta, th) and torch.equal(new.momentum, mo)
+        assert torch.equal(before.theta, state.theta) and torch.equal(before.momentum, state.momentum + 0.1)
+    m = K.init_moments(theta)
+    copy = K.update_moments(m, grad, noise.abs())
+    assert m.count == 0 and torch.equal(m.square, 0 * theta) and copy.count == 1
+    assert torch.equal(copy.square, grad * grad) and torch.equal(copy.noise, noise.abs())
+
+
 def test_in_place_step_and_moments_equal_the_formulas():
     """`kernels.step_` (what the loop runs, in place) and `update_moments_` are the update rules of the module docs,
     with per-coordinate G, α and B̂ (the adaptive sampling stage) and with numbers (the plain kernel)."""
@@ -440,6 +463,33 @@ def test_nonfinite_gradient_is_named_at_its_step(monkeypatch, check_every, bad):
     with pytest.raises(FloatingPointError, match=f"gradient of the potential became non-finite at step {bad} "):
         bdl.fit(blr_model(), x, y, method="sgld", preconditioner=None, lr=1e-4, epochs=40, batch_size=B,
                 progress=False)
+
+
+@pytest.mark.parametrize("method,opts,name", [
+    ("csgmcmc", dict(preconditioner=None, lr=50.0, cycles=2), "csgmcmc"),  # not its inner kernel's name (sghmc)
+    ("sgld", dict(preconditioner=None, lr=1.0, num_chains=2, stack=False), "sgld chain [12]/2"),
+    ("sgld", dict(preconditioner=None, lr=1.0, num_chains=2, stack=True), "sgld chain [12]/2"),
+])
+def test_divergence_names_the_method_and_the_chain(method, opts, name):
+    """A diverging run is named as the user called it (``method``), and with several chains by the chain."""
+    from pyro_bdl.infer.divergence import DivergenceError
+    x, y = blr_data()
+    with pytest.raises(DivergenceError, match=f"^{name} diverged at step "):
+        bdl.fit(blr_model(), x, y, method=method, epochs=20, batch_size=B, progress=False, per_datapoint=False,
+                **opts)
+
+
+def test_noise_for_a_device_theta_is_copied_without_waiting(monkeypatch):
+    """`chain.NoiseSource`: ξ is drawn from the chain's CPU generator and copied to θ's device with
+    ``non_blocking=True`` — a blocking ``copy_`` from host memory waits for the device (a host synchronisation per
+    step on CUDA). θ on the meta device stands for a GPU here."""
+    from pyro_bdl.infer.sgmcmc.chain import NoiseSource
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "copy_", lambda self, src, non_blocking=False: calls.append(non_blocking) or self)
+    noise = NoiseSource(torch.empty(5, device="meta", dtype=torch.float64), torch.Generator().manual_seed(0))
+    out = noise.draw()
+    assert calls == [True] and out.device.type == "meta" and out.dtype == torch.float64
+    assert noise.buffer.device.type == "cpu" and noise.buffer.dtype == torch.float64
 
 
 def test_info_has_the_driver_schema():

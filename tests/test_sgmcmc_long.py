@@ -1,5 +1,5 @@
 """SGHMC on long runs (issue 13, `notes/issue-13-long-sghmc.md`): the warm-up's friction bounds the heat of the minibatch
-noise it does not subtract (`run.warmup_friction`), so a long warm-up does not run away from the posterior."""
+noise it does not subtract (`adaptation.warmup_friction`), so a long warm-up does not run away from the posterior."""
 import warnings
 
 import torch

@@ -1,4 +1,4 @@
-"""SG-MCMC chains stacked with torch.func.vmap on the one driver (`infer/sgmcmc/run.SGMCMCRule`): a stacked chain is
+"""SG-MCMC chains stacked with torch.func.vmap on the one driver (`infer/sgmcmc/rule.SGMCMCRule`): a stacked chain is
 the chain run alone with the same seed (to float rounding), for every kernel and gradient mode, minibatch and full
 batch; a stacked run resumes bit for bit; K = 4 stacked chains at default options sample the closed-form BLR
 posterior; networks vmap cannot batch fall back to one chain after another; the ``stack`` rule."""
@@ -206,3 +206,23 @@ def test_stack_rule(monkeypatch):
     monkeypatch.setattr(sg, "run_chain", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(ValueError, match="stack"):
         bdl.fit(model, x, y, method="sgld", stack="yes", progress=False)
+
+
+@pytest.mark.parametrize("stack,chains_per_read,reads_per_run", [(True, 3, 1), (False, 1, 3)])
+def test_chains_records_are_read_together_once_per_block(monkeypatch, stack, chains_per_read, reads_per_run):
+    """The rule reads the per-step records of all its chains in one host synchronisation
+    (`record.read_records`), at the first step, every `run.CHECK_EVERY` steps and at the end — not once per chain."""
+    import pyro_bdl.infer.sgmcmc.rule as rule
+    from pyro_bdl.infer.sgmcmc.record import read_records
+    reads = []
+
+    def counting(records):
+        reads.append(len(records))
+        return read_records(records)
+
+    monkeypatch.setattr(rule, "read_records", counting)
+    post = fit(stack, method="sghmc", epochs=40, batch_size=B)  # 160 steps; 3 chains stacked, or 3 runs of one
+    assert post.info["loss"].shape[1] == 160 and set(reads) == {chains_per_read}
+    # steps 1, 51, 101, 151 (blocks of 50 after the first read) and the end (160), per driver run
+    assert len(reads) == 5 * reads_per_run
+

@@ -29,7 +29,7 @@ independent of the data set size N, the curvature and T; and the gradient noise'
 diffusion, G_iB_ii/(2αT) ≤ lr/(2α), is bounded. α_i = 2ω_i damps each coordinate critically.
 Fixing the constants after the burn-in keeps the chain a time-homogeneous Markov chain (no
 Γ-term needed, unlike pSGLD's running preconditioner) — except where a minibatch gradient is far
-outside what they were fitted to: a *spike guard* (`.run._Guard`), an EMA of ĝ² started at
+outside what they were fitted to: a *spike guard* (`.guard.SpikeGuard`), an EMA of ĝ² started at
 the frozen E[ĝ²], shrinks G_i where it exceeds twice that value (ten times its own fluctuation for
 Gaussian gradients, so it does not bind on a Gaussian posterior). On a ReLU network rare minibatches
 give gradients 10³–10⁵× the frozen E[ĝ²] on a few weights, which threw default SGHMC out of the
@@ -69,14 +69,17 @@ recorded in ``info["control_variate"]``; ``"cv"`` / ``"plain"`` force the choice
 augmentation (the anchor's full gradient would not be the augmented minibatches' mean) or the
 plain kernel; without minibatches both estimates are the full gradient.
 
-**The loop** is a step rule on the one driver (`.run.SGMCMCRule` on `pyro_bdl.infer.driver.drive`, run by
+**The loop** is a step rule on the one driver (`.rule.SGMCMCRule` on `pyro_bdl.infer.driver.drive`, run by
 `.run.run_chain`): the driver owns the minibatches, each chain's generator (its data order and noise), the
-progress bar and the checkpoint; each chain (`.run._Chain`) updates θ and v in place (fused multiply-adds, `.kernels.step_`; the
-constants of a frozen sampling stage computed once) and keeps each step's loss, a gradient check
-(Σĝ, finite iff ĝ is) and the temperature sums on θ's device; they are read to the host every 50
-steps (`.run.CHECK_EVERY`), before a checkpoint and at the end — one synchronisation per block, as
-the one driver (`pyro_bdl.infer.driver`) does — and run through the shared divergence check
-(`pyro_bdl.infer.divergence`) step by step, so an error still names the exact step.
+progress bar and the checkpoint; each chain (`.chain.Chain`) updates θ and v in place (fused multiply-adds,
+`.kernels.step_`; the constants of a frozen sampling stage computed once) and keeps each step's loss, a gradient
+check (Σĝ, finite iff ĝ is) and the temperature sums on θ's device (`.record.StepRecord`); the rule reads every
+chain's record to the host together every 50 steps (`.run.CHECK_EVERY`), before a checkpoint and at the end — one
+synchronisation per block for all the chains, as the one driver (`pyro_bdl.infer.driver`) does for its loss history
+— and runs it through the shared divergence check (`pyro_bdl.infer.divergence`) step by step, so an error still
+names the exact step (and, with several chains, the chain). The parts: `.adaptation` (the warm-up's step, friction
+and noise estimate and the frozen constants), `.gradients` (plain, split-batch and control-variate estimates, one
+chain or stacked), `.chain`, `.guard`, `.record`, `.rule`, `.run` (groups of chains and the posterior).
 
 **Plain kernels** (``preconditioner=None``): G = ``lr`` (ε on the full-data potential;
 ``per_datapoint=True``: ε = lr/N) and α = ``momentum_decay`` fixed, as in the papers; use
@@ -98,8 +101,8 @@ temperature) of Wenzel et al. (2020) at every sampling step — per draw in ``sa
 the driver's schema (``loss`` ``(chains, K)``, each chain's loss per step; ``options``, the method's
 options as plain data; ``wall_time``, seconds of sampling summed over resumes; and the options as top-level
 keys, as before), the per-step ``step_size`` schedule ``(K,)`` (units of the stage's lr),
-``draw_steps`` (1-based), ``stage`` (0 explore, 1 warm-up, 2 sample), ``sampling_stage`` (noisy
-steps) and, for adaptive kernels, the fixed ``preconditioner_step`` G, ``friction`` α and
+``draw_steps`` (1-based), ``stage`` (0 explore, 1 warm-up, 2 sample), ``sampling_stage`` (WARMUP and
+SAMPLE steps) and, for adaptive kernels, the fixed ``preconditioner_step`` G, ``friction`` α and
 ``gradient_noise`` B̂ per chain ``(chains, d)``.
 
 **Chains and checkpoints.** ``num_chains`` independent runs, seeded by

@@ -1,7 +1,7 @@
 r"""Pure SG-MCMC step rules: ``init(theta) -> state`` and ``update(state, grad, ...) -> state``.
 
-Nothing here draws random numbers, reads data or keeps history: the driver
-(`.run`) passes the minibatch gradient, the standard normal noise ξ and the step
+Nothing here draws random numbers, reads data or keeps history: the chain
+(`.chain.Chain`, on the one driver) passes the minibatch gradient, the standard normal noise ξ and the step
 constants, so every rule can be tested on its own and reused by another driver (in the style
 of the ``posteriors`` package and of NumPyro's kernels). Nothing changes its inputs except the
 functions whose names end in ``_`` (`step_`, `update_moments_`), the in-place forms a driver
@@ -78,7 +78,7 @@ def variance_parts(kernel: str, step_size: Step, temperature: float, friction: S
                    grad_noise: Optional[torch.Tensor] = None) -> Tuple[Step, Optional[Step]]:
     """The injected noise's variance as ``(2αGT, G²B̂)``: the variance the dynamics need (α = 1 for SGLD) and the
     share the gradient noise B̂ already supplies (None without ``grad_noise``); the noise term's variance is their
-    difference (`coefficients`; the spike guard scales the two parts separately, `pyro_bdl.infer.sgmcmc.run._Guard`)."""
+    difference (`coefficients`; the spike guard scales the two parts separately, `pyro_bdl.infer.sgmcmc.guard.SpikeGuard`)."""
     needed = 2.0 * step_size * temperature if kernel == "sgld" else 2.0 * friction * step_size * temperature
     return needed, None if grad_noise is None else step_size * step_size * grad_noise
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import Dict, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
 from torch.utils.data import RandomSampler
@@ -19,7 +19,8 @@ from ...model.bayesian_model import BayesianModel
 from ...posterior.samples import SamplesPosterior
 from ..data import FitData
 from ..registry import register
-from .run import Dynamics, sample
+from .adaptation import Dynamics
+from .run import sample
 from .schedules import (EXPLORE, WARMUP, Plan, constant_schedule, constant_stages, cyclical_draw_steps,
                         cyclical_schedule, cyclical_stages, epoch_draw_steps, exploration_descent)
 
@@ -159,19 +160,30 @@ def _constant_run(method: str, model, data, *, seed, progress, lr, epochs, burni
         schedule[:explore * S] = cyclical_schedule(explore_lr, explore * S, 1)
     plan = Plan(schedule, constant_stages(epochs, S, burnin, explore), epoch_draw_steps(epochs, S, burnin, thin),
                 epochs, S)
-    dynamics = Dynamics(method, model.temperature, 1.0 / data.dataset_size if per_datapoint else 1.0, friction,
+    config = {"lr": lr, "epochs": epochs, "warmup": burnin, "burnin": burnin, "thin": thin,
+              "per_datapoint": per_datapoint}
+    return _sample(method, method, model, data, plan, config, lr=lr, friction=friction, per_datapoint=per_datapoint,
+                   preconditioner=preconditioner, noise_correction=noise_correction, gradient=gradient,
+                   explore_lr=explore_lr, seed=seed, progress=progress, num_chains=num_chains, init=init,
+                   checkpoint=checkpoint, checkpoint_every=checkpoint_every, stack=stack)
+
+
+def _sample(method: str, kernel: str, model: BayesianModel, data: FitData, plan: Plan, config: Dict[str, Any], *,
+            lr: float, friction: float, per_datapoint: bool, preconditioner: Optional[str], noise_correction,
+            gradient: str, explore_lr: float, pool_windows: bool = False, **run: Any) -> SamplesPosterior:
+    """The `Dynamics` of ``kernel``, the options every SG-MCMC method records (after ``config``'s own), and the run
+    (`.run.sample`; ``run``: seed, progress, chains, init, checkpoint, stack)."""
+    adaptive = preconditioner is not None
+    dynamics = Dynamics(kernel, model.temperature, 1.0 / data.dataset_size if per_datapoint else 1.0, friction,
                         preconditioner, adaptive and _noise_correction(noise_correction, data),
-                        _gradient_mode(gradient, data, adaptive))
-    config = {"lr": lr, "epochs": epochs, "warmup": burnin, "burnin": burnin, "thin": thin, "per_datapoint": per_datapoint,
-              "preconditioner": preconditioner, "noise_correction": dynamics.noise_correction,
+                        _gradient_mode(gradient, data, adaptive), pool_windows=pool_windows)
+    config = {**config, "preconditioner": preconditioner, "noise_correction": dynamics.noise_correction,
               "gradient": dynamics.gradient}
     if adaptive:
         config["explore_lr"] = explore_lr
-    if method == "sghmc":
+    if kernel == "sghmc":
         config["momentum_decay"] = friction
-    return sample(model, data, method=method, plan=plan, dynamics=dynamics, seed=seed, progress=progress,
-                  num_chains=num_chains, init=init, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                  config=config, lr=lr, stack=stack)
+    return sample(model, data, method=method, plan=plan, dynamics=dynamics, config=config, lr=lr, **run)
 
 
 Init = Union[str, Dict[str, torch.Tensor]]
@@ -345,17 +357,9 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
     descend = adaptive and _warmups_long_enough(stage, cycles, epochs, S)
     plan = Plan(schedule, stage, cyclical_draw_steps(K, cycles, exploration, samples_per_cycle, warmup), epochs, S,
                 descent=exploration_descent(stage, DESCENT_FRACTION) if descend else None)
-    dynamics = Dynamics(sampler, model.temperature, 1.0 / data.dataset_size if per_datapoint else 1.0, alpha,
-                        preconditioner, adaptive and _noise_correction(noise_correction, data),
-                        _gradient_mode(gradient, data, adaptive), pool_windows=True)
     config = {"lr": lr, "epochs": epochs, "cycles": cycles, "exploration": float(exploration),
-              "samples_per_cycle": samples_per_cycle, "per_datapoint": per_datapoint, "sampler": sampler,
-              "preconditioner": preconditioner, "noise_correction": dynamics.noise_correction,
-              "gradient": dynamics.gradient}
-    if adaptive:
-        config["explore_lr"] = explore_lr
-    if sampler == "sghmc":
-        config["momentum_decay"] = alpha
-    return sample(model, data, method="csgmcmc", plan=plan, dynamics=dynamics, seed=seed, progress=progress,
-                  num_chains=num_chains, init=init, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                  config=config, lr=lr, stack=stack)
+              "samples_per_cycle": samples_per_cycle, "per_datapoint": per_datapoint, "sampler": sampler}
+    return _sample("csgmcmc", sampler, model, data, plan, config, lr=lr, friction=alpha, per_datapoint=per_datapoint,
+                   preconditioner=preconditioner, noise_correction=noise_correction, gradient=gradient,
+                   explore_lr=explore_lr, pool_windows=True, seed=seed, progress=progress, num_chains=num_chains,
+                   init=init, checkpoint=checkpoint, checkpoint_every=checkpoint_every, stack=stack)

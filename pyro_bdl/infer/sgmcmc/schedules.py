@@ -188,5 +188,6 @@ class Plan:
 
     @property
     def noisy(self) -> torch.Tensor:
-        """``(K,)`` booleans: the steps that inject noise (WARMUP and SAMPLE)."""
+        """``(K,)`` booleans: the WARMUP and SAMPLE steps (``info["sampling_stage"]``; a descent's EXPLORE steps
+        inject noise too, but are not in it: `exploration_descent`)."""
         return self.stage != EXPLORE
