@@ -140,3 +140,40 @@ def test_minibatch_map_at_defaults_finds_the_closed_form_mode(temperature):
     mean, cov = blr.posterior(1.0)  # Gaussian: the mode is the mean, the same at every T
     z = (mode - mean) / cov.diag().sqrt()
     assert z.abs().max() < 0.03, z  # measured ≈ 0.005; dropping the N/B factor moves it by far more
+
+
+def test_stacked_runs_gather_their_rows_at_once_with_the_same_batches():
+    """K runs' minibatches of tensors are one gather of a (K, B) index (`MemberBatches.gathered`), each run's
+    rows still its own permutation: the same batches as `FitData.epoch` per run, also for a two-input network;
+    augmented batches keep the per-run path."""
+    g = torch.Generator().manual_seed(1)
+    x1, x2 = torch.randn(13, 2, generator=g), torch.randn(13, 3, generator=g)
+    y = torch.randn(13, generator=g)
+
+    class TwoInputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(2, 1), torch.nn.Linear(3, 1)
+
+        def forward(self, u, v):
+            return self.a(u) + self.b(v)
+
+    model = bdl.BayesianModel(TwoInputs(), prior=bdl.priors.Gaussian(0.0, 1.0),
+                              likelihood=bdl.likelihoods.Gaussian(scale=0.1))
+    data = FitData(model, (x1, x2), y, batch_size=4)  # 4 batches per epoch, the last one of 1 row
+    batches = driver.MemberBatches(data, [3, 4], torch.zeros(0))
+    assert batches.gathered
+    gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
+    expected = [[b for _ in range(2) for b in data.epoch(gen)] for gen in gens]  # two epochs of each run
+    for step in range(8):
+        if step % 4 == 0:
+            batches.new_epoch()
+        batch = batches.next()
+        assert batch.x[0].shape[:2] == batch.y.shape == (2, 4 if step % 4 < 3 else 1)
+        for k in range(2):
+            (u, v), yb = batch.member(k)
+            (eu, ev), ey = expected[k][step]
+            assert torch.equal(u, eu) and torch.equal(v, ev) and torch.equal(yb, ey)
+    augmented = FitData(model, (x1, x2), y, batch_size=4, augment=lambda x, gen: x)
+    assert not driver.MemberBatches(augmented, [3, 4], torch.zeros(0)).gathered
+    assert not driver.MemberBatches(data, [3], torch.zeros(0)).gathered  # one run: its batch as it comes

@@ -149,3 +149,38 @@ def test_bad_options(opts, match):
     x, y, model = data_and_model()
     with pytest.raises((ValueError, TypeError), match=match):
         bdl.fit(model, x, y, method="ensemble", progress=False, **opts)
+
+
+def test_fresh_member_start_is_initial_values_of_its_seed():
+    """`fresh_theta` (no per-member Pyro trace when every site is a weight) = θ at initial_values(seed), also with
+    a learned noise scale (where it takes the traced path)."""
+    from pyro_bdl.infer.map import fresh_theta, initial_theta
+    from pyro_bdl.model.potential import Objective
+    x, _, model = data_and_model()
+    noisy = bdl.BayesianModel(model.net, prior=bdl.priors.Gaussian(0.0, 1.0), likelihood=bdl.likelihoods.Gaussian(scale=None))
+    for m in (model, noisy):
+        objective = Objective(m, x[:2])
+        for seed in (0, 5, 2 ** 31):
+            assert torch.equal(fresh_theta(objective, seed, x[:2]),
+                               initial_theta(objective, m.initial_values(seed=seed), x[:2]))
+    assert set(Objective(noisy, x[:2]).layout.names) != set(noisy.weight_sites)  # the second case is the traced one
+
+
+def test_in_process_groups_share_one_objective(monkeypatch):
+    """The ensemble's shared start-up (the model trace, the compiled density's check) runs once, not per group."""
+    from pyro_bdl.infer import ensemble as ens
+    x, y, model = data_and_model()
+    built = []
+    original = ens.Objective.__init__
+
+    def counting(self, *a, **k):
+        built.append(1)
+        original(self, *a, **k)
+
+    kw = dict(method="ensemble", num_chains=4, steps=5, lr=0.02, batch_size=16, progress=False, seed=0)
+    reference = bdl.fit(model, x, y, stack=1, **kw)
+    monkeypatch.setattr(ens.Objective, "__init__", counting)
+    grouped = bdl.fit(model, x, y, stack=2, **kw)
+    assert len(built) == 1
+    for site in reference.samples:  # groups of 2 stacked = one member at a time (float rounding)
+        assert torch.allclose(reference.samples[site], grouped.samples[site], atol=1e-6)

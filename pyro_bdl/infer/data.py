@@ -12,7 +12,7 @@ data set and a GPU network), except that `full` keeps one copy on the device.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -154,14 +154,33 @@ class FitData:
             return
         if generator is not None and self._own_loader:
             # our own loader: shuffle with the fit's seeded generator for reproducibility
-            perm = torch.randperm(self.dataset_size, generator=generator).to(self._y.device)
-            bs = self.loader.batch_size
-            for i in range(0, self.dataset_size, bs):
-                idx = perm[i:i + bs]
+            perm = self.permutation(generator)
+            for rows in self.batch_rows():
+                idx = perm[rows]
                 yield take_rows(self._x, idx), self._y[idx]
             return
         for batch in self.loader:
             yield self._checked(batch)
+
+    @property
+    def indexable(self) -> bool:
+        """True when an epoch's minibatches are rows of the tensors picked by `permutation` and `batch_rows`
+        (our own loader over tensors, no augmentation), so K runs' batches can be gathered at once (`rows`)."""
+        return self.loader is not None and self._own_loader and self.augment is None
+
+    def permutation(self, generator: torch.Generator) -> torch.Tensor:
+        """One epoch's order of the rows, drawn from ``generator`` (the own loader's shuffle)."""
+        return torch.randperm(self.dataset_size, generator=generator).to(self._y.device)
+
+    def batch_rows(self) -> List[slice]:
+        """The positions in `permutation` of each minibatch of an epoch (the last may be shorter)."""
+        bs = self.loader.batch_size
+        return [slice(i, i + bs) for i in range(0, self.dataset_size, bs)]
+
+    def rows(self, index: torch.Tensor) -> Batch:
+        """``(x[index], y[index])`` on the network's device; ``index`` of any shape, e.g. ``(K, B)`` for the
+        batches of K runs at once (one gather instead of K, `pyro_bdl.infer.driver.MemberBatches`)."""
+        return self.to_device((take_rows(self._x, index), self._y[index]))
 
     @property
     def random_batch_size(self) -> int:

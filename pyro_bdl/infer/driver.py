@@ -97,13 +97,23 @@ class MemberBatches:
         # One run's batch is used as it comes (no stacking, no copy); full-batch data without
         # augmentation are the same batch for every run.
         self.shared = len(self.generators) == 1 or (not data.minibatched and data.augment is None)
+        # Minibatches that are rows of the data tensors: run k's epoch order is still its own permutation,
+        # but the K runs' rows of a step are gathered by one index (K, B) instead of K gathers and a stack.
+        self.gathered = not self.shared and data.indexable
         self._iters: List[Any] = []
 
     def new_epoch(self) -> None:
+        if self.gathered:
+            order = torch.stack([self.data.permutation(g) for g in self.generators])  # (K, N)
+            self._iters = [iter([order[:, rows] for rows in self.data.batch_rows()])]
+            return
         gens = self.generators[:1] if self.shared else self.generators
         self._iters = [iter(self.data.epoch(g)) for g in gens]
 
     def next(self) -> Batch:
+        if self.gathered:
+            x, y = self.data.rows(next(self._iters[0]))
+            return Batch(_move(x, self.like), _move(y, self.like), False)
         try:
             parts = [next(it) for it in self._iters]
         except StopIteration:
@@ -184,8 +194,9 @@ def drive(rule: StepRule, theta0: torch.Tensor, data: FitData, *, steps: int, se
             return
         values = loss[:, read:upto].tolist()  # the one host synchronisation per check_every steps
         for i in range(upto - read):
+            lr = None if lr_at is None else lr_at(read + i)  # one schedule value per step, not per run
             for k in range(K):
-                checks[k].check(values[k][i], read + i, lr=None if lr_at is None else lr_at(read + i))
+                checks[k].check(values[k][i], read + i, lr=lr)
         bar.set_postfix(loss=f"{values[0][-1]:.4g}")
         read = upto
 

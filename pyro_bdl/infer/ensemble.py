@@ -41,19 +41,23 @@ from ..model.potential import Objective
 from ..posterior.samples import SamplesPosterior
 from . import driver
 from .data import FitData
-from .map import initial_theta, optimiser_class, run_map
+from .map import fresh_theta, optimiser_class, run_map
 from .members import run_members
 from .options import run_length
 from .registry import register
 from .stacking import group_path, stack_size
 
 def fit_group(model: BayesianModel, data: FitData, members: Sequence[int], seeds: Sequence[int],
-              options: Dict[str, Any], seed: int, progress: Optional[bool], checkpoint: Optional[str]):
+              options: Dict[str, Any], seed: int, progress: Optional[bool], checkpoint: Optional[str],
+              objective: Optional[Objective] = None):
     """Train the ``members`` (seeds ``seeds``) stacked; returns ``(θ (m, P), loss (m, steps), wall time)``.
-    A module-level function, so it can run in a spawned process."""
-    objective = Objective(model, data.example_x(2))
+    A module-level function, so it can run in a spawned process; in this process the ensemble's own
+    ``objective`` is passed, so its set-up (the model trace, the prior, the compiled density's check) is done
+    once for every group, not once per group."""
     x = data.example_x(2)
-    theta0 = torch.stack([initial_theta(objective, model.initial_values(seed=s), x) for s in seeds])
+    if objective is None:
+        objective = Objective(model, x)
+    theta0 = torch.stack([fresh_theta(objective, s, x) for s in seeds])
     steps = run_length(data, options["steps"], options["epochs"], default=2000)
     fp = None if checkpoint is None else ckpt.fingerprint(model, data, "ensemble", options, seed,
                                                           members=list(members), start=ckpt.tensor_hash(theta0))
@@ -97,7 +101,7 @@ def fit_ensemble(model: BayesianModel, data: FitData, *, seed: int, progress: Op
     groups = [list(range(i, min(i + size, num_chains))) for i in range(0, num_chains, size)]
     run_options = dict(options, optimiser=optimiser)
     args = [(model, data, g, [seeds[m] for m in g], run_options, seed, progress if workers == 1 else False,
-             group_path(checkpoint, i, len(groups))) for i, g in enumerate(groups)]
+             group_path(checkpoint, i, len(groups)), objective if workers == 1 else None) for i, g in enumerate(groups)]
     results = run_members(fit_group, args, workers=workers)
     theta = torch.cat([r[0] for r in results])
     loss = torch.cat([r[1] for r in results])

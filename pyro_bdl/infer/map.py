@@ -200,6 +200,19 @@ def initial_theta(objective: Objective, values: Dict[str, torch.Tensor], x) -> t
     return objective.initial({n: trace.nodes[n]["value"] for n in objective.layout.names})
 
 
+def fresh_theta(objective: Objective, seed: int, x) -> torch.Tensor:
+    """θ at ``model.initial_values(seed=seed)``: a fresh default initialisation of the network (an ensemble
+    member's start, `pyro_bdl.infer.ensemble`), other sites at their prior median (`initial_theta`).
+
+    When every latent site is a network weight (a compiled model without a learned noise scale), those values
+    are exactly the weights `LiftedNetwork.initial_weights` draws, so they are used without the Pyro trace
+    that `BayesianModel.initial_values` runs to find other sites: the same θ, without a per-member trace."""
+    model = objective.model
+    if objective.compiled and set(objective.layout.names) == set(model.weight_sites):
+        return objective.initial(model.network.initial_weights(seed))
+    return initial_theta(objective, model.initial_values(seed=seed), x)
+
+
 def start_values(model: BayesianModel, init: Optional[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
     """The starting values: the model's initial values with ``init``'s sites replaced."""
     if init is not None and not isinstance(init, dict):

@@ -118,7 +118,7 @@ def stack_size(stack: Union[str, bool, int], num_runs: int, model, data, objecti
     elif stack is False:
         size = 1
     elif stack == "auto":
-        device = objective.initial().device
+        device = data.device  # the network's (θ's) device, without building θ
         if device.type == "cpu" and objective.size > CPU_STACK_MAX_PARAMS:
             return 1
         fits = free_memory(device) * MEMORY_SHARE // max(1, run_bytes(model, data, objective.size) + extra_bytes)
