@@ -177,3 +177,9 @@ def test_stacked_runs_gather_their_rows_at_once_with_the_same_batches():
     augmented = FitData(model, (x1, x2), y, batch_size=4, augment=lambda x, gen: x)
     assert not driver.MemberBatches(augmented, [3, 4], torch.zeros(0)).gathered
     assert not driver.MemberBatches(data, [3], torch.zeros(0)).gathered  # one run: its batch as it comes
+
+    class OwnEpochs(FitData):  # a batch source with its own epochs (as SWAG's i.i.d. batches) is iterated as it is
+        def epoch(self, generator=None):
+            yield from super().epoch(generator)
+
+    assert not driver.MemberBatches(OwnEpochs(model, (x1, x2), y, batch_size=4), [3, 4], torch.zeros(0)).gathered

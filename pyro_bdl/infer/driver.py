@@ -99,7 +99,8 @@ class MemberBatches:
         self.shared = len(self.generators) == 1 or (not data.minibatched and data.augment is None)
         # Minibatches that are rows of the data tensors: run k's epoch order is still its own permutation,
         # but the K runs' rows of a step are gathered by one index (K, B) instead of K gathers and a stack.
-        self.gathered = not self.shared and data.indexable
+        # Only for `FitData.epoch` itself: a source with its own `epoch` (SWAG's i.i.d. batches) is iterated.
+        self.gathered = not self.shared and type(data).epoch is FitData.epoch and data.indexable
         self._iters: List[Any] = []
 
     def new_epoch(self) -> None:
