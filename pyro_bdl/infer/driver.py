@@ -10,7 +10,8 @@ on the flat unconstrained θ of [`Objective`][pyro_bdl.model.potential.Objective
 
 * **minibatching** — run k draws its epochs from `FitData.epoch` with its own generator
   (seeded with ``seeds[k]``), so each run has its own data order and augmentation, exactly the
-  batches a single run with that seed sees; the K batches of a step are stacked to ``(K, B, ...)``.
+  batches a single run with that seed sees; the K batches of a step are stacked to ``(K, B, ...)``
+  (rows of tensor data by one gather of the K runs' indices, `MemberBatches`).
   Full-batch data without augmentation are passed once, shared by every run (`Batch.shared`).
 * **divergence checks** — losses stay on the device in a ``(K, steps)`` history that is read to the
   host every ``check_every`` steps (one synchronisation, not one per step) and passed to each run's

@@ -13,7 +13,7 @@ It is a [`SamplesPosterior`][pyro_bdl.SamplesPosterior] with M chains of one dra
 separate chains in ``draws_by_chain`` (diagnostics compare them like independent runs).
 
 **Stacked members.** Members are stepped together: θ ``(M, P)``, each step's M minibatches
-gathered to ``(M, B, ...)``, the M losses by ``torch.func.vmap`` over the potential, their gradients
+gathered to ``(M, B, ...)`` (one index of the M members' rows), the M losses by ``torch.func.vmap`` over the potential, their gradients
 by one backward pass, and one Adam step on the stack (`pyro_bdl.infer.map.MAPRule`), so an ensemble pays one step's Python and
 dispatch overhead per step instead of M. A stacked member equals the member trained alone with
 the same seed (to float rounding). ``stack="auto"`` (default) stacks as many members as fit in a
