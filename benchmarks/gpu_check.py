@@ -12,7 +12,11 @@ Each row also computes test metrics against targets left on the host (``bdl.metr
 saves and reloads the posterior onto the device (``map_location``). Extra rows take the device paths a
 plain run does not: a user's ``init`` dict of host float64 tensors, a learned noise scale (its default
 HalfNormal prior), the NumPyro backend (JAX on its own default device; the draws come back to the
-network's device).
+network's device). The SG-MCMC rows also check that every chain's noise generator is on the device
+(`pyro_bdl._util.random.noise_generator`: on a GPU each chain draws its noise there, no host copy per step);
+"sghmc (2 chains stacked)" gives two chains a generator each, and "sghmc (resume)" interrupts a checkpointed
+2-chain run after its 2nd save and checks that the resumed run's draws and losses equal the uninterrupted
+run's bit for bit on the device (its time is the interrupted, resumed and uninterrupted runs' together).
 
 Units: optimiser or sampler steps on one minibatch (svi/map: full-batch SVI/optimiser steps on the
 whole data set, which the plain loop also times at B = N), NUTS: one draw (a tree of leapfrog
@@ -24,6 +28,7 @@ Run: ``python benchmarks/gpu_check.py`` on a GPU machine (without CUDA it prints
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -102,6 +107,10 @@ def methods(nb: int, L: int) -> Dict[str, Tuple[str, Callable[[int], dict], Call
         "ensemble": ("ensemble", lambda k: dict(num_chains=2, steps=k * L), lambda k: 2 * k * L, True, False),
         "sgld": ("sgld", lambda k: dict(epochs=2 * k * E), lambda k: 2 * k * E * nb, True, False),
         "sghmc": ("sghmc", lambda k: dict(epochs=2 * k * E), lambda k: 2 * k * E * nb, True, False),
+        "sghmc (2 chains stacked)": ("sghmc", lambda k: dict(epochs=2 * k * E, num_chains=2),
+                                     lambda k: 4 * k * E * nb, True, False),
+        "sghmc (resume)": ("sghmc", lambda k: dict(epochs=2 * k * E, num_chains=2, resume=True),
+                           lambda k: 4 * k * E * nb, True, False),
         "csgmcmc": ("csgmcmc", lambda k: dict(epochs=4 * k * E, cycles=1, samples_per_cycle=1),
                     lambda k: 4 * k * E * nb, True, False),
         "nuts": ("nuts", lambda k: dict(num_samples=k * draws, warmup=k * draws, backend="pyro", max_tree_depth=4),
@@ -135,14 +144,89 @@ def host_init(model: bdl.BayesianModel) -> dict:
     return {k: v.detach().cpu().double() for k, v in model.initial_values().items()}
 
 
+SGMCMC = {"sgld", "sghmc", "csgmcmc"}
+
+
+class Interrupted(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def noise_generators(seen: list):
+    """Record the device of every SG-MCMC chain's noise generator (`pyro_bdl._util.random.noise_generator`, as the
+    chains call it) in ``seen``."""
+    from pyro_bdl.infer.sgmcmc import chain
+    real = chain.noise_generator
+
+    def spy(like, generator):
+        g = real(like, generator)
+        seen.append(g.device)
+        return g
+
+    chain.noise_generator = spy
+    try:
+        yield
+    finally:
+        chain.noise_generator = real
+
+
+@contextlib.contextmanager
+def interrupted_after(saves: int):
+    """`pyro_bdl._util.checkpoint.save` writes its file, then raises `Interrupted` at its ``saves``-th call."""
+    from pyro_bdl._util import checkpoint
+    real, count = checkpoint.save, [0]
+
+    def save(path, fp, state):
+        real(path, fp, state)
+        count[0] += 1
+        if count[0] == saves:
+            raise Interrupted
+
+    checkpoint.save = save
+    try:
+        yield
+    finally:
+        checkpoint.save = real
+
+
+def resumed_fit(model, x, y, method: str, batch, options: dict, folder: str):
+    """The run interrupted after its 2nd checkpoint and resumed, and whether it equals the run without a checkpoint
+    bit for bit (draws and per-step losses); returns (posterior, 'yes' or what differs)."""
+    def fit(**extra):
+        return bdl.fit(model, x, y, method=method, batch_size=batch, seed=0, progress=False, **options, **extra)
+
+    path = str(Path(folder) / "run.ckpt")
+    with contextlib.suppress(Interrupted), interrupted_after(2):
+        fit(checkpoint=path, checkpoint_every=1)
+        return None, "NO: the run ended before its 2nd checkpoint"
+    resumed = fit(checkpoint=path, checkpoint_every=1)
+    full = fit()
+    same = all(torch.equal(full.samples[k], resumed.samples[k]) for k in full.samples) and \
+        torch.equal(full.info["loss"], resumed.info["loss"])
+    return resumed, "yes" if same else "NO: the resumed run differs from the uninterrupted one"
+
+
 def timed_fit(model, x, y, method: str, batch, options: dict, device: torch.device):
+    """(seconds, posterior, problems found on the way: '' when none)."""
     if options.get("init") == "host":
         options = {**options, "init": host_init(model)}
+    options = dict(options)
+    resume = options.pop("resume", False)
+    seen: list = []
     sync(device)
     t = time.perf_counter()
-    post = bdl.fit(model, x, y, method=method, batch_size=batch, seed=0, progress=False, **options)
+    with noise_generators(seen), tempfile.TemporaryDirectory() as folder:
+        if resume:
+            post, same = resumed_fit(model, x, y, method, batch, options, folder)
+        else:
+            post, same = bdl.fit(model, x, y, method=method, batch_size=batch, seed=0, progress=False,
+                                 **options), "yes"
     sync(device)
-    return time.perf_counter() - t, post
+    elapsed = time.perf_counter() - t
+    problems = [] if same == "yes" else [same]
+    if method in SGMCMC and (not seen or on(device, [torch.empty(0, device=d) for d in set(seen)])):
+        problems.append(f"NO: chains' noise generators on {sorted(map(str, set(seen)))}")
+    return elapsed, post, "; ".join(problems)
 
 
 def on(device: torch.device, tensors) -> set:
@@ -206,11 +290,11 @@ def main(argv=None) -> int:
             continue
         batch = size["B"] if minibatched else None
         try:
-            t1, _ = timed_fit(make_model(size, device, dtype, noise), x, y, method, batch, opts(1), device)
+            t1, _, bad1 = timed_fit(make_model(size, device, dtype, noise), x, y, method, batch, opts(1), device)
             model = make_model(size, device, dtype, noise)
-            t2, post = timed_fit(model, x, y, method, batch, opts(2), device)
+            t2, post, bad2 = timed_fit(model, x, y, method, batch, opts(2), device)
             with tempfile.TemporaryDirectory() as folder:
-                ok = checked(post, model, x, y, size, device, dtype, noise, folder)
+                ok = bad1 or bad2 or checked(post, model, x, y, size, device, dtype, noise, folder)
             ms = 1000 * max(t2 - t1, 1e-9) / (steps(2) - steps(1))
             base = plain_full if not minibatched else plain_mb
             rows.append((row, steps(2) - steps(1), ms, ms / base, ok))
@@ -225,7 +309,9 @@ def main(argv=None) -> int:
     for method, n, ms, ratio, ok in rows:
         print(f"| {method} | {n} | {ms:.3f} | {ratio:.2f} | {ok} |")
     print("\n(svi/map/nuts/hmc against the full-batch plain step; nuts per draw, a tree of up to 2^4 leapfrog "
-          "steps; hmc per draw, 4 leapfrog steps)")
+          "steps; hmc per draw, 4 leapfrog steps; the sgld/sghmc/csgmcmc rows' 'yes' includes every chain's noise "
+          "generator on the device; sghmc (resume): the interrupted, resumed and uninterrupted runs together, "
+          "'yes' = resumed equals uninterrupted bit for bit)")
     if failed:
         print(f"FAILED: {', '.join(failed)}")
         return 1

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 import pyro_bdl as bdl
-from pyro_bdl._util.random import randn_like
+from pyro_bdl._util import random as rng
+from pyro_bdl._util.random import noise_generator, randn_like, spawn_seeds
 from pyro_bdl.infer.data import FitData
 from pyro_bdl.posterior import io as posterior_io
 
@@ -185,17 +186,96 @@ def test_randn_like_same_numbers_from_the_generator_whatever_the_target():
     assert a.dtype == torch.float64 and torch.equal(a, b)
 
 
+# -- SG-MCMC's noise generator (`pyro_bdl._util.random.noise_generator`): the driver's on the CPU, the chain's own
+# on θ's device elsewhere. A CPU-only torch cannot make a non-CPU generator (``torch.Generator(device="meta")``
+# raises "not an accelerator"), so the device path is shown by a spy on the generator's construction and by
+# running the chain with its own generator forced on the CPU: the same code a GPU chain runs (`Chain.bind`,
+# `Chain.sync`, the checkpoint, the restore).
+def test_noise_generator_on_the_cpu_is_the_drivers():
+    g = torch.Generator().manual_seed(5)
+    assert noise_generator(torch.zeros(3), g) is g
+    assert noise_generator(torch.zeros(3, dtype=torch.float64), g) is g
+
+
+def test_noise_generator_for_a_device_theta_is_made_there_from_the_seed(monkeypatch):
+    made = []
+    real = torch.Generator
+
+    def generator(device=None):  # records the device asked for; a CPU generator stands in for it
+        made.append(torch.device(device))
+        return real()
+
+    monkeypatch.setattr(rng.torch, "Generator", generator)
+    driver = real().manual_seed(11)
+    driver.set_state(real().manual_seed(11).get_state())  # a resumed driver generator keeps its seed
+    own = noise_generator(torch.empty(4, device="meta"), driver)
+    assert made == [torch.device("meta")] and own is not driver
+    assert own.initial_seed() == spawn_seeds(11, 1)[0] != 11  # derived from the run's seed, not equal to it
+    again = noise_generator(torch.empty(4, device="meta"), real().manual_seed(11))
+    assert torch.equal(torch.randn(6, generator=own), torch.randn(6, generator=again))  # fixed by the seed
+
+
+def _own_noise_generator(like, generator):
+    """`noise_generator`'s device branch taken for a CPU θ."""
+    return rng.device_generator(like.device, generator.initial_seed())
+
+
+@pytest.mark.parametrize("opts,saves", [
+    # adaptive sghmc: the momentum refresh at the sampling stage's start draws from the chain's generator too
+    (dict(epochs=12, warmup=4, thin=2, num_chains=2), 7),  # two chains stacked, interrupted in the sampling stage
+    (dict(epochs=12, warmup=4, thin=2, num_chains=2, stack=False), 15),  # one after another: in chain 2's run
+])
+def test_a_chains_own_noise_generator_travels_in_the_checkpoint(tmp_path, monkeypatch, opts, saves):
+    from pyro_bdl._util import checkpoint as ckpt
+    from pyro_bdl._util import io as bdl_io
+    from pyro_bdl.infer.sgmcmc import chain
+    from interrupt import interrupt_after
+
+    class Interrupted(Exception):
+        pass
+
+    blr = make_blr(n=32)
+    fit = lambda **extra: bdl.fit(blr.model(), blr.x, blr.y, method="sghmc", batch_size=8, seed=7,  # noqa: E731
+                                  progress=False, **opts, **extra)
+    driver_noise = fit()
+    monkeypatch.setattr(chain, "noise_generator", _own_noise_generator)
+    full = fit()
+    # the chains' own generators drew the noise (the data order, from the driver's, is the same)
+    assert not torch.equal(full.samples["weight"], driver_noise.samples["weight"])
+    path = tmp_path / "run.ckpt"
+    states = []
+    restore = interrupt_after(monkeypatch, saves, Interrupted)
+    with pytest.raises(Interrupted):
+        fit(checkpoint=str(path))
+    restore()
+    # the file holds each chain's generator state (a CPU uint8 tensor: tensors only, read without running code)
+    files = sorted(tmp_path.glob("run*.ckpt"))  # one file per group of chains (`stacking.group_path`)
+    for f in files:
+        for c in bdl_io.read(str(f), ckpt.FORMAT, ckpt.FORMAT_VERSION, "checkpoint", "")["state"]["rule"]["chains"]:
+            states.append(c["noise_rng"])
+    assert states and all(s.dtype == torch.uint8 and s.device.type == "cpu" for s in states)
+    torch.manual_seed(123)  # whatever happened in between
+    resumed = fit(checkpoint=str(path))
+    for site in full.samples:
+        assert torch.equal(full.samples[site], resumed.samples[site])
+    assert torch.equal(full.info["loss"], resumed.info["loss"])
+    assert torch.equal(full.sample_stats["loss"], resumed.sample_stats["loss"])
+
+
 def test_gpu_check_runs_on_cpu():
     """The GPU benchmark script runs end to end on the CPU at a tiny size (on a GPU: --device cuda): draws,
     predictions, metrics with host targets and a save/load round trip all on the device, for map and sgld
-    and their rows with a host init dict and a learned noise scale."""
+    and their rows with a host init dict and a learned noise scale, and sghmc with one chain, two stacked
+    chains and an interrupted, resumed run (bit-identical to the uninterrupted one)."""
     # two methods keep it short; every method's device/dtype path is covered by the float64 test above
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--tiny",
-                          "--only", "map", "sgld"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+                          "--only", "map", "sgld", "sghmc"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    rows = [line for line in out.stdout.splitlines() if line.startswith("| map") or line.startswith("| sgld")]
-    # map, sgld and their variants: a host init dict, a learned noise scale
-    assert len(rows) == 4 and all(line.rstrip().endswith("| yes |") for line in rows), out.stdout
+    rows = [line for line in out.stdout.splitlines() if line.startswith(("| map", "| sgld", "| sghmc"))]
+    # map, sgld and their variants: a host init dict, a learned noise scale; sghmc, 2 stacked chains, a resume
+    # (the SG-MCMC rows also check that every chain's noise generator is on the device)
+    assert len(rows) == 7 and all(line.rstrip().endswith("| yes |") for line in rows), out.stdout
+    assert any(line.startswith("| sghmc (resume)") for line in rows)
 
 
 

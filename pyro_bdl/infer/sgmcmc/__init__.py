@@ -70,8 +70,11 @@ augmentation (the anchor's full gradient would not be the augmented minibatches'
 plain kernel; without minibatches both estimates are the full gradient.
 
 **The loop** is a step rule on the one driver (`.rule.SGMCMCRule` on `pyro_bdl.infer.driver.drive`, run by
-`.run.run_chain`): the driver owns the minibatches, each chain's generator (its data order and noise), the
-progress bar and the checkpoint; each chain (`.chain.Chain`) updates θ and v in place (fused multiply-adds,
+`.run.run_chain`): the driver owns the minibatches, each chain's generator (its data order, and its noise on the
+CPU), the progress bar and the checkpoint; a chain whose θ is on another device (a GPU) draws its noise (ξ, the
+momentum refresh) from its own generator there, seeded from the chain's seed and saved in the checkpoint
+(`pyro_bdl._util.random.noise_generator`: no host-to-device copy per step, other numbers than the CPU's for the
+same seed); each chain (`.chain.Chain`) updates θ and v in place (fused multiply-adds,
 `.kernels.step_`; the constants of a frozen sampling stage computed once) and keeps each step's loss, a gradient
 check (Σĝ, finite iff ĝ is) and the temperature sums on θ's device (`.record.StepRecord`); the rule reads every
 chain's record to the host together every 50 steps (`.run.CHECK_EVERY`), before a checkpoint and at the end — one
@@ -119,7 +122,7 @@ one after another (exactly the single-chain numbers); a network vmap cannot batc
 itself. With a user's ``DataLoader`` each stacked chain iterates the loader itself, so its order depends on how
 the loader's shuffling RNG advances (stacked and one-after-another chains then see different, equally valid
 orders). With ``checkpoint=path`` the driver's state (θ, momentum, moments, draws, every
-generator) is written atomically every ``checkpoint_every`` epochs (one file per group,
+generator, a device chain's noise generator included) is written atomically every ``checkpoint_every`` epochs (one file per group,
 ``path.group<i>``, when the chains run in several groups); the same call resumes bit-identically; a checkpoint of
 another run is refused.
 """

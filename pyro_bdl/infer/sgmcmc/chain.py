@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from ..._util.random import randn_like
+from ..._util.random import noise_generator, randn_like
 from ...model.potential import Objective
 from ..data import FitData
 from ..divergence import DivergenceCheck, loss_floor
@@ -31,10 +31,11 @@ def start_chain(theta0: torch.Tensor) -> Dict[str, Any]:
 
 
 class NoiseSource:
-    """ξ ~ N(0, I) of θ's shape from the chain's generator, drawn into one reused buffer (a fresh θ-sized
+    """ξ ~ N(0, I) of θ's shape from the chain's noise generator, drawn into one reused buffer (a fresh θ-sized
     tensor per step costs more than the draw). The numbers are `pyro_bdl._util.random.randn_like`'s: drawn on the
-    generator's device, then copied to θ's without waiting (the buffer is pageable host memory, which CUDA stages
-    at once, so the next draw may overwrite it)."""
+    generator's device. The chain's generator is on θ's device (`pyro_bdl._util.random.noise_generator`), so the
+    draw lands in place; a host generator with a device θ (not what a chain builds) is copied to θ's without
+    waiting (the buffer is pageable host memory, which CUDA stages at once, so the next draw may overwrite it)."""
 
     def __init__(self, like: torch.Tensor, generator: torch.Generator):
         self.generator = generator
@@ -114,15 +115,28 @@ class Chain:
         self.sampling = None  # (frozen, `.guard.SpikeGuard`) of the current SAMPLE stage
         self.k = state["epoch"] * ctx.S  # steps done
         self.read = self.k  # steps whose record is in `state`
-        self.generator: Optional[torch.Generator] = None
+        self.generator: Optional[torch.Generator] = None  # the driver's, bound at each step
+        # what draws the chain's noise (ξ, the momentum refresh): the driver's generator for a CPU θ, else the
+        # chain's own on θ's device (`pyro_bdl._util.random.noise_generator`; its state is ``state["noise_rng"]``)
+        self.noise_rng: Optional[torch.Generator] = None
         self.noise_source: Optional[NoiseSource] = None
         self.use_cv = False
 
     def bind(self, generator: torch.Generator) -> None:
-        """Draw the chain's noise from ``generator`` (the driver's generator of this chain, which also orders its data)."""
-        if generator is not self.generator:
-            self.generator = generator
-            self.noise_source = NoiseSource(self.chain.theta, generator)
+        """Take ``generator`` (the driver's generator of this chain, which also orders its data) and the generator
+        of the chain's noise that `pyro_bdl._util.random.noise_generator` chooses: ``generator`` itself for a CPU θ;
+        for a device θ the chain's own on θ's device, made once (seeded from ``generator``'s seed) and set to the
+        state a checkpoint saved (``state["noise_rng"]``) when the chain is resumed."""
+        if generator is self.generator:
+            return
+        own = self.noise_rng if self.noise_rng is not None and self.noise_rng is not self.generator else None
+        self.generator = generator
+        if own is None:
+            own = noise_generator(self.chain.theta, generator)
+            if own is not generator and self.state.get("noise_rng") is not None:
+                own.set_state(self.state["noise_rng"])
+        self.noise_rng = own
+        self.noise_source = NoiseSource(self.chain.theta, own)
 
     def begin(self) -> Tuple[bool, Optional[Anchor]]:
         """The step's preparation; returns ``(split, anchor)``: whether the gradient noise is estimated from the batch's
@@ -160,7 +174,7 @@ class Chain:
             pooled_anchor = dynamics.pool_windows and ctx.anchored and state["cv"] is not None
             state["anchor"] = (state["cv"]["theta"] if pooled_anchor else chain.theta).clone()
             if ctx.adaptive and dynamics.kernel == "sghmc":
-                chain = refresh_momentum(chain, frozen, ctx.T, self.generator)
+                chain = refresh_momentum(chain, frozen, ctx.T, self.noise_rng)
         self.chain, self.moments, self.plain_moments, self.frozen = chain, moments, plain_moments, frozen
         self.use_cv = ctx.anchored and state["cv"] is not None and (
             ctx.descent[k] or stage == WARMUP or (stage == SAMPLE and frozen["cv"]))
@@ -279,9 +293,13 @@ class Chain:
         return K.coefficients(dynamics.kernel, step, T, friction, correction, noisy=noisy)
 
     def sync(self) -> None:
-        """Write the chain's working variables back into ``state`` (at epoch ends: what a checkpoint saves)."""
+        """Write the chain's working variables back into ``state`` (at epoch ends: what a checkpoint saves), with
+        the state of the chain's own noise generator where it has one (a device θ; a CPU chain's noise comes from the
+        driver's generator, which the driver saves)."""
         self.state.update(epoch=self.k // self.ctx.S, theta=self.chain.theta, momentum=self.chain.momentum,
                           moments=self.moments._asdict(), plain_moments=self.plain_moments._asdict(), frozen=self.frozen)
+        if self.noise_rng is not None and self.noise_rng is not self.generator:
+            self.state["noise_rng"] = self.noise_rng.get_state()  # a CPU uint8 tensor: a checkpoint holds it
 
     def store(self, values: List[List[float]]) -> None:
         """Check and store the record of the steps since the last read (``values``: `.record.read_records`' rows for
