@@ -122,7 +122,7 @@ orders). ``workers=n`` (default 1) runs the groups in n spawned processes
 (`pyro_bdl.infer.members.run_members`, one torch thread each, no progress bar there), with groups of at most
 ⌈``num_chains``/n⌉ chains so that each process gets one: for networks too large to stack (on the CPU, above 40k
 parameters, where ``"auto"`` would run the chains one after another in one process) n chains then run at once on n
-cores. Each process rebuilds the compiled potential from the model and returns its chains' plain state (tensors,
+cores (spawned: from a script, call ``fit`` under ``if __name__ == "__main__":``). Each process rebuilds the compiled potential from the model and returns its chains' plain state (tensors,
 lists, dicts; `.run.run_group`); a chain's numbers depend only on its seed and its group, so the run equals the run
 with ``workers=1`` and the same grouping (``stack=False``: every chain bit for bit), and ``info["wall_time"]`` sums
 the groups' times (not the elapsed time). With ``checkpoint=path`` the driver's state (θ, momentum, moments, draws,

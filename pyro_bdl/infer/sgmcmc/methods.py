@@ -242,6 +242,7 @@ def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Option
             large to stack (on the CPU above 40k parameters): the groups hold at most ⌈num_chains / workers⌉
             chains each, one process per group, each limited to one torch thread (package docs, "Chains"). The
             draws equal those of ``workers=1`` with the same grouping (e.g. ``stack=False``: chain c exactly).
+            The processes are spawned: from a script, call ``fit`` under ``if __name__ == "__main__":``.
     """
     return _constant_run("sgld", model, data, seed=seed, progress=progress, lr=lr, epochs=epochs, burnin=warmup,
                          thin=thin, num_chains=num_chains, per_datapoint=per_datapoint, init=init,
