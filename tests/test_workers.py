@@ -2,6 +2,7 @@
 `pyro_bdl.infer.members.run_members`): a run with ``workers=2`` equals the run with ``workers=1`` and the same grouping
 (chain c exactly, with ``stack=False``), its groups' checkpoints are the in-process run's (read back, not rerun), and
 bad values fail with the shared argument check's message. Each run spawns two real processes on a tiny problem."""
+import os
 import pickle
 import warnings
 
@@ -111,3 +112,25 @@ def test_one_group_runs_in_this_process(monkeypatch):
     """One chain (one group) with workers=2 spawns nothing: it is the workers=1 run."""
     monkeypatch.setattr(sgmcmc_run, "run_members", None)  # calling it would fail
     assert_same_run(fit(method="sghmc", epochs=6, workers=1), fit(method="sghmc", epochs=6, workers=2), exact=True)
+
+
+def test_interrupted_run_resumes_in_processes(tmp_path, monkeypatch):
+    """Stopped in this process after chain 1's group finished and two epochs into chain 2's, the run resumes with
+    workers=2 — chain 1 read back, chain 2 from its checkpoint, chain 3 from the start, each in a process — and
+    equals the uninterrupted run bit for bit (the group files depend on the grouping, not on workers)."""
+    from interrupt import interrupt_after
+    opts = dict(method="sghmc", epochs=5, num_chains=3, stack=False)
+    full = fit(workers=1, **opts)
+    path = str(tmp_path / "chains.ckpt")
+    steps = []
+    restore = interrupt_after(monkeypatch, 5 + 2, steps=steps)  # one save per epoch: chain 1's 5, chain 2's first 2
+    with pytest.raises(KeyboardInterrupt):
+        fit(workers=1, checkpoint=path, **opts)
+    restore()
+    assert steps == [3, 6, 9, 12, 15, 3, 6]  # 3 steps per epoch: chain 1 done, chain 2 stopped at epoch 2
+    assert sorted(tmp_path.iterdir()) == sorted(tmp_path / group_path(path, i, 3) for i in range(2))
+    first, second = (os.stat(group_path(path, i, 3)).st_mtime_ns for i in range(2))
+    resumed = fit(workers=2, checkpoint=path, **opts)
+    assert_same_run(full, resumed, exact=True)
+    assert os.stat(group_path(path, 0, 3)).st_mtime_ns == first  # read back, not run (or written) again
+    assert os.stat(group_path(path, 1, 3)).st_mtime_ns > second  # resumed and run to the end
