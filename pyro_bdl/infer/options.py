@@ -25,7 +25,8 @@ VOCABULARY: Dict[str, str] = {
     "init": "the starting point: a dict {site: tensor} or a named start of the method",
     "checkpoint": "a file path: the run saves its state there (atomically) and a rerun with the same arguments "
                   "resumes it",
-    "workers": "processes running independent members (ensemble / Multi-SWAG members) in parallel",
+    "workers": "processes running groups of independent runs in parallel (ensemble and Multi-SWAG members, SG-MCMC "
+               "chains), for networks too large to stack; the result equals workers=1 with the same grouping",
 }
 
 #: the unit of ``lr`` per method. The stated unit is the step on the *per-data-point* loss U/N for

@@ -121,10 +121,18 @@ of at most 40k parameters (where vmap pays; measured in ``notes/issue-15-chains.
 one after another (exactly the single-chain numbers); a network vmap cannot batch (an LSTM) falls back to that by
 itself. With a user's ``DataLoader`` each stacked chain iterates the loader itself, so its order depends on how
 the loader's shuffling RNG advances (stacked and one-after-another chains then see different, equally valid
-orders). With ``checkpoint=path`` the driver's state (θ, momentum, moments, draws, every
-generator, a device chain's noise generator included) is written atomically every ``checkpoint_every`` epochs (one file per group,
-``path.group<i>``, when the chains run in several groups); the same call resumes bit-identically; a checkpoint of
-another run is refused.
+orders). ``workers=n`` (default 1) runs the groups in n spawned processes
+(`pyro_bdl.infer.members.run_members`, one torch thread each, no progress bar there), with groups of at most
+⌈``num_chains``/n⌉ chains so that each process gets one: for networks too large to stack (on the CPU, above 40k
+parameters, where ``"auto"`` would run the chains one after another in one process) n chains then run at once on n
+cores (spawned: from a script, call ``fit`` under ``if __name__ == "__main__":``). Each process rebuilds the compiled potential from the model and returns its chains' plain state (tensors,
+lists, dicts; `.run.run_group`); a chain's numbers depend only on its seed and its group, so the run equals the run
+with ``workers=1`` and the same grouping (``stack=False``: every chain bit for bit), and ``info["wall_time"]`` sums
+the groups' times (not the elapsed time). With ``checkpoint=path`` the driver's state (θ, momentum, moments, draws,
+every generator, a device chain's noise generator included) is written atomically every ``checkpoint_every`` epochs (one file per group, ``path.group<i>``
+before the extension — ``run.group0.ckpt`` for ``run.ckpt`` — when the chains run in several groups, by the process
+that runs the group); the same call resumes bit-identically, finished groups are read back, not rerun (in or out of
+processes alike: the files depend on the grouping, not on ``workers``); a checkpoint of another run is refused.
 """
 from .kernels import sghmc_step, sgld_step
 from .methods import fit_csgmcmc, fit_sghmc, fit_sgld

@@ -46,9 +46,10 @@ DESCENT_FRACTION = 0.25
 MIN_WARMUP_STEPS = 20
 
 
-def _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every) -> None:
+def _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every, workers=1) -> None:
     check_int(epochs, "epochs", 1)
     check_int(num_chains, "num_chains", 1)
+    check_int(workers, "workers", 1)
     check_int(checkpoint_every, "checkpoint_every", 1)
     if not isinstance(per_datapoint, bool):
         raise TypeError(f"per_datapoint must be True or False, got {per_datapoint!r}")
@@ -143,9 +144,9 @@ def _lr_unit(method: str, per_datapoint: Optional[bool], lr: Optional[float], pr
 
 def _constant_run(method: str, model, data, *, seed, progress, lr, epochs, burnin, thin, num_chains, per_datapoint,
                   init, checkpoint, checkpoint_every, preconditioner, noise_correction, explore_lr=None,
-                  momentum_decay=None, gradient="auto", stack="auto") -> SamplesPosterior:
+                  momentum_decay=None, gradient="auto", stack="auto", workers=1) -> SamplesPosterior:
     per_datapoint = _lr_unit(method, per_datapoint, lr, preconditioner)
-    _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every)
+    _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every, workers)
     preconditioner = _preconditioner(preconditioner, per_datapoint)
     adaptive = preconditioner is not None
     lr = check_float(DEFAULT_LR[(preconditioner, method)] if lr is None else lr, "lr", positive=True)
@@ -165,14 +166,14 @@ def _constant_run(method: str, model, data, *, seed, progress, lr, epochs, burni
     return _sample(method, method, model, data, plan, config, lr=lr, friction=friction, per_datapoint=per_datapoint,
                    preconditioner=preconditioner, noise_correction=noise_correction, gradient=gradient,
                    explore_lr=explore_lr, seed=seed, progress=progress, num_chains=num_chains, init=init,
-                   checkpoint=checkpoint, checkpoint_every=checkpoint_every, stack=stack)
+                   checkpoint=checkpoint, checkpoint_every=checkpoint_every, stack=stack, workers=workers)
 
 
 def _sample(method: str, kernel: str, model: BayesianModel, data: FitData, plan: Plan, config: Dict[str, Any], *,
             lr: float, friction: float, per_datapoint: bool, preconditioner: Optional[str], noise_correction,
             gradient: str, explore_lr: float, pool_windows: bool = False, **run: Any) -> SamplesPosterior:
     """The `Dynamics` of ``kernel``, the options every SG-MCMC method records (after ``config``'s own), and the run
-    (`.run.sample`; ``run``: seed, progress, chains, init, checkpoint, stack)."""
+    (`.run.sample`; ``run``: seed, progress, chains, init, checkpoint, stack, workers)."""
     adaptive = preconditioner is not None
     dynamics = Dynamics(kernel, model.temperature, 1.0 / data.dataset_size if per_datapoint else 1.0, friction,
                         preconditioner, adaptive and _noise_correction(noise_correction, data),
@@ -196,7 +197,7 @@ def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Option
              preconditioner: Optional[str] = "fisher", noise_correction: Union[str, bool] = "auto",
              explore_lr: Optional[float] = None, gradient: str = "auto", per_datapoint: Optional[bool] = None,
              init: Init = "fresh", checkpoint: Optional[str] = None, checkpoint_every: int = 1,
-             stack: Stack = "auto") -> SamplesPosterior:
+             stack: Stack = "auto", workers: int = 1) -> SamplesPosterior:
     """Stochastic gradient Langevin dynamics (Welling & Teh 2011) on the tempered posterior p_T.
 
     θ ← θ − G ĝ + √(2GT − G²B̂) ξ with ĝ the minibatch gradient of V = T·U_T (stationary density
@@ -237,11 +238,17 @@ def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Option
             CPU only networks of at most 40k parameters), ``True`` (all), ``False`` (one chain after
             another) or a number. A stacked chain equals the chain run alone with its seed (to float
             rounding); a network vmap cannot batch (an LSTM) runs its chains one after another.
+        workers: processes running groups of chains in parallel (1, default: in this process), for networks too
+            large to stack (on the CPU above 40k parameters): the groups hold at most ⌈num_chains / workers⌉
+            chains each, one process per group, each limited to one torch thread (package docs, "Chains"). The
+            draws equal those of ``workers=1`` with the same grouping (e.g. ``stack=False``: chain c exactly).
+            The processes are spawned: from a script, call ``fit`` under ``if __name__ == "__main__":``.
     """
     return _constant_run("sgld", model, data, seed=seed, progress=progress, lr=lr, epochs=epochs, burnin=warmup,
                          thin=thin, num_chains=num_chains, per_datapoint=per_datapoint, init=init,
                          checkpoint=checkpoint, checkpoint_every=checkpoint_every, preconditioner=preconditioner,
-                         noise_correction=noise_correction, explore_lr=explore_lr, gradient=gradient, stack=stack)
+                         noise_correction=noise_correction, explore_lr=explore_lr, gradient=gradient, stack=stack,
+                         workers=workers)
 
 
 @register("sghmc")
@@ -250,7 +257,8 @@ def fit_sghmc(model: BayesianModel, data: FitData, *, seed: int, progress: Optio
               num_chains: int = 1, preconditioner: Optional[str] = "fisher",
               noise_correction: Union[str, bool] = "auto", explore_lr: Optional[float] = None,
               gradient: str = "auto", per_datapoint: Optional[bool] = None, init: Init = "fresh",
-              checkpoint: Optional[str] = None, checkpoint_every: int = 1, stack: Stack = "auto") -> SamplesPosterior:
+              checkpoint: Optional[str] = None, checkpoint_every: int = 1, stack: Stack = "auto",
+              workers: int = 1) -> SamplesPosterior:
     """Stochastic gradient Hamiltonian Monte Carlo (Chen et al. 2014) on the tempered posterior p_T.
 
     v ← (1 − α) v − G ĝ + √(2αGT − G²B̂) ξ,  θ ← θ + v (SGD with momentum 1 − α as T → 0). By
@@ -270,7 +278,7 @@ def fit_sghmc(model: BayesianModel, data: FitData, *, seed: int, progress: Optio
                          thin=thin, num_chains=num_chains, per_datapoint=per_datapoint, init=init,
                          checkpoint=checkpoint, checkpoint_every=checkpoint_every, preconditioner=preconditioner,
                          noise_correction=noise_correction, explore_lr=explore_lr, momentum_decay=momentum_decay,
-                         gradient=gradient, stack=stack)
+                         gradient=gradient, stack=stack, workers=workers)
 
 
 def _warmups_long_enough(stage: torch.Tensor, cycles: int, epochs: int, steps_per_epoch: int) -> bool:
@@ -295,7 +303,7 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
                 preconditioner: Optional[str] = "fisher", noise_correction: Union[str, bool] = "auto",
                 explore_lr: Optional[float] = None, gradient: str = "auto", per_datapoint: Optional[bool] = None,
                 init: Init = "fresh", checkpoint: Optional[str] = None, checkpoint_every: int = 1,
-                stack: Stack = "auto") -> SamplesPosterior:
+                stack: Stack = "auto", workers: int = 1) -> SamplesPosterior:
     """Cyclical SG-MCMC (Zhang et al. 2020): cosine step-size cycles, each exploring then sampling.
 
     α_k = α₀/2 · [cos(π · mod(k − 1, ⌈K/M⌉) / ⌈K/M⌉) + 1] over K = epochs × batches steps. In the
@@ -331,7 +339,7 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
     plain = preconditioner in (None, "none", "plain")
     per_datapoint = (plain if per_datapoint is None else per_datapoint)
-    _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every)
+    _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every, workers)
     preconditioner = _preconditioner(preconditioner, per_datapoint)
     adaptive = preconditioner is not None
     default_lr = DEFAULT_LR[(preconditioner, sampler)] if adaptive else DEFAULT_LR[(None, "csgmcmc")]
@@ -362,4 +370,5 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
     return _sample("csgmcmc", sampler, model, data, plan, config, lr=lr, friction=alpha, per_datapoint=per_datapoint,
                    preconditioner=preconditioner, noise_correction=noise_correction, gradient=gradient,
                    explore_lr=explore_lr, pool_windows=True, seed=seed, progress=progress, num_chains=num_chains,
-                   init=init, checkpoint=checkpoint, checkpoint_every=checkpoint_every, stack=stack)
+                   init=init, checkpoint=checkpoint, checkpoint_every=checkpoint_every, stack=stack,
+                   workers=workers)

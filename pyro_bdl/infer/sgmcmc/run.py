@@ -7,7 +7,9 @@ state and step (`.chain`), the spike guard (`.guard`), the per-step record (`.re
 """
 from __future__ import annotations
 
-from dataclasses import replace
+import io
+import math
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -22,6 +24,7 @@ from ..data import FitData
 from ..driver import drive
 from ..driver import info as driver_info
 from ..map import example_batch
+from ..members import run_members
 from ..stacking import group_path, stack_size
 from .adaptation import Dynamics
 from .chain import Context
@@ -87,46 +90,94 @@ def chain_seeds(seed: int, num_chains: int) -> List[int]:
 
 def sample(model: BayesianModel, data: FitData, *, method: str, plan: Plan, dynamics: Dynamics, seed: int,
            progress: Optional[bool], num_chains: int, init, checkpoint: Optional[str], checkpoint_every: int,
-           config: Dict[str, Any], lr: float = 1.0, stack: Union[str, bool, int] = "auto") -> SamplesPosterior:
+           config: Dict[str, Any], lr: float = 1.0, stack: Union[str, bool, int] = "auto",
+           workers: int = 1) -> SamplesPosterior:
     """Run ``num_chains`` independent chains of ``plan`` and collect them in a [`SamplesPosterior`][pyro_bdl.SamplesPosterior].
 
     Chain c has seed ``chain_seeds(seed, num_chains)[c]`` (its data order and noise) and starts at ``init`` for that
-    seed. The chains run on the one driver in groups of ``stack_size(stack, ...)`` stepped together (`run_chain`);
-    groups run one after another, each with its own checkpoint file when there are several
-    (`pyro_bdl.infer.stacking.group_path`; finished groups are read back, not rerun)."""
+    seed. The chains run on the one driver in groups of ``stack_size(stack, ...)`` stepped together (`run_chain`),
+    at most ``⌈num_chains / workers⌉`` per group when ``workers > 1``; the groups run one after another in this
+    process (``workers=1``) or in ``workers`` spawned processes (`pyro_bdl.infer.members.run_members`, progress off
+    there), each with its own checkpoint file when there are several (`pyro_bdl.infer.stacking.group_path`; finished
+    groups are read back, not rerun). A chain's numbers depend only on its seed and its group, so a run equals the
+    run with ``workers=1`` and the same grouping."""
     objective = Objective(model, data.example_x(2))
     size = stack_size(stack, num_chains, model, data, objective)  # a bad `stack` fails before any work
+    if workers > 1:  # spread the chains over the processes
+        size = min(size, math.ceil(num_chains / workers))
     if dynamics.preconditioner is not None:
         dynamics = replace(dynamics, curvature_floor=objective.prior_curvature())
     if dynamics.preconditioner is not None and dynamics.gradient != "plain":
         full_data(data)  # once, before any chain (and before a checkpoint's RNG is restored)
     seeds = chain_seeds(seed, num_chains)
     first = _initial_theta(objective, model, init, seeds[0])
-    ctx = Context(objective, data, plan, dynamics, lr, method, CHECK_EVERY)
     groups = [list(range(i, min(i + size, num_chains))) for i in range(0, num_chains, size)]
-    finished: List[Dict[str, Any]] = []
-    losses: List[torch.Tensor] = []
-    wall_time = 0.0
+    tasks = []
     for i, group in enumerate(groups):
-        theta0 = torch.stack([first if c == 0 else _initial_theta(objective, model, init, seeds[c]) for c in group])
-        if i == 0 and len(group) > 1:  # stacked chains: the compiled density (stack_size stacks no other) is verified
-            # once, outside vmap, which cannot read its check's numbers to the host (`Objective`), as `map` does
-            with torch.no_grad():
-                x0, y0 = example_batch(data)
-                objective.log_density(theta0[0], x0, y0, data.dataset_size)
         fingerprint = None if checkpoint is None else _fingerprint(method, config, model, data, objective, seed, first,
                                                                    chains=group, stack=size)
-        states, loss, elapsed = run_chain(ctx, theta0, [seeds[c] for c in group], stacked=len(group) > 1,
-                                    desc=method if len(groups) == 1 else f"{method} chains {group[0] + 1}-{group[-1] + 1}",
-                                    progress=progress, checkpoint=group_path(checkpoint, i, len(groups)),
-                                    fingerprint=fingerprint, checkpoint_every=checkpoint_every,
-                                    names=[method if num_chains == 1 else f"{method} chain {c + 1}/{num_chains}"
-                                           for c in group])
-        finished.extend(states)
-        losses.append(loss)
-        wall_time += elapsed
-    return _posterior(model, objective, plan, dynamics, finished, torch.cat(losses), dict(config, stack=size), method,
-                      wall_time)
+        tasks.append(_GroupTask(
+            chains=group, seeds=[seeds[c] for c in group],
+            desc=method if len(groups) == 1 else f"{method} chains {group[0] + 1}-{group[-1] + 1}",
+            names=[method if num_chains == 1 else f"{method} chain {c + 1}/{num_chains}" for c in group],
+            checkpoint=group_path(checkpoint, i, len(groups)), fingerprint=fingerprint, verify=i == 0))
+    if workers == 1 or len(groups) == 1:
+        ctx = Context(objective, data, plan, dynamics, lr, method, CHECK_EVERY)
+        results = [_run_group(ctx, model, init, first, task, progress, checkpoint_every) for task in tasks]
+    else:
+        args = [(model, data, plan, dynamics, lr, method, init, first, replace(task, verify=True), checkpoint_every)
+                for task in tasks]
+        results = [torch.load(io.BytesIO(blob), weights_only=True) for blob in run_members(run_group, args, workers)]
+    finished = [s for states, _, _ in results for s in states]
+    loss = torch.cat([r[1] for r in results])
+    wall_time = sum(r[2] for r in results)
+    return _posterior(model, objective, plan, dynamics, finished, loss, dict(config, stack=size, workers=workers),
+                      method, wall_time)
+
+
+@dataclass(frozen=True)
+class _GroupTask:
+    """One group of chains of a run: their indices, seeds, names in messages and progress, checkpoint file and
+    fingerprint; ``verify``: check the compiled density outside vmap first (once per `Objective`)."""
+    chains: List[int]
+    seeds: List[int]
+    desc: str
+    names: List[str]
+    checkpoint: Optional[str]
+    fingerprint: Optional[Dict[str, Any]]
+    verify: bool
+
+
+def _run_group(ctx: Context, model: BayesianModel, init, first: torch.Tensor, task: _GroupTask,
+               progress: Optional[bool], checkpoint_every: int) -> Tuple[List[Dict[str, Any]], torch.Tensor, float]:
+    """The chains of ``task`` stepped together (`run_chain`): their states, loss history ``(k, steps)``, wall time."""
+    objective = ctx.objective
+    theta0 = torch.stack([first if c == 0 else _initial_theta(objective, model, init, s)
+                          for c, s in zip(task.chains, task.seeds)])
+    if task.verify and len(task.chains) > 1:  # stacked chains: the compiled density (stack_size stacks no other)
+        # is verified once, outside vmap, which cannot read its check's numbers to the host (`Objective`), as `map` does
+        with torch.no_grad():
+            x0, y0 = example_batch(ctx.data)
+            objective.log_density(theta0[0], x0, y0, ctx.data.dataset_size)
+    return run_chain(ctx, theta0, task.seeds, stacked=len(task.chains) > 1, desc=task.desc, progress=progress,
+                     checkpoint=task.checkpoint, fingerprint=task.fingerprint, checkpoint_every=checkpoint_every,
+                     names=task.names)
+
+
+def run_group(model: BayesianModel, data: FitData, plan: Plan, dynamics: Dynamics, lr: float, method: str, init,
+              first: torch.Tensor, task: _GroupTask, checkpoint_every: int) -> bytes:
+    """One group of chains in a worker process (`sample` with ``workers > 1``; module level, so it pickles under
+    spawn): a fresh `Objective` of ``model``, the group run without progress, and its result — the chains' plain
+    states (tensors, lists, dicts), the loss history and the wall time — as ``torch.save`` bytes, so that it crosses
+    the process boundary as one buffer (not one shared-memory file per tensor; a run keeps a tensor per draw) and is
+    read back with ``weights_only=True`` (nothing that holds the model)."""
+    if dynamics.preconditioner is not None and dynamics.gradient != "plain":
+        full_data(data)  # as `sample` does before any chain: this process's copy of the data
+    ctx = Context(Objective(model, data.example_x(2)), data, plan, dynamics, lr, method, CHECK_EVERY)
+    states, loss, wall_time = _run_group(ctx, model, init, first, task, False, checkpoint_every)
+    buffer = io.BytesIO()
+    torch.save(([{**s, "theta": s["theta"].clone()} for s in states], loss, wall_time), buffer)
+    return buffer.getvalue()
 
 
 def _posterior(model, objective, plan: Plan, dynamics: Dynamics, finished, loss: torch.Tensor, config, method,
