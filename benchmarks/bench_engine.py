@@ -77,7 +77,8 @@ def make_model(d: int, h: int) -> bdl.BayesianModel:
 
 
 # -- the library -----------------------------------------------------------------------------------
-LR = {"map": 1e-3, "swag": 1e-4, "sgld": 1e-7, "sghmc": 1e-7, "csgmcmc": 1e-4, "sghmc (fisher)": None}
+# sgld/sghmc/csgmcmc: lr per data point (the plain loop's ε = lr/N); sgld/sghmc's ε = 1e-7 on the full-data potential
+LR = {"map": 1e-3, "swag": 1e-4, "sgld": 1e-7 * N, "sghmc": 1e-7 * N, "csgmcmc": 1e-4, "sghmc (fisher)": None}
 
 
 def fit_options(method: str, epochs: int) -> Tuple[str, Dict]:
@@ -87,7 +88,7 @@ def fit_options(method: str, epochs: int) -> Tuple[str, Dict]:
     if method == "swag":  # a numeric collection rate: no auto-rate burn-in, one snapshot per epoch
         return "swag", dict(epochs=epochs, warmup=0, lr=LR[method], swa_lr=LR[method], rank=5)
     if method in ("sgld", "sghmc"):
-        return method, dict(epochs=epochs, lr=LR[method], preconditioner=None, per_datapoint=False, init="net")
+        return method, dict(epochs=epochs, lr=LR[method], preconditioner=None, init="net")
     if method == "csgmcmc":
         return "csgmcmc", dict(epochs=epochs, lr=LR[method], cycles=1, preconditioner=None, init="net")
     if method == "sghmc (fisher)":  # a fixed one-epoch burn-in (its split gradients land in start-up); the plain
@@ -184,7 +185,7 @@ def torch_loop(method: str, size: str, epochs: int, x, y, flat: bool = False) ->
                 eps = LR["csgmcmc"] / N * 0.5 * (math.cos(math.pi * k / steps) + 1)
                 noisy = k >= 0.8 * steps
             else:
-                eps, noisy = LR[method], True
+                eps, noisy = LR[method] / N, True  # lr per data point
             scale = math.sqrt(2 * alpha * eps)
             with torch.no_grad():
                 for p, v in zip(params, momenta):

@@ -31,9 +31,10 @@ import pyro_bdl as bdl
 from pyro_bdl.examples.networks import mlp
 
 SAMPLERS = {
-    # the plain kernels with the papers' step sizes (preconditioner=None)
-    "sgld": dict(method="sgld", lr=1e-4, epochs=200, warmup=50, thin=1, preconditioner=None, per_datapoint=False),
-    "sghmc": dict(method="sghmc", lr=1e-4, momentum_decay=0.05, epochs=200, warmup=50, thin=1, preconditioner=None, per_datapoint=False),
+    # the plain kernels with the papers' step sizes (preconditioner=None): ``epsilon`` is ε on the full-data potential,
+    # passed as lr = N·ε (lr is per data point, `run`)
+    "sgld": dict(method="sgld", epsilon=1e-4, epochs=200, warmup=50, thin=1, preconditioner=None),
+    "sghmc": dict(method="sghmc", epsilon=1e-4, momentum_decay=0.05, epochs=200, warmup=50, thin=1, preconditioner=None),
     "csgmcmc": dict(method="csgmcmc", lr=0.5, cycles=4, exploration=0.8, samples_per_cycle=3, epochs=200,
                     preconditioner=None, sampler="sgld"),
 }
@@ -49,6 +50,9 @@ def run(seed: int, methods=METHODS):
     ds = bdl.data.load_dataset("digits")
     rows = {}
     for name, opts in methods.items():
+        if "epsilon" in opts:
+            opts = dict(opts)
+            opts["lr"] = opts.pop("epsilon") * len(ds.y_train)
         torch.manual_seed(seed)
         net = mlp(ds.num_features, [100], ds.output_dim, "tanh")
         model = bdl.BayesianModel(net, prior=bdl.priors.Gaussian(0.0, 1.0), likelihood=bdl.likelihoods.Categorical())

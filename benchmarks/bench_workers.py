@@ -38,7 +38,7 @@ def run(workers: int, epochs: int, x, y) -> Tuple[float, float]:
         warnings.simplefilter("ignore")  # a short run's temperature diagnostics
         start = time.perf_counter()
         post = bdl.fit(make_model(*SIZES["540k"]), x, y, method="sghmc", num_chains=4, workers=workers, epochs=epochs,
-                       warmup=1, lr=LR["sghmc"], preconditioner=None, per_datapoint=False, batch_size=B,
+                       warmup=1, lr=LR["sghmc"], preconditioner=None, batch_size=B,
                        progress=False, seed=0)
         elapsed = time.perf_counter() - start
     assert post.info["stack"] == 1

@@ -118,22 +118,30 @@ def test_svi_losses_list_is_the_loss_history():
     assert info["losses"] == info["loss"][0].tolist() and info["guide"] == "AutoNormal"
 
 
-@pytest.mark.parametrize("method", ["sgld", "sghmc"])
-def test_plain_kernel_lr_unit_migration(method):
-    """The plain kernel's ``lr`` is read on the full-data potential for one more release and warns when given;
-    ``per_datapoint=True`` with lr = N·ε is the same run in the stated unit (U/N); the default kernel never warns."""
+@pytest.mark.parametrize("method", ["sgld", "sghmc", "csgmcmc"])
+def test_plain_kernel_lr_is_per_data_point(method):
+    """One unit of ``lr``: the plain kernel reads it per data point (ε = lr/N), silently; ``per_datapoint=False``
+    (ε = lr on the full-data potential, the old sgld/sghmc reading) is the same run at lr = ε and warns
+    (``DeprecationWarning``); the plain default step is the textbook ε = 1e-4 in either reading."""
     import warnings
 
     x, y, model = problem()
     N, eps = len(y), 1e-4
     kw = dict(method=method, preconditioner=None, epochs=4, batch_size=10, seed=0, progress=False)
-    with pytest.warns(FutureWarning, match="per_datapoint"):
-        old = bdl.fit(model, x, y, lr=eps, **kw)
+    if method == "csgmcmc":
+        kw.update(cycles=2, epochs=20, samples_per_cycle=1)
     with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
         warnings.simplefilter("error", FutureWarning)
-        kept = bdl.fit(model, x, y, lr=eps, per_datapoint=False, **kw)
-        new = bdl.fit(model, x, y, lr=N * eps, per_datapoint=True, **kw)
-        bdl.fit(model, x, y, method=method, epochs=4, batch_size=10, seed=0, progress=False)
+        new = bdl.fit(model, x, y, lr=N * eps, **kw)
+        default = bdl.fit(model, x, y, **kw) if method != "csgmcmc" else None
+        bdl.fit(model, x, y, **dict(kw, preconditioner="fisher"))  # the default kernel
+    with pytest.warns(DeprecationWarning, match="per_datapoint=False"):
+        old = bdl.fit(model, x, y, lr=eps, per_datapoint=False, **kw)
+    assert new.info["per_datapoint"] is True and old.info["per_datapoint"] is False
     for site in old.samples:
-        assert torch.equal(old.samples[site], kept.samples[site])
         torch.testing.assert_close(new.samples[site], old.samples[site], rtol=1e-4, atol=1e-5)
+    if method != "csgmcmc":  # csgmcmc's plain default is Zhang et al.'s α₀ = 0.5 per data point
+        assert default.info["lr"] == pytest.approx(N * eps)
+        for site in old.samples:
+            torch.testing.assert_close(default.samples[site], old.samples[site], rtol=1e-4, atol=1e-5)

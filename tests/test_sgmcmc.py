@@ -84,8 +84,8 @@ def curvature(temperature=1.0, tempering="posterior"):
 def test_matches_blr_posterior(method):
     x, y = blr_data()
     lam = curvature()
-    # ελ = 0.1 (SGLD) / 0.02 with friction 0.2 (SGHMC): both mix within ~10 steps.
-    opts = dict(lr=0.1 / lam) if method == "sgld" else dict(lr=0.02 / lam, momentum_decay=0.2)
+    # ελ = 0.1 (SGLD) / 0.02 with friction 0.2 (SGHMC): both mix within ~10 steps (lr per data point: ε = lr/N).
+    opts = dict(lr=0.1 / lam * N) if method == "sgld" else dict(lr=0.02 / lam * N, momentum_decay=0.2)
     post = bdl.fit(blr_model(), x, y, method=method, batch_size=B, epochs=1500, warmup=100, seed=1,
                    progress=False, preconditioner=None, **opts)
     assert post.samples["weight"].shape == (1, 1400, 1, 2)
@@ -95,11 +95,11 @@ def test_matches_blr_posterior(method):
 @pytest.mark.parametrize("method,tempering", [("sgld", "posterior"), ("sghmc", "likelihood")])
 def test_cold_posterior_covariance(method, tempering):
     """T = 0.1: posterior tempering scales the covariance by T; likelihood tempering uses σ²T.
-    The SGHMC run reads lr per data point (ε = lr/N), which must give the same dynamics."""
+    The SGHMC run passes per_datapoint=True explicitly, the default reading (ε = lr/N)."""
     T = 0.1
     x, y = blr_data()
     lam = curvature(T, tempering)
-    opts = (dict(lr=0.1 / lam) if method == "sgld"
+    opts = (dict(lr=0.1 / lam * N) if method == "sgld"
             else dict(lr=0.02 / lam * N, per_datapoint=True, momentum_decay=0.2))
     post = bdl.fit(blr_model(tempering=tempering), x, y, method=method, batch_size=B, epochs=1500, warmup=100,
                    seed=2, temperature=T, progress=False, preconditioner=None, **opts)
@@ -185,7 +185,7 @@ def test_csgmcmc_sghmc_inner_and_chains():
 
 def test_chains_independent_and_reproducible():
     x, y = blr_data()
-    kw = dict(method="sgld", lr=1e-4, epochs=30, warmup=10, thin=5, batch_size=B, num_chains=2, progress=False,
+    kw = dict(method="sgld", lr=1e-4 * N, epochs=30, warmup=10, thin=5, batch_size=B, num_chains=2, progress=False,
               preconditioner=None)
     a = bdl.fit(blr_model(), x, y, seed=4, **kw)
     b = bdl.fit(blr_model(), x, y, seed=4, **kw)
@@ -205,7 +205,7 @@ def test_learned_noise_site_is_sampled_in_its_support():
     x, y = blr_data()
     torch.manual_seed(0)
     model = bdl.BayesianModel(torch.nn.Linear(2, 1), likelihood=bdl.likelihoods.Gaussian(scale=None))
-    post = bdl.fit(model, x, y, method="sgld", lr=5e-4, epochs=200, warmup=160, batch_size=B, progress=False,
+    post = bdl.fit(model, x, y, method="sgld", lr=5e-4 * N, epochs=200, warmup=160, batch_size=B, progress=False,
                    preconditioner=None)
     noise = post.samples["noise_scale"]
     assert noise.shape == (1, 40) and (noise > 0).all()
@@ -218,7 +218,7 @@ def test_csgmcmc_draws_match_blr_posterior():
     are close to exact posterior draws."""
     x, y = blr_data()
     lam = curvature()
-    post = bdl.fit(blr_model(), x, y, method="csgmcmc", lr=0.3 / lam, per_datapoint=False, cycles=60,
+    post = bdl.fit(blr_model(), x, y, method="csgmcmc", lr=0.3 / lam * N, cycles=60,
                    exploration=0.5, samples_per_cycle=5, epochs=6000, batch_size=B, seed=3, progress=False,
                    preconditioner=None, sampler="sgld")
     assert post.samples["bias"].shape == (1, 300, 1)
@@ -461,22 +461,21 @@ def test_nonfinite_gradient_is_named_at_its_step(monkeypatch, check_every, bad):
     monkeypatch.setattr(Objective, "grad", grad)
     x, y = blr_data()
     with pytest.raises(FloatingPointError, match=f"gradient of the potential became non-finite at step {bad} "):
-        bdl.fit(blr_model(), x, y, method="sgld", preconditioner=None, lr=1e-4, epochs=40, batch_size=B,
+        bdl.fit(blr_model(), x, y, method="sgld", preconditioner=None, lr=1e-4 * N, epochs=40, batch_size=B,
                 progress=False)
 
 
 @pytest.mark.parametrize("method,opts,name", [
-    ("csgmcmc", dict(preconditioner=None, lr=50.0, cycles=2), "csgmcmc"),  # not its inner kernel's name (sghmc)
-    ("sgld", dict(preconditioner=None, lr=1.0, num_chains=2, stack=False), "sgld chain [12]/2"),
-    ("sgld", dict(preconditioner=None, lr=1.0, num_chains=2, stack=True), "sgld chain [12]/2"),
+    ("csgmcmc", dict(preconditioner=None, lr=50.0 * N, cycles=2), "csgmcmc"),  # not its inner kernel's name (sghmc)
+    ("sgld", dict(preconditioner=None, lr=1.0 * N, num_chains=2, stack=False), "sgld chain [12]/2"),
+    ("sgld", dict(preconditioner=None, lr=1.0 * N, num_chains=2, stack=True), "sgld chain [12]/2"),
 ])
 def test_divergence_names_the_method_and_the_chain(method, opts, name):
     """A diverging run is named as the user called it (``method``), and with several chains by the chain."""
     from pyro_bdl.infer.divergence import DivergenceError
     x, y = blr_data()
     with pytest.raises(DivergenceError, match=f"^{name} diverged at step "):
-        bdl.fit(blr_model(), x, y, method=method, epochs=20, batch_size=B, progress=False, per_datapoint=False,
-                **opts)
+        bdl.fit(blr_model(), x, y, method=method, epochs=20, batch_size=B, progress=False, **opts)
 
 
 def test_noise_for_a_device_theta_is_copied_without_waiting(monkeypatch):
@@ -495,10 +494,10 @@ def test_noise_for_a_device_theta_is_copied_without_waiting(monkeypatch):
 def test_info_has_the_driver_schema():
     """``info``: the one driver's ``loss`` (chains, steps), ``options`` and ``wall_time``, and the old keys."""
     x, y = blr_data()
-    post = bdl.fit(blr_model(), x, y, method="sghmc", preconditioner=None, lr=1e-4, epochs=6, warmup=2, batch_size=B,
+    post = bdl.fit(blr_model(), x, y, method="sghmc", preconditioner=None, lr=1e-4 * N, epochs=6, warmup=2, batch_size=B,
                    num_chains=2, progress=False)
     info = post.info
     assert info["loss"].shape == (2, 6 * N // B) and torch.isfinite(info["loss"]).all()
-    assert info["options"]["lr"] == 1e-4 and info["options"]["epochs"] == 6 and info["options"]["momentum_decay"] == 0.05
+    assert info["options"]["lr"] == 1e-4 * N and info["options"]["epochs"] == 6 and info["options"]["momentum_decay"] == 0.05
     assert isinstance(info["wall_time"], float) and info["wall_time"] > 0
-    assert info["lr"] == 1e-4 and info["burnin"] == 2  # the old top-level keys stay
+    assert info["lr"] == 1e-4 * N and info["burnin"] == 2  # the old top-level keys stay

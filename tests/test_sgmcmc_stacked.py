@@ -38,8 +38,8 @@ def fit(stack, T=1.0, dtype=torch.float32, **opts):
 
 
 CASES = {
-    "sgld plain, minibatch": dict(method="sgld", preconditioner=None, lr=2e-4, epochs=30, batch_size=B),
-    "sghmc plain, full batch": dict(method="sghmc", preconditioner=None, lr=2e-4, epochs=120),
+    "sgld plain, minibatch": dict(method="sgld", preconditioner=None, lr=2e-4 * N, epochs=30, batch_size=B),
+    "sghmc plain, full batch": dict(method="sghmc", preconditioner=None, lr=2e-4 * N, epochs=120),
     "sghmc fisher, plain gradient": dict(method="sghmc", gradient="plain", epochs=40, batch_size=B),
     "sgld fisher, gradient auto (CV), T=0.1": dict(method="sgld", epochs=40, batch_size=B, T=0.1),
     "sghmc fisher, gradient auto, full batch": dict(method="sghmc", epochs=80),
@@ -161,7 +161,7 @@ def test_network_vmap_cannot_batch_falls_back_to_one_chain_after_another():
 
     def run(stack):
         model = bdl.BayesianModel(net, prior=bdl.priors.Gaussian(0.0, 1.0), likelihood=bdl.likelihoods.Gaussian(scale=0.2))
-        return bdl.fit(model, x, y, method="sgld", preconditioner=None, lr=1e-4, epochs=4, batch_size=B, seed=1,
+        return bdl.fit(model, x, y, method="sgld", preconditioner=None, lr=1e-4 * N, epochs=4, batch_size=B, seed=1,
                        num_chains=2, stack=stack, init="net", progress=False)
 
     stacked, sequential = run(True), run(False)
@@ -183,7 +183,7 @@ def test_stacked_nonfinite_gradient_is_named_at_its_step(monkeypatch):
 
     monkeypatch.setattr(stacking.StackedGradient, "__call__", call)
     with pytest.raises(FloatingPointError, match="gradient of the potential became non-finite at step 23 "):
-        fit(True, method="sgld", preconditioner=None, lr=2e-4, epochs=30, batch_size=B)
+        fit(True, method="sgld", preconditioner=None, lr=2e-4 * N, epochs=30, batch_size=B)
 
 
 def test_stack_rule(monkeypatch):

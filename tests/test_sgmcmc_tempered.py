@@ -102,7 +102,7 @@ def test_too_large_step_is_flagged():
     _, cov = blr.posterior()
     lam = float(torch.linalg.eigvalsh(torch.linalg.inv(cov)).max())
     with pytest.warns(bdl.diagnostics.SamplerWarning, match=r"configurational temperature .* vs target T = 1.*lower lr"):
-        post = bdl.fit(blr.model(), blr.x, blr.y, method="sgld", preconditioner=None, lr=1.8 / lam, epochs=400,
+        post = bdl.fit(blr.model(), blr.x, blr.y, method="sgld", preconditioner=None, lr=1.8 / lam * len(blr.y), epochs=400,
                        seed=0, progress=False)
     assert float(post.info["configurational_temperature"][0, 0]) > 2.0
 
@@ -244,7 +244,7 @@ def test_divergence_check_stops_an_exploding_chain():
     _, cov = blr.posterior()
     lam = float(torch.linalg.eigvalsh(torch.linalg.inv(cov)).max())
     with pytest.raises(bdl.infer.divergence.DivergenceError, match="lr="):
-        bdl.fit(blr.model(), blr.x, blr.y, method="sgld", preconditioner=None, lr=50 / lam, epochs=100,
+        bdl.fit(blr.model(), blr.x, blr.y, method="sgld", preconditioner=None, lr=50 / lam * len(blr.y), epochs=100,
                 seed=0, progress=False)
 
 

@@ -27,8 +27,8 @@ SMALL_OPTIONS = {
     # SG-MCMC: the plain kernel (these lr are plain step sizes). The adaptive kernel fits its step to one
     # full-batch gradient in a 1-step warm-up here and its loss jumps 450× (it did before too, unnoticed; the
     # SG-MCMC loop's divergence check now stops it: notes/issue-13-sgmcmc.md). This test is about to_arviz.
-    "sgld": [dict(lr=1e-3, epochs=6, warmup=2, num_chains=2, preconditioner=None)],
-    "sghmc": [dict(lr=1e-3, epochs=6, warmup=2, num_chains=2, preconditioner=None)],
+    "sgld": [dict(lr=1e-3 * 24, epochs=6, warmup=2, num_chains=2, preconditioner=None)],  # ε = lr/N, N = 24
+    "sghmc": [dict(lr=1e-3 * 24, epochs=6, warmup=2, num_chains=2, preconditioner=None)],
     "csgmcmc": [dict(lr=0.05, epochs=20, cycles=2, exploration=0.5, samples_per_cycle=2, num_chains=2,
                      preconditioner=None)],
     "ensemble": [dict(num_models=3, num_steps=30)],

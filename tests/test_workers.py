@@ -61,7 +61,7 @@ def test_group_function_pickles():
 
 @pytest.mark.parametrize("opts", [
     dict(method="sghmc", epochs=12),  # fisher kernel, gradient "auto" (the control variate's full-data pass)
-    dict(method="sgld", preconditioner=None, lr=2e-4, per_datapoint=False, epochs=12),
+    dict(method="sgld", preconditioner=None, lr=2e-4 * N, epochs=12),
     dict(method="csgmcmc", preconditioner=None, lr=0.005, cycles=2, epochs=12),
 ], ids=["sghmc", "sgld plain", "csgmcmc plain"])
 def test_workers_equal_one_process_chain_by_chain(opts):

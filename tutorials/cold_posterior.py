@@ -37,14 +37,14 @@ def study_config(full: bool) -> Dict[str, Any]:
         data = {"name": "digits", "train_size": 1000, "augment": [False, True]}
         model = {"network": "mlp", "hidden": [128], "activation": "relu", "prior": "gaussian", "prior_scale": 1.0}
         inference = {"methods": ["sghmc", "svi"], "batch_size": 100, "predict_samples": 100,
-                     "options": {"sghmc": {"lr": 3e-5, "momentum_decay": 0.05, "epochs": 200, "preconditioner": "none"},  # burn-in 50 epochs
+                     "options": {"sghmc": {"lr": 0.03, "momentum_decay": 0.05, "epochs": 200, "preconditioner": "none"},  # ε = lr/N = 3e-5; burn-in 50 epochs
                                  "svi": {"lr": 0.01, "epochs": 100}}}
         grid = {"temperature": [0.001, 0.01, 0.1, 0.3, 1.0, 3.0], "seeds": [0, 1]}
     else:
         data = {"name": "digits", "train_size": 300, "augment": [False, True]}
         model = {"network": "mlp", "hidden": [32], "activation": "relu", "prior": "gaussian", "prior_scale": 1.0}
         inference = {"methods": ["sghmc", "svi"], "batch_size": 100, "predict_samples": 50,
-                     "options": {"sghmc": {"lr": 1e-4, "epochs": 30, "preconditioner": "none"}, "svi": {"lr": 0.03, "epochs": 15}}}
+                     "options": {"sghmc": {"lr": 0.03, "epochs": 30, "preconditioner": "none"}, "svi": {"lr": 0.03, "epochs": 15}}}  # ε = lr/N = 1e-4
         grid = {"temperature": [0.01, 1.0], "seeds": [0]}
     return {"study": {"name": "cold-posterior-digits" + ("" if full else "-small")}, "data": data, "model": model,
             "inference": inference, "grid": grid}

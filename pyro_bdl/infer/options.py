@@ -30,8 +30,8 @@ VOCABULARY: Dict[str, str] = {
 }
 
 #: the unit of ``lr`` per method. The stated unit is the step on the *per-data-point* loss U/N for
-#: SGD-type updates and parameter units for adaptive (Adam / RMSprop) updates; methods listed with
-#: "full-data potential" do not follow it yet by default (their ``per_datapoint=True`` does).
+#: SGD-type updates and parameter units for adaptive (Adam / RMSprop) updates, for every method (the plain
+#: SG-MCMC kernels' ``per_datapoint=False``, the full-data reading of earlier releases, is deprecated).
 LR_UNITS: Dict[str, str] = {
     "map": "Adam step size (parameter units: independent of the loss's scale)",
     "ensemble": "Adam step size of each member (parameter units)",
@@ -40,10 +40,10 @@ LR_UNITS: Dict[str, str] = {
     "multiswag": "SGD step size on the per-data-point loss U/N (\"auto\", default: min(0.05, below the start's "
                  "curvature))",
     "csgmcmc": "step size on the per-data-point potential U/N",
-    "sgld": "default (Fisher-preconditioned) kernel: dimensionless, G_i·H_ii ≤ lr; plain kernel: ε on the full-data "
-            "potential U for one more release (a FutureWarning says so), per_datapoint=True: on U/N",
-    "sghmc": "default (Fisher-preconditioned) kernel: dimensionless, G_i·H_ii ≤ lr; plain kernel: ε on the full-data "
-             "potential U for one more release (a FutureWarning says so), per_datapoint=True: on U/N",
+    "sgld": "default (Fisher-preconditioned) kernel: dimensionless, G_i·H_ii ≤ lr; plain kernel: the step on the "
+            "per-data-point potential U/N (ε = lr/N)",
+    "sghmc": "default (Fisher-preconditioned) kernel: dimensionless, G_i·H_ii ≤ lr; plain kernel: the step on the "
+             "per-data-point potential U/N (ε = lr/N)",
 }
 
 #: method -> {deprecated name: canonical name}; the old names work for one release

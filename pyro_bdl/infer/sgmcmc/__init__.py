@@ -84,8 +84,9 @@ names the exact step (and, with several chains, the chain). The parts: `.adaptat
 and noise estimate and the frozen constants), `.gradients` (plain, split-batch and control-variate estimates, one
 chain or stacked), `.chain`, `.guard`, `.record`, `.rule`, `.run` (groups of chains and the posterior).
 
-**Plain kernels** (``preconditioner=None``): G = ``lr`` (ε on the full-data potential;
-``per_datapoint=True``: ε = lr/N) and α = ``momentum_decay`` fixed, as in the papers; use
+**Plain kernels** (``preconditioner=None``): G = ε = ``lr``/N on the full-data potential (``lr`` per data point,
+the unit of every SGD-type ``lr``; default N·10⁻⁴, the textbook ε = 10⁻⁴; ``per_datapoint=False``, deprecated: ε =
+``lr``) and α = ``momentum_decay`` fixed, as in the papers; use
 them to reproduce published settings. ``"rmsprop"``: G_i = lr/√E[ĝ_i²] (pSGLD's
 preconditioner, fixed after the burn-in), lr in parameter units.
 

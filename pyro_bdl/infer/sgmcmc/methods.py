@@ -28,9 +28,12 @@ SAMPLERS = ("sgld", "sghmc")
 INITS = ("fresh", "net")
 PRECONDITIONERS = ("fisher", "rmsprop", None)
 # default lr per (preconditioner, method): fisher lr is dimensionless (G·H ≤ lr), rmsprop lr is in
-# parameter units (as Adam's), plain lr is ε on the full-data potential (per data point for csgmcmc)
+# parameter units (as Adam's), plain lr is per data point (ε = lr/N; csgmcmc: Zhang et al.'s α₀ = 0.5)
 DEFAULT_LR = {("fisher", "sgld"): 0.1, ("fisher", "sghmc"): 0.05, ("rmsprop", "sgld"): 1e-4,
-              ("rmsprop", "sghmc"): 1e-4, (None, "sgld"): 1e-4, (None, "sghmc"): 1e-4, (None, "csgmcmc"): 0.5}
+              ("rmsprop", "sghmc"): 1e-4, (None, "csgmcmc"): 0.5}
+#: the plain sgld/sghmc kernel's default step ε on the full-data potential U (the textbook value): its default lr
+#: is N·ε in the stated unit (U/N), so the default plain run is the one of earlier releases
+PLAIN_EPSILON = 1e-4
 DEFAULT_FRICTION = {"fisher": 0.01, "rmsprop": 0.05, None: 0.05}
 EXPLORE_LR = 0.01
 GRADIENTS = ("auto", "cv", "plain")
@@ -125,31 +128,34 @@ def _example_burnin(epochs: int, burnin: Optional[int], thin: int, adaptive: boo
     return burnin
 
 
-def _lr_unit(method: str, per_datapoint: Optional[bool], lr: Optional[float], preconditioner) -> bool:
-    """``per_datapoint`` resolved for sgld/sghmc. ``None`` (default) is today's reading, the full-data potential
-    U, for one more release; a plain-kernel run given its own ``lr`` is warned that the one unit of ``lr`` across
-    methods (`pyro_bdl.infer.options.LR_UNITS`: the step on U/N, as swag and csgmcmc read it) becomes the
-    default then. The adaptive kernels' ``lr`` is dimensionless and is not affected."""
-    if per_datapoint is not None:
-        return per_datapoint
-    if preconditioner in (None, "none", "plain") and lr is not None:
+def _lr_unit(method: str, per_datapoint: Optional[bool], preconditioner, stacklevel: int = 5) -> bool:
+    """``per_datapoint`` resolved: the plain kernel reads ``lr`` in the one unit of ``lr`` across methods
+    (`pyro_bdl.infer.options.LR_UNITS`), the step on the per-data-point potential U/N (ε = lr/N, as swag and
+    csgmcmc read it). ``per_datapoint=False`` (ε = lr on the full-data potential U, the plain sgld/sghmc reading
+    until this release) still works and warns (``DeprecationWarning``) for one release. The adaptive kernels'
+    ``lr`` is dimensionless (G_i·H_ii ≤ lr); ``per_datapoint`` does not apply to them."""
+    plain = preconditioner in (None, "none", "plain")
+    if per_datapoint is None:
+        return plain
+    if per_datapoint is False and plain:
         warnings.warn(
-            f"{method}: the plain kernel (preconditioner=None) reads lr={lr:g} as the step on the full-data potential "
-            "U (ε = lr); the unit of lr across methods is the per-data-point loss U/N (ε = lr/N, as swag and "
-            "csgmcmc read it), which becomes the default in the next release. Pass per_datapoint=False to keep "
-            "this reading without the warning, or per_datapoint=True with lr = N·ε to adopt the new unit now.",
-            FutureWarning, stacklevel=5)
-    return False
+            f"{method}: per_datapoint=False (lr as the step ε on the full-data potential U) is deprecated and is "
+            "removed in the next release; lr is read per data point (ε = lr/N), the unit of lr across methods: "
+            "pass lr = N·ε and drop per_datapoint",
+            DeprecationWarning, stacklevel=stacklevel)
+    return per_datapoint
 
 
 def _constant_run(method: str, model, data, *, seed, progress, lr, epochs, burnin, thin, num_chains, per_datapoint,
                   init, checkpoint, checkpoint_every, preconditioner, noise_correction, explore_lr=None,
                   momentum_decay=None, gradient="auto", stack="auto", workers=1) -> SamplesPosterior:
-    per_datapoint = _lr_unit(method, per_datapoint, lr, preconditioner)
+    per_datapoint = _lr_unit(method, per_datapoint, preconditioner)
     _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every, workers)
     preconditioner = _preconditioner(preconditioner, per_datapoint)
     adaptive = preconditioner is not None
-    lr = check_float(DEFAULT_LR[(preconditioner, method)] if lr is None else lr, "lr", positive=True)
+    if lr is None:  # plain: the textbook ε on U, in the unit asked for
+        lr = DEFAULT_LR[(preconditioner, method)] if adaptive else PLAIN_EPSILON * (data.dataset_size if per_datapoint else 1)
+    lr = check_float(lr, "lr", positive=True)
     explore_lr = check_float(EXPLORE_LR if explore_lr is None else explore_lr, "explore_lr", positive=True)
     burnin = _example_burnin(epochs, burnin, thin, adaptive)
     friction = 1.0 if method == "sgld" else _momentum_decay(momentum_decay, preconditioner)
@@ -207,8 +213,9 @@ def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Option
     Args:
         lr: with ``preconditioner="fisher"`` (default 0.1) the dimensionless step: G_i·H_ii ≤ lr for
             every coordinate, whatever the data set size, curvature or T; ``"rmsprop"``: the pSGLD step
-            in parameter units (G_i = lr/√E[ĝ_i²], default 1e-4); ``None``: the plain constant step ε on
-            the full-data potential (default 1e-4; ``per_datapoint=True``: ε = lr/N).
+            in parameter units (G_i = lr/√E[ĝ_i²], default 1e-4); ``None``: the plain constant step, per data
+            point as every SGD-type ``lr`` (ε = lr/N on the full-data potential; default N·10⁻⁴, the textbook
+            ε = 10⁻⁴).
         epochs: passes over the data; each epoch is ``len(loader)`` steps (1 step for full-batch data).
         warmup: burn-in epochs discarded before the first draw (default ``epochs // 4``; formerly
             ``burnin``). The adaptive kernels spend its first half moving to the posterior's bulk (noise-free RMSprop steps of size
@@ -227,9 +234,9 @@ def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Option
             gradient; ``"auto"`` (default) measures both in the warm-up and keeps the control variate
             when its lower noise more than pays for its cost (package docs). Minibatched, un-augmented
             data and the adaptive kernel only; otherwise ``"plain"``.
-        per_datapoint: read a plain ``lr`` per data point (ε = lr / N), the unit of ``lr`` across methods;
-            ``None`` (default) reads it on the full-data potential for one more release and warns
-            (``FutureWarning``) when a plain-kernel run is given an ``lr`` (`_lr_unit`).
+        per_datapoint: plain kernel only. ``None`` (default): ``lr`` per data point (ε = lr/N), the unit of ``lr``
+            across methods; ``False``: ε = lr on the full-data potential, the reading of earlier releases
+            (deprecated, ``DeprecationWarning``; `_lr_unit`).
         init: ``"fresh"`` (a fresh default initialisation of the network per chain), ``"net"`` (the
             network's current weights) or a dict of initial values for every latent site.
         checkpoint, checkpoint_every: resumable runs (package docs).
@@ -331,14 +338,13 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
         samples_per_cycle: draws kept per cycle.
         sampler: inner sampler, ``"sghmc"`` (default) or ``"sgld"``.
         momentum_decay: friction, as `fit_sghmc` (plain default 0.1).
-        per_datapoint: plain kernel only; default True there.
+        per_datapoint: plain kernel only; ``False`` (deprecated) reads α₀ on the full-data potential, as `fit_sgld`.
 
     The other options are as in `fit_sgld`.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
-    plain = preconditioner in (None, "none", "plain")
-    per_datapoint = (plain if per_datapoint is None else per_datapoint)
+    per_datapoint = _lr_unit("csgmcmc", per_datapoint, preconditioner, stacklevel=4)
     _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every, workers)
     preconditioner = _preconditioner(preconditioner, per_datapoint)
     adaptive = preconditioner is not None
