@@ -161,21 +161,18 @@ def stationarity_offsets(guide, model: BayesianModel, data: FitData, seed: int,
     """
     if data.augment is not None or not isinstance(guide, tuple(GUIDES.values())):
         return None
+    names = [name for name, _ in guide.prototype_trace.iter_stochastic_nodes()]
+    if not all(_is_real(guide.prototype_trace.nodes[n]["fn"].support) for n in names):
+        return None
     generator = torch.Generator().manual_seed(seed + 2)
     with torch.no_grad():
         if isinstance(guide, AutoNormal):
-            names = [name for name, _ in guide.prototype_trace.iter_stochastic_nodes()]
-            if not all(_is_real(guide.prototype_trace.nodes[n]["fn"].support) for n in names):
-                return None
             parts = [guide._get_loc_and_scale(n) for n in names]
             shapes = [loc.shape for loc, _ in parts]
             loc = torch.cat([l.reshape(-1) for l, _ in parts])
             sd = torch.cat([s.reshape(-1) for _, s in parts])
             cov = None
         else:
-            names = [name for name, _ in guide.prototype_trace.iter_stochastic_nodes()]
-            if not all(_is_real(guide.prototype_trace.nodes[n]["fn"].support) for n in names):
-                return None
             posterior = guide.get_posterior()
             loc, cov = posterior.loc.detach(), posterior.covariance_matrix.detach()
             sd = cov.diagonal().sqrt()
