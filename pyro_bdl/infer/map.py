@@ -88,18 +88,25 @@ class MAPRule:
         # Whether any site is transformed (a learned noise scale): only then is there a Jacobian to remove.
         self._jacobian = bool(objective.constrain(objective.initial())[1])
         # K > 1 runs: one vmapped forward and one backward, or one run at a time for a network vmap cannot batch
-        self._stacked = StackedGradient(self.loss, self._single)
+        self._stacked = StackedGradient(self.loss, self._single, self.stacked_loss)
 
     def loss(self, theta: torch.Tensor, x, y: torch.Tensor) -> torch.Tensor:
         """−log p̃(D_batch, w(θ)) of one run θ ``(P,)`` (no Jacobian: the mode in w).
 
         The compiled potential's flat hot path (`Objective.log_density`) with its log-Jacobian taken
-        back out; a model whose sites are all unconstrained (no learned noise) has none to take out."""
+        back out; a model whose sites are all unconstrained (no learned noise) has none to take out. A subclass that
+        changes the loss changes `stacked_loss` with it (SWAG's T·U/N)."""
         log_density = self.objective.log_density(theta, x, y, self.N)
         if not self._jacobian:
             return -log_density
         _, log_dets = self.objective.constrain(theta)
         return -(log_density - sum(log_dets.values()))
+
+    def stacked_loss(self, theta: torch.Tensor, x, y: torch.Tensor, shared: bool) -> Optional[torch.Tensor]:
+        """`loss` of K runs θ ``(K, P)`` at once, ``(K,)``, where the objective batches a plain MLP by hand
+        (`Objective.stacked_potential`); ``None`` otherwise (the caller vmaps `loss`). A transformed site's
+        Jacobian is not taken out here, so such models (a learned noise scale) take the vmap."""
+        return None if self._jacobian else self.objective.stacked_potential(theta, x, y, self.N, shared)
 
     def lr_at(self, step: int) -> float:
         """The learning rate after ``step`` (0-based) steps of the exponential decay."""

@@ -46,11 +46,15 @@ class StackedGradient:
         value: U of one run, ``value(θ (P,), x, y) → ()``, a pure function of θ (vmap traces it).
         single: ``(U, ∇U)`` of one run, ``single(θ (P,), x, y)``: the one-at-a-time fallback, which is the
             single-run code path itself.
+        batched: U of all K runs at once, ``batched(θ (K, P), x, y, shared) → (K,)`` or ``None`` where it does
+            not apply (`pyro_bdl.model.potential.Objective.stacked_potential`: a plain MLP's forward passes
+            batched by hand, cheaper than vmap's); tried before the vmap of ``value``, with the same numbers.
     """
 
     def __init__(self, value: Callable[..., torch.Tensor],
-                 single: Callable[..., Tuple[torch.Tensor, torch.Tensor]]):
-        self.single = single
+                 single: Callable[..., Tuple[torch.Tensor, torch.Tensor]],
+                 batched: Optional[Callable[..., Optional[torch.Tensor]]] = None):
+        self.single, self.batched = single, batched
         self._maps = {False: torch.func.vmap(value, in_dims=(0, 0, 0)),
                       True: torch.func.vmap(value, in_dims=(0, None, None))}
         #: runs stacked by vmap (True), one at a time (False: a network vmap cannot batch), or not yet tried (None)
@@ -60,7 +64,9 @@ class StackedGradient:
         if self.stacked is not False:
             try:
                 t = theta.detach().requires_grad_(True)
-                u = self._maps[bool(shared)](t, x, y)
+                u = None if self.batched is None else self.batched(t, x, y, bool(shared))
+                if u is None:
+                    u = self._maps[bool(shared)](t, x, y)
                 (g,) = torch.autograd.grad(u.sum(), t)
                 self.stacked = True
                 return u.detach(), g

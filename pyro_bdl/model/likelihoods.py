@@ -32,6 +32,22 @@ Params = Dict[str, torch.Tensor]
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
+def _sum(t: torch.Tensor, runs: int) -> torch.Tensor:
+    """Σ over every entry of ``t`` (``runs = 0``), or over all but its first ``runs`` dims (stacked runs)."""
+    return t.sum() if runs == 0 else t.reshape(*t.shape[:runs], -1).sum(-1)
+
+
+def _square_norm(z: torch.Tensor, runs: int) -> torch.Tensor:
+    """Σ z² (as `_sum`), one dot product per run."""
+    z = z.reshape(-1) if runs == 0 else z.reshape(*z.shape[:runs], -1)
+    return torch.linalg.vecdot(z, z)
+
+
+def _count(z: torch.Tensor, runs: int) -> int:
+    """Entries per run of ``z`` (as `_sum`)."""
+    return z.numel() if runs == 0 else math.prod(z.shape[runs:])
+
+
 class Likelihood:
     """Base class. Subclasses define `distribution` and `check_targets`."""
 
@@ -51,15 +67,18 @@ class Likelihood:
         """p(y | f): batch shape ``output.shape[:-1]``."""
         raise NotImplementedError
 
-    def log_prob_sum(self, output: torch.Tensor, y: torch.Tensor, params: Optional[Params] = None) -> torch.Tensor:
+    def log_prob_sum(self, output: torch.Tensor, y: torch.Tensor, params: Optional[Params] = None,
+                     runs: int = 0) -> torch.Tensor:
         """Σᵢ log p(yᵢ | f(xᵢ)) over the batch, without Pyro's validation: the compiled potential's hot path.
 
         The same density as `distribution` (subclasses override it with a closed form, checked against
         the Pyro trace at start-up by `Objective`); pure in ``output`` and
-        ``params``, so it runs inside ``torch.func.vmap``.
+        ``params``, so it runs inside ``torch.func.vmap``. ``runs = 1``: ``output`` holds K stacked runs
+        ``(K, B, out)`` (``y`` their rows ``(K, B, ...)`` or one batch ``(B, ...)``), and the sum is per run,
+        ``(K,)`` (`pyro_bdl.model.potential.Objective.stacked_potential`).
         """
         with pyro.validation_enabled(False):
-            return self.distribution(output, params).log_prob(y).sum()
+            return _sum(self.distribution(output, params).log_prob(y), runs)
 
     def check_output(self, out_dim: int) -> None:
         """Raise ``ValueError`` if a network with ``out_dim`` outputs cannot feed this likelihood."""
@@ -206,17 +225,17 @@ class Gaussian(_LocScale):
         loc, scale = self._loc_scale(output, params)
         return self._event(dist.Normal(loc, scale), loc, output)
 
-    def log_prob_sum(self, output, y, params=None):
-        """Σᵢ log N(yᵢ | μᵢ, σᵢ²) = −½ Σᵢ ((yᵢ − μᵢ)/σᵢ)² − Σᵢ log σᵢ − (n/2) log 2π, in closed form."""
+    def log_prob_sum(self, output, y, params=None, runs=0):
+        """Σᵢ log N(yᵢ | μᵢ, σᵢ²) = −½ Σᵢ ((yᵢ − μᵢ)/σᵢ)² − Σᵢ log σᵢ − (n/2) log 2π, in closed form (per run:
+        `Likelihood.log_prob_sum`)."""
         loc, scale = self._loc_scale(output, params, number=True)
         z = y - loc
-        n = z.numel()
+        n = _count(z, runs)
         if isinstance(scale, float):
-            return -(0.5 / scale ** 2) * torch.linalg.vecdot(z.reshape(-1), z.reshape(-1)) \
-                - n * (math.log(scale) + _HALF_LOG_2PI)
+            return -(0.5 / scale ** 2) * _square_norm(z, runs) - n * (math.log(scale) + _HALF_LOG_2PI)
         z = z / scale
-        log_scale = torch.log(scale).expand(z.shape).sum()
-        return -0.5 * torch.linalg.vecdot(z.reshape(-1), z.reshape(-1)) - log_scale - n * _HALF_LOG_2PI
+        log_scale = _sum(torch.log(scale).expand(z.shape), runs)
+        return -0.5 * _square_norm(z, runs) - log_scale - n * _HALF_LOG_2PI
 
 
 class StudentT(_LocScale):
@@ -234,16 +253,16 @@ class StudentT(_LocScale):
         loc, scale = self._loc_scale(output, params)
         return self._event(dist.StudentT(torch.tensor(self.df, dtype=output.dtype, device=output.device), loc, scale), loc, output)
 
-    def log_prob_sum(self, output, y, params=None):
+    def log_prob_sum(self, output, y, params=None, runs=0):
         """Σᵢ log t_ν(yᵢ | μᵢ, σᵢ) = Σᵢ [c_ν − log σᵢ − (ν+1)/2 · log(1 + zᵢ²/ν)], zᵢ = (yᵢ − μᵢ)/σᵢ,
-        c_ν = log Γ((ν+1)/2) − log Γ(ν/2) − ½ log(πν), in closed form."""
+        c_ν = log Γ((ν+1)/2) − log Γ(ν/2) − ½ log(πν), in closed form (per run: `Likelihood.log_prob_sum`)."""
         loc, scale = self._loc_scale(output, params, number=True)
         nu = self.df
         z = (y - loc) / scale
-        n = z.numel()
+        n = _count(z, runs)
         c = math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(math.pi * nu)
-        log_scale = n * math.log(scale) if isinstance(scale, float) else torch.log(scale).expand(z.shape).sum()
-        return n * c - log_scale - 0.5 * (nu + 1) * torch.log1p(z * z / nu).sum()
+        log_scale = n * math.log(scale) if isinstance(scale, float) else _sum(torch.log(scale).expand(z.shape), runs)
+        return n * c - log_scale - 0.5 * (nu + 1) * _sum(torch.log1p(z * z / nu), runs)
 
 
 def _integer_labels(y: torch.Tensor, what: str) -> torch.Tensor:
@@ -264,9 +283,14 @@ class Categorical(Likelihood):
     def distribution(self, output, params=None):
         return dist.Categorical(logits=output)
 
-    def log_prob_sum(self, output, y, params=None):
-        """Σᵢ log softmax(fᵢ)[yᵢ] = −cross_entropy(f, y, reduction="sum"), in closed form."""
-        return -F.cross_entropy(output.reshape(-1, output.shape[-1]), y.reshape(-1).long(), reduction="sum")
+    def log_prob_sum(self, output, y, params=None, runs=0):
+        """Σᵢ log softmax(fᵢ)[yᵢ] = −cross_entropy(f, y, reduction="sum"), in closed form (per run:
+        `Likelihood.log_prob_sum`)."""
+        if runs == 0:
+            return -F.cross_entropy(output.reshape(-1, output.shape[-1]), y.reshape(-1).long(), reduction="sum")
+        labels = y.long().expand(output.shape[:-1]).reshape(-1)
+        nll = F.cross_entropy(output.reshape(-1, output.shape[-1]), labels, reduction="none")
+        return -_sum(nll.reshape(output.shape[:-1]), runs)
 
     def check_output(self, out_dim: int) -> None:
         if out_dim < 2:
@@ -298,10 +322,14 @@ class Bernoulli(Likelihood):
     def distribution(self, output, params=None):
         return dist.Bernoulli(logits=output.squeeze(-1))
 
-    def log_prob_sum(self, output, y, params=None):
-        """Σᵢ [yᵢ log σ(fᵢ) + (1 − yᵢ) log(1 − σ(fᵢ))] = −BCE-with-logits(f, y, reduction="sum"), in closed form."""
+    def log_prob_sum(self, output, y, params=None, runs=0):
+        """Σᵢ [yᵢ log σ(fᵢ) + (1 − yᵢ) log(1 − σ(fᵢ))] = −BCE-with-logits(f, y, reduction="sum"), in closed form
+        (per run: `Likelihood.log_prob_sum`)."""
         logits = output.squeeze(-1)
-        return -F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype).expand(logits.shape), reduction="sum")
+        targets = y.to(logits.dtype).expand(logits.shape)
+        if runs == 0:
+            return -F.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
+        return -_sum(F.binary_cross_entropy_with_logits(logits, targets, reduction="none"), runs)
 
     def check_output(self, out_dim: int) -> None:
         if out_dim != 1:

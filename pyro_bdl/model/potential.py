@@ -35,6 +35,7 @@ Two evaluations of the same density:
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -54,6 +55,7 @@ from ..priors.combinators import as_prior
 from . import tempering
 from .layout import WeightLayout
 from .sites import OBS_SITE
+from .stacked_mlp import stacked_forward, stacked_plan
 
 
 def _is_identity(transform: Transform) -> bool:
@@ -248,6 +250,17 @@ class Objective:
         """U(θ) = −log density (what optimisers minimise and samplers use as energy)."""
         return -self.log_density(theta, x, y, dataset_size)
 
+    def stacked_potential(self, theta: torch.Tensor, x, y: torch.Tensor, dataset_size: Optional[int] = None,
+                          shared: bool = False) -> Optional[torch.Tensor]:
+        """U at each row of θ ``(K, P)``, ``(K,)``, with the K forward passes of a plain-MLP network batched by hand
+        (`_FlatPotential.stacked`); ``x``, ``y`` hold each run's rows ``(K, B, ...)`` or one batch for all
+        (``shared``). ``None`` where this path does not apply (a traced or not yet verified density, another
+        network): the caller vmaps `potential` instead, which gives the same numbers."""
+        if not self.compiled or not self._verified or self._fast is None or theta.dim() != 2:
+            return None
+        log_q = self._fast.stacked(theta, x, y, dataset_size, shared)
+        return None if log_q is None else -log_q
+
     def grad(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
              dataset_size: Optional[int] = None):
         """``(U(θ), ∇U(θ))`` on a minibatch."""
@@ -304,14 +317,55 @@ class _FlatPotential:
                 terms.append((i, i + 1, term))
         self.terms = terms
         self.whole = len(terms) == 1 and (terms[0][0], terms[0][1]) == (0, len(self.numels))
+        # K runs' forward passes batched by hand where the network is a plain MLP (`stacked`)
+        self._plan = stacked_plan(model.network.net)
+        # ...and the prior and likelihood then summed per run in closed form, without vmap: no transformed site, no
+        # prior without a closed form, and a likelihood whose `log_prob_sum` takes ``runs`` (a user's may not)
+        self._rows = (self._plan is not None and not self.others and all(t.kind != "distribution" for _, _, t in terms)
+                      and "runs" in inspect.signature(self.likelihood.log_prob_sum).parameters)
 
     def __call__(self, theta: torch.Tensor, x, y: torch.Tensor, dataset_size: Optional[int]) -> torch.Tensor:
-        model = self.model
-        s_prior = tempering.prior_scale(model.temperature, model.tempering)
-        s_lik = tempering.likelihood_scale(model.temperature, model.tempering)
         # One split: its backward is one concatenation of the pieces' gradients (slicing θ per site would
         # make a θ-sized gradient per site).
         chunks = theta.split(self.numels)
+        log_prior, values, log_det = self._prior(theta, chunks)
+        params = {p: chunks[i].view(shape) for p, i, shape in self.views}
+        for p, site in self.other_weights:
+            params[p] = values[site]
+        out = self.network.functional_forward(params, x)
+        return self._total(log_prior, log_det, values, out, y, dataset_size)
+
+    def stacked(self, theta: torch.Tensor, x, y: torch.Tensor, dataset_size: Optional[int],
+                shared: bool) -> Optional[torch.Tensor]:
+        """log q at each row of θ ``(K, P)``: ``(K,)``, with the network's K forward passes batched by hand
+        (`pyro_bdl.model.stacked_mlp`) and the rest vmapped over the runs; ``x``, ``y``: ``(K, B, ...)`` (each run its
+        own rows) or one shared batch (``shared``). ``None`` where the network is not a plain MLP or a weight is
+        transformed (the caller vmaps the whole density instead)."""
+        if self._plan is None or self.other_weights or isinstance(x, tuple):
+            return None
+        K = theta.shape[0]
+        chunks = theta.split(self.numels, dim=-1)
+        params = {p: chunks[i].view(K, *shape) for p, i, shape in self.views}
+        fixed = self.network.fixed_names
+        if fixed:
+            params.update({n: self.network._values[n] for n in fixed})
+        out = stacked_forward(self._plan, params, x)
+        if self._rows:  # every piece has a per-run closed form: no vmap at all
+            log_prior = self.terms[0][2](theta) if self.whole else None
+            for i, j, term in ([] if self.whole else self.terms):
+                lp = term(*chunks[i:j])
+                log_prior = lp if log_prior is None else log_prior + lp
+            return self._total(log_prior, None, {}, out, y, dataset_size, runs=1)
+
+        def rest(t, o, yy):
+            log_prior, values, log_det = self._prior(t, t.split(self.numels))
+            return self._total(log_prior, log_det, values, o, yy, dataset_size)
+
+        return torch.func.vmap(rest, in_dims=(0, 0, None if shared else 0))(theta, out, y)
+
+    def _prior(self, theta: torch.Tensor, chunks) -> Tuple[Optional[torch.Tensor], Dict[str, torch.Tensor],
+                                                             Optional[torch.Tensor]]:
+        """(s_prior-free log prior, the transformed sites' values, their log-Jacobian) of one flat θ."""
         if self.whole:  # one prior over all of θ (the usual iid prior without learned noise)
             log_prior = self.terms[0][2](theta)
         else:
@@ -319,7 +373,6 @@ class _FlatPotential:
             for i, j, term in self.terms:
                 lp = term(*chunks[i:j])
                 log_prior = lp if log_prior is None else log_prior + lp
-        params = {p: chunks[i].view(shape) for p, i, shape in self.views}
         values, log_det = {}, None
         if self.others:
             with pyro.validation_enabled(False):  # a support check would branch on θ's values (no vmap)
@@ -331,11 +384,19 @@ class _FlatPotential:
                     values[site] = v
                     log_prior = lp if log_prior is None else log_prior + lp
                     log_det = jac if log_det is None else log_det + jac
-        for p, site in self.other_weights:
-            params[p] = values[site]
-        out = self.network.functional_forward(params, x)
+        return log_prior, values, log_det
+
+    def _total(self, log_prior, log_det, values, out: torch.Tensor, y: torch.Tensor,
+               dataset_size: Optional[int], runs: int = 0) -> torch.Tensor:
+        """s_prior·log prior + s_lik·(N/B)·log lik (+ the log-Jacobian) given the network's output (per run of
+        ``out``'s first ``runs`` dims)."""
+        model = self.model
+        s_prior = tempering.prior_scale(model.temperature, model.tempering)
+        s_lik = tempering.likelihood_scale(model.temperature, model.tempering)
         n_over_b = 1.0 if dataset_size is None else int(dataset_size) / out.shape[-2]
-        log_lik = self.likelihood.log_prob_sum(out, y, {s: values[s] for s in self.lik_sites})
+        params = {s: values[s] for s in self.lik_sites}
+        log_lik = self.likelihood.log_prob_sum(out, y, params, runs=runs) if runs else \
+            self.likelihood.log_prob_sum(out, y, params)
         total = (s_lik * n_over_b) * log_lik
         if log_prior is not None:
             total = total + s_prior * log_prior

@@ -43,7 +43,9 @@ class SGMCMCRule:
         self.ctx, self.names = ctx, names
         objective, N = ctx.objective, ctx.N
         self.gradient = StackedGradient(lambda t, x, y: objective.potential(t, x, y, N),
-                                        lambda t, x, y: objective.grad(t, x, y, N)) if stacked else None
+                                        lambda t, x, y: objective.grad(t, x, y, N),
+                                        lambda t, x, y, shared: objective.stacked_potential(t, x, y, N, shared)
+                                        ) if stacked else None
 
     def _state(self, theta: torch.Tensor, chains: List[Dict[str, Any]]) -> Dict[str, Any]:
         names = self.names if self.names is not None else [None] * len(chains)

@@ -99,6 +99,11 @@ class SWAGRule(MAPRule):
         driver took it, ``(t * loss).backward()``)."""
         return self.temperature * (self.objective.potential(theta, x, y, self.N) / self.N)
 
+    def stacked_loss(self, theta: torch.Tensor, x, y: torch.Tensor, shared: bool) -> Optional[torch.Tensor]:
+        """`loss` of K runs at once (`MAPRule.stacked_loss`), or ``None``."""
+        u = self.objective.stacked_potential(theta, x, y, self.N, shared)
+        return None if u is None else self.temperature * (u / self.N)
+
     def schedule(self, epoch: int, run: int = 0) -> float:
         """Run ``run``'s exploration rate in ``epoch`` (`swag_learning_rate`; towards lr/5 before auto rates)."""
         lr = self.lrs[run]
