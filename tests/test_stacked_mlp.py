@@ -120,3 +120,15 @@ def test_stacked_ensemble_takes_the_hand_batched_path(monkeypatch):
     sequential = fit(False)
     xt = torch.linspace(-2, 2, 9).unsqueeze(-1).expand(9, 3)
     torch.testing.assert_close(stacked.predict(xt).mean, sequential.predict(xt).mean, rtol=1e-4, atol=1e-4)
+
+
+def test_inputs_with_more_dims_keep_vmap():
+    """A Linear applied to (B, steps, features) inputs acts on the last dim: that batch is vmapped, not batched by hand."""
+    model = _model(nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)), bdl.likelihoods.Gaussian(scale=0.3))
+    x = torch.randn(3, 5, 2, 4)
+    y = torch.randn(3, 5, 2)
+    objective = Objective(model, x[0])
+    theta = torch.stack([objective.initial() for _ in range(3)])
+    objective.potential(theta[0], x[0], y[0], 10)  # verified
+    assert objective.stacked_potential(theta, x, y, 10, False) is None
+    assert objective.stacked_potential(theta, x[:, :, 0], y[:, :, 0], 10, False) is not None

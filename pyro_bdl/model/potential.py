@@ -341,8 +341,8 @@ class _FlatPotential:
         (`pyro_bdl.model.stacked_mlp`) and the rest vmapped over the runs; ``x``, ``y``: ``(K, B, ...)`` (each run its
         own rows) or one shared batch (``shared``). ``None`` where the network is not a plain MLP or a weight is
         transformed (the caller vmaps the whole density instead)."""
-        if self._plan is None or self.other_weights or isinstance(x, tuple):
-            return None
+        if self._plan is None or self.other_weights or isinstance(x, tuple) or x.dim() != (2 if shared else 3):
+            return None  # (inputs with more dims, e.g. (B, steps, features), keep vmap: the layers act on the last)
         K = theta.shape[0]
         chunks = theta.split(self.numels, dim=-1)
         params = {p: chunks[i].view(K, *shape) for p, i, shape in self.views}
