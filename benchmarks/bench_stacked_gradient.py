@@ -1,5 +1,6 @@
-"""K = 4 chains' gradients: `infer.stacking.StackedGradient` (vmap forward + one backward) vs 4 `Objective.grad`
-calls, CPU time, min of 5 × 10 calls: the measurement behind ``stacking.CPU_STACK_MAX_PARAMS``.
+"""K = 4 chains' gradients: `infer.stacking.StackedGradient` by vmap (forward vmapped + one backward) and by hand (a
+plain MLP's layers as batched products, `Objective.stacked_potential`) vs 4 `Objective.grad` calls, CPU time, min of
+5 × 10 calls: the measurement behind ``stacking.CPU_STACK_MAX_PARAMS``.
 
 Run: ``OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_stacked_gradient.py THREADS [DxH ...]`` (tanh MLPs
 D-H-H-1, B = 64; default sizes 20x160 64x700 64x1400)."""
@@ -20,12 +21,16 @@ for d, h in SIZES:
     th = obj.initial().repeat(K, 1) + 0.01 * torch.randn(K, obj.size)
     obj.log_density(th[0], x[0], y[0], N)
     sg = StackedGradient(lambda t, a, b: obj.potential(t, a, b, N), lambda t, a, b: obj.grad(t, a, b, N))
+    sh = StackedGradient(lambda t, a, b: obj.potential(t, a, b, N), lambda t, a, b: obj.grad(t, a, b, N),
+                         lambda t, a, b, s: obj.stacked_potential(t, a, b, N, s))
     def seq():
         return [obj.grad(th[k], x[k], y[k], N) for k in range(K)]
     def st():
         return sg(th, x, y, False)
+    def hand():
+        return sh(th, x, y, False)
     res = {}
-    for name, f in (("stacked", st), ("sequential", seq)):
+    for name, f in (("stacked", st), ("hand", hand), ("sequential", seq)):
         f(); f()
         best = 1e9
         for r in range(5):
@@ -34,5 +39,8 @@ for d, h in SIZES:
                 f()
             best = min(best, (time.process_time() - t) / 10)
         res[name] = best
-    u, g = st(); gs = torch.stack([r[1] for r in seq()])
-    print(f"P={obj.size:>9,d}  stacked {res['stacked']*1e3:7.2f} ms  sequential {res['sequential']*1e3:7.2f} ms  ratio {res['stacked']/res['sequential']:.2f}  max rel diff {float(((g-gs).abs().max()/gs.abs().max())):.1e}", flush=True)
+    u, g = st(); gs = torch.stack([r[1] for r in seq()]); gh = hand()[1]
+    print(f"P={obj.size:>9,d}  vmap {res['stacked']*1e3:7.2f} ms  by hand {res['hand']*1e3:7.2f} ms  sequential "
+          f"{res['sequential']*1e3:7.2f} ms  vmap/seq {res['stacked']/res['sequential']:.2f}  hand/seq "
+          f"{res['hand']/res['sequential']:.2f}  max rel diff {float(((g-gs).abs().max()/gs.abs().max())):.1e} / "
+          f"{float(((gh-gs).abs().max()/gs.abs().max())):.1e}", flush=True)
