@@ -217,26 +217,40 @@ def stability_cap(noise: "GradientNoise", hvp, dataset_size: int, batch_size: in
     without bound towards the edge. λ_max comes from a power iteration on Hessian-vector products
     ``hvp(v)`` of one fixed batch of 4B points (a subsample's λ_max is, if anything, above the data's); the fixed point κ ← κ(1 + β)/λ_max(κ) is approached monotonically from
     either side (λ_max(κ)/κ decreases in κ), from κ₀ = the median Mandt rate. Where no coordinate needs
-    capping (linear regression) κ ends at or above every ε_k* and the cap is inert."""
+    capping (linear regression) the cap is the uniform growth of the measured rates that would bring λ_max to
+    1 + β, above every ε_k*: inert unless the rates, re-read as the noise estimate matures, grow that far."""
     full = torch.nan_to_num(noise._unscaled(noise.second_moment(), dataset_size, batch_size, momentum),
                             nan=math.inf, posinf=math.inf)
     finite = full[torch.isfinite(full)]
     if finite.numel() == 0:
         return None
-    kappa = float(finite.median())
+    kappa, top = float(finite.median()), float(finite.max())
     v = torch.randn(full.shape, generator=torch.Generator().manual_seed(0), dtype=full.dtype).to(full.device)
-    for _ in range(iterations):
-        root = full.clamp(max=kappa).sqrt()
+
+    def sharpest(cap: float) -> float:
+        nonlocal v
+        root = full.clamp(max=cap).sqrt()
         lam = 0.0
         for _ in range(power_steps):
             v = v / v.norm()
             w = root * hvp(root * v)
             lam, v = float(v @ w), w
+        return lam
+
+    for _ in range(iterations):
+        lam = sharpest(kappa)
         if not lam > 0 or not math.isfinite(lam):
             break
         kappa *= (1 + momentum) / lam
-        if kappa >= float(finite.max()):
-            return float(finite.max())
+        if kappa >= top:
+            # No coordinate needs capping. The rates are re-read from the running noise estimate every epoch, and
+            # they grow when θ₀'s drift (the mean gradient in `second_moment`) fades, so a cap at today's largest
+            # rate would bind later and make `covariance_scale` rescale a collection that ran at Mandt's rates
+            # (sweep config 3: c = 2.14, covariance 2.3× the posterior). The cap is the uniform growth of every
+            # rate at which the bound would bind: κ = max ε*·(1 + β)/λ_max(ε*^½Aε*^½) ≥ max ε* (λ_max/κ
+            # decreases in κ, so λ_max(ε*) ≤ 1 + β here).
+            lam = sharpest(top)
+            return top * (1 + momentum) / lam if lam > 0 and math.isfinite(lam) else top
     return kappa
 
 
