@@ -174,7 +174,17 @@ def exploration_lr(hvps: Sequence, size: int, like: torch.Tensor, momentum: floa
     while a quarter of the limit on the sharpest of 8 minibatches, this rule, ran at every B tried
     (`notes/issue-15-lead2.md`). Maddox et al.'s 0.05 is the ceiling: classifiers have λ̂ ≈ 1 at their start
     (digits MLPs), so the ceiling binds and their runs are as before; a Gaussian likelihood of scale σ has
-    λ ∝ 1/σ² (≈ 1.4·10³ on the README's gap regression with σ = 0.1), where 0.05 diverges in the first epoch."""
+    λ ∝ 1/σ² (≈ 1.4·10³ on the README's gap regression with σ = 0.1), where 0.05 diverges in the first epoch.
+
+    **Back-off** (`pyro_bdl.infer.swag.rule.train_runs`). With batches smaller than the parameter count the rule
+    can still diverge: on linear regression with N = 500, B = 5, P = 6 (`notes/issue-13-sweep.md`, config 5) no
+    single batch breaks the bound (the sharpest of 4000 has η·λ = 1.26 < 2(1 + β) = 3.8), and neither does the
+    one-dimensional mean-square bound 2λ/E[λ_B²] of the sharpest direction (0.046 > η = 0.016); what grows is the
+    product of rotating rank-deficient batch Hessians, whose growth rate (the top Lyapunov exponent of a random
+    matrix product) has no closed form. A bound that covered it would have to be estimated by running the
+    product, which is what the run itself does, so a run whose exploration diverges at an automatic step is
+    restarted from its start at half the step, with a RuntimeWarning, up to `EXPLORATION_RETRIES` times (config
+    5 runs at the first halving). A run that does not diverge pays nothing."""
     v0 = torch.randn(size, generator=torch.Generator().manual_seed(0), dtype=like.dtype).to(like.device)
     sharpest = 0.0
     for hvp in hvps:

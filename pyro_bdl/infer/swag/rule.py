@@ -30,6 +30,22 @@ from .noise import (AUTO_CAP, EQUIPARTITION_POINTS, LR_CEILING, LR_PROBE_BATCHES
 CHECKPOINT_KIND = "pyro_bdl.swag.driver"
 
 
+def snapshot_every(dataset_size: int, batch_size: int, momentum: float) -> int:
+    """Steps between snapshots with ``swa_lr="auto"``: with auto rates the iterate relaxes in ≈ N/(2B) steps
+    (Fisher ≈ Hessian) and the momentum forgets in 1/(1 − β) steps, so snapshots the longer of the two apart are
+    nearly independent."""
+    return max(1, round(dataset_size / (2 * batch_size)), round(1 / (1 - momentum)))
+
+
+def expected_snapshots(data: FitData, epochs: int, swa_start: int, swa_lr: Any, momentum: float) -> int:
+    """The snapshots one run collects: one per epoch past ``swa_start`` (numeric ``swa_lr``), or one every
+    `snapshot_every` steps (auto)."""
+    if swa_lr != "auto":
+        return epochs - swa_start
+    every = snapshot_every(data.dataset_size, data.random_batch_size, momentum)
+    return max(1, (epochs - swa_start) * data.num_batches // every)
+
+
 def swag_learning_rate(epoch: int, lr: float, swa_lr: float, swa_start: int) -> float:
     """The learning rate of epoch ``epoch`` (0-based) in Maddox et al. (2019), with t = epoch/swa_start:
 
@@ -90,9 +106,7 @@ class SWAGRule(MAPRule):
         self.temperature = model.temperature
         self.norm_mode = (model.network.batch_statistics if batchnorm.has_batchnorm(model.net)
                           else contextlib.nullcontext)
-        # With auto rates the iterate relaxes in ≈ N/(2B) steps (Fisher ≈ Hessian) and the momentum forgets
-        # in 1/(1 − β) steps: snapshots the longer of the two apart are nearly independent.
-        self.every = max(1, round(self.N / (2 * data.random_batch_size)), round(1 / (1 - momentum)))
+        self.every = snapshot_every(self.N, data.random_batch_size, momentum)
         self.state: Optional[Dict[str, Any]] = None  # the latest state (the burn-in at swa_start works on it)
 
     def loss(self, theta: torch.Tensor, x, y: torch.Tensor) -> torch.Tensor:
