@@ -854,3 +854,29 @@ def test_diverging_auto_exploration_step_backs_off_and_warns(monkeypatch):
     with pytest.raises(bdl.DivergenceError, match="lr=3"):
         bdl.fit(problem.model(), problem.x, problem.y, method="swag", batch_size=10, epochs=5, lr=3.0, seed=0,
                 progress=False)
+
+
+def test_rank_auto_keeps_every_snapshot_only_where_the_covariance_can_be_full_rank():
+    """``rank="auto"``: K = every collected snapshot where they are at least P (a full-rank covariance), with a
+    warning below 4 snapshots per parameter (Marchenko–Pastur spread); Maddox et al.'s 20 for a network (P ≫ K)."""
+    import warnings as w
+
+    from blr import make_blr
+    from pyro_bdl.infer.data import FitData
+    from pyro_bdl.infer.swag.fit import resolve_rank
+
+    small = make_blr(n=100, d=2)
+    data = FitData(small.model(), small.x, small.y, batch_size=10)
+    with w.catch_warnings():
+        w.simplefilter("error")
+        assert resolve_rank("auto", small.model(), data, 120, 90, "auto", 0.9) == 30  # 300 steps, one per 10
+        assert resolve_rank(7, small.model(), data, 120, 90, "auto", 0.9) == 7
+    wide = make_blr(n=500, d=4)
+    data = FitData(wide.model(), wide.x, wide.y, batch_size=100)  # 5 steps per epoch, one snapshot per 10
+    with pytest.warns(RuntimeWarning, match="16 snapshots for 5 parameters.*at least 20"):
+        assert resolve_rank("auto", wide.model(), data, 128, 96, "auto", 0.9) == 20
+    x, y = toy_classification()
+    net = bdl.BayesianModel(small_classifier(), likelihood=bdl.likelihoods.Categorical())
+    with w.catch_warnings():
+        w.simplefilter("error")
+        assert resolve_rank("auto", net, FitData(net, x, y, batch_size=10), 60, 0, "auto", 0.9) == 20  # 36 < 131

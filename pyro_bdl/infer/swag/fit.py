@@ -73,7 +73,8 @@ def resolve_rank(rank: Any, model: BayesianModel, data: FitData, epochs: int, sw
     snapshots = expected_snapshots(data, epochs, swa_start, swa_lr, momentum)
     if size > snapshots:
         return DEFAULT_RANK
-    if snapshots < SNAPSHOTS_PER_PARAMETER * size:
+    # (fewer than 10 auto snapshots: `train_runs` already warns that the covariance will be noisy and too small)
+    if snapshots < SNAPSHOTS_PER_PARAMETER * size and not (swa_lr == "auto" and snapshots < 10):
         warnings.warn(f"SWAG will collect {snapshots} snapshots for {size} parameters: its full-rank covariance's "
                       f"eigenvalues spread by about (1 ± √(P/K))² = [{(1 - (size / snapshots) ** 0.5) ** 2:.2f}, "
                       f"{(1 + (size / snapshots) ** 0.5) ** 2:.2f}] around the posterior's (Marchenko–Pastur), "
