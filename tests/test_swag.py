@@ -812,3 +812,71 @@ def test_multiswag_from_a_fitted_ensemble_starts_each_member_at_its_chain():
         bdl.fit(other, x, y, method="multiswag", num_chains=3, init=ens, seed=0, **kw)
     with pytest.raises(ValueError, match="init"):
         bdl.fit(model, x, y, method="multiswag", num_chains=3, init="net", seed=0, **kw)
+
+
+def test_stability_cap_is_inert_when_no_rate_needs_capping():
+    """Linear regression: every Mandt rate is far below the heavy ball's bound, so the cap must leave room for the
+    rates to grow as the noise estimate matures (θ₀'s drift inflates E[g²] at the start). The cap is the uniform
+    growth of the rates at which λ_max(ε^½Aε^½) = 1 + β. Before the fix it was the largest start rate itself,
+    which bound during the collection and made `covariance_scale` double a correct collection (sweep config 3)."""
+    from pyro_bdl.infer.swag import GradientNoise, stability_cap
+
+    a = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    noise = GradientNoise(torch.zeros(2, dtype=torch.float64))
+    for g in ([3.0, 1.0], [-3.0, -1.0], [1.0, 2.0], [-1.0, -2.0]):
+        noise.update(torch.tensor(g, dtype=torch.float64))
+    N, B, beta = 1000, 10, 0.9
+    full = noise._unscaled(noise.second_moment(), N, B, beta)
+    root = full.sqrt()
+    lam = float(torch.linalg.eigvalsh(root[:, None] * a * root[None, :]).max())
+    cap = stability_cap(noise, lambda v: a @ v, N, B, beta)
+    assert cap > 10 * float(full.max())
+    assert math.isclose(cap, float(full.max()) * (1 + beta) / lam, rel_tol=1e-6)
+
+
+def test_diverging_auto_exploration_step_backs_off_and_warns(monkeypatch):
+    """lr="auto": an exploration step that diverges (here forced 100× too large) is halved and the run restarted
+    from its start, with a RuntimeWarning, until it runs (`train_runs`); an explicit lr still raises, naming it."""
+    import pyro_bdl.infer.swag.rule as rule
+    from blr import make_blr, moments
+
+    problem = make_blr(n=100, d=2, seed=5)
+    real, forced = rule._start_lr, []
+    monkeypatch.setattr(rule, "_start_lr", lambda *a: forced.append(64 * real(*a)) or forced[-1])
+    with pytest.warns(RuntimeWarning, match="restarting from the start"):
+        post = bdl.fit(problem.model(), problem.x, problem.y, method="swag", batch_size=10, epochs=40, seed=0,
+                       progress=False)
+    assert post.info["lr"][0] <= forced[0] / 2  # the first epoch of the run that finished
+    mean, _ = moments(post.sample(4000, seed=1))
+    true_mean, true_cov = problem.posterior()
+    z = ((mean - true_mean) / true_cov.diag().sqrt()).abs().max()
+    assert z < 0.6, f"SWA mean off by {z:.2f} posterior sds"
+    with pytest.raises(bdl.DivergenceError, match="lr=3"):
+        bdl.fit(problem.model(), problem.x, problem.y, method="swag", batch_size=10, epochs=5, lr=3.0, seed=0,
+                progress=False)
+
+
+def test_rank_auto_keeps_every_snapshot_only_where_the_covariance_can_be_full_rank():
+    """``rank="auto"``: K = every collected snapshot where they are at least P (a full-rank covariance), with a
+    warning below 4 snapshots per parameter (Marchenko–Pastur spread); Maddox et al.'s 20 for a network (P ≫ K)."""
+    import warnings as w
+
+    from blr import make_blr
+    from pyro_bdl.infer.data import FitData
+    from pyro_bdl.infer.swag.fit import resolve_rank
+
+    small = make_blr(n=100, d=2)
+    data = FitData(small.model(), small.x, small.y, batch_size=10)
+    with w.catch_warnings():
+        w.simplefilter("error")
+        assert resolve_rank("auto", small.model(), data, 120, 90, "auto", 0.9) == 30  # 300 steps, one per 10
+        assert resolve_rank(7, small.model(), data, 120, 90, "auto", 0.9) == 7
+    wide = make_blr(n=500, d=4)
+    data = FitData(wide.model(), wide.x, wide.y, batch_size=100)  # 5 steps per epoch, one snapshot per 10
+    with pytest.warns(RuntimeWarning, match="16 snapshots for 5 parameters.*at least 20"):
+        assert resolve_rank("auto", wide.model(), data, 128, 96, "auto", 0.9) == 20
+    x, y = toy_classification()
+    net = bdl.BayesianModel(small_classifier(), likelihood=bdl.likelihoods.Categorical())
+    with w.catch_warnings():
+        w.simplefilter("error")
+        assert resolve_rank("auto", net, FitData(net, x, y, batch_size=10), 60, 0, "auto", 0.9) == 20  # 36 < 131

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import pyro
@@ -25,7 +26,7 @@ from ..data import FitData
 from ..stacking import stack_size
 from ..members import run_members
 from ..registry import register
-from .rule import CHECKPOINT_KIND, train_runs
+from .rule import CHECKPOINT_KIND, expected_snapshots, train_runs
 
 
 def _check_options(epochs, swa_start, lr, swa_lr, momentum) -> Tuple[int, Any]:
@@ -44,6 +45,42 @@ def _check_options(epochs, swa_start, lr, swa_lr, momentum) -> Tuple[int, Any]:
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
     return swa_start, ("auto" if swa_lr in (None, "auto") else float(swa_lr))
+
+
+#: the paper's K: deviation rows kept where the parameters outnumber the snapshots (``rank="auto"``)
+DEFAULT_RANK = 20
+#: snapshots per parameter below which a full-rank SWAG covariance's spread is warned about (`resolve_rank`)
+SNAPSHOTS_PER_PARAMETER = 4
+
+
+def resolve_rank(rank: Any, model: BayesianModel, data: FitData, epochs: int, swa_start: int, swa_lr: Any,
+                 momentum: float) -> int:
+    """The ``rank`` option: an integer as given; ``"auto"`` (default) keeps every snapshot, K = the snapshots a run
+    collects (`expected_snapshots`), where that many can make the low-rank part full rank (P ≤ K; its memory K·P
+    is then at most K²), else Maddox et al.'s K = 20.
+
+    Why: the low-rank part DᵀD/(K − 1) is the sample covariance of K deviations, so after whitening by the
+    posterior its eigenvalues spread over the Marchenko–Pastur range (1 ± √(P/K))² even for independent
+    snapshots, and SWAG's Σ = ½(diag + DᵀD/(K − 1)) inherits half of that. With K = 20 of 30 collected
+    snapshots, on linear regression with P = 6 (`notes/issue-13-swag-defaults.md`) the top eigenvalue was
+    1.49–1.51; keeping all 30 gives 1.29–1.30. Where the part can be full rank but K < 4P (the top edge of
+    ½(1 + (1 + √(P/K))²) passes 2 at K ≈ 1.9P for independent snapshots, and the default spacing leaves
+    neighbours ≈ e⁻¹-correlated, about halving the effective K) a RuntimeWarning says to raise ``epochs``; on
+    networks (P ≫ K) the low-rank part is a rank-K approximation by design and nothing is said."""
+    if rank != "auto":
+        return rank
+    size = Objective(model, data.example_x(2)).size
+    snapshots = expected_snapshots(data, epochs, swa_start, swa_lr, momentum)
+    if size > snapshots:
+        return DEFAULT_RANK
+    # (fewer than 10 auto snapshots: `train_runs` already warns that the covariance will be noisy and too small)
+    if snapshots < SNAPSHOTS_PER_PARAMETER * size and not (swa_lr == "auto" and snapshots < 10):
+        warnings.warn(f"SWAG will collect {snapshots} snapshots for {size} parameters: its full-rank covariance's "
+                      f"eigenvalues spread by about (1 ± √(P/K))² = [{(1 - (size / snapshots) ** 0.5) ** 2:.2f}, "
+                      f"{(1 + (size / snapshots) ** 0.5) ** 2:.2f}] around the posterior's (Marchenko–Pastur), "
+                      f"halved by the diagonal part. Raise epochs for at least {SNAPSHOTS_PER_PARAMETER * size} "
+                      "snapshots.", RuntimeWarning, stacklevel=4)
+    return max(DEFAULT_RANK, snapshots)
 
 
 def _initial_values(model: BayesianModel, init: Any, seed: int) -> Dict[str, torch.Tensor]:
@@ -139,7 +176,7 @@ def _posterior(model: BayesianModel, data: FitData, guide: SWAG, method: str, in
 @register("swag")
 def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], epochs: int = 60,
              warmup: Optional[int] = None, lr: Union[float, str] = "auto", swa_lr: Any = "auto", momentum: float = 0.9,
-             rank: int = 20, scale: float = 0.5, variant: str = "swag", var_clamp: float = 1e-30, init: Any = "net",
+             rank: Union[int, str] = "auto", scale: float = 0.5, variant: str = "swag", var_clamp: float = 1e-30, init: Any = "net",
              checkpoint: Optional[str] = None) -> SWAGPosterior:
     """SWA-Gaussian (Maddox et al. 2019): SGD on the MAP objective, then a Gaussian fitted to its iterates.
 
@@ -151,11 +188,16 @@ def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Option
         lr: exploration learning rate on the per-data-point objective T·L (module docs); ``"auto"`` (default):
             min(0.05, (1 + β)/λ_max) with λ_max the largest Hessian eigenvalue at the start (half the heavy
             ball's stability limit, `pyro_bdl.infer.swag.noise.exploration_lr`), so a sharply curved problem
-            (a Gaussian likelihood of small scale) gets a step that does not diverge.
+            (a Gaussian likelihood of small scale) gets a step that does not diverge;
+            should it still diverge (tiny batches: the product of random batch Hessians grows), the run restarts
+            from its start at half the step, with a RuntimeWarning (`exploration_lr`'s "Back-off"). A numeric lr
+            that diverges raises, naming it.
         swa_lr: ``"auto"`` (default; posterior-matching rates, module docs) or a constant
             collection rate (the paper's schedule, `swag_learning_rate`).
         momentum: SGD momentum.
-        rank: K, deviation columns kept; scale: covariance scale of the draws (0.5).
+        rank: K, deviation columns kept; ``"auto"`` (default): every snapshot where the parameters are no more
+            than the snapshots (full rank), else 20 (`resolve_rank`, which warns when a full-rank covariance has
+            fewer than 4 snapshots per parameter); scale: covariance scale of the draws (0.5).
         variant: ``"swag"``, ``"diagonal"`` (SWAG-Diag) or ``"swa"`` (the mean only).
         var_clamp: floor on the diagonal variance.
         init: ``"net"`` (the network's weights), ``"fresh"`` (seeded default init), a dict of values, or a fitted
@@ -168,6 +210,7 @@ def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Option
     means), ``lr`` (per epoch), ``num_snapshots``, ``snapshot_every``, ``covariance_scale``, ``direction_scales``.
     """
     swa_start, swa_lr = _check_options(epochs, warmup, lr, swa_lr, momentum)
+    rank = resolve_rank(rank, model, data, epochs, swa_start, swa_lr, momentum)
     SWAG(model, rank=rank, scale=scale, variant=variant, var_clamp=var_clamp)  # validates before any work
     options = dict(epochs=epochs, warmup=swa_start, lr=lr if lr == "auto" else float(lr), swa_lr=swa_lr, momentum=float(momentum),
                    rank=rank, scale=scale, variant=variant, var_clamp=var_clamp)
@@ -190,7 +233,7 @@ def _stack_size(stack: Union[str, bool, int], num_models: int, model: BayesianMo
 @register("multiswag")
 def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], num_chains: int = 5,
                   workers: int = 1, epochs: int = 60, warmup: Optional[int] = None, lr: Union[float, str] = "auto",
-                  swa_lr: Any = "auto", momentum: float = 0.9, rank: int = 20, scale: float = 0.5,
+                  swa_lr: Any = "auto", momentum: float = 0.9, rank: Union[int, str] = "auto", scale: float = 0.5,
                   variant: str = "swag", var_clamp: float = 1e-30, stack: Union[str, bool, int] = "auto",
                   init: Any = "fresh", checkpoint: Optional[str] = None) -> MixturePosterior:
     """Multi-SWAG (Wilson & Izmailov 2020): an equal-weight mixture of ``num_chains`` SWAG posteriors (formerly
@@ -214,6 +257,7 @@ def fit_multiswag(model: BayesianModel, data: FitData, *, seed: int, progress: O
     check_int(num_chains, "num_chains", 1)
     check_int(workers, "workers", 1)
     swa_start, swa_lr = _check_options(epochs, warmup, lr, swa_lr, momentum)
+    rank = resolve_rank(rank, model, data, epochs, swa_start, swa_lr, momentum)
     SWAG(model, rank=rank, scale=scale, variant=variant, var_clamp=var_clamp)
     checkpoint = _check_checkpoint(checkpoint)
     options = dict(epochs=epochs, warmup=swa_start, lr=lr if lr == "auto" else float(lr), swa_lr=swa_lr, momentum=float(momentum),

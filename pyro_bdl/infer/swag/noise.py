@@ -174,7 +174,17 @@ def exploration_lr(hvps: Sequence, size: int, like: torch.Tensor, momentum: floa
     while a quarter of the limit on the sharpest of 8 minibatches, this rule, ran at every B tried
     (`notes/issue-15-lead2.md`). Maddox et al.'s 0.05 is the ceiling: classifiers have λ̂ ≈ 1 at their start
     (digits MLPs), so the ceiling binds and their runs are as before; a Gaussian likelihood of scale σ has
-    λ ∝ 1/σ² (≈ 1.4·10³ on the README's gap regression with σ = 0.1), where 0.05 diverges in the first epoch."""
+    λ ∝ 1/σ² (≈ 1.4·10³ on the README's gap regression with σ = 0.1), where 0.05 diverges in the first epoch.
+
+    **Back-off** (`pyro_bdl.infer.swag.rule.train_runs`). With batches smaller than the parameter count the rule
+    can still diverge: on linear regression with N = 500, B = 5, P = 6 (`notes/issue-13-sweep.md`, config 5) no
+    single batch breaks the bound (the sharpest of 4000 has η·λ = 1.26 < 2(1 + β) = 3.8), and neither does the
+    one-dimensional mean-square bound 2λ/E[λ_B²] of the sharpest direction (0.046 > η = 0.016); what grows is the
+    product of rotating rank-deficient batch Hessians, whose growth rate (the top Lyapunov exponent of a random
+    matrix product) has no closed form. A bound that covered it would have to be estimated by running the
+    product, which is what the run itself does, so a run whose exploration diverges at an automatic step is
+    restarted from its start at half the step, with a RuntimeWarning, up to `EXPLORATION_RETRIES` times (config
+    5 runs at the first halving). A run that does not diverge pays nothing."""
     v0 = torch.randn(size, generator=torch.Generator().manual_seed(0), dtype=like.dtype).to(like.device)
     sharpest = 0.0
     for hvp in hvps:
@@ -217,26 +227,40 @@ def stability_cap(noise: "GradientNoise", hvp, dataset_size: int, batch_size: in
     without bound towards the edge. λ_max comes from a power iteration on Hessian-vector products
     ``hvp(v)`` of one fixed batch of 4B points (a subsample's λ_max is, if anything, above the data's); the fixed point κ ← κ(1 + β)/λ_max(κ) is approached monotonically from
     either side (λ_max(κ)/κ decreases in κ), from κ₀ = the median Mandt rate. Where no coordinate needs
-    capping (linear regression) κ ends at or above every ε_k* and the cap is inert."""
+    capping (linear regression) the cap is the uniform growth of the measured rates that would bring λ_max to
+    1 + β, above every ε_k*: inert unless the rates, re-read as the noise estimate matures, grow that far."""
     full = torch.nan_to_num(noise._unscaled(noise.second_moment(), dataset_size, batch_size, momentum),
                             nan=math.inf, posinf=math.inf)
     finite = full[torch.isfinite(full)]
     if finite.numel() == 0:
         return None
-    kappa = float(finite.median())
+    kappa, top = float(finite.median()), float(finite.max())
     v = torch.randn(full.shape, generator=torch.Generator().manual_seed(0), dtype=full.dtype).to(full.device)
-    for _ in range(iterations):
-        root = full.clamp(max=kappa).sqrt()
+
+    def sharpest(cap: float) -> float:
+        nonlocal v
+        root = full.clamp(max=cap).sqrt()
         lam = 0.0
         for _ in range(power_steps):
             v = v / v.norm()
             w = root * hvp(root * v)
             lam, v = float(v @ w), w
+        return lam
+
+    for _ in range(iterations):
+        lam = sharpest(kappa)
         if not lam > 0 or not math.isfinite(lam):
             break
         kappa *= (1 + momentum) / lam
-        if kappa >= float(finite.max()):
-            return float(finite.max())
+        if kappa >= top:
+            # No coordinate needs capping. The rates are re-read from the running noise estimate every epoch, and
+            # they grow when θ₀'s drift (the mean gradient in `second_moment`) fades, so a cap at today's largest
+            # rate would bind later and make `covariance_scale` rescale a collection that ran at Mandt's rates
+            # (sweep config 3: c = 2.14, covariance 2.3× the posterior). The cap is the uniform growth of every
+            # rate at which the bound would bind: κ = max ε*·(1 + β)/λ_max(ε*^½Aε*^½) ≥ max ε* (λ_max/κ
+            # decreases in κ, so λ_max(ε*) ≤ 1 + β here).
+            lam = sharpest(top)
+            return top * (1 + momentum) / lam if lam > 0 and math.isfinite(lam) else top
     return kappa
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -20,13 +21,29 @@ from ...model.potential import Objective
 from ...model.tempering import likelihood_scale
 from .. import driver
 from ..data import FitData
-from ..divergence import DivergenceCheck, loss_floor
+from ..divergence import DivergenceCheck, DivergenceError, loss_floor
 from ..map import MAPRule, example_batch
 from .noise import (AUTO_CAP, EQUIPARTITION_POINTS, LR_CEILING, LR_PROBE_BATCHES, GradientNoise, _start_auto,
                     equipartition_directions, exploration_lr)
 
 #: the driver's checkpoint of SWAG runs (`train_runs`); files of the loop before the driver are not read
 CHECKPOINT_KIND = "pyro_bdl.swag.driver"
+
+
+def snapshot_every(dataset_size: int, batch_size: int, momentum: float) -> int:
+    """Steps between snapshots with ``swa_lr="auto"``: with auto rates the iterate relaxes in ≈ N/(2B) steps
+    (Fisher ≈ Hessian) and the momentum forgets in 1/(1 − β) steps, so snapshots the longer of the two apart are
+    nearly independent."""
+    return max(1, round(dataset_size / (2 * batch_size)), round(1 / (1 - momentum)))
+
+
+def expected_snapshots(data: FitData, epochs: int, swa_start: int, swa_lr: Any, momentum: float) -> int:
+    """The snapshots one run collects: one per epoch past ``swa_start`` (numeric ``swa_lr``), or one every
+    `snapshot_every` steps (auto)."""
+    if swa_lr != "auto":
+        return epochs - swa_start
+    every = snapshot_every(data.dataset_size, data.random_batch_size, momentum)
+    return max(1, (epochs - swa_start) * data.num_batches // every)
 
 
 def swag_learning_rate(epoch: int, lr: float, swa_lr: float, swa_start: int) -> float:
@@ -89,9 +106,7 @@ class SWAGRule(MAPRule):
         self.temperature = model.temperature
         self.norm_mode = (model.network.batch_statistics if batchnorm.has_batchnorm(model.net)
                           else contextlib.nullcontext)
-        # With auto rates the iterate relaxes in ≈ N/(2B) steps (Fisher ≈ Hessian) and the momentum forgets
-        # in 1/(1 − β) steps: snapshots the longer of the two apart are nearly independent.
-        self.every = max(1, round(self.N / (2 * data.random_batch_size)), round(1 / (1 - momentum)))
+        self.every = snapshot_every(self.N, data.random_batch_size, momentum)
         self.state: Optional[Dict[str, Any]] = None  # the latest state (the burn-in at swa_start works on it)
 
     def loss(self, theta: torch.Tensor, x, y: torch.Tensor) -> torch.Tensor:
@@ -231,12 +246,16 @@ class SWAGRule(MAPRule):
         out["noise"] = [None if n is None else {k: (v.clone() if torch.is_tensor(v) else v)
                                                 for k, v in n.state_dict().items()} for n in state["noise"]]
         out["lr"], out["fresh"] = [list(r) for r in state["lr"]], list(state["fresh"])
+        out["explore_lr"] = list(self.lrs)  # after a retry of train_runs, not what lr="auto" computes afresh
         return out
 
     def restore(self, saved: Dict[str, Any]) -> Dict[str, Any]:
         """The state from `save`'s output (noise estimates rebuilt)."""
         state = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in saved.items()}
         state["lr"], state["fresh"] = [list(r) for r in saved["lr"]], list(saved["fresh"])
+        if "explore_lr" in saved:  # checkpoints before the retry kept no exploration steps
+            self.lrs = [float(r) for r in state.pop("explore_lr")]
+            self.lr = max(self.lrs)
         noises = []
         for k, s in enumerate(saved["noise"]):
             noise = None
@@ -281,6 +300,26 @@ class _Batches:
         yield from self._data.random_batches(self._data.num_batches, generator)
 
 
+#: halvings of an automatic exploration step that diverged before `train_runs` gives up (a factor 32 in all)
+EXPLORATION_RETRIES = 5
+
+
+class _RunCheck(DivergenceCheck):
+    """`DivergenceCheck` of run ``run`` of a stack: its `DivergenceError` names the run (``err.run``), so that
+    `train_runs` can retry that run alone at a smaller step."""
+
+    def __init__(self, run: int, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.run = run
+
+    def check(self, value: float, step: int, lr: Optional[float] = None) -> None:
+        try:
+            super().check(value, step, lr)
+        except DivergenceError as err:
+            err.run = self.run
+            raise
+
+
 def _start_lr(rule: SWAGRule, theta: torch.Tensor, data: FitData, seed: int, momentum: float) -> float:
     """``lr="auto"``: `exploration_lr` at θ₀ on `LR_PROBE_BATCHES` i.i.d. minibatches drawn by a generator of
     their own (seeded ``seed``, so the run's data order is untouched)."""
@@ -316,12 +355,30 @@ def train_runs(guides: Sequence[SWAG], data: FitData, seeds: Sequence[int], *, e
     x0, y0 = example_batch(data)
     with torch.no_grad():  # verifies the compiled density once, outside vmap
         objective.potential(theta0[0], x0, y0, N)
-    # the loss is per data point: floor / N, one nat per point is 1/T
-    checks = [DivergenceCheck(desc, rule.lrs[k], floor=loss_floor(model, x0, y0, N, "point") / N,
-                              unit=likelihood_scale(model.temperature, model.tempering)) for k in range(K)]
-    result = driver.drive(rule, theta0, _Batches(data, rule, K), steps=epochs * data.num_batches, seeds=seeds,
-                          desc=desc, progress=progress, checks=checks, lr_at=rule.lr_at, checkpoint=checkpoint,
-                          fingerprint=fingerprint)
+    floor = loss_floor(model, x0, y0, N, "point") / N  # the loss is per data point: floor / N, one nat is 1/T
+    unit = likelihood_scale(model.temperature, model.tempering)
+    for attempt in range(EXPLORATION_RETRIES + 1):
+        checks = [_RunCheck(k, desc, rule.lrs[k], floor=floor, unit=unit) for k in range(K)]
+        try:
+            result = driver.drive(rule, theta0, _Batches(data, rule, K), steps=epochs * data.num_batches,
+                                  seeds=seeds, desc=desc, progress=progress, checks=checks, lr_at=rule.lr_at,
+                                  checkpoint=checkpoint, fingerprint=fingerprint)
+            break
+        except DivergenceError as err:
+            # lr="auto" only (an explicit lr is the user's: the error names it). `exploration_lr`'s bound is on
+            # each minibatch Hessian alone; the product of many rotating ones can still grow (module docs), so
+            # the diverging run restarts from its θ₀, same seed, at half its step. The other runs restart
+            # unchanged, so a stacked member still equals the member fitted alone.
+            k = getattr(err, "run", None)
+            if lr != "auto" or k is None or attempt == EXPLORATION_RETRIES:
+                raise
+            warnings.warn(f"SWAG's automatic exploration step lr={rule.lrs[k]:g} diverged ({err.args[0][:80]}...); "
+                          f"restarting from the start at lr={rule.lrs[k] / 2:g}. Pass a smaller numeric lr to skip "
+                          "the failed attempt.", RuntimeWarning, stacklevel=4)
+            rule.lrs[k] /= 2
+            rule.lr = max(rule.lrs)
+            if checkpoint is not None and os.path.exists(checkpoint):
+                os.remove(checkpoint)  # the failed attempt's (it would resume the divergence)
     state = rule.state = result.state
     if collect and state["count"] == 0:  # a run shorter than one snapshot interval: its final iterate
         SWAGRule.collect_snapshot(state)
