@@ -37,3 +37,26 @@ def test_converged_svi_is_not_flagged_and_offset_tracks_the_error():
         post = bdl.fit(blr.model(), blr.x, blr.y, method="svi", guide="fullrank", batch_size=20, seed=0,
                        progress=False)
     assert post.info["stationarity_offset"] < 0.8
+
+
+def test_offsets_on_the_compiled_potential_equal_the_traced_ones(monkeypatch):
+    """The check's full-data gradients run on the compiled `Objective` (no Pyro trace) and give the traced numbers."""
+    from pyro_bdl.infer.data import FitData
+    from pyro_bdl.infer.svi import stationarity_offsets
+    from pyro_bdl.model.potential import Objective
+    blr = make_blr(n=60, d=2, seed=4)
+    model = blr.model()
+    post = bdl.fit(model, blr.x, blr.y, method="svi", guide="fullrank", steps=100, batch_size=20, seed=0,
+                   progress=False)
+    data = FitData(model, blr.x, blr.y, batch_size=20)
+    traced = stationarity_offsets(post.guide, model, data, seed=0)
+    objective = Objective(model, data.example_x(2))
+    assert objective.compiled
+    objective.log_density(objective.initial(), blr.x, blr.y, 60)  # its one check against the trace, done here
+
+    def no_trace(*args, **kwargs):
+        raise AssertionError("the compiled check traced the model")
+    monkeypatch.setattr(type(model), "log_joint", no_trace)
+    compiled = stationarity_offsets(post.guide, model, data, seed=0, objective=objective)
+    assert traced.abs().max() > 0.05  # 100 steps: not converged, so the comparison is not of zeros
+    assert torch.allclose(compiled, traced, rtol=1e-4, atol=1e-5)

@@ -31,7 +31,8 @@ Hessian–vector products, conjugate gradients, an Armijo line search so the pot
 quadratically near a mode whatever the conditioning and have no noise floor; on a Gaussian posterior one step is exact.
 The Newton decrement λ = √(∇Uᵀ H⁻¹ ∇U) at the returned point — its distance from the mode in posterior sds — is the
 check: ``info["stationarity_offset"]`` = λ/√P (RMS per direction), ``info["newton_decrement"]`` = λ, and a
-`StationarityWarning` above 0.4 naming the fix. Above 20 000 parameters no Newton step is taken and the check is a
+`StationarityWarning` above 0.4 naming the fix. Where the Hessian at the point has negative curvature (most
+networks) the decrement is not a distance to a mode: no Newton step is taken and the offset is None. Above 20 000 parameters no Newton step is taken and the check is a
 cheap one (10 CG iterations on ≤ 1024 rows, about one extra epoch); with augmentation (the objective is an
 expectation over augmentations, not the full data's U) neither runs and the offset is None.
 """
@@ -220,7 +221,7 @@ def finish(rule: MAPRule, theta: torch.Tensor, data: FitData, newton_steps: int,
     """Each run's point θ_k ``(K, P)`` after up to ``newton_steps`` damped Newton steps on the full-data −log p̃
     (module docs; `pyro_bdl.infer.stationarity.newton_refine`, Hessian subsample seeded from ``seeds[k]``), and
     ``{"stationarity_offset": [λ_k/√P], "newton_decrement": [λ_k]}`` at the returned points (None with augmentation,
-    or for a run that is not finite)."""
+    for a run that is not finite, and where the Hessian has negative curvature: no Newton step is taken from there)."""
     K = theta.shape[0]
     none = {"stationarity_offset": [None] * K, "newton_decrement": [None] * K}
     if data.augment is not None:
@@ -236,8 +237,9 @@ def finish(rule: MAPRule, theta: torch.Tensor, data: FitData, newton_steps: int,
                 continue
             t, dec = newton_refine(loss, theta[k], data, newton_steps, seed=int(seeds[k]) + 3)
             out.append(t)
-            check["stationarity_offset"].append(None if not math.isfinite(dec.rms) else dec.rms)
-            check["newton_decrement"].append(None if not math.isfinite(dec.lam) else dec.lam)
+            defined = dec.positive and math.isfinite(dec.lam)  # no Laplace meaning at negative curvature
+            check["stationarity_offset"].append(dec.rms if defined else None)
+            check["newton_decrement"].append(dec.lam if defined else None)
     return torch.stack(out), check
 
 
