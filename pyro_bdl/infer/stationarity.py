@@ -49,8 +49,9 @@ compiles (one definition of the full-data gradient).
 Cost, per decrement: one full-data gradient pass, and ≤ CG_ITERATIONS Hessian–vector products (≈ 3 passes each) on
 ≤ HESSIAN_ROWS rows; a refinement adds ≤ 1 + ``LINE_SEARCH`` forward passes over the data per Newton step. Above
 ``LARGE_PARAMS`` parameters (big networks, where the quadratic model is poor anyway and CG would need many iterations)
-there is no refinement, and the check uses ``LARGE_CG_ITERATIONS`` iterations on ≤ ``LARGE_HESSIAN_ROWS`` rows, so it
-costs about one extra epoch.
+there is no refinement, the check uses ``LARGE_CG_ITERATIONS`` iterations on ≤ ``LARGE_HESSIAN_ROWS`` rows, so it
+costs about one extra epoch, and every pass runs in chunks of the training batch size (`chunk_rows`), so its memory
+is about a training step's (an HVP's double backward: about three times that).
 """
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ NEWTON_STEPS = 5
 CG_ITERATIONS = 50
 #: the rows the Hessian–vector products use (a fixed subsample above this; exact below)
 HESSIAN_ROWS = 4096
-#: rows per chunk of a full-data pass (bounds the memory of one forward/backward)
+#: rows per chunk of a full-data pass for a small model (bounds the memory of one forward/backward; `chunk_rows`)
 CHUNK_ROWS = 8192
 #: step halvings of the Armijo line search
 LINE_SEARCH = 12
@@ -92,31 +93,39 @@ class StationarityWarning(UserWarning):
 Loss = Callable[[torch.Tensor, object, torch.Tensor], torch.Tensor]  # U_b(θ) of one chunk, scaled to the full data
 
 
-def full_chunks(data) -> Iterator[Tuple[object, torch.Tensor]]:
-    """The full data set in chunks of ≤ ``CHUNK_ROWS`` rows (tensors), or one pass of a user's ``DataLoader``."""
+def chunk_rows(data, size: int) -> int:
+    """Rows per chunk of a full-data pass for a θ of ``size`` parameters: ``CHUNK_ROWS`` for small models (few
+    activations per row), the training batch size above ``LARGE_PARAMS`` (a chunk then needs about the memory of a
+    training step; an HVP's double backward about three times that)."""
+    return CHUNK_ROWS if size <= LARGE_PARAMS else max(1, min(CHUNK_ROWS, data.random_batch_size))
+
+
+def full_chunks(data, rows: int = CHUNK_ROWS) -> Iterator[Tuple[object, torch.Tensor]]:
+    """The full data set in chunks of ≤ ``rows`` rows (tensors), or one pass of a user's ``DataLoader``."""
     if data.user_loader:
         with torch.random.fork_rng(devices=[]):  # the loader's shuffle must not move the global RNG
             yield from data.epoch()
         return
     x, y = data.full()
     n = y.shape[0]
-    for i in range(0, n, CHUNK_ROWS):
-        rows = slice(i, min(n, i + CHUNK_ROWS))
-        yield take_rows(x, rows), y[rows]
+    for i in range(0, n, rows):
+        part = slice(i, min(n, i + rows))
+        yield take_rows(x, part), y[part]
 
 
 def full_value(loss: Loss, theta: torch.Tensor, data) -> torch.Tensor:
     """U(θ) = Σ_b (B_b/N)·U_b(θ) over the full data (module docs), without a graph."""
     N = data.dataset_size
     with torch.no_grad():
-        return sum((yb.shape[0] / N) * loss(theta, xb, yb) for xb, yb in full_chunks(data))
+        chunks = full_chunks(data, chunk_rows(data, theta.numel()))
+        return sum((yb.shape[0] / N) * loss(theta, xb, yb) for xb, yb in chunks)
 
 
 def full_gradient(loss: Loss, theta: torch.Tensor, data) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(U(θ), ∇U(θ))`` over the full data: Σ_b (B_b/N)·U_b, one backward pass per chunk."""
     N = data.dataset_size
     value, grad = torch.zeros((), dtype=theta.dtype, device=theta.device), torch.zeros_like(theta)
-    for xb, yb in full_chunks(data):
+    for xb, yb in full_chunks(data, chunk_rows(data, theta.numel())):
         t = theta.detach().requires_grad_(True)
         u = (yb.shape[0] / N) * loss(t, xb, yb)
         (g,) = torch.autograd.grad(u, t)
@@ -124,12 +133,12 @@ def full_gradient(loss: Loss, theta: torch.Tensor, data) -> Tuple[torch.Tensor, 
     return value, grad
 
 
-def hessian_rows(data, rows: int, seed: int) -> List[Tuple[object, torch.Tensor]]:
+def hessian_rows(data, rows: int, seed: int, chunk: int = CHUNK_ROWS) -> List[Tuple[object, torch.Tensor]]:
     """The subsample the Hessian–vector products use: all rows when N ≤ ``rows``, else ``rows`` rows drawn without
-    replacement by a generator seeded ``seed`` (a user's loader: its first batches), in chunks."""
+    replacement by a generator seeded ``seed`` (a user's loader: its first batches), in chunks of ≤ ``chunk``."""
     N = data.dataset_size
     if N <= rows:
-        return list(full_chunks(data))
+        return list(full_chunks(data, chunk))
     if data.user_loader:
         out, have = [], 0
         for xb, yb in full_chunks(data):
@@ -140,7 +149,7 @@ def hessian_rows(data, rows: int, seed: int) -> List[Tuple[object, torch.Tensor]
         return out
     x, y = data.full()
     idx = torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:rows].to(y.device)
-    return [(take_rows(x, idx[i:i + CHUNK_ROWS]), y[idx[i:i + CHUNK_ROWS]]) for i in range(0, rows, CHUNK_ROWS)]
+    return [(take_rows(x, idx[i:i + chunk]), y[idx[i:i + chunk]]) for i in range(0, rows, chunk)]
 
 
 def hvp(loss: Loss, theta: torch.Tensor, chunks, N: int, v: torch.Tensor) -> torch.Tensor:
@@ -215,7 +224,7 @@ def newton_refine(loss: Loss, theta: torch.Tensor, data, steps: int, seed: int) 
     iterations, rows = budget(theta.numel())
     if theta.numel() > LARGE_PARAMS:
         steps = 0
-    chunks = hessian_rows(data, rows, seed)
+    chunks = hessian_rows(data, rows, seed, chunk_rows(data, theta.numel()))
     dec = Decrement(loss, theta, data, chunks, iterations)
     for _ in range(steps):
         if (not dec.positive or not math.isfinite(dec.lam) or dec.rms < CONVERGED
