@@ -307,7 +307,8 @@ def test_user_init_dict_takes_the_network_dtype_and_device(monkeypatch):
     assert torch.equal(start["weight"], init["weight"].double())
     from pyro_bdl.infer.map import start_values  # map and svi
     assert {v.dtype for v in start_values(model, init).values()} == {torch.float64}
-    post = bdl.fit(_model64(), b.x, b.y, method="map", steps=1, lr=1e-9, init=init)
+    post = bdl.fit(_model64(), b.x, b.y, method="map", steps=1, lr=1e-9, init=init,
+                   newton_steps=0)  # the start, not the Newton-finished mode
     assert post.sample(1)["weight"].dtype == torch.float64
     assert torch.allclose(post.sample(1)["weight"].reshape(-1), init["weight"].double().reshape(-1), atol=1e-6)
     svi = bdl.fit(_model64(), b.x, b.y, method="svi", steps=1, lr=1e-9, init=init)

@@ -8,7 +8,10 @@ other seed's members). The posterior is the equal-weight mixture of point masses
 
     p(w | D) ≈ (1/M) Σ_m δ(w − ŵ_m),   p(y | x, D) ≈ (1/M) Σ_m p(y | x, ŵ_m),
 
-which Wilson & Izmailov (2020) read as a Bayesian model average over basins of attraction.
+which Wilson & Izmailov (2020) read as a Bayesian model average over basins of attraction. Each member's Adam run
+is finished by up to ``newton_steps`` damped Newton steps on the full-data potential and checked by its Newton
+decrement, exactly as a MAP fit (`pyro_bdl.infer.map`, module docs: why Adam alone stops short on sharp or
+ill-conditioned posteriors); a line search keeps every step downhill, so a member stays in its basin.
 It is a [`SamplesPosterior`][pyro_bdl.SamplesPosterior] with M chains of one draw each, so members are
 separate chains in ``draws_by_chain`` (diagnostics compare them like independent runs).
 
@@ -41,16 +44,18 @@ from ..model.potential import Objective
 from ..posterior.samples import SamplesPosterior
 from . import driver
 from .data import FitData
-from .map import fresh_theta, optimiser_class, run_map
+from .map import check_newton_steps, fresh_theta, optimiser_class, run_map
 from .members import run_members
 from .options import run_length
 from .registry import register
 from .stacking import group_path, stack_size
+from .stationarity import NEWTON_STEPS, warn_point
 
 def fit_group(model: BayesianModel, data: FitData, members: Sequence[int], seeds: Sequence[int],
               options: Dict[str, Any], seed: int, progress: Optional[bool], checkpoint: Optional[str],
               objective: Optional[Objective] = None):
-    """Train the ``members`` (seeds ``seeds``) stacked; returns ``(θ (m, P), loss (m, steps), wall time)``.
+    """Train the ``members`` (seeds ``seeds``) stacked, each finished by Newton steps (`pyro_bdl.infer.map.finish`);
+    returns ``(θ (m, P), loss (m, steps), wall time, stationarity check)``.
     A module-level function, so it can run in a spawned process; in this process the ensemble's own
     ``objective`` is passed, so its set-up (the model trace, the prior, the compiled density's check) is done
     once for every group, not once per group."""
@@ -63,15 +68,17 @@ def fit_group(model: BayesianModel, data: FitData, members: Sequence[int], seeds
                                                           members=list(members), start=ckpt.tensor_hash(theta0))
     result = run_map(model, data, theta0, seeds, objective=objective, steps=steps, lr=options["lr"],
                      lr_decay=options["lr_decay"], optimiser=options["optimiser"], desc="ensemble",
-                     progress=progress, checkpoint=checkpoint, fingerprint=fp)
-    return result.state["theta"].detach(), result.loss, result.wall_time
+                     progress=progress, checkpoint=checkpoint, fingerprint=fp,
+                     newton_steps=options["newton_steps"])
+    result, check = result
+    return result.state["theta"].detach(), result.loss, result.wall_time, check
 
 
 @register("ensemble")
 def fit_ensemble(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], num_chains: int = 5,
                  steps: Optional[int] = None, epochs: Optional[int] = None, lr: float = 0.01,
                  lr_decay: float = 0.1, optimiser: Union[str, type] = "adam", stack: Union[str, bool, int] = "auto",
-                 workers: int = 1, checkpoint: Optional[str] = None) -> SamplesPosterior:
+                 workers: int = 1, newton_steps: int = NEWTON_STEPS, checkpoint: Optional[str] = None) -> SamplesPosterior:
     """A deep ensemble of ``num_chains`` MAP members from seeds ``spawn_seeds(seed, num_chains)``.
 
     Args:
@@ -80,19 +87,23 @@ def fit_ensemble(model: BayesianModel, data: FitData, *, seed: int, progress: Op
         stack: members stepped together by ``torch.func.vmap``: ``"auto"`` (as many as memory allows),
             ``True`` (all), ``False`` (one at a time) or a number.
         workers: processes training groups of members in parallel (1: in this process).
+        newton_steps: full-data Newton steps that finish each member (default 5; 0: none), see `fit_map`.
         checkpoint: file where the run's state is saved after every epoch; rerunning resumes (module docs).
 
     ``info``: ``loss`` ``(M, steps)``, each member's loss per step; ``options``; ``wall_time``;
-    ``member_seeds``; ``stack``, the members per group. ``sample_stats["loss"]``: each member's final loss, ``(M, 1)``.
+    ``member_seeds``; ``stack``, the members per group; ``stationarity_offset`` and ``newton_decrement``, lists of
+    each member's (`fit_map`; a `StationarityWarning` names the worst member above 0.4).
+    ``sample_stats["loss"]``: each member's final (optimiser) loss, ``(M, 1)``.
     """
     check_int(num_chains, "num_chains", 1)
     check_int(workers, "workers", 1)
     checkpoint = ckpt.check_path(checkpoint)
     run_length(data, steps, epochs, default=2000)  # bad step counts fail before any work
     optimiser_class(optimiser)
+    check_newton_steps(newton_steps)
     options = {"steps": steps, "epochs": epochs, "lr": lr, "lr_decay": lr_decay,
                "optimiser": optimiser if isinstance(optimiser, str) else optimiser.__qualname__,
-               "num_chains": num_chains}
+               "num_chains": num_chains, "newton_steps": newton_steps}
     objective = Objective(model, data.example_x(2))
     size = stack_size(stack, num_chains, model, data, objective)
     if workers > 1:  # spread the members over the processes
@@ -105,8 +116,12 @@ def fit_ensemble(model: BayesianModel, data: FitData, *, seed: int, progress: Op
     results = run_members(fit_group, args, workers=workers)
     theta = torch.cat([r[0] for r in results])
     loss = torch.cat([r[1] for r in results])
+    offsets = [z for r in results for z in r[3]["stationarity_offset"]]
+    decrements = [lam for r in results for lam in r[3]["newton_decrement"]]
+    warn_point("ensemble", run_length(data, steps, epochs, default=2000), offsets, stacklevel=4)
     values = objective.to_constrained(theta)
     samples = {k: v.unsqueeze(1) for k, v in values.items()}
     return SamplesPosterior(model, samples, "ensemble", sample_stats={"loss": loss[:, -1:].detach().cpu()},
                             info=driver.info(loss, options, sum(r[2] for r in results), losses=loss.detach().cpu(),
-                                             member_seeds=seeds, num_chains=num_chains, stack=size))
+                                             member_seeds=seeds, num_chains=num_chains, stack=size,
+                                             stationarity_offset=offsets, newton_decrement=decrements))

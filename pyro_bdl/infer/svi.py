@@ -50,9 +50,12 @@ from .._util.random import seeded, spawn_seeds
 from .data import FitData
 from .divergence import DivergenceCheck, loss_floor, nonfinite_start_message
 from . import driver
-from .map import example_batch, start_values
+from .map import check_newton_steps, example_batch, start_values
 from .options import run_length
 from .registry import register
+from .stationarity import (STATIONARITY_TOLERANCE, StationarityWarning,  # noqa: F401 (re-exported)
+                           full_chunks, full_gradient, full_value)
+from ..model.potential import Objective
 
 GUIDES = {"normal": AutoNormal, "lowrank": AutoLowRankMultivariateNormal, "fullrank": AutoMultivariateNormal}
 
@@ -134,19 +137,31 @@ def curvature_scales(model: BayesianModel, data: FitData, values: Dict[str, torc
     return {name: (precision[name] + fisher[name]).rsqrt() for name in real}
 
 
-class StationarityWarning(UserWarning):
-    """The fitted guide's mean is not at a stationary point of the ELBO (`stationarity_offsets`): run longer."""
-
-
 #: antithetic pairs of guide draws behind `stationarity_offsets` (one pair is exact for a Gaussian target)
 STATIONARITY_PAIRS = 2
-#: `stationarity_offsets` above this many guide sds (in any coordinate) warn: the issue-13 bar on a mean is 0.2
-#: posterior sd on average, 0.4 for the worst coordinate; a Newton estimate of twice that is clearly outside it
-STATIONARITY_TOLERANCE = 0.8
+
+
+def _full_data_potential(model: BayesianModel, data: FitData, names, sizes, shapes, objective: Optional[Objective]):
+    """U_b(θ) of one chunk, θ flat in the guide's latent order (``names``), for `stationarity.full_gradient`.
+
+    The compiled potential (`Objective.potential`: no Pyro trace) where the model compiles and its latent sites are
+    the guide's; the traced ``−model.log_joint`` otherwise. Both are −log p̃(D_b, w; N) (the guide's sites are all
+    real, so θ = w and there is no Jacobian); they agree to rounding (`Objective` checks it on its first call)."""
+    N = data.dataset_size
+    if objective is not None and objective.compiled and set(objective.layout.names) == set(names):
+        def compiled(theta, x, y):
+            values = {n: t.reshape(s) for n, t, s in zip(names, torch.split(theta, sizes), shapes)}
+            return objective.potential(objective.layout.flatten(values), x, y, N)
+        return compiled
+
+    def traced(theta, x, y):
+        values = {n: t.reshape(s) for n, t, s in zip(names, torch.split(theta, sizes), shapes)}
+        return -model.log_joint(values, x, y, dataset_size=N)
+    return traced
 
 
 def stationarity_offsets(guide, model: BayesianModel, data: FitData, seed: int,
-                         pairs: int = STATIONARITY_PAIRS) -> Optional[torch.Tensor]:
+                         pairs: int = STATIONARITY_PAIRS, objective: Optional[Objective] = None) -> Optional[torch.Tensor]:
     """The guide mean's offset from the ELBO's stationary point, per coordinate, in the guide's sds (flat, the
     guide's latent order); None where it is not defined (a user guide, constrained sites, augmented data).
 
@@ -157,7 +172,9 @@ def stationarity_offsets(guide, model: BayesianModel, data: FitData, seed: int,
     with a mean-field Σ_q = diag(1/Λ_kk) it is the error along each coordinate with the others held (smaller where
     the posterior is correlated). E_q[∇U] is estimated from ``pairs`` antithetic draws μ ± e (e ~ N(0, Σ_q)): the
     pair average is unbiased for any U and exact for a quadratic one. Cost: 2·``pairs`` full passes over the data.
-    The gradient is the full data's: Σ_b (B_b/N)·log p̃(D_b, w; N) counts the prior once and the likelihood exactly.
+    The gradient is the full data's (`pyro_bdl.infer.stationarity.full_gradient`: Σ_b (B_b/N)·∇U_b counts the prior
+    once and the likelihood exactly), on the compiled potential of ``objective`` where the model compiles (no Pyro
+    trace per chunk) and on the traced log joint otherwise (`_full_data_potential`).
     """
     if data.augment is not None or not isinstance(guide, tuple(GUIDES.values())):
         return None
@@ -180,28 +197,123 @@ def stationarity_offsets(guide, model: BayesianModel, data: FitData, seed: int,
             chol = torch.linalg.cholesky(cov + 1e-12 * sd.pow(2).mean() * torch.eye(len(loc), dtype=loc.dtype))
     sizes = [math.prod(s) for s in shapes]
     N = data.dataset_size
+    loss = _full_data_potential(model, data, names, sizes, shapes, objective)
     grads = []
     for _ in range(pairs):
         eps = torch.randn(loc.shape, generator=generator, dtype=loc.dtype).to(loc.device)
         e = sd * eps if cov is None else chol @ eps
         for sign in (1.0, -1.0):
-            theta = (loc + sign * e).detach().requires_grad_(True)
-            values = {n: t.reshape(s) for n, t, s in zip(names, torch.split(theta, sizes), shapes)}
-            total = 0.0
-            for xb, yb in data.epoch():
-                rows = yb.shape[0]
-                total = total + (rows / N) * model.log_joint(values, xb, yb, dataset_size=N)
-            (g,) = torch.autograd.grad(-total, theta)
+            _, g = full_gradient(loss, (loc + sign * e).detach(), data)
             grads.append(g)
     mean_grad = torch.stack(grads).mean(0)
     offset = sd.pow(2) * mean_grad if cov is None else cov @ mean_grad
     return (offset / sd).detach()
 
 
-def warn_if_not_stationary(guide, model: BayesianModel, data: FitData, seed: int, steps: int) -> Optional[float]:
+#: the largest P whose full-rank guide is finished by `finish_fullrank` (it forms the P×P Hessian: P HVPs per draw)
+FINISH_MAX_PARAMS = 200
+#: antithetic pairs behind each `finish_fullrank` step's E_q[∇U], E_q[∇²U], and behind its ELBO comparison
+FINISH_PAIRS, FINISH_ELBO_PAIRS = 2, 8
+#: `finish_fullrank` steps by default (``newton_steps``)
+SVI_NEWTON_STEPS = 3
+
+
+def finish_fullrank(guide, model: BayesianModel, data: FitData, seed: int, objective: Optional[Objective],
+                    steps: int) -> int:
+    """Finish a full-rank Gaussian guide q = N(μ, Σ) with up to ``steps`` fixed-point (Newton) steps of the ELBO;
+    returns how many were taken (0 where it does not apply: another guide, P > ``FINISH_MAX_PARAMS``, constrained
+    sites, augmented data, or no step improved the ELBO).
+
+    At the ELBO's optimum over Gaussian q (Opper & Archambeau 2009; Bonnet's and Price's theorems)
+
+        E_q[∇U] = 0,    Σ⁻¹ = E_q[∇²U],
+
+    with U the full-data tempered potential. One step sets H̄ = E_q[∇²U], ḡ = E_q[∇U] at the current q and
+
+        μ ← μ − H̄⁻¹ ḡ,    Σ ← H̄⁻¹,
+
+    the natural-gradient step of size 1 for a Gaussian (Khan & Lin 2017; Khan & Rue 2023's Bayesian learning rule):
+    Newton's method on μ with the expected Hessian. For a Gaussian posterior N(m, Λ⁻¹), H̄ = Λ and ḡ = Λ(μ − m)
+    exactly (antithetic draws μ ± e make ḡ exact, and H̄ is constant), so one step lands on the exact optimum
+    μ = m, Σ = Λ⁻¹ from anywhere: Adam's noise floor and its slow progress along an ill-conditioned posterior's weak
+    directions (issue 13, notes/issue-13-mapsvi.md) are both gone. Elsewhere the step is taken only if the ELBO,
+    −E_q[U] + ½ log det Σ, estimated with the same ``FINISH_ELBO_PAIRS`` antithetic standard-normal draws for the
+    old and new q (common random numbers), does not decrease, and only while H̄ is positive definite.
+    """
+    if steps == 0 or data.augment is not None or not isinstance(guide, AutoMultivariateNormal):
+        return 0
+    names = [name for name, _ in guide.prototype_trace.iter_stochastic_nodes()]
+    if not all(_is_real(guide.prototype_trace.nodes[n]["fn"].support) for n in names):
+        return 0
+    P = guide.loc.numel()
+    if P > FINISH_MAX_PARAMS:
+        return 0
+    shapes = [guide.prototype_trace.nodes[n]["value"].shape for n in names]
+    sizes = [math.prod(s) for s in shapes]
+    loss = _full_data_potential(model, data, names, sizes, shapes, objective)
+    generator = torch.Generator().manual_seed(seed + 4)
+    dtype, device = guide.loc.dtype, guide.loc.device
+    eps_elbo = torch.randn(FINISH_ELBO_PAIRS, P, generator=generator, dtype=dtype).to(device)
+
+    def elbo(mu, chol):
+        e = eps_elbo @ chol.T
+        u = [float(full_value(loss, mu + sign * d, data)) for d in e for sign in (1.0, -1.0)]
+        return -sum(u) / len(u) + float(chol.diagonal().log().sum())
+
+    def moments(mu, chol):
+        g, h = torch.zeros(P, dtype=dtype, device=device), torch.zeros(P, P, dtype=dtype, device=device)
+        draws = torch.randn(FINISH_PAIRS, P, generator=generator, dtype=dtype).to(device) @ chol.T
+        for d in draws:
+            for sign in (1.0, -1.0):
+                point = (mu + sign * d).detach()
+                g = g + full_gradient(loss, point, data)[1]
+                h = h + full_hessian(loss, point, data)
+        n = 2 * FINISH_PAIRS
+        return g / n, (h + h.T) / (2 * n)
+
+    with torch.no_grad():
+        posterior = guide.get_posterior()
+        mu, chol = posterior.loc.detach().clone(), posterior.scale_tril.detach().clone()
+    taken = 0
+    current = elbo(mu, chol)
+    for _ in range(steps):
+        g, h = moments(mu, chol)
+        h_chol, info = torch.linalg.cholesky_ex(h)
+        if int(info) != 0:  # H̄ not positive definite: no Gaussian fixed point nearby
+            break
+        new_mu = mu - torch.cholesky_solve(g.unsqueeze(-1), h_chol).squeeze(-1)
+        cov = torch.cholesky_inverse(h_chol)
+        new_chol, info = torch.linalg.cholesky_ex((cov + cov.T) / 2)
+        if int(info) != 0 or not bool(torch.isfinite(new_mu).all()):
+            break
+        value = elbo(new_mu, new_chol)
+        if not math.isfinite(value) or value < current:
+            break
+        mu, chol, current, taken = new_mu, new_chol, value, taken + 1
+    if taken:
+        scale = chol.diagonal()
+        with torch.no_grad(), pyro.settings.context(module_local_params=True):
+            guide.loc.data.copy_(mu)
+            guide.scale = PyroParam(scale.clone(), guide.scale_constraint)
+            guide.scale_tril = PyroParam(chol / scale.unsqueeze(-1), guide.scale_tril_constraint)
+    return taken
+
+
+def full_hessian(loss, theta: torch.Tensor, data) -> torch.Tensor:
+    """∇²U(θ) ``(P, P)`` over the full data (Σ_b (B_b/N)·∇²U_b, `stationarity.full_chunks`), for small P."""
+    N = data.dataset_size
+    out = torch.zeros(theta.numel(), theta.numel(), dtype=theta.dtype, device=theta.device)
+    for xb, yb in full_chunks(data):
+        w = yb.shape[0] / N
+        out = out + w * torch.autograd.functional.hessian(lambda t: loss(t, xb, yb), theta.detach(), vectorize=True)
+    return out
+
+
+def warn_if_not_stationary(guide, model: BayesianModel, data: FitData, seed: int, steps: int,
+                           objective: Optional[Objective] = None) -> Optional[float]:
     """Warn (`StationarityWarning`) when `stationarity_offsets` exceed ``STATIONARITY_TOLERANCE`` guide sds; returns
     the largest offset (None where it is not defined)."""
-    z = stationarity_offsets(guide, model, data, seed)
+    z = stationarity_offsets(guide, model, data, seed, objective=objective)
     if z is None or not bool(torch.isfinite(z).all()):
         return None
     worst = float(z.abs().max())
@@ -547,7 +659,7 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
             guide: Union[str, Any] = "normal", steps: Optional[int] = None, epochs: Optional[int] = None,
             lr: float = 0.01, lr_decay: float = 0.1, num_particles: int = 1, init_scale: Union[float, str] = "auto",
             rank: Optional[int] = None, init: Optional[Dict[str, torch.Tensor]] = None, num_chains: int = 1,
-            checkpoint: Optional[str] = None) -> Union[GuidePosterior, MixturePosterior]:
+            newton_steps: int = SVI_NEWTON_STEPS, checkpoint: Optional[str] = None) -> Union[GuidePosterior, MixturePosterior]:
     """Variational inference with a Pyro autoguide, run by the driver (`SVIRule`, `pyro_bdl.infer.driver`).
 
     Args:
@@ -572,6 +684,10 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
             runs are stepped together on the driver and returned as their equal-weight mixture
             ([`MixturePosterior`][pyro_bdl.MixturePosterior]), as for deep ensembles and Multi-SWAG: the
             runs settle in different modes, which one Gaussian cannot cover. Built-in guides only.
+        newton_steps: for the ``"fullrank"`` guide of at most 200 parameters, fixed-point (Newton) steps of the
+            ELBO on the full data after Adam (`finish_fullrank`: μ ← μ − E_q[∇²U]⁻¹E_q[∇U], Σ ← E_q[∇²U]⁻¹, each
+            kept only if the ELBO does not fall; exact in one step for a Gaussian posterior). Default 3; 0: none.
+            Other guides ignore it.
         checkpoint: file where the run's state (guide parameters, Adam and its schedule, the data
             order's and the ELBO draws' random generators, the loss history) is saved after every
             epoch and at the end; rerunning the same call resumes it bit-identically, and a checkpoint of
@@ -590,10 +706,13 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
     ``info``: the driver schema (`pyro_bdl.infer.driver.info`) — ``loss`` ``(1, steps)`` (the negative
     ELBO estimate per step), ``options``, ``wall_time`` (training, summed over resumes) — plus
     ``guide`` (its class name) and, for one run, ``losses`` (the same losses as a list; deprecated, kept for
-    one release). With ``num_chains`` > 1, ``loss`` is ``(num_chains, steps)`` and the mixture carries the
-    ``info``; each member's ``info`` has its ``seed``.
+    one release), ``stationarity_offset`` (`stationarity_offsets`' worst coordinate, after any Newton steps; a
+    `StationarityWarning` above 0.8) and ``newton_steps_taken``. With ``num_chains`` > 1, ``loss`` is
+    ``(num_chains, steps)`` and the mixture carries the ``info``; each member's ``info`` has its ``seed``,
+    ``stationarity_offset`` and ``newton_steps_taken``.
     """
     num = run_length(data, steps, epochs, default=2000)
+    check_newton_steps(newton_steps)
     _check_init_scale(init_scale)
     check_int(num_chains, "num_chains", 1)
     checkpoint = ckpt.check_path(checkpoint)
@@ -621,24 +740,30 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
     options = {"guide": guide if isinstance(guide, str) else type(guide).__qualname__, "steps": steps,
                "epochs": epochs, "lr": lr, "lr_decay": lr_decay, "num_particles": num_particles,
                "init_scale": init_scale, "rank": rank, "init": None if init is None else sorted(init),
-               "num_chains": num_chains}
+               "num_chains": num_chains, "newton_steps": newton_steps}
 
     def fingerprint(theta0: torch.Tensor) -> Dict[str, Any]:
         # the starting parameters stand for init, init_scale="auto"'s estimate and a user guide's own start
         return ckpt.fingerprint(model, data, "svi", options, seed, start=ckpt.tensor_hash(theta0))
 
     result = run_svi(runs, data, num, lr, lr_decay, seeds, progress, "svi", checkpoint, fingerprint)
+    objective = Objective(model, data.example_x(2)) if isinstance(guide, str) else None
+    # Adam stops short of the ELBO's optimum on sharp or ill-conditioned posteriors (notes/issue-13-mapsvi.md); a
+    # full-rank guide of a small model is finished by the ELBO's own fixed-point equations
+    finished = [finish_fullrank(run.guide, model, data, s, objective, newton_steps) if guide == "fullrank" else 0
+                for run, s in zip(runs, seeds)]
     x0, _ = next(iter(data.epoch()))
     name = type(runs[0].guide).__name__
     # the mean's distance from the ELBO's stationary point, a check the loss history cannot give (it is noisy and
     # flat long before an ill-conditioned posterior's weak directions converge): notes/issue-13-sweep.md
-    offsets = [warn_if_not_stationary(run.guide, model, data, s, num) if isinstance(guide, str) else None
+    offsets = [warn_if_not_stationary(run.guide, model, data, s, num, objective) if isinstance(guide, str) else None
                for run, s in zip(runs, seeds)]
     if num_chains == 1:
         return GuidePosterior(model, runs[0].guide, "svi", x0,
                               info=driver.info(result.loss, options, result.wall_time,
                                                losses=result.loss[0].tolist(), guide=name,
-                                               stationarity_offset=offsets[0]))
-    members = [GuidePosterior(model, run.guide, "svi", x0, info={"seed": s, "stationarity_offset": z})
-               for run, s, z in zip(runs, seeds, offsets)]
+                                               stationarity_offset=offsets[0], newton_steps_taken=finished[0]))
+    members = [GuidePosterior(model, run.guide, "svi", x0, info={"seed": s, "stationarity_offset": z,
+                                                                 "newton_steps_taken": f})
+               for run, s, z, f in zip(runs, seeds, offsets, finished)]
     return MixturePosterior(members, "svi", info=driver.info(result.loss, options, result.wall_time, guide=name))
