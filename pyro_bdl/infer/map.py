@@ -244,7 +244,8 @@ def finish(rule: MAPRule, theta: torch.Tensor, data: FitData, newton_steps: int,
                 continue
             t, dec = newton_refine(loss, theta[k], data, newton_steps, seed=int(seeds[k]) + 3)
             out.append(t)
-            defined = dec.positive and math.isfinite(dec.lam)  # no Laplace meaning at negative curvature
+            # none above LARGE_PARAMS; no Laplace meaning at negative curvature
+            defined = dec is not None and dec.positive and math.isfinite(dec.lam)
             check["stationarity_offset"].append(dec.rms if defined else None)
             check["newton_decrement"].append(dec.lam if defined else None)
     return torch.stack(out), check
