@@ -84,8 +84,14 @@ def _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoin
         raise TypeError(f"checkpoint must be a file path, got {type(checkpoint).__name__}")
 
 
+def _plain(preconditioner) -> bool:
+    """Whether ``preconditioner`` names the plain kernel (fixed step): ``None``, ``"none"`` or ``"plain"`` — the one
+    place this is decided (`_lr_unit` reads the unit of lr from it, `_preconditioner` normalises the name)."""
+    return preconditioner is None or preconditioner in ("none", "plain")
+
+
 def _preconditioner(value, per_datapoint: bool) -> Optional[str]:
-    if value in ("none", "plain"):
+    if _plain(value):
         value = None
     if value not in PRECONDITIONERS:
         raise ValueError(f"unknown preconditioner {value!r}; choose 'fisher' (default), 'rmsprop' or None "
@@ -156,7 +162,7 @@ def _lr_unit(method: str, per_datapoint: Optional[bool], preconditioner, stackle
     csgmcmc read it). ``per_datapoint=False`` (ε = lr on the full-data potential U, the plain sgld/sghmc reading
     until this release) still works and warns (``DeprecationWarning``) for one release. The adaptive kernels'
     ``lr`` is dimensionless (G_i·H_ii ≤ lr); ``per_datapoint`` does not apply to them."""
-    plain = preconditioner in (None, "none", "plain")
+    plain = _plain(preconditioner)
     if per_datapoint is None:
         return plain
     if per_datapoint is False and plain:
