@@ -16,7 +16,8 @@ configurations and shuffled independently (seed 2026), and each configuration ha
 Every method runs at its DEFAULT options, the run length included (the SG-MCMC methods' default epochs,
 max(200, ⌈4000 / steps per epoch⌉, shown); until issue 13 this script chose min(200, max(20, 4000·B/N)) itself);
 only the number of chains (2 for the SG-MCMC methods, their default is 1) and cSG-MCMC's ``samples_per_cycle=20``
-(3 draws per cycle give no variance estimate) are chosen, as in tests/test_sgmcmc_tempered.py. The exact p_T is tests/blr.py's closed form (posterior tempering).
+(3 draws per cycle give no variance estimate) are chosen, as in tests/test_sgmcmc_tempered.py. The exact p_T is
+tests/blr.py's closed form (posterior tempering).
 
 Columns: var = Var(draws)/(T·exact) averaged over coordinates (mean-field SVI: against its optimum 1/Λ_T,ii),
 worst = the coordinate ratio furthest from 1 (as the ratio), eig = the range of the eigenvalues of

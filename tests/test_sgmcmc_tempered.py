@@ -94,7 +94,8 @@ def test_draws_not_mixed_along_a_rotated_stiff_direction_warn():
     q, _ = torch.linalg.qr(z - z.mean(0))  # centred: orthogonal to the bias column (as the BLR sweep's design)
     v, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
     x = n ** 0.5 * q @ torch.diag(1e3 ** (-torch.linspace(0, 1, d, dtype=torch.float64) / 2)) @ v.T
-    y = x @ torch.randn(d, generator=g, dtype=torch.float64) + 0.3 + 2.0 * torch.randn(n, generator=g, dtype=torch.float64)
+    noise = 2.0 * torch.randn(n, generator=g, dtype=torch.float64)
+    y = x @ torch.randn(d, generator=g, dtype=torch.float64) + 0.3 + noise
     from blr import BLR
     blr = BLR(x.float(), y.float(), 1.0, 2.0)
     with warnings.catch_warnings(record=True) as caught:
@@ -208,9 +209,9 @@ def test_csgmcmc_warns_when_its_warmups_are_too_short():
 
 @pytest.mark.parametrize("T, seed", [(1.0, 0), (0.01, 1)])
 def test_csgmcmc_defaults_on_a_relu_classifier(T, seed):
-    """Digits ReLU MLP, cSG-MCMC at defaults but the earlier default length (200 epochs = 1000 steps, 4 cycles, 25-step
-    warm-ups; the default is now 800 epochs here, `default_run_length`, and 200 keeps this test's cost). Before the exploration's
-    descent, the momentum refresh and the prior-curvature bound on every adaptive step, these two runs read a kinetic
+    """Digits ReLU MLP, cSG-MCMC at defaults but the earlier default length (200 epochs = 1000 steps, 4 cycles,
+    25-step warm-ups; the default is now 800 epochs here, `default_run_length`, and 200 keeps this test's cost).
+    Before the exploration's descent, the momentum refresh and the prior-curvature bound on every adaptive step, these two runs read a kinetic
     temperature of 3.3·T and diverged (at the first cycles' sampling steps); over T ∈ {1, 0.1, 0.01} × seeds 0–2 the
     old code had kinetic temperatures up to 22·T and one divergence, the new one 8 of 9 runs within 17% of T and one
     divergence (T = 0.01, seed 2: notes/issue-13-csgmcmc.md)."""

@@ -71,7 +71,8 @@ def _moments(draws):
 
 @pytest.mark.parametrize("method,options", [
     ("map", dict(num_steps=300, lr=0.05)), ("svi", dict(num_steps=300, lr=0.05)),
-    ("nuts", dict(backend="pyro", num_samples=40, warmup=40)), ("swag", dict(batch_size=10, epochs=20)), ("sghmc", dict(batch_size=10, epochs=200)),
+    ("nuts", dict(backend="pyro", num_samples=40, warmup=40)), ("swag", dict(batch_size=10, epochs=20)),
+    ("sghmc", dict(batch_size=10, epochs=200)),
     ("csgmcmc", dict(batch_size=10, epochs=200)), ("ensemble", dict(num_models=2, num_steps=300, lr=0.05)),
 ])
 def test_user_model_every_gradient_method_runs_near_the_posterior(method, options):

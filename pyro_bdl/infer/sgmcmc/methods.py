@@ -251,7 +251,8 @@ def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Option
             ≥ 20 batches per epoch run 200 epochs as in earlier releases. The resolved value is
             ``info["epochs"]`` (and ``info["options"]["epochs"]``).
         warmup: burn-in epochs discarded before the first draw (default ``epochs // 4``, of the resolved epochs:
-            ≥ 1000 steps at the default length; formerly ``burnin``). The adaptive kernels spend its first half moving to the posterior's bulk (noise-free RMSprop steps of size
+            ≥ 1000 steps at the default length; formerly ``burnin``). The adaptive kernels spend its first half
+            moving to the posterior's bulk (noise-free RMSprop steps of size
             ``explore_lr`` with momentum 0.9) and its second half estimating E[ĝ²] and the gradient noise.
         thin: a draw at the end of every ``thin``-th epoch after the burn-in. Default: 1 when ``epochs`` is given,
             else ⌊epochs / 200⌋, so a default run keeps ≈ 150 draws per chain however long it is (``info["thin"]``).
