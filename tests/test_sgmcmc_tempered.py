@@ -211,10 +211,10 @@ def test_csgmcmc_warns_when_its_warmups_are_too_short():
 def test_csgmcmc_defaults_on_a_relu_classifier(T, seed):
     """Digits ReLU MLP, cSG-MCMC at defaults but the earlier default length (200 epochs = 1000 steps, 4 cycles,
     25-step warm-ups; the default is now 800 epochs here, `default_run_length`, and 200 keeps this test's cost).
-    Before the exploration's descent, the momentum refresh and the prior-curvature bound on every adaptive step, these
-    two runs read a kinetic temperature of 3.3·T and diverged (at the first cycles' sampling steps); over T ∈ {1, 0.1, 0.01} × seeds 0–2 the
-    old code had kinetic temperatures up to 22·T and one divergence, the new one 8 of 9 runs within 17% of T and one
-    divergence (T = 0.01, seed 2: notes/issue-13-csgmcmc.md)."""
+    Before the exploration's descent, the momentum refresh and the prior-curvature bound on every adaptive step,
+    these two runs read a kinetic temperature of 3.3·T and diverged (at the first cycles' sampling steps); over
+    T ∈ {1, 0.1, 0.01} × seeds 0–2 the old code had kinetic temperatures up to 22·T and one divergence, the new one
+    8 of 9 runs within 17% of T and one divergence (T = 0.01, seed 2: notes/issue-13-csgmcmc.md)."""
     from pyro_bdl.examples.datasets import load_dataset
     ds = load_dataset("digits", train_size=500)
     torch.manual_seed(0)
