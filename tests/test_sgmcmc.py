@@ -168,6 +168,22 @@ def test_csgmcmc_run_collects_in_sampling_stage_and_explores_without_noise():
     assert not torch.equal(loss0[6:], loss1[6:])
 
 
+def test_csgmcmc_sgld_starts_each_exploration_at_rest(monkeypatch):
+    """SGLD has no momentum of its own; the adaptive exploration is SGD with momentum 0.9. The first exploration step
+    of cycle 2 used to add 0.9·v of cycle 1's last exploration step (v untouched through its warm-up and sampling,
+    notes/issue-15-sgmcmc-review.md); now every exploration starts at v = 0."""
+    from pyro_bdl.infer.sgmcmc import kernels
+    seen, step = [], kernels.step_
+    monkeypatch.setattr(kernels, "step_", lambda theta, v, *a: (seen.append(v.abs().max().item()), step(theta, v, *a)))
+    x, y = blr_data()
+    post = bdl.fit(blr_model(), x, y, method="csgmcmc", cycles=2, epochs=200, samples_per_cycle=2, sampler="sgld",
+                   batch_size=B, seed=0, progress=False)
+    stage = post.info["stage"]
+    starts = [k for k in range(1, len(stage)) if stage[k] == 0 and stage[k - 1] != 0]
+    assert starts == [200] and seen[0] == 0.0
+    assert seen[199] > 0 and seen[200] == 0.0, (seen[199], seen[200])  # cycle 1 ends with v ≠ 0; cycle 2 starts at rest
+
+
 def test_csgmcmc_sghmc_inner_and_chains():
     x, y = blr_data()
     post = bdl.fit(blr_model(), x, y, method="csgmcmc", sampler="sghmc", lr=0.05, momentum_decay=0.2, cycles=2,

@@ -47,7 +47,7 @@ def test_same_tempered_minibatch_log_joint_as_bayesian_model(temperature, temper
 
 @pytest.mark.parametrize("method,options", [
     pytest.param("nuts", dict(backend="pyro", num_samples=300, warmup=150), marks=pytest.mark.slow),
-    ("sgld", dict(batch_size=10)),
+    ("sgld", dict(batch_size=10, epochs=200)),  # the SG-MCMC default before it was stated in steps (600 steps)
     pytest.param("svi", dict(num_steps=1500), marks=pytest.mark.slow),
 ])
 def test_user_model_recovers_the_closed_form(method, options):
@@ -71,8 +71,9 @@ def _moments(draws):
 
 @pytest.mark.parametrize("method,options", [
     ("map", dict(num_steps=300, lr=0.05)), ("svi", dict(num_steps=300, lr=0.05)),
-    ("nuts", dict(backend="pyro", num_samples=40, warmup=40)), ("swag", dict(batch_size=10, epochs=20)), ("sghmc", dict(batch_size=10)),
-    ("csgmcmc", dict(batch_size=10)), ("ensemble", dict(num_models=2, num_steps=300, lr=0.05)),
+    ("nuts", dict(backend="pyro", num_samples=40, warmup=40)), ("swag", dict(batch_size=10, epochs=20)),
+    ("sghmc", dict(batch_size=10, epochs=200)),
+    ("csgmcmc", dict(batch_size=10, epochs=200)), ("ensemble", dict(num_models=2, num_steps=300, lr=0.05)),
 ])
 def test_user_model_every_gradient_method_runs_near_the_posterior(method, options):
     b = make_blr(n=30)

@@ -101,7 +101,14 @@ temperature) of Wenzel et al. (2020) at every sampling step — per draw in ``sa
 ``info["configurational_temperature"]`` / ``info["kinetic_temperature"]``, in
 [`pyro_bdl.diagnostics.summary`][pyro_bdl.evaluate.diagnostics.summary] — and warns with a
 [`SamplerWarning`][pyro_bdl.evaluate.diagnostics.SamplerWarning] when they disagree with T
-(`pyro_bdl.evaluate.diagnostics.sampler` defines both statistics). ``info`` also holds
+(`pyro_bdl.evaluate.diagnostics.sampler` defines both statistics). The temperatures are dominated by the stiff
+directions, so a run whose draws have not relaxed along the soft ones (a rotated ill-conditioned posterior that a
+diagonal preconditioner cannot whiten) reads T there; for models with fewer coordinates than a quarter of the draws
+the run also computes the split R-hat of the draws on their principal directions in the preconditioner's metric
+(``info["split_rhat"]``, largest variance first; ``None`` for larger models) and warns above 1.1
+(`.mixing`). **Run length.** The default ``epochs=None`` runs max(200, ⌈4000 / batches per epoch⌉) epochs, at
+least 4000 steps, because the adaptive kernels mix per step, not per epoch (`.methods.default_run_length`);
+``info["epochs"]`` / ``info["thin"]`` hold the values used. ``info`` also holds
 the driver's schema (``loss`` ``(chains, K)``, each chain's loss per step; ``options``, the method's
 options as plain data; ``wall_time``, seconds of sampling summed over resumes; and the options as top-level
 keys, as before), the per-step ``step_size`` schedule ``(K,)`` (units of the stage's lr),

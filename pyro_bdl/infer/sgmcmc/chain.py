@@ -145,6 +145,10 @@ class Chain:
         k, stages, lr = self.k, ctx.stages, ctx.lr
         chain, moments, plain_moments, frozen = self.chain, self.moments, self.plain_moments, self.frozen
         stage = stages[k]
+        if ctx.adaptive and dynamics.kernel == "sgld" and stage == EXPLORE and k > 0 and stages[k - 1] != EXPLORE:
+            # cSG-MCMC's next cycle: SGLD has no momentum of its own, so v is still the previous exploration's last
+            # SGD-with-momentum step, untouched through its warm-up and sampling; the new exploration starts at rest
+            chain.momentum.zero_()
         if ctx.adaptive and ctx.resets[k]:
             if not (dynamics.pool_windows and state["frozen_once"]):
                 moments, plain_moments = K.reset_means(moments), K.reset_means(plain_moments)

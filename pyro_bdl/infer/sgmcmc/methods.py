@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 from torch.utils.data import RandomSampler
@@ -47,6 +47,28 @@ DESCENT_FRACTION = 0.25
 #: 4 of 6 runs and read kinetic temperatures of 21·T and 5500·T in the other two; at 200 epochs (25-step warm-ups)
 #: 8 of 9 runs (T = 1, 0.1, 0.01) ran with kinetic T within 17% of T. Shorter warm-ups skip the descent and warn.
 MIN_WARMUP_STEPS = 20
+#: the default run length of sgld/sghmc/csgmcmc is stated in steps: ``epochs=None`` runs
+#: max(DEFAULT_EPOCHS, ⌈DEFAULT_MIN_STEPS / steps per epoch⌉) epochs (`default_run_length`). The adaptive kernels' time
+#: scale is in steps, not epochs: G_i·H_ii ≤ lr whatever N, so a mode relaxes in ≈ 1/lr steps (SGLD, lr = 0.1: 10) and
+#: θ² has an integrated autocorrelation of ≈ 1/lr steps; the ¾ of 4000 steps after the burn-in give a variance
+#: estimate of ESS ≈ 3000/(2/lr) ≈ 150 per chain, relative sd √(2/150) ≈ 0.12, and the burn-in's ¼ gives 500
+#: exploration and 500 moment-estimation steps. Measured (notes/issue-13-sweep.md): BLR cells with N/B ≤ 2 read
+#: variance ratios of 10³–10⁶ at 200 epochs (400 steps) and 0.97 at 4000 steps. Data with ≥ 20 batches per epoch keep
+#: DEFAULT_EPOCHS (the default of earlier releases); below that a default run is longer than 200 epochs.
+DEFAULT_MIN_STEPS = 4000
+DEFAULT_EPOCHS = 200
+
+
+def default_run_length(epochs: Optional[int], thin: Optional[int], steps_per_epoch: int) -> Tuple[int, int]:
+    """``(epochs, thin)`` resolved. ``epochs=None``: max(``DEFAULT_EPOCHS``, ⌈``DEFAULT_MIN_STEPS`` / steps per
+    epoch⌉), so that every default run has at least ``DEFAULT_MIN_STEPS`` steps; ``thin=None`` then keeps a draw every
+    ⌊epochs / ``DEFAULT_EPOCHS``⌋ epochs, so a longer default run keeps as many draws (≈ 150 per chain, the memory of
+    a 200-epoch run) spread over it. Explicit ``epochs`` are run as given, with ``thin`` 1 unless given."""
+    if epochs is None:
+        epochs = max(DEFAULT_EPOCHS, math.ceil(DEFAULT_MIN_STEPS / steps_per_epoch))
+        if thin is None:
+            thin = max(1, epochs // DEFAULT_EPOCHS)
+    return epochs, 1 if thin is None else thin
 
 
 def _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every, workers=1) -> None:
@@ -62,8 +84,14 @@ def _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoin
         raise TypeError(f"checkpoint must be a file path, got {type(checkpoint).__name__}")
 
 
+def _plain(preconditioner) -> bool:
+    """Whether ``preconditioner`` names the plain kernel (fixed step): ``None``, ``"none"`` or ``"plain"`` — the one
+    place this is decided (`_lr_unit` reads the unit of lr from it, `_preconditioner` normalises the name)."""
+    return preconditioner is None or preconditioner in ("none", "plain")
+
+
 def _preconditioner(value, per_datapoint: bool) -> Optional[str]:
-    if value in ("none", "plain"):
+    if _plain(value):
         value = None
     if value not in PRECONDITIONERS:
         raise ValueError(f"unknown preconditioner {value!r}; choose 'fisher' (default), 'rmsprop' or None "
@@ -134,7 +162,7 @@ def _lr_unit(method: str, per_datapoint: Optional[bool], preconditioner, stackle
     csgmcmc read it). ``per_datapoint=False`` (ε = lr on the full-data potential U, the plain sgld/sghmc reading
     until this release) still works and warns (``DeprecationWarning``) for one release. The adaptive kernels'
     ``lr`` is dimensionless (G_i·H_ii ≤ lr); ``per_datapoint`` does not apply to them."""
-    plain = preconditioner in (None, "none", "plain")
+    plain = _plain(preconditioner)
     if per_datapoint is None:
         return plain
     if per_datapoint is False and plain:
@@ -150,6 +178,7 @@ def _constant_run(method: str, model, data, *, seed, progress, lr, epochs, burni
                   init, checkpoint, checkpoint_every, preconditioner, noise_correction, explore_lr=None,
                   momentum_decay=None, gradient="auto", stack="auto", workers=1) -> SamplesPosterior:
     per_datapoint = _lr_unit(method, per_datapoint, preconditioner)
+    epochs, thin = default_run_length(epochs, thin, data.num_batches)
     _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every, workers)
     preconditioner = _preconditioner(preconditioner, per_datapoint)
     adaptive = preconditioner is not None
@@ -199,8 +228,8 @@ Stack = Union[str, bool, int]
 
 @register("sgld")
 def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], lr: Optional[float] = None,
-             epochs: int = 200, warmup: Optional[int] = None, thin: int = 1, num_chains: int = 1,
-             preconditioner: Optional[str] = "fisher", noise_correction: Union[str, bool] = "auto",
+             epochs: Optional[int] = None, warmup: Optional[int] = None, thin: Optional[int] = None,
+             num_chains: int = 1, preconditioner: Optional[str] = "fisher", noise_correction: Union[str, bool] = "auto",
              explore_lr: Optional[float] = None, gradient: str = "auto", per_datapoint: Optional[bool] = None,
              init: Init = "fresh", checkpoint: Optional[str] = None, checkpoint_every: int = 1,
              stack: Stack = "auto", workers: int = 1) -> SamplesPosterior:
@@ -217,10 +246,16 @@ def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Option
             point as every SGD-type ``lr`` (ε = lr/N on the full-data potential; default N·10⁻⁴, the textbook
             ε = 10⁻⁴).
         epochs: passes over the data; each epoch is ``len(loader)`` steps (1 step for full-batch data).
-        warmup: burn-in epochs discarded before the first draw (default ``epochs // 4``; formerly
-            ``burnin``). The adaptive kernels spend its first half moving to the posterior's bulk (noise-free RMSprop steps of size
+            Default (``None``): max(200, ⌈4000 / steps per epoch⌉), at least 4000 steps, because the adaptive
+            kernel mixes per step (G_i·H_ii ≤ lr whatever N), not per epoch (`default_run_length`); data with
+            ≥ 20 batches per epoch run 200 epochs as in earlier releases. The resolved value is
+            ``info["epochs"]`` (and ``info["options"]["epochs"]``).
+        warmup: burn-in epochs discarded before the first draw (default ``epochs // 4``, of the resolved epochs:
+            ≥ 1000 steps at the default length; formerly ``burnin``). The adaptive kernels spend its first half
+            moving to the posterior's bulk (noise-free RMSprop steps of size
             ``explore_lr`` with momentum 0.9) and its second half estimating E[ĝ²] and the gradient noise.
-        thin: a draw at the end of every ``thin``-th epoch after the burn-in.
+        thin: a draw at the end of every ``thin``-th epoch after the burn-in. Default: 1 when ``epochs`` is given,
+            else ⌊epochs / 200⌋, so a default run keeps ≈ 150 draws per chain however long it is (``info["thin"]``).
         num_chains: independent runs (seeds spawned from ``seed``), kept as separate chains.
         preconditioner: ``"fisher"`` (default), ``"rmsprop"`` (Li et al. 2016) or ``None`` (plain kernel).
         noise_correction: subtract the estimated minibatch-gradient variance B̂ from the injected noise
@@ -260,8 +295,8 @@ def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Option
 
 @register("sghmc")
 def fit_sghmc(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], lr: Optional[float] = None,
-              momentum_decay: Optional[float] = None, epochs: int = 200, warmup: Optional[int] = None, thin: int = 1,
-              num_chains: int = 1, preconditioner: Optional[str] = "fisher",
+              momentum_decay: Optional[float] = None, epochs: Optional[int] = None, warmup: Optional[int] = None,
+              thin: Optional[int] = None, num_chains: int = 1, preconditioner: Optional[str] = "fisher",
               noise_correction: Union[str, bool] = "auto", explore_lr: Optional[float] = None,
               gradient: str = "auto", per_datapoint: Optional[bool] = None, init: Init = "fresh",
               checkpoint: Optional[str] = None, checkpoint_every: int = 1, stack: Stack = "auto",
@@ -305,7 +340,7 @@ def _warmups_long_enough(stage: torch.Tensor, cycles: int, epochs: int, steps_pe
 
 @register("csgmcmc")
 def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], lr: Optional[float] = None,
-                cycles: int = 4, exploration: float = 0.8, samples_per_cycle: int = 3, epochs: int = 200,
+                cycles: int = 4, exploration: float = 0.8, samples_per_cycle: int = 3, epochs: Optional[int] = None,
                 sampler: str = "sghmc", momentum_decay: Optional[float] = None, num_chains: int = 1,
                 preconditioner: Optional[str] = "fisher", noise_correction: Union[str, bool] = "auto",
                 explore_lr: Optional[float] = None, gradient: str = "auto", per_datapoint: Optional[bool] = None,
@@ -336,6 +371,8 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
         cycles: M, the number of cycles.
         exploration: β ∈ [0, 1), the fraction of each cycle spent exploring.
         samples_per_cycle: draws kept per cycle.
+        epochs: the run length in passes over the data; default as `fit_sgld` (at least 4000 steps, so each of the
+            default 4 cycles has ≥ 1000 steps: ≥ 100 warm-up steps and ≥ 100 sampling steps).
         sampler: inner sampler, ``"sghmc"`` (default) or ``"sgld"``.
         momentum_decay: friction, as `fit_sghmc` (plain default 0.1).
         per_datapoint: plain kernel only; ``False`` (deprecated) reads α₀ on the full-data potential, as `fit_sgld`.
@@ -345,6 +382,7 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
     per_datapoint = _lr_unit("csgmcmc", per_datapoint, preconditioner, stacklevel=4)
+    epochs, _ = default_run_length(epochs, None, data.num_batches)
     _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every, workers)
     preconditioner = _preconditioner(preconditioner, per_datapoint)
     adaptive = preconditioner is not None

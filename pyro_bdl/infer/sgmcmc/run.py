@@ -29,6 +29,7 @@ from ..stacking import group_path, stack_size
 from .adaptation import Dynamics
 from .chain import Context
 from .gradients import full_data
+from .mixing import principal_split_rhat, warn_if_not_mixed
 from .rule import OwnChecks, SGMCMCRule
 from .schedules import Plan
 
@@ -212,5 +213,10 @@ def _posterior(model, objective, plan: Plan, dynamics: Dynamics, finished, loss:
         info["friction"] = torch.stack([s["frozen"]["friction"] for s in finished]).to(dtype)
         info["gradient_noise"] = torch.stack([s["frozen"]["noise"] for s in finished]).to(dtype)
         info["control_variate"] = torch.tensor([bool(s["frozen"]["cv"]) for s in finished])
+    # mixing along the slow directions, which the temperatures do not see (`.mixing`): in the preconditioner's metric
+    scale = info["preconditioner_step"].mean(0).sqrt() if dynamics.preconditioner is not None else None
+    rhat = principal_split_rhat(draws, scale)
+    info["split_rhat"] = None if rhat is None else torch.from_numpy(rhat)
     temps.warn_if_off(estimates, dynamics.temperature, method)
+    warn_if_not_mixed(rhat, method, len(finished), config.get("epochs"))
     return SamplesPosterior(model, samples, method, sample_stats=sample_stats, info=info)
