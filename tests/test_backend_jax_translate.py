@@ -163,7 +163,9 @@ def test_gradients_and_vmap_match_torch():
     stacked = {k: np.stack([v.detach().numpy() * s for s in (0.5, 1.0, 2.0)]) for k, v in params.items()}
     batched = np.asarray(jax.vmap(f, in_axes=(0, None))(stacked, x.numpy()))
     one = np.asarray(f({k: v[2] for k, v in stacked.items()}, x.numpy()))
-    np.testing.assert_allclose(batched[2], one, rtol=1e-6, atol=1e-6)
+    # float32: XLA may fuse and vectorise the batched program differently from the single one (2e-6 relative seen on
+    # one CPU), so the bar is float32 rounding over a few layers, not 1e-6
+    np.testing.assert_allclose(batched[2], one, rtol=1e-5, atol=1e-5)
 
 
 def test_fixed_parameters_are_constants_and_tied_weights_resolve():
