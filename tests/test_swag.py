@@ -912,8 +912,9 @@ def test_auto_swag_collects_after_the_start_has_relaxed():
     problem = make_blr(n=1000, d=1, noise=0.1, seed=0)
     true_mean, true_cov = problem.posterior()
     start = true_mean + 20 * true_cov.diag().sqrt()
+    init = {"weight": start[:1].reshape(1, 1).float(), "bias": start[1:].float()}
     post = bdl.fit(problem.model(), problem.x, problem.y, method="swag", batch_size=10, epochs=15, warmup=0,
-                   seed=0, progress=False, init={"weight": start[:1].reshape(1, 1).float(), "bias": start[1:].float()})
+                   seed=0, progress=False, init=init)
     mean, cov = moments(post.sample(4000, seed=1))
     eig = _whitened_eigenvalues(cov, true_cov)
     assert 0.5 < eig.min() and eig.max() < 2.0, f"SWAG / exact covariance eigenvalues {eig}"
