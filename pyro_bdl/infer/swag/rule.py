@@ -234,7 +234,8 @@ class SWAGRule(MAPRule):
         state = self.state
         theta, gradient, hvp = self.member_closures(state["theta"][k])
         state["noise"][k] = _start_auto(theta, self.data, generator, self.beta, gradient, self.temperature,
-                                        self.every, AUTO_CAP * self.lrs[k], hvp)
+                                        self.every, AUTO_CAP * self.lrs[k], hvp,
+                                        snapshots=(self.epochs - self.swa_start) * self.per_epoch // self.every)
         with torch.no_grad():
             state["theta"][k].copy_(theta)
         state["fresh"][k] = True
