@@ -58,6 +58,19 @@ def make_blr(n: int = 30, d: int = 2, noise: float = 0.5, prior_scale: float = 1
     return BLR(x, y, prior_scale, noise)
 
 
+def make_rotated_blr(n: int = 50, d: int = 5, noise: float = 0.02, cond: float = 1e3, prior_scale: float = 1.0,
+                     seed: int = 101) -> BLR:
+    """A BLR with an ill-conditioned, rotated design: X = √n·Q·diag(cond^(−j/(2(d−1))))·Vᵀ (Q, V random orthonormal,
+    X's columns centred), so κ(XᵀX) = cond along directions that are no coordinate axis; true β ~ N(0, 1), bias 0.3."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, d, generator=g, dtype=torch.float64)
+    q, _ = torch.linalg.qr(z - z.mean(0))
+    v, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    x = n ** 0.5 * q @ torch.diag(cond ** (-torch.linspace(0, 1, d, dtype=torch.float64) / 2)) @ v.T
+    y = x @ torch.randn(d, generator=g, dtype=torch.float64) + 0.3 + noise * torch.randn(n, generator=g, dtype=torch.float64)
+    return BLR(x.float(), y.float(), prior_scale, noise)
+
+
 def as_matrix(draws: dict) -> torch.Tensor:
     """Weight draws {site: (S, ...)} -> (S, d+1) float64 matrix [weight..., bias]."""
     return torch.cat([draws["weight"].reshape(len(draws["weight"]), -1),

@@ -11,19 +11,12 @@ import pytest
 import torch
 
 import pyro_bdl as bdl
-from blr import BLR, as_matrix
+from blr import as_matrix, make_rotated_blr
 from pyro_bdl.infer import stationarity
 from pyro_bdl.infer.stationarity import StationarityWarning
 
 
-def ill_conditioned(n=50, d=5, noise=0.02, cond=1e3, prior_scale=1.0, seed=101):
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, d, generator=g, dtype=torch.float64)
-    q, _ = torch.linalg.qr(z - z.mean(0))
-    v, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
-    x = n ** 0.5 * q @ torch.diag(cond ** (-torch.linspace(0, 1, d, dtype=torch.float64) / 2)) @ v.T
-    y = x @ torch.randn(d, generator=g, dtype=torch.float64) + 0.3 + noise * torch.randn(n, generator=g, dtype=torch.float64)
-    return BLR(x.float(), y.float(), prior_scale, noise)
+ill_conditioned = make_rotated_blr  # noise 0.02, κ = 10³, seed 101 by default
 
 
 T = 0.01

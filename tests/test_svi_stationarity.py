@@ -8,18 +8,12 @@ import pytest
 import torch
 
 import pyro_bdl as bdl
-from blr import BLR, make_blr
+from blr import make_blr, make_rotated_blr
 from pyro_bdl.infer.svi import StationarityWarning
 
 
 def _ill_conditioned(n=500, d=5, noise=2.0, cond=1e3, seed=102):
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, d, generator=g, dtype=torch.float64)
-    q, _ = torch.linalg.qr(z - z.mean(0))
-    v, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
-    x = n ** 0.5 * q @ torch.diag(cond ** (-torch.linspace(0, 1, d, dtype=torch.float64) / 2)) @ v.T
-    y = x @ torch.randn(d, generator=g, dtype=torch.float64) + 0.3 + noise * torch.randn(n, generator=g, dtype=torch.float64)
-    return BLR(x.float(), y.float(), 1.0, noise)
+    return make_rotated_blr(n, d, noise, cond, 1.0, seed)
 
 
 def test_unconverged_svi_mean_is_flagged():
