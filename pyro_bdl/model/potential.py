@@ -350,12 +350,9 @@ class _FlatPotential:
         if fixed:
             params.update({n: self.network._values[n] for n in fixed})
         out = stacked_forward(self._plan, params, x)
-        if self._rows:  # every piece has a per-run closed form: no vmap at all
-            log_prior = self.terms[0][2](theta) if self.whole else None
-            for i, j, term in ([] if self.whole else self.terms):
-                lp = term(*chunks[i:j])
-                log_prior = lp if log_prior is None else log_prior + lp
-            return self._total(log_prior, None, {}, out, y, dataset_size, runs=1)
+        if self._rows:  # every piece has a per-run closed form (the prior terms reduce over the last dim): no vmap
+            log_prior, values, log_det = self._prior(theta, chunks)
+            return self._total(log_prior, log_det, values, out, y, dataset_size, runs=1)
 
         def rest(t, o, yy):
             log_prior, values, log_det = self._prior(t, t.split(self.numels))
