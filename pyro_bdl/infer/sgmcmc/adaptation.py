@@ -82,6 +82,9 @@ class Dynamics:
     pool_windows: bool = False  # cSG-MCMC: pool the moment means over the cycles' warm-ups (`.chain.Chain.begin`)
     #: per-coordinate floor of the frozen E[ĝ²] of the adaptive kernels (`Objective.prior_curvature`; set by `sample`)
     curvature_floor: Optional[torch.Tensor] = None
+    #: the dense preconditioner (`.whitening`): each chain runs in φ = L⁻¹(θ − θ̂) from its first burn-in window on.
+    #: ``"auto"`` until `pyro_bdl.infer.sgmcmc.run.sample` resolves it to True or False from the model's size
+    dense: Any = False
 
 
 def freeze(moments: K.GradientMoments, plain: K.GradientMoments, dynamics: Dynamics, lr: float,

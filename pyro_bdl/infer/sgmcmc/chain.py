@@ -4,6 +4,7 @@ around the gradient so that the chains of a run can have their gradients evaluat
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -17,6 +18,7 @@ from .adaptation import WARMUP_EMA_DECAY, WARMUP_STEP_GROWTH, Dynamics, freeze, 
 from .gradients import Anchor, Estimates, anchor_at, outside_rng_kept
 from .guard import SpikeGuard, implied_square
 from .record import StepRecord, kinetic_weight
+from .whitening import Whitened, whiten
 from .schedules import EXPLORE, SAMPLE, WARMUP, Plan, descent_anchors, window_resets
 
 
@@ -25,7 +27,7 @@ def start_chain(theta0: torch.Tensor) -> Dict[str, Any]:
     return {"epoch": 0, "theta": theta0, "momentum": torch.zeros_like(theta0),
             "moments": K.init_moments(theta0)._asdict(), "frozen": None, "anchor": None,
             "plain_moments": K.init_moments(theta0)._asdict(), "cv": None, "cv_sum": None, "cv_count": 0,
-            "frozen_once": False, "last_step": None, "warm_step": None, "guard": None,
+            "frozen_once": False, "last_step": None, "warm_step": None, "guard": None, "whiten": None,
             "draws": [], "draw_step_size": [], "draw_loss": [], "draw_kinetic": [], "draw_configurational": [],
             "check_start": None, "kinetic": [], "configurational": []}
 
@@ -121,6 +123,37 @@ class Chain:
         self.noise_rng: Optional[torch.Generator] = None
         self.noise_source: Optional[NoiseSource] = None
         self.use_cv = False
+        self._whitened(state.get("whiten"))
+
+    def _whitened(self, whiten: Optional[Dict[str, torch.Tensor]]) -> None:
+        """The objective and dynamics the chain steps with: the run's (θ coordinates), or after the dense
+        preconditioner's map {θ̂, L} (`.whitening`) the objective in φ and the prior-curvature floor in φ."""
+        ctx = self.ctx
+        self.whitened = None if whiten is None else Whitened(ctx.objective, whiten["shift"], whiten["L"])
+        self.objective = ctx.objective if self.whitened is None else self.whitened
+        self.dynamics = ctx.dynamics if self.whitened is None else replace(
+            ctx.dynamics, curvature_floor=self.whitened.floor(ctx.dynamics.curvature_floor))
+
+    def to_theta(self, x: torch.Tensor) -> torch.Tensor:
+        """A copy of the chain's position ``x`` in θ coordinates."""
+        return x.clone() if self.whitened is None else self.whitened.to_theta(x)
+
+    def _start_whitening(self) -> None:
+        """The dense preconditioner's map at the chain's θ (`.whitening.whiten`), and the chain moved into
+        φ = L⁻¹(θ − θ̂) = 0, its momentum v_φ = L⁻¹v (θ ← θ + v maps to φ ← φ + L⁻¹v), and its EMA of ĝ² set to T·1,
+        the stationary E[ĝ_φ²] without minibatch noise (LᵀHL = I), which the warm-up's own gradients then update
+        (the θ coordinates' EMA has no meaning in φ). Called once, at the first burn-in window's start."""
+        ctx, state = self.ctx, self.state
+        whiten_ = whiten(ctx.objective, ctx.data, self.chain.theta, ctx.T)
+        state["whiten"] = whiten_
+        self._whitened(whiten_)
+        self.chain.momentum.copy_(torch.linalg.solve(whiten_["L"], self.chain.momentum))
+        self.chain.theta.zero_()
+        m = self.moments
+        self.moments = m._replace(ema=torch.full_like(m.ema, ctx.T), ema_mean=torch.zeros_like(m.ema), ema_weight=1.0)
+        p = self.plain_moments
+        self.plain_moments = p._replace(ema=torch.full_like(p.ema, ctx.T), ema_mean=torch.zeros_like(p.ema),
+                                        ema_weight=1.0)
 
     def bind(self, generator: torch.Generator) -> None:
         """Take ``generator`` (the driver's generator of this chain, which also orders its data) and the generator
@@ -141,10 +174,13 @@ class Chain:
     def begin(self) -> Tuple[bool, Optional[Anchor]]:
         """The step's preparation; returns ``(split, anchor)``: whether the gradient noise is estimated from the batch's
         two halves, and the control variate's anchor {θ̂, ∇U(θ̂)} (None: the plain estimate only)."""
-        ctx, state, dynamics = self.ctx, self.state, self.ctx.dynamics
+        ctx, state, dynamics = self.ctx, self.state, self.dynamics
         k, stages, lr = self.k, ctx.stages, ctx.lr
         chain, moments, plain_moments, frozen = self.chain, self.moments, self.plain_moments, self.frozen
         stage = stages[k]
+        if ctx.dynamics.dense and stage != EXPLORE and self.whitened is None:
+            self._start_whitening()
+            dynamics, chain, moments, plain_moments = self.dynamics, self.chain, self.moments, self.plain_moments
         if ctx.adaptive and dynamics.kernel == "sgld" and stage == EXPLORE and k > 0 and stages[k - 1] != EXPLORE:
             # cSG-MCMC's next cycle: SGLD has no momentum of its own, so v is still the previous exploration's last
             # SGD-with-momentum step, untouched through its warm-up and sampling; the new exploration starts at rest
@@ -156,7 +192,7 @@ class Chain:
             if ctx.anchored:  # window start: anchor where exploration ended; midpoint: at the first half's mean θ
                 start = k == 0 or stages[k - 1] != WARMUP
                 at = chain.theta if start or not state["cv_count"] else state["cv_sum"] / state["cv_count"]
-                state["cv"] = anchor_at(ctx.objective, ctx.data, at)
+                state["cv"] = anchor_at(self.objective, ctx.data, at)
                 if start:  # forget the plain gradients' scale: the step adapts to the control variate's,
                     # growing from the plain estimate's step by at most WARMUP_STEP_GROWTH per step
                     plain_square = K.ema_square(moments)
@@ -166,7 +202,7 @@ class Chain:
                     moments = K.reset_ema(moments)
                 state["cv_sum"], state["cv_count"] = torch.zeros_like(chain.theta), 0
         if ctx.descent[k] and ctx.descent_anchor[k]:
-            state["cv"] = anchor_at(ctx.objective, ctx.data, chain.theta)
+            state["cv"] = anchor_at(self.objective, ctx.data, chain.theta)
         if ctx.adaptive and stage == SAMPLE and frozen is None:
             frozen = freeze(moments, plain_moments, dynamics, lr, state["warm_step"])
             state["frozen_once"], state["last_step"] = True, frozen["step"]
@@ -189,7 +225,7 @@ class Chain:
         ``(xb, yb)``): the frozen constants under the spike guard at an adaptive kernel's SAMPLE steps (`_guarded`),
         the moments and the step they give at its EXPLORE and WARMUP steps (`_adapted`), the schedule's step for
         the plain kernel."""
-        ctx, state, dynamics = self.ctx, self.state, self.ctx.dynamics
+        ctx, state, dynamics = self.ctx, self.state, self.dynamics
         k, T, stage = self.k, ctx.T, ctx.stages[self.k]
         chain = self.chain
         g, noise = estimates["cv" if self.use_cv else "plain"]
@@ -214,7 +250,7 @@ class Chain:
         k += 1
         self.k = k
         if k in ctx.draw_set:
-            state["draws"].append(chain.theta.clone())
+            state["draws"].append(self.to_theta(chain.theta))
         if k % ctx.S == 0:
             self.sync()
 
@@ -231,7 +267,7 @@ class Chain:
     def _guarded(self, grad: torch.Tensor) -> Tuple[K.Coefficients, Optional[torch.Tensor]]:
         """A SAMPLE step of an adaptive kernel: the frozen constants bounded by the stage's spike guard
         (`.guard.SpikeGuard`, built once per stage and after a resume), and the kinetic weight of the step taken."""
-        ctx, state, dynamics, frozen = self.ctx, self.state, self.ctx.dynamics, self.frozen
+        ctx, state, dynamics, frozen = self.ctx, self.state, self.dynamics, self.frozen
         k, T, lr = self.k, ctx.T, ctx.lr
         if k == 0 or ctx.stages[k - 1] != SAMPLE:
             state["guard"], self.sampling = None, None  # a new stage: its guard starts at the frozen E[ĝ²]
@@ -253,7 +289,7 @@ class Chain:
         """An EXPLORE or WARMUP step of an adaptive kernel: the gradient moments updated with this step's ĝ (and B̂;
         ``plain``: the plain estimate, measured alongside a control variate), and the step they give — RMSprop with
         momentum 0.9 (EXPLORE; ``noisy`` in a descent) or the warm-up's `.adaptation.step_constants`."""
-        ctx, state, dynamics = self.ctx, self.state, self.ctx.dynamics
+        ctx, state, dynamics = self.ctx, self.state, self.dynamics
         k, T, use_cv = self.k, ctx.T, self.use_cv
         stage, lr_k = ctx.stages[k], ctx.schedule[k]
         chain, moments, plain_moments = self.chain, self.moments, self.plain_moments

@@ -21,12 +21,13 @@ from ..data import FitData
 from ..registry import register
 from .adaptation import Dynamics
 from .run import sample
+from .whitening import DENSE_MAX_SIZE
 from .schedules import (EXPLORE, WARMUP, Plan, constant_schedule, constant_stages, cyclical_draw_steps,
                         cyclical_schedule, cyclical_stages, epoch_draw_steps, exploration_descent)
 
 SAMPLERS = ("sgld", "sghmc")
 INITS = ("fresh", "net")
-PRECONDITIONERS = ("fisher", "rmsprop", None)
+PRECONDITIONERS = ("auto", "dense", "fisher", "rmsprop", None)
 # default lr per (preconditioner, method): fisher lr is dimensionless (G·H ≤ lr), rmsprop lr is in
 # parameter units (as Adam's), plain lr is per data point (ε = lr/N; csgmcmc: Zhang et al.'s α₀ = 0.5)
 DEFAULT_LR = {("fisher", "sgld"): 0.1, ("fisher", "sghmc"): 0.05, ("rmsprop", "sgld"): 1e-4,
@@ -90,16 +91,24 @@ def _plain(preconditioner) -> bool:
     return preconditioner is None or preconditioner in ("none", "plain")
 
 
-def _preconditioner(value, per_datapoint: bool) -> Optional[str]:
+def _preconditioner(value, per_datapoint: bool) -> Tuple[Optional[str], Any]:
+    """``(kernel, dense)``: the kernel's preconditioner (``"fisher"``, ``"rmsprop"`` or None, the plain kernel) and
+    whether it runs in the dense preconditioner's whitened coordinates (`.whitening`): ``"auto"`` (the default: the
+    Fisher kernel, whitened for models of at most `.whitening.DENSE_MAX_SIZE` coordinates, resolved by
+    `.run.sample` once the model's size is known), ``"dense"`` (always whitened) or ``"fisher"`` (the diagonal
+    kernel, never whitened)."""
     if _plain(value):
         value = None
     if value not in PRECONDITIONERS:
-        raise ValueError(f"unknown preconditioner {value!r}; choose 'fisher' (default), 'rmsprop' or None "
-                         "(the plain kernel with a fixed step)")
+        raise ValueError(f"unknown preconditioner {value!r}; choose 'auto' (default: 'dense' for models of at most "
+                         f"{DENSE_MAX_SIZE} parameters, else 'fisher'), 'dense', 'fisher' (diagonal), 'rmsprop' or "
+                         "None (the plain kernel with a fixed step)")
     if value is not None and per_datapoint:
         raise ValueError("per_datapoint applies to the plain kernel only (preconditioner=None): the adaptive "
                          "step lr is already independent of the data set size")
-    return value
+    if value in ("auto", "dense"):
+        return "fisher", "auto" if value == "auto" else True
+    return value, False
 
 
 def _momentum_decay(value, preconditioner: Optional[str], default: Optional[float] = None) -> float:
@@ -180,7 +189,7 @@ def _constant_run(method: str, model, data, *, seed, progress, lr, epochs, burni
     per_datapoint = _lr_unit(method, per_datapoint, preconditioner)
     epochs, thin = default_run_length(epochs, thin, data.num_batches)
     _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every, workers)
-    preconditioner = _preconditioner(preconditioner, per_datapoint)
+    preconditioner, dense = _preconditioner(preconditioner, per_datapoint)
     adaptive = preconditioner is not None
     if lr is None:  # plain: the textbook ε on U, in the unit asked for
         lr = DEFAULT_LR[(preconditioner, method)] if adaptive else PLAIN_EPSILON * (data.dataset_size if per_datapoint else 1)
@@ -199,20 +208,21 @@ def _constant_run(method: str, model, data, *, seed, progress, lr, epochs, burni
     config = {"lr": lr, "epochs": epochs, "warmup": burnin, "burnin": burnin, "thin": thin,
               "per_datapoint": per_datapoint}
     return _sample(method, method, model, data, plan, config, lr=lr, friction=friction, per_datapoint=per_datapoint,
-                   preconditioner=preconditioner, noise_correction=noise_correction, gradient=gradient,
+                   preconditioner=preconditioner, dense=dense, noise_correction=noise_correction, gradient=gradient,
                    explore_lr=explore_lr, seed=seed, progress=progress, num_chains=num_chains, init=init,
                    checkpoint=checkpoint, checkpoint_every=checkpoint_every, stack=stack, workers=workers)
 
 
 def _sample(method: str, kernel: str, model: BayesianModel, data: FitData, plan: Plan, config: Dict[str, Any], *,
             lr: float, friction: float, per_datapoint: bool, preconditioner: Optional[str], noise_correction,
-            gradient: str, explore_lr: float, pool_windows: bool = False, **run: Any) -> SamplesPosterior:
+            gradient: str, explore_lr: float, pool_windows: bool = False, dense: Any = False,
+            **run: Any) -> SamplesPosterior:
     """The `Dynamics` of ``kernel``, the options every SG-MCMC method records (after ``config``'s own), and the run
     (`.run.sample`; ``run``: seed, progress, chains, init, checkpoint, stack, workers)."""
     adaptive = preconditioner is not None
     dynamics = Dynamics(kernel, model.temperature, 1.0 / data.dataset_size if per_datapoint else 1.0, friction,
                         preconditioner, adaptive and _noise_correction(noise_correction, data),
-                        _gradient_mode(gradient, data, adaptive), pool_windows=pool_windows)
+                        _gradient_mode(gradient, data, adaptive), pool_windows=pool_windows, dense=dense)
     config = {**config, "preconditioner": preconditioner, "noise_correction": dynamics.noise_correction,
               "gradient": dynamics.gradient}
     if adaptive:
@@ -229,7 +239,7 @@ Stack = Union[str, bool, int]
 @register("sgld")
 def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], lr: Optional[float] = None,
              epochs: Optional[int] = None, warmup: Optional[int] = None, thin: Optional[int] = None,
-             num_chains: int = 1, preconditioner: Optional[str] = "fisher", noise_correction: Union[str, bool] = "auto",
+             num_chains: int = 1, preconditioner: Optional[str] = "auto", noise_correction: Union[str, bool] = "auto",
              explore_lr: Optional[float] = None, gradient: str = "auto", per_datapoint: Optional[bool] = None,
              init: Init = "fresh", checkpoint: Optional[str] = None, checkpoint_every: int = 1,
              stack: Stack = "auto", workers: int = 1) -> SamplesPosterior:
@@ -296,7 +306,7 @@ def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Option
 @register("sghmc")
 def fit_sghmc(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], lr: Optional[float] = None,
               momentum_decay: Optional[float] = None, epochs: Optional[int] = None, warmup: Optional[int] = None,
-              thin: Optional[int] = None, num_chains: int = 1, preconditioner: Optional[str] = "fisher",
+              thin: Optional[int] = None, num_chains: int = 1, preconditioner: Optional[str] = "auto",
               noise_correction: Union[str, bool] = "auto", explore_lr: Optional[float] = None,
               gradient: str = "auto", per_datapoint: Optional[bool] = None, init: Init = "fresh",
               checkpoint: Optional[str] = None, checkpoint_every: int = 1, stack: Stack = "auto",
@@ -342,7 +352,7 @@ def _warmups_long_enough(stage: torch.Tensor, cycles: int, epochs: int, steps_pe
 def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], lr: Optional[float] = None,
                 cycles: int = 4, exploration: float = 0.8, samples_per_cycle: int = 3, epochs: Optional[int] = None,
                 sampler: str = "sghmc", momentum_decay: Optional[float] = None, num_chains: int = 1,
-                preconditioner: Optional[str] = "fisher", noise_correction: Union[str, bool] = "auto",
+                preconditioner: Optional[str] = "auto", noise_correction: Union[str, bool] = "auto",
                 explore_lr: Optional[float] = None, gradient: str = "auto", per_datapoint: Optional[bool] = None,
                 init: Init = "fresh", checkpoint: Optional[str] = None, checkpoint_every: int = 1,
                 stack: Stack = "auto", workers: int = 1) -> SamplesPosterior:
@@ -384,7 +394,7 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
     per_datapoint = _lr_unit("csgmcmc", per_datapoint, preconditioner, stacklevel=4)
     epochs, _ = default_run_length(epochs, None, data.num_batches)
     _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every, workers)
-    preconditioner = _preconditioner(preconditioner, per_datapoint)
+    preconditioner, dense = _preconditioner(preconditioner, per_datapoint)
     adaptive = preconditioner is not None
     default_lr = DEFAULT_LR[(preconditioner, sampler)] if adaptive else DEFAULT_LR[(None, "csgmcmc")]
     lr = check_float(default_lr if lr is None else lr, "lr", positive=True)
@@ -412,7 +422,7 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
     config = {"lr": lr, "epochs": epochs, "cycles": cycles, "exploration": float(exploration),
               "samples_per_cycle": samples_per_cycle, "per_datapoint": per_datapoint, "sampler": sampler}
     return _sample("csgmcmc", sampler, model, data, plan, config, lr=lr, friction=alpha, per_datapoint=per_datapoint,
-                   preconditioner=preconditioner, noise_correction=noise_correction, gradient=gradient,
+                   preconditioner=preconditioner, dense=dense, noise_correction=noise_correction, gradient=gradient,
                    explore_lr=explore_lr, pool_windows=True, seed=seed, progress=progress, num_chains=num_chains,
                    init=init, checkpoint=checkpoint, checkpoint_every=checkpoint_every, stack=stack,
                    workers=workers)

@@ -66,7 +66,7 @@ class SGMCMCRule:
             for k, c in enumerate(chains):
                 xb, yb = batch.member(k)
                 split, anchor = c.begin()
-                u, estimates = gradient_estimates(self.ctx.objective, c.chain.theta, xb, yb, self.ctx.N, split, anchor)
+                u, estimates = gradient_estimates(c.objective, c.chain.theta, xb, yb, self.ctx.N, split, anchor)
                 c.finish(u, estimates, xb, yb)
                 us.append(u)
         else:

@@ -32,6 +32,7 @@ from .gradients import full_data
 from .mixing import principal_split_rhat, warn_if_not_mixed
 from .rule import OwnChecks, SGMCMCRule
 from .schedules import Plan
+from .whitening import DENSE_MAX_SIZE
 
 # names importable from here since before the split into modules (tests and notes import them from `run`)
 from .adaptation import FROZEN_STEP_CAP, WARMUP_EMA_DECAY, WARMUP_HEAT, WARMUP_STEP_GROWTH, warmup_friction  # noqa: F401
@@ -55,7 +56,8 @@ def run_chain(ctx: Context, theta0: torch.Tensor, seeds: Sequence[int], *, stack
     ``names[k]`` in messages) to the end of the plan on the driver, stacked or one after another within each step
     (`.rule.SGMCMCRule`); the driver's state is the checkpoint (saved every ``checkpoint_every`` epochs and at the
     end). Returns the chains' states, the driver's loss history ``(K, steps)`` and the wall time."""
-    rule = SGMCMCRule(ctx, stacked and theta0.shape[0] > 1, names)
+    # a dense run's chains each have their own map θ = θ̂ + Lφ (`.whitening`): stepped one after another (same groups)
+    rule = SGMCMCRule(ctx, stacked and theta0.shape[0] > 1 and not ctx.dynamics.dense, names)
     result = drive(rule, theta0, ctx.data, steps=ctx.steps, seeds=seeds, desc=desc, progress=progress,
                    checks=[OwnChecks() for _ in seeds], checkpoint=checkpoint, fingerprint=fingerprint,
                    checkpoint_every=checkpoint_every, check_every=ctx.check_every)
@@ -108,6 +110,10 @@ def sample(model: BayesianModel, data: FitData, *, method: str, plan: Plan, dyna
         size = min(size, math.ceil(num_chains / workers))
     if dynamics.preconditioner is not None:
         dynamics = replace(dynamics, curvature_floor=objective.prior_curvature())
+    dense = resolve_dense(dynamics.dense, objective.size)
+    if dense != dynamics.dense or dynamics.dense:
+        dynamics = replace(dynamics, dense=dense)
+        config = dict(config, preconditioner="dense" if dense else config.get("preconditioner"))
     if dynamics.preconditioner is not None and dynamics.gradient != "plain":
         full_data(data)  # once, before any chain (and before a checkpoint's RNG is restored)
     seeds = chain_seeds(seed, num_chains)
@@ -181,6 +187,12 @@ def run_group(model: BayesianModel, data: FitData, plan: Plan, dynamics: Dynamic
     return buffer.getvalue()
 
 
+def resolve_dense(dense, size: int) -> bool:
+    """Whether a run uses the dense preconditioner (`.whitening`): ``"auto"`` (``preconditioner="auto"``, the
+    default) up to `.whitening.DENSE_MAX_SIZE` coordinates, ``True`` (``"dense"``) always, ``False`` never."""
+    return size <= DENSE_MAX_SIZE if dense == "auto" else bool(dense)
+
+
 def _posterior(model, objective, plan: Plan, dynamics: Dynamics, finished, loss: torch.Tensor, config, method,
                wall_time: float) -> SamplesPosterior:
     draws = torch.stack([torch.stack(s["draws"]) for s in finished])  # (C, D, P)
@@ -215,7 +227,13 @@ def _posterior(model, objective, plan: Plan, dynamics: Dynamics, finished, loss:
         info["control_variate"] = torch.tensor([bool(s["frozen"]["cv"]) for s in finished])
     # mixing along the slow directions, which the temperatures do not see (`.mixing`): in the preconditioner's metric
     scale = info["preconditioner_step"].mean(0).sqrt() if dynamics.preconditioner is not None else None
-    rhat = principal_split_rhat(draws, scale)
+    metric = draws
+    if dynamics.dense:  # the metric φ of the first chain's map (the chains' maps differ by their θ̂'s Hessians)
+        info["whitening"] = torch.stack([s["whiten"]["L"] for s in finished]).to(dtype)
+        info["whitening_shift"] = torch.stack([s["whiten"]["shift"] for s in finished]).to(dtype)
+        L0 = info["whitening"][0].double()
+        metric = torch.linalg.solve(L0, draws.double().reshape(-1, draws.shape[-1]).T).T.reshape(draws.shape)
+    rhat = principal_split_rhat(metric, scale)
     info["split_rhat"] = None if rhat is None else torch.from_numpy(rhat)
     temps.warn_if_off(estimates, dynamics.temperature, method)
     warn_if_not_mixed(rhat, method, len(finished), config.get("epochs"))
