@@ -14,7 +14,16 @@ minibatch gradient of V.
 * SGHMC (Chen et al. 2014, eq. 15, in momentum form; scale-adapted: Springenberg et al. 2016):
   v ← (1 − α) v − G ĝ + √(2αGT − G²B̂) ξ,  θ ← θ + v.
 
-**The adaptive kernel (default, ``preconditioner="fisher"``).** The first half of the burn-in
+**The dense preconditioner (default for small models, ``preconditioner="auto"``).** For models of at most
+`.whitening.DENSE_MAX_SIZE` (256) coordinates each chain, at the start of its first burn-in window (where the
+exploration has brought it near a mode θ̂), computes the full-data Hessian H of V at θ̂ and from then on runs the
+kernel below unchanged in φ = L⁻¹(θ − θ̂), LᵀHL = I (`.whitening`: a frozen affine map leaves p_T invariant and
+keeps the temperature diagnostics' meaning); the draws are θ = θ̂ + Lφ. A diagonal G cannot whiten a rotated,
+ill-conditioned posterior, whose softest mode then relaxes in ≈ κ_eff/lr steps. ``preconditioner="dense"``
+forces it, ``"fisher"`` is the diagonal kernel alone (the default above the threshold, bit for bit the earlier
+releases' run); ``info["whitening"]`` / ``info["whitening_shift"]`` hold each chain's L and θ̂.
+
+**The adaptive kernel (``preconditioner="fisher"``; in φ under ``"auto"``/``"dense"``).** The first half of the burn-in
 moves to the bulk with noise-free RMSprop steps (``explore_lr``/√EMA[ĝ²], momentum 0.9). The
 second half runs the sampler while it measures, per coordinate, E[ĝ_i²] and the minibatch noise
 B̂_i (from the two halves of every minibatch, `.kernels.split_batch_noise`), over its own

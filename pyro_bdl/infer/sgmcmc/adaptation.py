@@ -85,6 +85,9 @@ class Dynamics:
     #: the dense preconditioner (`.whitening`): each chain runs in φ = L⁻¹(θ − θ̂) from its first burn-in window on.
     #: ``"auto"`` until `pyro_bdl.infer.sgmcmc.run.sample` resolves it to True or False from the model's size
     dense: Any = False
+    #: a chain's lower bound on E[ĝ²] in V's units where the curvature is known (the dense preconditioner's φ: T·1,
+    #: since LᵀH_VL = I and E[ĝ_φ²] ≥ T·H_φ,ii at stationarity; `.whitening`); None elsewhere
+    square_floor: Optional[torch.Tensor] = None
 
 
 def freeze(moments: K.GradientMoments, plain: K.GradientMoments, dynamics: Dynamics, lr: float,
@@ -126,6 +129,12 @@ def step_constants(square: torch.Tensor, noise: torch.Tensor, dynamics: Dynamics
         # the chain diverged), and default SGLD's first warm-up steps after the exploration diverged without it on a
         # digits ReLU MLP at T = 1 (4 of 4 seeds); the plain estimate's frozen step is floored more tightly in `freeze`
         square = torch.maximum(square, T * T * dynamics.curvature_floor.to(square))
+    if dynamics.square_floor is not None:
+        # in the dense preconditioner's φ the curvature is I: no step exceeds lr (Fisher), G·H_φ ≤ lr. A control-variate
+        # warm-up starts at its anchor, the Newton point (`.whitening.whiten`), where ĝ ≈ 0: without this bound its
+        # step grew 10% a step past G·H_φ = 2, where SGLD is unstable (measured: rotated BLR, T = 0.01, one chain of
+        # two froze a noise estimate 10× the other's, B̂/T = 16 against ≈ 0.5 at stationarity)
+        square = torch.maximum(square, dynamics.square_floor.to(square))
     if dynamics.preconditioner == "fisher":
         step = K.fisher_step_size(square, lr, T)
         if cap is not None:

@@ -132,15 +132,16 @@ class Chain:
         self.whitened = None if whiten is None else Whitened(ctx.objective, whiten["shift"], whiten["L"])
         self.objective = ctx.objective if self.whitened is None else self.whitened
         self.dynamics = ctx.dynamics if self.whitened is None else replace(
-            ctx.dynamics, curvature_floor=self.whitened.floor(ctx.dynamics.curvature_floor))
+            ctx.dynamics, curvature_floor=self.whitened.floor(ctx.dynamics.curvature_floor),
+            square_floor=torch.full_like(whiten["shift"], ctx.T))
 
     def to_theta(self, x: torch.Tensor) -> torch.Tensor:
         """A copy of the chain's position ``x`` in θ coordinates."""
         return x.clone() if self.whitened is None else self.whitened.to_theta(x)
 
     def _start_whitening(self) -> None:
-        """The dense preconditioner's map at the chain's θ (`.whitening.whiten`), and the chain moved into
-        φ = L⁻¹(θ − θ̂) = 0, its momentum v_φ = L⁻¹v (θ ← θ + v maps to φ ← φ + L⁻¹v), and its EMA of ĝ² set to T·1,
+        """The dense preconditioner's map at the chain's θ (`.whitening.whiten`), and the chain moved to θ̂ (the
+        map's damped Newton point) and into φ = L⁻¹(θ − θ̂) = 0, its momentum v_φ = L⁻¹v (θ ← θ + v maps to φ ← φ + L⁻¹v), and its EMA of ĝ² set to T·1,
         the stationary E[ĝ_φ²] without minibatch noise (LᵀHL = I), which the warm-up's own gradients then update
         (the θ coordinates' EMA has no meaning in φ). Called once, at the first burn-in window's start."""
         ctx, state = self.ctx, self.state
@@ -148,7 +149,7 @@ class Chain:
         state["whiten"] = whiten_
         self._whitened(whiten_)
         self.chain.momentum.copy_(torch.linalg.solve(whiten_["L"], self.chain.momentum))
-        self.chain.theta.zero_()
+        self.chain.theta.zero_()  # at θ̂, the map's (damped) Newton point: a noise-free move, as the exploration's
         m = self.moments
         self.moments = m._replace(ema=torch.full_like(m.ema, ctx.T), ema_mean=torch.zeros_like(m.ema), ema_weight=1.0)
         p = self.plain_moments
