@@ -141,9 +141,10 @@ class Chain:
 
     def _start_whitening(self) -> None:
         """The dense preconditioner's map at the chain's θ (`.whitening.whiten`), and the chain moved to θ̂ (the
-        map's damped Newton point) and into φ = L⁻¹(θ − θ̂) = 0, its momentum v_φ = L⁻¹v (θ ← θ + v maps to φ ← φ + L⁻¹v), and its EMA of ĝ² set to T·1,
-        the stationary E[ĝ_φ²] without minibatch noise (LᵀHL = I), which the warm-up's own gradients then update
-        (the θ coordinates' EMA has no meaning in φ). Called once, at the first burn-in window's start."""
+        map's damped Newton point) and into φ = L⁻¹(θ − θ̂) = 0, its momentum v_φ = L⁻¹v (θ ← θ + v maps to
+        φ ← φ + L⁻¹v), and its EMA of ĝ² set to T·1, the stationary E[ĝ_φ²] without minibatch noise (LᵀHL = I),
+        which the warm-up's own gradients then update (the θ coordinates' EMA has no meaning in φ). Called once, at
+        the first burn-in window's start."""
         ctx, state = self.ctx, self.state
         whiten_ = whiten(ctx.objective, ctx.data, self.chain.theta, ctx.T)
         state["whiten"] = whiten_
