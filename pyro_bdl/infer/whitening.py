@@ -51,15 +51,21 @@ def is_linear(net) -> bool:
             and all(isinstance(m, (nn.Linear, nn.Identity, nn.Flatten)) for m in net))
 
 
-def use_dense(preconditioner: str, size: int, linear: bool) -> bool:
-    """Whether ``preconditioner`` (`check_preconditioner`) whitens a θ of ``size`` parameters densely: ``"dense"``, or
-    ``"auto"`` for a generalised linear model (``linear``, `is_linear`) of at most `DENSE_MAX_PARAMS` parameters.
+def use_dense(preconditioner: str, objective) -> bool:
+    """Whether ``preconditioner`` (`check_preconditioner`) whitens the θ of ``objective`` (a
+    `pyro_bdl.model.potential.Objective`) densely: ``"dense"``, or ``"auto"`` for a generalised linear model
+    (`is_linear`) of at most `DENSE_MAX_PARAMS` parameters whose density compiles (weights and the likelihood's
+    noise only: no hyperprior sites).
 
     Why only there by default: a GLM's Fisher equals its Hessian near the mode, so the measured noise is the
-    curvature the whitening is meant to undo, and its posterior is the Gaussian the full covariance describes; a
+    curvature the whitening is meant to undo, and its posterior is the Gaussian the full covariance describes. A
     network's empirical Fisher is far from its Hessian for confident or dead units (`GradientNoise`), and its
-    default path is kept as it was measured on digits."""
-    return preconditioner == "dense" or (preconditioner == "auto" and linear and size <= DENSE_MAX_PARAMS)
+    default path is kept as it was measured on digits; a hyperprior's coordinates get no data noise at all (their
+    gradient is the prior's), so V is singular there."""
+    if preconditioner == "dense":
+        return True
+    return (preconditioner == "auto" and objective.size <= DENSE_MAX_PARAMS and objective.compiled
+            and is_linear(objective.model.net))
 
 
 def shrunk_covariance(grads: torch.Tensor) -> torch.Tensor:

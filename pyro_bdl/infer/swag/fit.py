@@ -24,7 +24,7 @@ from ...posterior.swag import SWAGPosterior
 from .. import driver
 from ..data import FitData
 from ..stacking import stack_size
-from ..whitening import check_preconditioner, is_linear, use_dense
+from ..whitening import check_preconditioner, use_dense
 from ..members import run_members
 from ..registry import register
 from .rule import CHECKPOINT_KIND, expected_snapshots, snapshot_every, train_runs
@@ -112,8 +112,9 @@ def resolve_length(epochs: Optional[int], warmup: Optional[int], model: Bayesian
     start = (3 * DEFAULT_EPOCHS) // 4 if warmup is None else warmup
     if swa_lr not in (None, "auto") or isinstance(start, bool) or not isinstance(start, int) or start < 0:
         return DEFAULT_EPOCHS, warmup  # _check_options names a bad warmup
-    size = Objective(model, data.example_x(2)).size
-    if not use_dense(preconditioner, size, is_linear(model.net)):
+    objective = Objective(model, data.example_x(2))
+    size = objective.size
+    if not use_dense(preconditioner, objective):
         return max(DEFAULT_EPOCHS, start + 1), warmup
     every = snapshot_every(data.dataset_size, data.random_batch_size, momentum)
     steps = min(MAX_COLLECTION_STEPS, max(FULL_RANK_SNAPSHOTS * size, MIN_FULL_RANK_SNAPSHOTS) * every)

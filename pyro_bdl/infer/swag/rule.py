@@ -24,7 +24,7 @@ from .. import driver
 from ..data import FitData
 from ..divergence import DivergenceCheck, DivergenceError, loss_floor
 from ..map import MAPRule, example_batch
-from ..whitening import is_linear, use_dense
+from ..whitening import use_dense
 from .noise import (AUTO_CAP, EQUIPARTITION_POINTS, LR_CEILING, LR_PROBE_BATCHES, GradientNoise, _start_auto,
                     equipartition_directions, exploration_lr)
 
@@ -105,7 +105,7 @@ class SWAGRule(MAPRule):
         self.data, self.per_epoch = data, data.num_batches
         self.epochs, self.swa_start, self.swa_lr, self.beta = epochs, swa_start, swa_lr, float(momentum)
         self.auto, self.rank, self.collect = swa_lr == "auto", rank, collect
-        self.dense = self.auto and use_dense(preconditioner, objective.layout.size, is_linear(model.net))
+        self.dense = self.auto and use_dense(preconditioner, objective)
         self.temperature = model.temperature
         self.norm_mode = (model.network.batch_statistics if batchnorm.has_batchnorm(model.net)
                           else contextlib.nullcontext)
