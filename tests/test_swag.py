@@ -266,7 +266,7 @@ def test_fit_swag_reproducible_save_load_and_variants(tmp_path):
     (dict(epochs=0), "epochs"),
     (dict(rank=0), "rank"),
     (dict(scale=-1.0), "scale"),
-    (dict(variant="full"), "variant"),
+    (dict(variant="fullrank"), "variant"),
     (dict(momentum=1.0), "momentum"),
     (dict(lr=0.0), "lr"),
     (dict(init="prior"), "init"),

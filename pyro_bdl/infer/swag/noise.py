@@ -13,6 +13,8 @@ import torch
 from ...guides.swag import SWAG
 from ...model.inputs import take_rows
 from ..data import FitData
+from ..stationarity import CHUNK_ROWS, full_chunks
+from ..whitening import GRADIENTS_PER_PARAM, covariance_whitening, example_covariance, whitening_factor
 
 
 class GradientNoise:
@@ -60,7 +62,10 @@ class GradientNoise:
     wander off the mode.
     """
 
-    def __init__(self, like: torch.Tensor):
+    def __init__(self, like: torch.Tensor, whitening: Optional[torch.Tensor] = None):
+        # L (P, P) of a dense whitening θ = θ₀ + Lφ (`pyro_bdl.infer.whitening`): every moment here is then φ's
+        # (gradients Lᵀg), and the rates are φ's diagonal ones, L·diag(ε)·Lᵀ in θ (`precondition`)
+        self.whitening = whitening
         self.count, self.mean, self.m2 = 0, torch.zeros_like(like), torch.zeros_like(like)
         self.factor = 1.0  # halved by the stability trial of _start_auto while the rates are too large
         # Σ g(b, a₁)·g(b, a₂) over paired augmentations of the same batches, and their number
@@ -68,7 +73,23 @@ class GradientNoise:
         self.cap = math.inf  # the rate cap _start_auto chose (stability_cap)
         self.reference, self.allowed = math.nan, math.inf  # θ₀'s loss and the excess the burn-in allowed
 
+    def whiten(self, grad: torch.Tensor) -> torch.Tensor:
+        """θ's gradient in the whitened coordinates φ, Lᵀg (``grad`` itself without a whitening)."""
+        return grad if self.whitening is None else grad @ self.whitening
+
+    def color(self, v: torch.Tensor) -> torch.Tensor:
+        """A direction in φ as θ's, L·v (``v`` itself without a whitening)."""
+        return v if self.whitening is None else self.whitening @ v
+
+    def precondition(self, grad: torch.Tensor, rates: torch.Tensor) -> torch.Tensor:
+        """The preconditioned step direction of θ's gradient: ε ⊙ g, or L·(ε ⊙ Lᵀg) with a whitening."""
+        if self.whitening is None:
+            return grad * rates
+        return ((grad @ self.whitening) * rates) @ self.whitening.T
+
     def update(self, grad: torch.Tensor) -> None:
+        """Record one minibatch gradient of θ (whitened first where there is a whitening)."""
+        grad = self.whiten(grad)
         self.count += 1
         delta = grad - self.mean
         self.mean += delta / self.count
@@ -78,7 +99,7 @@ class GradientNoise:
         """Record the gradients of one batch under two independent augmentations (class docs); ``grad``
         also enters the total moments."""
         self.update(grad)
-        self.cross += grad * other
+        self.cross += self.whiten(grad) * self.whiten(other)
         self.pairs += 1
 
     def second_moment(self) -> torch.Tensor:
@@ -98,6 +119,13 @@ class GradientNoise:
         # εV(1+β) / (a(1−β)(2(1+β) − εa)), not εV/(2a(1−β)); with the gradient noise as curvature
         # (Fisher ≈ Hessian: a ≈ B·V), εa = 2(1−β)B/N, so the rates shrink by 1/(1 + (1−β)B/((1+β)N)).
         shrink = 1.0 / (1.0 + (1 - momentum) * batch_size / ((1 + momentum) * dataset_size))
+        if self.whitening is not None:
+            # The moving iterate's share: gradients measured along the collection vary by A·Σ·A = A/N (Σ = (NA)⁻¹)
+            # besides the noise V ≈ A/B (Fisher ≈ Hessian, exact for a GLM near its mode), so E[g²] ≈ V·(1 + B/N)
+            # and V is that over 1 + B/N. Without it a collection with B/N = 0.5 spread 0.6–0.7× the posterior.
+            # (Only with the dense whitening, whose noise is all measured on the moving iterate; a network's
+            # Fisher is far from its Hessian, and its path is kept as it was.)
+            moment = moment / (1.0 + batch_size / dataset_size)
         return shrink * 2 * (1 - momentum) / (dataset_size * moment)
 
     def rates(self, dataset_size: int, batch_size: int, momentum: float, cap: float) -> torch.Tensor:
@@ -143,7 +171,7 @@ class GradientNoise:
     def state_dict(self) -> Dict[str, Any]:
         return {"count": self.count, "mean": self.mean, "m2": self.m2, "factor": self.factor,
                 "cross": self.cross, "pairs": self.pairs, "cap": self.cap, "reference": self.reference,
-                "allowed": self.allowed}
+                "allowed": self.allowed, "whitening": self.whitening}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.count, self.mean, self.m2 = state["count"], state["mean"].clone(), state["m2"].clone()
@@ -152,6 +180,8 @@ class GradientNoise:
         self.pairs = state.get("pairs", 0)
         self.cap = state.get("cap", math.inf)
         self.reference, self.allowed = state.get("reference", math.nan), state.get("allowed", math.inf)
+        white = state.get("whitening")
+        self.whitening = None if white is None else white.clone()
 
 
 #: the exploration step of ``lr="auto"`` where the curvature allows it (Maddox et al. 2019's schedule)
@@ -200,6 +230,8 @@ def exploration_lr(hvps: Sequence, size: int, like: torch.Tensor, momentum: floa
     return min(ceiling, (1 + momentum) / (2 * sharpest))
 
 
+#: extra relax-and-read-again rounds of a dense burn-in (`_start_auto`)
+RELAXATION_ROUNDS = 3
 #: swa_lr="auto" rates are at most AUTO_CAP·lr only where the stability bound cannot be computed (no finite rate)
 AUTO_CAP = 10.0
 #: i.i.d. minibatch gradients measured at the end of the pre-collection phase before auto rates are first used
@@ -443,7 +475,8 @@ def relaxation_steps(noise: GradientNoise, rates: torch.Tensor, dataset_size: in
 
 
 def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, momentum: float, gradient,
-                t: float, every: int, cap: float, hvp=None, snapshots: int = 0) -> GradientNoise:
+                t: float, every: int, cap: float, hvp=None, snapshots: int = 0, dense: bool = False,
+                example_gradients=None) -> GradientNoise:
     """Measure the gradient noise at the pre-collection iterate θ₀, cap the rates at the stability bound
     (`stability_cap`, when ``hvp`` gives Hessian-vector products), then check the auto rates on a
     burn-in run of i.i.d. batches (no snapshots), halving them until the iterate stays near the mode.
@@ -467,24 +500,82 @@ def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, 
     noise = GradientNoise(theta.detach())
     ref = []
     num = max(MIN_NOISE_BATCHES, data.num_batches)
+    # dense: the gradients are kept until the whitening is known (n ≥ GRADIENTS_PER_PARAM·P of them)
+    kept: Optional[list] = [] if dense else None
+    count = max(num, GRADIENTS_PER_PARAM * theta.numel()) if dense else num
     if data.augment is None:
-        for xb, yb in data.random_batches(num, generator):
+        for xb, yb in data.random_batches(count, generator):
             ref.append(t * float(gradient(xb, yb).detach()))
-            noise.update(theta.grad)
+            if kept is None:
+                noise.update(theta.grad)
+            else:
+                kept.append((theta.grad.detach().clone(),))
     else:
-        for xa, xb, yb in _paired_batches(data, num, generator):
+        for xa, xb, yb in _paired_batches(data, count, generator):
             ref.append(t * float(gradient(xa, yb).detach()))
             first = theta.grad.detach().clone()
             gradient(xb, yb)
-            noise.update_pair(first, theta.grad)
+            if kept is None:
+                noise.update_pair(first, theta.grad)
+            else:
+                kept.append((first, theta.grad.detach().clone()))
+    def whitening(kept: list) -> Optional[torch.Tensor]:
+        # Dense: the minibatch noise covariance Cov_i(g_i)/B read exactly from every point's gradient at θ's
+        # current value where the model allows (`example_gradients`), else estimated from the kept gradients.
+        if example_gradients is not None and data.augment is None:
+            chunks = full_chunks(data, CHUNK_ROWS)
+            cov = example_covariance(example_gradients, chunks) / data.random_batch_size
+            return covariance_whitening(cov, theta.dtype)
+        return whitening_factor(torch.stack(kept))
+
+    if kept is not None:
+        noise = GradientNoise(theta.detach(), whitening([g[0] for g in kept]))
+        for g in kept:
+            noise.update(*g) if len(g) == 1 else noise.update_pair(*g)
     ref_t = torch.tensor(ref, dtype=torch.float64)
+    fallback = cap
     if hvp is not None:
         x, y = data._host_full()
         idx = torch.randperm(N, generator=generator)[:min(N, 4 * data.random_batch_size)].to(y.device)
         batch = data.to_device((take_rows(x, idx), y[idx]))  # one fixed operator, so the power iteration converges
-        kappa = stability_cap(noise, lambda v: hvp(v, batch), N, data.random_batch_size, momentum)
-        cap = cap if kappa is None else kappa
-    noise.cap = cap
+
+    def capped(noise: GradientNoise) -> float:
+        if hvp is None:
+            return fallback
+        kappa = stability_cap(noise, lambda v: noise.whiten(hvp(noise.color(v), batch)), N, data.random_batch_size,
+                              momentum)
+        return fallback if kappa is None else kappa
+
+    cap = noise.cap = capped(noise)
+
+    def relax_whitened(noise: GradientNoise, white: torch.Tensor, kept: list) -> GradientNoise:
+        # Dense: the noise, its rates and their cap in the coordinates read at the relaxed iterate; then, while
+        # the offset measured there is still above the collection's noise, relax on and read again (at most
+        # RELAXATION_ROUNDS times). The first extension's length came from θ₀'s noise, which the offset itself
+        # inflates (residuals (xᵀδ)² add to σ²: 1.8× at 20 sds on a BLR), so it under-estimated the relaxation
+        # time; reading the offset again where it is smaller converges on "relaxed" from measurements alone.
+        for round in range(RELAXATION_ROUNDS + 1):
+            fresh = GradientNoise(theta.detach(), white)
+            for g in kept:
+                fresh.update(g)
+            fresh.factor, fresh.reference, fresh.allowed = noise.factor, noise.reference, noise.allowed
+            fresh.cap = capped(fresh)
+            noise = fresh
+            rates = noise.rates(N, data.random_batch_size, momentum, noise.cap)
+            more = relaxation_steps(noise, rates, N, data.random_batch_size, momentum, every, snapshots)
+            if more <= 0 or round == RELAXATION_ROUNDS:
+                return noise
+            steps, kept = max(more, count), []
+            for i, (xb, yb) in enumerate(data.random_batches(steps, generator)):
+                gradient(xb, yb)
+                if i >= steps - count:
+                    kept.append(theta.grad.detach().clone())
+                theta.grad.copy_(noise.precondition(theta.grad, rates))
+                opt.step()
+            white = whitening(kept)
+            if white is None:
+                white = noise.whitening
+        return noise
     theta0 = theta.detach().clone()
     burn = max(data.num_batches, 2 * every)
     # The first half of the burn-in is the transient from θ₀ (≥ one relaxation time, `every`); the stationary
@@ -501,7 +592,7 @@ def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, 
         total, count, stable = 0.0, 0, True
         for i, (xb, yb) in enumerate(data.random_batches(burn, generator)):
             value = t * float(gradient(xb, yb).detach())
-            theta.grad.mul_(rates)
+            theta.grad.copy_(noise.precondition(theta.grad, rates))
             opt.step()
             if not math.isfinite(value) or value - float(ref_t.mean()) > 100 * allowed:
                 stable = False
@@ -514,19 +605,31 @@ def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, 
             # posterior sds off and the rates start low, so relax on until the offset is below the collection's
             # own noise (`relaxation_steps`), at the accepted rates, same optimiser.
             extra = relaxation_steps(noise, rates, N, data.random_batch_size, momentum, every, snapshots) - burn
-            if extra > 0:
+            # A dense whitening read at θ₀ is stale too: off the mode the gradients' covariance is shaped by θ₀'s
+            # residuals (on a rotated BLR with κ = 10³ it put SWAG's spread 30× off along one direction), so it
+            # is read again on the relaxed, moving iterate's gradients, as the collection will see them.
+            rewhiten = noise.whitening is not None and data.augment is None
+            if extra > 0 or rewhiten:
                 # The noise measured at θ₀ is stale once θ has relaxed: its mean gradient (ḡ² in E[g²], which
                 # kept the rates low while θ drifted) is not the relaxed iterate's. Re-measure it on the last
                 # `num` steps' gradients (on the moving iterate, as the collection measures it; the class docs).
                 # With augmentation the paired split is only measured at θ₀, so the θ₀ estimate is kept.
-                steps = max(extra, num) if data.augment is None else extra
-                fresh = GradientNoise(theta.detach())
+                keep = count if rewhiten else num
+                steps = max(extra, keep) if data.augment is None else extra
+                fresh = GradientNoise(theta.detach(), noise.whitening)
+                kept = []
                 for i, (xb, yb) in enumerate(data.random_batches(steps, generator)):
                     gradient(xb, yb)
-                    if data.augment is None and i >= steps - num:
-                        fresh.update(theta.grad)
-                    theta.grad.mul_(rates)
+                    if data.augment is None and i >= steps - keep:
+                        if rewhiten:
+                            kept.append(theta.grad.detach().clone())
+                        else:
+                            fresh.update(theta.grad)
+                    theta.grad.copy_(noise.precondition(theta.grad, rates))
                     opt.step()
+                white = whitening(kept) if rewhiten else None
+                if white is not None:
+                    return relax_whitened(noise, white, kept)
                 if data.augment is None:
                     noise.count, noise.mean, noise.m2 = fresh.count, fresh.mean, fresh.m2
             return noise

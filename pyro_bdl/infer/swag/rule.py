@@ -11,6 +11,7 @@ import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from torch.utils._pytree import tree_map
 
 from ..._util import checkpoint as checkpoints
 from ..._util.checks import is_invalid_parameter_error
@@ -23,6 +24,7 @@ from .. import driver
 from ..data import FitData
 from ..divergence import DivergenceCheck, DivergenceError, loss_floor
 from ..map import MAPRule, example_batch
+from ..whitening import use_dense
 from .noise import (AUTO_CAP, EQUIPARTITION_POINTS, LR_CEILING, LR_PROBE_BATCHES, GradientNoise, _start_auto,
                     equipartition_directions, exploration_lr)
 
@@ -95,7 +97,7 @@ class SWAGRule(MAPRule):
     """
 
     def __init__(self, objective: Objective, data: FitData, *, epochs: int, swa_start: int, lr: Sequence[float],
-                 swa_lr: Any, momentum: float, rank: int, collect: bool):
+                 swa_lr: Any, momentum: float, rank: int, collect: bool, preconditioner: str = "auto"):
         # one exploration step per run (lr="auto": each from its own start's curvature, `exploration_lr`)
         self.lrs = [float(r) for r in lr]
         super().__init__(objective, data.dataset_size, max(self.lrs), 1.0, epochs * data.num_batches)
@@ -103,6 +105,7 @@ class SWAGRule(MAPRule):
         self.data, self.per_epoch = data, data.num_batches
         self.epochs, self.swa_start, self.swa_lr, self.beta = epochs, swa_start, swa_lr, float(momentum)
         self.auto, self.rank, self.collect = swa_lr == "auto", rank, collect
+        self.dense = self.auto and use_dense(preconditioner, objective)
         self.temperature = model.temperature
         self.norm_mode = (model.network.batch_statistics if batchnorm.has_batchnorm(model.net)
                           else contextlib.nullcontext)
@@ -160,7 +163,10 @@ class SWAGRule(MAPRule):
         if auto:
             for k, noise in enumerate(state["noise"]):
                 noise.update(grad[k])
-            grad = grad * state["rates"]
+            if all(n.whitening is None for n in state["noise"]):
+                grad = grad * state["rates"]
+            else:  # dense (small models): each run's L·(ε ⊙ Lᵀg)
+                grad = torch.stack([n.precondition(g, r) for n, g, r in zip(state["noise"], grad, state["rates"])])
         rates = [1.0] if auto else [record[-1] for record in state["lr"]]
         buf = state["momentum"]
         buf.mul_(self.beta).add_(grad)
@@ -228,6 +234,21 @@ class SWAGRule(MAPRule):
 
         return theta, gradient, hvp
 
+    def example_gradients(self, theta: torch.Tensor):
+        """Per-example gradients ``(x, y) ↦ (rows, P)`` of T·L at run ``theta``'s current value (T·U_i/N with U_i the
+        potential of row i alone, scaled to the data set), for a dense whitening's exact noise covariance; ``None``
+        for a traced model (vmap needs the compiled density)."""
+        if not self.objective.compiled:
+            return None
+        t, N, objective = self.temperature, self.N, self.objective
+
+        def one(th, xi, yi):
+            row = lambda a: a.unsqueeze(0)
+            return t * objective.potential(th, tree_map(row, xi), row(yi), N) / N
+
+        per_row = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0))
+        return lambda xb, yb: per_row(theta.detach(), xb, yb)
+
     def begin_auto(self, k: int, generator: torch.Generator) -> None:
         """Run k's noise measurement, stability cap and burn-in (`_start_auto`) from its current iterate, drawn
         from its own generator; then fresh momentum at the new rates."""
@@ -235,7 +256,9 @@ class SWAGRule(MAPRule):
         theta, gradient, hvp = self.member_closures(state["theta"][k])
         state["noise"][k] = _start_auto(theta, self.data, generator, self.beta, gradient, self.temperature,
                                         self.every, AUTO_CAP * self.lrs[k], hvp,
-                                        snapshots=(self.epochs - self.swa_start) * self.per_epoch // self.every)
+                                        snapshots=(self.epochs - self.swa_start) * self.per_epoch // self.every,
+                                        dense=self.dense,
+                                        example_gradients=self.example_gradients(theta) if self.dense else None)
         with torch.no_grad():
             state["theta"][k].copy_(theta)
         state["fresh"][k] = True
@@ -333,7 +356,7 @@ def _start_lr(rule: SWAGRule, theta: torch.Tensor, data: FitData, seed: int, mom
 def train_runs(guides: Sequence[SWAG], data: FitData, seeds: Sequence[int], *, epochs: int, swa_start: int,
                lr: float, swa_lr: Any, momentum: float, progress: Optional[bool] = None,
                checkpoint: Optional[str] = None, fingerprint: Optional[Dict[str, Any]] = None, collect: bool = True,
-               desc: str = "swag") -> Tuple[List[Dict[str, Any]], torch.Tensor, float]:
+               desc: str = "swag", preconditioner: str = "auto") -> Tuple[List[Dict[str, Any]], torch.Tensor, float]:
     """K SWAG runs stacked on the driver (`SWAGRule`), run k from guide k's ``loc`` with seed ``seeds[k]``; the
     results are written into the guides (iterate and moments). Returns each run's history (per-epoch ``loss`` and
     ``lr``, ``snapshot_every``, ``covariance_scale``, ``direction_scales``), the loss per step ``(K, steps)`` and
@@ -343,7 +366,8 @@ def train_runs(guides: Sequence[SWAG], data: FitData, seeds: Sequence[int], *, e
     N, K = data.dataset_size, len(guides)
     theta0 = torch.stack([g.loc_unconstrained.detach() for g in guides])
     rule = SWAGRule(objective, data, epochs=epochs, swa_start=swa_start, lr=[LR_CEILING if lr == "auto" else lr] * K,
-                    swa_lr=swa_lr, momentum=momentum, rank=guides[0].rank, collect=collect)
+                    swa_lr=swa_lr, momentum=momentum, rank=guides[0].rank, collect=collect,
+                    preconditioner=preconditioner)
     if lr == "auto":  # each run's step from the curvature at its own start, on a batch of its own seed
         rule.lrs = [_start_lr(rule, theta0[k], data, seeds[k], momentum) for k in range(K)]
         rule.lr = max(rule.lrs)
@@ -405,7 +429,10 @@ def train_runs(guides: Sequence[SWAG], data: FitData, seeds: Sequence[int], *, e
         history["covariance_scale"] = (1.0 if noise is None or swa_lr != "auto" else
                                        noise.covariance_scale(noise.rates(N, B, momentum, noise.cap), N, B, momentum))
         history["direction_scales"] = torch.ones(0)
-        if noise is not None and swa_lr == "auto" and collect:
+        # Step 4's per-direction cut reads a one-dimensional slice, biased narrow off the posterior covariance's
+        # eigenvectors (`equipartition_directions`): a guard for a network's rank-K members, not for a full sample
+        # covariance (the "full" variant), whose correlated directions it would cut most.
+        if noise is not None and swa_lr == "auto" and collect and guide.variant != "full":
             history["direction_scales"] = _equipartition(rule, guide, data, seeds[k], history["covariance_scale"])
         histories.append(history)
     return histories, result.loss, result.wall_time
