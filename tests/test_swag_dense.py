@@ -8,7 +8,7 @@ import torch
 
 import pyro_bdl as bdl
 from blr import as_matrix, make_blr, make_rotated_blr
-from pyro_bdl.infer.whitening import covariance_whitening, example_covariance, shrunk_covariance, whitening_factor
+from pyro_bdl.infer.swag.whitening import covariance_whitening, example_covariance, shrunk_covariance, whitening_factor
 
 
 def _whitened_eigenvalues(cov, true_cov):
@@ -109,8 +109,8 @@ def test_diagonal_preconditioner_and_explicit_epochs_keep_the_old_run():
     # explicit options reproduce the run before the dense whitening (no dense work, the same variant)
     blr = make_blr(n=60, d=2)
     kw = dict(method="swag", batch_size=10, seed=0, progress=False, epochs=20, variant="swag")
-    a = bdl.fit(blr.model(), blr.x, blr.y, preconditioner="diagonal", **kw)
-    b = bdl.fit(blr.model(), blr.x, blr.y, preconditioner="diagonal", **kw)
+    a = bdl.fit(blr.model(), blr.x, blr.y, preconditioner="fisher", **kw)
+    b = bdl.fit(blr.model(), blr.x, blr.y, preconditioner="fisher", **kw)
     torch.testing.assert_close(a.guide.swa_mean, b.guide.swa_mean, rtol=0, atol=0)
     dense = bdl.fit(blr.model(), blr.x, blr.y, **kw)
     assert not torch.equal(dense.guide.swa_mean, a.guide.swa_mean)

@@ -267,7 +267,8 @@ def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Option
         thin: a draw at the end of every ``thin``-th epoch after the burn-in. Default: 1 when ``epochs`` is given,
             else ⌊epochs / 200⌋, so a default run keeps ≈ 150 draws per chain however long it is (``info["thin"]``).
         num_chains: independent runs (seeds spawned from ``seed``), kept as separate chains.
-        preconditioner: ``"auto"`` (default: ``"dense"`` for models of at most 256 parameters, else ``"fisher"``),
+        preconditioner: ``"auto"`` (default: ``"dense"`` for models of at most 256 parameters without hyperprior
+            sites, else ``"fisher"``; `pyro_bdl.infer.sgmcmc.run.resolve_dense`),
             ``"dense"`` (the Fisher kernel in the coordinates φ = L⁻¹(θ − θ̂) that whiten the full-data Hessian at
             the exploration's end, `pyro_bdl.infer.sgmcmc.whitening`), ``"fisher"`` (diagonal), ``"rmsprop"``
             (Li et al. 2016) or ``None`` (plain kernel).

@@ -24,7 +24,7 @@ from ...posterior.swag import SWAGPosterior
 from .. import driver
 from ..data import FitData
 from ..stacking import stack_size
-from ..whitening import check_preconditioner, use_dense
+from .whitening import check_preconditioner, use_dense
 from ..members import run_members
 from ..registry import register
 from .rule import CHECKPOINT_KIND, expected_snapshots, snapshot_every, train_runs
@@ -270,7 +270,7 @@ def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Option
         preconditioner: the coordinates the auto rates are diagonal in (``swa_lr="auto"`` only): ``"auto"``
             (default) whitens θ densely for a generalised linear model of ≤ 200 parameters (`is_linear`) and keeps
             θ's own coordinates otherwise;
-            ``"dense"``, ``"diagonal"`` force either (`pyro_bdl.infer.whitening`: L·diag(ε)·Lᵀ with LᵀVL = I, the
+            ``"dense"``, ``"fisher"`` (diagonal rates) force either (`pyro_bdl.infer.whitening`: L·diag(ε)·Lᵀ with LᵀVL = I, the
             full preconditioner 2(1 − β)/N·V⁻¹ of Mandt et al. 2017, exact for a correlated posterior, where
             diagonal rates spread a rotated ill-conditioned one far too narrowly along its weak directions).
         init: ``"net"`` (the network's weights), ``"fresh"`` (seeded default init), a dict of values, or a fitted

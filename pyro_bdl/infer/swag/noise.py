@@ -14,7 +14,7 @@ from ...guides.swag import SWAG
 from ...model.inputs import take_rows
 from ..data import FitData
 from ..stationarity import CHUNK_ROWS, full_chunks
-from ..whitening import GRADIENTS_PER_PARAM, covariance_whitening, example_covariance, whitening_factor
+from .whitening import GRADIENTS_PER_PARAM, covariance_whitening, example_covariance, whitening_factor
 
 
 class GradientNoise:

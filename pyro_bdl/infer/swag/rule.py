@@ -24,7 +24,7 @@ from .. import driver
 from ..data import FitData
 from ..divergence import DivergenceCheck, DivergenceError, loss_floor
 from ..map import MAPRule, example_batch
-from ..whitening import use_dense
+from .whitening import use_dense
 from .noise import (AUTO_CAP, EQUIPARTITION_POINTS, LR_CEILING, LR_PROBE_BATCHES, GradientNoise, _start_auto,
                     equipartition_directions, exploration_lr)
 

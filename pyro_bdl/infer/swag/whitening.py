@@ -1,4 +1,7 @@
-"""A dense linear whitening of θ from measured minibatch gradients, for small models (issue 13).
+"""SWAG's dense linear whitening of θ from measured minibatch gradients, for small models (issue 13).
+
+(SG-MCMC whitens by the full-data Hessian instead, `pyro_bdl.infer.sgmcmc.whitening`: Mandt et al.'s result below
+needs the noise covariance V itself.)
 
 Diagonal preconditioners (SWAG's Mandt rates, SG-MCMC's Fisher) are exact only when the gradient noise V is
 diagonal in the coordinates they act in. A rotated, ill-conditioned posterior (Bayesian linear regression with a
@@ -26,19 +29,22 @@ from typing import Optional
 import torch
 from torch import nn
 
-#: the largest θ for which ``preconditioner="auto"`` whitens densely (P² per step, the P×P factor in every checkpoint;
-#: the same size limit as full-rank SVI's finish)
-DENSE_MAX_PARAMS = 200
+from ..sgmcmc.whitening import DENSE_MAX_SIZE
+
+#: the largest θ for which ``preconditioner="auto"`` whitens densely: SG-MCMC's limit (P² per step, the P×P factor in
+#: every checkpoint; `pyro_bdl.infer.sgmcmc.whitening`)
+DENSE_MAX_PARAMS = DENSE_MAX_SIZE
 #: gradients measured per parameter for a dense estimate (n ≥ 4P: the shrinkage weight λ* is then small)
 GRADIENTS_PER_PARAM = 4
 
-PRECONDITIONERS = ("auto", "dense", "diagonal")
+PRECONDITIONERS = ("auto", "dense", "fisher")  # the names SG-MCMC uses for the same choice
 
 
 def check_preconditioner(value) -> str:
     if value not in PRECONDITIONERS:
-        raise ValueError(f"preconditioner must be 'auto' (dense for models of ≤ {DENSE_MAX_PARAMS} parameters, "
-                         f"else diagonal), 'dense' or 'diagonal'; got {value!r}")
+        raise ValueError(f"preconditioner must be 'auto' (dense for a generalised linear model of ≤ "
+                         f"{DENSE_MAX_PARAMS} parameters, else 'fisher'), 'dense' or 'fisher' (the diagonal rates from "
+                         f"the gradients' second moments); got {value!r}")
     return value
 
 
