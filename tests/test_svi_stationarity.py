@@ -48,7 +48,7 @@ def test_converged_svi_is_not_flagged_and_offset_tracks_the_error():
     with warnings.catch_warnings():
         warnings.simplefilter("error", StationarityWarning)
         post = bdl.fit(blr.model(), blr.x, blr.y, method="svi", guide="fullrank", batch_size=20, seed=0,
-                       progress=False)
+                       progress=False, newton_steps=0)  # Adam's converged guide (the finished one is exact)
     assert post.info["stationarity_offset"] < 0.8
 
 
