@@ -25,7 +25,7 @@ def test_unconverged_svi_mean_is_flagged():
 
 
 def test_fullrank_svi_reaches_the_optimum_of_an_ill_conditioned_posterior_at_defaults():
-    """The full-rank guide is finished by the ELBO's fixed-point Newton steps (`finish_fullrank`): on this Gaussian
+    """The full-rank guide is finished by the ELBO's fixed-point Newton steps (`pyro_bdl.infer.svi.finish`): on this Gaussian
     posterior they land on the exact N(m, Λ⁻¹) whatever Adam left (before: mean 1.5 sd off, eig [0.27, 1.43])."""
     blr = _ill_conditioned()
     with warnings.catch_warnings():

@@ -21,12 +21,14 @@ a Gaussian posterior of precision Λ/T), and for the low-rank family has no clos
    family's minimiser of ½ tr(H̄Σ) − ½ log det Σ (`Gaussian.covariance_optimum`). For the full-rank family this is
    the natural-gradient step of size 1 (Khan & Lin 2017; Khan & Rue 2023's Bayesian learning rule); for a Gaussian
    posterior (BLR) Q is U, so one step lands on the family's exact optimum from anywhere;
-3. **acceptance** (`elbo`): a line search q_α = q + α(target − q) in the family's parameters (α = 1, ½, …,
-   ``FINISH_LINE_SEARCH`` halvings) keeps the first q_α whose ELBO is not below the current q's. The ELBO is
-   estimated with the same ``FINISH_ELBO_PAIRS`` antithetic standard-normal draws for both (common random numbers)
-   and with Q as a control variate: E_q[Q] = ½(μ−c)ᵀH̄(μ−c) + ḡᵀ(μ−c) + ½ tr(H̄Σ) is exact, and only E_q[U − Q] is
-   estimated (unbiased for any U; exact where U is quadratic, so there the comparison has no Monte Carlo noise at
-   all, which without the control variate decides a nearly converged step by a coin flip).
+3. **acceptance** (`elbo_terms`, `elbo_gain`): a line search q_α = q + α(target − q) in the family's parameters
+   (α = 1, ½, …, ``FINISH_LINE_SEARCH`` halvings) keeps the first q_α whose ELBO gain over the current q is at least
+   ``FINISH_SIGNIFICANCE`` of its standard errors (and ≥ 0). The ELBO is estimated with the same
+   ``FINISH_ELBO_PAIRS`` antithetic standard-normal draws for both (common random numbers, so the gain's error is
+   that of the paired differences) and with Q as a control variate: E_q[Q] = ½(μ−c)ᵀH̄(μ−c) + ḡᵀ(μ−c) + ½ tr(H̄Σ) is
+   exact, and only E_q[U − Q] is estimated (unbiased for any U; exact where U is quadratic, so there the comparison
+   has no Monte Carlo noise at all, which without the control variate decides a nearly converged step by a coin
+   flip; on a network the significance test keeps a step the draws cannot tell from a worse one from being taken).
 
 The finish stops where H̄ is not positive definite (no Gaussian fixed point nearby: the usual case for a network,
 whose guide keeps Adam's parameters and the existing `StationarityWarning` check), where no step of the line search
@@ -55,6 +57,8 @@ FINISH_MAX_PARAMS = 200
 FINISH_PAIRS, FINISH_ELBO_PAIRS = 2, 8
 #: step halvings of the line search between the current q and a step's target
 FINISH_LINE_SEARCH = 4
+#: a step is kept only if its ELBO gain is at least this many of its Monte Carlo standard errors (0 where U is quadratic)
+FINISH_SIGNIFICANCE = 2.0
 #: a step that raises the ELBO by less than this (nats) ends the finish: q is at the optimum to well within its MC error
 FINISH_CONVERGED = 1e-4
 #: finishing steps by default (``newton_steps``)
@@ -100,12 +104,20 @@ def moments(loss: Callable, q: Gaussian, data: FitData, generator: torch.Generat
     return g / n, (h + h.T) / (2 * n)
 
 
-def elbo(loss: Callable, q: Gaussian, data: FitData, eps: torch.Tensor, cv: Quadratic) -> float:
-    """ELBO(q) = −E_q[U] + ½ log det Σ (+ const), with E_q[U] = E_q[Q] + E_q[U − Q]: the first exact, the second
-    from the antithetic draws μ ± Lε of the fixed standard normals ``eps`` (module docs)."""
-    points = torch.cat([q.mu + q.root(eps), q.mu - q.root(eps)])
-    rest = [float(full_value(loss, w.to(q.dtype), data)) - float(cv(w)) for w in points]
-    return -(cv.expectation(q) + sum(rest) / len(rest)) + q.half_logdet()
+def elbo_terms(loss: Callable, q: Gaussian, data: FitData, eps: torch.Tensor, cv: Quadratic) -> Tuple[float, torch.Tensor]:
+    """The ELBO(q) = −E_q[U] + ½ log det Σ (+ const) as ``(base, r)`` with ELBO ≈ base − mean(r): ``base`` =
+    −E_q[Q] + ½ log det Σ exactly, and ``r`` ``(pairs,)`` each antithetic pair's mean of U − Q at μ ± Lε, ε the
+    fixed standard normals ``eps`` (module docs)."""
+    e = q.root(eps)
+    r = [0.5 * (float(full_value(loss, (q.mu + d).to(q.dtype), data)) - float(cv(q.mu + d))
+                + float(full_value(loss, (q.mu - d).to(q.dtype), data)) - float(cv(q.mu - d))) for d in e]
+    return q.half_logdet() - cv.expectation(q), torch.tensor(r, dtype=torch.float64)
+
+
+def elbo_gain(now: Tuple[float, torch.Tensor], then: Tuple[float, torch.Tensor]) -> Tuple[float, float]:
+    """(ELBO(now) − ELBO(then), its Monte Carlo standard error) from `elbo_terms` on the same draws (paired)."""
+    d = now[1] - then[1]
+    return (now[0] - then[0]) - float(d.mean()), float(d.std() / math.sqrt(len(d))) if len(d) > 1 else 0.0
 
 
 def finish(guide, model: BayesianModel, data: FitData, seed: int, objective: Optional[Objective],
@@ -132,19 +144,19 @@ def finish(guide, model: BayesianModel, data: FitData, seed: int, objective: Opt
             break
         target = target.with_mean(q.mu - delta)
         cv = Quadratic(q.mu, g, h)
-        current = elbo(loss, q, data, eps_elbo, cv)
+        current = elbo_terms(loss, q, data, eps_elbo, cv)
         accepted, alpha = None, 1.0
         for _ in range(FINISH_LINE_SEARCH + 1):
             trial = q.towards(target, alpha)
-            value = elbo(loss, trial, data, eps_elbo, cv)
-            if math.isfinite(value) and value >= current:
+            gain, se = elbo_gain(elbo_terms(loss, trial, data, eps_elbo, cv), current)
+            if math.isfinite(gain) and math.isfinite(se) and gain >= FINISH_SIGNIFICANCE * se:
                 accepted = trial
                 break
             alpha *= 0.5
         if accepted is None:
             break
         q, taken = accepted, taken + 1
-        if value - current < FINISH_CONVERGED:
+        if gain < FINISH_CONVERGED:
             break
     if taken:
         with torch.no_grad(), pyro.settings.context(module_local_params=True):
