@@ -311,7 +311,7 @@ def test_user_init_dict_takes_the_network_dtype_and_device(monkeypatch):
                    newton_steps=0)  # the start, not the Newton-finished mode
     assert post.sample(1)["weight"].dtype == torch.float64
     assert torch.allclose(post.sample(1)["weight"].reshape(-1), init["weight"].double().reshape(-1), atol=1e-6)
-    svi = bdl.fit(_model64(), b.x, b.y, method="svi", steps=1, lr=1e-9, init=init)
+    svi = bdl.fit(_model64(), b.x, b.y, method="svi", steps=1, lr=1e-9, init=init, newton_steps=0)
     loc = svi.guide.median()
     assert loc["weight"].dtype == torch.float64
     assert torch.allclose(loc["weight"].reshape(-1), init["weight"].double().reshape(-1), atol=1e-6)

@@ -46,41 +46,55 @@ def _guide_moments(post, n=20000):
     return moments(post.sample(n, seed=0))
 
 
+# SVI: Adam, then the fixed-point finish on the full data (`pyro_bdl.infer.svi.finish`, on by default), which lands
+# on the family's exact optimum of this Gaussian posterior from any start (its expected Hessian is constant). So the
+# bars are the Monte Carlo error of 20000 guide draws (mean ≈ 0.01 sd, whitened covariance ≈ 0.02), not Adam's:
+# 0.05 catches a covariance off by 5%, where a wrong tempering factor is off by ×4 and a missing N/B by ×3. And
+# Adam's run length does not matter here, so it is SVI_STEPS, not the default 2000 (these tests took 646 s with
+# 3000–4000 steps of 8 particles; the default run on harder problems is tests/test_svi_finish.py's). Adam's own ELBO
+# (tempering, N/B, the control variate) is checked without the finish in tests/test_svi_tempered.py; the finish's
+# potential is the trace's log joint (`Objective` checks it on its first call).
+SVI_MEAN_TOL, SVI_COV_TOL, SVI_STEPS = 0.05, 0.05, 200
+
+
+def _svi(model, *data, **options):
+    post = bdl.fit(model, *data, method="svi", steps=SVI_STEPS, seed=0, progress=False, **options)
+    assert post.info["newton_steps_taken"] >= 1
+    return post
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.25, 4.0])
 def test_fullrank_svi_matches_mean_and_covariance(blr, temperature):
-    post = bdl.fit(blr.model(temperature), blr.x, blr.y, method="svi", guide="fullrank", num_steps=3000,
-                   lr=0.03, num_particles=8, seed=0, progress=False)
+    post = _svi(blr.model(temperature), blr.x, blr.y, guide="fullrank")
     mean, cov = _guide_moments(post)
     true_mean, true_cov = blr.posterior(temperature)
-    assert_gaussian_close(mean, cov, true_mean, true_cov, mean_tol=0.15, cov_tol=0.2)
+    assert_gaussian_close(mean, cov, true_mean, true_cov, mean_tol=SVI_MEAN_TOL, cov_tol=SVI_COV_TOL)
 
 
 def test_fullrank_svi_likelihood_tempering(blr):
-    post = bdl.fit(blr.model(4.0, "likelihood"), blr.x, blr.y, method="svi", guide="fullrank", num_steps=3000,
-                   lr=0.03, num_particles=8, seed=0, progress=False)
+    post = _svi(blr.model(4.0, "likelihood"), blr.x, blr.y, guide="fullrank")
     mean, cov = _guide_moments(post)
-    assert_gaussian_close(mean, cov, *blr.posterior(4.0, "likelihood"), mean_tol=0.15, cov_tol=0.2)
+    assert_gaussian_close(mean, cov, *blr.posterior(4.0, "likelihood"), mean_tol=SVI_MEAN_TOL, cov_tol=SVI_COV_TOL)
 
 
 def test_meanfield_svi_matches_mean_and_precision_diagonal(blr):
     """The mean-field optimum for a Gaussian target has the true mean and variances 1/Λ_ii."""
-    post = bdl.fit(blr.model(), blr.x, blr.y, method="svi", guide="normal", num_steps=3000, lr=0.03,
-                   num_particles=8, seed=0, progress=False)
+    post = _svi(blr.model(), blr.x, blr.y, guide="normal")
     mean, cov = _guide_moments(post)
     true_mean, true_cov = blr.posterior()
     precision_diag = torch.linalg.inv(true_cov).diag()
     sd = true_cov.diag().sqrt()
-    assert ((mean - true_mean) / sd).abs().max() < 0.15
-    assert torch.allclose(cov.diag(), 1 / precision_diag, rtol=0.15)
+    assert ((mean - true_mean) / sd).abs().max() < SVI_MEAN_TOL
+    assert torch.allclose(cov.diag(), 1 / precision_diag, rtol=SVI_COV_TOL)
     assert cov.diag().sum() < true_cov.diag().sum()  # mean-field underestimates variance
 
 
-def test_lowrank_svi_runs_and_matches_mean(blr):
-    post = bdl.fit(blr.model(), blr.x, blr.y, method="svi", guide="lowrank", rank=2, num_steps=2000, lr=0.03,
-                   seed=0, progress=False)
-    mean, _ = _guide_moments(post, 5000)
-    true_mean, true_cov = blr.posterior()
-    assert ((mean - true_mean) / true_cov.diag().sqrt()).abs().max() < 0.2
+def test_lowrank_svi_matches_mean_and_covariance(blr):
+    """Rank 2 of P = 3: Σ = S(FFᵀ + I)S holds every covariance (D = λ_min·I plus a rank-2 rest), so the low-rank
+    family's optimum is the exact posterior."""
+    post = _svi(blr.model(), blr.x, blr.y, guide="lowrank", rank=2)
+    mean, cov = _guide_moments(post)
+    assert_gaussian_close(mean, cov, *blr.posterior(), mean_tol=SVI_MEAN_TOL, cov_tol=SVI_COV_TOL)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.25])
@@ -94,22 +108,20 @@ def test_map_matches_posterior_mode(blr, temperature):
 
 def test_minibatch_svi_equals_full_batch(blr):
     """Minibatches of 10 of 30 points, scaled by N/B, give the full-batch posterior."""
-    common = dict(method="svi", guide="fullrank", num_steps=4000, lr=0.02, num_particles=8, seed=0, progress=False)
-    full = bdl.fit(blr.model(), blr.x, blr.y, **common)
-    mini = bdl.fit(blr.model(), blr.x, blr.y, batch_size=10, **common)
+    full = _svi(blr.model(), blr.x, blr.y, guide="fullrank")
+    mini = _svi(blr.model(), blr.x, blr.y, guide="fullrank", batch_size=10)
     mean_f, cov_f = _guide_moments(full)
     mean_m, cov_m = _guide_moments(mini)
     true_mean, true_cov = blr.posterior()
-    assert_gaussian_close(mean_m, cov_m, true_mean, true_cov, mean_tol=0.2, cov_tol=0.25)
-    assert_gaussian_close(mean_m, cov_m, mean_f, cov_f, mean_tol=0.25, cov_tol=0.3)
+    assert_gaussian_close(mean_m, cov_m, true_mean, true_cov, mean_tol=SVI_MEAN_TOL, cov_tol=SVI_COV_TOL)
+    assert_gaussian_close(mean_m, cov_m, mean_f, cov_f, mean_tol=SVI_MEAN_TOL, cov_tol=SVI_COV_TOL)
 
 
 def test_minibatch_with_dataloader(blr):
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(blr.x, blr.y), batch_size=10, shuffle=True)
-    post = bdl.fit(blr.model(), loader, method="svi", guide="fullrank", num_steps=4000, lr=0.02, num_particles=8,
-                   seed=0, progress=False)
+    post = _svi(blr.model(), loader, guide="fullrank")
     mean, cov = _guide_moments(post)
-    assert_gaussian_close(mean, cov, *blr.posterior(), mean_tol=0.2, cov_tol=0.25)
+    assert_gaussian_close(mean, cov, *blr.posterior(), mean_tol=SVI_MEAN_TOL, cov_tol=SVI_COV_TOL)
 
 
 def test_log_joint_is_tempered_and_scaled(blr):

@@ -29,8 +29,8 @@ def _same(a, b):
 @pytest.mark.parametrize("guide, batch_size", [("normal", 10), ("lowrank", 10), ("fullrank", None)])
 def test_svi_is_the_hand_written_pyro_loop_on_the_drivers_batches(guide, batch_size):
     """fit(method="svi") = Trace_ELBO (+ the control variate under minibatches) + Adam with svi's parameter groups
-    and decay, stepped over FitData.epoch(Generator(seed)) — bit for bit. (The full-rank guide's Newton finish,
-    after the loop, is off here: `test_svi_stationarity` checks it.)"""
+    and decay, stepped over FitData.epoch(Generator(seed)) — bit for bit. (The finish after the loop is off here:
+    `test_svi_finish` and `test_svi_stationarity` check it.)"""
     problem = make_blr(n=40, d=2, seed=2)
     m, seed, steps, lr, lr_decay = problem.model(0.1), 4, 30, 0.02, 0.1
     post = bdl.fit(m, problem.x, problem.y, method="svi", guide=guide, batch_size=batch_size, steps=steps, lr=lr,

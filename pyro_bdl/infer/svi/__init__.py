@@ -1,0 +1,44 @@
+"""Stochastic variational inference with Pyro autoguides.
+
+SVI maximises the ELBO of the (tempered) model,
+
+    ELBO(q) = E_q[log p̃(D, w)] − E_q[log q(w)],
+
+with log p̃ from [`BayesianModel.log_joint`][pyro_bdl.BayesianModel] semantics (the Pyro trace), so minibatches
+are scaled by N/B through the data plate and temperature through ``poutine.scale``.
+Guides: ``"normal"`` (mean-field, AutoNormal), ``"lowrank"`` (AutoLowRankMultivariateNormal),
+``"fullrank"`` (AutoMultivariateNormal), or any Pyro guide object.
+
+(MAP has its own step rule on the compiled potential, `pyro_bdl.infer.map`; ``optimise`` still takes
+``floor_kind="point"`` for a user's AutoDelta guide.)
+
+Guide parameters are module-local (``pyro.settings module_local_params``): no global
+parameter store, and the optimiser is a plain ``torch.optim.Adam`` with an exponential
+decay from ``lr`` to ``lr * lr_decay`` over the run.
+
+The loop is the one driver's (`pyro_bdl.infer.driver`): `SVIRule` is SVI's step rule (one Adam step
+on the negative ELBO per minibatch), and the driver owns the data order (seeded per run), the
+blocked divergence checks, progress, the checkpoint (`checkpoint=path`, bit-identical resume) and
+the ``info`` schema. The ELBO itself is still evaluated by Pyro's traces of model and guide (any
+Pyro guide works); the compiled potential that map/swag/SG-MCMC step on is not used here.
+
+After Adam, a built-in guide of a small model (P ≤ 200) is finished by the ELBO's fixed-point equations on the
+full data (`pyro_bdl.infer.svi.finish`: exact in one step for a Gaussian posterior), and every built-in guide's mean
+is checked for stationarity (`pyro_bdl.infer.svi.check`, a `StationarityWarning` when it is not).
+
+Modules: `fit` (``fit(method="svi")``), `rule` (the driver's step rule and loops), `elbo` (the control-variate
+ELBO), `guides` (building the guides and their initial sds), `gaussian` (the guides as flat Gaussians), `check`
+(the full-data potential and the stationarity check), `finish` (the fixed-point finish). Everything is re-exported
+here (``from pyro_bdl.infer.svi import optimise``).
+"""
+from ..stationarity import STATIONARITY_TOLERANCE, StationarityWarning  # noqa: F401 (re-exported)
+from .check import STATIONARITY_PAIRS, full_data_potential, stationarity_offsets, warn_if_not_stationary  # noqa: F401
+from .elbo import ControlVariateELBO  # noqa: F401
+from .finish import (FINISH_ELBO_PAIRS, FINISH_MAX_PARAMS, FINISH_PAIRS, SVI_NEWTON_STEPS, finish,  # noqa: F401
+                     full_hessian)
+from .fit import fit_svi  # noqa: F401
+from .gaussian import FullRank, Gaussian, LowRank, MeanField, gaussian_view  # noqa: F401
+from .guides import (FALLBACK_SCALE, FISHER_BATCHES, GUIDES, curvature_scales, initialise_scales,  # noqa: F401
+                     make_guide)
+from .rule import (SVIRule, SVIRun, flatten_parameters, optimise, param_groups, run_svi,  # noqa: F401
+                   unflatten_parameters)

@@ -1,0 +1,142 @@
+"""``fit(method="svi")``: Adam on the ELBO (`pyro_bdl.infer.svi.rule`), the finish
+(`pyro_bdl.infer.svi.finish`) and the stationarity check (`pyro_bdl.infer.svi.check`)."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Dict, Optional, Union
+
+import pyro
+import torch
+
+from ...model.bayesian_model import BayesianModel
+from ...model.potential import Objective
+from ...posterior.mixture import MixturePosterior
+from ...posterior.samples import GuidePosterior
+from ..._util import checkpoint as ckpt
+from ..._util.checks import check_int
+from ..._util.random import seeded, spawn_seeds
+from ..data import FitData
+from .. import driver
+from ..map import check_newton_steps, start_values
+from ..options import run_length
+from ..registry import register
+from .check import warn_if_not_stationary
+from .finish import SVI_NEWTON_STEPS, finish
+from .guides import GUIDES, _check_init_scale, initialise_scales, make_guide
+from .rule import SVIRun, run_svi
+
+@register("svi")
+def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool],
+            guide: Union[str, Any] = "normal", steps: Optional[int] = None, epochs: Optional[int] = None,
+            lr: float = 0.01, lr_decay: float = 0.1, num_particles: int = 1, init_scale: Union[float, str] = "auto",
+            rank: Optional[int] = None, init: Optional[Dict[str, torch.Tensor]] = None, num_chains: int = 1,
+            newton_steps: int = SVI_NEWTON_STEPS, checkpoint: Optional[str] = None) -> Union[GuidePosterior, MixturePosterior]:
+    """Variational inference with a Pyro autoguide, run by the driver (`SVIRule`, `pyro_bdl.infer.driver`).
+
+    Args:
+        guide: ``"normal"`` (mean-field), ``"lowrank"``, ``"fullrank"``, or a Pyro guide.
+        steps / epochs: optimiser steps (default 2000), or passes over the data (``num_steps`` is the
+            deprecated name of ``steps``).
+        lr, lr_decay: Adam step size, decayed exponentially to ``lr * lr_decay``.
+        num_particles: ELBO samples per step (vectorised).
+        init_scale: initial guide standard deviation (loc starts at the network's weights):
+            ``"auto"`` (default) starts each coordinate at min(1/√Λ_kk, 0.01), with Λ_kk the tempered
+            posterior's diagonal precision estimated from the prior and the Fisher information at the
+            start (`curvature_scales`; for a Gaussian posterior 1/√Λ_kk is the mean-field optimum), so
+            a posterior narrower than 0.01 (cold T, large N) is not approached from far above; a
+            number sets every sd to it.
+        rank: rank of the ``"lowrank"`` guide (default ≈ √P).
+        init: the built-in guide's starting means ``{site: tensor}`` (moved to the network's device and
+            dtype); sites left out start at [`BayesianModel.initial_values`][pyro_bdl.BayesianModel].
+        num_chains: independent SVI runs (default 1). Run k has seed ``s_k = spawn_seeds(seed, num_chains)[k]``:
+            its guide's means start at ``model.initial_values(seed=s_k)`` (a fresh initialisation of the
+            network, with ``init``'s sites replaced), and its data order, ``init_scale="auto"`` estimate and
+            ELBO draws come from ``s_k`` — run k is ``fit(method="svi", seed=s_k, init=<that start>)``. The
+            runs are stepped together on the driver and returned as their equal-weight mixture
+            ([`MixturePosterior`][pyro_bdl.MixturePosterior]), as for deep ensembles and Multi-SWAG: the
+            runs settle in different modes, which one Gaussian cannot cover. Built-in guides only.
+        newton_steps: for a built-in guide of at most 200 parameters, fixed-point steps of the ELBO on the full data
+            after Adam (`pyro_bdl.infer.svi.finish`): the mean by a Newton step with E_q[∇²U], the covariance to
+            the family's optimum on the local quadratic model (full-rank Σ = E_q[∇²U]⁻¹, mean-field
+            σ_k² = 1/E_q[∂²_kk U], low-rank by L-BFGS), each kept only if the ELBO does not fall; exact in one step
+            for a Gaussian posterior. Default 3; 0: none. None is taken where E_q[∇²U] is not positive definite
+            (networks, as a rule): there the `StationarityWarning` check says whether Adam converged.
+        checkpoint: file where the run's state (guide parameters, Adam and its schedule, the data
+            order's and the ELBO draws' random generators, the loss history) is saved after every
+            epoch and at the end; rerunning the same call resumes it bit-identically, and a checkpoint of
+            another run (other model, data, options or seed) is refused naming what differs.
+
+    Under minibatches the built-in guides use `ControlVariateELBO`: the ELBO gradient of a guide sd
+    otherwise has signal-to-noise ratio ≈ √(B·T/N) (B of N points), and at cold T the sds stayed
+    near their start (variance 0.6× the mean-field target at T = 0.1 and 2.3× at T = 0.01 on
+    linear regression with 2000 steps); with it they reach the target within 10% at T = 1 … 0.01.
+
+    The driver shuffles the minibatches with a generator seeded ``seed`` (`pyro_bdl.infer.driver`) and
+    reads the loss every 50 steps: a loss that turns non-finite, grows by orders of magnitude or falls
+    below any attainable value (`pyro_bdl.infer.divergence`) stops the run within that block with a
+    `DivergenceError` naming ``lr``.
+
+    ``info``: the driver schema (`pyro_bdl.infer.driver.info`) — ``loss`` ``(1, steps)`` (the negative
+    ELBO estimate per step), ``options``, ``wall_time`` (training, summed over resumes) — plus
+    ``guide`` (its class name) and, for one run, ``losses`` (the same losses as a list; deprecated, kept for
+    one release), ``stationarity_offset`` (`stationarity_offsets`' worst coordinate, after any Newton steps; a
+    `StationarityWarning` above 0.8) and ``newton_steps_taken``. With ``num_chains`` > 1, ``loss`` is
+    ``(num_chains, steps)`` and the mixture carries the ``info``; each member's ``info`` has its ``seed``,
+    ``stationarity_offset`` and ``newton_steps_taken``.
+    """
+    num = run_length(data, steps, epochs, default=2000)
+    check_newton_steps(newton_steps)
+    _check_init_scale(init_scale)
+    check_int(num_chains, "num_chains", 1)
+    checkpoint = ckpt.check_path(checkpoint)
+    if not isinstance(guide, str):
+        if init is not None:
+            raise ValueError("init sets a built-in guide's starting means; a guide object you pass starts where it "
+                             "was built (drop init, or build the guide with init_loc_fn=init_to_value(values=...))")
+        if num_chains > 1:
+            raise ValueError("num_chains > 1 builds one fresh guide per run, so it needs a built-in guide "
+                             f"({sorted(GUIDES)}); fit several runs of your own guide one at a time")
+    start = start_values(model, init)
+    seeds = [seed] if num_chains == 1 else spawn_seeds(seed, num_chains)
+    runs = []
+    for s in seeds:
+        # One run sets up under fit's seeded global RNG, as before the driver; run k of several under s_k,
+        # exactly as fit(seed=s_k) would (and the global RNG is left as it was).
+        with contextlib.nullcontext() if num_chains == 1 else seeded(s):
+            run_start = start if num_chains == 1 else {**model.initial_values(seed=s), **model.as_values(init or {})}
+            with pyro.settings.context(module_local_params=True):
+                g = make_guide(model, guide, init_scale, rank, run_start)
+                if init_scale == "auto" and isinstance(guide, str):
+                    initialise_scales(g, model, data, s, run_start)
+            runs.append(SVIRun(model, g, data, lr, num_particles,
+                               control_variate=isinstance(guide, str) and data.minibatched))
+    options = {"guide": guide if isinstance(guide, str) else type(guide).__qualname__, "steps": steps,
+               "epochs": epochs, "lr": lr, "lr_decay": lr_decay, "num_particles": num_particles,
+               "init_scale": init_scale, "rank": rank, "init": None if init is None else sorted(init),
+               "num_chains": num_chains, "newton_steps": newton_steps}
+
+    def fingerprint(theta0: torch.Tensor) -> Dict[str, Any]:
+        # the starting parameters stand for init, init_scale="auto"'s estimate and a user guide's own start
+        return ckpt.fingerprint(model, data, "svi", options, seed, start=ckpt.tensor_hash(theta0))
+
+    result = run_svi(runs, data, num, lr, lr_decay, seeds, progress, "svi", checkpoint, fingerprint)
+    objective = Objective(model, data.example_x(2)) if isinstance(guide, str) else None
+    # Adam stops short of the ELBO's optimum on sharp or ill-conditioned posteriors (notes/issue-13-mapsvi.md); the
+    # built-in guide of a small model is finished by the ELBO's own fixed-point equations (notes/issue-13-svifinish.md)
+    finished = [finish(run.guide, model, data, s, objective, newton_steps) if isinstance(guide, str) else 0
+                for run, s in zip(runs, seeds)]
+    x0, _ = next(iter(data.epoch()))
+    name = type(runs[0].guide).__name__
+    # the mean's distance from the ELBO's stationary point, a check the loss history cannot give (it is noisy and
+    # flat long before an ill-conditioned posterior's weak directions converge): notes/issue-13-sweep.md
+    offsets = [warn_if_not_stationary(run.guide, model, data, s, num, objective) if isinstance(guide, str) else None
+               for run, s in zip(runs, seeds)]
+    if num_chains == 1:
+        return GuidePosterior(model, runs[0].guide, "svi", x0,
+                              info=driver.info(result.loss, options, result.wall_time,
+                                               losses=result.loss[0].tolist(), guide=name,
+                                               stationarity_offset=offsets[0], newton_steps_taken=finished[0]))
+    members = [GuidePosterior(model, run.guide, "svi", x0, info={"seed": s, "stationarity_offset": z,
+                                                                 "newton_steps_taken": f})
+               for run, s, z, f in zip(runs, seeds, offsets, finished)]
+    return MixturePosterior(members, "svi", info=driver.info(result.loss, options, result.wall_time, guide=name))
