@@ -25,6 +25,9 @@ VOCABULARY: Dict[str, str] = {
     "init": "the starting point: a dict {site: tensor} or a named start of the method",
     "checkpoint": "a file path: the run saves its state there (atomically) and a rerun with the same arguments "
                   "resumes it",
+    "preconditioner": "the coordinates a stochastic-gradient method steps in (sgld, sghmc, csgmcmc, swag, multiswag):"
+                      " 'auto' (default: 'dense', a whitening of θ, for small models; else 'fisher'), 'dense', "
+                      "'fisher' (diagonal)",
     "workers": "processes running groups of independent runs in parallel (ensemble and Multi-SWAG members, SG-MCMC "
                "chains), for networks too large to stack; the result equals workers=1 with the same grouping",
 }

@@ -49,6 +49,19 @@ scale 0.1 (λ_max ∝ 1/σ²: 1.4·10³ on the gap data). Then:
      biased narrow off the posterior's eigenvectors; it is kept as a guard against over-spread members
      (the function's docs give the reference measurements).
 
+  **Small generalised linear models** (``preconditioner="auto"``: a ``Linear`` network of ≤ 256 parameters
+  without hyperpriors; `pyro_bdl.infer.swag.whitening`). Diagonal rates solve εAΣ + ΣAε = εVε for
+  Σ = (NA)⁻¹ only when V is diagonal; a rotated, ill-conditioned design breaks that (κ = 10³: the weak
+  directions spread 0.00–0.03× the posterior). There the rates act in coordinates φ that whiten the noise,
+  θ = θ₀ + Lφ with LᵀVL = I, read twice: at θ₀ and again on the relaxed, moving iterate, from every data
+  point's gradient (V = Cov_i(g_i)/B exactly), so the rates are Mandt et al.'s full preconditioner
+  2(1 − β)/N·V⁻¹, exact for any A. Their moving-iterate share is removed (E[g²] ≈ V·(1 + B/N)), the burn-in
+  relaxes and re-reads the offset until it is below the collection's noise, the default run collects
+  max(30P, 200) snapshots (`resolve_length`: the Marchenko–Pastur edge of a full-rank sample covariance)
+  and ``variant="auto"`` takes their sample covariance (``"full"``), not ½(diag + low rank), which halves
+  every correlation. Step 4 is skipped there. BLR sweep, T = 1 and 0.01: 18/20 configurations within the
+  bar (6/20 before); notes/issue-13-swag-dense.md.
+
   On linear regression the SWAG covariance is then within 2× of the exact (tempered) posterior
   (with a fixed rate and reshuffled epochs it is 0.1–0.3×); on digits SWAG's predictive mutual
   information is 0.11–0.29 of SGHMC's at T = 1 (`benchmarks/bench_swag.py --digits-mi`; 0.26–0.85
