@@ -43,6 +43,7 @@ import torch
 from ...model.inputs import num_rows, take_rows
 from ...model.potential import Objective
 from ..data import FitData
+from .gradients import anchor_at, full_data
 
 #: ``preconditioner="auto"`` is dense up to this many coordinates (P): above it the P×P products per step cost more
 #: than a small model's minibatch gradient, and the P Hessian-vector products of the set-up pass more than a burn-in
@@ -57,7 +58,6 @@ NEWTON_HALVINGS = 10
 def full_hessian(objective: Objective, data: FitData, theta: torch.Tensor, temperature: float) -> torch.Tensor:
     """The Hessian of V = T·U_T on the full data at ``theta``, ``(P, P)``: the chunks' Hessians of the full-data
     estimate (likelihood scaled by N/n) weighted by n/N, as `.gradients.anchor_at` sums gradients."""
-    from .gradients import full_data  # noqa: PLC0415 (gradients imports this module's users)
     x, y = full_data(data)
     N = data.dataset_size
     size = max(data.random_batch_size, 1024)
@@ -104,7 +104,6 @@ class Whitened:
 
 def full_potential(objective: Objective, data: FitData, theta: torch.Tensor) -> float:
     """U_T on the full data at ``theta`` (chunked as `full_hessian`)."""
-    from .gradients import full_data  # noqa: PLC0415
     x, y = full_data(data)
     N = data.dataset_size
     size = max(data.random_batch_size, 1024)
@@ -126,7 +125,6 @@ def whiten(objective: Objective, data: FitData, theta: torch.Tensor, temperature
     preconditioner's κ_eff), and a chain that starts many posterior sds (√T) off drifts in with a Fisher step that
     reads the drift's gradient as curvature (E[ĝ²] ∝ distance²) — at T = 0.01 chains were still relaxing at the end
     of a default run (configurational temperature −0.06 for T = 0.01). The chain starts the warm-up at θ̂ (φ = 0)."""
-    from .gradients import anchor_at  # noqa: PLC0415
     L = whitening_map(full_hessian(objective, data, theta, temperature))
     grad = anchor_at(objective, data, theta)["grad"]  # ∇U_T on the full data
     direction = -(L @ (L.T @ grad)) * temperature  # −H_V⁻¹∇V with ∇V = T·∇U_T
