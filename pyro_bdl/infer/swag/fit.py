@@ -95,10 +95,10 @@ MIN_FULL_RANK_SNAPSHOTS = 200
 MAX_COLLECTION_STEPS = 100_000
 
 
-def resolve_length(epochs: Optional[int], warmup: Optional[int], model: BayesianModel, data: FitData, swa_lr: Any,
+def resolve_length(epochs: Optional[int], warmup: Optional[int], objective: Objective, data: FitData, swa_lr: Any,
                    momentum: float, preconditioner: str) -> Tuple[Any, Optional[int]]:
     """``(epochs, warmup)``: as given when ``epochs`` is given; else `DEFAULT_EPOCHS` (``warmup`` default 3/4 of
-    them), and for a small model with auto rates (a dense whitening, `pyro_bdl.infer.whitening.use_dense`) the
+    them), and for a small model with auto rates (a dense whitening, `pyro_bdl.infer.swag.whitening.use_dense`) the
     collection lengthened to `FULL_RANK_SNAPSHOTS`·P snapshots (at most `MAX_COLLECTION_STEPS` steps).
 
     Why 30 per parameter: such a collection's covariance is a full-rank sample covariance, whose eigenvalues after
@@ -112,7 +112,6 @@ def resolve_length(epochs: Optional[int], warmup: Optional[int], model: Bayesian
     start = (3 * DEFAULT_EPOCHS) // 4 if warmup is None else warmup
     if swa_lr not in (None, "auto") or isinstance(start, bool) or not isinstance(start, int) or start < 0:
         return DEFAULT_EPOCHS, warmup  # _check_options names a bad warmup
-    objective = Objective(model, data.example_x(2))
     size = objective.size
     if not use_dense(preconditioner, objective):
         return max(DEFAULT_EPOCHS, start + 1), warmup
@@ -121,7 +120,7 @@ def resolve_length(epochs: Optional[int], warmup: Optional[int], model: Bayesian
     return start + max(DEFAULT_EPOCHS - (3 * DEFAULT_EPOCHS) // 4, math.ceil(steps / data.num_batches)), start
 
 
-def resolve_variant(variant: str, rank: int, data: FitData, model: BayesianModel, epochs: int, swa_start: int,
+def resolve_variant(variant: str, rank: int, data: FitData, size: int, epochs: int, swa_start: int,
                     swa_lr: Any, momentum: float) -> str:
     """``variant="auto"`` (default): ``"full"`` (the snapshots' sample covariance, `pyro_bdl.guides.SWAG`) where
     every snapshot is kept and they outnumber the parameters (``rank="auto"`` on a small model), else ``"swag"``
@@ -129,7 +128,6 @@ def resolve_variant(variant: str, rank: int, data: FitData, model: BayesianModel
     if variant != "auto":
         return check_variant(variant)
     snapshots = expected_snapshots(data, epochs, swa_start, swa_lr, momentum)
-    size = Objective(model, data.example_x(2)).size
     return "full" if rank >= snapshots > size else "swag"
 
 
@@ -138,10 +136,11 @@ def _resolve(model: BayesianModel, data: FitData, epochs, warmup, lr, swa_lr, mo
     """Every option that has an automatic value, checked: ``(epochs, swa_start, swa_lr, rank, variant,
     preconditioner)``."""
     preconditioner = check_preconditioner(preconditioner)
-    epochs, warmup = resolve_length(epochs, warmup, model, data, swa_lr, momentum, preconditioner)
+    objective = Objective(model, data.example_x(2))  # the model's size and whether its density compiles, once
+    epochs, warmup = resolve_length(epochs, warmup, objective, data, swa_lr, momentum, preconditioner)
     swa_start, swa_lr = _check_options(epochs, warmup, lr, swa_lr, momentum)
     rank = resolve_rank(rank, model, data, epochs, swa_start, swa_lr, momentum)
-    variant = resolve_variant(variant, rank, data, model, epochs, swa_start, swa_lr, momentum)
+    variant = resolve_variant(variant, rank, data, objective.size, epochs, swa_start, swa_lr, momentum)
     return epochs, swa_start, swa_lr, rank, variant, preconditioner
 
 
@@ -244,9 +243,9 @@ def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Option
     """SWA-Gaussian (Maddox et al. 2019): SGD on the MAP objective, then a Gaussian fitted to its iterates.
 
     Args:
-        epochs: passes over the data; ``None`` (default): 60, or for a generalised linear model of ≤ 200 parameters
-            (auto rates, dense whitening)
-            as many as a collection of 30 snapshots per parameter needs (`resolve_length`).
+        epochs: passes over the data; ``None`` (default): 60, or for a model the auto rates whiten densely (a
+            generalised linear model of ≤ 256 parameters, ``preconditioner``) as many as a collection of
+            max(30P, 200) snapshots needs (`resolve_length`).
         warmup: epochs before collection starts, the paper's ``swa_start`` (the deprecated name
             `pyro_bdl.infer.options` maps; default 3/4 of ``epochs``); with a numeric ``swa_lr`` one snapshot is
             collected after every later epoch, so ``epochs − warmup`` snapshots in all.
@@ -268,9 +267,9 @@ def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Option
             (the mean only) or ``"full"`` (the snapshots' sample covariance, `pyro_bdl.guides.SWAG`).
         var_clamp: floor on the diagonal variance.
         preconditioner: the coordinates the auto rates are diagonal in (``swa_lr="auto"`` only): ``"auto"``
-            (default) whitens θ densely for a generalised linear model of ≤ 200 parameters (`is_linear`) and keeps
-            θ's own coordinates otherwise;
-            ``"dense"``, ``"fisher"`` (diagonal rates) force either (`pyro_bdl.infer.whitening`: L·diag(ε)·Lᵀ with LᵀVL = I, the
+            (default) whitens θ densely for a generalised linear model of ≤ 256 parameters without hyperprior sites
+            (`pyro_bdl.infer.swag.whitening.use_dense`) and keeps θ's own coordinates otherwise; ``"dense"``,
+            ``"fisher"`` (diagonal rates) force either (`pyro_bdl.infer.swag.whitening`: L·diag(ε)·Lᵀ with LᵀVL = I, the
             full preconditioner 2(1 − β)/N·V⁻¹ of Mandt et al. 2017, exact for a correlated posterior, where
             diagonal rates spread a rotated ill-conditioned one far too narrowly along its weak directions).
         init: ``"net"`` (the network's weights), ``"fresh"`` (seeded default init), a dict of values, or a fitted

@@ -63,7 +63,7 @@ class GradientNoise:
     """
 
     def __init__(self, like: torch.Tensor, whitening: Optional[torch.Tensor] = None):
-        # L (P, P) of a dense whitening θ = θ₀ + Lφ (`pyro_bdl.infer.whitening`): every moment here is then φ's
+        # L (P, P) of a dense whitening θ = θ₀ + Lφ (`pyro_bdl.infer.swag.whitening`): every moment here is then φ's
         # (gradients Lᵀg), and the rates are φ's diagonal ones, L·diag(ε)·Lᵀ in θ (`precondition`)
         self.whitening = whitening
         self.count, self.mean, self.m2 = 0, torch.zeros_like(like), torch.zeros_like(like)
@@ -502,16 +502,16 @@ def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, 
     num = max(MIN_NOISE_BATCHES, data.num_batches)
     # dense: the gradients are kept until the whitening is known (n ≥ GRADIENTS_PER_PARAM·P of them)
     kept: Optional[list] = [] if dense else None
-    count = max(num, GRADIENTS_PER_PARAM * theta.numel()) if dense else num
+    measured = max(num, GRADIENTS_PER_PARAM * theta.numel()) if dense else num
     if data.augment is None:
-        for xb, yb in data.random_batches(count, generator):
+        for xb, yb in data.random_batches(measured, generator):
             ref.append(t * float(gradient(xb, yb).detach()))
             if kept is None:
                 noise.update(theta.grad)
             else:
                 kept.append((theta.grad.detach().clone(),))
     else:
-        for xa, xb, yb in _paired_batches(data, count, generator):
+        for xa, xb, yb in _paired_batches(data, measured, generator):
             ref.append(t * float(gradient(xa, yb).detach()))
             first = theta.grad.detach().clone()
             gradient(xb, yb)
@@ -548,6 +548,16 @@ def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, 
 
     cap = noise.cap = capped(noise)
 
+    def sgd(noise: GradientNoise, rates: torch.Tensor, steps: int, keep: int, record) -> None:
+        # ``steps`` more steps of the accepted burn-in's optimiser (``opt``) at ``rates``, the last ``keep`` steps'
+        # θ-gradients passed to ``record`` before they are preconditioned
+        for i, (xb, yb) in enumerate(data.random_batches(steps, generator)):
+            gradient(xb, yb)
+            if i >= steps - keep:
+                record(theta.grad)
+            theta.grad.copy_(noise.precondition(theta.grad, rates))
+            opt.step()
+
     def relax_whitened(noise: GradientNoise, white: torch.Tensor, kept: list) -> GradientNoise:
         # Dense: the noise, its rates and their cap in the coordinates read at the relaxed iterate; then, while
         # the offset measured there is still above the collection's noise, relax on and read again (at most
@@ -565,13 +575,8 @@ def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, 
             more = relaxation_steps(noise, rates, N, data.random_batch_size, momentum, every, snapshots)
             if more <= 0 or round == RELAXATION_ROUNDS:
                 return noise
-            steps, kept = max(more, count), []
-            for i, (xb, yb) in enumerate(data.random_batches(steps, generator)):
-                gradient(xb, yb)
-                if i >= steps - count:
-                    kept.append(theta.grad.detach().clone())
-                theta.grad.copy_(noise.precondition(theta.grad, rates))
-                opt.step()
+            kept = []
+            sgd(noise, rates, max(more, measured), measured, lambda g: kept.append(g.detach().clone()))
             white = whitening(kept)
             if white is None:
                 white = noise.whitening
@@ -614,19 +619,11 @@ def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, 
                 # kept the rates low while θ drifted) is not the relaxed iterate's. Re-measure it on the last
                 # `num` steps' gradients (on the moving iterate, as the collection measures it; the class docs).
                 # With augmentation the paired split is only measured at θ₀, so the θ₀ estimate is kept.
-                keep = count if rewhiten else num
-                steps = max(extra, keep) if data.augment is None else extra
+                keep = 0 if data.augment is not None else measured if rewhiten else num
                 fresh = GradientNoise(theta.detach(), noise.whitening)
                 kept = []
-                for i, (xb, yb) in enumerate(data.random_batches(steps, generator)):
-                    gradient(xb, yb)
-                    if data.augment is None and i >= steps - keep:
-                        if rewhiten:
-                            kept.append(theta.grad.detach().clone())
-                        else:
-                            fresh.update(theta.grad)
-                    theta.grad.copy_(noise.precondition(theta.grad, rates))
-                    opt.step()
+                sgd(noise, rates, max(extra, keep), keep,
+                    (lambda g: kept.append(g.detach().clone())) if rewhiten else fresh.update)
                 white = whitening(kept) if rewhiten else None
                 if white is not None:
                     return relax_whitened(noise, white, kept)

@@ -163,7 +163,7 @@ class SWAGRule(MAPRule):
         if auto:
             for k, noise in enumerate(state["noise"]):
                 noise.update(grad[k])
-            if all(n.whitening is None for n in state["noise"]):
+            if not self.dense:
                 grad = grad * state["rates"]
             else:  # dense (small models): each run's L·(ε ⊙ Lᵀg)
                 grad = torch.stack([n.precondition(g, r) for n, g, r in zip(state["noise"], grad, state["rates"])])
