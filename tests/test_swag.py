@@ -856,6 +856,59 @@ def test_diverging_auto_exploration_step_backs_off_and_warns(monkeypatch):
                 progress=False)
 
 
+def test_a_divergence_in_the_auto_collection_names_warmup_not_the_exploration_lr(monkeypatch):
+    """swa_lr="auto" sets the collection's rates from the curvature where collection starts, so a divergence
+    past warmup (forced here: one non-finite loss 3 steps into the collection) is not the exploration lr's:
+    halving it and restarting cannot mend it. The run stops at once, naming warmup, init and a numeric swa_lr;
+    the same failure during the exploration still backs the exploration lr off."""
+    import warnings as w
+
+    import pyro_bdl.infer.swag.rule as rule
+    from blr import make_blr
+
+    problem = make_blr(n=100, d=2, seed=5)
+    options = dict(method="swag", batch_size=10, epochs=8, warmup=4, seed=0, progress=False)
+    start = 4 * 10  # warmup epochs × batches per epoch
+    real, calls = rule._RunCheck.check, []
+
+    def failing_at(step_to_fail):
+        def check(self, value, step, lr=None):
+            calls.append(step)
+            real(self, math.inf if step == step_to_fail and calls.count(step) == 1 else value, step, lr)
+        return check
+
+    monkeypatch.setattr(rule._RunCheck, "check", failing_at(start + 3))
+    with w.catch_warnings(record=True) as caught:
+        w.simplefilter("always")
+        with pytest.raises(bdl.DivergenceError, match=r"collection \(from step 40.*raise warmup \(now 4 epochs"
+                                                      r".*init=.*numeric swa_lr"):
+            bdl.fit(problem.model(), problem.x, problem.y, **options)
+    assert not [c for c in caught if "restarting from the start" in str(c.message)]
+    calls.clear()
+    monkeypatch.setattr(rule._RunCheck, "check", failing_at(3))
+    with pytest.warns(RuntimeWarning, match="restarting from the start"):
+        post = bdl.fit(problem.model(), problem.x, problem.y, **options)
+    assert post.info["num_snapshots"] >= 1
+
+
+def test_a_start_far_from_any_mode_cuts_the_relaxation_at_the_collection_length_and_warns():
+    """A start far from any mode (weights ×10, no exploration) has coordinates of almost no gradient noise, whose
+    relaxation time at the auto rates is unbounded (`relaxation_steps`): the burn-in is cut at the collection's own
+    length, with a warning naming warmup, init and a numeric swa_lr, instead of running for hours."""
+    torch.manual_seed(0)
+    x = torch.randn(200, 4)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(10.0)
+    model = bdl.BayesianModel(net, likelihood=bdl.likelihoods.Categorical())
+    options = dict(method="swag", batch_size=20, epochs=16, seed=0, progress=False)
+    with pytest.warns(RuntimeWarning, match=r"far from a mode.*Raise warmup.*init=.*numeric swa_lr"):
+        post = bdl.fit(model, x, y, warmup=0, **options)
+    assert all(torch.isfinite(v).all() for v in post.sample(8, seed=0).values())
+
+
 def test_rank_auto_keeps_every_snapshot_only_where_the_covariance_can_be_full_rank():
     """``rank="auto"``: K = every collected snapshot where they are at least P (a full-rank covariance), with a
     warning below 4 snapshots per parameter (Marchenko–Pastur spread); Maddox et al.'s 20 for a network (P ≫ K)."""

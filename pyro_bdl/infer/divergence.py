@@ -48,7 +48,13 @@ GROWTH = 100.0
 
 
 class DivergenceError(FloatingPointError):
-    """An optimisation or sampling run diverged (its loss left the range a working run can reach)."""
+    """An optimisation or sampling run diverged (its loss left the range a working run can reach).
+
+    ``what`` is the symptom alone (method, step, loss and why) and ``step`` the step, so that a caller that
+    knows the cause better than the learning rate can re-raise with its own fix."""
+
+    what: str = ""
+    step: Optional[int] = None
 
 
 class DivergenceCheck:
@@ -74,9 +80,11 @@ class DivergenceCheck:
 
     def _fail(self, value: float, step: int, why: str, lr: Optional[float]) -> None:
         now = "" if lr is None or math.isclose(lr, self.lr) else f", {lr:g} at this step of its schedule"
-        raise DivergenceError(f"{self.method} diverged at step {step}: the loss is {value:.4g}, {why}. Lower the "
-                              f"learning rate (lr={self.lr:g}{now}; try lr={self.lr / 10:g}) or check the data "
-                              "scale (standardise inputs and regression targets).")
+        what = f"{self.method} diverged at step {step}: the loss is {value:.4g}, {why}"
+        err = DivergenceError(f"{what}. Lower the learning rate (lr={self.lr:g}{now}; try lr={self.lr / 10:g}) or "
+                              "check the data scale (standardise inputs and regression targets).")
+        err.what, err.step = what, step
+        raise err
 
     def check(self, value: float, step: int, lr: Optional[float] = None) -> None:
         """Raise `DivergenceError` if ``value`` (this step's loss) shows divergence.

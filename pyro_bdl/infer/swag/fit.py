@@ -257,7 +257,10 @@ def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Option
             from its start at half the step, with a RuntimeWarning (`exploration_lr`'s "Back-off"). A numeric lr
             that diverges raises, naming it.
         swa_lr: ``"auto"`` (default; posterior-matching rates, module docs) or a constant
-            collection rate (the paper's schedule, `swag_learning_rate`).
+            collection rate (the paper's schedule, `swag_learning_rate`). The auto rates come from the
+            curvature where collection starts; should they diverge there (a start far from any mode, e.g.
+            ``warmup=0`` from an untrained net), `DivergenceError` names warmup, ``init`` and a numeric swa_lr
+            rather than halving the exploration lr, which cannot mend it.
         momentum: SGD momentum.
         rank: K, deviation columns kept; ``"auto"`` (default): every snapshot where the parameters are no more
             than the snapshots (full rank), else 20 (`resolve_rank`, which warns when a full-rank covariance has

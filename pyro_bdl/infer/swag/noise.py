@@ -460,7 +460,11 @@ def relaxation_steps(noise: GradientNoise, rates: torch.Tensor, dataset_size: in
     3.5× low, τ ≈ 270, t ≈ 690 steps where the old burn-in had 157.)
 
     Where the cap binds (networks: Fisher ≪ Hessian for confident or dead weights) neither d_i nor τ_i can be
-    read from the noise, and 0 is returned: the burn-in is the stability trial alone, as before."""
+    read from the noise, and 0 is returned: the burn-in is the stability trial alone, as before.
+
+    **Bound.** At most the collection's own length, ``snapshots · every`` steps: a coordinate of almost no
+    gradient noise (a dead unit, a start far from any mode) has τ_i → ∞, and an unbounded relaxation ran for
+    hours; a start that needs longer is too far for the collection's rates, and `_start_auto` warns."""
     full = noise._unscaled(noise.second_moment(), dataset_size, batch_size, momentum)
     if noise.count < 2 or not bool((full < noise.cap).all()):
         return 0
@@ -471,7 +475,13 @@ def relaxation_steps(noise: GradientNoise, rates: torch.Tensor, dataset_size: in
     allowed2 = 0.5 * math.sqrt(2 / max(1, snapshots)) * max(1, snapshots) * -torch.expm1(-2 * every / tau)
     steps = 0.5 * tau * torch.log(offset2 / allowed2)
     steps = torch.nan_to_num(steps, nan=0.0, posinf=0.0, neginf=0.0).clamp(min=0.0)
-    return int(math.ceil(float(steps.max()))) if steps.numel() else 0
+    limit = collection_steps(every, snapshots)
+    return min(limit, int(math.ceil(float(steps.max())))) if steps.numel() else 0
+
+
+def collection_steps(every: int, snapshots: int) -> int:
+    """The collection's length in steps, the bound on `relaxation_steps`."""
+    return max(1, snapshots) * every
 
 
 def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, momentum: float, gradient,
@@ -609,7 +619,14 @@ def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, 
             # θ₀'s transient: the trial's burn-in is one relaxation time at Mandt's rate, but θ₀ can be many
             # posterior sds off and the rates start low, so relax on until the offset is below the collection's
             # own noise (`relaxation_steps`), at the accepted rates, same optimiser.
-            extra = relaxation_steps(noise, rates, N, data.random_batch_size, momentum, every, snapshots) - burn
+            needed = relaxation_steps(noise, rates, N, data.random_batch_size, momentum, every, snapshots)
+            if needed >= collection_steps(every, snapshots):
+                warnings.warn(f"SWAG's collection starts far from a mode: relaxing from it at the collection's "
+                              f"rates would take longer than the collection itself ({needed} steps, cut there), so "
+                              "the covariance may be inflated by the start's offset. Raise warmup, start from a "
+                              "fitted solution (init=<a fit(method='map') posterior>), or pass a numeric swa_lr.",
+                              RuntimeWarning, stacklevel=4)
+            extra = needed - burn
             # A dense whitening read at θ₀ is stale too: off the mode the gradients' covariance is shaped by θ₀'s
             # residuals (on a rotated BLR with κ = 10³ it put SWAG's spread 30× off along one direction), so it
             # is read again on the relaxed, moving iterate's gradients, as the collection will see them.

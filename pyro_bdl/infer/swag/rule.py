@@ -395,6 +395,15 @@ def train_runs(guides: Sequence[SWAG], data: FitData, seeds: Sequence[int], *, e
             # the diverging run restarts from its θ₀, same seed, at half its step. The other runs restart
             # unchanged, so a stacked member still equals the member fitted alone.
             k = getattr(err, "run", None)
+            collecting_from = swa_start * data.num_batches
+            if swa_lr == "auto" and collect and err.step is not None and err.step >= collecting_from:
+                # The exploration finished; the posterior-matching rates, measured where collection starts,
+                # diverged there. That start is far from a mode, which a smaller exploration lr cannot mend.
+                raise DivergenceError(
+                    f"{err.what}, in SWAG's collection (from step {collecting_from}; swa_lr='auto' sets its rates "
+                    f"from the curvature where collection starts). The collection started far from a mode: raise "
+                    f"warmup (now {swa_start} epochs of exploration), start from a fitted solution "
+                    "(init=<a fit(method='map') posterior>), or pass a numeric swa_lr.") from err
             if lr != "auto" or k is None or attempt == EXPLORATION_RETRIES:
                 raise
             warnings.warn(f"SWAG's automatic exploration step lr={rule.lrs[k]:g} diverged ({err.args[0][:80]}...); "
