@@ -13,6 +13,7 @@ import pyro_bdl as bdl
 from interrupt import interrupt_after
 from pyro_bdl._util.random import spawn_seeds
 from pyro_bdl.infer.swag import SWAGPosterior, equipartition_directions, swag_learning_rate
+from pyro_bdl.infer.swag.noise import EXTRAPOLATION_WARNING
 
 
 # -- Bayesian linear regression, closed form ---------------------------------------------------
@@ -907,6 +908,32 @@ def test_a_start_far_from_any_mode_cuts_the_relaxation_at_the_collection_length_
     with pytest.warns(RuntimeWarning, match=r"far from a mode.*Raise warmup.*init=.*numeric swa_lr"):
         post = bdl.fit(model, x, y, warmup=0, **options)
     assert all(torch.isfinite(v).all() for v in post.sample(8, seed=0).values())
+
+
+def test_a_covariance_scale_extrapolated_beyond_the_linear_picture_warns():
+    """From weights ×100 with no exploration the outputs saturate (gradient noise V ≈ 0), every coordinate's
+    Mandt rate lies far above the stability cap, and the Lyapunov rescaling c (`covariance_scale`) is unbounded
+    (10⁴⁶ measured; 2⁵² elsewhere from the trial's halvings): the fit warns, naming c and the fixes; a fresh
+    network with its exploration stays quiet."""
+    torch.manual_seed(0)
+    x = torch.randn(200, 4)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    options = dict(method="swag", batch_size=20, epochs=16, seed=0, progress=False)
+    import warnings as w
+
+    with w.catch_warnings(record=True) as caught:
+        w.simplefilter("always")
+        post = bdl.fit(bdl.BayesianModel(net, likelihood=bdl.likelihoods.Categorical()), x, y, **options)
+    assert post.info["covariance_scale"] < EXTRAPOLATION_WARNING
+    assert not [c for c in caught if "covariance scale is c" in str(c.message)]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(100.0)
+    with pytest.warns(RuntimeWarning, match=r"covariance scale is c = .*far from a mode.*warmup.*numeric swa_lr"):
+        post = bdl.fit(bdl.BayesianModel(net, likelihood=bdl.likelihoods.Categorical()), x, y, warmup=0,
+                       **options)
+    assert post.info["covariance_scale"] > EXTRAPOLATION_WARNING
 
 
 def test_rank_auto_keeps_every_snapshot_only_where_the_covariance_can_be_full_rank():

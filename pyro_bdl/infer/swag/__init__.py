@@ -39,10 +39,12 @@ scale 0.1 (λ_max ∝ 1/σ²: 1.4·10³ on the gap data). Then:
      until the start's offset, d_i² = N·ḡ_i²/(B·V_ii) posterior variances from the mean gradient ḡ
      measured there, has relaxed (τ_i = (1−β)/(ε_i·B·V_ii) steps at the rates used) below half the
      standard error of a K-snapshot covariance, and the noise is re-measured at the relaxed iterate
-     (`relaxation_steps`; sweep config 13: 5.8× the exact variance before, 0.8× after);
+     (`relaxation_steps`; sweep config 13: 5.8× the exact variance before, 0.8× after), for at most the
+     collection's own length (a start far from any mode, where τ_i → ∞, warns and names the fixes);
   3. the collected covariance is multiplied by c = max(1/f, min_k ε_k*/ε_k)
      (`GradientNoise.covariance_scale`): the stationary covariance solves a Lyapunov equation linear
-     in a global rate scale, so the halvings keep the iterate local without shrinking the spread;
+     in a global rate scale, so the halvings keep the iterate local without shrinking the spread; a c
+     above `EXTRAPOLATION_WARNING` (10³; measured 0.25–15 near modes, 10⁷–10⁴⁶ from far starts) warns;
   4. each direction of the low-rank part is then shrunk, never widened (`equipartition_directions`): the
      variance λ along v is cut to 1/(vᵀAv) where λ·vᵀAv > 1, with vᵀAv the secant curvature at ±√3 sd
      (E_p[(v·δ)(v·∇U)] = 1 for the target; Wenzel et al. 2020). Read on a slice through the mean, this is
@@ -70,6 +72,8 @@ scale 0.1 (λ_max ∝ 1/σ²: 1.4·10³ on the gap data). Then:
   augmentation the noise is measured on paired augmentations of the same batches; the burn-in check
   and c count only the data's sampling noise, not the augmentation's (`GradientNoise`). The
   run's c is ``info["covariance_scale"]`` and the direction factors ``info["direction_scales"]``.
+  A divergence during the collection (a start far from a mode) raises `DivergenceError` naming
+  ``warmup``, ``init`` and a numeric ``swa_lr``; one during the exploration backs its lr off.
 * a number: constant ``swa_lr`` on reshuffled epochs, a snapshot after every epoch (the paper).
 
 **Starting point.** Maddox et al. (2019) start SWAG's collection from a pretrained solution; here the

@@ -184,6 +184,11 @@ class GradientNoise:
         self.whitening = None if white is None else white.clone()
 
 
+#: a Lyapunov rescaling c above this is an extrapolation the stationary picture cannot vouch for: measured c
+#: runs 0.25–15 on BLRs, digits and fresh networks, 10⁷–10⁴⁶ from starts far from any mode (notes/issue-13-lead7)
+EXTRAPOLATION_WARNING = 1e3
+
+
 #: the exploration step of ``lr="auto"`` where the curvature allows it (Maddox et al. 2019's schedule)
 LR_CEILING = 0.05
 

@@ -25,8 +25,8 @@ from ..data import FitData
 from ..divergence import DivergenceCheck, DivergenceError, loss_floor
 from ..map import MAPRule, example_batch
 from .whitening import use_dense
-from .noise import (AUTO_CAP, EQUIPARTITION_POINTS, LR_CEILING, LR_PROBE_BATCHES, GradientNoise, _start_auto,
-                    equipartition_directions, exploration_lr)
+from .noise import (AUTO_CAP, EQUIPARTITION_POINTS, EXTRAPOLATION_WARNING, LR_CEILING, LR_PROBE_BATCHES,
+                    GradientNoise, _start_auto, equipartition_directions, exploration_lr)
 
 #: the driver's checkpoint of SWAG runs (`train_runs`); files of the loop before the driver are not read
 CHECKPOINT_KIND = "pyro_bdl.swag.driver"
@@ -437,6 +437,16 @@ def train_runs(guides: Sequence[SWAG], data: FitData, seeds: Sequence[int], *, e
                                    "snapshot_every": every if swa_lr == "auto" else data.num_batches}
         history["covariance_scale"] = (1.0 if noise is None or swa_lr != "auto" else
                                        noise.covariance_scale(noise.rates(N, B, momentum, noise.cap), N, B, momentum))
+        if history["covariance_scale"] > EXTRAPOLATION_WARNING:
+            # c is 1/factor (the stability trial's halvings) or, where every coordinate is held at the stability
+            # cap, min_k ε_k*/ε_k; off a mode either is unbounded (2⁵² measured: a frozen collection whose ~0
+            # spread was scaled up), and the linear picture that licenses the rescaling does not hold there.
+            warnings.warn(f"SWAG's covariance scale is c = {history['covariance_scale']:.3g} (run {k}): the "
+                          "collection ran at rates c times below those that match the posterior (halved for "
+                          "stability, or held at the stability cap), so its covariance is extrapolated by c from "
+                          "the linear picture, which does not hold there. The collection probably started far "
+                          "from a mode: raise warmup, start from a fitted solution (init=<a fit(method='map') "
+                          "posterior>), or pass a numeric swa_lr.", RuntimeWarning, stacklevel=4)
         history["direction_scales"] = torch.ones(0)
         # Step 4's per-direction cut reads a one-dimensional slice, biased narrow off the posterior covariance's
         # eigenvectors (`equipartition_directions`): a guard for a network's rank-K members, not for a full sample
