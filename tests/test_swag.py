@@ -895,7 +895,7 @@ def test_a_divergence_in_the_auto_collection_names_warmup_not_the_exploration_lr
 def test_a_start_far_from_any_mode_cuts_the_relaxation_at_the_collection_length_and_warns():
     """A start far from any mode (weights ×10, no exploration) has coordinates of almost no gradient noise, whose
     relaxation time at the auto rates is unbounded (`relaxation_steps`): the burn-in is cut at the collection's own
-    length, with a warning naming warmup, init and a numeric swa_lr, instead of running for hours."""
+    length, with a warning naming warmup, init and a numeric swa_lr, instead of running for over 10 minutes."""
     torch.manual_seed(0)
     x = torch.randn(200, 4)
     y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()

@@ -44,7 +44,7 @@ scale 0.1 (λ_max ∝ 1/σ²: 1.4·10³ on the gap data). Then:
   3. the collected covariance is multiplied by c = max(1/f, min_k ε_k*/ε_k)
      (`GradientNoise.covariance_scale`): the stationary covariance solves a Lyapunov equation linear
      in a global rate scale, so the halvings keep the iterate local without shrinking the spread; a c
-     above `EXTRAPOLATION_WARNING` (10³; measured 0.25–15 near modes, 10⁷–10⁴⁶ from far starts) warns;
+     above `EXTRAPOLATION_WARNING` (10³; measured 0.25–15 near modes, 10⁷–10¹⁹⁰ from far starts) warns;
   4. each direction of the low-rank part is then shrunk, never widened (`equipartition_directions`): the
      variance λ along v is cut to 1/(vᵀAv) where λ·vᵀAv > 1, with vᵀAv the secant curvature at ±√3 sd
      (E_p[(v·δ)(v·∇U)] = 1 for the target; Wenzel et al. 2020). Read on a slice through the mean, this is

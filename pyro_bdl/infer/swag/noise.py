@@ -185,7 +185,7 @@ class GradientNoise:
 
 
 #: a Lyapunov rescaling c above this is an extrapolation the stationary picture cannot vouch for: measured c
-#: runs 0.25–15 on BLRs, digits and fresh networks, 10⁷–10⁴⁶ from starts far from any mode (notes/issue-13-lead7)
+#: runs 0.25–15 on BLRs, digits and fresh networks, 10⁷–10¹⁹⁰ from starts far from any mode (notes/issue-13-lead7)
 EXTRAPOLATION_WARNING = 1e3
 
 
@@ -469,7 +469,8 @@ def relaxation_steps(noise: GradientNoise, rates: torch.Tensor, dataset_size: in
 
     **Bound.** At most the collection's own length, ``snapshots · every`` steps: a coordinate of almost no
     gradient noise (a dead unit, a start far from any mode) has τ_i → ∞, and an unbounded relaxation ran for
-    hours; a start that needs longer is too far for the collection's rates, and `_start_auto` warns."""
+    over 10 minutes on a 131-parameter net; a start that needs longer is too far for the collection's rates,
+    and `_start_auto` warns."""
     full = noise._unscaled(noise.second_moment(), dataset_size, batch_size, momentum)
     if noise.count < 2 or not bool((full < noise.cap).all()):
         return 0
