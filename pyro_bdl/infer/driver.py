@@ -39,7 +39,7 @@ from .._util import checkpoint as ckpt
 from .._util import progress as progress_bars
 from ..model.inputs import Inputs
 from .data import FitData
-from .divergence import DivergenceCheck
+from .divergence import DivergenceCheck, DivergenceError
 
 
 @dataclass
@@ -220,7 +220,11 @@ def drive(rule: StepRule, theta0: torch.Tensor, data: FitData, *, steps: int, se
                 batches.new_epoch()
             batch = batches.next()
             theta_before = state["theta"].detach().clone() if step == 0 else None  # optimisers step in place
-            state, value = rule.update(state, batch, batches.generators)
+            try:
+                state, value = rule.update(state, batch, batches.generators)
+            except DivergenceError:
+                check_losses(step)  # a divergence the rule itself finds may follow one in the unread history
+                raise
             loss[:, step] = value.detach()
             if step == 0:
                 start = value.detach().tolist()

@@ -72,8 +72,11 @@ scale 0.1 (λ_max ∝ 1/σ²: 1.4·10³ on the gap data). Then:
   augmentation the noise is measured on paired augmentations of the same batches; the burn-in check
   and c count only the data's sampling noise, not the augmentation's (`GradientNoise`). The
   run's c is ``info["covariance_scale"]`` and the direction factors ``info["direction_scales"]``.
-  A divergence during the collection (a start far from a mode) raises `DivergenceError` naming
-  ``warmup``, ``init`` and a numeric ``swa_lr``; one during the exploration backs its lr off.
+  A collection whose loss leaves the burn-in's bound restarts from where it began at half the rates,
+  its snapshots dropped (``info["collection_restarts"]``; `SWAGRule.restart_collection`). A divergence
+  during the collection, or `STABILITY_HALVINGS` halvings in all (a start far from a mode), raises
+  `DivergenceError` naming ``warmup``, ``init`` and a numeric ``swa_lr`` (`far_start_advice`); one during
+  the exploration backs its lr off.
 * a number: constant ``swa_lr`` on reshuffled epochs, a snapshot after every epoch (the paper).
 
 **Starting point.** Maddox et al. (2019) start SWAG's collection from a pretrained solution; here the

@@ -210,7 +210,7 @@ def _run_group(model: BayesianModel, data: FitData, members: Sequence[int], seed
         info = driver.info(loss[k:k + 1], options, wall_time / len(guides), losses=history["loss"], lr=history["lr"],
                            num_snapshots=guide.num_snapshots, snapshot_every=history["snapshot_every"],
                            covariance_scale=history["covariance_scale"], direction_scales=history["direction_scales"],
-                           num_parameters=guide.num_parameters, seed=seeds[k])
+                           collection_restarts=history["collection_restarts"], num_parameters=guide.num_parameters, seed=seeds[k])
         out.append((guide, info))
     return out
 
@@ -282,7 +282,8 @@ def fit_swag(model: BayesianModel, data: FitData, *, seed: int, progress: Option
         checkpoint: the driver's state, saved after every epoch; an interrupted run resumes from it.
 
     ``info``: the driver's ``loss`` ``(1, steps)`` (per step), ``options``, ``wall_time``; ``losses`` (per-epoch
-    means), ``lr`` (per epoch), ``num_snapshots``, ``snapshot_every``, ``covariance_scale``, ``direction_scales``.
+    means), ``lr`` (per epoch), ``num_snapshots``, ``snapshot_every``, ``covariance_scale``, ``direction_scales``,
+    ``collection_restarts`` (auto rates: how often the collection left the burn-in's bound and restarted).
     """
     epochs, swa_start, swa_lr, rank, variant, preconditioner = _resolve(
         model, data, epochs, warmup, lr, swa_lr, momentum, rank, variant, preconditioner)

@@ -184,6 +184,22 @@ class GradientNoise:
         self.whitening = None if white is None else white.clone()
 
 
+def far_start_advice(warmup: Optional[int] = None) -> str:
+    """The fixes for a collection that starts far from a mode, one wording for every message that names them
+    (the relaxation bound, a divergence or exhausted halvings in the collection, an extrapolated c)."""
+    now = "" if warmup is None else f" (now {warmup} epochs of exploration)"
+    return (f"raise warmup{now}, start from a fitted solution (init=<a fit(method='map') posterior>), "
+            "or pass a numeric swa_lr")
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+#: halvings of the auto rates (stability trial and collection together) before a run gives up: a factor 10⁶
+STABILITY_HALVINGS = 20
+
+
 #: a Lyapunov rescaling c above this is an extrapolation the stationary picture cannot vouch for: measured c
 #: runs 0.25–15 on BLRs, digits and fresh networks, 10⁷–10¹⁹⁰ from starts far from any mode (notes/issue-13-lead7)
 EXTRAPOLATION_WARNING = 1e3
@@ -603,7 +619,7 @@ def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, 
     # excess is judged on the second half, so a loss that is still climbing fails.
     judged = burn - burn // 2
     se = float(ref_t.std()) * math.sqrt(1 / len(ref) + 1 / judged)
-    for _ in range(20):
+    for _ in range(STABILITY_HALVINGS):
         opt = torch.optim.SGD([theta], lr=1.0, momentum=momentum)
         rates = noise.rates(N, data.random_batch_size, momentum, cap)
         # The rescaled covariance (covariance_scale) is right only where the linear (OU) picture holds at
@@ -629,8 +645,7 @@ def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, 
             if needed >= collection_steps(every, snapshots):
                 warnings.warn(f"SWAG's collection starts far from a mode: relaxing from it at the collection's "
                               f"rates would take longer than the collection itself ({needed} steps, cut there), so "
-                              "the covariance may be inflated by the start's offset. Raise warmup, start from a "
-                              "fitted solution (init=<a fit(method='map') posterior>), or pass a numeric swa_lr.",
+                              f"the covariance may be inflated by the start's offset. {_sentence(far_start_advice())}.",
                               RuntimeWarning, stacklevel=4)
             extra = needed - burn
             # A dense whitening read at θ₀ is stale too: off the mode the gradients' covariance is shaped by θ₀'s
@@ -656,6 +671,7 @@ def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, 
         with torch.no_grad():
             theta.copy_(theta0)
         noise.factor /= 2
-    warnings.warn("SWAG's auto learning rates stayed unstable after 20 halvings; its covariance may be wrong. "
+    warnings.warn(f"SWAG's auto learning rates stayed unstable after {STABILITY_HALVINGS} halvings; its covariance "
+                  "may be wrong. "
                   "Pass a numeric swa_lr.", RuntimeWarning, stacklevel=4)
     return noise

@@ -26,7 +26,8 @@ from ..divergence import DivergenceCheck, DivergenceError, loss_floor
 from ..map import MAPRule, example_batch
 from .whitening import use_dense
 from .noise import (AUTO_CAP, EQUIPARTITION_POINTS, EXTRAPOLATION_WARNING, LR_CEILING, LR_PROBE_BATCHES,
-                    GradientNoise, _start_auto, equipartition_directions, exploration_lr)
+                    STABILITY_HALVINGS, GradientNoise, _start_auto, equipartition_directions, exploration_lr,
+                    far_start_advice)
 
 #: the driver's checkpoint of SWAG runs (`train_runs`); files of the loop before the driver are not read
 CHECKPOINT_KIND = "pyro_bdl.swag.driver"
@@ -134,12 +135,15 @@ class SWAGRule(MAPRule):
         return record[epoch] if epoch < len(record) else self.schedule(epoch)
 
     def init(self, theta: torch.Tensor) -> Dict[str, Any]:
-        """The state at θ ``(K, P)``: no momentum yet (every run fresh), no snapshots, no noise estimate."""
+        """The state at θ ``(K, P)``: no momentum yet (every run fresh), no snapshots (a count per run: a run's
+        collection can restart), no noise estimate; ``anchor`` (θ where each run's collection starts, with the
+        noise moments accepted there) is set by the burn-in (`begin_auto`)."""
         K, P = theta.shape
         zeros = theta.new_zeros
         self.state = {"theta": theta.detach().clone(), "momentum": zeros(K, P), "fresh": [True] * K, "step": 0,
-                      "mean": zeros(K, P), "sq_dev": zeros(K, P), "deviations": zeros(K, self.rank, P), "count": 0,
-                      "noise": [None] * K, "rates": None, "lr": [[] for _ in range(K)]}
+                      "mean": zeros(K, P), "sq_dev": zeros(K, P), "deviations": zeros(K, self.rank, P),
+                      "count": [0] * K, "noise": [None] * K, "rates": None, "lr": [[] for _ in range(K)],
+                      "anchor": theta.detach().clone(), "anchor_noise": [None] * K, "restarts": [0] * K}
         return self.state
 
     def update(self, state: Dict[str, Any], batch: driver.Batch,
@@ -183,13 +187,7 @@ class SWAGRule(MAPRule):
             for k, v in enumerate(scaled.tolist()):  # one host read per step, as the loop before the driver did
                 noise = state["noise"][k]
                 if not math.isfinite(v) or v - noise.reference > 100 * noise.allowed:
-                    # The burn-in's instability test, kept while collecting (the rates follow the measured
-                    # noise): back to the SWA mean (or θ₀'s neighbourhood) at half the rates, fresh momentum.
-                    noise.factor /= 2
-                    state["rates"][k] = noise.rates(N, B, self.beta, noise.cap)
-                    state["fresh"][k] = True
-                    if state["count"]:
-                        theta[k].copy_(state["mean"][k])
+                    self.restart_collection(state, k, step)
                     value[k] = noise.reference / self.temperature
         if self.collect and ((auto and (step + 1) % self.every == 0) or
                              (not self.auto and i == self.per_epoch - 1 and epoch + 1 > self.swa_start)):
@@ -197,18 +195,53 @@ class SWAGRule(MAPRule):
         state["step"] = step + 1
         return state, value
 
+    @torch.no_grad()
+    def restart_collection(self, state: Dict[str, Any], k: int, step: int) -> None:
+        """Run k's loss left the burn-in's bound while collecting (the burn-in's instability test, kept while
+        the rates follow the measured noise): restart its collection at half the rates from where it began
+        (``anchor``: θ and the noise moments the burn-in accepted), fresh momentum, no snapshots.
+
+        The snapshots and gradients taken since the run began to leave the mode are not the stationary
+        distribution's, and the SWA mean they pollute is no place to resume: one snapshot at 4× the start's loss
+        put the mean where every later batch failed the test again, and 52 halvings froze the collection
+        (c = 2⁵², a spread of 10⁻¹⁴ scaled up). After `STABILITY_HALVINGS` halvings in all (burn-in included),
+        a `DivergenceError` names the fixes (`far_start_advice`)."""
+        noise = state["noise"][k]
+        if noise.factor <= 2.0 ** -STABILITY_HALVINGS:
+            err = DivergenceError(f"swag diverged at step {step}: run {k}'s loss left the burn-in's bound after "
+                                  f"{STABILITY_HALVINGS} halvings of its auto rates")
+            err.what, err.step, err.run = err.args[0], step, k
+            raise err
+        noise.factor /= 2
+        count, mean, m2 = state["anchor_noise"][k]
+        noise.count, noise.mean, noise.m2 = count, mean.clone(), m2.clone()
+        state["theta"][k].copy_(state["anchor"][k])
+        for name in ("mean", "sq_dev", "deviations"):
+            state[name][k].zero_()
+        state["count"][k] = 0
+        state["rates"][k] = noise.rates(self.N, self.data.random_batch_size, self.beta, noise.cap)
+        state["fresh"][k] = True
+        state["restarts"][k] += 1
+
     @staticmethod
     @torch.no_grad()
-    def collect_snapshot(state: Dict[str, Any]) -> None:
-        """`pyro_bdl.guides.SWAG.collect` for every run: θ̄ += (θ − θ̄)/n, S += (θ − θ̄_old)(θ − θ̄_new), D's newest row."""
-        n = state["count"] + 1
-        theta, mean = state["theta"], state["mean"]
+    def collect_snapshot(state: Dict[str, Any], runs: Optional[Sequence[int]] = None) -> None:
+        """`pyro_bdl.guides.SWAG.collect` for every run (or ``runs``): θ̄ += (θ − θ̄)/n, S += (θ − θ̄_old)(θ − θ̄_new),
+        D's newest row, with n each run's own count."""
+        runs = list(range(len(state["count"]))) if runs is None else list(runs)
+        counts = [state["count"][k] + 1 for k in runs]
+        idx = torch.tensor(runs, device=state["theta"].device)
+        theta, mean = state["theta"][idx], state["mean"][idx]
+        n = theta.new_tensor(counts)[:, None]
         delta = theta - mean
-        mean.add_(delta / n)
+        mean = mean + delta / n
         deviation = theta - mean
-        state["sq_dev"].add_(delta * deviation)
-        state["deviations"][:, (n - 1) % state["deviations"].shape[1]] = deviation
-        state["count"] = n
+        state["mean"][idx] = mean
+        state["sq_dev"][idx] += delta * deviation
+        slots = torch.tensor([(c - 1) % state["deviations"].shape[1] for c in counts], device=idx.device)
+        state["deviations"][idx, slots] = deviation
+        for k, c in zip(runs, counts):
+            state["count"][k] = c
 
     def member_closures(self, theta: torch.Tensor):
         """A leaf copy of one run's θ ``(P,)``, its gradient ``gradient(x, y)`` (L, ∇(T·L) left in ``.grad``) and
@@ -261,12 +294,17 @@ class SWAGRule(MAPRule):
                                         example_gradients=self.example_gradients(theta) if self.dense else None)
         with torch.no_grad():
             state["theta"][k].copy_(theta)
+            state["anchor"][k].copy_(theta)
+        noise = state["noise"][k]
+        state["anchor_noise"][k] = (noise.count, noise.mean.clone(), noise.m2.clone())
         state["fresh"][k] = True
 
     def save(self, state: Dict[str, Any]) -> Dict[str, Any]:
         """The state as tensors and plain data (noise estimates as their state dicts), copied."""
-        out = {k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in state.items()
-               if k not in ("noise", "lr", "fresh")}
+        out = {k: (v.detach().clone() if torch.is_tensor(v) else list(v) if isinstance(v, list) else v)
+               for k, v in state.items() if k not in ("noise", "lr", "fresh", "anchor_noise")}
+        out["anchor_noise"] = [None if a is None else {"count": a[0], "mean": a[1].clone(), "m2": a[2].clone()}
+                               for a in state["anchor_noise"]]
         out["noise"] = [None if n is None else {k: (v.clone() if torch.is_tensor(v) else v)
                                                 for k, v in n.state_dict().items()} for n in state["noise"]]
         out["lr"], out["fresh"] = [list(r) for r in state["lr"]], list(state["fresh"])
@@ -288,6 +326,14 @@ class SWAGRule(MAPRule):
                 noise.load_state_dict(s)
             noises.append(noise)
         state["noise"] = noises
+        K = state["theta"].shape[0]
+        if not isinstance(state["count"], list):  # checkpoints before per-run counts and restarts
+            state["count"] = [int(state["count"])] * K
+            state["anchor"], state["restarts"] = state["theta"].clone(), [0] * K
+            saved = dict(saved, anchor_noise=[None if n is None else {"count": n.count, "mean": n.mean, "m2": n.m2}
+                                              for n in noises])
+        state["anchor_noise"] = [None if a is None else (a["count"], a["mean"].clone(), a["m2"].clone())
+                                 for a in saved["anchor_noise"]]
         self.state = state
         return state
 
@@ -401,9 +447,8 @@ def train_runs(guides: Sequence[SWAG], data: FitData, seeds: Sequence[int], *, e
                 # diverged there. That start is far from a mode, which a smaller exploration lr cannot mend.
                 raise DivergenceError(
                     f"{err.what}, in SWAG's collection (from step {collecting_from}; swa_lr='auto' sets its rates "
-                    f"from the curvature where collection starts). The collection started far from a mode: raise "
-                    f"warmup (now {swa_start} epochs of exploration), start from a fitted solution "
-                    "(init=<a fit(method='map') posterior>), or pass a numeric swa_lr.") from err
+                    f"from the curvature where collection starts). The collection started far from a mode: "
+                    f"{far_start_advice(swa_start)}.") from err
             if lr != "auto" or k is None or attempt == EXPLORATION_RETRIES:
                 raise
             warnings.warn(f"SWAG's automatic exploration step lr={rule.lrs[k]:g} diverged ({err.args[0][:80]}...); "
@@ -414,8 +459,9 @@ def train_runs(guides: Sequence[SWAG], data: FitData, seeds: Sequence[int], *, e
             if checkpoint is not None and os.path.exists(checkpoint):
                 os.remove(checkpoint)  # the failed attempt's (it would resume the divergence)
     state = rule.state = result.state
-    if collect and state["count"] == 0:  # a run shorter than one snapshot interval: its final iterate
-        SWAGRule.collect_snapshot(state)
+    empty = [k for k, n in enumerate(state["count"]) if n == 0]
+    if collect and empty:  # a run shorter than one snapshot interval (or restarted late): its final iterate
+        SWAGRule.collect_snapshot(state, empty)
     histories = []
     losses = result.loss.tolist()
     B = data.random_batch_size
@@ -425,7 +471,7 @@ def train_runs(guides: Sequence[SWAG], data: FitData, seeds: Sequence[int], *, e
             guide.swa_mean.copy_(state["mean"][k])
             guide.swa_sq_dev.copy_(state["sq_dev"][k])
             guide.swa_deviations.copy_(state["deviations"][k])
-            guide.swa_count.fill_(state["count"])
+            guide.swa_count.fill_(state["count"][k])
         per_epoch = []
         for e in range(epochs):  # the per-epoch mean, summed as the loop before the driver summed it
             total = 0.0
@@ -434,7 +480,8 @@ def train_runs(guides: Sequence[SWAG], data: FitData, seeds: Sequence[int], *, e
             per_epoch.append(total / data.num_batches)
         noise = state["noise"][k]
         history: Dict[str, Any] = {"loss": per_epoch, "lr": state["lr"][k],
-                                   "snapshot_every": every if swa_lr == "auto" else data.num_batches}
+                                   "snapshot_every": every if swa_lr == "auto" else data.num_batches,
+                                   "collection_restarts": state["restarts"][k]}
         history["covariance_scale"] = (1.0 if noise is None or swa_lr != "auto" else
                                        noise.covariance_scale(noise.rates(N, B, momentum, noise.cap), N, B, momentum))
         if history["covariance_scale"] > EXTRAPOLATION_WARNING:
@@ -445,8 +492,7 @@ def train_runs(guides: Sequence[SWAG], data: FitData, seeds: Sequence[int], *, e
                           "collection ran at rates c times below those that match the posterior (halved for "
                           "stability, or held at the stability cap), so its covariance is extrapolated by c from "
                           "the linear picture, which does not hold there. The collection probably started far "
-                          "from a mode: raise warmup, start from a fitted solution (init=<a fit(method='map') "
-                          "posterior>), or pass a numeric swa_lr.", RuntimeWarning, stacklevel=4)
+                          f"from a mode: {far_start_advice()}.", RuntimeWarning, stacklevel=4)
         history["direction_scales"] = torch.ones(0)
         # Step 4's per-direction cut reads a one-dimensional slice, biased narrow off the posterior covariance's
         # eigenvectors (`equipartition_directions`): a guard for a network's rank-K members, not for a full sample
