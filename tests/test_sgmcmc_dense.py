@@ -139,11 +139,25 @@ def test_dense_resume_is_bit_identical(tmp_path, monkeypatch):
     assert torch.equal(whole.info["whitening"], resumed.info["whitening"])
 
 
+def _short64(**kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bdl.diagnostics.SamplerWarning)
+        model = BLR.model(temperature=0.1)
+        model.net.to(torch.float64)
+        return bdl.fit(model, BLR.x.double(), BLR.y.double(), method="sghmc", batch_size=10, epochs=40, seed=0,
+                       progress=False, **kw)
+
+
 def test_dense_chains_stacked_fall_back_to_one_after_another():
     """Each chain has its own map, so a dense run steps its chains one after another within a step (not the vmap
-    path; same groups): ``stack=True`` runs, and its chains are those of ``stack=False`` (one group per chain). Not
-    bit for bit: measured ≤ 3·10⁻⁴ apart late in the run (not traced: float rounding)."""
+    path; same groups): ``stack=True`` runs, and its chains are those of ``stack=False`` (one group per chain): in
+    float64 to 10⁻¹⁰ (measured: bit for bit), so the logic is the same. In float32 chain 0 was bit-identical and
+    chain 1 7.7·10⁻⁶ off at most: its θ is a row of the (K, P) stack, whose offset changes the vectorised kernels'
+    rounding (the rule's docs: stacked runs agree to float rounding)."""
+    a, b = _short64(num_chains=2, stack=True), _short64(num_chains=2, stack=False)
+    for name in a.samples:
+        torch.testing.assert_close(a.samples[name], b.samples[name], rtol=0, atol=1e-10)
+    assert a.info["whitening"].shape == (2, 6, 6)
     a, b = _short(num_chains=2, stack=True), _short(num_chains=2, stack=False)
     for name in a.samples:
-        assert torch.allclose(a.samples[name], b.samples[name], atol=1e-2), name
-    assert a.info["whitening"].shape == (2, 6, 6)
+        torch.testing.assert_close(a.samples[name], b.samples[name], rtol=0, atol=1e-4)
