@@ -1028,6 +1028,21 @@ def test_a_collection_that_leaves_the_burn_ins_bound_restarts_from_its_anchor(mo
         assert float(m.guide.swa_sq_dev.mean()) > 1e-6 * m.guide.num_snapshots  # not frozen
 
 
+def test_a_burn_in_unstable_after_every_halving_raises_naming_the_fixes(monkeypatch):
+    """A burn-in that leaves the quadratic region at every trial (forced: an allowance of −∞) has no stable rates and
+    no covariance to report (c ≥ 2²⁰ would scale up a collection that cannot move): the fit stops with a
+    `DivergenceError` naming the step, warmup, init and a numeric swa_lr."""
+    from blr import make_blr
+    from pyro_bdl.infer.swag.noise import STABILITY_HALVINGS, GradientNoise
+
+    problem = make_blr(n=100, d=2, seed=5)
+    monkeypatch.setattr(GradientNoise, "stationary_excess", lambda self, *a: -math.inf)
+    with pytest.raises(bdl.DivergenceError, match=rf"burn-in .* {STABILITY_HALVINGS} halvings .*at step 40\).*"
+                                                  r"collection \(from step 40.*raise warmup \(now 4 epochs"):
+        bdl.fit(problem.model(), problem.x, problem.y, method="swag", batch_size=10, epochs=8, warmup=4, seed=0,
+                progress=False)
+
+
 def test_a_collection_unstable_after_every_halving_raises_naming_the_fixes(monkeypatch):
     """A collection whose guard fires at every step exhausts `STABILITY_HALVINGS` halvings: the fit stops with a
     `DivergenceError` naming warmup, init and a numeric swa_lr (`far_start_advice`), instead of collecting a

@@ -218,12 +218,12 @@ def drive(rule: StepRule, theta0: torch.Tensor, data: FitData, *, steps: int, se
                         check_losses(step)
                         save_state()
                 batches.new_epoch()
-            batch = batches.next()
-            theta_before = state["theta"].detach().clone() if step == 0 else None  # optimisers step in place
             try:
+                batch = batches.next()
+                theta_before = state["theta"].detach().clone() if step == 0 else None  # optimisers step in place
                 state, value = rule.update(state, batch, batches.generators)
             except DivergenceError:
-                check_losses(step)  # a divergence the rule itself finds may follow one in the unread history
+                check_losses(step)  # a divergence the rule (or its batches) finds may follow one in the unread history
                 raise
             loss[:, step] = value.detach()
             if step == 0:

@@ -287,11 +287,15 @@ class SWAGRule(MAPRule):
         from its own generator; then fresh momentum at the new rates."""
         state = self.state
         theta, gradient, hvp = self.member_closures(state["theta"][k])
-        state["noise"][k] = _start_auto(theta, self.data, generator, self.beta, gradient, self.temperature,
-                                        self.every, AUTO_CAP * self.lrs[k], hvp,
-                                        snapshots=(self.epochs - self.swa_start) * self.per_epoch // self.every,
-                                        dense=self.dense,
-                                        example_gradients=self.example_gradients(theta) if self.dense else None)
+        try:
+            state["noise"][k] = _start_auto(theta, self.data, generator, self.beta, gradient, self.temperature,
+                                            self.every, AUTO_CAP * self.lrs[k], hvp,
+                                            snapshots=(self.epochs - self.swa_start) * self.per_epoch // self.every,
+                                            dense=self.dense,
+                                            example_gradients=self.example_gradients(theta) if self.dense else None)
+        except DivergenceError as err:  # the burn-in's halvings ran out: the step and run it happened at
+            err.what, err.step, err.run = f"{err.args[0]} (run {k}, at step {state['step']})", state["step"], k
+            raise
         with torch.no_grad():
             state["theta"][k].copy_(theta)
             state["anchor"][k].copy_(theta)
