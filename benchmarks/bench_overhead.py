@@ -81,9 +81,9 @@ def svi_bdl(x, y, steps):
     # fit() includes its own set-up; time two runs and take the difference per extra step.
     model = bdl_model()
     t0 = time.perf_counter()
-    bdl.fit(model, x, y, method="svi", num_steps=1, progress=False)
+    bdl.fit(model, x, y, method="svi", steps=1, progress=False)
     t1 = time.perf_counter()
-    bdl.fit(model, x, y, method="svi", num_steps=steps + 1, progress=False)
+    bdl.fit(model, x, y, method="svi", steps=steps + 1, progress=False)
     t2 = time.perf_counter()
     return ((t2 - t1) - (t1 - t0)) / steps
 

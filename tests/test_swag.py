@@ -722,16 +722,17 @@ def test_multiswag_stack_auto_counts_the_swag_moments(monkeypatch):
         bdl.fit(model, x, y, method="multiswag", num_chains=2, epochs=2, stack="all", progress=False)
 
 
-def _assert_close_to_exact(post, problem):
-    """SWAG's covariance within 2× of the exact BLR posterior's (whitened eigenvalues) and its mean within 0.6 sds."""
+def _assert_close_to_exact(post, problem, temperature: float = 1.0):
+    """SWAG's covariance within 2× of the exact (tempered) BLR posterior's (whitened eigenvalues) and its mean within
+    0.6/√T sds (the SWA mean's error grows like 1/√T: swag's docs)."""
     from blr import moments
 
     mean, cov = moments(post.sample(4000, seed=1))
-    true_mean, true_cov = problem.posterior()
+    true_mean, true_cov = problem.posterior(temperature)
     eig = _whitened_eigenvalues(cov, true_cov)
     assert 0.5 < eig.min() and eig.max() < 2.0, f"SWAG / exact covariance eigenvalues {eig}"
     z = ((mean - true_mean) / true_cov.diag().sqrt()).abs().max()
-    assert z < 0.6, f"SWA mean off by {z:.2f} posterior sds"
+    assert z < 0.6 / temperature ** 0.5, f"SWA mean off by {z:.2f} posterior sds"
 
 
 def test_default_lr_adapts_to_sharp_curvature():
@@ -994,7 +995,8 @@ def _spike_in_collection(monkeypatch, at):
     monkeypatch.setattr(rule.SWAGRule, "value_and_grad", spiked)
 
 
-def test_a_collection_that_leaves_the_burn_ins_bound_restarts_from_its_anchor(monkeypatch):
+@pytest.mark.parametrize("temperature", [1.0, 0.01])
+def test_a_collection_that_leaves_the_burn_ins_bound_restarts_from_its_anchor(monkeypatch, temperature):
     """The collection's instability guard restarts the run from where its collection began (θ and the noise the
     burn-in accepted) at half the rates, its snapshots dropped: on linear regression with minibatches a restart
     forced mid-collection still gives the exact posterior's covariance within 2× (the Lyapunov rescaling undoes
@@ -1005,18 +1007,19 @@ def test_a_collection_that_leaves_the_burn_ins_bound_restarts_from_its_anchor(mo
 
     problem = make_blr(n=200, d=2, seed=3)
     options = dict(method="swag", batch_size=20, epochs=120, seed=0, progress=False)
-    clean = bdl.fit(problem.model(), problem.x, problem.y, **options)
+    clean = bdl.fit(problem.model(temperature), problem.x, problem.y, **options)
     assert clean.info["collection_restarts"] == 0
     start = clean.info["options"]["warmup"] * 10  # batches per epoch
     restart_at = start + (120 * 10 - start) // 2
     _spike_in_collection(monkeypatch, lambda step: step == restart_at)
-    post = bdl.fit(problem.model(), problem.x, problem.y, **options)
+    post = bdl.fit(problem.model(temperature), problem.x, problem.y, **options)
     assert post.info["collection_restarts"] == 1
     every = post.info["snapshot_every"]
     assert post.info["num_snapshots"] == 120 * 10 // every - restart_at // every  # those at steps ≥ restart_at
     assert post.info["covariance_scale"] == pytest.approx(2 * clean.info["covariance_scale"])
-    _assert_close_to_exact(post, problem)
-
+    _assert_close_to_exact(post, problem, temperature)
+    if temperature != 1.0:
+        return
     x, y = toy_classification()
     model = bdl.BayesianModel(small_classifier().to(torch.float64), likelihood=bdl.likelihoods.Categorical())
     monkeypatch.undo()
