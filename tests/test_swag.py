@@ -1046,6 +1046,21 @@ def test_a_burn_in_unstable_after_every_halving_raises_naming_the_fixes(monkeypa
                 progress=False)
 
 
+def test_a_relaxation_that_leaves_the_trials_bound_fails_the_trial():
+    """`_start_auto`'s relaxation runs up to a collection's length at the rates a much shorter trial accepted, so it
+    keeps the trial's instability test: leaving the bound there is the trial failing (back to θ₀ at half the rates).
+    Fresh members of a 4-16-3 net on 200 points with warmup=0 passed the trial and then relaxed to |θ| = 275 and
+    2149 (from 7); every collection step failed from there and 5 seeds of 6 raised after 20 halvings."""
+    x, y = toy_classification(n=200, seed=0)
+    model = bdl.BayesianModel(small_classifier(seed=0), likelihood=bdl.likelihoods.Categorical())
+    fresh = bdl.fit(model, x, y, method="multiswag", num_chains=3, seed=0, batch_size=10, epochs=20, warmup=0,
+                    progress=False)
+    for m in fresh.members:
+        assert m.info["covariance_scale"] < EXTRAPOLATION_WARNING
+        assert float(m.guide.swa_mean.norm()) < 30  # the relaxed runaways were at 275 and 2149
+    assert bdl.metrics.accuracy(fresh.predict(x, num_samples=20), y) > 0.6  # majority class 0.53 (0.97 at the default warmup)
+
+
 def test_a_collection_unstable_after_every_halving_raises_naming_the_fixes(monkeypatch):
     """A collection whose guard fires at every step exhausts `STABILITY_HALVINGS` halvings: the fit stops with a
     `DivergenceError` naming warmup, init and a numeric swa_lr (`far_start_advice`), instead of collecting a

@@ -201,6 +201,10 @@ def _sentence(text: str) -> str:
 STABILITY_HALVINGS = 20
 
 
+class _LeftBound(Exception):
+    """`_start_auto`'s relaxation left the bound its stability trial accepted."""
+
+
 #: a Lyapunov rescaling c above this is an extrapolation the stationary picture cannot vouch for: measured c
 #: runs 0.25–15 on BLRs, digits and fresh networks, 10⁷–10¹⁹⁰ from starts far from any mode (notes/issue-13-lead7)
 EXTRAPOLATION_WARNING = 1e3
@@ -587,7 +591,9 @@ def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, 
         # ``steps`` more steps of the accepted burn-in's optimiser (``opt``) at ``rates``, the last ``keep`` steps'
         # θ-gradients passed to ``record`` before they are preconditioned
         for i, (xb, yb) in enumerate(data.random_batches(steps, generator)):
-            gradient(xb, yb)
+            value = t * float(gradient(xb, yb).detach())
+            if not math.isfinite(value) or value - noise.reference > 100 * noise.allowed:
+                raise _LeftBound  # the trial's instability test, kept while relaxing at the accepted rates
             if i >= steps - keep:
                 record(theta.grad)
             theta.grad.copy_(noise.precondition(theta.grad, rates))
@@ -616,6 +622,28 @@ def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, 
             if white is None:
                 white = noise.whitening
         return noise
+    def relax(noise: GradientNoise, rates: torch.Tensor, extra: int) -> GradientNoise:
+        # A dense whitening read at θ₀ is stale too: off the mode the gradients' covariance is shaped by θ₀'s
+        # residuals (on a rotated BLR with κ = 10³ it put SWAG's spread 30× off along one direction), so it
+        # is read again on the relaxed, moving iterate's gradients, as the collection will see them.
+        rewhiten = noise.whitening is not None and data.augment is None
+        if extra > 0 or rewhiten:
+            # The noise measured at θ₀ is stale once θ has relaxed: its mean gradient (ḡ² in E[g²], which
+            # kept the rates low while θ drifted) is not the relaxed iterate's. Re-measure it on the last
+            # `num` steps' gradients (on the moving iterate, as the collection measures it; the class docs).
+            # With augmentation the paired split is only measured at θ₀, so the θ₀ estimate is kept.
+            keep = 0 if data.augment is not None else measured if rewhiten else num
+            fresh = GradientNoise(theta.detach(), noise.whitening)
+            kept: list = []
+            sgd(noise, rates, max(extra, keep), keep,
+                (lambda g: kept.append(g.detach().clone())) if rewhiten else fresh.update)
+            white = whitening(kept) if rewhiten else None
+            if white is not None:
+                return relax_whitened(noise, white, kept)
+            if data.augment is None:
+                noise.count, noise.mean, noise.m2 = fresh.count, fresh.mean, fresh.m2
+        return noise
+
     theta0 = theta.detach().clone()
     burn = max(data.num_batches, 2 * every)
     # The first half of the burn-in is the transient from θ₀ (≥ one relaxation time, `every`); the stationary
@@ -645,32 +673,20 @@ def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, 
             # posterior sds off and the rates start low, so relax on until the offset is below the collection's
             # own noise (`relaxation_steps`), at the accepted rates, same optimiser.
             needed = relaxation_steps(noise, rates, N, data.random_batch_size, momentum, every, snapshots)
-            if needed >= collection_steps(every, snapshots):
-                warnings.warn(f"SWAG's collection starts far from a mode: relaxing from it at the collection's "
-                              f"rates would take longer than the collection itself ({needed} steps, cut there), so "
-                              f"the covariance may be inflated by the start's offset. {_sentence(far_start_advice())}.",
-                              RuntimeWarning, stacklevel=4)
-            extra = needed - burn
-            # A dense whitening read at θ₀ is stale too: off the mode the gradients' covariance is shaped by θ₀'s
-            # residuals (on a rotated BLR with κ = 10³ it put SWAG's spread 30× off along one direction), so it
-            # is read again on the relaxed, moving iterate's gradients, as the collection will see them.
-            rewhiten = noise.whitening is not None and data.augment is None
-            if extra > 0 or rewhiten:
-                # The noise measured at θ₀ is stale once θ has relaxed: its mean gradient (ḡ² in E[g²], which
-                # kept the rates low while θ drifted) is not the relaxed iterate's. Re-measure it on the last
-                # `num` steps' gradients (on the moving iterate, as the collection measures it; the class docs).
-                # With augmentation the paired split is only measured at θ₀, so the θ₀ estimate is kept.
-                keep = 0 if data.augment is not None else measured if rewhiten else num
-                fresh = GradientNoise(theta.detach(), noise.whitening)
-                kept = []
-                sgd(noise, rates, max(extra, keep), keep,
-                    (lambda g: kept.append(g.detach().clone())) if rewhiten else fresh.update)
-                white = whitening(kept) if rewhiten else None
-                if white is not None:
-                    return relax_whitened(noise, white, kept)
-                if data.augment is None:
-                    noise.count, noise.mean, noise.m2 = fresh.count, fresh.mean, fresh.m2
-            return noise
+            try:
+                relaxed = relax(noise, rates, needed - burn)
+            except _LeftBound:
+                # The relaxation (up to a collection's length) runs far longer than the trial it extends: a fresh
+                # 4-16-3 net from warmup=0 passed the trial and then left for |θ| = 275 and 2149 (from 7) while
+                # relaxing, and every collection step from there failed. It is the trial failing late.
+                relaxed = None
+            if relaxed is not None:
+                if needed >= collection_steps(every, snapshots):
+                    warnings.warn(f"SWAG's collection starts far from a mode: relaxing from it at the collection's "
+                                  f"rates would take longer than the collection itself ({needed} steps, cut there), "
+                                  "so the covariance may be inflated by the start's offset. "
+                                  f"{_sentence(far_start_advice())}.", RuntimeWarning, stacklevel=4)
+                return relaxed
         with torch.no_grad():
             theta.copy_(theta0)
         noise.factor /= 2
