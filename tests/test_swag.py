@@ -1020,6 +1020,11 @@ def test_a_collection_that_leaves_the_burn_ins_bound_restarts_from_its_anchor(mo
     _assert_close_to_exact(post, problem, temperature)
     if temperature != 1.0:
         return
+    late = 120 * 10 - 3 * every  # a restart that leaves 3 snapshots warns
+    monkeypatch.undo()
+    _spike_in_collection(monkeypatch, lambda step: step == late)
+    with pytest.warns(RuntimeWarning, match=r"left the burn-in's bound 1 time.*only 3 snapshots.*Raise epochs"):
+        bdl.fit(problem.model(), problem.x, problem.y, **options)
     x, y = toy_classification()
     model = bdl.BayesianModel(small_classifier().to(torch.float64), likelihood=bdl.likelihoods.Categorical())
     monkeypatch.undo()

@@ -73,7 +73,8 @@ scale 0.1 (λ_max ∝ 1/σ²: 1.4·10³ on the gap data). Then:
   and c count only the data's sampling noise, not the augmentation's (`GradientNoise`). The
   run's c is ``info["covariance_scale"]`` and the direction factors ``info["direction_scales"]``.
   A collection whose loss leaves the burn-in's bound restarts from where it began at half the rates,
-  its snapshots dropped (``info["collection_restarts"]``; `SWAGRule.restart_collection`). A divergence
+  its snapshots dropped (``info["collection_restarts"]``; `SWAGRule.restart_collection`; a warning where
+  fewer than 10 are left), and the burn-in's relaxation keeps the trial's test. A divergence
   during the collection, or `STABILITY_HALVINGS` halvings in all (a start far from a mode), raises
   `DivergenceError` naming ``warmup``, ``init`` and a numeric ``swa_lr`` (`far_start_advice`); one during
   the exploration backs its lr off.

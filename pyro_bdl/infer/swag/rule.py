@@ -374,6 +374,10 @@ class _Batches:
         yield from self._data.random_batches(self._data.num_batches, generator)
 
 
+#: fewer snapshots than this give a noisy, too small covariance: `train_runs` warns before the run and after restarts
+FEW_SNAPSHOTS = 10
+
+
 #: halvings of an automatic exploration step that diverged before `train_runs` gives up (a factor 32 in all)
 EXPLORATION_RETRIES = 5
 
@@ -422,7 +426,7 @@ def train_runs(guides: Sequence[SWAG], data: FitData, seeds: Sequence[int], *, e
         rule.lrs = [_start_lr(rule, theta0[k], data, seeds[k], momentum) for k in range(K)]
         rule.lr = max(rule.lrs)
     every = rule.every
-    if swa_lr == "auto" and collect and (epochs - swa_start) * data.num_batches < 10 * every:
+    if swa_lr == "auto" and collect and (epochs - swa_start) * data.num_batches < FEW_SNAPSHOTS * every:
         warnings.warn(f"SWAG will collect only {(epochs - swa_start) * data.num_batches // every} nearly independent "
                       f"snapshots ({(epochs - swa_start) * data.num_batches} steps past swa_start, one per {every}); "
                       "its covariance will be noisy and too small. Raise epochs or use minibatches (batch_size).",
@@ -497,6 +501,11 @@ def train_runs(guides: Sequence[SWAG], data: FitData, seeds: Sequence[int], *, e
                           "stability, or held at the stability cap), so its covariance is extrapolated by c from "
                           "the linear picture, which does not hold there. The collection probably started far "
                           f"from a mode: {far_start_advice()}.", RuntimeWarning, stacklevel=4)
+        if swa_lr == "auto" and collect and state["restarts"][k] and state["count"][k] < FEW_SNAPSHOTS:
+            warnings.warn(f"SWAG run {k}'s collection left the burn-in's bound {state['restarts'][k]} time(s) and "
+                          f"restarted from its start at half the rates, keeping only {state['count'][k]} snapshots; "
+                          f"its covariance will be noisy and too small. Raise epochs, or {far_start_advice()}.",
+                          RuntimeWarning, stacklevel=4)
         history["direction_scales"] = torch.ones(0)
         # Step 4's per-direction cut reads a one-dimensional slice, biased narrow off the posterior covariance's
         # eigenvectors (`equipartition_directions`): a guard for a network's rank-K members, not for a full sample
