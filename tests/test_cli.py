@@ -16,17 +16,18 @@ def test_ctrl_c_on_a_study_exits_130_without_traceback_and_the_rerun_numbers_on(
     """SIGINT after the first of 4 cells: one line, exit code 130; the rerun goes on at [2/4]."""
     out = tmp_path / "run"
     path = write_toml(tmp_path / "study.toml", tiny(out, network="study_nets:gated_mlp"))
-    env = dict(os.environ, STUDY_GATE_DIR=str(out),
+    marker = str(tmp_path / "blocked")  # the second cell's network build is waiting at the gate
+    env = dict(os.environ, STUDY_GATE_DIR=str(out), STUDY_GATE_MARKER=marker,
                PYTHONPATH=os.pathsep.join([ROOT, HERE] + [os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen([sys.executable, "-m", "pyro_bdl.cli", "study", path], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
-        while not cell_files(out):
+        while not (cell_files(out) and os.path.exists(marker)):
             assert proc.poll() is None, proc.communicate()
-            assert time.time() < deadline, "no cell finished within 120 s"
+            assert time.time() < deadline, "no cell finished (and blocked at the gate) within 120 s"
             time.sleep(0.05)
-        time.sleep(0.5)  # now blocked building the second cell's network (the gate)
+        time.sleep(0.2)  # the marker is written just before the gate's sleep
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=60)
     finally:

@@ -622,6 +622,7 @@ def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, 
             if white is None:
                 white = noise.whitening
         return noise
+
     def relax(noise: GradientNoise, rates: torch.Tensor, extra: int) -> GradientNoise:
         # A dense whitening read at θ₀ is stale too: off the mode the gradients' covariance is shaped by θ₀'s
         # residuals (on a rotated BLR with κ = 10³ it put SWAG's spread 30× off along one direction), so it
