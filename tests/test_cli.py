@@ -19,8 +19,11 @@ def test_ctrl_c_on_a_study_exits_130_without_traceback_and_the_rerun_numbers_on(
     marker = str(tmp_path / "blocked")  # the second cell's network build is waiting at the gate
     env = dict(os.environ, STUDY_GATE_DIR=str(out), STUDY_GATE_MARKER=marker,
                PYTHONPATH=os.pathsep.join([ROOT, HERE] + [os.environ.get("PYTHONPATH", "")]))
+    # SIGINT's default action in the child: a suite started as a background job (`cmd &` without job control)
+    # inherits SIGINT ignored, and a Python started that way never raises KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "pyro_bdl.cli", "study", path], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while not (cell_files(out) and os.path.exists(marker)):
