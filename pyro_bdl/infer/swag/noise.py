@@ -134,6 +134,11 @@ class GradientNoise:
         rates = self.factor * self._unscaled(self.second_moment(), dataset_size, batch_size, momentum)
         return torch.nan_to_num(rates, nan=cap, posinf=cap).clamp(max=self.factor * cap)
 
+    def left_bound(self, value: float) -> bool:
+        """The burn-in's instability test on one batch's loss T·L: not finite, or above θ₀'s loss by more than 100×
+        the excess the trial allowed (`_start_auto`; kept while relaxing and collecting)."""
+        return not math.isfinite(value) or value - self.reference > 100 * self.allowed
+
     def stationary_excess(self, rates: torch.Tensor, momentum: float) -> float:
         """The OU prediction of the mean excess loss per data point of SGD at ``rates``, from the data's
         sampling noise: ½·tr(AΣ) = Σ_k ε_k S_k / (4(1 − β)).
@@ -591,8 +596,7 @@ def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, 
         # ``steps`` more steps of the accepted burn-in's optimiser (``opt``) at ``rates``, the last ``keep`` steps'
         # θ-gradients passed to ``record`` before they are preconditioned
         for i, (xb, yb) in enumerate(data.random_batches(steps, generator)):
-            value = t * float(gradient(xb, yb).detach())
-            if not math.isfinite(value) or value - noise.reference > 100 * noise.allowed:
+            if noise.left_bound(t * float(gradient(xb, yb).detach())):
                 raise _LeftBound  # the trial's instability test, kept while relaxing at the accepted rates
             if i >= steps - keep:
                 record(theta.grad)
@@ -657,19 +661,19 @@ def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, 
         # The rescaled covariance (covariance_scale) is right only where the linear (OU) picture holds at
         # these rates: the null hypothesis "quadratic" predicts this mean excess exactly; test it at 3 s.e.
         # (2× the prediction let SWAG spread wider than SGHMC at a worse NLL on digits 500.)
-        allowed = noise.stationary_excess(rates, momentum) + 3 * se
+        noise.reference = float(ref_t.mean())
+        noise.allowed = noise.stationary_excess(rates, momentum) + 3 * se
         total, count, stable = 0.0, 0, True
         for i, (xb, yb) in enumerate(data.random_batches(burn, generator)):
             value = t * float(gradient(xb, yb).detach())
             theta.grad.copy_(noise.precondition(theta.grad, rates))
             opt.step()
-            if not math.isfinite(value) or value - float(ref_t.mean()) > 100 * allowed:
+            if noise.left_bound(value):
                 stable = False
                 break
             if i >= burn // 2:
                 total, count = total + value, count + 1
-        if stable and total / count - float(ref_t.mean()) <= allowed:
-            noise.reference, noise.allowed = float(ref_t.mean()), allowed
+        if stable and total / count - noise.reference <= noise.allowed:
             # θ₀'s transient: the trial's burn-in is one relaxation time at Mandt's rate, but θ₀ can be many
             # posterior sds off and the rates start low, so relax on until the offset is below the collection's
             # own noise (`relaxation_steps`), at the accepted rates, same optimiser.

@@ -5,7 +5,6 @@ moments in its state), its batch source `_Batches` (i.i.d. minibatches and the b
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -186,7 +185,7 @@ class SWAGRule(MAPRule):
         if auto:
             for k, v in enumerate(scaled.tolist()):  # one host read per step, as the loop before the driver did
                 noise = state["noise"][k]
-                if not math.isfinite(v) or v - noise.reference > 100 * noise.allowed:
+                if noise.left_bound(v):
                     self.restart_collection(state, k, step)
                     value[k] = noise.reference / self.temperature
         if self.collect and ((auto and (step + 1) % self.every == 0) or
