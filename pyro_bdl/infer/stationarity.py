@@ -44,7 +44,8 @@ anywhere; for a network it converges quadratically inside the basin and never le
 
 **Gaussian guides (SVI).** `svi.stationarity_offsets` estimates the same Newton offset with the guide's covariance in
 place of H⁻¹ and E_q[∇U] in place of ∇U; its gradient is `full_gradient` on the compiled potential where the model
-compiles (one definition of the full-data gradient).
+compiles (one definition of the full-data gradient); `svi.stationarity_check` reads it beyond the noise of its guide
+draws, with the RMS offset against ``POINT_TOLERANCE`` as here, and checks the guide's variances as well.
 
 Cost, per decrement: one full-data gradient pass, and ≤ CG_ITERATIONS Hessian–vector products (≈ 3 passes each) on
 ≤ HESSIAN_ROWS rows; a refinement adds ≤ 1 + ``LINE_SEARCH`` forward passes over the data per Newton step. Above
@@ -63,7 +64,7 @@ import torch
 
 from ..model.inputs import take_rows
 
-#: `svi.stationarity_offsets` above this many guide sds (in any coordinate) warn: the issue-13 bar on a mean is 0.2
+#: `svi.stationarity_offsets` above this many guide sds (in any coordinate, beyond their noise) warn: the issue-13 bar on a mean is 0.2
 #: posterior sd on average, 0.4 for the worst coordinate; a Newton estimate of twice that is clearly outside it
 STATIONARITY_TOLERANCE = 0.8
 #: a point estimate's RMS Newton offset λ/√P above this many posterior sds warns (twice the issue-13 mean bar of 0.2)

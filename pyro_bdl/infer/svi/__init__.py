@@ -24,7 +24,8 @@ Pyro guide works); the compiled potential that map/swag/SG-MCMC step on is not u
 
 After Adam, a built-in guide of a small model (P ≤ 200) is finished by the ELBO's fixed-point equations on the
 full data (`pyro_bdl.infer.svi.finish`: exact in one step for a Gaussian posterior), and every built-in guide's mean
-is checked for stationarity (`pyro_bdl.infer.svi.check`, a `StationarityWarning` when it is not).
+and variances are checked for stationarity beyond the noise of the guide draws (`pyro_bdl.infer.svi.check`, a
+`StationarityWarning` when they are not).
 
 Modules: `fit` (``fit(method="svi")``), `rule` (the driver's step rule and loops), `elbo` (the control-variate
 ELBO), `guides` (building the guides and their initial sds), `gaussian` (the guides as flat Gaussians), `check`
@@ -32,7 +33,8 @@ ELBO), `guides` (building the guides and their initial sds), `gaussian` (the gui
 here (``from pyro_bdl.infer.svi import optimise``).
 """
 from ..stationarity import STATIONARITY_TOLERANCE, StationarityWarning  # noqa: F401 (re-exported)
-from .check import STATIONARITY_PAIRS, full_data_potential, stationarity_offsets, warn_if_not_stationary  # noqa: F401
+from .check import (MAX_PAIRS, STATIONARITY_PAIRS, StationarityCheck, full_data_potential, pair_budget,  # noqa: F401
+                    stationarity_check, stationarity_info, stationarity_offsets, warn_if_not_stationary)
 from .elbo import ControlVariateELBO  # noqa: F401
 from .finish import (FINISH_ELBO_PAIRS, FINISH_MAX_PARAMS, FINISH_PAIRS, SVI_NEWTON_STEPS, finish,  # noqa: F401
                      full_hessian)

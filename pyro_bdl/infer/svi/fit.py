@@ -20,7 +20,7 @@ from .. import driver
 from ..map import check_newton_steps, start_values
 from ..options import run_length
 from ..registry import register
-from .check import warn_if_not_stationary
+from .check import stationarity_info, warn_if_not_stationary
 from .finish import SVI_NEWTON_STEPS, finish
 from .guides import GUIDES, _check_init_scale, initialise_scales, make_guide
 from .rule import SVIRun, run_svi
@@ -79,10 +79,14 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
     ``info``: the driver schema (`pyro_bdl.infer.driver.info`) — ``loss`` ``(1, steps)`` (the negative
     ELBO estimate per step), ``options``, ``wall_time`` (training, summed over resumes) — plus
     ``guide`` (its class name) and, for one run, ``losses`` (the same losses as a list; deprecated, kept for
-    one release), ``stationarity_offset`` (`stationarity_offsets`' worst coordinate, after any Newton steps; a
-    `StationarityWarning` above 0.8) and ``newton_steps_taken``. With ``num_chains`` > 1, ``loss`` is
-    ``(num_chains, steps)`` and the mixture carries the ``info``; each member's ``info`` has its ``seed``,
-    ``stationarity_offset`` and ``newton_steps_taken``.
+    one release), the check after any Newton steps (`pyro_bdl.infer.svi.check.stationarity_check`, up to 32 pairs of guide
+    draws, no more rows than the fit's): ``stationarity_offset`` (the mean's worst coordinate, in guide sds, a lower
+    bound beyond the draws' noise; exact for a Gaussian posterior), ``stationarity_rms`` (its RMS over coordinates)
+    and ``variance_ratio`` (the mean of diag(E_q[∇²U]Σ_q), 1 at the optimum; below 1 the guide is over-confident),
+    a `StationarityWarning` when the worst coordinate exceeds 0.8, the RMS 0.4 or the ratio leaves [1/2, 2] beyond
+    the noise; and ``newton_steps_taken``. With ``num_chains`` > 1, ``loss`` is ``(num_chains, steps)`` and the
+    mixture carries the ``info``; each member's ``info`` has its ``seed``, the three check entries and
+    ``newton_steps_taken``.
     """
     num = run_length(data, steps, epochs, default=2000)
     check_newton_steps(newton_steps)
@@ -129,14 +133,14 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
     name = type(runs[0].guide).__name__
     # the mean's distance from the ELBO's stationary point, a check the loss history cannot give (it is noisy and
     # flat long before an ill-conditioned posterior's weak directions converge): notes/issue-13-sweep.md
-    offsets = [warn_if_not_stationary(run.guide, model, data, s, num, objective) if isinstance(guide, str) else None
-               for run, s in zip(runs, seeds)]
+    checks = [warn_if_not_stationary(run.guide, model, data, s, num, objective) if isinstance(guide, str) else None
+              for run, s in zip(runs, seeds)]
+    offsets = [stationarity_info(c) for c in checks]
     if num_chains == 1:
         return GuidePosterior(model, runs[0].guide, "svi", x0,
                               info=driver.info(result.loss, options, result.wall_time,
                                                losses=result.loss[0].tolist(), guide=name,
-                                               stationarity_offset=offsets[0], newton_steps_taken=finished[0]))
-    members = [GuidePosterior(model, run.guide, "svi", x0, info={"seed": s, "stationarity_offset": z,
-                                                                 "newton_steps_taken": f})
+                                               newton_steps_taken=finished[0], **offsets[0]))
+    members = [GuidePosterior(model, run.guide, "svi", x0, info={"seed": s, **z, "newton_steps_taken": f})
                for run, s, z, f in zip(runs, seeds, offsets, finished)]
     return MixturePosterior(members, "svi", info=driver.info(result.loss, options, result.wall_time, guide=name))
