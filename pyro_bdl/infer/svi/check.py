@@ -155,8 +155,8 @@ def stationarity_offsets(guide, model: BayesianModel, data: FitData, seed: int,
 
 
 def pair_budget(data: FitData, steps: int) -> int:
-    """The pairs a non-Gaussian target gets after a fit of ``steps`` minibatch steps: as many as cost no more rows
-    than the fit did (a pair is 2 passes of N rows), between ``STATIONARITY_PAIRS`` and ``MAX_PAIRS``."""
+    """The pairs the check draws after a fit of ``steps`` minibatch steps: as many as cost no more rows than the fit
+    did (a pair is 2 passes of N rows), between ``STATIONARITY_PAIRS`` and ``MAX_PAIRS``."""
     fit_rows = steps * data.random_batch_size
     return max(STATIONARITY_PAIRS, min(MAX_PAIRS, fit_rows // (2 * data.dataset_size)))
 
@@ -197,7 +197,7 @@ def stationarity_check(guide, model: BayesianModel, data: FitData, seed: int, ma
     **The mean** (`stationarity_offsets`). The pairs' offsets agree to rounding when U is quadratic over the guide's
     width (a Gaussian posterior): then they are exact (``exact``: no noise, the raw worst coordinate). Otherwise (a
     network) one pair's z_k has a noise sd of ≈ 0.5–3 guide sds per coordinate, heavy-tailed, so the largest of P raw
-    offsets is mostly noise (2 pairs read 5.6–17 guide sds on a 2410-parameter MLP whose 512-pair offsets peak at
+    offsets is mostly noise (2 pairs read 4.5–17 guide sds on a 2410-parameter MLP whose 512-pair offsets peak at
     1.2; notes/issue-13-lead9.md), and the check reads the pairs z_1 … z_J as
 
     * the worst coordinate by its simultaneous lower bound |z̄_k| − t·se_k, se_k the pairs' standard error and t the
