@@ -42,7 +42,8 @@ def fitted():
 def test_a_networks_check_reads_its_pairs_noise_as_noise(fitted):
     model, post, data, objective, _ = fitted
     # the truth, to the noise of 512 pairs (one pair per seed)
-    Z = torch.stack([stationarity_offsets(post.guide, model, data, 1000 + s, 1, objective) for s in range(512)]).double()
+    Z = torch.stack([stationarity_offsets(post.guide, model, data, 1000 + s, 1, objective)
+                     for s in range(512)]).double()
     truth = Z.mean(0)
     truth_max = float(truth.abs().max())
     truth_ms = float(truth.pow(2).mean() - Z.var(0).mean() / 512)

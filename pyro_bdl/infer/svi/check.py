@@ -246,15 +246,16 @@ def warn_if_not_stationary(guide, model: BayesianModel, data: FitData, seed: int
         return None
     found = []
     if check.mean_off:
-        at_least, noise = ("", "") if check.exact else ("at least ", f", beyond the noise of {check.pairs} pairs of draws")
+        at_least, noise = (("", "") if check.exact else
+                           ("at least ", f", beyond the noise of {check.pairs} pairs of draws"))
         found.append(f"its mean: a Newton step from it moves coordinate {check.worst} by {at_least}"
                      f"{check.worst_bound:.3g} guide sds and the {check.offsets.numel()} coordinates by "
                      f"{check.rms:.3g} RMS{noise} (the mean error is about that much for a near-Gaussian posterior)")
     if check.variance_off:
         side = "narrower (over-confident)" if check.variance_ratio < 1 else "wider"
-        found.append(f"its variances, {side} than the optimum: diag(E_q[∇²U]Σ_q) averages {check.variance_ratio:.3g} "
-                     f"± {check.t_quantile * check.variance_ratio_se:.2g} over {check.pairs} pairs of draws, where the optimum "
-                     "has 1")
+        found.append(f"its variances, {side} than the optimum: diag(E_q[∇²U]Σ_q) averages "
+                     f"{check.variance_ratio:.3g} ± {check.t_quantile * check.variance_ratio_se:.2g} over "
+                     f"{check.pairs} pairs of draws, where the optimum has 1")
     if found:
         warnings.warn(f"svi: the guide is not at the ELBO's optimum after {steps} steps, in " + "; and in ".join(found)
                       + ". Run more steps (steps=...), or raise lr; see info['stationarity_offset'], "

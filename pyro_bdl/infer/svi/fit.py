@@ -79,8 +79,8 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
     ``info``: the driver schema (`pyro_bdl.infer.driver.info`) — ``loss`` ``(1, steps)`` (the negative
     ELBO estimate per step), ``options``, ``wall_time`` (training, summed over resumes) — plus
     ``guide`` (its class name) and, for one run, ``losses`` (the same losses as a list; deprecated, kept for
-    one release), the check after any Newton steps (`pyro_bdl.infer.svi.check.stationarity_check`, up to 32 pairs of guide
-    draws, no more rows than the fit's): ``stationarity_offset`` (the mean's worst coordinate, in guide sds, a lower
+    one release), the check after any Newton steps (`pyro_bdl.infer.svi.check.stationarity_check`, up to 32
+    pairs of guide draws, no more rows than the fit's): ``stationarity_offset`` (the mean's worst coordinate, in guide sds, a lower
     bound beyond the draws' noise; exact for a Gaussian posterior), ``stationarity_rms`` (its RMS over coordinates)
     and ``variance_ratio`` (the mean of diag(E_q[∇²U]Σ_q), 1 at the optimum; below 1 the guide is over-confident),
     a `StationarityWarning` when the worst coordinate exceeds 0.8, the RMS 0.4 or the ratio leaves [1/2, 2] beyond
