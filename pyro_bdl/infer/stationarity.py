@@ -64,8 +64,9 @@ import torch
 
 from ..model.inputs import take_rows
 
-#: `svi.stationarity_offsets` above this many guide sds (in any coordinate, beyond their noise) warn: the issue-13 bar on a mean is 0.2
-#: posterior sd on average, 0.4 for the worst coordinate; a Newton estimate of twice that is clearly outside it
+#: `svi.stationarity_check`'s worst coordinate above this many guide sds (beyond the draws' noise) warns: the issue-13
+#: bar on a mean is 0.2 posterior sd on average, 0.4 for the worst coordinate; a Newton estimate of twice that is
+#: clearly outside it
 STATIONARITY_TOLERANCE = 0.8
 #: a point estimate's RMS Newton offset λ/√P above this many posterior sds warns (twice the issue-13 mean bar of 0.2)
 POINT_TOLERANCE = 0.4

@@ -80,10 +80,6 @@ class StationarityCheck:
         return (self.variance_ratio + noise < 1 / VARIANCE_TOLERANCE
                 or self.variance_ratio - noise > VARIANCE_TOLERANCE)
 
-    @property
-    def off(self) -> bool:
-        return self.mean_off or self.variance_off
-
 
 def full_data_potential(model: BayesianModel, data: FitData, names, sizes, shapes, objective: Optional[Objective]):
     """U_b(θ) of one chunk, θ flat in the guide's latent order (``names``), for `stationarity.full_gradient`.
@@ -161,11 +157,13 @@ def pair_budget(data: FitData, steps: int) -> int:
     return max(STATIONARITY_PAIRS, min(MAX_PAIRS, fit_rows // (2 * data.dataset_size)))
 
 
-def _summarise(Z: torch.Tensor, R: torch.Tensor, exact: bool) -> StationarityCheck:
-    """`StationarityCheck` of the (J, P) pair offsets Z and Stein terms R."""
+def _summarise(Z: torch.Tensor, R: torch.Tensor) -> StationarityCheck:
+    """`StationarityCheck` of the (J, P) pair offsets Z and Stein terms R; exact where the offsets agree to
+    ``EXACT_SPREAD``."""
     Z, R = Z.double(), R.double()
     J, P = Z.shape
     zbar = Z.mean(0)
+    exact = float((Z - zbar).abs().max()) <= EXACT_SPREAD * (1 + float(zbar.abs().max()))
     if exact:
         se, c = torch.zeros_like(zbar), 0.0
         mean_square, mean_square_se = float(zbar.pow(2).mean()), 0.0
@@ -222,9 +220,7 @@ def stationarity_check(guide, model: BayesianModel, data: FitData, seed: int, ma
         return None
     _, draws = drawn
     pairs = [next(draws) for _ in range(max(2, max_pairs))]
-    Z = torch.stack([z for z, _ in pairs])
-    exact = float((Z - Z.mean(0)).abs().max()) <= EXACT_SPREAD * (1 + float(Z.mean(0).abs().max()))
-    return _summarise(Z, torch.stack([r for _, r in pairs]), exact)
+    return _summarise(torch.stack([z for z, _ in pairs]), torch.stack([r for _, r in pairs]))
 
 
 def stationarity_info(check: Optional[StationarityCheck]) -> Dict[str, Optional[float]]:
@@ -240,7 +236,7 @@ def stationarity_info(check: Optional[StationarityCheck]) -> Dict[str, Optional[
 def warn_if_not_stationary(guide, model: BayesianModel, data: FitData, seed: int, steps: int,
                            objective: Optional[Objective] = None) -> Optional[StationarityCheck]:
     """Run `stationarity_check` with the fit's `pair_budget` and warn (`StationarityWarning`) when it says the guide
-    is off (`StationarityCheck.off`); returns the check (None where it is not defined or not finite)."""
+    is off (`StationarityCheck.mean_off`, `StationarityCheck.variance_off`); returns the check (None where it is not defined or not finite)."""
     check = stationarity_check(guide, model, data, seed, pair_budget(data, steps), objective)
     if check is None or not (bool(torch.isfinite(check.offsets).all()) and math.isfinite(check.variance_ratio)):
         return None

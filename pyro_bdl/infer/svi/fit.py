@@ -135,12 +135,12 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
     # flat long before an ill-conditioned posterior's weak directions converge): notes/issue-13-sweep.md
     checks = [warn_if_not_stationary(run.guide, model, data, s, num, objective) if isinstance(guide, str) else None
               for run, s in zip(runs, seeds)]
-    offsets = [stationarity_info(c) for c in checks]
+    entries = [stationarity_info(c) for c in checks]
     if num_chains == 1:
         return GuidePosterior(model, runs[0].guide, "svi", x0,
                               info=driver.info(result.loss, options, result.wall_time,
                                                losses=result.loss[0].tolist(), guide=name,
-                                               newton_steps_taken=finished[0], **offsets[0]))
+                                               newton_steps_taken=finished[0], **entries[0]))
     members = [GuidePosterior(model, run.guide, "svi", x0, info={"seed": s, **z, "newton_steps_taken": f})
-               for run, s, z, f in zip(runs, seeds, offsets, finished)]
+               for run, s, z, f in zip(runs, seeds, entries, finished)]
     return MixturePosterior(members, "svi", info=driver.info(result.loss, options, result.wall_time, guide=name))
