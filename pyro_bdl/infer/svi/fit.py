@@ -10,6 +10,7 @@ import torch
 
 from ...model.bayesian_model import BayesianModel
 from ...model.potential import Objective
+from ...model.tempering import likelihood_scale
 from ...posterior.mixture import MixturePosterior
 from ...posterior.samples import GuidePosterior
 from ..._util import checkpoint as ckpt
@@ -20,6 +21,7 @@ from .. import driver
 from ..map import check_newton_steps, start_values
 from ..options import run_length
 from ..registry import register
+from ..trend import trend_info, warn_if_falling
 from .check import stationarity_info, warn_if_not_stationary
 from .finish import SVI_NEWTON_STEPS, finish
 from .guides import GUIDES, _check_init_scale, initialise_scales, make_guide
@@ -84,8 +86,10 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
     bound beyond the draws' noise; exact for a Gaussian posterior), ``stationarity_rms`` (its RMS over coordinates)
     and ``variance_ratio`` (the mean of diag(E_q[∇²U]Σ_q), 1 at the optimum; below 1 the guide is over-confident),
     a `StationarityWarning` when the worst coordinate exceeds 0.8, the RMS 0.4 or the ratio leaves [1/2, 2] beyond
-    the noise; and ``newton_steps_taken``. With ``num_chains`` > 1, ``loss`` is ``(num_chains, steps)`` and the
-    mixture carries the ``info``; each member's ``info`` has its ``seed``, the three check entries and
+    the noise; ``loss_slope`` and ``loss_slope_se``, how fast the loss was still falling at the end of Adam's run
+    (nats per data point per 100 steps, `pyro_bdl.infer.trend.loss_trend`), with a `StationarityWarning` when it
+    exceeds 0.01 beyond its noise (not after a finish that moved the guide); and ``newton_steps_taken``. With ``num_chains`` > 1, ``loss`` is ``(num_chains, steps)`` and the
+    mixture carries the ``info``; each member's ``info`` has its ``seed``, the check and slope entries and
     ``newton_steps_taken``.
     """
     num = run_length(data, steps, epochs, default=2000)
@@ -135,7 +139,11 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
     # flat long before an ill-conditioned posterior's weak directions converge): notes/issue-13-sweep.md
     checks = [warn_if_not_stationary(run.guide, model, data, s, num, objective) if isinstance(guide, str) else None
               for run, s in zip(runs, seeds)]
-    entries = [stationarity_info(c) for c in checks]
+    # a history still falling at its end proves Adam had not converged, where the check's tolerances can still pass
+    # (the digits MLP: notes/issue-13-lead10.md); a finish that moved the guide leaves Adam's history behind it
+    trends = warn_if_falling("svi", result.loss, data.dataset_size * likelihood_scale(model.temperature, model.tempering),
+                             quiet=[f > 0 for f in finished], stacklevel=4)
+    entries = [{**stationarity_info(c), **trend_info(t)} for c, t in zip(checks, trends)]
     if num_chains == 1:
         return GuidePosterior(model, runs[0].guide, "svi", x0,
                               info=driver.info(result.loss, options, result.wall_time,
