@@ -14,6 +14,7 @@ from pyro_bdl.infer import svi
 from pyro_bdl.infer.data import FitData
 from pyro_bdl.infer.divergence import DivergenceError, loss_floor
 from pyro_bdl.infer.map import example_batch
+from pyro_bdl.model.potential import Objective
 from blr import make_blr
 from test_checkpoint import CHANGES, data, model
 
@@ -28,9 +29,10 @@ def _same(a, b):
 
 @pytest.mark.parametrize("guide, batch_size", [("normal", 10), ("lowrank", 10), ("fullrank", None)])
 def test_svi_is_the_hand_written_pyro_loop_on_the_drivers_batches(guide, batch_size):
-    """fit(method="svi") = Trace_ELBO (+ the control variate under minibatches) + Adam with svi's parameter groups
-    and decay, stepped over FitData.epoch(Generator(seed)) — bit for bit. (The finish after the loop is off here:
-    `test_svi_finish` and `test_svi_stationarity` check it.)"""
+    """fit(method="svi") = the ELBO on the compiled potential (`FlatELBO`, + the control variate under minibatches;
+    `test_svi_flat_elbo` checks it is Pyro's Trace_ELBO) + Adam with svi's parameter groups and decay, stepped over
+    FitData.epoch(Generator(seed)) — bit for bit. (The finish after the loop is off here: `test_svi_finish` and
+    `test_svi_stationarity` check it.)"""
     problem = make_blr(n=40, d=2, seed=2)
     m, seed, steps, lr, lr_decay = problem.model(0.1), 4, 30, 0.02, 0.1
     post = bdl.fit(m, problem.x, problem.y, method="svi", guide=guide, batch_size=batch_size, steps=steps, lr=lr,
@@ -47,16 +49,18 @@ def test_svi_is_the_hand_written_pyro_loop_on_the_drivers_batches(guide, batch_s
         loss_fn = elbo(m, g)
         x0, y0 = example_batch(fd)
         loss_fn(x0, y0, N)  # builds the parameters
+        with torch.random.fork_rng(devices=[]):  # as fit: the objective's prior trace leaves the global RNG alone
+            objective = Objective(m, fd.example_x(2))
+        flat = svi.FlatELBO.build(g, objective, fd.minibatched, 1)
         loss_floor(m, x0, y0, N, "elbo")  # the divergence floor's trace draws from the global RNG too
-        cv = svi.ControlVariateELBO(m, g, elbo) if fd.minibatched else None
         opt = torch.optim.Adam(svi.param_groups(loss_fn, lr), lr=lr)
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=lr_decay ** (1 / steps))
         order = torch.Generator().manual_seed(seed)
         batches = (b for _ in range(steps) for b in fd.epoch(order))
         for _, (xb, yb) in zip(range(steps), batches):
             opt.zero_grad()
-            loss, value = (loss_fn(xb, yb, N), None) if cv is None else cv(xb, yb, N)
-            losses.append(float(loss if value is None else value))
+            loss, value = flat(xb, yb, N)
+            losses.append(float(value))
             loss.backward()
             opt.step()
             sched.step()

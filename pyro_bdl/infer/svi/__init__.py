@@ -19,23 +19,25 @@ decay from ``lr`` to ``lr * lr_decay`` over the run.
 The loop is the one driver's (`pyro_bdl.infer.driver`): `SVIRule` is SVI's step rule (one Adam step
 on the negative ELBO per minibatch), and the driver owns the data order (seeded per run), the
 blocked divergence checks, progress, the checkpoint (`checkpoint=path`, bit-identical resume) and
-the ``info`` schema. The ELBO itself is still evaluated by Pyro's traces of model and guide (any
-Pyro guide works); the compiled potential that map/swag/SG-MCMC step on is not used here.
+the ``info`` schema. A built-in guide's ELBO is evaluated on the compiled potential that map/swag/SG-MCMC step on
+(`FlatELBO`: z = μ + Lε, U_b(z) − H(q), Pyro's ``Trace_ELBO`` without its two traces per step); a user's guide, a
+traced density (hierarchical priors), a constrained site or ``num_particles`` > 1 keep Pyro's traces of model and
+guide (`ControlVariateELBO` under minibatches).
 
 After Adam, a built-in guide of a small model (P ≤ 200) is finished by the ELBO's fixed-point equations on the
 full data (`pyro_bdl.infer.svi.finish`: exact in one step for a Gaussian posterior), and every built-in guide's mean
 and variances are checked for stationarity beyond the noise of the guide draws (`pyro_bdl.infer.svi.check`, a
 `StationarityWarning` when they are not).
 
-Modules: `fit` (``fit(method="svi")``), `rule` (the driver's step rule and loops), `elbo` (the control-variate
-ELBO), `guides` (building the guides and their initial sds), `gaussian` (the guides as flat Gaussians), `check`
+Modules: `fit` (``fit(method="svi")``), `rule` (the driver's step rule and loops), `elbo` (the flat and the control-variate
+ELBOs), `guides` (building the guides and their initial sds), `gaussian` (the guides as flat Gaussians), `check`
 (the full-data potential and the stationarity check), `finish` (the fixed-point finish). Everything is re-exported
 here (``from pyro_bdl.infer.svi import optimise``).
 """
 from ..stationarity import STATIONARITY_TOLERANCE, StationarityWarning  # noqa: F401 (re-exported)
 from .check import (MAX_PAIRS, STATIONARITY_PAIRS, StationarityCheck, full_data_potential, pair_budget,  # noqa: F401
                     stationarity_check, stationarity_info, stationarity_offsets, warn_if_not_stationary)
-from .elbo import ControlVariateELBO  # noqa: F401
+from .elbo import ControlVariateELBO, FlatELBO  # noqa: F401
 from .finish import (FINISH_ELBO_PAIRS, FINISH_MAX_PARAMS, FINISH_PAIRS, SVI_NEWTON_STEPS, finish,  # noqa: F401
                      full_hessian)
 from .fit import fit_svi  # noqa: F401

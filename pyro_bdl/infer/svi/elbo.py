@@ -1,13 +1,17 @@
-"""`ControlVariateELBO`: the negative ELBO with the minibatch noise taken out of its guide-scale gradient."""
+"""The negative ELBO estimates SVI steps on: `FlatELBO` (a built-in guide on the compiled potential, no Pyro trace)
+and `ControlVariateELBO` (Pyro's traces, any guide), both with the minibatch noise taken out of the guide-scale
+gradient under minibatches."""
 from __future__ import annotations
 
-from typing import Dict, Tuple
+import math
+from typing import Dict, Optional, Tuple
 
 import torch
 from pyro.infer import Trace_ELBO
-from pyro.infer.autoguide import AutoNormal
+from pyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoMultivariateNormal, AutoNormal
 
 from ...model.bayesian_model import BayesianModel
+from ...model.potential import Objective
 from .guides import _is_real
 
 
@@ -66,3 +70,72 @@ def _guide_locs(guide) -> Dict[str, torch.Tensor]:
     loc, _ = guide._loc_scale()
     return {site["name"]: value for site, value in guide._unpack_latent(loc)}
 
+
+
+class FlatELBO:
+    """The negative ELBO of a built-in guide on the compiled flat potential U (`pyro_bdl.model.potential.Objective`).
+
+    With q = N(μ, Σ) over the guide's latent vector (every site real, so it is θ itself) and z = μ + Lε (LLᵀ = Σ,
+    ε ~ N(0, I) from torch's RNG),
+
+        −ELBO(q) = E_q[U_b(z)] − H(q),   H(q) = ½ log det Σ + (P/2)(1 + log 2π),
+
+    estimated by U_b(z) − H(q) with the entropy exact. This is Pyro's ``Trace_ELBO`` on the same model and guide:
+    its sampled log q(z) = −½εᵀε − ½ log det Σ − (P/2) log 2π has the same gradient in the guide's parameters
+    (−∇½ log det Σ: ε does not depend on them) and the same expectation, with less noise in the value. Under
+    minibatches the surrogate subtracts ∇U_b(μ)·(z − μ) (`ControlVariateELBO`'s control variate, same definition).
+    It saves the two Pyro traces per step (model and guide; the control variate's gradient is a third): the
+    per-step cost of a small network falls to that of MAP's step plus the control variate (notes/issue-13-lead10.md).
+
+    `build` returns None where it does not apply (a traced density, a constrained site such as a learned noise scale,
+    a user's guide, ``num_particles`` > 1): those keep Pyro's traces.
+    """
+
+    def __init__(self, guide, objective: Objective, control_variate: bool):
+        self.guide, self.objective, self.control_variate = guide, objective, control_variate
+        self.names = [name for name, _ in guide.prototype_trace.iter_stochastic_nodes()]
+        self.shapes = [guide.prototype_trace.nodes[n]["value"].shape for n in self.names]
+        self.sizes = [math.prod(s) for s in self.shapes]
+        self.constant = 0.5 * sum(self.sizes) * (1.0 + math.log(2 * math.pi))
+
+    @classmethod
+    def build(cls, guide, objective: Optional[Objective], control_variate: bool,
+              num_particles: int) -> Optional["FlatELBO"]:
+        if objective is None or not objective.compiled or num_particles != 1:
+            return None
+        if not isinstance(guide, (AutoNormal, AutoLowRankMultivariateNormal, AutoMultivariateNormal)):
+            return None
+        names = [name for name, _ in guide.prototype_trace.iter_stochastic_nodes()]
+        if set(names) != set(objective.layout.names) or not all(
+                _is_real(guide.prototype_trace.nodes[n]["fn"].support) for n in names):
+            return None
+        return cls(guide, objective, control_variate)
+
+    def _draw(self) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor], torch.Tensor]:
+        """(z per site, μ per site, ½ log det Σ), differentiable in the guide's parameters."""
+        if isinstance(self.guide, AutoNormal):
+            z, mu, half_logdet = {}, {}, 0.0
+            for name in self.names:
+                loc, scale = self.guide._get_loc_and_scale(name)
+                z[name] = loc + scale * torch.randn_like(loc)
+                mu[name] = loc
+                half_logdet = half_logdet + scale.log().sum()
+            return z, mu, half_logdet
+        posterior = self.guide.get_posterior()
+        return self._sites(posterior.rsample()), self._sites(self.guide.loc), posterior.entropy() - self.constant
+
+    def _sites(self, flat: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {n: t.reshape(s) for n, t, s in zip(self.names, flat.split(self.sizes), self.shapes)}
+
+    def __call__(self, x, y, N: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(surrogate loss to differentiate, the negative ELBO estimate, detached)."""
+        z, mu, half_logdet = self._draw()
+        layout = self.objective.layout
+        theta = layout.flatten(z)
+        value = self.objective.potential(theta, x, y, N) - half_logdet - self.constant
+        surrogate = value
+        if self.control_variate:
+            centre = layout.flatten(mu)
+            _, c = self.objective.grad(centre.detach(), x, y, N)
+            surrogate = surrogate - (c * (theta - centre)).sum()
+        return surrogate, value.detach()

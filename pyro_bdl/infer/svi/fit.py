@@ -106,6 +106,8 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
                              f"({sorted(GUIDES)}); fit several runs of your own guide one at a time")
     start = start_values(model, init)
     seeds = [seed] if num_chains == 1 else spawn_seeds(seed, num_chains)
+    with torch.random.fork_rng(devices=[]):  # its trace draws from the prior: the runs' streams stay as they were
+        objective = Objective(model, data.example_x(2)) if isinstance(guide, str) else None
     runs = []
     for s in seeds:
         # One run sets up under fit's seeded global RNG, as before the driver; run k of several under s_k,
@@ -117,7 +119,7 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
                 if init_scale == "auto" and isinstance(guide, str):
                     initialise_scales(g, model, data, s, run_start)
             runs.append(SVIRun(model, g, data, lr, num_particles,
-                               control_variate=isinstance(guide, str) and data.minibatched))
+                               control_variate=isinstance(guide, str) and data.minibatched, objective=objective))
     options = {"guide": guide if isinstance(guide, str) else type(guide).__qualname__, "steps": steps,
                "epochs": epochs, "lr": lr, "lr_decay": lr_decay, "num_particles": num_particles,
                "init_scale": init_scale, "rank": rank, "init": None if init is None else sorted(init),
@@ -128,7 +130,6 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
         return ckpt.fingerprint(model, data, "svi", options, seed, start=ckpt.tensor_hash(theta0))
 
     result = run_svi(runs, data, num, lr, lr_decay, seeds, progress, "svi", checkpoint, fingerprint)
-    objective = Objective(model, data.example_x(2)) if isinstance(guide, str) else None
     # Adam stops short of the ELBO's optimum on sharp or ill-conditioned posteriors (notes/issue-13-mapsvi.md); the
     # built-in guide of a small model is finished by the ELBO's own fixed-point equations (notes/issue-13-svifinish.md)
     finished = [finish(run.guide, model, data, s, objective, newton_steps) if isinstance(guide, str) else 0

@@ -10,6 +10,7 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 
 from ...model.bayesian_model import BayesianModel
+from ...model.potential import Objective
 from ...model.tempering import likelihood_scale
 from ..._util import checkpoint as ckpt
 from ..._util.checks import is_invalid_parameter_error
@@ -17,7 +18,7 @@ from ..data import FitData
 from ..divergence import DivergenceCheck, loss_floor, nonfinite_start_message
 from .. import driver
 from ..map import example_batch
-from .elbo import ControlVariateELBO
+from .elbo import ControlVariateELBO, FlatELBO
 
 
 def param_groups(loss_fn: torch.nn.Module, lr: float) -> list:
@@ -70,11 +71,13 @@ def unflatten_parameters(runs: Sequence[List[torch.nn.Parameter]]) -> None:
 
 class SVIRun:
     """One SVI run's Pyro side, set up under the current global RNG: the ELBO of ``(model, guide)``
-    (Pyro's ``Trace_ELBO``, or `ControlVariateELBO` on top of it) with the guide's parameters built, its
-    `DivergenceCheck`, and the state of the global RNG after that set-up, where its ELBO draws continue."""
+    (`FlatELBO` on ``objective``'s compiled potential where it applies; otherwise Pyro's ``Trace_ELBO``, or
+    `ControlVariateELBO` on top of it) with the guide's parameters built, its `DivergenceCheck`, and the state of
+    the global RNG after that set-up, where its ELBO draws continue."""
 
     def __init__(self, model: BayesianModel, guide, data: FitData, lr: float, num_particles: int = 1,
-                 control_variate: bool = False, floor_kind: str = "elbo", desc: str = "svi"):
+                 control_variate: bool = False, floor_kind: str = "elbo", desc: str = "svi",
+                 objective: Optional[Objective] = None):
         self.model, self.guide, self.N = model, guide, int(data.dataset_size)
         self.elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1,
                                max_plate_nesting=1)
@@ -82,7 +85,8 @@ class SVIRun:
         x0, y0 = example_batch(data)
         with pyro.settings.context(module_local_params=True):
             self.loss_fn(x0, y0, self.N)  # builds the guide's parameters
-        self.cv = ControlVariateELBO(model, guide, self.elbo) if control_variate else None
+        self.flat = FlatELBO.build(guide, objective, control_variate, num_particles)
+        self.cv = ControlVariateELBO(model, guide, self.elbo) if control_variate and self.flat is None else None
         self.params = [p for _, p in self.loss_fn.named_parameters()]
         # the floor's trace draws from the global RNG too (kept in this order: the same draws as before the driver)
         self.check = DivergenceCheck(desc, lr, floor=loss_floor(model, x0, y0, self.N, floor_kind),
@@ -146,7 +150,9 @@ class SVIRule:
         """Run k's negative ELBO estimate (detached), its gradient accumulated; ``None`` if the run diverged."""
         run = self.runs[k]
         try:
-            if run.cv is None:
+            if run.flat is not None:
+                loss, value = run.flat(x, y, run.N)
+            elif run.cv is None:
                 loss = run.loss_fn(x, y, run.N)
                 value = loss.detach()
             else:
