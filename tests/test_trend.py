@@ -9,6 +9,7 @@ import torch
 
 import pyro_bdl as bdl
 from blr import make_blr
+from pyro_bdl.infer import svi
 from pyro_bdl.infer.stationarity import StationarityWarning
 from pyro_bdl.infer.trend import ALPHA, RATE_STEPS, TREND_TOLERANCE, loss_trend, warn_if_falling
 
@@ -69,17 +70,52 @@ def test_warn_if_falling_names_the_run_and_skips_quiet_runs():
         warn_if_falling("svi", losses, 10.0, quiet=[False, True])
 
 
-def test_default_svi_on_a_digits_mlp_warns_that_its_loss_is_still_falling():
-    """Default mean-field SVI (2000 steps) on 300 digits with a 16-unit MLP still falls by ≈ 0.03 nats per data point
-    per 100 steps at its end (its sds are still growing towards the prior), inside the stationarity check's
-    tolerances: the trend is what says so. About 8 s."""
+def test_the_slope_across_warm_restarts_compares_the_schedules_ends():
+    """Two 800-step schedules, each falling from a restart: with ``period`` the last quarter is read against the
+    previous schedule's last quarter (the same final rates), so equal ends read 0 and ends 1.6 apart read 0.2."""
+    t = torch.arange(800, dtype=torch.float64)
+    one = 10.0 - 0.01 * t
+    same = torch.cat([one, one])
+    assert loss_trend(same, 1.0).slope > 0.9  # within the last schedule it falls by 1 per 100 steps
+    assert loss_trend(same, 1.0, period=800).slope == pytest.approx(0.0, abs=1e-12)
+    lower = torch.cat([one, one - 1.6])
+    assert loss_trend(lower, 1.0, period=800).slope == pytest.approx(1.6 * RATE_STEPS / 800, rel=1e-9)
+    # a single schedule reads its third against its last quarter whatever the period says
+    assert loss_trend(one, 1.0, period=800).slope == pytest.approx(loss_trend(one, 1.0).slope)
+
+
+def _digits_fit(**options):
     ds = bdl.data.load_dataset("digits", seed=0, train_size=300)
     torch.manual_seed(0)
     model = bdl.BayesianModel(bdl.networks.mlp(ds.num_features, [16], 10, "relu"),
                               prior=bdl.priors.Gaussian(0.0, 1.0), likelihood=bdl.likelihoods.Categorical())
+    return bdl.fit(model, ds.x_train, ds.y_train, method="svi", batch_size=50, seed=0, progress=False, **options)
+
+
+def test_svi_at_a_given_length_on_a_digits_mlp_warns_that_its_loss_is_still_falling():
+    """2000 steps of mean-field SVI on 300 digits with a 16-unit MLP still fall by ≈ 0.03 nats per data point per 100
+    steps at their end (the sds are still growing towards the prior), inside the stationarity check's tolerances:
+    the trend is what says so. About 3 s."""
     with pytest.warns(StationarityWarning, match=r"svi: the loss was still falling.*steps=8000"):
-        post = bdl.fit(model, ds.x_train, ds.y_train, method="svi", batch_size=50, seed=0, progress=False)
+        post = _digits_fit(steps=2000)
     assert post.info["loss_slope"] - 2 * post.info["loss_slope_se"] > TREND_TOLERANCE
+    assert post.info["extensions"] == 0
+
+
+def test_svi_at_its_default_length_runs_on_while_its_loss_still_falls():
+    """The default length is extended by warm restarts of the schedule until a schedule's end gains less than the
+    tolerance on the one before (or MAX_EXTENSIONS are spent): the same fit ends lower and quiet."""
+    fixed = _digits_fit(steps=2000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StationarityWarning)
+        post = _digits_fit()
+    k = post.info["extensions"]
+    assert 1 <= k <= svi.MAX_EXTENSIONS and post.info["loss"].shape == (1, 2000 * (1 + k))
+    assert post.info["loss_slope"] < fixed.info["loss_slope"]
+    end = lambda p: float(p.info["loss"][0, -500:].mean())  # noqa: E731
+    assert end(post) < end(fixed) - 0.05 * 300  # > 0.05 nats per data point lower
+    # a length the user gives is kept
+    assert _digits_fit(epochs=300).info["loss"].shape == (1, 1800)
 
 
 def test_svi_records_the_slope_per_run_and_stays_quiet_after_a_finish():

@@ -18,6 +18,10 @@ inside a quarter only inflates them, which errs towards not flagging). The run w
 one-sided (1 − ``ALPHA``) lower bound, slope − t·se (Student t, 2·TREND_BATCHES − 2 degrees of freedom), exceeds
 ``TREND_TOLERANCE``.
 
+Across warm restarts (``period``: the schedule's length, when the history holds several) the last quarter is read
+against the same quarter of the schedule before, both at the schedule's final rates: the slope is what the last
+schedule gained. `fit(method="svi")` at its default length runs on by such restarts while the slope says falling.
+
 This is ADVI's convergence rule (Kucukelbir et al. 2017, §3.5; Stan's ``tol_rel_obj = 0.01`` on the ELBO's change per
 ``eval_elbo = 100`` iterations) with two changes: the change is measured in nats per data point instead of relative to
 |ELBO| (whose additive constants, such as a Gaussian likelihood's normaliser, are arbitrary), and beyond the noise of a
@@ -73,21 +77,25 @@ def _batch_means(values: torch.Tensor) -> torch.Tensor:
     return values[values.numel() - size * TREND_BATCHES:].reshape(TREND_BATCHES, size).mean(1)
 
 
-def loss_trend(history: Sequence[float], unit: float) -> Optional[LossTrend]:
+def loss_trend(history: Sequence[float], unit: float, period: Optional[int] = None) -> Optional[LossTrend]:
     """The trend of one run's loss ``history`` (its per-step values, in order) at its end (module docs); ``unit``: the
-    loss of one nat per data point (N/T for a total loss). None for a history of fewer than 4·TREND_BATCHES steps or
-    with non-finite values."""
+    loss of one nat per data point (N/T for a total loss). ``period``: the length of the learning-rate schedule, when
+    the history holds several in a row (warm restarts): its last quarter is then compared with the same quarter of
+    the schedule before, both at the same final rates, so the slope is what the last schedule gained. None for a
+    history of fewer than 4·TREND_BATCHES steps or with non-finite values."""
     if not unit > 0:
         raise ValueError(f"unit must be > 0, got {unit!r}")
     values = torch.as_tensor(history, dtype=torch.float64).reshape(-1)
-    quarter = values.numel() // 4
-    if quarter < TREND_BATCHES or not bool(torch.isfinite(values[-2 * quarter:]).all()):
+    period = values.numel() if period is None else min(int(period), values.numel())
+    quarter = period // 4
+    lag = period if values.numel() >= 2 * period else quarter
+    if quarter < TREND_BATCHES or not bool(torch.isfinite(values[-quarter - lag:]).all()):
         return None
-    third = _batch_means(values[-2 * quarter:-quarter])
+    before = _batch_means(values[-quarter - lag:values.numel() - lag])
     last = _batch_means(values[-quarter:])
-    per = RATE_STEPS / (unit * quarter)
-    se = math.sqrt(float(third.var() + last.var()) / TREND_BATCHES) * per
-    return LossTrend(slope=float(third.mean() - last.mean()) * per, se=se, steps=quarter)
+    per = RATE_STEPS / (unit * lag)
+    se = math.sqrt(float(before.var() + last.var()) / TREND_BATCHES) * per
+    return LossTrend(slope=float(before.mean() - last.mean()) * per, se=se, steps=quarter)
 
 
 def trend_info(trend: Optional[LossTrend]) -> Dict[str, Optional[float]]:
@@ -97,10 +105,12 @@ def trend_info(trend: Optional[LossTrend]) -> Dict[str, Optional[float]]:
 
 
 def warn_if_falling(method: str, losses: torch.Tensor, unit: float, quiet: Sequence[bool] = (),
-                    stacklevel: int = 3) -> List[Optional[LossTrend]]:
-    """`loss_trend` of each run's history (rows of ``losses``, ``(K, steps)``), with a `StationarityWarning` when a run
-    that is not ``quiet`` (e.g. one a finish moved after its history ended) was still falling."""
-    trends = [loss_trend(row, unit) for row in torch.as_tensor(losses).reshape(len(losses), -1)]
+                    period: Optional[int] = None, stacklevel: int = 3) -> List[Optional[LossTrend]]:
+    """`loss_trend` of each run's history (rows of ``losses``, ``(K, steps)``; ``period`` as there), with a
+    `StationarityWarning` when a run that is not ``quiet`` (e.g. one a finish moved after its history ended) was still
+    falling."""
+    rows = torch.as_tensor(losses).reshape(len(losses), -1)
+    trends = [loss_trend(row, unit, period) for row in rows]
     quiet = list(quiet) + [False] * (len(trends) - len(quiet))
     bad = [(t, k) for k, (t, q) in enumerate(zip(trends, quiet)) if t is not None and not q and t.falling]
     if bad:

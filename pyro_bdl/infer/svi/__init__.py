@@ -40,7 +40,7 @@ from .check import (MAX_PAIRS, STATIONARITY_PAIRS, StationarityCheck, full_data_
 from .elbo import ControlVariateELBO, FlatELBO  # noqa: F401
 from .finish import (FINISH_ELBO_PAIRS, FINISH_MAX_PARAMS, FINISH_PAIRS, SVI_NEWTON_STEPS, finish,  # noqa: F401
                      full_hessian)
-from .fit import fit_svi  # noqa: F401
+from .fit import MAX_EXTENSIONS, fit_svi  # noqa: F401
 from .gaussian import FullRank, Gaussian, LowRank, MeanField, gaussian_view  # noqa: F401
 from .guides import (FALLBACK_SCALE, FISHER_BATCHES, GUIDES, curvature_scales, initialise_scales,  # noqa: F401
                      make_guide)
