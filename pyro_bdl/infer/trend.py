@@ -118,8 +118,8 @@ def warn_if_falling(method: str, losses: torch.Tensor, unit: float, quiet: Seque
         steps = len(losses[0])
         which = "" if len(trends) == 1 else f" of run {k} ({len(bad)} of {len(trends)} runs)"
         warnings.warn(f"{method}: the loss{which} was still falling when the run ended, by {trend.slope:.3g} ± "
-                      f"{trend.se:.2g} nats per data point per {RATE_STEPS} steps over the last {trend.steps} of {steps} "
-                      f"steps (tolerance {TREND_TOLERANCE} beyond the noise), so the run has not converged. Run more "
-                      f"steps (e.g. steps={4 * steps}) or raise lr; see info['loss_slope'].", StationarityWarning,
-                      stacklevel=stacklevel)
+                      f"{trend.se:.2g} nats per data point per {RATE_STEPS} steps over the last {trend.steps} of "
+                      f"{steps} steps (tolerance {TREND_TOLERANCE} beyond the noise), so the run has not converged. "
+                      f"Run more steps (e.g. steps={4 * steps}) or raise lr; see info['loss_slope'].",
+                      StationarityWarning, stacklevel=stacklevel)
     return trends

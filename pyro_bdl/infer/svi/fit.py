@@ -97,9 +97,9 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
     a `StationarityWarning` when the worst coordinate exceeds 0.8, the RMS 0.4 or the ratio leaves [1/2, 2] beyond
     the noise; ``loss_slope`` and ``loss_slope_se``, how fast the loss was still falling at the end of Adam's run
     (nats per data point per 100 steps, `pyro_bdl.infer.trend.loss_trend`), with a `StationarityWarning` when it
-    exceeds 0.01 beyond its noise (not after a finish that moved the guide); and ``newton_steps_taken``. With ``num_chains`` > 1, ``loss`` is ``(num_chains, steps)`` and the
-    mixture carries the ``info``; each member's ``info`` has its ``seed``, the check and slope entries and
-    ``newton_steps_taken``.
+    exceeds 0.01 beyond its noise (not after a finish that moved the guide); ``extensions``; and
+    ``newton_steps_taken``. With ``num_chains`` > 1, ``loss`` is ``(num_chains, steps)`` and the mixture carries
+    the ``info``; each member's ``info`` has its ``seed``, the check and slope entries and ``newton_steps_taken``.
     """
     num = run_length(data, steps, epochs, default=2000)
     check_newton_steps(newton_steps)
@@ -158,8 +158,8 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
     name = type(runs[0].guide).__name__
     # the mean's distance from the ELBO's stationary point, a check the loss history cannot give (it is noisy and
     # flat long before an ill-conditioned posterior's weak directions converge): notes/issue-13-sweep.md
-    checks = [warn_if_not_stationary(run.guide, model, data, s, loss.shape[1], objective) if isinstance(guide, str) else None
-              for run, s in zip(runs, seeds)]
+    checks = [warn_if_not_stationary(run.guide, model, data, s, loss.shape[1], objective)
+              if isinstance(guide, str) else None for run, s in zip(runs, seeds)]
     # a history still falling at its end proves Adam had not converged, where the check's tolerances can still pass
     # (the digits MLP: notes/issue-13-lead10.md); a finish that moved the guide leaves Adam's history behind it
     trends = warn_if_falling("svi", loss, unit, quiet=[f > 0 for f in finished], period=num, stacklevel=4)
