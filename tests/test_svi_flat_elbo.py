@@ -10,6 +10,7 @@ from pyro.infer import Trace_ELBO
 
 import pyro_bdl as bdl
 from blr import make_blr
+from test_networks import LSTMNet, TwoInputs, _pairs, _sequences
 from pyro_bdl.infer import svi
 from pyro_bdl.infer.data import FitData
 from pyro_bdl.model.potential import Objective
@@ -120,3 +121,25 @@ def test_svi_fits_as_before_on_a_network(monkeypatch):
     for name, value in a.state_dict().items():
         torch.testing.assert_close(value, b.state_dict()[name], rtol=1e-3, atol=1e-3)
     assert math.isfinite(results[True].info["loss_slope"])
+
+
+@pytest.mark.parametrize("net", ["lstm", "two_inputs"])
+def test_flat_elbo_fits_an_lstm_and_a_two_input_network_as_the_traces_do(net, monkeypatch):
+    """The compiled potential takes sequences and input tuples as the Pyro trace does: 40 minibatch steps of the
+    mean-field guide end where the traced path ends."""
+    if net == "lstm":
+        x, y = _sequences(24)
+        make = LSTMNet
+    else:
+        x1, x2, y = _pairs(24)
+        x, make = (x1, x2), TwoInputs
+    guides = {}
+    for flat in (True, False):
+        torch.manual_seed(0)
+        model = bdl.BayesianModel(make(), prior=bdl.priors.Gaussian(0.0, 1.0), likelihood=bdl.likelihoods.Gaussian(0.5))
+        if not flat:
+            monkeypatch.setattr(svi.FlatELBO, "build", classmethod(lambda cls, *args, **kwargs: None))
+        guides[flat] = bdl.fit(model, x, y, method="svi", steps=40, batch_size=8, seed=0, progress=False,
+                               newton_steps=0).guide
+    for name, value in guides[True].state_dict().items():
+        torch.testing.assert_close(value, guides[False].state_dict()[name], rtol=1e-4, atol=1e-4)

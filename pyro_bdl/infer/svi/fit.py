@@ -46,7 +46,7 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
             (`pyro_bdl.infer.trend`: more than 0.01 nats per data point per 100 steps beyond the noise) up to
             ``MAX_EXTENSIONS`` (7) more runs of 2000, each a warm restart of the schedule (Loshchilov & Hutter 2017)
             from where the last ended, its ELBO draws continued and its data order fresh; a network's ELBO takes
-            thousands of steps more than a point estimate's loss (the digits MLP: 8000–16000). A length you give,
+            thousands of steps more than a point estimate's loss (digits MLPs: 4000–8000 by this rule). A length you give,
             or a run with ``checkpoint``, is kept as given. ``info["extensions"]``: the runs added.
         lr, lr_decay: Adam step size, decayed exponentially to ``lr * lr_decay``.
         num_particles: ELBO samples per step (vectorised).
