@@ -35,12 +35,13 @@ ELBOs), `guides` (building the guides and their initial sds), `gaussian` (the gu
 here (``from pyro_bdl.infer.svi import optimise``).
 """
 from ..stationarity import STATIONARITY_TOLERANCE, StationarityWarning  # noqa: F401 (re-exported)
-from .check import (MAX_PAIRS, STATIONARITY_PAIRS, StationarityCheck, full_data_potential, pair_budget,  # noqa: F401
-                    stationarity_check, stationarity_info, stationarity_offsets, warn_if_not_stationary)
+from .check import (MAX_PAIRS, STATIONARITY_PAIRS, StationarityCheck, fit_check, full_data_potential,  # noqa: F401
+                    pair_budget, stationarity_check, stationarity_info, stationarity_offsets, warn_if_not_stationary,
+                    warn_stationarity)
 from .elbo import ControlVariateELBO, FlatELBO  # noqa: F401
 from .finish import (FINISH_ELBO_PAIRS, FINISH_MAX_PARAMS, FINISH_PAIRS, SVI_NEWTON_STEPS, finish,  # noqa: F401
                      full_hessian)
-from .fit import MAX_EXTENSIONS, fit_svi  # noqa: F401
+from .fit import MAX_EXTENSIONS, MAX_POLISHES, fit_svi  # noqa: F401
 from .gaussian import FullRank, Gaussian, LowRank, MeanField, gaussian_view  # noqa: F401
 from .guides import (FALLBACK_SCALE, FISHER_BATCHES, GUIDES, curvature_scales, initialise_scales,  # noqa: F401
                      make_guide)

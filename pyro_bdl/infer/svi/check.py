@@ -233,13 +233,30 @@ def stationarity_info(check: Optional[StationarityCheck]) -> Dict[str, Optional[
             "variance_ratio": check.variance_ratio}
 
 
-def warn_if_not_stationary(guide, model: BayesianModel, data: FitData, seed: int, steps: int,
-                           objective: Optional[Objective] = None) -> Optional[StationarityCheck]:
-    """Run `stationarity_check` with the fit's `pair_budget` and warn (`StationarityWarning`) when it says the guide
-    is off (`StationarityCheck.mean_off`, `StationarityCheck.variance_off`); returns the check (None where it is not defined or not finite)."""
+def fit_check(guide, model: BayesianModel, data: FitData, seed: int, steps: int,
+              objective: Optional[Objective] = None) -> Optional[StationarityCheck]:
+    """`stationarity_check` with the fit's `pair_budget` (``steps``: the fit's length); None where it is not defined
+    or not finite."""
     check = stationarity_check(guide, model, data, seed, pair_budget(data, steps), objective)
     if check is None or not (bool(torch.isfinite(check.offsets).all()) and math.isfinite(check.variance_ratio)):
         return None
+    return check
+
+
+def warn_if_not_stationary(guide, model: BayesianModel, data: FitData, seed: int, steps: int,
+                           objective: Optional[Objective] = None) -> Optional[StationarityCheck]:
+    """Run `fit_check` and warn (`StationarityWarning`) when it says the guide is off (`warn_stationarity`); returns
+    the check (None where it is not defined or not finite)."""
+    check = fit_check(guide, model, data, seed, steps, objective)
+    warn_stationarity(check, steps, stacklevel=5)
+    return check
+
+
+def warn_stationarity(check: Optional[StationarityCheck], steps: int, stacklevel: int = 4) -> None:
+    """A `StationarityWarning` when ``check`` says the guide's mean (`StationarityCheck.mean_off`) or variances
+    (`StationarityCheck.variance_off`) are off, naming which and by how much."""
+    if check is None:
+        return
     found = []
     if check.mean_off:
         at_least, noise = (("", "") if check.exact else
@@ -255,5 +272,5 @@ def warn_if_not_stationary(guide, model: BayesianModel, data: FitData, seed: int
     if found:
         warnings.warn(f"svi: the guide is not at the ELBO's optimum after {steps} steps, in " + "; and in ".join(found)
                       + ". Run more steps (steps=...), or raise lr; see info['stationarity_offset'], "
-                      "info['stationarity_rms'] and info['variance_ratio'].", StationarityWarning, stacklevel=4)
-    return check
+                      "info['stationarity_rms'] and info['variance_ratio'].", StationarityWarning,
+                      stacklevel=stacklevel)
