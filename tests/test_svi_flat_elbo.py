@@ -87,11 +87,28 @@ def test_flat_elbo_has_trace_elbos_gradient_on_average_for_the_lowrank_guide():
     assert (diff.abs() < 4.5 * se + 1e-6).all(), (diff / se).abs().max()
 
 
+@pytest.mark.parametrize("guide", ["normal", "lowrank"])
+def test_flat_elbo_with_several_particles_is_the_mean_of_single_draws(guide):
+    """num_particles = 3 is the mean of three one-draw estimates on the same random stream (value and gradient):
+    Trace_ELBO's estimator, without its vectorised traces."""
+    m, g, elbo, loss_fn, objective, xb, yb, N = _setup(guide)
+    three, one = svi.FlatELBO.build(g, objective, True, 3), svi.FlatELBO.build(g, objective, True, 1)
+    ours, value = _grads(loss_fn, lambda: three(xb, yb, N), seed=5)
+    torch.manual_seed(5)
+    singles = []
+    with pyro.settings.context(module_local_params=True):
+        params = list(loss_fn.parameters())
+        for _ in range(3):
+            surrogate, v = one(xb, yb, N)
+            singles.append((torch.cat([d.reshape(-1) for d in torch.autograd.grad(surrogate, params)]), float(v)))
+    torch.testing.assert_close(ours, sum(d for d, _ in singles) / 3, rtol=1e-5, atol=1e-5)
+    assert value == pytest.approx(sum(v for _, v in singles) / 3, rel=1e-6)
+
+
 def test_flat_elbo_applies_only_to_built_in_guides_of_compiled_real_sites():
     m, g, elbo, loss_fn, objective, xb, yb, N = _setup("normal")
     assert svi.FlatELBO.build(g, objective, True, 1) is not None
     assert svi.FlatELBO.build(g, None, True, 1) is None
-    assert svi.FlatELBO.build(g, objective, True, num_particles=4) is None
     traced = Objective(m, xb[:2], compiled=False)
     assert svi.FlatELBO.build(g, traced, True, 1) is None
     # a learned noise scale (a constrained site): Pyro's traces

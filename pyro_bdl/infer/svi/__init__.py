@@ -21,8 +21,7 @@ on the negative ELBO per minibatch), and the driver owns the data order (seeded 
 blocked divergence checks, progress, the checkpoint (`checkpoint=path`, bit-identical resume) and
 the ``info`` schema. A built-in guide's ELBO is evaluated on the compiled potential that map/swag/SG-MCMC step on
 (`FlatELBO`: z = μ + Lε, U_b(z) − H(q), Pyro's ``Trace_ELBO`` without its two traces per step); a user's guide, a
-traced density (hierarchical priors), a constrained site or ``num_particles`` > 1 keep Pyro's traces of model and
-guide (`ControlVariateELBO` under minibatches).
+traced density (hierarchical priors) or a constrained site keep Pyro's traces of model and guide (`ControlVariateELBO` under minibatches).
 
 After Adam, a built-in guide of a small model (P ≤ 200) is finished by the ELBO's fixed-point equations on the
 full data (`pyro_bdl.infer.svi.finish`: exact in one step for a Gaussian posterior), and every built-in guide's mean

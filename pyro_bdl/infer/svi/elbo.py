@@ -87,12 +87,14 @@ class FlatELBO:
     It saves the two Pyro traces per step (model and guide; the control variate's gradient is a third): the
     per-step cost of a small network falls to that of MAP's step plus the control variate (notes/issue-13-lead10.md).
 
-    `build` returns None where it does not apply (a traced density, a constrained site such as a learned noise scale,
-    a user's guide, ``num_particles`` > 1): those keep Pyro's traces.
+    With ``num_particles`` = S the estimate is the mean over S draws, as Trace_ELBO's. `build` returns None where it
+    does not apply (a traced density, a constrained site such as a learned noise scale, a user's guide): those keep
+    Pyro's traces.
     """
 
-    def __init__(self, guide, objective: Objective, control_variate: bool):
+    def __init__(self, guide, objective: Objective, control_variate: bool, num_particles: int = 1):
         self.guide, self.objective, self.control_variate = guide, objective, control_variate
+        self.num_particles = int(num_particles)
         self.names = [name for name, _ in guide.prototype_trace.iter_stochastic_nodes()]
         self.shapes = [guide.prototype_trace.nodes[n]["value"].shape for n in self.names]
         self.sizes = [math.prod(s) for s in self.shapes]
@@ -101,7 +103,7 @@ class FlatELBO:
     @classmethod
     def build(cls, guide, objective: Optional[Objective], control_variate: bool,
               num_particles: int) -> Optional["FlatELBO"]:
-        if objective is None or not objective.compiled or num_particles != 1:
+        if objective is None or not objective.compiled:
             return None
         if not isinstance(guide, (AutoNormal, AutoLowRankMultivariateNormal, AutoMultivariateNormal)):
             return None
@@ -109,7 +111,7 @@ class FlatELBO:
         if set(names) != set(objective.layout.names) or not all(
                 _is_real(guide.prototype_trace.nodes[n]["fn"].support) for n in names):
             return None
-        return cls(guide, objective, control_variate)
+        return cls(guide, objective, control_variate, num_particles)
 
     def _draw(self) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor], torch.Tensor]:
         """(z per site, μ per site, ½ log det Σ), differentiable in the guide's parameters."""
@@ -128,14 +130,18 @@ class FlatELBO:
         return {n: t.reshape(s) for n, t, s in zip(self.names, flat.split(self.sizes), self.shapes)}
 
     def __call__(self, x, y, N: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(surrogate loss to differentiate, the negative ELBO estimate, detached)."""
-        z, mu, half_logdet = self._draw()
+        """(surrogate loss to differentiate, the negative ELBO estimate, detached): the mean over ``num_particles``
+        draws (one at a time, so a network without a vmap rule, such as an LSTM, runs as it is)."""
         layout = self.objective.layout
-        theta = layout.flatten(z)
-        value = self.objective.potential(theta, x, y, N) - half_logdet - self.constant
+        potential, offset = 0.0, 0.0
+        for _ in range(self.num_particles):
+            z, mu, half_logdet = self._draw()
+            theta, centre = layout.flatten(z), layout.flatten(mu)
+            potential = potential + self.objective.potential(theta, x, y, N)
+            offset = offset + (theta - centre)
+        value = potential / self.num_particles - half_logdet - self.constant
         surrogate = value
         if self.control_variate:
-            centre = layout.flatten(mu)
             _, c = self.objective.grad(centre.detach(), x, y, N)
-            surrogate = surrogate - (c * (theta - centre)).sum()
+            surrogate = surrogate - (c * offset).sum() / self.num_particles
         return surrogate, value.detach()
