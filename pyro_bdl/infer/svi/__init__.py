@@ -21,15 +21,16 @@ on the negative ELBO per minibatch), and the driver owns the data order (seeded 
 blocked divergence checks, progress, the checkpoint (`checkpoint=path`, bit-identical resume) and
 the ``info`` schema. A built-in guide's ELBO is evaluated on the compiled potential that map/swag/SG-MCMC step on
 (`FlatELBO`: z = μ + Lε, U_b(z) − H(q), Pyro's ``Trace_ELBO`` without its two traces per step); a user's guide, a
-traced density (hierarchical priors) or a constrained site keep Pyro's traces of model and guide (`ControlVariateELBO` under minibatches).
+traced density (hierarchical priors) or a constrained site keep Pyro's traces of model and guide
+(`ControlVariateELBO` under minibatches).
 
 After Adam, a built-in guide of a small model (P ≤ 200) is finished by the ELBO's fixed-point equations on the
 full data (`pyro_bdl.infer.svi.finish`: exact in one step for a Gaussian posterior), and every built-in guide's mean
 and variances are checked for stationarity beyond the noise of the guide draws (`pyro_bdl.infer.svi.check`, a
 `StationarityWarning` when they are not).
 
-Modules: `fit` (``fit(method="svi")``), `rule` (the driver's step rule and loops), `elbo` (the flat and the control-variate
-ELBOs), `guides` (building the guides and their initial sds), `gaussian` (the guides as flat Gaussians), `check`
+Modules: `fit` (``fit(method="svi")``), `rule` (the driver's step rule and loops), `elbo` (the flat and the
+control-variate ELBOs), `guides` (building the guides and their initial sds), `gaussian` (the guides as flat Gaussians), `check`
 (the full-data potential and the stationarity check), `finish` (the fixed-point finish). Everything is re-exported
 here (``from pyro_bdl.infer.svi import optimise``).
 """

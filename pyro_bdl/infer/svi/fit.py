@@ -146,37 +146,44 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
 
     unit = data.dataset_size * likelihood_scale(model.temperature, model.tempering)
     parts = [run_svi(runs, data, num, lr, lr_decay, seeds, progress, "svi", checkpoint, fingerprint)]
+
+    def run_on(decay: float, order: int, desc: str) -> None:
+        """One more schedule of ``num`` steps from where the runs are (lr decayed to lr·``decay``): the ELBO draws
+        continue, the data order is fresh (spawned child ``order`` of each run's seed)."""
+        for run, rng in zip(runs, parts[-1].state["rng"]):
+            run.rng = dict(rng)
+        orders = [spawn_seeds(s, MAX_EXTENSIONS + MAX_POLISHES)[order] for s in seeds]
+        parts.append(run_svi(runs, data, num, lr, decay, orders, progress, desc))
+
+    def read_checks() -> list:
+        # the mean's distance from the ELBO's stationary point, a check the loss history cannot give (it is noisy
+        # and flat long before an ill-conditioned posterior's weak directions converge): notes/issue-13-sweep.md
+        steps_run = sum(p.loss.shape[1] for p in parts)
+        return [fit_check(run.guide, model, data, s, steps_run, objective) if isinstance(guide, str) else None
+                for run, s in zip(runs, seeds)]
+
+    def finish_all() -> list:
+        # Adam stops short of the ELBO's optimum on sharp or ill-conditioned posteriors (notes/issue-13-mapsvi.md);
+        # a small model's built-in guide is finished by the ELBO's fixed-point equations (notes/issue-13-svifinish.md)
+        return [finish(run.guide, model, data, s, objective, newton_steps) if isinstance(guide, str) else 0
+                for run, s in zip(runs, seeds)]
+
     # the default length is a start, not a budget: a network's ELBO converges in thousands of steps more
     # (notes/issue-13-lead10.md); a length the user chose, or a checkpointed run, is kept as given
     default_length = steps is None and epochs is None and checkpoint is None
     while (default_length and len(parts) <= MAX_EXTENSIONS
            and any(trend is not None and trend.falling for trend in
                    (loss_trend(row, unit, num) for row in torch.cat([p.loss for p in parts], dim=1)))):
-        for run, rng in zip(runs, parts[-1].state["rng"]):
-            run.rng = dict(rng)  # the ELBO draws continue where they stopped
-        orders = [spawn_seeds(s, MAX_EXTENSIONS)[len(parts) - 1] for s in seeds]  # a fresh data order per extension
-        parts.append(run_svi(runs, data, num, lr, lr_decay, orders, progress, "svi (loss still falling)"))
-    # Adam stops short of the ELBO's optimum on sharp or ill-conditioned posteriors (notes/issue-13-mapsvi.md); the
-    # built-in guide of a small model is finished by the ELBO's own fixed-point equations (notes/issue-13-svifinish.md)
-    finished = [finish(run.guide, model, data, s, objective, newton_steps) if isinstance(guide, str) else 0
-                for run, s in zip(runs, seeds)]
-    # the mean's distance from the ELBO's stationary point, a check the loss history cannot give (it is noisy and
-    # flat long before an ill-conditioned posterior's weak directions converge): notes/issue-13-sweep.md
-    checks = [fit_check(run.guide, model, data, s, sum(p.loss.shape[1] for p in parts), objective)
-              if isinstance(guide, str) else None for run, s in zip(runs, seeds)]
+        run_on(lr_decay, len(parts) - 1, "svi (loss still falling)")
+    finished, checks = finish_all(), read_checks()
     polished = 0
     while default_length and polished < MAX_POLISHES and any(c is not None and c.mean_off for c in checks):
-        polished += 1
         # Adam's minibatch noise floor is ≈ lr·lr_decay per coordinate: at cold T, where the guide's sds are ~√T,
         # it leaves the mean about one sd off (notes/issue-13-lead10.md). One more schedule, decayed to lr·lr_decay².
-        for run, rng in zip(runs, parts[-1].state["rng"]):
-            run.rng = dict(rng)
-        orders = [spawn_seeds(s, MAX_EXTENSIONS + MAX_POLISHES)[MAX_EXTENSIONS + polished - 1] for s in seeds]
-        parts.append(run_svi(runs, data, num, lr, lr_decay ** 2, orders, progress, "svi (polishing the mean)"))
-        finished = [f + finish(run.guide, model, data, s, objective, newton_steps) if isinstance(guide, str) else 0
-                    for run, s, f in zip(runs, seeds, finished)]
-        checks = [fit_check(run.guide, model, data, s, sum(p.loss.shape[1] for p in parts), objective)
-                  if isinstance(guide, str) else None for run, s in zip(runs, seeds)]
+        polished += 1
+        run_on(lr_decay ** 2, MAX_EXTENSIONS + polished - 1, "svi (polishing the mean)")
+        finished = [f + g for f, g in zip(finished, finish_all())]
+        checks = read_checks()
     loss, wall_time = torch.cat([p.loss for p in parts], dim=1), sum(p.wall_time for p in parts)
     x0, _ = next(iter(data.epoch()))
     name = type(runs[0].guide).__name__
