@@ -310,6 +310,46 @@ def test_prior_curvature_is_the_tempered_prior_precision():
         assert curvature.shape == (21,) and torch.allclose(curvature, torch.full_like(curvature, expected))
 
 
+def test_frozen_step_of_a_dead_coordinate_is_the_prior_alone_step_at_every_temperature():
+    """`adaptation.freeze`: a coordinate whose gradient was 0 in the window (a dead ReLU unit) gets E[ĝ²] floored at
+    T²·(prior curvature of U_T) = T·H_prior(V), the prior-alone bound in V's units, so its Fisher step G = lr·T/E[ĝ²]
+    makes G·H_prior(V) = lr at every T (not lr·T², the step of a floor in U_T's units; issue 13, stop 32)."""
+    from pyro_bdl.infer.sgmcmc import kernels as K
+    from pyro_bdl.infer.sgmcmc.adaptation import Dynamics, freeze
+    lr, sigma2 = 0.05, 2.0
+    for T in (1.0, 0.1, 0.01):
+        curvature = torch.full((3,), 1.0 / (T * sigma2), dtype=torch.float64)  # posterior tempering: s_prior = 1/T
+        m = K.init_moments(torch.zeros(3, dtype=torch.float64))
+        m = K.update_moments(m, torch.tensor([0.0, 1.0, 30.0], dtype=torch.float64), None)
+        for kernel in ("sgld", "sghmc"):
+            dynamics = Dynamics(kernel, temperature=T, preconditioner="fisher", friction=0.01, curvature_floor=curvature)
+            step = freeze(m, m, dynamics, lr)["step"]
+            h_prior_v = T / (T * sigma2)  # the prior's curvature in V = T·U_T: 1/σ²
+            assert torch.isclose(step[0] * h_prior_v, torch.tensor(lr, dtype=torch.float64)), (T, kernel, step)
+            # a live coordinate above the floor keeps G = lr·T/E[ĝ²]
+            assert torch.isclose(step[2], torch.tensor(lr * T / 900.0, dtype=torch.float64)), (T, kernel, step)
+
+
+@pytest.mark.parametrize("method", ["sgld", "sghmc"])
+def test_adaptive_defaults_sample_p_T_of_a_relu_classifier_at_cold_T(method):
+    """Digits, 300 images, MLP 64-32-10 ReLU, N(0, 1), batch 100, defaults, T = 0.01: the configurational temperature
+    (the positions' accuracy diagnostic, Wenzel et al. 2020) reads T within 30% and no `SamplerWarning` is issued.
+    With the frozen step floored in U_T's units instead of V's it read 0.02·T (SGHMC) — the chain stood still."""
+    from pyro_bdl.evaluate.diagnostics import SamplerWarning
+    from pyro_bdl.examples.datasets import load_dataset
+    T = 0.01
+    ds = load_dataset("digits", train_size=300)
+    torch.manual_seed(0)
+    model = bdl.BayesianModel(bdl.networks.mlp(64, [32], 10, "relu"), prior=bdl.priors.Gaussian(0.0, 1.0),
+                              likelihood=bdl.likelihoods.Categorical(), temperature=T)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        post = bdl.fit(model, ds.loader(100, seed=0), method=method, seed=0, progress=False)
+    conf = post.info["configurational_temperature"][:, 0] / T
+    assert ((conf > 0.7) & (conf < 1.3)).all(), conf
+    assert not [w for w in caught if issubclass(w.category, SamplerWarning)], [str(w.message) for w in caught]
+
+
 @pytest.mark.parametrize("method", ["sgld", "sghmc"])
 def test_adaptive_defaults_do_not_blow_up_on_a_relu_classifier(method):
     """Digits MLP (dead ReLU units): without the prior-curvature floor on E[ĝ²] and the warm-up step cap the frozen

@@ -105,12 +105,9 @@ def freeze(moments: K.GradientMoments, plain: K.GradientMoments, dynamics: Dynam
     # the chain survived the warm-up's last (growth-limited) step: whichever estimate is kept, the frozen step stays
     # within FROZEN_STEP_CAP of it (a plain estimate measured along a CV warm-up that has not spread under-reads H too)
     cap = FROZEN_STEP_CAP * warm_step if warm_step is not None else None
-    if dynamics.curvature_floor is not None and not cv:
-        # E[ĝ_i²] ≥ H_ii ≥ the prior's curvature at stationarity (`Objective.prior_curvature`): a coordinate whose
-        # plain gradient was ≈ 0 in the estimation window (a dead ReLU unit) must not get an unbounded frozen step.
-        # (A control-variate step is bounded by the growth-limited warm-up step instead, through ``cap``, and
-        # by `step_constants`' bound in V's units.)
-        square = torch.maximum(square, dynamics.curvature_floor.to(square))
+    # A dead ReLU unit's weights (plain gradient ≈ 0 in the window) get a bounded step from `step_constants`' floor
+    # E[ĝ_i²] ≥ T²·(prior curvature of U_T), in V's units. A floor at the prior curvature of U_T itself, 1/T² larger,
+    # froze every coordinate of a digits MLP at T = 0.01 (configurational temperature 0.02·T; issue 13, stop 32).
     return {**step_constants(square, noise, dynamics, lr, cap), "cv": cv}
 
 
@@ -127,7 +124,8 @@ def step_constants(square: torch.Tensor, noise: torch.Tensor, dynamics: Dynamics
         # that suits the prior alone, G_i = lr/H_prior,ii(V) — a control-variate chain that has not spread from its anchor
         # reads E[ĝ²] low (measured on a digits MLP at T = 0.01: frozen steps 6× that bound on every coordinate, and
         # the chain diverged), and default SGLD's first warm-up steps after the exploration diverged without it on a
-        # digits ReLU MLP at T = 1 (4 of 4 seeds); the plain estimate's frozen step is floored more tightly in `freeze`
+        # digits ReLU MLP at T = 1 (4 of 4 seeds), as did the frozen step of a dead unit's weights, whose plain
+        # gradient was ≈ 0 in the estimation window (`freeze`)
         square = torch.maximum(square, T * T * dynamics.curvature_floor.to(square))
     if dynamics.square_floor is not None:
         # in the dense preconditioner's φ the curvature is I: no step exceeds lr (Fisher), G·H_φ ≤ lr. A control-variate
