@@ -199,6 +199,17 @@ class FitData:
             xb = take_rows(x, idx)
             yield self.to_device(((self.augment(xb, generator) if self.augment is not None else xb), y[idx]))
 
+    def paired_batches(self, num_batches: int, generator: Optional[torch.Generator] = None) -> Iterator[Tuple]:
+        """Like `random_batches`, but each batch under two independent augmentations: ``(x₁, x₂, y)``. Their
+        gradients' difference is the augmentation's share of the minibatch noise alone (SWAG's
+        `GradientNoise.update_pair`, SG-MCMC's `augmentation_noise`)."""
+        x, y = self._host_full()
+        for _ in range(num_batches):
+            idx = torch.randint(self.dataset_size, (self.random_batch_size,), generator=generator).to(y.device)
+            xb, yb = take_rows(x, idx), y[idx]
+            (x1, y1), (x2, _) = (self.to_device((self.augment(xb, generator), yb)) for _ in range(2))
+            yield x1, x2, y1
+
     def steps(self, num_steps: int, generator: Optional[torch.Generator] = None) -> Iterator[Batch]:
         """``num_steps`` minibatches, cycling through epochs."""
         done = 0

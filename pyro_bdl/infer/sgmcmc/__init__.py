@@ -54,7 +54,14 @@ step instead). This is exact when minibatches are drawn independently, which is 
 noise sums to zero, so it hardly moves θ on the sampler's time scales, and subtracting its
 i.i.d. variance narrows the draws by up to G B/(2αT) (measured: variance ratios 0.6–0.8 at
 T ≤ 1 with correction vs 0.9–1.1 without, on regressions of 64–2000 points); ``"auto"``
-therefore does not subtract there, and the measured noise still enters α through ω_i.
+therefore does not subtract there, and the measured noise still enters α through ω_i. *Augmentation*
+drawn afresh at every step does not cancel over an epoch: a minibatch gradient's noise splits into the
+data's sampling part and E_b[Var_a(ĝ | b)], the augmentation's, which heats the chain by G·B_aug/(2α) like
+i.i.d. noise. Under reshuffling with augmentation ``"auto"`` therefore subtracts B̂_aug alone, measured when
+each sampling stage starts on 32 batches under two independent augmentations each (`.gradients.augmentation_noise`,
+E[(ĝ(b, a₁) − ĝ(b, a₂))²]/2; 64 gradients), with α raised where needed (``info["noise_correction"]`` is
+``"augmentation"``). Measured on 500 digits with ±1-pixel shifts (64-32-10 ReLU, batch 50, defaults): without it
+SGHMC's kinetic temperature read 1.44·T at T = 0.01 and 1.5·T at T = 0.1, and warned.
 
 **Control-variate gradients (cold T).** With minibatch noise B ≫ T·H the step G ≈ lr·T/B
 shrinks with T and a chain needs ∝ 1/T epochs to decorrelate. The control-variate estimate of

@@ -88,10 +88,13 @@ class Dynamics:
     #: a chain's lower bound on E[ĝ²] in V's units where the curvature is known (the dense preconditioner's φ: T·1,
     #: since LᵀH_VL = I and E[ĝ_φ²] ≥ T·H_φ,ii at stationarity; `.whitening`); None elsewhere
     square_floor: Optional[torch.Tensor] = None
+    #: subtract only the augmentation's share of the noise in the sampling stage, measured on paired augmentations
+    #: when it starts (`.gradients.augmentation_noise`; ``noise_correction="auto"`` under reshuffling with augmentation)
+    augmentation_noise: bool = False
 
 
 def freeze(moments: K.GradientMoments, plain: K.GradientMoments, dynamics: Dynamics, lr: float,
-           warm_step: Optional[torch.Tensor] = None) -> Dict[str, Any]:
+           warm_step: Optional[torch.Tensor] = None, correction: Optional[torch.Tensor] = None) -> Dict[str, Any]:
     """The SAMPLE-stage gradient, step and friction from the WARMUP moments (``moments``: of the estimate that
     drove the warm-up; ``plain``: of the plain estimate, measured alongside when ``gradient="auto"``).
 
@@ -108,16 +111,18 @@ def freeze(moments: K.GradientMoments, plain: K.GradientMoments, dynamics: Dynam
     # A dead ReLU unit's weights (plain gradient ≈ 0 in the window) get a bounded step from `step_constants`' floor
     # E[ĝ_i²] ≥ T²·(prior curvature of U_T), in V's units. A floor at the prior curvature of U_T itself, 1/T² larger,
     # froze every coordinate of a digits MLP at T = 0.01 (configurational temperature 0.02·T; issue 13, stop 32).
-    return {**step_constants(square, noise, dynamics, lr, cap), "cv": cv}
+    return {**step_constants(square, noise, dynamics, lr, cap, correction), "cv": cv}
 
 
 def step_constants(square: torch.Tensor, noise: torch.Tensor, dynamics: Dynamics, lr: float,
-                   cap: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-    """``{"step": G, "friction": α, "noise": B̂}`` of the adaptive kernel for the second moment ``square`` = E[ĝ²]
-    and the gradient noise ``noise`` = B̂ (package docs): G = lr·T/E[ĝ²] with α = max(friction, 2ω) (``"fisher"``)
-    or G = lr/√E[ĝ²] with α = ``dynamics.friction`` (``"rmsprop"``), at most ``cap``; α = 1 for SGLD. With
-    ``noise_correction`` α is raised (SGHMC, `.kernels.valid_friction`) or G shrunk (SGLD) so that the injected
-    variance stays ≥ 0.2·αGT after G²B̂ is subtracted."""
+                   cap: Optional[torch.Tensor] = None,
+                   correction: Optional[torch.Tensor] = None) -> Dict[str, Optional[torch.Tensor]]:
+    """``{"step": G, "friction": α, "noise": B̂, "correction": C}`` of the adaptive kernel for the second moment
+    ``square`` = E[ĝ²] and the gradient noise ``noise`` = B̂ (package docs): G = lr·T/E[ĝ²] with α = max(friction, 2ω)
+    (``"fisher"``) or G = lr/√E[ĝ²] with α = ``dynamics.friction`` (``"rmsprop"``), at most ``cap``; α = 1 for SGLD.
+    C is the noise the injected variance is reduced by: B̂ with ``noise_correction``, else ``correction`` (None:
+    nothing); α is raised (SGHMC, `.kernels.valid_friction`) or G shrunk (SGLD) so that the injected variance stays
+    ≥ 0.2·αGT after G²C is subtracted."""
     T = dynamics.temperature
     if dynamics.curvature_floor is not None:
         # at stationarity E[ĝ_i²] = T·H_ii(V) ≥ T·H_prior,ii(V) = T²·(prior curvature of U_T): no step may exceed the one
@@ -146,8 +151,10 @@ def step_constants(square: torch.Tensor, noise: torch.Tensor, dynamics: Dynamics
     if dynamics.kernel == "sgld":
         friction = torch.ones_like(square)
     if dynamics.noise_correction:
-        if dynamics.kernel == "sgld":  # SGLD cannot raise friction: shrink the step until 2GT ≥ G²B̂/(1 − margin)
-            step = torch.minimum(step, 2 * T * 0.9 / noise.clamp(min=torch.finfo(noise.dtype).tiny))
+        correction = noise
+    if correction is not None:
+        if dynamics.kernel == "sgld":  # SGLD cannot raise friction: shrink the step until 2GT ≥ G²C/(1 − margin)
+            step = torch.minimum(step, 2 * T * 0.9 / correction.clamp(min=torch.finfo(correction.dtype).tiny))
         else:
-            friction = K.valid_friction(friction, step, noise, T)
-    return {"step": step, "friction": friction, "noise": noise}
+            friction = K.valid_friction(friction, step, correction, T)
+    return {"step": step, "friction": friction, "noise": noise, "correction": correction}

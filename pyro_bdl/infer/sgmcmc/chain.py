@@ -15,7 +15,7 @@ from ..data import FitData
 from ..divergence import DivergenceCheck, loss_floor
 from . import kernels as K
 from .adaptation import WARMUP_EMA_DECAY, WARMUP_STEP_GROWTH, Dynamics, freeze, step_constants, warmup_friction
-from .gradients import Anchor, Estimates, anchor_at, outside_rng_kept
+from .gradients import Anchor, Estimates, anchor_at, augmentation_noise, outside_rng_kept
 from .guard import SpikeGuard, implied_square
 from .record import StepRecord, kinetic_weight
 from .whitening import Whitened, whiten
@@ -206,7 +206,8 @@ class Chain:
         if ctx.descent[k] and ctx.descent_anchor[k]:
             state["cv"] = anchor_at(self.objective, ctx.data, chain.theta)
         if ctx.adaptive and stage == SAMPLE and frozen is None:
-            frozen = freeze(moments, plain_moments, dynamics, lr, state["warm_step"])
+            correction = self._augmentation_noise() if dynamics.augmentation_noise else None
+            frozen = freeze(moments, plain_moments, dynamics, lr, state["warm_step"], correction)
             state["frozen_once"], state["last_step"] = True, frozen["step"]
         if stage == SAMPLE and (k == 0 or stages[k - 1] != SAMPLE):
             # θ₀ of the configurational temperature, fixed before the sampling stage. cSG-MCMC's stages are short: a
@@ -221,6 +222,13 @@ class Chain:
         self.use_cv = ctx.anchored and state["cv"] is not None and (
             ctx.descent[k] or stage == WARMUP or (stage == SAMPLE and frozen["cv"]))
         return ctx.adaptive and stage == WARMUP, state["cv"] if self.use_cv else None
+
+    def _augmentation_noise(self) -> torch.Tensor:
+        """The augmentation's share of the noise at the chain's position (`.gradients.augmentation_noise`), its pairs
+        drawn from a generator seeded by one draw of the chain's own (so a resumed run measures the same)."""
+        seed = int(torch.randint(2 ** 62, (1,), generator=self.generator))
+        return augmentation_noise(self.objective, self.ctx.data, self.chain.theta, self.ctx.T,
+                                  torch.Generator().manual_seed(seed))
 
     def finish(self, u: torch.Tensor, estimates: Estimates, xb, yb) -> None:
         """The step's update from ``(u, estimates)`` (`.gradients.gradient_estimates`' output on this chain's batch
@@ -274,7 +282,8 @@ class Chain:
         if k == 0 or ctx.stages[k - 1] != SAMPLE:
             state["guard"], self.sampling = None, None  # a new stage: its guard starts at the frozen E[ĝ²]
         if self.sampling is None or self.sampling[0] is not frozen:
-            correction = frozen["noise"] if dynamics.noise_correction else None
+            # (a checkpoint of an earlier release has no "correction": it subtracted B̂ with noise_correction only)
+            correction = frozen.get("correction", frozen["noise"] if dynamics.noise_correction else None)
             c = K.coefficients(dynamics.kernel, frozen["step"], T, frozen["friction"], correction)
             parts = None if correction is None else K.variance_parts(dynamics.kernel, frozen["step"], T,
                                                                      frozen["friction"], correction)
@@ -331,8 +340,7 @@ class Chain:
             friction = warmup_friction(friction, step, est, T)
         if use_cv:
             state["warm_step"] = step
-        correction = cc["noise"] if dynamics.noise_correction else None
-        return K.coefficients(dynamics.kernel, step, T, friction, correction, noisy=noisy)
+        return K.coefficients(dynamics.kernel, step, T, friction, cc["correction"], noisy=noisy)
 
     def sync(self) -> None:
         """Write the chain's working variables back into ``state`` (at epoch ends: what a checkpoint saves), with

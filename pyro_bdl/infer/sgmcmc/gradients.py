@@ -24,6 +24,9 @@ from . import kernels as K
 Estimates = Dict[str, Tuple[torch.Tensor, Optional[torch.Tensor]]]
 Anchor = Dict[str, torch.Tensor]
 
+#: batch pairs of `augmentation_noise` (a relative error of √(2/32) = 0.25 per coordinate, as SWAG's noise batches)
+AUGMENTATION_PAIRS = 32
+
 
 def _loader_generator(data: FitData) -> Optional[torch.Generator]:
     return getattr(data.loader, "generator", None) if data.loader is not None else None
@@ -65,6 +68,24 @@ def gradient_estimates(objective: Objective, theta: torch.Tensor, xb, yb, N: int
         here = [objective.grad(theta, x, y, N) for x, y in parts]
         there = [objective.grad(anchor["theta"], x, y, N)[1] for x, y in parts] if anchor is not None else None
     return assemble(here, there, anchor, m, N, [num_rows(x) for x, _ in parts])
+
+
+def augmentation_noise(objective, data: FitData, theta: torch.Tensor, temperature: float, generator: torch.Generator,
+                       pairs: int = AUGMENTATION_PAIRS) -> torch.Tensor:
+    r"""The augmentation's share of the minibatch noise of ĝ = T·∇U_T at ``theta``, per coordinate:
+    B̂_aug = E_b[Var_a(ĝ | b)] = E[(ĝ(b, a₁) − ĝ(b, a₂))²]/2 over ``pairs`` batches b, each under two independent
+    augmentations a₁, a₂ (`FitData.paired_batches`, drawn from ``generator``; the run's other random state is kept).
+
+    Under random reshuffling an epoch's data-sampling noise sums to zero, but an augmentation drawn afresh at every
+    step is i.i.d. noise that heats the chain by G·B_aug/(2α) like any other (Chen et al. 2014): this is the part the
+    sampling stage subtracts (package docs, "Minibatch noise")."""
+    N = data.dataset_size
+    total = torch.zeros_like(theta)
+    with outside_rng_kept(data), pyro.validation_enabled(False):
+        for x1, x2, y in data.paired_batches(pairs, generator):
+            diff = objective.grad(theta, x1, y, N)[1] - objective.grad(theta, x2, y, N)[1]
+            total += diff * diff
+    return total * (temperature * temperature / (2 * pairs))
 
 
 def full_data(data: FitData):

@@ -123,7 +123,8 @@ def _momentum_decay(value, preconditioner: Optional[str], default: Optional[floa
 def _noise_correction(value, data: FitData) -> bool:
     """``"auto"``: subtract the gradient-noise estimate when minibatches are drawn independently
     (a DataLoader sampling with replacement); not under random reshuffling, where an epoch's
-    noise sums to zero and subtracting its i.i.d. variance makes the draws too narrow."""
+    noise sums to zero and subtracting its i.i.d. variance makes the draws too narrow (there, with
+    augmentation, `_sample` subtracts the augmentation's share alone)."""
     if value == "auto":
         sampler = getattr(data.loader, "sampler", None)
         return isinstance(sampler, RandomSampler) and bool(sampler.replacement)
@@ -220,10 +221,14 @@ def _sample(method: str, kernel: str, model: BayesianModel, data: FitData, plan:
     """The `Dynamics` of ``kernel``, the options every SG-MCMC method records (after ``config``'s own), and the run
     (`.run.sample`; ``run``: seed, progress, chains, init, checkpoint, stack, workers)."""
     adaptive = preconditioner is not None
+    corrected = adaptive and _noise_correction(noise_correction, data)
+    # reshuffled epochs cancel the data's sampling noise, not an augmentation drawn afresh at every step (package docs)
+    augmentation = adaptive and noise_correction == "auto" and not corrected and data.augment is not None
     dynamics = Dynamics(kernel, model.temperature, 1.0 / data.dataset_size if per_datapoint else 1.0, friction,
-                        preconditioner, adaptive and _noise_correction(noise_correction, data),
-                        _gradient_mode(gradient, data, adaptive), pool_windows=pool_windows, dense=dense)
-    config = {**config, "preconditioner": preconditioner, "noise_correction": dynamics.noise_correction,
+                        preconditioner, corrected, _gradient_mode(gradient, data, adaptive), pool_windows=pool_windows,
+                        dense=dense, augmentation_noise=augmentation)
+    config = {**config, "preconditioner": preconditioner,
+              "noise_correction": "augmentation" if augmentation else dynamics.noise_correction,
               "gradient": dynamics.gradient}
     if adaptive:
         config["explore_lr"] = explore_lr
@@ -274,7 +279,9 @@ def fit_sgld(model: BayesianModel, data: FitData, *, seed: int, progress: Option
             (Li et al. 2016) or ``None`` (plain kernel).
         noise_correction: subtract the estimated minibatch-gradient variance B̂ from the injected noise
             (the step shrinks where needed so 2GT ≥ G²B̂); ``"auto"`` does so when minibatches are drawn
-            with replacement, not under random reshuffling (package docs).
+            with replacement, and under random reshuffling subtracts only an augmentation's share of it, measured
+            on paired augmentations when the sampling stage starts (``info["noise_correction"]`` is then
+            ``"augmentation"``; package docs).
         explore_lr: the RMSprop step of the first half of the burn-in (default 0.01).
         gradient: the gradient estimate after the exploration: ``"cv"``, the control-variate estimate
             ĝ(θ) = ∇U(θ̂) + ĝ_B(θ) − ĝ_B(θ̂) anchored at θ̂ in the burn-in (Baker et al. 2019, SGLD-CV; a

@@ -269,16 +269,6 @@ AUTO_CAP = 10.0
 MIN_NOISE_BATCHES = 32
 
 
-def _paired_batches(data: FitData, num_batches: int, generator: torch.Generator):
-    """Like `FitData.random_batches`, but each batch under two independent augmentations: (x₁, x₂, y)."""
-    x, y = data._host_full()
-    for _ in range(num_batches):
-        idx = torch.randint(data.dataset_size, (data.random_batch_size,), generator=generator).to(y.device)
-        xb, yb = take_rows(x, idx), y[idx]
-        (x1, y1), (x2, _) = (data.to_device((data.augment(xb, generator), yb)) for _ in range(2))
-        yield x1, x2, y1
-
-
 def stability_cap(noise: "GradientNoise", hvp, dataset_size: int, batch_size: int, momentum: float,
                   iterations: int = 3, power_steps: int = 20) -> Optional[float]:
     """κ with λ_max(ε^½ A ε^½) = 1 + β for the rates ε_k = min(ε_k*, κ): the largest cap on Mandt's rates under
@@ -555,7 +545,7 @@ def _start_auto(theta: torch.Tensor, data: FitData, generator: torch.Generator, 
             else:
                 kept.append((theta.grad.detach().clone(),))
     else:
-        for xa, xb, yb in _paired_batches(data, measured, generator):
+        for xa, xb, yb in data.paired_batches(measured, generator):
             ref.append(t * float(gradient(xa, yb).detach()))
             first = theta.grad.detach().clone()
             gradient(xb, yb)
