@@ -14,8 +14,8 @@ sds. Each section is one function; other sections add their own function and a l
 
 Section "SG-MCMC on digits": the cold-posterior experiment (Wenzel et al. 2020) on 500 digits
 training images, MLP 64-32-10 ReLU, prior N(0, 1), batches of 50, with and without random ±1-pixel
-shifts: test NLL and accuracy vs T for ``sghmc`` and ``csgmcmc`` at their default options (epochs
-``--digits-epochs``, default 100), through `pyro_bdl.studies.TemperatureStudy` as in
+shifts: test NLL and accuracy vs T for ``sghmc`` and ``csgmcmc`` at their default options, run length included
+(``--digits-epochs N`` fixes it; a 100-epoch run, 1000 steps, left the augmented T = 0.01 chains unmixed), through `pyro_bdl.studies.TemperatureStudy` as in
 benchmarks/bench_tempering_other.py (whose svi/swag rows complete the table). With augmentation the
 default ``gradient="auto"`` uses the plain minibatch gradient (a control variate needs fixed data).
 """
@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import warnings
+from typing import Optional
 
 import torch
 
@@ -86,7 +87,7 @@ def sgmcmc_regression(epochs: int = 150, chains: int = 2, problems=PROBLEMS) -> 
           "stage used the control-variate gradient, chosen by the default gradient='auto')\n")
 
 
-def sgmcmc_digits(epochs: int = 100, methods=("sghmc", "csgmcmc"), lr=None) -> None:
+def sgmcmc_digits(epochs: Optional[int] = None, methods=("sghmc", "csgmcmc"), lr=None) -> None:
     """Test NLL vs T on digits, with and without shift augmentation, for the SG-MCMC methods at defaults
     (``lr``: override the default step for every method). A cell that fails (diverges) is listed, not fatal."""
     config = {
@@ -94,7 +95,8 @@ def sgmcmc_digits(epochs: int = 100, methods=("sghmc", "csgmcmc"), lr=None) -> N
         "data": {"name": "digits", "train_size": 500, "augment": [False, True]},
         "model": {"network": "mlp", "hidden": [32], "activation": "relu", "prior": "gaussian", "prior_scale": 1.0},
         "inference": {"methods": list(methods), "batch_size": 50, "predict_samples": 50,
-                      "options": {m: {"epochs": epochs, **({} if lr is None else {"lr": lr})} for m in methods}},
+                      "options": {m: {**({} if epochs is None else {"epochs": epochs}),
+                                      **({} if lr is None else {"lr": lr})} for m in methods}},
         "grid": {"temperature": [0.01, 0.1, 1.0], "seeds": [0]},
     }
     t0 = time.time()
@@ -107,7 +109,8 @@ def sgmcmc_digits(epochs: int = 100, methods=("sghmc", "csgmcmc"), lr=None) -> N
             print(f"failed cells: {e}")
             df = study.run(raise_on_failure=False)
         summary = bdl.studies.summarise(df, ["nll", "accuracy"])
-    print(f"## SG-MCMC on digits (500 train, MLP 64-32-10 ReLU, N(0,1), batch 50, {epochs} epochs, "
+    length = "the default length" if epochs is None else f"{epochs} epochs"
+    print(f"## SG-MCMC on digits (500 train, MLP 64-32-10 ReLU, N(0,1), batch 50, {length}, "
           f"{'defaults' if lr is None else f'lr={lr}, other options default'}): "
           "test NLL and accuracy vs T, with and without ±1-pixel shifts\n")
     print(summary[["augment", "method", "temperature", "nll_mean", "accuracy_mean"]].to_string(
@@ -127,7 +130,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="only the N=256 regression")
     parser.add_argument("--digits-only", action="store_true", help="only the digits NLL-vs-T table")
     parser.add_argument("--no-digits", action="store_true", help="only the regression table")
-    parser.add_argument("--digits-epochs", type=int, default=100)
+    parser.add_argument("--digits-epochs", type=int, default=None, help="default: the methods' own run length")
     parser.add_argument("--digits-lr", type=float, default=None, help="override the SG-MCMC step on digits")
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -278,6 +278,27 @@ def test_resume_after_interrupt_is_identical(tmp_path, monkeypatch, method, opts
         bdl.fit(blr_model(), loader, method=method, seed=8, progress=False, checkpoint=path, **opts)
 
 
+@pytest.mark.parametrize("saves", [2, 7])  # before and after the sampling stage measures the augmentation noise
+def test_resume_of_an_augmented_run_is_identical(tmp_path, monkeypatch, saves):
+    """With augmentation under reshuffling the sampling stage measures the augmentation's noise when it starts, from
+    a generator seeded by the chain's own (`Chain._augmentation_noise`): a run interrupted before that (save 2) or
+    after it (save 7, the frozen correction read back from the file) resumes to the same draws."""
+    x, y = blr_data()
+    jitter = lambda xb, g: xb + 0.3 * torch.randn(xb.shape, generator=g)  # noqa: E731
+    opts = dict(batch_size=B, augment=jitter, epochs=12, warmup=4, thin=2, num_chains=2, stack=False)
+    full = bdl.fit(blr_model(), x, y, method="sghmc", seed=7, progress=False, **opts)
+    assert full.info["noise_correction"] == "augmentation"
+    path = str(tmp_path / "run.ckpt")
+    restore = interrupt_after(monkeypatch, saves, Interrupted)
+    with pytest.raises(Interrupted):
+        bdl.fit(blr_model(), x, y, method="sghmc", seed=7, progress=False, checkpoint=path, **opts)
+    restore()
+    torch.manual_seed(123)
+    resumed = bdl.fit(blr_model(), x, y, method="sghmc", seed=7, progress=False, checkpoint=path, **opts)
+    for site in full.samples:
+        assert torch.equal(full.samples[site], resumed.samples[site])
+
+
 # -- bad input ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method,opts,match", [
     ("sgld", dict(lr=-1.0), "lr"),
