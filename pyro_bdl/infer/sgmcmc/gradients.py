@@ -70,7 +70,7 @@ def gradient_estimates(objective: Objective, theta: torch.Tensor, xb, yb, N: int
     return assemble(here, there, anchor, m, N, [num_rows(x) for x, _ in parts])
 
 
-def augmentation_noise(objective, data: FitData, theta: torch.Tensor, temperature: float, generator: torch.Generator,
+def augmentation_noise(objective: Objective, data: FitData, theta: torch.Tensor, temperature: float, generator: torch.Generator,
                        pairs: int = AUGMENTATION_PAIRS) -> torch.Tensor:
     r"""The augmentation's share of the minibatch noise of ĝ = T·∇U_T at ``theta``, per coordinate:
     B̂_aug = E_b[Var_a(ĝ | b)] = E[(ĝ(b, a₁) − ĝ(b, a₂))²]/2 over ``pairs`` batches b, each under two independent
