@@ -44,7 +44,13 @@ def warmup_friction(friction: torch.Tensor, step: torch.Tensor, noise: torch.Ten
     runs away: digits 500 / 64-32-10 ReLU / T = 1, default SGHMC at 3000 epochs (a 375-epoch warm-up) read a
     kinetic temperature of 3.5–75·T in the warm-up, mean θ² 2 → 16 (prior 1) and a loss 2·10⁴ above its stationary
     3.5·10³; the frozen step fitted out there (E[ĝ²] huge) is ~10× too small to come back in the sampling stage,
-    whose configurational temperature read −0.4 (the chain still descending, θ − θ₀ against ∇V; issue 13)."""
+    whose configurational temperature read −0.4 (the chain still descending, θ − θ₀ against ∇V; issue 13).
+    With the plain gradient B̂ is the larger of the running mean and this step's own split-batch estimate
+    (`.chain.Chain._adapted`): a weight into a unit that wakes up (dead at the exploration's end, or switched on by
+    a new augmentation) has noise far above its running mean for the ~100 steps the means take to follow. On 1000
+    augmented digits (64-128-10, batch 100, T = 1) the running mean alone let the warm-up's first 100 steps take
+    |θ|² from 650 to 4.7·10⁴ (4.8 per weight against the prior's 1), and the sampling stage still read a
+    configurational temperature of −0.02·T; with the step's own estimate |θ|² rises to 9.0·10³ and reads 0.90·T."""
     return K.valid_friction(friction, step, noise, temperature, margin=1.0 - heat)
 
 

@@ -337,7 +337,11 @@ class Chain:
         cc = step_constants(now, est, dynamics, lr_k, cap)
         step, friction = cc["step"], cc["friction"]
         if dynamics.kernel == "sghmc" and not dynamics.noise_correction:  # the unsubtracted noise's heat
-            friction = warmup_friction(friction, step, est, T)
+            # the plain estimate's noise bursts when a unit wakes up (a weight into a unit dead at the exploration's
+            # end, or one a new augmentation switches on), long before the running means see it: bound the heat by
+            # this step's own split-batch estimate too (the control variate's noise, ∝ ‖θ − θ̂‖², changes smoothly)
+            burst = est if use_cv or grad_noise is None else torch.maximum(est, grad_noise)
+            friction = warmup_friction(friction, step, burst, T)
         if use_cv:
             state["warm_step"] = step
         return K.coefficients(dynamics.kernel, step, T, friction, cc["correction"], noisy=noisy)
