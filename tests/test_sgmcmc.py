@@ -401,7 +401,7 @@ def test_augmentation_noise_is_the_conditional_variance_of_the_batch_gradient():
 def test_sghmc_subtracts_the_augmentation_noise_under_reshuffling():
     """Digits, 500 images with ±1-pixel shifts, MLP 64-32-10 ReLU, batch 50, T = 1, defaults: a shift drawn afresh
     at every step is i.i.d. gradient noise that reshuffling does not cancel. Not subtracted
-    (``noise_correction=False``, the behaviour before), it heated SGHMC's momentum to a kinetic temperature of 1.17·T;
+    (``noise_correction=False``, the behaviour before), it heated SGHMC's momentum to a kinetic temperature of 1.15·T;
     ``"auto"`` subtracts its measured share (``info["noise_correction"] == "augmentation"``) and reads T."""
     from pyro_bdl.examples.datasets import load_dataset
     ds = load_dataset("digits", train_size=500)

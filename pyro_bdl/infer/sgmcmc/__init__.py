@@ -61,8 +61,8 @@ i.i.d. noise. Under reshuffling with augmentation ``"auto"`` therefore subtracts
 each sampling stage starts on 32 batches under two independent augmentations each (`.gradients.augmentation_noise`,
 E[(ĝ(b, a₁) − ĝ(b, a₂))²]/2; 64 gradients), with α raised where needed (``info["noise_correction"]`` is
 ``"augmentation"``). Measured on 500 digits with ±1-pixel shifts (64-32-10 ReLU, batch 50, defaults): without it
-SGHMC's kinetic temperature read 1.17·T at T = 1, 1.22·T at 0.1 and 1.44·T at 0.01 (and warned), with it 0.93–1.03·T,
-and the test NLL at T = 1 fell from 0.531 to 0.457: the unsubtracted noise had inflated the augmented
+SGHMC's kinetic temperature read 1.15·T at T = 1, 1.27·T at 0.1 and 1.48·T at 0.01 (and warned), with it 0.98–1.04·T,
+and the test NLL at T = 1 fell from 0.485 to 0.435: the unsubtracted noise had inflated the augmented
 cold-posterior effect (notes/issue-13-lead11.md).
 
 **Control-variate gradients (cold T).** With minibatch noise B ≫ T·H the step G ≈ lr·T/B
