@@ -445,6 +445,25 @@ def test_augmented_warmup_does_not_blow_the_weights_up(size, hidden, batch):
     assert not [w for w in caught if issubclass(w.category, SamplerWarning)], [str(w.message) for w in caught]
 
 
+def test_augmented_csgmcmc_warmups_do_not_diverge():
+    """cSG-MCMC's SGHMC warm-ups have the same heat bound: on 500 augmented digits (64-128-10, batch 100, T = 1, defaults)
+    its first warm-up diverged (DivergenceError at step 811) before the bound saw each step's own noise. Its draws now
+    stay at the prior's scale. (Its 100-step sampling stages read a configurational temperature of ≈ 0.2·T here and
+    warn: short stages from a noise-free descent, notes/issue-13-lead11.md.)"""
+    from pyro_bdl.examples.datasets import load_dataset
+    ds = load_dataset("digits", train_size=500)
+    torch.manual_seed(0)
+    model = bdl.BayesianModel(bdl.networks.mlp(64, [128], 10, "relu"), prior=bdl.priors.Gaussian(0.0, 1.0),
+                              likelihood=bdl.likelihoods.Categorical())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        post = bdl.fit(model, ds.x_train, ds.y_train, batch_size=100, method="csgmcmc", seed=0, progress=False,
+                       augment=ds.shift_augmentation(max_shift=1, flip=False))
+    size = sum(v[0, 0].numel() for v in post.samples.values())
+    per_weight = sum((v[0] ** 2).reshape(v.shape[1], -1).sum(-1) for v in post.samples.values()) / size
+    assert (per_weight < 1.5).all(), per_weight
+
+
 @pytest.mark.parametrize("method", ["sgld", "sghmc"])
 def test_adaptive_defaults_do_not_blow_up_on_a_relu_classifier(method):
     """Digits MLP (dead ReLU units): without the prior-curvature floor on E[ĝ²] and the warm-up step cap the frozen
