@@ -445,6 +445,22 @@ def test_augmented_warmup_does_not_blow_the_weights_up(size, hidden, batch):
     assert not [w for w in caught if issubclass(w.category, SamplerWarning)], [str(w.message) for w in caught]
 
 
+def test_an_augmented_cold_run_that_has_not_mixed_is_told_why():
+    """500 augmented digits, 64-32-10, batch 50, T = 0.01, default SGHMC: without the control variate the chain needs
+    ∝ 1/T epochs and at the default length reads 0.12·T; its `SamplerWarning` says why and what to raise."""
+    from pyro_bdl.evaluate.diagnostics import SamplerWarning
+    from pyro_bdl.examples.datasets import load_dataset
+    from pyro_bdl.infer.sgmcmc.run import AUGMENTED_COLD_HINT
+    ds = load_dataset("digits", train_size=500)
+    torch.manual_seed(0)
+    model = bdl.BayesianModel(bdl.networks.mlp(64, [32], 10, "relu"), prior=bdl.priors.Gaussian(0.0, 1.0),
+                              likelihood=bdl.likelihoods.Categorical(), temperature=0.01)
+    with pytest.warns(SamplerWarning, match="configurational temperature") as caught:
+        bdl.fit(model, ds.x_train, ds.y_train, batch_size=50, method="sghmc", seed=0, progress=False,
+                augment=ds.shift_augmentation(max_shift=1, flip=False))
+    assert any(AUGMENTED_COLD_HINT in str(w.message) for w in caught)
+
+
 def test_augmented_csgmcmc_warmups_do_not_diverge():
     """cSG-MCMC's SGHMC warm-ups have the same heat bound: on 500 augmented digits (64-128-10, batch 100, T = 1, defaults)
     its first warm-up diverged (DivergenceError at step 811) before the bound saw each step's own noise. Its draws now

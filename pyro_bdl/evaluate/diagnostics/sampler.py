@@ -121,9 +121,10 @@ def unreliable(estimates: Dict[str, torch.Tensor], temperature: float, max_sprea
 
 
 def warn_if_off(estimates: Dict[str, torch.Tensor], temperature: float, method: str,
-                tolerance: float = TOLERANCE, max_spread: float = MAX_SPREAD) -> None:
+                tolerance: float = TOLERANCE, max_spread: float = MAX_SPREAD, hint: str = "") -> None:
     """Issue a [`SamplerWarning`][pyro_bdl.evaluate.diagnostics.SamplerWarning] listing the chains that
-    `disagreements` finds, and those whose interval is too wide to judge (`unreliable`), with the fix."""
+    `disagreements` finds, and those whose interval is too wide to judge (`unreliable`), with the fix
+    (``hint``: what the run's own settings add to it)."""
     off = disagreements(estimates, temperature, tolerance)
     wide = [line for line in unreliable(estimates, temperature, max_spread) if line not in off]
     parts = []
@@ -132,7 +133,7 @@ def warn_if_off(estimates: Dict[str, torch.Tensor], temperature: float, method: 
             f"{method} does not sample its target p_T: " + "; ".join(off) + ". A measured temperature above T "
             "means the step is too large for the curvature or the minibatch noise: lower lr (with a preconditioner, "
             "keep the default lr=None and preconditioner='fisher'), use larger batches, or raise momentum_decay; one "
-            "below T means the chain has not mixed: run more epochs or a longer burn-in.")
+            "below T means the chain has not mixed: run more epochs or a longer burn-in." + (f" {hint}" if hint else ""))
     if wide:
         parts.append(
             f"{method}'s sampler diagnostics are unreliable: " + "; ".join(wide) + f". An interval wider than "

@@ -85,6 +85,12 @@ def _fingerprint(method: str, config: Dict[str, Any], model: BayesianModel, data
                             sites=list(objective.layout.names), size=objective.size, **extra)
 
 
+#: the `SamplerWarning`'s addition for an augmented run below T = 1 (package docs, "Control-variate gradients")
+AUGMENTED_COLD_HINT = ("With data augmentation the control-variate gradient cannot be used, so below T = 1 the minibatch "
+                       "noise B shrinks the step (G ≈ lr·T/B) and the chain needs about 1/T times the epochs of a T = 1 "
+                       "run to mix: raise epochs, or batch_size.")
+
+
 def chain_seeds(seed: int, num_chains: int) -> List[int]:
     """Seeds of the chains of a run, spawned from ``seed`` (`pyro_bdl._util.random.spawn_seeds`):
     runs with different seeds share no chain."""
@@ -240,6 +246,7 @@ def _posterior(model, objective, plan: Plan, dynamics: Dynamics, finished, loss:
         metric = torch.linalg.solve(L0, draws.double().reshape(-1, draws.shape[-1]).T).T.reshape(draws.shape)
     rhat = principal_split_rhat(metric, scale)
     info["split_rhat"] = None if rhat is None else torch.from_numpy(rhat)
-    temps.warn_if_off(estimates, dynamics.temperature, method)
+    temps.warn_if_off(estimates, dynamics.temperature, method, hint=AUGMENTED_COLD_HINT if (
+        dynamics.augmentation_noise and dynamics.temperature < 1) else "")
     warn_if_not_mixed(rhat, method, len(finished), config.get("epochs"))
     return SamplesPosterior(model, samples, method, sample_stats=sample_stats, info=info)
