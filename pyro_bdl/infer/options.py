@@ -10,6 +10,7 @@ keyword (`keyword_for`), so the functions can be renamed one at a time without b
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Collection, Dict, List, Mapping, Optional
 
@@ -101,6 +102,22 @@ def canonical_name(method: str, keyword: str) -> str:
 def deprecated_names(method: str) -> List[str]:
     """The old option names ``method`` still accepts (with a warning)."""
     return sorted(ALIASES.get(method, {}))
+
+
+#: the fewest parameter updates a default minibatch run stated in epochs takes (sgld, sghmc, csgmcmc, swag,
+#: multiswag; `default_epochs`)
+DEFAULT_MIN_STEPS = 4000
+
+
+def default_epochs(epochs: int, steps_per_epoch: int, min_steps: int = DEFAULT_MIN_STEPS) -> int:
+    """A method's default length ``epochs``, lengthened to at least ``min_steps`` steps: max(``epochs``,
+    ⌈``min_steps`` / steps per epoch⌉).
+
+    Why steps: SGD converges and an SG-MCMC kernel mixes per update, whatever the data set's size (a step moves
+    the iterate by the same amount for N = 500 as for N = 60 000 at the same rates), so a default stated in epochs
+    alone is 100× shorter on a small data set with a few batches per epoch than on MNIST. Data with at least
+    ``min_steps / epochs`` batches per epoch keep ``epochs``."""
+    return max(epochs, math.ceil(min_steps / max(1, steps_per_epoch)))
 
 
 def run_length(data: Any, steps: Optional[int], epochs: Optional[int], default: int) -> int:

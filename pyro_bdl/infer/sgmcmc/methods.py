@@ -18,6 +18,7 @@ from ...evaluate.diagnostics.sampler import SamplerWarning
 from ...model.bayesian_model import BayesianModel
 from ...posterior.samples import SamplesPosterior
 from ..data import FitData
+from ..options import DEFAULT_MIN_STEPS, default_epochs
 from ..registry import register
 from .adaptation import Dynamics
 from .run import sample
@@ -49,14 +50,14 @@ DESCENT_FRACTION = 0.25
 #: 8 of 9 runs (T = 1, 0.1, 0.01) ran with kinetic T within 17% of T. Shorter warm-ups skip the descent and warn.
 MIN_WARMUP_STEPS = 20
 #: the default run length of sgld/sghmc/csgmcmc is stated in steps: ``epochs=None`` runs
-#: max(DEFAULT_EPOCHS, ⌈DEFAULT_MIN_STEPS / steps per epoch⌉) epochs (`default_run_length`). The adaptive kernels' time
+#: max(DEFAULT_EPOCHS, ⌈DEFAULT_MIN_STEPS / steps per epoch⌉) epochs (`default_run_length`; DEFAULT_MIN_STEPS = 4000, the
+#: one minimum of every minibatch method's default, `pyro_bdl.infer.options.default_epochs`). The adaptive kernels' time
 #: scale is in steps, not epochs: G_i·H_ii ≤ lr whatever N, so a mode relaxes in ≈ 1/lr steps (SGLD, lr = 0.1: 10) and
 #: θ² has an integrated autocorrelation of ≈ 1/lr steps; the ¾ of 4000 steps after the burn-in give a variance
 #: estimate of ESS ≈ 3000/(2/lr) ≈ 150 per chain, relative sd √(2/150) ≈ 0.12, and the burn-in's ¼ gives 500
 #: exploration and 500 moment-estimation steps. Measured (notes/issue-13-sweep.md): BLR cells with N/B ≤ 2 read
 #: variance ratios of 10³–10⁶ at 200 epochs (400 steps) and 0.97 at 4000 steps. Data with ≥ 20 batches per epoch keep
 #: DEFAULT_EPOCHS (the default of earlier releases); below that a default run is longer than 200 epochs.
-DEFAULT_MIN_STEPS = 4000
 DEFAULT_EPOCHS = 200
 
 
@@ -66,7 +67,7 @@ def default_run_length(epochs: Optional[int], thin: Optional[int], steps_per_epo
     ⌊epochs / ``DEFAULT_EPOCHS``⌋ epochs, so a longer default run keeps as many draws (≈ 150 per chain, the memory of
     a 200-epoch run) spread over it. Explicit ``epochs`` are run as given, with ``thin`` 1 unless given."""
     if epochs is None:
-        epochs = max(DEFAULT_EPOCHS, math.ceil(DEFAULT_MIN_STEPS / steps_per_epoch))
+        epochs = default_epochs(DEFAULT_EPOCHS, steps_per_epoch, DEFAULT_MIN_STEPS)
         if thin is None:
             thin = max(1, epochs // DEFAULT_EPOCHS)
     return epochs, 1 if thin is None else thin
