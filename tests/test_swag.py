@@ -644,7 +644,9 @@ def _mutual_information(post, x, num_samples=30):
 
 def test_auto_swag_spreads_like_sghmc_on_digits():
     """Issue 13, item 5: at defaults SWAG's predictive mutual information is at least a quarter of SGHMC's
-    (defaults, 2 chains) and its NLL no worse (digits 500, MLP 64-64-10, N(0, 1), batch 50, 60 epochs, T = 1).
+    (defaults, 2 chains) and its NLL no worse (digits 500, MLP 64-64-10, N(0, 1), batch 50, T = 1, both at their
+    default lengths: 4000 steps). At the default lengths: 0.059 vs 0.209 (ratio 0.28), NLL 0.134 vs 0.142. The
+    history below was measured at 60 epochs for both (600 steps).
 
     With the stability trial's halvings kept in the covariance and the rate cap at 10·lr, SWAG had 0.050 vs
     SGHMC's 0.227 (0.0012 vs 0.114 on 1000 images): the collection stayed at the mode but hardly spread.
@@ -659,7 +661,7 @@ def test_auto_swag_spreads_like_sghmc_on_digits():
         torch.manual_seed(1)
         model = bdl.BayesianModel(bdl.networks.mlp(ds.num_features, [64], 10, "relu"),
                                   prior=bdl.priors.Gaussian(0.0, 1.0), likelihood=bdl.likelihoods.Categorical())
-        post = bdl.fit(model, ds.x_train, ds.y_train, method=method, batch_size=50, epochs=60, seed=1, progress=False,
+        post = bdl.fit(model, ds.x_train, ds.y_train, method=method, batch_size=50, seed=1, progress=False,
                        **({"num_chains": 2} if method == "sghmc" else {}))
         mi[method] = _mutual_information(post, ds.x_test)
         nll[method] = bdl.metrics.nll(post.predict(ds.x_test, num_samples=30), ds.y_test)
