@@ -53,7 +53,12 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
             length a guide whose mean the check then finds off (`pyro_bdl.infer.svi.check`) gets up to
             ``MAX_POLISHES`` (3) more schedules decayed to ``lr · lr_decay²``, until the check passes: Adam's
             minibatch noise floor (≈ lr·lr_decay per coordinate) leaves the mean ≈ 1 guide sd off at T = 0.01, where
-            the sds are ~√T of T = 1's (``info["polished"]``).
+            the sds are ~√T of T = 1's (``info["polished"]``). A polish ends at the average of the guide's
+            parameters over its second half (Polyak & Juditsky 1992), not at its last step: the last iterate is one
+            draw from Adam's noise floor, the average of a stretch of them is closer to the optimum by about the
+            square root of its number of correlation times. Measured at T = 0.01 on digits nets (500 images): the
+            last iterates of 3 polishes left a small CNN's mean 1.16 guide sds off (RMS 0.39) and warned; one
+            averaged polish reads 0.25 (RMS 0.18).
         lr, lr_decay: Adam step size, decayed exponentially to ``lr * lr_decay``.
         num_particles: ELBO samples per step (vectorised).
         init_scale: initial guide standard deviation (loc starts at the network's weights):
@@ -147,13 +152,15 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
     unit = data.dataset_size * likelihood_scale(model.temperature, model.tempering)
     parts = [run_svi(runs, data, num, lr, lr_decay, seeds, progress, "svi", checkpoint, fingerprint)]
 
-    def run_on(decay: float, order: int, desc: str) -> None:
+    def run_on(decay: float, order: int, desc: str, average: bool = False) -> None:
         """One more schedule of ``num`` steps from where the runs are (lr decayed to lr·``decay``): the ELBO draws
-        continue, the data order is fresh (spawned child ``order`` of each run's seed)."""
+        continue, the data order is fresh (spawned child ``order`` of each run's seed); ``average``: ending at the
+        parameters' average over its second half."""
         for run, rng in zip(runs, parts[-1].state["rng"]):
             run.rng = dict(rng)
         orders = [spawn_seeds(s, MAX_EXTENSIONS + MAX_POLISHES)[order] for s in seeds]
-        parts.append(run_svi(runs, data, num, lr, decay, orders, progress, desc))
+        parts.append(run_svi(runs, data, num, lr, decay, orders, progress, desc,
+                             average_from=num // 2 if average else None))
 
     def read_checks() -> list:
         # the mean's distance from the ELBO's stationary point, a check the loss history cannot give (it is noisy
@@ -179,9 +186,10 @@ def fit_svi(model: BayesianModel, data: FitData, *, seed: int, progress: Optiona
     polished = 0
     while default_length and polished < MAX_POLISHES and any(c is not None and c.mean_off for c in checks):
         # Adam's minibatch noise floor is ≈ lr·lr_decay per coordinate: at cold T, where the guide's sds are ~√T,
-        # it leaves the mean about one sd off (notes/issue-13-lead10.md). One more schedule, decayed to lr·lr_decay².
+        # it leaves the mean about one sd off (notes/issue-13-lead10.md). One more schedule, decayed to lr·lr_decay²,
+        # averaged over its second half (notes/issue-13-lead12.md).
         polished += 1
-        run_on(lr_decay ** 2, MAX_EXTENSIONS + polished - 1, "svi (polishing the mean)")
+        run_on(lr_decay ** 2, MAX_EXTENSIONS + polished - 1, "svi (polishing the mean)", average=True)
         finished = [f + g for f, g in zip(finished, finish_all())]
         checks = read_checks()
     loss, wall_time = torch.cat([p.loss for p in parts], dim=1), sum(p.wall_time for p in parts)

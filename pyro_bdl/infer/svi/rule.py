@@ -109,7 +109,9 @@ class SVIRule:
     ``steps`` — for K = 1 exactly the optimiser of the loop before the driver. ``"rng"``: run k's
     state of torch's global RNG, where its ELBO draws ε continue (a step swaps it in and out, so the
     runs' draws are independent of each other and of the data order, and a resumed run draws the same
-    ε). Nothing is copied per step but the RNG states (a few kB).
+    ε). Nothing is copied per step but the RNG states (a few kB). With ``average_from`` (the default length's
+    polish, `run_svi`): ``"step"``, and ``"average"`` ``(K, P)`` the running mean of θ over the steps after
+    ``average_from`` (``"averaged"`` of them), one in-place update per step.
 
     **Divergence.** The loss stays a device tensor (no host read per step; the driver reads it in
     blocks). A step whose distributions get invalid parameters (Pyro's validation raises
@@ -118,8 +120,10 @@ class SVIRule:
     `DivergenceCheck` then names the first diverged step and the learning rate.
     """
 
-    def __init__(self, runs: Sequence[SVIRun], lr: float, lr_decay: float, steps: int):
+    def __init__(self, runs: Sequence[SVIRun], lr: float, lr_decay: float, steps: int,
+                 average_from: Optional[int] = None):
         self.runs, self.lr = list(runs), float(lr)
+        self.average_from = average_from  # Polyak–Ruppert: θ averaged over the steps after this one (`run_svi`)
         self.gamma = float(lr_decay) ** (1.0 / max(1, steps))
         self.theta = flatten_parameters([run.params for run in self.runs])
         self._diverged = [False] * len(self.runs)
@@ -143,8 +147,10 @@ class SVIRule:
         groups = [g for run in self.runs for g in param_groups(run.loss_fn, self.lr)]
         opt = torch.optim.Adam(groups, lr=self.lr)
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=self.gamma)
-        return {"theta": self.theta, "optimiser": opt, "scheduler": sched,
-                "rng": [dict(run.rng) for run in self.runs]}
+        state = {"theta": self.theta, "optimiser": opt, "scheduler": sched, "rng": [dict(run.rng) for run in self.runs]}
+        if self.average_from is not None:
+            state.update(step=0, average=torch.zeros_like(self.theta), averaged=0)
+        return state
 
     def _loss(self, k: int, x, y) -> Optional[torch.Tensor]:
         """Run k's negative ELBO estimate (detached), its gradient accumulated; ``None`` if the run diverged."""
@@ -184,6 +190,12 @@ class SVIRule:
         ckpt.set_rng_state(outer, device)
         opt.step()
         state["scheduler"].step()
+        if self.average_from is not None:
+            state["step"] += 1
+            if state["step"] > self.average_from:
+                state["averaged"] += 1
+                with torch.no_grad():
+                    state["average"] += (self.theta - state["average"]) / state["averaged"]
         return state, torch.stack(values)
 
     def save(self, state: Dict[str, Any]) -> Dict[str, Any]:
@@ -214,19 +226,28 @@ class SVIRule:
 
 def run_svi(runs: Sequence[SVIRun], data: FitData, steps: int, lr: float, lr_decay: float, seeds: Sequence[int],
             progress: Optional[bool], desc: str, checkpoint: Optional[str] = None,
-            fingerprint: Optional[Callable[[torch.Tensor], Dict[str, Any]]] = None) -> driver.Result:
+            fingerprint: Optional[Callable[[torch.Tensor], Dict[str, Any]]] = None,
+            average_from: Optional[int] = None) -> driver.Result:
     """K SVI runs (`SVIRun`, run k's data order from ``seeds[k]``) on the driver; the guides are trained in place.
 
     ``checkpoint``: a file for the driver's state, under the fingerprint ``fingerprint(θ₀)`` (θ₀ the
-    guides' starting parameters, flattened ``(K, P)``)."""
+    guides' starting parameters, flattened ``(K, P)``). ``average_from``: the guides end at the average of their
+    parameters over the steps after this one (Polyak & Juditsky 1992), not at the last step's."""
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
-    rule = SVIRule(runs, lr, lr_decay, steps)
+    if average_from is not None and checkpoint is not None:
+        # only the default length's polish averages, and a checkpointed fit keeps the length it was given
+        raise ValueError("average_from is not checkpointed: pass one of checkpoint and average_from")
+    rule = SVIRule(runs, lr, lr_decay, steps, average_from)
     try:
         fp = None if checkpoint is None else fingerprint(rule.theta)
         with pyro.settings.context(module_local_params=True):
-            return driver.drive(rule, rule.theta, data, steps=steps, seeds=seeds, desc=desc, progress=progress,
-                                checks=rule.checks, lr_at=rule.lr_at, checkpoint=checkpoint, fingerprint=fp)
+            result = driver.drive(rule, rule.theta, data, steps=steps, seeds=seeds, desc=desc, progress=progress,
+                                  checks=rule.checks, lr_at=rule.lr_at, checkpoint=checkpoint, fingerprint=fp)
+        if average_from is not None and result.state["averaged"]:
+            with torch.no_grad():
+                rule.theta.copy_(result.state["average"])
+        return result
     finally:
         unflatten_parameters([run.params for run in rule.runs])
 
