@@ -21,8 +21,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
 import time
+from typing import Optional
 
 import pyro
 import torch

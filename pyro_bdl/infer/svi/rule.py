@@ -110,8 +110,8 @@ class SVIRule:
     state of torch's global RNG, where its ELBO draws ε continue (a step swaps it in and out, so the
     runs' draws are independent of each other and of the data order, and a resumed run draws the same
     ε). Nothing is copied per step but the RNG states (a few kB). With ``average_from`` (the default length's
-    polish, `run_svi`): ``"step"``, and ``"average"`` ``(K, P)`` the running mean of θ over the steps after
-    ``average_from`` (``"averaged"`` of them), one in-place update per step.
+    polish, `run_svi`): ``"average"`` ``(K, P)``, the running mean of θ over the steps after ``average_from`` (the
+    scheduler's ``last_epoch`` counts the steps), one in-place update per step.
 
     **Divergence.** The loss stays a device tensor (no host read per step; the driver reads it in
     blocks). A step whose distributions get invalid parameters (Pyro's validation raises
@@ -149,8 +149,12 @@ class SVIRule:
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=self.gamma)
         state = {"theta": self.theta, "optimiser": opt, "scheduler": sched, "rng": [dict(run.rng) for run in self.runs]}
         if self.average_from is not None:
-            state.update(step=0, average=torch.zeros_like(self.theta), averaged=0)
+            state["average"] = torch.zeros_like(self.theta)
         return state
+
+    def averaged(self, state: Dict[str, Any]) -> int:
+        """How many steps ``state["average"]`` holds: those taken after ``average_from``."""
+        return max(0, state["scheduler"].last_epoch - self.average_from)
 
     def _loss(self, k: int, x, y) -> Optional[torch.Tensor]:
         """Run k's negative ELBO estimate (detached), its gradient accumulated; ``None`` if the run diverged."""
@@ -190,12 +194,9 @@ class SVIRule:
         ckpt.set_rng_state(outer, device)
         opt.step()
         state["scheduler"].step()
-        if self.average_from is not None:
-            state["step"] += 1
-            if state["step"] > self.average_from:
-                state["averaged"] += 1
-                with torch.no_grad():
-                    state["average"] += (self.theta - state["average"]) / state["averaged"]
+        if self.average_from is not None and self.averaged(state):
+            with torch.no_grad():
+                state["average"] += (self.theta - state["average"]) / self.averaged(state)
         return state, torch.stack(values)
 
     def save(self, state: Dict[str, Any]) -> Dict[str, Any]:
@@ -244,7 +245,7 @@ def run_svi(runs: Sequence[SVIRun], data: FitData, steps: int, lr: float, lr_dec
         with pyro.settings.context(module_local_params=True):
             result = driver.drive(rule, rule.theta, data, steps=steps, seeds=seeds, desc=desc, progress=progress,
                                   checks=rule.checks, lr_at=rule.lr_at, checkpoint=checkpoint, fingerprint=fp)
-        if average_from is not None and result.state["averaged"]:
+        if average_from is not None and rule.averaged(result.state):
             with torch.no_grad():
                 rule.theta.copy_(result.state["average"])
         return result

@@ -102,8 +102,9 @@ MAX_COLLECTION_STEPS = 100_000
 def resolve_length(epochs: Optional[int], warmup: Optional[int], objective: Objective, data: FitData, swa_lr: Any,
                    momentum: float, preconditioner: str) -> Tuple[Any, Optional[int]]:
     """``(epochs, warmup)``: as given when ``epochs`` is given; else `DEFAULT_EPOCHS`, or more where that is under
-    4000 steps (`pyro_bdl.infer.options.default_epochs`; ``warmup`` default 3/4 of them), and for a small model with auto rates (a dense whitening, `pyro_bdl.infer.swag.whitening.use_dense`) the
-    collection lengthened to `FULL_RANK_SNAPSHOTS`·P snapshots (at most `MAX_COLLECTION_STEPS` steps).
+    4000 steps (`pyro_bdl.infer.options.default_epochs`; ``warmup`` default 3/4 of them), and for a small model
+    with auto rates (a dense whitening, `pyro_bdl.infer.swag.whitening.use_dense`) the collection lengthened to
+    `FULL_RANK_SNAPSHOTS`·P snapshots (at most `MAX_COLLECTION_STEPS` steps).
 
     Why 30 per parameter: such a collection's covariance is a full-rank sample covariance, whose eigenvalues after
     whitening by the posterior spread over (1 ± √(P/K_eff))² (Marchenko–Pastur), and snapshots one relaxation time
