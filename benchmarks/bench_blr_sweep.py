@@ -15,8 +15,9 @@ configurations and shuffled independently (seed 2026), and each configuration ha
 
 Every method runs at its DEFAULT options, the run length included (the SG-MCMC methods' default epochs,
 max(200, ⌈4000 / steps per epoch⌉, shown); until issue 13 this script chose min(200, max(20, 4000·B/N)) itself);
-only the number of chains (2 for the SG-MCMC methods, their default is 1) and cSG-MCMC's ``samples_per_cycle=20``
-(3 draws per cycle give no variance estimate) are chosen, as in tests/test_sgmcmc_tempered.py. The exact p_T is
+only the number of chains (2 for the SG-MCMC methods, their default is 1) is chosen. (cSG-MCMC ran with
+``samples_per_cycle=20`` here until its default became ⌈100 / cycles⌉ draws per cycle; its default length is
+⌈4000 / (1 − exploration)⌉ steps, not the epochs column's.) The exact p_T is
 tests/blr.py's closed form (posterior tempering).
 
 Columns: var = Var(draws)/(T·exact) averaged over coordinates (mean-field SVI: against its optimum 1/Λ_T,ii),
@@ -99,8 +100,6 @@ def fit(method: str, problem: BLR, T: float, batch: int):
     opts = dict(seed=0, progress=False)
     if method in SGMCMC:
         opts.update(num_chains=2, batch_size=batch)  # the default run length
-        if method == "csgmcmc":
-            opts["samples_per_cycle"] = 20
     elif method.startswith("svi-"):
         opts.update(guide={"fullrank": "fullrank", "lowrank": "lowrank", "meanfield": "normal"}[method[4:]],
                     batch_size=batch)

@@ -73,6 +73,30 @@ def test_default_run_length_is_stated_in_steps():
     assert default_run_length(200, None, 2) == (200, 1) and default_run_length(50, 2, 1) == (50, 2)
 
 
+def test_csgmcmc_default_length_gives_its_sampling_stages_4000_steps():
+    """cSG-MCMC's draws come from the fraction 1 − β of each cycle, so its default length is ⌈4000 / (1 − β)⌉ steps
+    (at least 200 epochs), and its default draws per cycle ⌈100 / cycles⌉, at most one per sampling step (explicit
+    values are kept, and refused when a cycle has too few steps)."""
+    from pyro_bdl.infer.sgmcmc.methods import csgmcmc_min_steps, default_run_length
+    from pyro_bdl.infer.sgmcmc.schedules import SAMPLE, cyclical_stages, fewest_draw_steps
+    assert (csgmcmc_min_steps(0.8), csgmcmc_min_steps(0.5), csgmcmc_min_steps(0.0)) == (20000, 8000, 4000)
+    assert default_run_length(None, None, 10, csgmcmc_min_steps(0.8)) == (2000, 10)
+    assert default_run_length(None, None, 200, csgmcmc_min_steps(0.8)) == (200, 1)  # large data: 200 epochs
+    stage = cyclical_stages(20000, 4, 0.8, 0.5)
+    assert fewest_draw_steps(stage, 4) == 500 == int((stage[:5000] == SAMPLE).sum())
+    blr = make_blr(n=40, seed=0)
+    kw = dict(batch_size=10, progress=False, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bdl.diagnostics.SamplerWarning)  # runs far too short to judge
+        short = bdl.fit(blr.model(), blr.x, blr.y, method="csgmcmc", epochs=100, **kw)   # 10 draw steps per cycle
+        shortest = bdl.fit(blr.model(), blr.x, blr.y, method="csgmcmc", epochs=10, **kw)  # 1 draw step per cycle
+        given = bdl.fit(blr.model(), blr.x, blr.y, method="csgmcmc", epochs=100, samples_per_cycle=3, **kw)
+        with pytest.raises(ValueError, match="samples_per_cycle=3"):
+            bdl.fit(blr.model(), blr.x, blr.y, method="csgmcmc", epochs=10, samples_per_cycle=3, **kw)
+    assert short.samples["bias"].shape[1] == 40 and shortest.samples["bias"].shape[1] == 4
+    assert given.samples["bias"].shape[1] == 12
+
+
 def test_default_run_length_samples_blr_with_two_batches_per_epoch():
     """N/B = 2: 200 epochs are 400 steps, and the adaptive kernel's burn-in (50 epochs = 100 steps, half of them
     exploring) fits its frozen step far from the bulk. On this sharp posterior (σ = 0.02, prior scale 10) the

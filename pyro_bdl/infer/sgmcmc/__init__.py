@@ -111,7 +111,8 @@ preconditioner, fixed after the burn-in), lr in parameter units.
 **Cyclical SG-MCMC** (Zhang et al. 2020): K = ``epochs`` × batches steps in M = ``cycles``
 cycles of L = ⌈K/M⌉ steps, α_k = α₀/2 · [cos(π · mod(k − 1, L) / L) + 1]; the first fraction β
 = ``exploration`` of every cycle is optimisation, the rest the sampling stage
-(`fit_csgmcmc`).
+(`fit_csgmcmc`). Its draws come from the sampling stages alone, so its default length gives them as many steps as
+SGHMC's whole default run (⌈4000 / (1 − β)⌉ steps in all, `csgmcmc_min_steps`) and keeps ≈ 100 draws per chain.
 
 **Diagnostics.** Every run records the configurational temperature (and for SGHMC the kinetic
 temperature) of Wenzel et al. (2020) at every sampling step — per draw in ``sample_stats``

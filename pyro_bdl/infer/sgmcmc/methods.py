@@ -24,7 +24,7 @@ from .adaptation import Dynamics
 from .run import sample
 from .whitening import DENSE_MAX_SIZE
 from .schedules import (EXPLORE, WARMUP, Plan, constant_schedule, constant_stages, cyclical_draw_steps,
-                        cyclical_schedule, cyclical_stages, epoch_draw_steps, exploration_descent)
+                        cyclical_schedule, cyclical_stages, epoch_draw_steps, exploration_descent, fewest_draw_steps)
 
 SAMPLERS = ("sgld", "sghmc")
 INITS = ("fresh", "net")
@@ -43,6 +43,11 @@ GRADIENTS = ("auto", "cv", "plain")
 #: gradient (`.schedules.exploration_descent`); at momentum 0.9 the noise-free descent contracts by at best
 #: √0.9 per step, so 0.25 of a default exploration stage (hundreds of steps) is many e-folds
 DESCENT_FRACTION = 0.25
+#: cSG-MCMC's default draws per chain, over all cycles (`fit_csgmcmc`'s ``samples_per_cycle``): as many as an ArviZ
+#: ESS / R-hat needs, and under sgld/sghmc's ≈ 150 (the same memory). At 3 per cycle (Zhang et al.) the 4 chains of
+#: the rotated BLR (κ = 10³, T = 0.01, default length) read variance ratios 0.69–1.12 and a mean 0.35 sd off along
+#: the eigendirections; at 25 per cycle 0.95–1.16 and ≤ 0.03 sd (notes/issue-13-lead13.md)
+CYCLE_DRAWS = 100
 #: cSG-MCMC: fewest warm-up steps per cycle for the adaptive step to settle: the growth-limited step (≤ 10% per
 #: step) and the chain's spreading (a few oscillation periods 1/ω ≈ 1/√lr ≈ 5 steps) need tens of steps. Measured on
 #: a digits ReLU MLP (60 epochs, 7-step warm-ups, T = 1 and 0.1, 3 seeds): the kernel without the descent diverged in
@@ -61,16 +66,28 @@ MIN_WARMUP_STEPS = 20
 DEFAULT_EPOCHS = 200
 
 
-def default_run_length(epochs: Optional[int], thin: Optional[int], steps_per_epoch: int) -> Tuple[int, int]:
-    """``(epochs, thin)`` resolved. ``epochs=None``: max(``DEFAULT_EPOCHS``, ⌈``DEFAULT_MIN_STEPS`` / steps per
-    epoch⌉), so that every default run has at least ``DEFAULT_MIN_STEPS`` steps; ``thin=None`` then keeps a draw every
-    ⌊epochs / ``DEFAULT_EPOCHS``⌋ epochs, so a longer default run keeps as many draws (≈ 150 per chain, the memory of
-    a 200-epoch run) spread over it. Explicit ``epochs`` are run as given, with ``thin`` 1 unless given."""
+def default_run_length(epochs: Optional[int], thin: Optional[int], steps_per_epoch: int,
+                       min_steps: int = DEFAULT_MIN_STEPS) -> Tuple[int, int]:
+    """``(epochs, thin)`` resolved. ``epochs=None``: max(``DEFAULT_EPOCHS``, ⌈``min_steps`` / steps per epoch⌉), so
+    that every default run has at least ``min_steps`` steps (``DEFAULT_MIN_STEPS``; cSG-MCMC asks for that many in
+    its sampling stages, `csgmcmc_min_steps`); ``thin=None`` then keeps a draw every ⌊epochs / ``DEFAULT_EPOCHS``⌋
+    epochs, so a longer default run keeps as many draws (≈ 150 per chain, the memory of a 200-epoch run) spread over
+    it. Explicit ``epochs`` are run as given, with ``thin`` 1 unless given."""
     if epochs is None:
-        epochs = default_epochs(DEFAULT_EPOCHS, steps_per_epoch, DEFAULT_MIN_STEPS)
+        epochs = default_epochs(DEFAULT_EPOCHS, steps_per_epoch, min_steps)
         if thin is None:
             thin = max(1, epochs // DEFAULT_EPOCHS)
     return epochs, 1 if thin is None else thin
+
+
+def csgmcmc_min_steps(exploration: float) -> int:
+    """The fewest steps of a default cSG-MCMC run: ⌈``DEFAULT_MIN_STEPS`` / (1 − β)⌉, so that its sampling stages
+    (the fraction 1 − β of every cycle, half of it warm-up) together run as many steps as the kernel's own default
+    run. Its draws come from those stages only, and in each cycle they start where the exploration's descent ends:
+    at the 4000 steps of SGHMC's default, 4 cycles of 50 sampling steps gave ≈ 2 effective draws per cycle on
+    ill-conditioned BLR (κ = 10³; mean error 0.30–0.36 posterior sds at every T, against 0.03–0.04 for SGHMC), and
+    5× the length 0.05–0.08 (notes/issue-13-lead13.md)."""
+    return math.ceil(round(DEFAULT_MIN_STEPS / (1.0 - exploration), 6))  # 4000 / (1 − 0.8) is 20000, not 20001
 
 
 def _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every, workers=1) -> None:
@@ -362,7 +379,8 @@ def _warmups_long_enough(stage: torch.Tensor, cycles: int, epochs: int, steps_pe
 
 @register("csgmcmc")
 def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Optional[bool], lr: Optional[float] = None,
-                cycles: int = 4, exploration: float = 0.8, samples_per_cycle: int = 3, epochs: Optional[int] = None,
+                cycles: int = 4, exploration: float = 0.8, samples_per_cycle: Optional[int] = None,
+                epochs: Optional[int] = None,
                 sampler: str = "sghmc", momentum_decay: Optional[float] = None, num_chains: int = 1,
                 preconditioner: Optional[str] = "auto", noise_correction: Union[str, bool] = "auto",
                 explore_lr: Optional[float] = None, gradient: str = "auto", per_datapoint: Optional[bool] = None,
@@ -392,9 +410,13 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
             plain: α₀, per data point by default (0.5).
         cycles: M, the number of cycles.
         exploration: β ∈ [0, 1), the fraction of each cycle spent exploring.
-        samples_per_cycle: draws kept per cycle.
-        epochs: the run length in passes over the data; default as `fit_sgld` (at least 4000 steps, so each of the
-            default 4 cycles has ≥ 1000 steps: ≥ 100 warm-up steps and ≥ 100 sampling steps).
+        samples_per_cycle: draws kept per cycle; default ⌈``CYCLE_DRAWS`` / cycles⌉ (25 at the default 4 cycles, one
+            every 20 steps of a default sampling half), at most one per sampling step. Zhang et al. kept 3 per
+            cycle for the memory of a ResNet; 12 draws per chain cannot estimate a variance to the issue's ±25%.
+        epochs: the run length in passes over the data; default max(200, ⌈4000 / ((1 − β) · batches per epoch)⌉):
+            at least 4000 steps in the sampling stages together, as `fit_sghmc`'s whole default run
+            (`csgmcmc_min_steps`; 20 000 steps at β = 0.8, so each of the default 4 cycles has ≥ 500 warm-up and
+            ≥ 500 sampling steps).
         sampler: inner sampler, ``"sghmc"`` (default) or ``"sgld"``.
         momentum_decay: friction, as `fit_sghmc` (plain default 0.1).
         per_datapoint: plain kernel only; ``False`` (deprecated) reads α₀ on the full-data potential, as `fit_sgld`.
@@ -404,7 +426,10 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
     per_datapoint = _lr_unit("csgmcmc", per_datapoint, preconditioner, stacklevel=4)
-    epochs, _ = default_run_length(epochs, None, data.num_batches)
+    if isinstance(exploration, bool) or not isinstance(exploration, (int, float)) or not 0 <= exploration < 1:
+        raise ValueError(f"exploration (the fraction β of each cycle spent optimising) must lie in [0, 1), "
+                         f"got {exploration!r}")
+    epochs, _ = default_run_length(epochs, None, data.num_batches, csgmcmc_min_steps(exploration))
     _check_common(epochs, num_chains, per_datapoint, init, checkpoint, checkpoint_every, workers)
     preconditioner, dense = _preconditioner(preconditioner, per_datapoint)
     adaptive = preconditioner is not None
@@ -412,10 +437,6 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
     lr = check_float(default_lr if lr is None else lr, "lr", positive=True)
     explore_lr = check_float(EXPLORE_LR if explore_lr is None else explore_lr, "explore_lr", positive=True)
     check_int(cycles, "cycles", 1)
-    check_int(samples_per_cycle, "samples_per_cycle", 1)
-    if isinstance(exploration, bool) or not isinstance(exploration, (int, float)) or not 0 <= exploration < 1:
-        raise ValueError(f"exploration (the fraction β of each cycle spent optimising) must lie in [0, 1), "
-                         f"got {exploration!r}")
     alpha = 1.0 if sampler == "sgld" else _momentum_decay(momentum_decay, preconditioner, None if adaptive else 0.1)
     S = data.num_batches
     K = epochs * S
@@ -423,6 +444,9 @@ def fit_csgmcmc(model: BayesianModel, data: FitData, *, seed: int, progress: Opt
         raise ValueError(f"cycles={cycles} exceeds the {K} steps of the run (epochs × batches)")
     warmup = 0.5 if adaptive else 0.0
     stage = cyclical_stages(K, cycles, exploration, warmup)
+    if samples_per_cycle is None:
+        samples_per_cycle = max(1, min(math.ceil(CYCLE_DRAWS / cycles), fewest_draw_steps(stage, cycles)))
+    check_int(samples_per_cycle, "samples_per_cycle", 1)
     if adaptive:
         schedule = torch.where(stage == EXPLORE, cyclical_schedule(explore_lr, K, cycles),
                                torch.full((K,), lr, dtype=torch.float64))

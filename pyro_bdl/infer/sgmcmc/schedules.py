@@ -84,6 +84,13 @@ def cyclical_draw_steps(num_steps: int, cycles: int, exploration: float, samples
     return torch.tensor(steps, dtype=torch.long)
 
 
+def fewest_draw_steps(stage: torch.Tensor, cycles: int) -> int:
+    """The fewest steps any cycle of ``stage`` (`cyclical_stages`) can keep a draw at: its SAMPLE steps, the
+    sampling stage less its warm-up (the most ``samples_per_cycle`` can be)."""
+    L = cycle_length(len(stage), cycles)
+    return min(int((stage[c * L:(c + 1) * L] == SAMPLE).sum()) for c in range(cycles))
+
+
 def cyclical_stages(num_steps: int, cycles: int, exploration: float, warmup: float) -> torch.Tensor:
     """``(K,)`` stage of every step of cSG-MCMC: EXPLORE, then WARMUP for the first fraction
     ``warmup`` of each sampling stage, then SAMPLE (``warmup=0``: no WARMUP)."""
